@@ -1,0 +1,245 @@
+"""Benchmark records for the book: ``python -m lab.bench params [--out results/] [--quick]``.
+
+Each run writes one JSON file, ``<out>/<suite>_<device-kind>.json`` (``..._quick.json`` with
+``--quick``), stamped with the device name, torch / triton / Python versions, the UTC date and
+the exact command, so every number a notebook shows can be traced to the run that produced it.
+Timings are medians in milliseconds: `triton.testing.do_bench` on a GPU, the median of
+``time.perf_counter`` repeats on the CPU. Notebooks read the records with `load_results`.
+
+Suite ``params`` (chapter 1):
+* offload: resident / naive / prefetch forward time of a lab GPT whose layers live on the host,
+  the prefetch speed-up over naive, bytes moved, measured host→device bandwidth, the cost model
+  of `lab.params.offload` evaluated with that bandwidth, and one traced forward per mode.
+* memory: the analytical memory model of `lab.params.memory` against measured CUDA peaks for a
+  training step and a decode step (on the CPU: the tensor storage of a training step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import json
+import platform
+import re
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from lab.atomic import atomic_write_json
+from lab.data import REPO_ROOT
+from lab.models.gpt import GPT, GPTConfig
+from lab.params.offload import MODES, OffloadedGPT, layer_nbytes, offload_nbytes
+from lab.runtime import get_device, seed_everything
+
+RESULTS_DIR = REPO_ROOT / "results"
+
+
+def device_name(device: torch.device) -> str:
+    """`torch.cuda.get_device_name` on CUDA, else the CPU model string from /proc/cpuinfo."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_kind(device: torch.device) -> str:
+    """File-name slug of the device: "cpu", or e.g. "nvidia-h100-80gb-hbm3"."""
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
+
+
+def provenance(device: torch.device, argv: Sequence[str]) -> dict:
+    """Device, library versions, ISO UTC date and the exact command of this run."""
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {"device": device_name(device), "device_type": device.type, "torch": torch.__version__,
+            "triton": triton_version, "python": platform.python_version(),
+            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python -m lab.bench " + shlex.join(argv)}
+
+
+def load_results(pattern: str = "*.json", root: str | Path = RESULTS_DIR) -> list[dict]:
+    """The recorded JSON files under ``root`` matching ``pattern``, sorted by file name.
+
+    Each dict gets a ``"_path"`` key naming its file.
+    """
+    paths = sorted(glob.glob(str(Path(root) / pattern)))
+    if not paths:
+        raise FileNotFoundError(f"no results match pattern={pattern!r} under {root}; "
+                                "produce them with `python -m lab.bench ...`")
+    return [{**json.loads(Path(p).read_text()), "_path": p} for p in paths]
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of ``fn()`` in ms: `triton.testing.do_bench` on CUDA, perf_counter on CPU."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=200, rep=max(500, 100 * repeats), return_mode="median"))
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def offload_setup(device: torch.device, quick: bool) -> tuple[GPTConfig, torch.dtype, int, int]:
+    """(config, dtype, batch, seq) of the offload benchmark.
+
+    On a GPU, the book's 6.5M-parameter LM is useless here: a layer copies in microseconds and
+    computes in less, so every mode measures launch overhead. The GPU model uses Llama-7B-sized
+    layers (C = 4096, 32 query / 8 kv heads, F = 11008): 177M parameters = 354 MB in bf16 per
+    layer, ~7 ms at ~50 GB/s over PCIe 5.0. A batch of 8 × 2048 tokens costs 2·177M·16384 ≈ 5.8
+    TFLOP per layer, ~9 ms on an H100, so per-layer copy ≈ compute: the regime where prefetching
+    hides copies (ideal speed-up (copy + compute) / max(copy, compute) ≈ 1.8). Eight layers keep
+    the host model at 2.9 GB.
+    """
+    if quick:
+        return GPTConfig(vocab_size=256, context_length=32, d_model=64, n_layer=3, n_head=4,
+                         n_kv_head=2, d_ff=128), torch.float32, 2, 16
+    if device.type == "cuda":
+        return GPTConfig(vocab_size=8192, context_length=2048, d_model=4096, n_layer=8, n_head=32,
+                         n_kv_head=8, d_ff=11008), torch.bfloat16, 8, 2048
+    return GPTConfig(vocab_size=8192, context_length=256, d_model=512, n_layer=4, n_head=8,
+                     n_kv_head=4, d_ff=1408), torch.float32, 4, 256
+
+
+def _h2d_gb_per_s(off: OffloadedGPT, device: torch.device, repeats: int) -> float:
+    """Measured host→device bandwidth (GB/s) copying one layer into its device buffer."""
+    dst, src = off.slots(1)[0], off.host[0]
+    nbytes = layer_nbytes(off.layers[0])
+
+    def copy() -> None:
+        for name, t in dst.items():
+            t.copy_(src[name], non_blocking=True)
+
+    return nbytes / (median_ms(copy, device, repeats) * 1e-3) / 1e9
+
+
+def bench_offload(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """Time the three modes of `OffloadedGPT` and compare them with the cost model."""
+    cfg, dtype, batch, seq = offload_setup(device, quick)
+    repeats = 3 if quick else 10
+    seed_everything(0)
+    with torch.device(device):  # initialise on the device (fast), then OffloadedGPT moves layers to host
+        model = GPT(cfg).to(dtype)
+    idx = torch.randint(0, cfg.vocab_size, (batch, seq), device=device)
+    off = OffloadedGPT(model, device)
+    result = {"config": cfg.to_dict(), "dtype": str(dtype).removeprefix("torch."), "batch": batch,
+              "seq_len": seq, "n_layer": cfg.n_layer, "layer_bytes": layer_nbytes(off.layers[0]),
+              "bytes_per_forward": offload_nbytes(model), "h2d_gb_per_s": _h2d_gb_per_s(off, device, repeats),
+              "ms": {}, "peak_extra_mib": {}, "max_abs_diff_vs_resident": {}, "trace": {}}
+    reference = off.forward(idx, mode="resident")
+    for mode in tqdm(MODES, desc="offload modes", disable=not progress):
+        if device.type == "cuda":  # peak over what was allocated before: layer buffers + activations
+            off.release()
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        logits = off.forward(idx, mode=mode, trace=True)
+        result["max_abs_diff_vs_resident"][mode] = (logits.float() - reference.float()).abs().max().item()
+        result["trace"][mode] = [e._asdict() for e in off.trace]
+        if device.type == "cuda":
+            result["peak_extra_mib"][mode] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        result["ms"][mode] = median_ms(lambda: off.forward(idx, mode=mode), device, repeats)
+    ms = result["ms"]
+    copy_ms = result["bytes_per_forward"] / (result["h2d_gb_per_s"] * 1e9) * 1e3
+    result["speedup_prefetch_over_naive"] = ms["naive"] / ms["prefetch"]
+    result["model_ms"] = {"copy": copy_ms, "naive": copy_ms + ms["resident"],
+                          "prefetch": copy_ms / cfg.n_layer + max(copy_ms, ms["resident"])}
+    return result
+
+
+def bench_memory(device: torch.device, quick: bool = False) -> dict:
+    """The memory model of `lab.params.memory` against a measurement, with measured / model ratios.
+
+    CUDA: peak allocated bytes of a bf16-autocast AdamW training step (model:
+    `training_peak_bytes`) and of one decode step with a KV cache of ``seq_len`` positions
+    (model: `inference_memory` total = weights + KV cache). CPU: the tensor storage of an fp32
+    training step (model: `training_memory` total); the decode step is CUDA-only.
+    """
+    from lab.params.counting import gpt_param_count
+    from lab.params.memory import (inference_memory, measure_decode_memory_cuda,
+                                   measure_training_memory_cpu, measure_training_memory_cuda,
+                                   training_memory, training_peak_bytes)
+
+    cfg = GPTConfig(vocab_size=256, context_length=32, d_model=64, n_layer=2, n_head=4, n_kv_head=2,
+                    d_ff=128) if quick else GPTConfig()
+    batch, seq = (2, 16) if quick else (16, 256)
+    seed_everything(0)
+    out: dict = {"config": cfg.to_dict(), "batch": batch, "seq_len": seq}
+    if device.type == "cuda":
+        from lab.models.pretrained import to_llama
+
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)  # anything alive before the measurement
+        pairs = {"training_step": (training_peak_bytes(cfg, batch, seq, "adamw", "bf16-mixed"),
+                                   measure_training_memory_cuda(GPT(cfg), batch, seq, "adamw", "bf16-mixed")["peak"]),
+                 "decode_step": (inference_memory(cfg, batch, seq)["total"],
+                                 measure_decode_memory_cuda(to_llama(GPT(cfg)), batch, seq)["peak"])}
+        pairs = {k: (m, x - base) for k, (m, x) in pairs.items()}
+        out["training_step_precision"] = "bf16-mixed"
+    else:
+        model_total = training_memory(gpt_param_count(cfg), "adamw", "fp32", config=cfg, batch=batch,
+                                      seq_len=seq)["total"]
+        pairs = {"training_step": (model_total,
+                                   measure_training_memory_cpu(GPT(cfg), batch, seq, "adamw", "fp32")["total"])}
+        out["training_step_precision"] = "fp32"
+        out["decode_step"] = {"skipped": "the decode-step measurement needs a CUDA device"}
+    for name, (model_bytes, measured) in pairs.items():
+        out[name] = {"model_bytes": int(model_bytes), "measured_bytes": int(measured),
+                     "ratio": measured / model_bytes}
+    return out
+
+
+def bench_params(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """Suite ``params``: offloading and memory checks."""
+    memory = bench_memory(device, quick)  # first, so no other tensor is alive on the device
+    return {"memory": memory, "offload": bench_offload(device, quick, progress)}
+
+
+SUITES = {"params": bench_params}
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the suite, write its record; return the path."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m lab.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("suite", choices=sorted(SUITES))
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON record")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: lab.runtime.get_device()")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
+    device = torch.device(args.device) if args.device else get_device()
+    record = provenance(device, argv)
+    record["suite"], record["quick"] = args.suite, args.quick
+    record.update(SUITES[args.suite](device, args.quick, not args.no_progress))
+    name = f"{args.suite}_{device_kind(device)}{'_quick' if args.quick else ''}.json"
+    path = atomic_write_json(args.out / name, record)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

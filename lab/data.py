@@ -1,0 +1,191 @@
+"""The book's corpus: the Python 3.11 documentation sources, from a pinned Debian package.
+
+Source: Debian's ``python3.11-doc`` package (PSF licence), whose
+``usr/share/doc/python3.11/html/_sources/`` holds ~500 reStructuredText files,
+about 11 MB of real English technical prose. ``fetch_corpus()`` obtains it with
+``apt-get download`` + ``dpkg -x`` (a package registry, like pip; nothing is read
+from a dataset hub), once, into ``.data/`` at the repository root (or
+``$LAB_DATA_DIR``).
+
+Splits are by *document* (no paragraph of a test document is ever trained on):
+a document goes to train / validation / test when ``sha256(path) mod 100`` is
+in [0, 90) / [90, 95) / [95, 100). Every chapter measures quality on the same
+*evaluation slice*: the first ``n_tokens`` tokens of the tokenized test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+CORPUS_PACKAGE = "python3.11-doc"
+CORPUS_VERSIONS = ("3.11.2-6+deb12u9", "3.11.2-6+deb12u8")  # tried in order, then any
+SOURCES_IN_PACKAGE = "usr/share/doc/python3.11/html/_sources"
+SPLITS = {"train": (0, 90), "validation": (90, 95), "test": (95, 100)}
+EVAL_TOKENS = 32_768  # the shared evaluation slice: first EVAL_TOKENS tokens of "test"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """Directory holding downloaded packages and caches (``$LAB_DATA_DIR`` or ``<repo>/.data``)."""
+    return Path(os.environ.get("LAB_DATA_DIR", REPO_ROOT / ".data"))
+
+
+def corpus_dir() -> Path:
+    return data_dir() / CORPUS_PACKAGE
+
+
+def _download_deb(workdir: Path) -> Path:
+    """``apt-get download`` the pinned package version (or, failing that, the candidate)."""
+    attempts = [f"{CORPUS_PACKAGE}={v}" for v in CORPUS_VERSIONS] + [CORPUS_PACKAGE]
+    errors = []
+    for spec in attempts:
+        proc = subprocess.run(["apt-get", "download", spec], cwd=workdir,
+                              capture_output=True, text=True)
+        debs = sorted(workdir.glob(f"{CORPUS_PACKAGE}_*.deb"))
+        if proc.returncode == 0 and debs:
+            return debs[0]
+        errors.append(f"{spec}: {proc.stderr.strip()[-200:]}")
+    raise RuntimeError(
+        "could not download the corpus package with apt-get; run `apt-get update` "
+        "(as root) and retry. Errors:\n" + "\n".join(errors))
+
+
+def fetch_corpus(force: bool = False) -> Path:
+    """Download and unpack the corpus once; return the folder of ``.rst.txt`` sources.
+
+    Writes ``MANIFEST.json`` (package version, file count, sha256 of the sources) and
+    moves the folder into place with one rename, so a half-extracted corpus is never
+    visible.
+    """
+    target = corpus_dir()
+    if (target / "MANIFEST.json").exists() and not force:
+        return target / "_sources"
+    if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
+        raise RuntimeError("fetch_corpus needs apt-get and dpkg (a Debian-based machine)")
+    data_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=data_dir()) as tmp:
+        tmp = Path(tmp)
+        deb = _download_deb(tmp)
+        subprocess.run(["dpkg", "-x", str(deb), str(tmp / "x")], check=True)
+        staged = tmp / "corpus"
+        staged.mkdir()
+        shutil.move(str(tmp / "x" / SOURCES_IN_PACKAGE), str(staged / "_sources"))
+        shutil.copy(tmp / "x" / "usr/share/doc" / CORPUS_PACKAGE / "copyright", staged / "copyright")
+        files = sorted((staged / "_sources").rglob("*.rst.txt"))
+        digest = hashlib.sha256()
+        for f in files:
+            digest.update(f.read_bytes())
+        manifest = {"package": CORPUS_PACKAGE, "deb": deb.name, "files": len(files),
+                    "bytes": sum(f.stat().st_size for f in files), "sha256": digest.hexdigest()}
+        (staged / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        staged.rename(target)
+    return target / "_sources"
+
+
+def corpus_manifest() -> dict:
+    """The manifest written by `fetch_corpus` (package, file count, bytes, sha256)."""
+    fetch_corpus()
+    return json.loads((corpus_dir() / "MANIFEST.json").read_text())
+
+
+def split_of(path: str) -> str:
+    """Which split a document belongs to, from the sha256 of its relative path."""
+    bucket = int(hashlib.sha256(path.encode()).hexdigest(), 16) % 100
+    for name, (lo, hi) in SPLITS.items():
+        if lo <= bucket < hi:
+            return name
+    raise AssertionError("unreachable")
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is not allowed; use one of {tuple(SPLITS)}")
+
+
+def corpus_documents(split: str) -> list[tuple[str, str]]:
+    """Sorted ``(relative path, text)`` pairs of one split."""
+    _check_split(split)
+    root = fetch_corpus()
+    docs = []
+    for f in sorted(root.rglob("*.rst.txt")):
+        rel = f.relative_to(root).as_posix()
+        if split_of(rel) == split:
+            docs.append((rel, f.read_text(encoding="utf-8")))
+    return docs
+
+
+def load_corpus(split: str):
+    """One split as a `datasets.Dataset` with string columns ``path`` and ``text``."""
+    import datasets
+
+    docs = corpus_documents(split)
+    return datasets.Dataset.from_dict({"path": [p for p, _ in docs], "text": [t for _, t in docs]})
+
+
+def tokenize_split(split: str, tokenizer) -> torch.Tensor:
+    """All documents of a split, tokenized and joined with EOS: a 1-D int64 tensor.
+
+    Cached under ``.data/tokens/`` keyed by the tokenizer's vocabulary hash.
+    """
+    _check_split(split)
+    vocab_key = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:12]
+    cache = data_dir() / "tokens" / f"{split}-{vocab_key}.pt"
+    if cache.exists():
+        return torch.load(cache)
+    ds = load_corpus(split)
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for enc in tokenizer(list(ds["text"]), add_special_tokens=False)["input_ids"]:
+        ids.extend(enc)
+        ids.append(eos)
+    tokens = torch.tensor(ids, dtype=torch.int64)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    torch.save(tokens, tmp)
+    tmp.replace(cache)
+    return tokens
+
+
+def eval_tokens(tokenizer, n_tokens: int = EVAL_TOKENS) -> torch.Tensor:
+    """The shared evaluation slice: the first ``n_tokens`` tokens of the test split."""
+    if not isinstance(n_tokens, int) or n_tokens < 2:
+        raise ValueError(f"n_tokens must be an int >= 2, got {n_tokens!r}")
+    tokens = tokenize_split("test", tokenizer)
+    if n_tokens > len(tokens):
+        raise ValueError(f"n_tokens={n_tokens} exceeds the test split ({len(tokens)} tokens)")
+    return tokens[:n_tokens]
+
+
+def train_tokenizer(texts, vocab_size: int = 8192):
+    """Train a byte-level BPE tokenizer (GPT-2 style) and wrap it for `transformers`.
+
+    Returns a `PreTrainedTokenizerFast` whose EOS token is ``<|endoftext|>``.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 260:
+        raise ValueError(f"vocab_size must be >= 260 (256 bytes + specials), got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                   bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+
+
+if __name__ == "__main__":  # python -m lab.data : fetch the corpus and print its manifest
+    print(json.dumps(corpus_manifest(), indent=2))

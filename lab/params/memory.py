@@ -1,0 +1,303 @@
+"""A memory model for training and inference, and the measurements that check it.
+
+Training, per parameter (Ψ parameters; ZeRO accounting, Rajbhandari et al. 2020):
+
+    precision     weights  gradients  master  Adam m+v  SGD-momentum  Adam total
+    fp32             4        4         0       8           4            16
+    bf16/fp16-mixed  2        2         4       8           4            16 = 2+2+K, K = 12
+    bf16 (pure)      2        2         0       4           2             8
+
+``torch.autocast`` stores the same 16 bytes differently (fp32 weights 4 + fp32 grads 4 +
+fp32 m, v 8) and, during forward/backward, a 2-byte cast of every matmul weight, which the
+activation estimate below counts.
+
+Activations (bytes of the tensors autograd saves for backward, deduplicated by storage) for
+the lab `GPT`, batch B, sequence T, C = d_model, F = d_ff, H heads, D = C/H, V vocab,
+a = bytes of the compute dtype (4 for fp32, 2 under bf16/fp16 autocast):
+
+    per layer:  2 RMSNorms × (input x, normalized x̂: 2·4·BTC, 1/rms: 4·BT)
+              + inputs of q/k/v and gate/up as saved by the matmuls: a·BTC·(n_qkv + n_gu),
+                n_qkv = n_gu = 1 in fp32 (one shared tensor), n_qkv = 3, n_gu = 2 under autocast
+                (each linear saves its own cast of the fp32 norm output)
+              + attention (fused SDPA): q, k, v (k, v already repeated to H heads), output: 4·a·BTC,
+                log-sum-exp 4·BHT; W_o's input is a view of the SDPA output (no extra bytes)
+              + SwiGLU: gate pre-activation g, silu(g), up u, silu(g)⊙u: 4·a·BTF
+    model:      token ids and targets 2·8·BT, RoPE cos and sin 2·4·TD,
+                final RMSNorm 2·4·BTC + 4·BT, LM-head input a·BTC,
+                log-softmax output 4·BTV (cross-entropy runs in fp32), 4 (loss weight)
+              + under autocast: the 2-byte casts of all matmul weights, 2·Ψ_matmul
+
+Inference: weights Ψ·b and the KV cache 2·L·H_kv·D·T·B·b bytes (b = bytes per element).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lab.models.gpt import GPT, GPTConfig
+from lab.params.counting import dtype_bytes, gpt_param_count, unique_parameters
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum")
+PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16")
+
+# bytes per parameter: (weights, gradients, master weights, one optimizer state)
+_PER_PARAM = {"fp32": (4, 4, 0, 4), "bf16-mixed": (2, 2, 4, 4), "fp16-mixed": (2, 2, 4, 4),
+              "bf16": (2, 2, 0, 2)}
+_N_STATES = {"adam": 2, "adamw": 2, "sgd": 0, "sgd-momentum": 1}
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; use one of {tuple(allowed)}")
+
+
+def _check_size(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}={value} is not allowed; it must be an int >= {minimum}")
+
+
+def _check_config(config) -> None:
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config must be a lab.models.gpt.GPTConfig, got {type(config).__name__}")
+
+
+def _dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r} is not allowed; use a torch.dtype or one of {tuple(_DTYPES)}")
+
+
+def matmul_param_count(config: GPTConfig) -> int:
+    """Parameters used as matmul weights: every Linear of every layer plus the LM head (V·C)."""
+    _check_config(config)
+    C, F_, H, H_kv, D = config.d_model, config.d_ff, config.n_head, config.n_kv_head, config.head_dim
+    per_layer = C * H * D + 2 * C * H_kv * D + H * D * C + 3 * C * F_
+    return config.n_layer * per_layer + config.vocab_size * C
+
+
+def activation_bytes(config: GPTConfig, batch: int, seq_len: int, precision: str = "fp32") -> int:
+    """Bytes autograd saves in one forward of the lab GPT + cross-entropy (formula in the module docstring)."""
+    _check_config(config)
+    _check_size("batch", batch)
+    _check_size("seq_len", seq_len)
+    _check_choice("precision", precision, ("fp32", "bf16-mixed", "fp16-mixed"))
+    if seq_len > config.context_length:
+        raise ValueError(f"seq_len={seq_len} is not allowed; it must be <= context_length={config.context_length}")
+    B, T, C, F_, H, V = batch, seq_len, config.d_model, config.d_ff, config.n_head, config.vocab_size
+    autocast = precision.endswith("-mixed")
+    a = 2 if autocast else 4
+    n_qkv, n_gu = (3, 2) if autocast else (1, 1)
+    per_layer = (2 * (2 * 4 * B * T * C + 4 * B * T) + a * B * T * C * (n_qkv + n_gu)
+                 + 4 * a * B * T * C + 4 * B * H * T + 4 * a * B * T * F_)
+    model = (2 * 8 * B * T + 2 * 4 * T * config.head_dim + 2 * 4 * B * T * C + 4 * B * T
+             + a * B * T * C + 4 * B * T * V + 4)
+    casts = 2 * matmul_param_count(config) if autocast else 0
+    return config.n_layer * per_layer + model + casts
+
+
+def training_memory(n_params: int, optimizer: str = "adam", precision: str = "bf16-mixed",
+                    activations_bytes: int = 0, config: GPTConfig | None = None,
+                    batch: int | None = None, seq_len: int | None = None) -> dict[str, int]:
+    """Bytes of one training step by part: weights, gradients, master_weights, optimizer_states,
+    activations, total (ints). Per-parameter costs are the table in the module docstring.
+
+    Activations are ``activations_bytes``, or, when ``config``, ``batch`` and ``seq_len`` are
+    given, `activation_bytes` (lab GPT estimate). Mixed-precision Adam: 2+2+4+4+4 = 16 B/param.
+    """
+    _check_size("n_params", n_params, minimum=0)
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_choice("precision", precision, PRECISIONS)
+    _check_size("activations_bytes", activations_bytes, minimum=0)
+    given = [x is not None for x in (config, batch, seq_len)]
+    if any(given) and not all(given):
+        raise ValueError("config, batch and seq_len must be given together for an activation estimate, "
+                         f"got config={config!r}, batch={batch!r}, seq_len={seq_len!r}")
+    if all(given) and activations_bytes:
+        raise ValueError(f"give activations_bytes={activations_bytes} or config/batch/seq_len, not both")
+    w, g, m, s = _PER_PARAM[precision]
+    out = {"weights": w * n_params, "gradients": g * n_params, "master_weights": m * n_params,
+           "optimizer_states": _N_STATES[optimizer] * s * n_params,
+           "activations": activation_bytes(config, batch, seq_len, precision) if all(given) else activations_bytes}
+    out["total"] = sum(out.values())
+    return out
+
+
+def training_peak_bytes(config: GPTConfig, batch: int, seq_len: int, optimizer: str = "adamw",
+                        precision: str = "bf16-mixed") -> int:
+    """Predicted peak of a training step of the lab GPT (grads set to None before it, fused optimizer).
+
+    Two candidate peaks, with M = `training_memory` of the step:
+      start of backward: M.total − M.gradients + logits-gradient transient (dL/dlog p and dL/dlogits,
+                         fp32, 2·4·BTV, plus the 2·BTV bf16 cast of dL/dlogits under autocast);
+      end of backward:   M.total − M.activations (all gradients, activations freed).
+    """
+    m = training_memory(gpt_param_count(config), optimizer, precision, config=config, batch=batch, seq_len=seq_len)
+    transient = (8 + (2 if precision.endswith("-mixed") else 0)) * batch * seq_len * config.vocab_size
+    return max(m["total"] - m["gradients"] + transient, m["total"] - m["activations"])
+
+
+def kv_cache_bytes(config: GPTConfig, batch: int, seq_len: int, dtype=torch.bfloat16) -> int:
+    """2·L·H_kv·D·T·B·b: one key and one value vector per layer, kv head, position and sequence."""
+    _check_config(config)
+    _check_size("batch", batch)
+    _check_size("seq_len", seq_len)
+    return 2 * config.n_layer * config.n_kv_head * config.head_dim * seq_len * batch * dtype_bytes(_dtype(dtype))
+
+
+def inference_memory(config: GPTConfig, batch: int, seq_len: int, dtype=torch.bfloat16) -> dict[str, int]:
+    """Bytes for generation with a KV cache of ``seq_len`` positions: weights, kv_cache, total."""
+    out = {"weights": gpt_param_count(config) * dtype_bytes(_dtype(dtype)),
+           "kv_cache": kv_cache_bytes(config, batch, seq_len, dtype)}
+    out["total"] = out["weights"] + out["kv_cache"]
+    return out
+
+
+def make_optimizer(params, optimizer: str = "adamw", lr: float = 1e-3, **kwargs) -> torch.optim.Optimizer:
+    """The torch optimizer the memory model's names stand for (sgd-momentum: momentum 0.9)."""
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, **kwargs)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, **kwargs)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9 if optimizer == "sgd-momentum" else 0.0, **kwargs)
+
+
+def _storage_bytes(tensors) -> int:
+    seen = {}
+    for t in tensors:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+def _batch(model: GPT, batch: int, seq_len: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    V = model.config.vocab_size
+    idx = torch.randint(0, V, (batch, seq_len), generator=gen)
+    targets = torch.randint(0, V, (batch, seq_len), generator=gen)
+    return idx.to(device), targets.to(device)
+
+
+def _lm_loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(idx).flatten(0, 1), targets.flatten())
+
+
+def measure_training_memory_cpu(model: GPT, batch: int, seq_len: int, optimizer: str = "adamw",
+                                precision: str = "fp32") -> dict[str, int]:
+    """Measure one real training step on the CPU, by summing tensor storage (bytes, same keys
+    as `training_memory`).
+
+    activations: storage of the tensors saved for backward during the forward (captured with
+    ``torch.autograd.graph.saved_tensors_hooks``, deduplicated by storage, parameters excluded);
+    weights / gradients / optimizer_states: storage of the parameters, their ``.grad`` and the
+    optimizer's state tensors after ``optimizer.step()`` (0-dim step counters excluded).
+    precision "fp32" or "bf16-mixed" (CPU autocast; weights and grads stay fp32 there).
+    """
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    _check_size("batch", batch)
+    _check_size("seq_len", seq_len)
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_choice("precision", precision, ("fp32", "bf16-mixed"))
+    params = [p for _, p in unique_parameters(model)[0]]
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in param_ptrs:
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    opt = make_optimizer(params, optimizer)
+    opt.zero_grad(set_to_none=True)
+    idx, targets = _batch(model, batch, seq_len, "cpu")
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = _lm_loss(model, idx, targets)
+    loss.backward()
+    opt.step()
+    states = [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t) and t.dim() > 0]
+    out = {"weights": _storage_bytes(params), "gradients": _storage_bytes(p.grad for p in params if p.grad is not None),
+           "master_weights": 0, "optimizer_states": _storage_bytes(states), "activations": sum(saved.values())}
+    out["total"] = sum(out.values())
+    return out
+
+
+def measure_training_memory_cuda(model: GPT, batch: int, seq_len: int, optimizer: str = "adamw",
+                                 precision: str = "bf16-mixed") -> dict[str, int]:
+    """Peak CUDA memory of one real training step (bf16 autocast or fp32) of a lab GPT on the GPU.
+
+    A first step allocates the optimizer states; then ``torch.cuda.reset_peak_memory_stats`` and a
+    second full step (zero_grad(set_to_none), forward, backward, step) is measured.
+    Returns {"peak": max_memory_allocated, "before": allocated before the step (weights + states)}.
+    Adam/AdamW use ``fused=True`` so the step allocates no temporaries.
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("measure_training_memory_cuda needs a CUDA GPU; torch.cuda.is_available() is False")
+    _check_size("batch", batch)
+    _check_size("seq_len", seq_len)
+    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    _check_choice("precision", precision, ("fp32", "bf16-mixed"))
+    model = model.to("cuda").float().train()
+    kwargs = {"fused": True} if optimizer in ("adam", "adamw") else {}
+    opt = make_optimizer([p for _, p in unique_parameters(model)[0]], optimizer, **kwargs)
+    idx, targets = _batch(model, batch, seq_len, "cuda")
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = _lm_loss(model, idx, targets)
+        loss.backward()
+        opt.step()
+
+    step()
+    opt.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return {"peak": torch.cuda.max_memory_allocated(), "before": before}
+
+
+@torch.no_grad()
+def measure_decode_memory_cuda(hf_model, batch: int, seq_len: int, dtype=torch.bfloat16) -> dict[str, int]:
+    """Peak CUDA memory of one decode step of a `transformers` causal LM with a KV cache of seq_len.
+
+    Prefills seq_len - 1 random tokens with use_cache=True, frees everything but the cache,
+    then measures one single-token step. Returns {"peak", "weights", "kv_cache"} (bytes;
+    kv_cache = sum of the cache's key/value nbytes after the step).
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("measure_decode_memory_cuda needs a CUDA GPU; torch.cuda.is_available() is False")
+    _check_size("batch", batch)
+    _check_size("seq_len", seq_len, minimum=2)
+    model = hf_model.to(device="cuda", dtype=_dtype(dtype)).eval()
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=gen).cuda()
+    cache = model(prompt[:, :-1], use_cache=True).past_key_values
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    out = model(prompt[:, -1:], past_key_values=cache, use_cache=True)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return {"peak": peak, "weights": _storage_bytes(model.parameters()),
+            "kv_cache": cache_nbytes(out.past_key_values)}
+
+
+def cache_nbytes(cache) -> int:
+    """Bytes of the key and value tensors in a `transformers` cache (DynamicCache or legacy tuples)."""
+    if hasattr(cache, "layers"):
+        pairs = [(layer.keys, layer.values) for layer in cache.layers]
+    else:
+        pairs = list(cache)
+    return sum(k.nbytes + v.nbytes for k, v in pairs)

@@ -1,0 +1,104 @@
+"""The benchmark CLI (lab.bench): provenance, record layout, atomic writes, loading."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lab.atomic import atomic_write_json
+from lab.bench import device_kind, load_results, main
+from lab.data import REPO_ROOT
+from lab.params.offload import MODES
+from lab.params.counting import block_param_count
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    argv = ["params", "--quick", "--out", str(out), "--device", "cpu", "--no-progress"]
+    path = main(argv)
+    return path, argv, json.loads(path.read_text())
+
+
+def test_record_provenance(record):
+    path, argv, rec = record
+    assert path.name == "params_cpu_quick.json"
+    assert rec["command"] == "python -m lab.bench " + " ".join(argv)
+    assert rec["torch"] == torch.__version__
+    assert rec["device_type"] == "cpu" and rec["device"]
+    import triton
+    assert rec["triton"] == triton.__version__
+    assert rec["python"].count(".") == 2
+    date = dt.datetime.fromisoformat(rec["date"])
+    assert date.utcoffset() == dt.timedelta(0)
+    assert abs((dt.datetime.now(dt.timezone.utc) - date).total_seconds()) < 600
+    assert rec["suite"] == "params" and rec["quick"] is True
+
+
+def test_record_offload_numbers(record):
+    off = record[2]["offload"]
+    assert set(off["ms"]) == set(MODES) == set(off["max_abs_diff_vs_resident"]) == set(off["trace"])
+    assert all(v > 0 for v in off["ms"].values())
+    assert off["speedup_prefetch_over_naive"] == pytest.approx(off["ms"]["naive"] / off["ms"]["prefetch"])
+    assert all(v == 0.0 for v in off["max_abs_diff_vs_resident"].values())  # exact on the CPU
+    from lab.models.gpt import GPTConfig
+    cfg = GPTConfig(**off["config"])
+    assert off["layer_bytes"] == block_param_count(cfg) * 4  # float32
+    assert off["bytes_per_forward"] == cfg.n_layer * off["layer_bytes"]
+    assert off["h2d_gb_per_s"] > 0 and all(v > 0 for v in off["model_ms"].values())
+    L = cfg.n_layer
+    assert sum(e["kind"] == "copy" for e in off["trace"]["prefetch"]) == L
+    assert sum(e["kind"] == "compute" for e in off["trace"]["naive"]) == L
+    assert not any(e["kind"] == "copy" for e in off["trace"]["resident"])
+
+
+def test_record_memory_model_vs_measured(record):
+    mem = record[2]["memory"]
+    train = mem["training_step"]
+    assert train["model_bytes"] > 0 and train["measured_bytes"] > 0
+    assert train["ratio"] == pytest.approx(train["measured_bytes"] / train["model_bytes"])
+    assert 0.5 < train["ratio"] < 2.0  # the memory model is in the right range on the CPU too
+    assert "CUDA" in mem["decode_step"]["skipped"]
+
+
+def test_load_results(record):
+    path, _, rec = record
+    loaded = load_results("params_*.json", root=path.parent)
+    assert len(loaded) == 1 and loaded[0]["_path"] == str(path)
+    assert loaded[0]["offload"]["ms"] == rec["offload"]["ms"]
+    with pytest.raises(FileNotFoundError, match="no results match pattern='nothing_\\*.json'"):
+        load_results("nothing_*.json", root=path.parent)
+
+
+def test_atomic_write_json_replaces_and_leaves_no_temporaries(tmp_path):
+    target = tmp_path / "sub" / "r.json"
+    atomic_write_json(target, {"a": 1})
+    atomic_write_json(target, {"a": 2})
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["r.json"]
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"a": object()})  # not serialisable: old file kept, no temporary
+    assert json.loads(target.read_text()) == {"a": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["r.json"]
+
+
+def test_cli_errors_and_device_kind(capsys):
+    with pytest.raises(SystemExit):
+        main(["pruning"])
+    assert "invalid choice: 'pruning'" in capsys.readouterr().err
+    assert device_kind(torch.device("cpu")) == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["params", "--device", "cuda"])
+        assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_module_entry_point_help():
+    proc = subprocess.run([sys.executable, "-m", "lab.bench", "--help"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "params" in proc.stdout and "--quick" in proc.stdout

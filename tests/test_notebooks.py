@@ -1,0 +1,108 @@
+"""Regression runs of every notebook: execute it with papermill, then check its headline metrics.
+
+Each notebook records the numbers its text states with ``lab.report.record(name, value)``.
+This test executes the notebook (its ``parameters`` cell holds small CPU defaults;
+``PARAMETERS`` below can override them per notebook), reads the metrics JSON written next
+to the executed copy, and checks every metric in ``EXPECTED``. A notebook without an
+``EXPECTED`` entry, or a metric that was not recorded, fails the test.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab import report
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+KERNEL = "python3"
+CELL_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Between:
+    """lo <= value <= hi (inclusive)."""
+
+    lo: float
+    hi: float
+
+    def __contains__(self, value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value) and self.lo <= value <= self.hi
+
+    def __str__(self) -> str:
+        return f"[{self.lo}, {self.hi}]"
+
+
+def exactly(target: float) -> Between:
+    return Between(target, target)
+
+
+def near(target: float, rel: float) -> Between:
+    """|value − target| <= rel·|target|."""
+    return Between(target - rel * abs(target), target + rel * abs(target))
+
+
+# ============================================================================================
+# EXPECTED: {notebook stem: {metric name: tolerance}} -- one entry per notebook, checked after
+# every papermill run with the notebook's default (small, CPU) parameters.
+# ============================================================================================
+EXPECTED: dict[str, dict[str, Between]] = {
+    "01_parameter_management": {  # PLACEHOLDER entries: the chapter-1 author completes this table
+        "n_parameters": exactly(6_524_160),
+        "adam_mixed_bytes_per_param": exactly(16),
+    },
+}
+
+# Per-notebook papermill parameter overrides (empty: use the notebook's own defaults).
+PARAMETERS: dict[str, dict] = {}
+
+
+def test_every_notebook_has_expected_metrics_and_every_entry_a_notebook():
+    stems = {nb.stem for nb in NOTEBOOKS}
+    assert stems - EXPECTED.keys() == set(), "add an EXPECTED entry for these notebooks"
+    assert EXPECTED.keys() - stems == set(), "EXPECTED names notebooks that do not exist"
+    assert all(EXPECTED.values()), "every EXPECTED entry needs at least one metric"
+
+
+def test_python3_kernel_is_this_environment():
+    """papermill starts the `python3` kernelspec; it must be the interpreter running the tests."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(KERNEL)
+    launcher = spec.argv[0]
+    assert launcher in ("python", "python3", sys.executable), (
+        f"kernel {KERNEL!r} runs {launcher}, not {sys.executable}; "
+        f"run `{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}`")
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
+def test_notebook_runs_and_reproduces_its_metrics(notebook: Path, tmp_path: Path, monkeypatch):
+    import papermill
+
+    metrics_path = tmp_path / f"{notebook.stem}.metrics.json"
+    monkeypatch.setenv(report.ENV_VAR, str(metrics_path))  # inherited by the kernel
+    monkeypatch.delenv("MPLBACKEND", raising=False)  # draw inline, as the book and nbval do
+    # the kernel's working directory is notebooks/; make `import lab` work there
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(NOTEBOOK_DIR.parent),
+                                                                   os.environ.get("PYTHONPATH")])))
+    papermill.execute_notebook(
+        str(notebook), str(tmp_path / notebook.name),
+        parameters=PARAMETERS.get(notebook.stem, {}), kernel_name=KERNEL, cwd=str(NOTEBOOK_DIR),
+        execution_timeout=CELL_TIMEOUT_S, progress_bar=False)
+
+    metrics = report.read(metrics_path)
+    failures = []
+    for name, tolerance in EXPECTED.get(notebook.stem, {}).items():
+        if name not in metrics:
+            failures.append(f"{name}: not recorded (recorded: {sorted(metrics)})")
+        elif metrics[name] not in tolerance:
+            failures.append(f"{name}: {metrics[name]!r} not in {tolerance}")
+    assert not failures, f"{notebook.name}:\n  " + "\n  ".join(failures)
+

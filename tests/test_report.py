@@ -1,0 +1,88 @@
+"""lab.report: metrics round-trip through JSON, land where the tests look, and bad input is refused."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lab import report
+
+
+def test_record_then_read_round_trips_and_keeps_other_names(tmp_path):
+    path = tmp_path / "nb.metrics.json"
+    report.record("n_parameters", 6_524_160, path=path)
+    report.record("ppl", 12.5, path=path)
+    report.record("ok", True, path=path)
+    report.record("curve", [1, 2.5, 3], path=path)
+    report.record("ppl", 11.25, path=path)  # overwrite one name
+    expected = {"n_parameters": 6_524_160, "ppl": 11.25, "ok": True, "curve": [1, 2.5, 3]}
+    assert report.read(path) == expected
+    assert json.loads(path.read_text()) == expected  # plain JSON, readable without lab
+    assert [p.name for p in tmp_path.iterdir()] == ["nb.metrics.json"]  # no temp files left
+
+
+def test_numpy_and_torch_scalars_are_unwrapped(tmp_path):
+    path = tmp_path / "m.json"
+    report.record("a", np.float32(0.5), path=path)
+    report.record("b", torch.tensor(7), path=path)
+    report.record("c", np.int64(3), path=path)
+    assert report.read(path) == {"a": 0.5, "b": 7, "c": 3}
+
+
+def test_path_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(report.ENV_VAR, raising=False)
+    report.record("x", 1)
+    assert report.read(tmp_path / report.DEFAULT_FILENAME) == {"x": 1}
+
+    env_file = tmp_path / "sub" / "from_env.metrics.json"
+    monkeypatch.setenv(report.ENV_VAR, str(env_file))
+    report.record("y", 2)
+    assert report.read() == {"y": 2}
+    assert report.read(env_file) == {"y": 2}
+
+    explicit = tmp_path / "explicit.json"
+    report.record("z", 3, path=explicit)  # explicit path beats the environment
+    assert report.read(explicit) == {"z": 3}
+    assert report.read(env_file) == {"y": 2}
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.dictionaries(st.text(min_size=1).filter(str.strip),
+                       st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False),
+                                 st.booleans(), st.text()),
+                       min_size=1, max_size=5))
+def test_any_valid_metrics_round_trip(tmp_path_factory, metrics):
+    path = tmp_path_factory.mktemp("h") / "m.json"
+    for name, value in metrics.items():
+        report.record(name, value, path=path)
+    assert report.read(path) == metrics
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, [1.0, math.nan]])
+def test_non_finite_values_are_refused(tmp_path, value):
+    with pytest.raises(ValueError, match="must be finite"):
+        report.record("bad", value, path=tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("value", [None, {"a": 1}, object(), torch.ones(2)])
+def test_unsupported_values_are_refused(tmp_path, value):
+    with pytest.raises(TypeError, match="value must be an int, float, str, bool or a list"):
+        report.record("bad", value, path=tmp_path / "m.json")
+
+
+def test_bad_names_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="name must be a non-empty str"):
+        report.record("  ", 1, path=tmp_path / "m.json")
+    with pytest.raises(TypeError, match="name must be a str, got int"):
+        report.record(3, 1, path=tmp_path / "m.json")
+
+
+def test_reading_a_missing_file_says_nothing_was_recorded(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing was recorded"):
+        report.read(tmp_path / "absent.json")
