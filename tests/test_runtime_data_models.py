@@ -8,6 +8,7 @@ size, sha256 for the splits, and plain `torch` for Triton kernels run by the int
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import random
@@ -21,8 +22,17 @@ from hypothesis import strategies as st
 
 from lab import data, runtime
 from lab.metrics import nll_per_token, perplexity
-from lab.models import (GPT, GPTConfig, from_llama, load_pretrained_encoder, load_pretrained_lm,
-                        load_tokenizer, to_llama, train_lm)
+from lab.models import (
+    GPT,
+    GPTConfig,
+    from_llama,
+    load_pretrained_encoder,
+    load_pretrained_lm,
+    load_tokenizer,
+    to_llama,
+    train_lm,
+)
+from lab.models.pretrained import LM_DIR, checkpoint_sha256
 from lab.models.train import lr_at, random_batch
 
 NO_CUDA = not torch.cuda.is_available()
@@ -239,6 +249,14 @@ def test_pretrained_lm_loads_identically_in_both_implementations(tokenizer):
                                   "operating system dependent functionality.")["input_ids"]])
     with torch.no_grad():
         torch.testing.assert_close(lab(ids), hf(ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_committed_checkpoint_is_the_one_its_training_record_describes():
+    """The bf16 weights on disk are byte-for-byte those the training run wrote (corruption check),
+    and they reproduce the test-slice perplexity the run recorded."""
+    record = json.loads((LM_DIR / "training_record.json").read_text())
+    assert checkpoint_sha256() == record["model_safetensors_sha256"]
+    assert record["n_parameters"] == load_pretrained_lm("lab").num_parameters() == 6_524_160
 
 
 def test_pretrained_lm_bad_arguments(tmp_path):

@@ -23,7 +23,7 @@ import torch
 from lab import data
 from lab.metrics import perplexity
 from lab.models.gpt import GPT, GPTConfig
-from lab.models.pretrained import LM_DIR, load_pretrained_lm, to_llama
+from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, to_llama
 from lab.models.train import train_lm
 from lab.runtime import get_device, seed_everything
 
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__, "python": platform.python_version(),
         "config": cfg.to_dict(), "args": {k: str(v) for k, v in vars(args).items()},
         "n_parameters": model.num_parameters(), "corpus": data.corpus_manifest(),
+        "model_safetensors_sha256": checkpoint_sha256(args.out),
         "train_tokens": len(train), "tokens_seen": history["tokens_seen"], "seconds": history["seconds"],
         "loss_every_10": history["loss"][::10], "final_loss": history["loss"][-1],
         "val_perplexity": history["eval"],

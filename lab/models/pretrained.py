@@ -91,6 +91,13 @@ def from_llama(hf) -> GPT:
     return model.eval()
 
 
+def checkpoint_sha256(path: str | Path = LM_DIR) -> str:
+    """SHA-256 of the checkpoint's ``model.safetensors``; ``training_record.json`` stores it."""
+    import hashlib
+
+    return hashlib.sha256((_check_lm_dir(path) / "model.safetensors").read_bytes()).hexdigest()
+
+
 def _check_lm_dir(path: Path) -> Path:
     path = Path(path)
     for name in ("config.json", "model.safetensors", "tokenizer.json"):

@@ -94,7 +94,7 @@ def plot_format_ranges(ax=None):
     ax.set_yticks(range(3), ["fp32", "bf16", "fp16"])
     ax.set_xlabel("log2 |x|")
     ax.set_xlim(-160, 190)
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper left")
     return ax
 
 
