@@ -102,3 +102,27 @@ def test_module_entry_point_help():
     proc = subprocess.run([sys.executable, "-m", "lab.bench", "--help"], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "params" in proc.stdout and "--quick" in proc.stdout
+
+
+def test_prune_suite_quick_cpu_record(tmp_path):
+    from lab.prune.semi_structured import compressed_nbytes
+
+    argv = ["prune", "--quick", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
+    path = main(argv)
+    rec = json.loads(path.read_text())
+    assert path.name == "prune_cpu_quick.json"
+    assert rec["suite"] == "prune" and rec["quick"] is True and rec["device_type"] == "cpu"
+    assert rec["command"] == "python -m lab.bench " + " ".join(argv) and rec["torch"] == torch.__version__
+    assert rec["label"].startswith("CPU:") and "CUDA" in rec["model"]["skipped"]
+    assert rec["linear"]
+    for row in rec["linear"]:
+        paths = {"dense", "decompress_matmul"}
+        assert set(row["ms"]) == set(row["gb_per_s"]) == set(row["max_rel_err"]) == paths
+        assert set(row["speedup_over_dense"]) == {"decompress_matmul"}
+        assert all(v > 0 for v in row["ms"].values()) and all(v > 0 for v in row["gb_per_s"].values())
+        assert all(v < 1e-4 for v in row["max_rel_err"].values())  # fp32 vs the float64 reference
+        assert row["speedup_over_dense"]["decompress_matmul"] == pytest.approx(
+            row["ms"]["dense"] / row["ms"]["decompress_matmul"])
+        nbytes = compressed_nbytes(row["out_features"], row["in_features"], getattr(torch, row["dtype"]))
+        assert row["weight_bytes"] == {"dense": nbytes["dense"], "decompress_matmul": nbytes["compressed"]}
+        assert row["ideal_memory_bound_speedup"] == pytest.approx(nbytes["dense"] / nbytes["compressed"])

@@ -18,7 +18,6 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 
 import lab.atomic
-import lab.params.safetensors_io as sio
 import lab.params.sharded as sharded
 from lab.models.gpt import GPT, GPTConfig
 from lab.params.lazy import (build_on_meta, load_eager, load_lazy, measure_load_peak_rss, untied_state_dict)

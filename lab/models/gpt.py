@@ -102,7 +102,8 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        H, H_kv, D = self.cfg.n_head, self.cfg.n_kv_head, self.cfg.head_dim
+        D = self.cfg.head_dim
+        H, H_kv = self.q_proj.out_features // D, self.k_proj.out_features // D  # per layer: see lab.prune.structured
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)        # (B, H, T, D)
         k = self.k_proj(x).view(B, T, H_kv, D).transpose(1, 2)     # (B, H_kv, T, D)
         v = self.v_proj(x).view(B, T, H_kv, D).transpose(1, 2)

@@ -1,0 +1,76 @@
+"""Optimal Brain Surgeon for one output row of a linear layer.
+
+Layer y = W x, W (rows, d); calibration inputs X (d, N), one sample per column. Each row w (d,) is pruned
+on its own, minimising the reconstruction error E(ŵ) = ||w X − ŵ X||² = (w − ŵ)ᵀ X Xᵀ (w − ŵ). We use the
+Hessian normalised by the sample count, as SparseGPT accumulates H = 2/N Σ x xᵀ:
+
+    H = 2 X Xᵀ / N,        E(w + δ) = (N/2) · δᵀ H δ
+
+(the factor N/2 changes no mask and no update, only the scale of E). Removing weight q means adding δ with
+δ_q = −w_q; the best such δ (Hassibi & Stork 1993, Optimal Brain Surgeon; LeCun et al. 1990, Optimal Brain
+Damage, keeps only the diagonal and no update) is
+
+    δ = −w_q / [H⁻¹]_qq · H⁻¹[:, q]       with  E = (N/2) · w_q² / [H⁻¹]_qq
+
+and the saliency used for ranking is w_q² / [H⁻¹]_qq. With H = I this is w_q²: magnitude pruning. After a
+removal the weight q stays at 0, so the next step uses the inverse of H restricted to the remaining weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def layer_hessian(X: torch.Tensor) -> torch.Tensor:
+    """H = 2 X Xᵀ / N for inputs X (d, N) (columns are samples); float64 (d, d)."""
+    if not torch.is_tensor(X) or not X.is_floating_point() or X.ndim != 2:
+        raise ValueError(f"X must be a 2-D floating-point tensor (d, n_samples), got "
+                         f"{type(X).__name__}{tuple(X.shape) if torch.is_tensor(X) else ''}")
+    X = X.to(torch.float64)
+    return 2.0 * X @ X.T / X.shape[1]
+
+
+def reconstruction_error(W: torch.Tensor, W_hat: torch.Tensor, X: torch.Tensor) -> float:
+    """||W X − Ŵ X||_F² for W, Ŵ (rows, d) and X (d, N), computed in float64."""
+    if W.shape != W_hat.shape or W.shape[-1] != X.shape[0]:
+        raise ValueError(f"shapes do not match: W {tuple(W.shape)}, W_hat {tuple(W_hat.shape)}, "
+                         f"X {tuple(X.shape)} (need W, W_hat (rows, d) and X (d, N))")
+    return float(((W.to(torch.float64) - W_hat.to(torch.float64)) @ X.to(torch.float64)).square().sum())
+
+
+def obs_saliency(w: torch.Tensor, H_inv: torch.Tensor) -> torch.Tensor:
+    """Saliency w_q² / [H⁻¹]_qq for every q; w (..., d), H_inv (d, d) → (..., d)."""
+    return w.square() / H_inv.diagonal()
+
+
+def obs_update(w: torch.Tensor, H_inv: torch.Tensor, q: int) -> torch.Tensor:
+    """Compensating update δ = −w_q / [H⁻¹]_qq · H⁻¹[:, q] for removing weight q; w (d,) → δ (d,), δ_q = −w_q."""
+    return -w[q] / H_inv[q, q] * H_inv[:, q]
+
+
+def obs_prune_row_bruteforce(w: torch.Tensor, H: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy OBS: remove k weights of the row w (d,) one at a time, in float64.
+
+    Each step inverts H restricted to the remaining weights R (explicitly, ``torch.linalg.inv``), removes the
+    q ∈ R of smallest saliency (ties: lowest index) and applies δ on R. Returns (ŵ (d,) float64 with ŵ_q = 0
+    for the removed q, removed indices (k,) int64 in removal order). O(k·d³): a reference for tiny rows.
+    """
+    d = w.shape[0]
+    if H.shape != (d, d):
+        raise ValueError(f"H must have shape ({d}, {d}) for w of shape ({d},), got {tuple(H.shape)}")
+    if not 0 <= k <= d:
+        raise ValueError(f"k={k} is not allowed; it must lie in [0, {d}]")
+    w_hat = w.to(torch.float64).clone()
+    H = H.to(torch.float64)
+    remaining = list(range(d))
+    removed = []
+    for _ in range(k):
+        idx = torch.tensor(remaining)
+        H_inv = torch.linalg.inv(H[idx][:, idx])
+        w_R = w_hat[idx]
+        local_q = int(torch.argmin(obs_saliency(w_R, H_inv)))  # argmin returns the first minimum
+        w_hat[idx] = w_R + obs_update(w_R, H_inv, local_q)
+        q = remaining.pop(local_q)
+        w_hat[q] = 0.0  # exactly zero, not zero up to rounding
+        removed.append(q)
+    return w_hat, torch.tensor(removed, dtype=torch.int64)

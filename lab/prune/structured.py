@@ -1,0 +1,217 @@
+"""Structured pruning of a lab `GPT`: remove whole attention heads and MLP channels, shrinking tensors.
+
+Shapes per decoder layer: C = d_model, D = head dimension, H query heads, H_kv key/value heads,
+g = H/H_kv query heads per kv head (query head h reads kv head h // g), F = MLP width.
+
+* Head h owns rows h·D … (h+1)·D−1 of W_q (H·D, C) and the same columns of W_o (C, H·D);
+  kv head j owns rows j·D … of W_k, W_v (H_kv·D, C).  Attention repeats every kv head g times,
+  so after pruning every surviving kv head must still serve the *same* number g′ ≥ 1 of query
+  heads. Allowed removals are therefore (a) whole kv groups — a kv head with all its g query
+  heads, which removes its rows of W_k and W_v too — and (b) the same number of query heads from
+  every remaining group; anything else raises ValueError. With H_kv = H (no GQA) any heads go.
+* MLP channel c owns row c of W_gate and W_up (F, C) and column c of W_down (C, F).
+
+Parameters removed: 2·C·D per query head (W_q rows, W_o columns), 2·C·D per kv head (W_k, W_v
+rows), 3·C per MLP channel. The result equals the unpruned model with the removed heads' W_o
+columns and the removed channels' W_down columns set to zero.
+
+Per-layer sizes: `Attention` and `MLP` read their head counts and widths from their weights'
+shapes (the head dimension D stays that of the config), so shrinking the tensors is enough. A model with per-layer widths no longer fits one `transformers` LlamaConfig, so
+`lab.models.pretrained.to_llama` does not apply to it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def _sizes(attn: nn.Module) -> tuple[int, int, int]:
+    """(H, H_kv, D) of one attention module, from its weights."""
+    D = attn.cfg.head_dim
+    return attn.q_proj.out_features // D, attn.k_proj.out_features // D, D
+
+
+def _keep(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None) -> None:
+    """Shrink ``linear`` in place to the given output rows / input columns of its weight."""
+    w = linear.weight.detach()
+    if rows is not None:
+        w = w[rows]
+    if cols is not None:
+        w = w[:, cols]
+    linear.weight = nn.Parameter(w.clone(), requires_grad=linear.weight.requires_grad)
+    linear.out_features, linear.in_features = w.shape
+
+
+def _units(indices: torch.Tensor, size: int) -> torch.Tensor:
+    """Row indices of the units ``indices`` of ``size`` consecutive rows each."""
+    return (indices[:, None] * size + torch.arange(size)).flatten()
+
+
+def _check_indices(what: str, layer: int, indices, limit: int) -> list[int]:
+    idx = list(indices)
+    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < limit]
+    if bad:
+        raise ValueError(f"{what}[{layer}] has indices {bad} outside [0, {limit})")
+    if len(set(idx)) != len(idx):
+        raise ValueError(f"{what}[{layer}] has repeated indices: {sorted(idx)}")
+    if len(idx) == limit:
+        raise ValueError(f"{what}[{layer}] removes all {limit} of layer {layer}; keep at least one")
+    return sorted(idx)
+
+
+def _check_layers(what: str, spec: dict | None, n_layer: int) -> dict:
+    spec = spec or {}
+    if not isinstance(spec, dict):
+        raise TypeError(f"{what} must be a dict {{layer index: [indices]}} or None, got {type(spec).__name__}")
+    bad = [i for i in spec if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_layer]
+    if bad:
+        raise ValueError(f"{what} has layer indices {bad} outside [0, {n_layer})")
+    return spec
+
+
+def _kept_heads(attn: nn.Module, layer: int, removed: list[int]) -> tuple[list[int], list[int]]:
+    """(kept query heads, kept kv heads) after removing ``removed``; ValueError if groups end up unequal."""
+    H, H_kv, _ = _sizes(attn)
+    g = H // H_kv
+    keep_q = [h for h in range(H) if h not in removed]
+    per_group = [sum(h // g == j for h in keep_q) for j in range(H_kv)]
+    keep_kv = [j for j in range(H_kv) if per_group[j]]
+    if len({per_group[j] for j in keep_kv}) != 1:
+        raise ValueError(f"heads[{layer}]={removed} leaves kv groups with unequal query heads {per_group} "
+                         f"(H={H}, H_kv={H_kv}, query head h uses kv head h // {g}); remove whole groups or "
+                         f"the same number of heads from every group")
+    return keep_q, keep_kv
+
+
+def _prune_heads(attn: nn.Module, keep_q: list[int], keep_kv: list[int]) -> None:
+    D = attn.cfg.head_dim
+    q_rows, kv_rows = _units(torch.tensor(keep_q), D), _units(torch.tensor(keep_kv), D)
+    _keep(attn.q_proj, rows=q_rows)
+    _keep(attn.k_proj, rows=kv_rows)
+    _keep(attn.v_proj, rows=kv_rows)
+    _keep(attn.o_proj, cols=q_rows)
+
+
+def _prune_channels(mlp: nn.Module, removed: list[int]) -> None:
+    keep = torch.tensor([c for c in range(mlp.up_proj.out_features) if c not in removed])
+    _keep(mlp.gate_proj, rows=keep)
+    _keep(mlp.up_proj, rows=keep)
+    _keep(mlp.down_proj, cols=keep)
+
+
+@torch.no_grad()
+def structured_prune(model: nn.Module, heads: dict[int, list[int]] | None = None,
+                     mlp_channels: dict[int, list[int]] | None = None) -> dict:
+    """Physically remove query heads and MLP channels from a lab `GPT`, in place.
+
+    ``heads``: {layer: query-head indices to remove} (see the module docstring for which sets are
+    allowed under grouped-query attention); ``mlp_channels``: {layer: channel indices to remove}.
+    Indices refer to the layer's current heads / channels. All arguments are checked before
+    anything changes. Returns {"params_before", "params_after", "params_removed",
+    "layers": [{"n_head", "n_kv_head", "d_ff"} per layer]}.
+    """
+    n_layer = len(model.layers)
+    heads = _check_layers("heads", heads, n_layer)
+    mlp_channels = _check_layers("mlp_channels", mlp_channels, n_layer)
+    heads = {i: _check_indices("heads", i, v, _sizes(model.layers[i].attn)[0]) for i, v in heads.items()}
+    mlp_channels = {i: _check_indices("mlp_channels", i, v, model.layers[i].mlp.up_proj.out_features)
+                    for i, v in mlp_channels.items()}
+    head_plans = {i: _kept_heads(model.layers[i].attn, i, removed) for i, removed in heads.items() if removed}
+    before = model.num_parameters()
+    for i, (keep_q, keep_kv) in head_plans.items():
+        _prune_heads(model.layers[i].attn, keep_q, keep_kv)
+    for i, removed in mlp_channels.items():
+        if removed:
+            _prune_channels(model.layers[i].mlp, removed)
+    after = model.num_parameters()
+    layers = [dict(zip(("n_head", "n_kv_head"), _sizes(b.attn)[:2]), d_ff=b.mlp.up_proj.out_features)
+              for b in model.layers]
+    return {"params_before": before, "params_after": after, "params_removed": before - after, "layers": layers}
+
+
+@torch.no_grad()
+def _contribution_norms(model: nn.Module, calib_tokens: torch.Tensor, batch_size: int = 8,
+                        progress: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer, ‖Y_h W_o,hᵀ‖₂ for each head h and ‖a_c w_down,cᵀ‖₂ for each channel c, float64.
+
+    Y_h (N, D): head h's attention output over all N calibration tokens; W_o,h (C, D): its
+    columns of W_o. a_c (N,): the SwiGLU activation of channel c; w_down,c (C,): column c of
+    W_down. The head norm² is tr(W_o,h G_h W_o,hᵀ) with G_h = Y_hᵀ Y_h; the channel norm is
+    ‖a_c‖₂·‖w_down,c‖₂ (a rank-one product).
+    """
+    if not isinstance(calib_tokens, torch.Tensor) or calib_tokens.dim() != 2 or calib_tokens.dtype != torch.int64:
+        got = (f"shape {tuple(calib_tokens.shape)}, {calib_tokens.dtype}" if isinstance(calib_tokens, torch.Tensor)
+               else type(calib_tokens).__name__)
+        raise ValueError(f"calib_tokens must be an int64 tensor of shape (n_samples, seq_len), got {got}")
+    head_gram: list = [None] * len(model.layers)
+    chan_sq: list = [None] * len(model.layers)
+
+    def head_hook(i: int, H: int, D: int):
+        def hook(module, inputs):
+            y = inputs[0].reshape(-1, H, D).double()                  # (N, H, D)
+            g = torch.einsum("nhd,nhe->hde", y, y)
+            head_gram[i] = g if head_gram[i] is None else head_gram[i] + g
+        return hook
+
+    def chan_hook(i: int):
+        def hook(module, inputs):
+            sq = inputs[0].reshape(-1, inputs[0].shape[-1]).double().pow(2).sum(0)
+            chan_sq[i] = sq if chan_sq[i] is None else chan_sq[i] + sq
+        return hook
+
+    handles = []
+    for i, block in enumerate(model.layers):
+        H, _, D = _sizes(block.attn)
+        handles.append(block.attn.o_proj.register_forward_pre_hook(head_hook(i, H, D)))
+        handles.append(block.mlp.down_proj.register_forward_pre_hook(chan_hook(i)))
+    device = next(model.parameters()).device
+    try:
+        for s in tqdm(range(0, len(calib_tokens), batch_size), desc="importance", disable=not progress):
+            model(calib_tokens[s:s + batch_size].to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    head_scores, chan_scores = [], []
+    for i, block in enumerate(model.layers):
+        H, _, D = _sizes(block.attn)
+        w_o = block.attn.o_proj.weight.double().view(-1, H, D)         # (C, H, D)
+        head_scores.append(torch.einsum("chd,hde,che->h", w_o, head_gram[i], w_o).clamp_min(0).sqrt())
+        chan_scores.append(chan_sq[i].sqrt() * block.mlp.down_proj.weight.double().norm(dim=0))
+    return head_scores, chan_scores
+
+
+def head_importance(model: nn.Module, calib_tokens: torch.Tensor, batch_size: int = 8,
+                    progress: bool = False) -> list[torch.Tensor]:
+    """Per layer, (H,) float64: L2 norm of each query head's contribution Y_h W_o,hᵀ on calibration data."""
+    return _contribution_norms(model, calib_tokens, batch_size, progress)[0]
+
+
+def channel_importance(model: nn.Module, calib_tokens: torch.Tensor, batch_size: int = 8,
+                       progress: bool = False) -> list[torch.Tensor]:
+    """Per layer, (F,) float64: L2 norm of each MLP channel's contribution a_c w_down,cᵀ on calibration data."""
+    return _contribution_norms(model, calib_tokens, batch_size, progress)[1]
+
+
+def prune_structured_by_importance(model: nn.Module, calib_tokens: torch.Tensor, head_fraction: float,
+                                   channel_fraction: float, batch_size: int = 8, progress: bool = False) -> dict:
+    """Remove, in every layer, the least important ⌊head_fraction·H_kv⌋ kv groups and ⌊channel_fraction·F⌋ channels.
+
+    A kv group (a kv head and its g query heads) scores sqrt(Σ_h∈group ‖Y_h W_o,hᵀ‖²); channels score
+    as in `channel_importance`. Both fractions lie in [0, 1), so every layer keeps at least one group
+    and one channel. Returns `structured_prune`'s report plus the removed "heads" and "mlp_channels".
+    """
+    for name, value in (("head_fraction", head_fraction), ("channel_fraction", channel_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    head_scores, chan_scores = _contribution_norms(model, calib_tokens, batch_size, progress)
+    heads, channels = {}, {}
+    for i, block in enumerate(model.layers):
+        H, H_kv, _ = _sizes(block.attn)
+        group_scores = head_scores[i].pow(2).view(H_kv, H // H_kv).sum(1)
+        groups = group_scores.argsort()[: int(head_fraction * H_kv)]
+        heads[i] = sorted(h for j in groups.tolist() for h in range(j * (H // H_kv), (j + 1) * (H // H_kv)))
+        channels[i] = sorted(chan_scores[i].argsort()[: int(channel_fraction * len(chan_scores[i]))].tolist())
+    report = structured_prune(model, heads=heads, mlp_channels=channels)
+    return {**report, "heads": heads, "mlp_channels": channels}
