@@ -72,14 +72,14 @@ EXPECTED: dict[str, dict] = {
         "n_parameters": exactly(6_524_160),
         "embedding_fraction": near(8192 * 256 / 6_524_160, 1e-9),
         "lab_vs_transformers_max_abs_logit_diff": Between(0.0, 1e-4),
-        "pretrained_perplexity": PRETRAINED_PPL_RANGE,
+        "pretrained_perplexity": near(29.24, 0.02),  # first 8192 tokens of the evaluation slice
         # memory model vs measurement (the issue asks for agreement within 10%)
         "adam_mixed_bytes_per_param": exactly(16),
         "training_memory_ratio_total": near(1.0, 0.10),
         "training_memory_ratio_activations": near(1.0, 0.10),
         "kv_cache_formula_over_allocated": exactly(1.0),
         # number formats, storage, offloading: from-scratch pieces agree with their references
-        "fp16_underflow_fraction_unscaled": FP16_UNDERFLOW_RANGE,
+        "fp16_underflow_fraction_unscaled": Between(0.0015, 0.006),  # measured 0.0029
         "loss_scaler_matches_gradscaler": Is(True),
         "safetensors_roundtrip_bit_exact": Is(True),
         "lazy_over_eager_extra_rss": Between(0.0, 0.8),
@@ -88,9 +88,29 @@ EXPECTED: dict[str, dict] = {
         "sharing_untied_n_params": exactly(2_835_584),
         "sharing_tied_n_params": exactly(1_787_008),
         "sharing_albert_n_params": exactly(1_233_280),
-        "sharing_untied_val_ppl": SHARING_PPL_RANGE,
-        "sharing_tied_val_ppl": SHARING_PPL_RANGE,
-        "sharing_albert_val_ppl": SHARING_PPL_RANGE,
+        "sharing_untied_val_ppl": near(380.6, 0.10),
+        "sharing_tied_val_ppl": near(518.4, 0.10),
+        "sharing_albert_val_ppl": near(809.8, 0.10),
+    },
+    "02_pruning": {
+        "dense_perplexity": near(29.24, 0.02),
+        # one layer (middle block's up_proj, 50%): SparseGPT's reconstruction error well below the others
+        "layer_error_sparsegpt_50": Between(0.005, 0.02),   # measured 0.0135
+        "layer_error_wanda_50": Between(0.025, 0.045),      # measured 0.0327
+        "layer_error_magnitude_50": Between(0.025, 0.045),  # measured 0.0326
+        # whole model, perplexity / dense (measured: sparsegpt 1.018, wanda 1.034, magnitude 1.035 at 50%)
+        "ppl_ratio_sparsegpt_50": Between(1.0, 1.03),
+        "ppl_ratio_wanda_50": Between(1.02, 1.06),
+        "ppl_ratio_magnitude_50": Between(1.02, 1.06),
+        "ppl_ratio_sparsegpt_24": Between(1.02, 1.07),
+        "ppl_ratio_wanda_24": Between(1.07, 1.14),
+        "ppl_ratio_magnitude_24": Between(1.07, 1.14),
+        # the published ordering: SparseGPT below magnitude at every sparsity >= 50%; Wanda level with it here
+        "sparsegpt_below_magnitude_from_50": Is(True),
+        "wanda_over_magnitude_50": Between(0.97, 1.03),
+        "structured_0.25_params": exactly(5_418_240),
+        "structured_0.5_params": exactly(4_312_320),
+        "compress_24_roundtrip_exact": Is(True),
     },
 }
 
