@@ -158,8 +158,8 @@ def test_layer_sensitivity_prunes_one_layer_of_a_copy():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"method": "obd"}, r"method must be one of .*'obd'"),
-    ({"sparsity": 1.0}, r"sparsity must be a number in \[0, 1\), got 1.0"),
-    ({"sparsity": -0.1}, r"sparsity must be a number in \[0, 1\), got -0.1"),
+    ({"sparsity": 1.0}, r"sparsity=1.0 is not allowed; it must lie in \[0, 1\)"),
+    ({"sparsity": -0.1}, r"sparsity=-0.1 is not allowed; it must lie in \[0, 1\)"),
     ({"calib_tokens": torch.zeros(16, dtype=torch.int64)}, (r"calib_tokens must be .*\(n_samples, seq_len\), "
                                                            r"got shape \(16,\)")),
     ({"calib_tokens": torch.zeros(2, 16)}, r"calib_tokens must be an int64 .*torch.float32"),

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lab.models.gpt import rope_cos_sin
-from lab.prune.masks import magnitude_mask, nm_mask, wanda_mask
+from lab.prune.masks import _check_nm_sparsity, magnitude_mask, nm_mask, wanda_mask
 from lab.prune.sparsegpt import sparsegpt_prune
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -62,12 +62,8 @@ def _check_args(model: nn.Module, method: str, sparsity: float, calib_tokens: to
                 n: int | None, m: int | None) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
-    if (n is None) != (m is None):
-        raise ValueError(f"n and m must be given together (N:M sparsity) or not at all, got n={n}, m={m}")
-    if n is not None and abs(sparsity - (1 - n / m)) > 1e-9:
-        raise ValueError(f"sparsity={sparsity!r} disagrees with n={n}, m={m}: N:M sparsity is 1 - n/m = {1 - n / m}")
+    for d_in in {lin.in_features for lin in model.modules() if isinstance(lin, nn.Linear)}:
+        _check_nm_sparsity(sparsity, n, m, d_in)  # the masks' own check, for every input width
     if calib_tokens is None:
         if method != "magnitude":
             raise ValueError(f"method={method!r} needs calib_tokens, got None")
