@@ -21,6 +21,12 @@ Suite ``prune`` (chapter 2), 2:4 sparsity as speed:
   bytes) and the memory-bound ideal dense bytes / compressed bytes.
 * model: a lab GPT with C = 4096 whose decoder linears are 2:4-pruned, dense vs semi-structured.
 On the CPU only the PyTorch paths run (dense matmul vs decompress + matmul, small fp32 shapes).
+
+Suite ``quant`` (chapter 3): int4 weight-only and W8A8 matmuls against bf16 cuBLAS and PyTorch's
+int4/int8 ops over batch sizes 1 … 4096, and one-token decode of the book's model per format
+(`lab.quant.bench`). Suite ``distill`` (chapter 4): the long distillation runs
+(`lab.distill.experiments`). Suite ``dist`` (chapter 5): each parallel strategy's training step on
+the local devices with nccl, or gloo on the CPU (`lab.dist.experiments`).
 """
 
 from __future__ import annotations
@@ -348,7 +354,29 @@ def bench_prune(device: torch.device, quick: bool = False, progress: bool = True
             "model": bench_prune_model(device, quick, progress)}
 
 
-SUITES = {"params": bench_params, "prune": bench_prune}
+def bench_quant(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """Suite ``quant``: int4 weight-only and W8A8 kernels, and decode speed per format (`lab.quant.bench`)."""
+    from lab.quant.bench import bench_quant as run
+
+    return run(device, quick, progress, median_ms=median_ms)
+
+
+def bench_distill(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """Suite ``distill``: the long distillation runs of chapter 4 (`lab.distill.experiments.run_full`)."""
+    from lab.distill.experiments import run_full
+
+    return run_full(device, quick, progress)
+
+
+def bench_dist(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """Suite ``dist``: the training step of every strategy on the local devices (`lab.dist.experiments.run_full`)."""
+    from lab.dist.experiments import run_full
+
+    return {"full": run_full(device, quick, progress)}
+
+
+SUITES = {"params": bench_params, "prune": bench_prune, "quant": bench_quant, "distill": bench_distill,
+          "dist": bench_dist}
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -112,6 +112,83 @@ EXPECTED: dict[str, dict] = {
         "structured_0.5_params": exactly(4_312_320),
         "compress_24_roundtrip_exact": Is(True),
     },
+    "03_quantization": {
+        "dense_perplexity": near(29.24, 0.02),
+        # the grid: bit-exact with PyTorch, |error| <= s/2 (up to float rounding), MSE = s²/12
+        "fake_quantize_equals_torch": Is(True),
+        "max_error_over_half_scale": Between(0.9, 1.0001),
+        "mse_over_s2_12": Between(0.9, 1.1),                  # measured 0.996
+        "group_over_tensor_mse_4bit": Between(0.1, 0.5),      # measured 0.244
+        "observer_mse_over_minmax_4bit": Between(0.1, 0.6),   # measured 0.280
+        # RTN vs GPTQ: GPTQ's layer error ~1/3 of RTN's everywhere; perplexity below RTN at 3 and 2 bits
+        "gptq_layer_error_below_rtn_everywhere": Is(True),
+        "gptq_below_rtn_at_3_and_2_bits": Is(True),
+        "layer_error_gptq_over_rtn_4_group": Between(0.2, 0.45),   # measured 0.324
+        "layer_error_gptq_over_rtn_3_channel": Between(0.2, 0.45),  # measured 0.329
+        "ppl_ratio_rtn_8_group": Between(0.999, 1.002),
+        "ppl_ratio_rtn_3_channel": Between(1.005, 1.03),   # measured 1.014
+        "ppl_ratio_gptq_3_channel": Between(1.0, 1.015),   # measured 1.008
+        "ppl_ratio_rtn_2_group": Between(1.06, 1.15),      # measured 1.100
+        "ppl_ratio_gptq_2_group": Between(1.02, 1.08),     # measured 1.053
+        "awq_layer_error_not_above_rtn": Is(True),
+        # activation outliers: the encoder has them, the LM does not; SmoothQuant helps W8A8
+        "lm_activation_max_over_median": Between(1.5, 4.0),       # measured 2.45
+        "encoder_outlier_max_over_median": Between(10.0, 20.0),   # measured 14.5
+        "encoder_smoothed_max_over_median": Between(3.0, 8.0),    # measured 5.34
+        "encoder_w8a8_tensor_error": Between(0.008, 0.03),        # measured 0.0168
+        "encoder_w8a8_token_error": Between(0.001, 0.004),        # measured 0.0021
+        "smoothquant_gain_token": Between(1.2, 2.5),              # measured 1.73
+        "smoothquant_gain_tensor": Between(1.05, 2.0),            # measured 1.31
+        "lm_w8a8_token_ppl_ratio": Between(0.999, 1.003),
+        "lm_w8a8_tensor_ppl_ratio": Between(0.999, 1.006),
+        # QAT at 2 bits beats RTN and the fine-tune-then-round control
+        "qat_over_rtn": Between(0.94, 0.995),                     # measured 0.978
+        "qat_over_finetune_then_rtn": Between(0.93, 0.995),       # measured 0.968
+        # packing: the packed int4 model computes the fake-quantized model's logits
+        "int4_packed_logits_max_abs_diff": Between(0.0, 1e-4),
+        "int4_disk_over_bf16": Between(0.45, 0.56),               # measured 0.514
+    },
+    "04_distillation": {
+        "teacher_perplexity": near(40.59, 0.02),  # 2048 tokens, windows of 256 moved by 255
+        "kd_loss_matches_reference": Is(True),
+        # at equal steps, KD beats hard labels for every student and initialisation
+        "kd_beats_hard_everywhere": Is(True),
+        "teacher_init_beats_random": Is(True),
+        "ppl_3_hard_teacher": near(79.26, 0.10),
+        "ppl_3_kd_teacher": near(66.36, 0.10),
+        "ppl_3_kd+hidden_teacher": near(64.69, 0.10),
+        "ppl_2_hard_teacher": near(145.95, 0.10),
+        "ppl_2_kd_teacher": near(118.08, 0.10),
+        "kd_gain_3_teacher": Between(1.08, 1.35),  # hard ppl / KD ppl, measured 1.194
+        "kd_gain_3_random": Between(1.15, 1.6),    # measured 1.341
+        "kd_gain_2_teacher": Between(1.1, 1.4),    # measured 1.236
+        "hidden_over_kd_3_teacher": Between(0.9, 1.05),
+        "student_3_params": exactly(4_310_784),
+        "student_2_params": exactly(3_572_992),
+        "retained_ce_ratio_3": near(0.888, 0.03),
+        "retained_ce_ratio_2": near(0.776, 0.03),
+        "grid_worst_over_best": Between(1.02, 1.3),
+        "encoder_teacher_accuracy": Between(0.85, 0.96),
+        "encoder_student_kd_accuracy": Between(0.80, 0.95),
+        "encoder_student_kd_retained": Between(0.88, 1.05),
+        "encoder_params_ratio": near(0.68753, 1e-4),
+    },
+    "05_distributed_training": {
+        # every strategy reproduces the single-process loss curve
+        **{f"loss_max_abs_diff_{s}": Between(0.0, 1e-4)
+           for s in ("ddp", "torch_ddp", "zero1", "zero2", "zero3", "tp", "pp")},
+        "ddp_equals_torch_ddp_losses": Is(True),
+        "single_final_loss": near(7.379, 0.01),
+        # measured traffic and per-rank memory equal the formulas
+        **{f"traffic_ratio_{s}": near(1.0, 1e-3) for s in ("ddp", "zero1", "zero2", "zero3", "tp", "pp")},
+        **{f"memory_ratio_stage{k}": near(1.0, 1e-3) for k in range(4)},
+        "bubble_gpipe_m8": Between(0.25, 0.5),  # formula 0.273; measured with sleeping stages
+        "bubble_1f1b_m8": Between(0.25, 0.5),
+        "max_in_flight_gpipe": exactly(8),
+        "max_in_flight_1f1b": exactly(4),
+        "plan_7b_dp8_zero1_GB": near(38.71, 1e-3),
+        "plan_70b_tp8_pp4_dp16_GB": near(11.05, 1e-3),
+    },
 }
 
 # Per-notebook papermill parameter overrides (empty: use the notebook's own defaults).

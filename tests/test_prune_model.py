@@ -16,7 +16,8 @@ from torch.nn.utils import prune as torch_prune
 from lab.data import tokenize_split
 from lab.models import GPT, GPTConfig, load_pretrained_lm, load_tokenizer
 from lab.models.gpt import rope_cos_sin
-from lab.prune.sequential import LINEARS, layer_sensitivity, prune_model, sparsity_of
+from lab.layerwise import LINEARS
+from lab.prune.sequential import layer_sensitivity, prune_model, sparsity_of
 from lab.prune.structured import (
     channel_importance,
     head_importance,

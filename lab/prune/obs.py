@@ -38,6 +38,50 @@ def reconstruction_error(W: torch.Tensor, W_hat: torch.Tensor, X: torch.Tensor) 
     return float(((W.to(torch.float64) - W_hat.to(torch.float64)) @ X.to(torch.float64)).square().sum())
 
 
+def _check_hessian(hessian: torch.Tensor, d: int) -> None:
+    if not torch.is_tensor(hessian) or not hessian.is_floating_point():
+        raise TypeError(f"hessian must be a floating-point torch.Tensor, got {type(hessian).__name__}"
+                        + (f" of dtype {hessian.dtype}" if torch.is_tensor(hessian) else ""))
+    if hessian.shape != (d, d):
+        raise ValueError(f"hessian must have shape (in_features, in_features) = ({d}, {d}), "
+                         f"got {tuple(hessian.shape)}")
+    if not torch.isfinite(hessian).all():
+        raise ValueError("hessian must be finite; it contains inf or nan")
+    if not torch.allclose(hessian, hessian.T, rtol=1e-5, atol=1e-8 * float(hessian.abs().max())):
+        raise ValueError("hessian must be symmetric (H = 2 X Xᵀ / N)")
+
+
+def weight_and_inverse_hessian_cholesky(weight: torch.Tensor, hessian: torch.Tensor,
+                                        percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, U) in float64 for the column-by-column solvers (SparseGPT, GPTQ): U upper, Uᵀ U = (H + λI)⁻¹.
+
+    W (rows, d) is a copy of ``weight``; H (d, d) is validated (floating, finite, symmetric). Dead inputs
+    (H_jj = 0: feature j is zero on every calibration sample) get H_jj = 1 and W[:, j] = 0, as in the
+    reference code; damping λ = percdamp · mean(diag H), percdamp ≥ 0. Row j of U holds the first row of
+    (H[j:, j:])⁻¹ divided by the square root of its first entry (see `lab.prune.sparsegpt`).
+    """
+    d = weight.shape[1]
+    _check_hessian(hessian, d)
+    if not percdamp >= 0:
+        raise ValueError(f"percdamp={percdamp!r} is not allowed; it must be >= 0")
+    W = weight.detach().to(torch.float64).clone()
+    H = hessian.detach().to(device=W.device, dtype=torch.float64).clone()
+    dead = torch.nonzero(H.diagonal() == 0).squeeze(1)
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    damp = float(percdamp) * H.diagonal().mean()
+    H.diagonal().add_(damp)
+    L, info = torch.linalg.cholesky_ex(H)
+    if info.item() != 0:
+        raise ValueError(f"hessian is not positive definite after dampening with percdamp={percdamp} "
+                         f"(λ={float(damp):.3g}); use more calibration samples or a larger percdamp")
+    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+    if info.item() != 0:
+        raise ValueError(f"the inverse hessian is numerically not positive definite with percdamp={percdamp}; "
+                         "use a larger percdamp")
+    return W, U
+
+
 def obs_saliency(w: torch.Tensor, H_inv: torch.Tensor) -> torch.Tensor:
     """Saliency w_q² / [H⁻¹]_qq for every q; w (..., d), H_inv (d, d) → (..., d)."""
     return w.square() / H_inv.diagonal()

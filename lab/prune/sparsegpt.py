@@ -32,21 +32,7 @@ from __future__ import annotations
 import torch
 
 from lab.prune.masks import _check_nm_sparsity, _check_weight, _keep_largest, _nm_keep
-
-
-def _inverse_hessian_cholesky(H: torch.Tensor, percdamp: float) -> torch.Tensor:
-    """Upper Cholesky factor U of (H + λI)⁻¹, λ = percdamp·mean(diag H); H float64 (d, d), modified in place."""
-    damp = percdamp * H.diagonal().mean()
-    H.diagonal().add_(damp)
-    L, info = torch.linalg.cholesky_ex(H)
-    if info.item() != 0:
-        raise ValueError(f"hessian is not positive definite after dampening with percdamp={percdamp} "
-                         f"(λ={float(damp):.3g}); use more calibration samples or a larger percdamp")
-    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-    if info.item() != 0:
-        raise ValueError(f"the inverse hessian is numerically not positive definite with percdamp={percdamp}; "
-                         "use a larger percdamp")
-    return U
+from lab.prune.obs import weight_and_inverse_hessian_cholesky
 
 
 def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, n: int | None = None,
@@ -62,20 +48,10 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     _check_weight(weight)
     rows, d = weight.shape
     use_nm = _check_nm_sparsity(sparsity, n, m, d)
-    if not torch.is_tensor(hessian) or not hessian.is_floating_point():
-        raise TypeError(f"hessian must be a floating-point torch.Tensor, got {type(hessian).__name__}"
-                        + (f" of dtype {hessian.dtype}" if torch.is_tensor(hessian) else ""))
-    if hessian.shape != (d, d):
-        raise ValueError(f"hessian must have shape (in_features, in_features) = ({d}, {d}), "
-                         f"got {tuple(hessian.shape)}")
-    if not torch.isfinite(hessian).all():
-        raise ValueError("hessian must be finite; it contains inf or nan")
     if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
         raise ValueError(f"blocksize={blocksize!r} is not allowed; it must be an int >= 1")
     if use_nm and blocksize % m:
         raise ValueError(f"blocksize={blocksize} must be a multiple of m={m} so that N:M groups lie in one block")
-    if not percdamp >= 0:
-        raise ValueError(f"percdamp={percdamp!r} is not allowed; it must be >= 0")
     if mask is not None:
         if not torch.is_tensor(mask) or mask.dtype != torch.bool:
             raise TypeError(f"mask must be a torch.bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
@@ -84,14 +60,7 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         if use_nm:
             raise ValueError(f"give either mask or n, m, not both (got n={n}, m={m})")
 
-    W = weight.detach().to(torch.float64).clone()
-    H = hessian.detach().to(device=W.device, dtype=torch.float64).clone()
-    if not torch.allclose(H, H.T, rtol=1e-5, atol=1e-8 * float(H.abs().max())):
-        raise ValueError("hessian must be symmetric (H = 2 X Xᵀ / N)")
-    dead = torch.nonzero(H.diagonal() == 0).squeeze(1)
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    U = _inverse_hessian_cholesky(H, float(percdamp))
+    W, U = weight_and_inverse_hessian_cholesky(weight, hessian, percdamp)
     keep = torch.ones_like(W, dtype=torch.bool) if mask is None else mask.to(W.device).clone()
 
     for i1 in range(0, d, blocksize):

@@ -1,0 +1,148 @@
+"""The chapter's experiments on the real teachers, shared by the notebook (short CPU runs) and the
+GPU benchmark (`run_full`, long runs recorded in ``results/``).
+
+Causal LM: teacher = the book's pretrained lab GPT (L = 6); students of depth M = 3 (1/2) and
+M = 2 (1/4 of 6 = 1.5, rounded up), width C unchanged. Every run of one comparison sees the same
+batches (one `TeacherCache`), so runs differ only in their loss and initialisation:
+
+* "hard":      CE(p_S, y) only (the baseline, α = 0);
+* "kd":        `kd_loss` with T, α;
+* "kd+hidden": kd + β_h · DistilBERT's cosine loss on TinyBERT-mapped hidden states;
+* "kd+attention": kd + β_a · MiniLM's attention-distribution KL on mapped layers.
+
+Quality is perplexity on the evaluation slice; "retained" = PPL_teacher / PPL_student (1 = the
+teacher's quality) and, in nats, CE_teacher / CE_student = ln PPL_teacher / ln PPL_student.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lab.distill.loop import TeacherCache, distill
+from lab.distill.students import gpt_student
+from lab.metrics import perplexity
+from lab.models.train import random_batch
+
+LOSSES = ("hard", "kd", "kd+hidden", "kd+attention")
+INITS = ("teacher", "random")
+
+
+def lm_batches(tokens: torch.Tensor, n: int, batch_size: int, seq_len: int, seed: int = 0) -> list:
+    """``n`` batches (x, y) of random windows: ids (B, T) and next-token labels (B, T), int64."""
+    gen = torch.Generator().manual_seed(seed)
+    return [random_batch(tokens, batch_size, seq_len, gen) for _ in range(n)]
+
+
+def lm_run(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth: int, loss: str, init: str, *,
+           steps: int, eval_every: int, temperature: float, alpha: float, hidden_weight: float = 1.0,
+           attention_weight: float = 1.0, lr: dict[str, float] | None = None, eval_stride: int = 128,
+           seed: int = 0, progress: bool = True) -> dict:
+    """One student (``depth`` layers, ``init`` ∈ INITS) trained ``steps`` steps with ``loss`` ∈ LOSSES.
+
+    Returns {"depth", "loss", "init", "params", "curve": [(step, perplexity)], "perplexity", "seconds"}.
+    ``lr``: learning rate per init (default 5e-4 from the teacher's layers, 2e-3 from scratch).
+    """
+    if loss not in LOSSES or init not in INITS:
+        raise ValueError(f"loss must be one of {LOSSES} and init one of {INITS}, got {loss!r}, {init!r}")
+    lr = lr or {"teacher": 5e-4, "random": 2e-3}
+    student = gpt_student(cache.teacher, depth, from_teacher=init == "teacher", seed=seed)
+    kwargs = {"hard": {"alpha": 0.0}, "kd": {}, "kd+hidden": {"hidden_weight": hidden_weight},
+              "kd+attention": {"attention_weight": attention_weight}}[loss]
+    kwargs = {"temperature": temperature, "alpha": alpha, **kwargs}
+    record = distill(cache, student, batches, steps, lr=lr[init], warmup=max(1, steps // 10), eval_every=eval_every,
+                     eval_fn=lambda m: perplexity(m, eval_tokens, stride=eval_stride), progress=progress,
+                     desc=f"M={depth} {loss} ({init} init)", **kwargs)
+    return {"depth": depth, "loss": loss, "init": init, "params": student.num_parameters(),
+            "curve": record["eval"], "perplexity": record["eval"][-1][1], "seconds": record["seconds"]}
+
+
+def temperature_alpha_grid(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth: int,
+                           temperatures: list[float], alphas: list[float], *, steps: int, lr: float = 5e-4,
+                           eval_stride: int = 128, progress: bool = True) -> list[dict]:
+    """Final perplexity of a teacher-initialised student for every (T, α): [{"T", "alpha", "perplexity"}]."""
+    rows = []
+    for T in tqdm(temperatures, desc="temperature sweep", disable=not progress):
+        for a in alphas:
+            student = gpt_student(cache.teacher, depth, from_teacher=True)
+            distill(cache, student, batches, steps, temperature=T, alpha=a, lr=lr, warmup=max(1, steps // 10),
+                    progress=False)
+            rows.append({"T": T, "alpha": a, "perplexity": perplexity(student, eval_tokens, stride=eval_stride)})
+    return rows
+
+
+@torch.no_grad()
+def forward_ms(model: nn.Module, ids: torch.Tensor, repeats: int = 5) -> float:
+    """Median wall time (ms) of ``model(ids)``, after one warm-up call; synchronised on CUDA."""
+    def once() -> float:
+        if ids.is_cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(ids)
+        if ids.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    once()
+    return 1e3 * statistics.median(once() for _ in range(repeats))
+
+
+def retained(teacher_ppl: float, student_ppl: float) -> dict[str, float]:
+    """Fraction of the teacher's quality kept: PPL_T / PPL_S and ln PPL_T / ln PPL_S (cross-entropy ratio)."""
+    return {"ppl_ratio": teacher_ppl / student_ppl, "ce_ratio": math.log(teacher_ppl) / math.log(student_ppl)}
+
+
+def run_full(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """The chapter's full experiments on ``device``; a JSON-ready dict.
+
+    Full (GPU): 1,500 steps of 32 × 256 tokens per student, every loss × init × depth (3, 2),
+    perplexity on the whole evaluation slice (32,768 tokens) every 250 steps; the T × α grid
+    with 300-step runs; the encoder task with more data and epochs; forward-time ratios.
+    quick=True: a few steps of everything (about a minute on one CPU core), to test the plumbing.
+    """
+    from lab.data import eval_tokens, tokenize_split
+    from lab.distill.encoder_task import run_encoder_task
+    from lab.models import load_pretrained_encoder, load_pretrained_lm, load_tokenizer
+    from lab.runtime import seed_everything
+
+    seed_everything(0)
+    if quick:
+        cfg = {"steps": 3, "batch": 2, "seq": 32, "eval_n": 512, "eval_every": 3, "grid_steps": 2, "temps": [1.0, 4.0],
+                   "alphas": [0.5, 1.0], "enc": {"n_train": 4, "n_test": 2, "max_length": 16, "epochs": 1}}
+    else:
+        cfg = {"steps": 1500, "batch": 32, "seq": 256, "eval_n": 32_768, "eval_every": 250, "grid_steps": 300,
+                   "temps": [1.0, 2.0, 4.0, 8.0], "alphas": [0.25, 0.5, 0.75, 1.0],
+                   "enc": {"n_train": 40, "n_test": 20, "max_length": 64, "epochs": 10}}
+    tokenizer = load_tokenizer()
+    teacher = load_pretrained_lm("lab").to(device)
+    ev = eval_tokens(tokenizer, cfg["eval_n"]).to(device)
+    batches = lm_batches(tokenize_split("train", tokenizer), cfg["steps"], cfg["batch"], cfg["seq"])
+    cache = TeacherCache(teacher, keep=device.type == "cpu")
+    teacher_ppl = perplexity(teacher, ev)
+    runs = [lm_run(cache, batches, ev, depth, loss, init, steps=cfg["steps"], eval_every=cfg["eval_every"],
+                   temperature=1.0, alpha=1.0, progress=progress)
+            for depth in (3, 2) for init in INITS for loss in LOSSES]
+    for run in runs:
+        run.update(retained(teacher_ppl, run["perplexity"]))
+    grid = temperature_alpha_grid(cache, batches[:cfg["grid_steps"]], ev, 2, cfg["temps"], cfg["alphas"],
+                                  steps=cfg["grid_steps"], progress=progress)
+    ids = batches[0][0].to(device)
+    speed = {"teacher_ms": forward_ms(teacher, ids)}
+    for depth in (3, 2):
+        speed[f"student_{depth}_ms"] = forward_ms(gpt_student(teacher, depth), ids)
+        speed[f"speed_ratio_{depth}"] = speed["teacher_ms"] / speed[f"student_{depth}_ms"]
+    encoder, enc_tokenizer = load_pretrained_encoder()
+    encoder = encoder.to(device)
+    enc = run_encoder_task(encoder, enc_tokenizer, students=("kd", "hard", "kd-random"), progress=progress,
+                           **cfg["enc"])
+    return {"lm": {"teacher_perplexity": teacher_ppl, "teacher_params": teacher.num_parameters(),
+                   "eval_tokens": cfg["eval_n"], "steps": cfg["steps"], "batch_size": cfg["batch"],
+                   "seq_len": cfg["seq"], "temperature": 1.0, "alpha": 1.0, "runs": runs},
+            "temperature_alpha": {"depth": 2, "steps": cfg["grid_steps"], "grid": grid},
+            "speed": {"batch_size": cfg["batch"], "seq_len": cfg["seq"], **speed},
+            "encoder": enc}

@@ -1,0 +1,180 @@
+"""Distillation losses, written from their formulas in log space.
+
+Symbols (as in the chapter): s = student logits, z = teacher logits, both (..., V) over a
+vocabulary (or label set) of V entries; T = temperature; p^τ = softmax(·/T);
+y = hard labels with ``ignore_index`` marking padded positions; α = weight of the soft term.
+
+* `kd_loss`:  L = α·T²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y), averaged over the N valid
+  positions (the "batchmean" of `F.kl_div` on the flattened (N, V) logits). Its gradient with
+  respect to s is α·T·(p_S^τ − p_T^τ)/N for the soft term.
+* `hidden_state_loss`: DistilBERT's cosine loss 1 − cos(h_S, h_T) (or the MSE of TinyBERT) on
+  mapped layers' hidden states.
+* `attention_transfer_loss`: MiniLM's KL(A_T ‖ A_S) between self-attention distributions
+  A = softmax(q kᵀ / √D) of mapped layers, per head and query position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+KINDS = ("forward", "reverse")
+HIDDEN_KINDS = ("cosine", "mse")
+
+
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """log softmax over the last dim, x − logsumexp(x), in float32 (stable for any logit scale)."""
+    x = x.float()
+    return x - torch.logsumexp(x, dim=-1, keepdim=True)
+
+
+def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p ‖ q) = Σ_v p_v (log p_v − log q_v) over the last dim, from log-probabilities.
+
+    Entries with p_v = 0 contribute 0 (the limit of p log p), also where log q_v = −∞.
+    Returns a tensor of the leading shape of the inputs.
+    """
+    p = log_p.exp()
+    support = p > 0   # select before subtracting, so that no −∞ − (−∞) reaches the graph
+    zero = torch.zeros_like(p)
+    return (p * (torch.where(support, log_p, zero) - torch.where(support, log_q, zero))).sum(-1)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """CE(p_S, y) = −mean over positions with y ≠ ignore_index of log softmax(s)_y; logits (..., V), labels (...)."""
+    valid = _valid_mask(labels, logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
+    return -log_softmax(logits[valid]).gather(-1, labels[valid][:, None]).mean()
+
+
+def _valid_mask(labels: torch.Tensor | None, lead_shape: torch.Size, vocab: int, ignore_index: int,
+                device: torch.device) -> torch.Tensor:
+    """Boolean mask (lead_shape) of the positions that count; checks labels' shape, dtype and range."""
+    if labels is None:
+        return torch.ones(lead_shape, dtype=torch.bool, device=device)
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"labels must be an int64/int32 tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != lead_shape:
+        raise ValueError(f"labels must have shape {tuple(lead_shape)} (the logits without the vocabulary dim), "
+                         f"got {tuple(labels.shape)}")
+    valid = labels != ignore_index
+    bad = valid & ((labels < 0) | (labels >= vocab))
+    if bad.any():
+        raise ValueError(f"labels must lie in [0, {vocab}) or equal ignore_index={ignore_index}, "
+                         f"got {labels[bad][0].item()}")
+    if not valid.any():
+        raise ValueError(f"labels has no valid position (all equal ignore_index={ignore_index})")
+    return valid
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
+            temperature: float = 2.0, alpha: float = 0.5, kind: str = "forward",
+            ignore_index: int = -100) -> torch.Tensor:
+    """Hinton's distillation loss, a scalar float32 tensor.
+
+    ``student_logits`` s and ``teacher_logits`` z: (..., V) float, same shape (e.g. (B, T, V) for a
+    language model, (B, V) for a classifier). ``labels`` y: int (...), ``ignore_index`` = padding.
+
+        L = α·T²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y),   p^τ = softmax(·/T), CE at temperature 1,
+
+    each term the mean over the N positions with y ≠ ignore_index (all positions without labels).
+    kind="reverse" uses KL(p_S^τ ‖ p_T^τ) instead (mode seeking). Without ``labels`` there is no
+    hard-label term and L = T²·KL (α is still checked but not used). The teacher gets no gradient.
+    """
+    if not isinstance(student_logits, torch.Tensor) or not isinstance(teacher_logits, torch.Tensor):
+        raise TypeError("student_logits and teacher_logits must be tensors")
+    if student_logits.dim() < 2:
+        raise ValueError(f"logits must have shape (..., V) with at least 2 dims, got {tuple(student_logits.shape)}")
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
+        raise ValueError(f"vocabulary sizes differ: student V={student_logits.shape[-1]}, "
+                         f"teacher V={teacher_logits.shape[-1]}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    V = student_logits.shape[-1]
+    valid = _valid_mask(labels, student_logits.shape[:-1], V, ignore_index, student_logits.device)
+    s, z = student_logits[valid], teacher_logits[valid].detach()           # (N, V)
+    log_ps, log_pt = log_softmax(s / temperature), log_softmax(z / temperature)
+    kl = kl_divergence(log_pt, log_ps) if kind == "forward" else kl_divergence(log_ps, log_pt)
+    soft = temperature ** 2 * kl.mean()
+    if labels is None:
+        return soft
+    return alpha * soft + (1.0 - alpha) * cross_entropy(student_logits, labels, ignore_index)
+
+
+def _check_pairs(name: str, layer_map: Sequence[tuple[int, int]], n_student: int, n_teacher: int) -> None:
+    if len(layer_map) == 0:
+        raise ValueError(f"{name}: layer_map must name at least one (student, teacher) pair")
+    for pair in layer_map:
+        if len(pair) != 2 or not 0 <= pair[0] < n_student or not 0 <= pair[1] < n_teacher:
+            raise ValueError(f"{name}: layer_map pairs must be (i, j) with 0 <= i < {n_student} and "
+                             f"0 <= j < {n_teacher}, got {pair!r}")
+
+
+def _token_mask(mask: torch.Tensor | None, lead_shape: torch.Size, device: torch.device) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(lead_shape, dtype=torch.bool, device=device)
+    if mask.shape != lead_shape:
+        raise ValueError(f"mask must have shape {tuple(lead_shape)}, got {tuple(mask.shape)}")
+    if not mask.bool().any():
+        raise ValueError("mask selects no position")
+    return mask.bool()
+
+
+def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Sequence[torch.Tensor],
+                      layer_map: Sequence[tuple[int, int]], kind: str = "cosine", mask: torch.Tensor | None = None,
+                      projection: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean over mapped layers (i, j) of a distance between h_S[i] and h_T[j], each (B, T, C).
+
+    kind="cosine" (DistilBERT): mean over valid tokens of 1 − h_S·h_T / (‖h_S‖ ‖h_T‖).
+    kind="mse" (TinyBERT): mean over valid tokens of ‖W h_S − h_T‖² / C, W = ``projection``
+    (a learnable map when the widths differ; identity by default).
+    ``mask``: bool (B, T), True = a real token (padding excluded). Teacher states get no gradient.
+    """
+    if kind not in HIDDEN_KINDS:
+        raise ValueError(f"kind must be one of {HIDDEN_KINDS}, got {kind!r}")
+    _check_pairs("hidden_state_loss", layer_map, len(student_hidden), len(teacher_hidden))
+    losses = []
+    for i, j in layer_map:
+        h_s, h_t = student_hidden[i].float(), teacher_hidden[j].detach().float()
+        if projection is not None:
+            h_s = projection(h_s)
+        if h_s.shape != h_t.shape:
+            raise ValueError(f"hidden states of student layer {i} {tuple(h_s.shape)} and teacher layer {j} "
+                             f"{tuple(h_t.shape)} differ in shape; pass a projection")
+        valid = _token_mask(mask, h_s.shape[:-1], h_s.device)
+        h_s, h_t = h_s[valid], h_t[valid]                                   # (N, C)
+        if kind == "cosine":
+            cos = (h_s * h_t).sum(-1) / (h_s.norm(dim=-1) * h_t.norm(dim=-1)).clamp_min(1e-12)
+            losses.append((1.0 - cos).mean())
+        else:
+            losses.append((h_s - h_t).pow(2).mean())
+    return torch.stack(losses).mean()
+
+
+def attention_transfer_loss(student_attn: Sequence[torch.Tensor], teacher_attn: Sequence[torch.Tensor],
+                            layer_map: Sequence[tuple[int, int]], mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MiniLM's attention transfer: mean over mapped layers (i, j) of KL(A_T[j] ‖ A_S[i]).
+
+    Inputs are attention *log*-probabilities log A = log softmax(q kᵀ / √D + mask), (B, H, T, T),
+    with −∞ where a key is masked (causal or padding). The KL is summed over keys and averaged over
+    heads and valid query positions (``mask``: bool (B, T), True = real token). Student and teacher
+    need the same number of heads H (query heads under grouped-query attention).
+    """
+    _check_pairs("attention_transfer_loss", layer_map, len(student_attn), len(teacher_attn))
+    losses = []
+    for i, j in layer_map:
+        a_s, a_t = student_attn[i].float(), teacher_attn[j].detach().float()
+        if a_s.shape != a_t.shape:
+            raise ValueError(f"attention maps of student layer {i} {tuple(a_s.shape)} and teacher layer {j} "
+                             f"{tuple(a_t.shape)} must have the same shape (B, H, T, T)")
+        kl = kl_divergence(a_t, a_s)                                        # (B, H, T)
+        valid = _token_mask(mask, (a_s.shape[0], a_s.shape[2]), a_s.device)
+        losses.append(kl.transpose(1, 2)[valid].mean())                     # (N, H) → mean
+    return torch.stack(losses).mean()

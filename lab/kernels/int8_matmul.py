@@ -1,0 +1,123 @@
+"""W8A8 matmul: y = (A_q B_qᵀ) ⊙ (a_scale b_scaleᵀ) with int8 operands and the scales fused in the epilogue.
+
+Shapes: A_q (M, K) int8 — activations quantized per token (row) with scales a_scale (M,) float32;
+B_q (N, K) int8 — the weight quantized per output channel with scales b_scale (N,) float32;
+y (M, N) in ``out_dtype`` (bf16 by default):
+
+    y[m, n] = a_scale[m] · b_scale[n] · Σ_k A_q[m, k] · B_q[n, k]
+
+The sum is exact in int32 (|Σ| ≤ 127²·K < 2³¹ for K < 133 000). The kernel (Triton-tutorial
+tiling) loads int8 tiles, accumulates tl.dot into an int32 tile on the int8 tensor cores (twice the
+bf16 tensor-core rate on Hopper), and multiplies by the two scale vectors before the single store:
+no int32 (M, N) matrix ever goes to memory, which is what `torch._int_mm` followed by separate
+scaling has to do (4 bytes per output written and read again).
+
+`int8_matmul` dispatches: CUDA tensors → the Triton kernel; CPU tensors → the PyTorch path (the
+same integer sum, computed exactly in chunks) unless ``TRITON_INTERPRET=1`` (the kernel under
+Triton's interpreter; import or reload this module inside `lab.runtime.triton_interpret`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+MAX_K = 133_000  # 127² · K must stay below 2³¹
+
+
+@triton.jit
+def _int8_matmul_kernel(a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, y_ptr, M, N, K,
+                        stride_am, stride_ak, stride_bn, stride_bk, stride_ym, stride_yn,
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        a = tl.load(a_ptr + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak,
+                    mask=m_ok[:, None] & k_ok[None, :], other=0)
+        b = tl.load(b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn,   # B_qᵀ tile (K, N)
+                    mask=k_ok[:, None] & n_ok[None, :], other=0)
+        acc = tl.dot(a, b, acc)
+    a_scale = tl.load(a_scale_ptr + offs_m, mask=m_ok, other=0.0)
+    b_scale = tl.load(b_scale_ptr + offs_n, mask=n_ok, other=0.0)
+    y = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
+             y.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def _check(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+           out_dtype: torch.dtype) -> None:
+    for name, t in (("a", a), ("b", b)):
+        if not torch.is_tensor(t) or t.dtype != torch.int8 or t.dim() != 2:
+            raise TypeError(f"{name} must be a 2-D int8 tensor, got "
+                            f"{f'{t.dtype} {tuple(t.shape)}' if torch.is_tensor(t) else type(t).__name__}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a (M, K) and b (N, K) must share K, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[1] >= MAX_K:
+        raise ValueError(f"K={a.shape[1]} must be < {MAX_K} for an exact int32 accumulator")
+    for name, t, n in (("a_scale", a_scale, a.shape[0]), ("b_scale", b_scale, b.shape[0])):
+        if not torch.is_tensor(t) or t.dtype != torch.float32 or tuple(t.shape) != (n,):
+            raise TypeError(f"{name} must be a float32 tensor of shape ({n},), got "
+                            f"{f'{t.dtype} {tuple(t.shape)}' if torch.is_tensor(t) else type(t).__name__}")
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+    if len({a.device, b.device, a_scale.device, b_scale.device}) != 1:
+        raise ValueError("a, b, a_scale, b_scale must be on one device")
+
+
+def int8_matmul_torch(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+                      out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """The PyTorch path: the exact integer sum times the two scales.
+
+    The sum is formed in float32 over chunks of 1024 columns (|partial| ≤ 128²·1024 = 2²⁴, exactly
+    representable in float32) and the chunks are added in float64, so it equals the int32 sum.
+    """
+    _check(a, b, a_scale, b_scale, out_dtype)
+    acc = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
+    for k in range(0, a.shape[1], 1024):
+        acc += (a[:, k:k + 1024].float() @ b[:, k:k + 1024].float().T).double()
+    return (acc.float() * a_scale[:, None] * b_scale[None, :]).to(out_dtype)
+
+
+def block_sizes(M: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): hand-picked; int8 tl.dot needs BLOCK_K ≥ 32 on a GPU."""
+    if M <= 16:
+        return 16, 64, 128, 4
+    if M <= 128:
+        return 64, 128, 128, 4
+    return 128, 256, 128, 8
+
+
+def int8_matmul_triton(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+                       out_dtype: torch.dtype = torch.bfloat16,
+                       block: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """The Triton kernel; ``block`` = (BLOCK_M, BLOCK_N, BLOCK_K, num_warps), default `block_sizes`."""
+    _check(a, b, a_scale, b_scale, out_dtype)
+    a_scale, b_scale = a_scale.contiguous(), b_scale.contiguous()  # the kernel reads them with stride 1
+    block_m, block_n, block_k, num_warps = block or block_sizes(a.shape[0])
+    M, K = a.shape
+    N = b.shape[0]
+    y = torch.empty(M, N, device=a.device, dtype=out_dtype)
+    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    _int8_matmul_kernel[grid](a, b, a_scale, b_scale, y, M, N, K, a.stride(0), a.stride(1),
+                              b.stride(0), b.stride(1), y.stride(0), y.stride(1),
+                              BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+    return y
+
+
+def int8_matmul(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+                out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """y (M, N) = (a bᵀ) ⊙ (a_scale b_scaleᵀ); Triton on CUDA or under the interpreter, else PyTorch."""
+    if a.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+        return int8_matmul_triton(a, b, a_scale, b_scale, out_dtype)
+    return int8_matmul_torch(a, b, a_scale, b_scale, out_dtype)

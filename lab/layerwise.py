@@ -1,0 +1,147 @@
+"""Walking a lab `GPT` one decoder layer at a time on calibration data (SparseGPT, Wanda, GPTQ, AWQ).
+
+One-shot compression methods change the linears of decoder layer i using statistics of the inputs
+that layer really sees. `for_each_layer` does the bookkeeping they share:
+
+1. X⁽⁰⁾ = embed(calibration ids), shape (n_samples, T, C);
+2. for layer i: run it on X⁽ⁱ⁾ with forward hooks on its linears, which accumulate, per distinct
+   input (q/k/v read one input, gate/up read one input), an `InputStats`: the Gram matrix
+   G = Σ_t x_t x_tᵀ (float64), the token count N, max_t |x_tj| and Σ_t |x_tj| per input feature j;
+3. call ``process(i, block, stats)``, which changes the block in place (prunes, quantizes, rescales);
+4. X⁽ⁱ⁺¹⁾ = layer_i(X⁽ⁱ⁾) with the *changed* layer, so layer i+1 is calibrated on the inputs it
+   will see after compression.
+
+All linears of one layer see the activations of the unchanged layer (as in the papers' reference
+code). The squared output error of replacing W by Ŵ follows from G without storing X:
+‖WX − ŴX‖²_F = tr(ΔW G ΔWᵀ), ΔW = W − Ŵ (`output_error`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lab.models.gpt import rope_cos_sin
+
+# Linears of one decoder layer grouped by the input they read: the first name of a group hosts the hook.
+INPUT_GROUPS = (
+    ("attn.q_proj", "attn.k_proj", "attn.v_proj"),
+    ("attn.o_proj",),
+    ("mlp.gate_proj", "mlp.up_proj"),
+    ("mlp.down_proj",),
+)
+LINEARS = tuple(name for group in INPUT_GROUPS for name in group)
+
+
+class InputStats:
+    """Forward hook accumulating statistics of a Linear's input x (…, C_in) over every token t.
+
+    ``gram`` G = Σ_t x_t x_tᵀ (C_in, C_in) float64, ``n_tokens`` N, ``abs_max`` max_t |x_tj| (C_in,)
+    float32 and ``abs_sum`` Σ_t |x_tj| (C_in,) float64.
+    """
+
+    def __init__(self) -> None:
+        self.gram: torch.Tensor | None = None
+        self.abs_max: torch.Tensor | None = None
+        self.abs_sum: torch.Tensor | None = None
+        self.n_tokens = 0
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()  # (B·T, C_in)
+        gram, abs_max, abs_sum = x.T @ x, x.abs().amax(0).float(), x.abs().sum(0)
+        if self.gram is None:
+            self.gram, self.abs_max, self.abs_sum = gram, abs_max, abs_sum
+        else:
+            self.gram += gram
+            self.abs_max = torch.maximum(self.abs_max, abs_max)
+            self.abs_sum += abs_sum
+        self.n_tokens += x.shape[0]
+
+    @property
+    def abs_mean(self) -> torch.Tensor:
+        """mean_t |x_tj| (C_in,) float32."""
+        return (self.abs_sum / self.n_tokens).float()
+
+
+def output_error(w: torch.Tensor, w_hat: torch.Tensor, gram: torch.Tensor) -> float:
+    """‖WX − ŴX‖²_F = tr(ΔW G ΔWᵀ) in float64, for W, Ŵ (C_out, C_in) and G = X Xᵀ (C_in, C_in)."""
+    delta = (w - w_hat).double()
+    return ((delta @ gram) * delta).sum().item()
+
+
+def relative_output_error(w: torch.Tensor, w_hat: torch.Tensor, gram: torch.Tensor) -> float:
+    """‖WX − ŴX‖² / ‖WX‖² = tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)."""
+    return output_error(w, w_hat, gram) / output_error(w, torch.zeros_like(w), gram)
+
+
+def check_calib_tokens(model: nn.Module, calib_tokens: torch.Tensor) -> None:
+    """Raise ValueError unless ``calib_tokens`` is a non-empty int64 (n_samples, seq_len), seq_len ≤ context."""
+    if not isinstance(calib_tokens, torch.Tensor) or calib_tokens.dim() != 2 or calib_tokens.dtype != torch.int64:
+        got = (f"shape {tuple(calib_tokens.shape)}, {calib_tokens.dtype}" if isinstance(calib_tokens, torch.Tensor)
+               else type(calib_tokens).__name__)
+        raise ValueError(f"calib_tokens must be an int64 tensor of shape (n_samples, seq_len), got {got}")
+    if calib_tokens.numel() == 0:
+        raise ValueError(f"calib_tokens must not be empty, got shape {tuple(calib_tokens.shape)}")
+    if calib_tokens.shape[1] > model.config.context_length:
+        raise ValueError(f"calib_tokens seq_len={calib_tokens.shape[1]} exceeds "
+                         f"context_length={model.config.context_length}")
+
+
+def check_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
+    """Sorted distinct decoder-layer indices (all when None); ValueError outside [0, n_layer)."""
+    n_layer = len(model.layers)
+    selected = sorted(set(range(n_layer) if layers is None else layers))
+    if any(not isinstance(i, int) or not 0 <= i < n_layer for i in selected):
+        raise ValueError(f"layers must be indices in [0, {n_layer}), got {list(layers)}")
+    return selected
+
+
+@torch.no_grad()
+def _run_layer(block: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               batch_size: int) -> torch.Tensor:
+    """block(x) over the calibration batch (n_samples, T, C) in mini-batches."""
+    return torch.cat([block(x[i:i + batch_size], cos, sin) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
+def for_each_layer(model: nn.Module, calib_tokens: torch.Tensor | None,
+                   process: Callable[[int, nn.Module, dict[str, InputStats]], None], *,
+                   layers: Sequence[int] | None = None, batch_size: int = 8, progress: bool = True,
+                   desc: str = "layers") -> None:
+    """Call ``process(i, model.layers[i], stats)`` for each selected decoder layer i, in order.
+
+    ``calib_tokens``: (n_samples, seq_len) int64 ids, or None (then ``stats`` is empty and nothing
+    is propagated). ``stats`` maps each linear's name in `LINEARS` to the `InputStats` of its input
+    on X⁽ⁱ⁾; linears that share an input share one object. Layers not selected still propagate.
+    """
+    selected = check_layers(model, layers)
+    if calib_tokens is not None:
+        check_calib_tokens(model, calib_tokens)
+    device = next(model.parameters()).device
+    x = cos = sin = None
+    if calib_tokens is not None:
+        ids = calib_tokens.to(device)
+        cos, sin = rope_cos_sin(ids.shape[1], model.config.head_dim, model.config.rope_theta, device)
+        x = torch.cat([model.embed_tokens(ids[i:i + batch_size]) for i in range(0, len(ids), batch_size)])
+    last = selected[-1] if selected else -1
+    for i in tqdm(range(last + 1), desc=desc, disable=not progress):
+        block = model.layers[i]
+        stats: dict[str, InputStats] = {}
+        if i in selected and x is not None:
+            handles = []
+            for group in INPUT_GROUPS:
+                hook = InputStats()
+                handles.append(block.get_submodule(group[0]).register_forward_hook(hook))
+                stats.update({name: hook for name in group})
+            try:
+                _run_layer(block, x, cos, sin, batch_size)
+            finally:
+                for handle in handles:
+                    handle.remove()
+        if i in selected:
+            process(i, block, stats)
+        if x is not None and i < last:
+            x = _run_layer(block, x, cos, sin, batch_size)  # inputs of layer i+1, after changing layer i

@@ -1,0 +1,227 @@
+"""Affine (uniform) quantization of a tensor to b-bit integers, and back.
+
+A real value x is stored as an integer q on the grid {qmin, …, qmax} with a scale s > 0 and an integer
+zero point z (the integer that represents x = 0 exactly):
+
+    q = clamp(round(x / s) + z, qmin, qmax),        x̂ = s · (q − z)
+
+Asymmetric (unsigned grid qmin = 0, qmax = 2ᵇ − 1), from the range [lo, hi] of the values, widened to
+contain 0 (lo ← min(lo, 0), hi ← max(hi, 0)) so that 0 stays exact:
+
+    s = (hi − lo) / (2ᵇ − 1),        z = clamp(round(−lo / s), qmin, qmax)
+
+Symmetric (signed grid qmin = −2ᵇ⁻¹, qmax = 2ᵇ⁻¹ − 1, z = 0), from m = max(|lo|, |hi|):
+
+    s = m / qmax
+
+(the code −2ᵇ⁻¹ is never produced by rounding, only by clamping: the grid is symmetric about 0).
+A range of width 0 (an all-zero slice) gets s = 1, so that the zero slice stays exactly zero.
+
+Inside the range the rounding error is |x − x̂| ≤ s/2 (uniform over (−s/2, s/2] for smooth data:
+mean-squared error s²/12); outside it, x̂ is clipped to s·(qmin − z) or s·(qmax − z).
+
+As in PyTorch's kernels, x / s is computed as x · (1/s) in float32 and rounded half to even
+(`torch.round`), so `fake_quantize` with the same s and z equals
+``torch.fake_quantize_per_tensor_affine`` / ``…_per_channel_affine`` bit for bit.
+
+Granularity: one (s, z) for the whole tensor ("tensor"); one per index along ``axis`` ("channel",
+e.g. axis 0 = the output channels of a weight W (C_out, C_in)); or, for a 2-D tensor, one per index
+along ``axis`` and per group of ``group_size`` consecutive elements along the other dimension
+("group": for W (C_out, C_in) and axis 0, one (s, z) per row and per block of g input columns, so
+scale has shape (C_out, C_in / g)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+GRANULARITIES = ("tensor", "channel", "group")
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    """Integers ``qdata`` plus what is needed to map them back: x̂ = scale · (qdata − zero_point).
+
+    ``qdata``: int16 tensor of x's shape with values in [qmin, qmax];
+    ``scale`` float32 and ``zero_point`` int32, of shape () for "tensor", (C,) for "channel"
+    (C = size along ``axis``), and x's shape with the grouped dimension divided by ``group_size`` for
+    "group"; ``group_size`` is None unless granularity is "group".
+    """
+
+    qdata: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    qmin: int
+    qmax: int
+    bits: int
+    granularity: str
+    axis: int
+    group_size: int | None
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.qdata.shape
+
+
+def grid(bits: int, symmetric: bool) -> tuple[int, int]:
+    """(qmin, qmax): (−2ᵇ⁻¹, 2ᵇ⁻¹ − 1) if symmetric else (0, 2ᵇ − 1)."""
+    check_bits(bits)
+    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
+
+
+def check_bits(bits: int) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"bits={bits!r} is not allowed; it must be an int in [2, 8]")
+
+
+def _check_tensor(x: torch.Tensor, name: str = "x") -> None:
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch.Tensor, got "
+                        f"{x.dtype if torch.is_tensor(x) else type(x).__name__}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or Inf; quantization needs finite values")
+
+
+def _check_layout(x: torch.Tensor, granularity: str, group_size: int, axis: int) -> int:
+    """Validate the granularity arguments for x; return axis as a non-negative index."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if granularity == "tensor":
+        return 0
+    if isinstance(axis, bool) or not isinstance(axis, int) or not -x.dim() <= axis < x.dim():
+        raise ValueError(f"axis={axis!r} is not allowed for a {x.dim()}-D tensor; it must lie in "
+                         f"[{-x.dim()}, {x.dim() - 1}]")
+    axis %= x.dim()
+    if granularity == "group":
+        if x.dim() != 2:
+            raise ValueError(f"granularity='group' needs a 2-D tensor, got shape {tuple(x.shape)}")
+        length = x.shape[1 - axis]
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 \
+                or length % group_size:
+            raise ValueError(f"group_size={group_size!r} must be a positive int dividing the grouped dimension "
+                             f"(size {length})")
+    return axis
+
+
+def _grouped(x: torch.Tensor, axis: int, group_size: int) -> torch.Tensor:
+    """2-D x viewed as (C, n_groups, g) with C along ``axis``."""
+    rows = x if axis == 0 else x.T
+    return rows.reshape(rows.shape[0], -1, group_size)
+
+
+def value_range(x: torch.Tensor, granularity: str, group_size: int, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) of x per tensor / channel / group, float32, in the shape of `QuantizedTensor.scale`."""
+    x = x.detach().float()
+    if granularity == "tensor":
+        return x.min(), x.max()
+    if granularity == "channel":
+        flat = x.movedim(axis, 0).reshape(x.shape[axis], -1)
+        return flat.amin(1), flat.amax(1)
+    groups = _grouped(x, axis, group_size)
+    lo, hi = groups.amin(-1), groups.amax(-1)
+    return (lo, hi) if axis == 0 else (lo.T, hi.T)
+
+
+def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale float32, zero_point int32) of the module-docstring formulas for ranges [lo, hi] (any shape)."""
+    qmin, qmax = grid(bits, symmetric)
+    lo = torch.clamp(torch.as_tensor(lo, dtype=torch.float32), max=0.0)
+    hi = torch.clamp(torch.as_tensor(hi, dtype=torch.float32), min=0.0)
+    if symmetric:
+        scale = torch.maximum(-lo, hi) / qmax
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+    else:
+        scale = (hi - lo) / (qmax - qmin)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    if not symmetric:
+        zero_point = torch.clamp(torch.round(-lo / scale), qmin, qmax).to(torch.int32)
+    return scale, zero_point
+
+
+def broadcast_param(p: torch.Tensor, shape: torch.Size, granularity: str, axis: int,
+                    group_size: int | None) -> torch.Tensor:
+    """A per-tensor/channel/group parameter expanded to broadcast against a tensor of ``shape``."""
+    if granularity == "tensor":
+        return p
+    if granularity == "channel":
+        view = [1] * len(shape)
+        view[axis] = shape[axis]
+        return p.reshape(view)
+    return p.repeat_interleave(group_size, dim=1 - axis)
+
+
+def quantize_with(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+                  qmax: int) -> torch.Tensor:
+    """q = clamp(round(x · (1/s)) + z, qmin, qmax) as int16; s, z broadcast against x."""
+    q = torch.round(x.float() * (1.0 / scale)) + zero_point
+    return torch.clamp(q, qmin, qmax).to(torch.int16)
+
+
+def quantize(x: torch.Tensor, bits: int, symmetric: bool = False, granularity: str = "tensor",
+             group_size: int = 128, axis: int = 0) -> QuantizedTensor:
+    """Quantize x (any float dtype and shape) with min–max ranges at the given granularity.
+
+    bits ∈ [2, 8]; ``granularity`` "tensor" | "channel" | "group" (2-D only, ``group_size`` must divide
+    the dimension other than ``axis``). Formulas in the module docstring.
+    """
+    _check_tensor(x)
+    check_bits(bits)
+    axis = _check_layout(x, granularity, group_size, axis)
+    lo, hi = value_range(x, granularity, group_size, axis)
+    scale, zero_point = qparams(lo, hi, bits, symmetric)
+    qmin, qmax = grid(bits, symmetric)
+    group = group_size if granularity == "group" else None
+    q = quantize_with(x, broadcast_param(scale, x.shape, granularity, axis, group),
+                      broadcast_param(zero_point, x.shape, granularity, axis, group), qmin, qmax)
+    return QuantizedTensor(q, scale, zero_point, qmin, qmax, bits, granularity, axis, group)
+
+
+def dequantize(qt: QuantizedTensor) -> torch.Tensor:
+    """x̂ = s · (q − z), float32, of the quantized tensor's shape."""
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
+    scale = broadcast_param(qt.scale, qt.shape, qt.granularity, qt.axis, qt.group_size)
+    zero_point = broadcast_param(qt.zero_point, qt.shape, qt.granularity, qt.axis, qt.group_size)
+    return (qt.qdata.float() - zero_point) * scale
+
+
+class _RoundWithStraightThrough(torch.autograd.Function):
+    """Forward: x̂ = s·(clamp(round(x/s) + z, qmin, qmax) − z). Backward (straight-through estimator):
+    ∂x̂/∂x = 1 where round(x/s) + z lies inside [qmin, qmax], 0 where it was clipped."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        q = torch.round(x.float() * (1.0 / scale)) + zero_point
+        ctx.save_for_backward((q >= qmin) & (q <= qmax))
+        return ((torch.clamp(q, qmin, qmax) - zero_point) * scale).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None, None
+
+
+def fake_quantize_with(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+                       qmax: int) -> torch.Tensor:
+    """x̂ = s·(q − z) in x's dtype with the straight-through gradient; s, z broadcast against x."""
+    return _RoundWithStraightThrough.apply(x, scale, zero_point, qmin, qmax)
+
+
+def fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = False, granularity: str = "tensor",
+                  group_size: int = 128, axis: int = 0) -> torch.Tensor:
+    """Quantize and dequantize x in one differentiable step (for quantization-aware training).
+
+    Same arguments and grid as `quantize`; the ranges are x's current min–max (treated as constants
+    by autograd); the gradient is the straight-through estimator of `fake_quantize_with`.
+    """
+    _check_tensor(x)
+    check_bits(bits)
+    axis = _check_layout(x, granularity, group_size, axis)
+    scale, zero_point = qparams(*value_range(x, granularity, group_size, axis), bits, symmetric)
+    group = group_size if granularity == "group" else None
+    return fake_quantize_with(x, broadcast_param(scale, x.shape, granularity, axis, group),
+                              broadcast_param(zero_point, x.shape, granularity, axis, group), *grid(bits, symmetric))

@@ -1,0 +1,117 @@
+"""Weight quantization of a whole lab `GPT`: round-to-nearest, GPTQ and AWQ, layer by layer.
+
+Every linear of every decoder layer (q/k/v/o, gate/up/down) gets a b-bit grid per output channel
+(``group_size=None``) or per group of g input columns; embeddings, norms and ``lm_head`` stay in
+full precision, as in the papers' tables. The model keeps float weights equal to the dequantized
+values Ŵ = s·(q − z) ("simulated" or fake quantization: the accuracy is that of the integer model;
+the integers themselves are returned for packing and for the kernels).
+
+    rtn   — Ŵ = dequantize(quantize(W)): round every weight to the nearest grid point.
+    gptq  — `lab.quant.gptq.gptq_quantize` with H = (2/N)·G from the layer's calibration inputs.
+    awq   — per `lab.quant.scaling.SCALE_GROUPS`, search s by `awq_scale_search`, fold it into the
+            producer and the linears, then round to nearest.
+
+Calibration (gptq, awq) is sequential (`lab.layerwise.for_each_layer`): layer i+1 sees the outputs
+of the already quantized layer i.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lab.layerwise import LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
+from lab.quant.affine import QuantizedTensor, check_bits, dequantize, quantize
+from lab.quant.gptq import gptq_quantize
+from lab.quant.scaling import SCALE_GROUPS, awq_scale_search, fold_scales
+
+METHODS = ("rtn", "gptq", "awq")
+
+
+def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int | None = None,
+                 symmetric: bool = False) -> QuantizedTensor:
+    """Round-to-nearest of W (C_out, C_in) per output channel, or per group of ``group_size`` columns."""
+    granularity = "channel" if group_size is None else "group"
+    return quantize(weight.detach(), bits, symmetric, granularity, group_size or 1, axis=0)
+
+
+def _check_args(model: nn.Module, method: str, bits: int, group_size: int | None,
+                calib_tokens: torch.Tensor | None) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_bits(bits)
+    if group_size is not None:
+        widths = sorted({model.layers[0].get_submodule(n).in_features for n in LINEARS})
+        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 \
+                or any(w % group_size for w in widths):
+            raise ValueError(f"group_size={group_size!r} must be None or a positive int dividing every "
+                             f"input width {widths}")
+    if method == "rtn":
+        if calib_tokens is not None:
+            check_calib_tokens(model, calib_tokens)
+        return
+    if calib_tokens is None:
+        raise ValueError(f"method={method!r} needs calib_tokens, got None")
+    check_calib_tokens(model, calib_tokens)
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, method: str, bits: int, group_size: int | None = None,
+                   calib_tokens: torch.Tensor | None = None, *, symmetric: bool = False, actorder: bool = False,
+                   percdamp: float = 0.01, blocksize: int = 128, awq_grid: int = 20, progress: bool = True,
+                   batch_size: int = 8) -> dict[str, dict]:
+    """Quantize the decoder linears of a lab `GPT` in place (weights become Ŵ); see the module docstring.
+
+    ``calib_tokens``: (n_samples, seq_len) int64 ids, needed by gptq and awq (optional for rtn: then
+    only the reported errors use it). Returns ``{"layers.i.attn.q_proj": {"qtensor": QuantizedTensor,
+    "error": ‖WX − ŴX‖² / ‖WX‖² on the calibration inputs or None, "awq_alpha": α (awq only)}}``.
+    For awq, W means the weight before its scales were folded in, and Ŵ the folded quantized weight
+    mapped back (Q(W diag s) diag s⁻¹).
+    """
+    _check_args(model, method, bits, group_size, calib_tokens)
+    report: dict[str, dict] = {}
+
+    def round_weight(w: torch.Tensor) -> torch.Tensor:
+        return dequantize(rtn_quantize(w, bits, group_size, symmetric))
+
+    def quantize_layer(i: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
+        original = {name: block.get_submodule(name).weight.detach().clone() for name in LINEARS}
+        col_scale = {name: None for name in LINEARS}  # s folded into each linear's columns (awq)
+        alphas = {}
+        if method == "awq":
+            for producer, linears in SCALE_GROUPS:
+                s, alpha, _ = awq_scale_search([original[n] for n in linears], stats[linears[0]], round_weight,
+                                               awq_grid)
+                fold_scales(block, producer, linears, s)
+                col_scale.update({n: s for n in linears})
+                alphas.update({n: alpha for n in linears})
+        for name in LINEARS:
+            weight = block.get_submodule(name).weight
+            if method == "gptq":
+                qt = gptq_quantize(weight, 2.0 / stats[name].n_tokens * stats[name].gram, bits, group_size,
+                                   actorder, percdamp, blocksize, symmetric)
+            else:
+                qt = rtn_quantize(weight, bits, group_size, symmetric)
+            weight.copy_(dequantize(qt).to(weight.dtype))
+            entry = {"qtensor": qt, "error": None}
+            if name in stats:
+                w_hat = weight.detach().float()
+                # Ŵ of the unscaled weight: awq folded s into this linear's columns and (for up_proj) 1/s into its rows
+                if col_scale[name] is not None:
+                    w_hat = w_hat / col_scale[name][None, :]
+                if method == "awq" and name == "mlp.up_proj":
+                    w_hat = w_hat * col_scale["mlp.down_proj"][:, None]
+                entry["error"] = relative_output_error(original[name], w_hat, stats[name].gram)
+            if name in alphas:
+                entry["awq_alpha"] = alphas[name]
+            report[f"layers.{i}.{name}"] = entry
+
+    for_each_layer(model, calib_tokens, quantize_layer, progress=progress, batch_size=batch_size,
+                   desc=f"quantize ({method}, {bits} bit)")
+    return report
+
+
+def rtn_quantize_model(model: nn.Module, bits: int, group_size: int | None = None,
+                       symmetric: bool = False) -> dict[str, dict]:
+    """Round-to-nearest of every decoder linear in place: `quantize_model` with method "rtn", no calibration."""
+    return quantize_model(model, "rtn", bits, group_size, None, symmetric=symmetric, progress=False)

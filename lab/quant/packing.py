@@ -1,0 +1,69 @@
+"""Two 4-bit integers per byte, in the layout the int4 kernel reads (`lab.kernels.int4_matmul.int4_weight_only_matmul`).
+
+A weight W (N, K) quantized to unsigned 4-bit codes q ∈ [0, 15] with one (scale, zero) per row and per
+group of g input columns is stored transposed and packed *within each group*: group G covers the input
+columns k = G·g … G·g + g − 1 and fills g/2 bytes per output row n,
+
+    packed[G·g/2 + i, n] = q[n, G·g + i]  |  q[n, G·g + g/2 + i] << 4,       i = 0 … g/2 − 1,
+
+so packed is (K/2, N) uint8: the low nibble holds the first half of the group, the high nibble the
+second half. Why this order: a kernel tile of packed rows r … r+B−1 (B dividing g/2) lies inside one
+group, unpacks into two dense tiles of input columns (low: k = r + G·g/2 + i, high: the same plus g/2)
+with two shifts and no shuffles, and needs one scale row for both. Transposed (K/2, N) so that a row
+of the tile is N contiguous bytes (coalesced loads). Per-channel quantization is the case g = K.
+Scales and zeros are stored as (K/g, N) float tensors, zeros holding the integer zero points.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lab.quant.affine import QuantizedTensor
+
+
+def _check_group(K: int, group_size: int) -> None:
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2 or group_size % 2 \
+            or K % group_size:
+        raise ValueError(f"group_size={group_size!r} must be an even int >= 2 dividing in_features={K}")
+
+
+def pack_int4(q: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Codes q (N, K) with values in [0, 15] (any integer dtype) → packed (K/2, N) uint8 (module docstring)."""
+    if not torch.is_tensor(q) or q.dtype.is_floating_point or q.dtype == torch.bool or q.dim() != 2:
+        raise TypeError(f"q must be a 2-D integer tensor, got "
+                        f"{f'{q.dtype} {tuple(q.shape)}' if torch.is_tensor(q) else type(q).__name__}")
+    N, K = q.shape
+    _check_group(K, group_size)
+    if q.numel() and (q.min() < 0 or q.max() > 15):
+        raise ValueError(f"q must hold 4-bit codes in [0, 15], got values in [{int(q.min())}, {int(q.max())}]")
+    groups = q.to(torch.uint8).reshape(N, K // group_size, 2, group_size // 2)   # (N, G, half, i)
+    packed = groups[:, :, 0] | (groups[:, :, 1] << 4)                            # (N, G, g/2)
+    return packed.reshape(N, K // 2).T.contiguous()
+
+
+def unpack_int4(packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Packed (K/2, N) uint8 → codes q (N, K) uint8; the exact inverse of `pack_int4`."""
+    if not torch.is_tensor(packed) or packed.dtype != torch.uint8 or packed.dim() != 2:
+        raise TypeError(f"packed must be a 2-D uint8 tensor, got "
+                        f"{f'{packed.dtype} {tuple(packed.shape)}' if torch.is_tensor(packed) else type(packed).__name__}")
+    half_k, N = packed.shape
+    _check_group(2 * half_k, group_size)
+    rows = packed.T.reshape(N, 2 * half_k // group_size, 1, group_size // 2)
+    return torch.cat([rows & 0xF, rows >> 4], dim=2).reshape(N, 2 * half_k)
+
+
+def pack_quantized_weight(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """A 4-bit asymmetric per-channel or group-wise (axis 0) QuantizedTensor of W (N, K) →
+    (packed (K/2, N) uint8, scales (K/g, N) float32, zeros (K/g, N) float32, g)."""
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
+    if qt.bits != 4 or qt.qmin != 0 or qt.axis != 0 or qt.granularity not in ("channel", "group") \
+            or len(qt.shape) != 2:
+        raise ValueError("pack_quantized_weight needs a 2-D, 4-bit, asymmetric (qmin = 0) tensor quantized per "
+                         f"channel or group along axis 0; got bits={qt.bits}, qmin={qt.qmin}, "
+                         f"granularity={qt.granularity!r}, axis={qt.axis}, shape={tuple(qt.shape)}")
+    N, K = qt.shape
+    group_size = qt.group_size or K
+    scales = qt.scale.reshape(N, -1).T.contiguous().float()
+    zeros = qt.zero_point.reshape(N, -1).T.contiguous().float()
+    return pack_int4(qt.qdata, group_size), scales, zeros, group_size

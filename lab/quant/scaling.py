@@ -1,0 +1,136 @@
+"""Per-channel scale migration between activations and weights: SmoothQuant and AWQ.
+
+For a linear y = x Wᵀ and any positive vector s (C_in,),
+
+    y = (x · diag(s)⁻¹) (W · diag(s))ᵀ
+
+so difficulty can be moved from the activation channel x_j to the weight column W[:, j] without
+changing the function. The factor is *folded* into the operation that produces x, so it costs
+nothing at run time: in a lab `GPT` block the inputs of q/k/v are RMSNorm(x)·γ_attn, those of
+gate/up are RMSNorm(x)·γ_mlp (divide γ by s), and the input of down_proj is silu(gate)·up, linear
+in up's output rows (divide the rows of W_up by s). These are the groups of `SCALE_GROUPS`.
+
+SmoothQuant (Xiao et al. 2023) makes W8A8 work on models with activation outliers: with the
+per-channel maxima over calibration data, and α ∈ [0, 1] the migration strength,
+
+    s_j = max|X_j|^α / max|W_{:, j}|^(1−α)
+
+(max over tokens for X, over the rows of every linear of the group for W), which equalises the two
+ranges at α = 0.5. The paper smooths the norm-fed groups only (q/k/v and the first MLP layer).
+
+AWQ (Lin et al. 2024) protects the weights of salient input channels in weight-only quantization:
+s_j = mean|X_j|^α, normalised by sqrt(max s · min s), with α on a grid in [0, 1) chosen to minimise
+the output error of the quantized group, Σ_W ‖WX − Q(W diag s) diag(s)⁻¹ X‖², computed exactly from
+the Gram matrix G = X Xᵀ (`lab.layerwise.output_error`). α = 0 is plain round-to-nearest, so the
+search never does worse than RTN on the calibration data. (AWQ's extra weight-clipping search is
+left out.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from lab.layerwise import InputStats, output_error
+from lab.quant.linear import decoder_linear_names, observe_linear_inputs
+from lab.quant.observers import ChannelAbsMaxObserver
+
+# (module producing the input, the linears reading it) inside one decoder layer
+SCALE_GROUPS = (
+    ("attn_norm", ("attn.q_proj", "attn.k_proj", "attn.v_proj")),
+    ("mlp_norm", ("mlp.gate_proj", "mlp.up_proj")),
+    ("mlp.up_proj", ("mlp.down_proj",)),
+)
+SMOOTHQUANT_GROUPS = SCALE_GROUPS[:2]
+
+
+@torch.no_grad()
+def fold_scales(block: nn.Module, producer: str, linears: tuple[str, ...], s: torch.Tensor) -> None:
+    """Divide the producer's output channel j by s_j and multiply column j of each linear by s_j, in place."""
+    if not torch.is_tensor(s) or s.dim() != 1 or not (s > 0).all() or not torch.isfinite(s).all():
+        raise ValueError("s must be a 1-D tensor of positive finite scales")
+    prev = block.get_submodule(producer).weight
+    if prev.shape[0] != s.shape[0]:
+        raise ValueError(f"s has {s.shape[0]} entries but {producer} has {prev.shape[0]} output channels")
+    prev.div_(s.to(prev).reshape(-1, *[1] * (prev.dim() - 1)))
+    for name in linears:
+        weight = block.get_submodule(name).weight
+        weight.mul_(s.to(weight)[None, :])
+
+
+def smoothing_factors(act_abs_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
+    """s_j = max|X_j|^α / max|W_{:, j}|^(1−α) (C_in,) float32; maxima clamped below at 1e-5."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha={alpha!r} is not allowed; it must lie in [0, 1]")
+    w_max = torch.stack([w.detach().abs().amax(0).float() for w in weights]).amax(0).clamp(min=1e-5)
+    return act_abs_max.float().clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)
+
+
+@torch.no_grad()
+def activation_abs_max(model: nn.Module, forward: Callable[[], object],
+                       names: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """max over the calibration tokens of |x_j| (C_in,) at the input of each linear in ``names`` (default: a lab
+    `GPT`'s decoder linears) while ``forward()`` runs the calibration data: {"layers.0.attn.q_proj": …}."""
+    names = decoder_linear_names(model) if names is None else names
+    observers = observe_linear_inputs(model, names, forward, ChannelAbsMaxObserver)
+    return {name: observer.abs_max for name, observer in observers.items()}
+
+
+def group_smoothing_factors(model: nn.Module, act_stats: dict[str, torch.Tensor], groups: list[list[str]],
+                            alpha: float = 0.5) -> dict[str, torch.Tensor]:
+    """SmoothQuant factors s for each group of linears reading one input (one s per group, from the
+    group's activation maxima and the maxima over all its weights): {linear name: s}."""
+    factors = {}
+    for group in groups:
+        s = smoothing_factors(act_stats[group[0]], [model.get_submodule(n).weight for n in group], alpha)
+        factors.update({name: s for name in group})
+    return factors
+
+
+@torch.no_grad()
+def smoothquant(model: nn.Module, act_stats: dict[str, torch.Tensor], alpha: float = 0.5) -> dict[str, torch.Tensor]:
+    """Fold SmoothQuant factors into every decoder layer of a lab `GPT` in place (the function is unchanged).
+
+    ``act_stats``: `activation_abs_max` of the model; α ∈ [0, 1]. Returns the factors s per group,
+    keyed "layers.i.attn_norm" / "layers.i.mlp_norm".
+    """
+    factors = {}
+    for i, block in enumerate(model.layers):
+        for producer, linears in SMOOTHQUANT_GROUPS:
+            key = f"layers.{i}.{linears[0]}"
+            if key not in act_stats:
+                raise ValueError(f"act_stats has no entry {key!r}; compute it with activation_abs_max(model, forward)")
+            s = smoothing_factors(act_stats[key], [block.get_submodule(n).weight for n in linears], alpha)
+            fold_scales(block, producer, linears, s)
+            factors[f"layers.{i}.{producer}"] = s
+    return factors
+
+
+def awq_scale_search(weights: list[torch.Tensor], stats: InputStats,
+                     quantize_weight: Callable[[torch.Tensor], torch.Tensor],
+                     n_grid: int = 20) -> tuple[torch.Tensor, float, list[float]]:
+    """AWQ's search over α ∈ {0, 1/n, …, (n−1)/n} for the linears ``weights`` reading one input.
+
+    ``stats``: the input's `InputStats` (Gram matrix and mean |x_j|); ``quantize_weight``: W ↦ Ŵ
+    (e.g. round-to-nearest at 4 bits, group 128). Returns (s (C_in,) float32, best α, output error
+    Σ_W tr(ΔW G ΔWᵀ) for every α on the grid).
+    """
+    if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
+        raise ValueError(f"n_grid={n_grid!r} must be a positive int")
+    x_mean = stats.abs_mean.clamp(min=1e-8)
+    errors, best = [], (float("inf"), None, 0.0)
+    for k in range(n_grid):
+        alpha = k / n_grid
+        s = x_mean.pow(alpha)
+        s = s / (s.max() * s.min()).sqrt()
+        err = 0.0
+        for w in weights:
+            w = w.detach().float()
+            w_hat = quantize_weight(w * s[None, :]) / s[None, :]
+            err += output_error(w, w_hat, stats.gram)
+        errors.append(err)
+        if err < best[0]:
+            best = (err, s, alpha)
+    return best[1], best[2], errors
