@@ -32,7 +32,7 @@ from lab.dist.tensor_parallel import tensor_parallel_gpt
 from lab.dist.zero import ZeroOptimizer
 from lab.models.gpt import GPT, GPTConfig
 from lab.models.train import lr_at, random_batch
-from lab.params.memory import _storage_bytes as storage_bytes
+from lab.params.memory import storage_bytes
 
 STRATEGIES = ("single", "ddp", "torch_ddp", "zero1", "zero2", "zero3", "tp", "pp")
 TINY = GPTConfig(vocab_size=8192, context_length=64, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=176)

@@ -169,7 +169,8 @@ def make_optimizer(params, optimizer: str = "adamw", lr: float = 1e-3, **kwargs)
     return torch.optim.SGD(params, lr=lr, momentum=0.9 if optimizer == "sgd-momentum" else 0.0, **kwargs)
 
 
-def _storage_bytes(tensors) -> int:
+def storage_bytes(tensors) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (tied or viewed tensors count once)."""
     seen = {}
     for t in tensors:
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
@@ -224,8 +225,8 @@ def measure_training_memory_cpu(model: GPT, batch: int, seq_len: int, optimizer:
     loss.backward()
     opt.step()
     states = [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t) and t.dim() > 0]
-    out = {"weights": _storage_bytes(params), "gradients": _storage_bytes(p.grad for p in params if p.grad is not None),
-           "master_weights": 0, "optimizer_states": _storage_bytes(states), "activations": sum(saved.values())}
+    out = {"weights": storage_bytes(params), "gradients": storage_bytes(p.grad for p in params if p.grad is not None),
+           "master_weights": 0, "optimizer_states": storage_bytes(states), "activations": sum(saved.values())}
     out["total"] = sum(out.values())
     return out
 
@@ -290,7 +291,7 @@ def measure_decode_memory_cuda(hf_model, batch: int, seq_len: int, dtype=torch.b
     out = model(prompt[:, -1:], past_key_values=cache, use_cache=True)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
-    return {"peak": peak, "weights": _storage_bytes(model.parameters()),
+    return {"peak": peak, "weights": storage_bytes(model.parameters()),
             "kv_cache": cache_nbytes(out.past_key_values)}
 
 
