@@ -26,7 +26,9 @@ Suite ``quant`` (chapter 3): int4 weight-only and W8A8 matmuls against bf16 cuBL
 int4/int8 ops over batch sizes 1 … 4096, and one-token decode of the book's model per format
 (`lab.quant.bench`). Suite ``distill`` (chapter 4): the long distillation runs
 (`lab.distill.experiments`). Suite ``dist`` (chapter 5): each parallel strategy's training step on
-the local devices with nccl, or gloo on the CPU (`lab.dist.experiments`).
+the local devices with nccl, or gloo on the CPU (`lab.dist.experiments`). Suite ``infer`` (chapter 6):
+decode latency and tokens/s of every serving configuration at batch 1, 8, 32, each beside its
+speed of light, and static vs continuous batching (`lab.infer.bench`).
 """
 
 from __future__ import annotations
@@ -103,19 +105,29 @@ def load_results(pattern: str = "*.json", root: str | Path = RESULTS_DIR) -> lis
     return [{**json.loads(Path(p).read_text()), "_path": p} for p in paths]
 
 
+def wall_clock_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` runs after one warm-up (perf_counter; the
+    device is synchronised around each run). For functions that run long enough (≫ 1 ms) that
+    launch and timer overheads do not matter: a whole generation, a training step."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median wall time of ``fn()`` in ms: `triton.testing.do_bench` on CUDA, perf_counter on CPU."""
+    """Median wall time of ``fn()`` in ms: `triton.testing.do_bench` on CUDA, `wall_clock_ms` on CPU."""
     if device.type == "cuda":
         from triton.testing import do_bench
 
         return float(do_bench(fn, warmup=200, rep=max(500, 100 * repeats), return_mode="median"))
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    return wall_clock_ms(fn, device, repeats)
 
 
 def offload_setup(device: torch.device, quick: bool) -> tuple[GPTConfig, torch.dtype, int, int]:
@@ -375,8 +387,15 @@ def bench_dist(device: torch.device, quick: bool = False, progress: bool = True)
     return {"full": run_full(device, quick, progress)}
 
 
+def bench_infer(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """Suite ``infer``: decode tokens/s per configuration against the speed of light (`lab.infer.bench`)."""
+    from lab.infer.bench import bench_infer as run
+
+    return run(device, quick, progress, wall_clock_ms=wall_clock_ms)
+
+
 SUITES = {"params": bench_params, "prune": bench_prune, "quant": bench_quant, "distill": bench_distill,
-          "dist": bench_dist}
+          "dist": bench_dist, "infer": bench_infer}
 
 
 def main(argv: Sequence[str] | None = None) -> Path:

@@ -189,6 +189,35 @@ EXPECTED: dict[str, dict] = {
         "plan_7b_dp8_zero1_GB": near(38.71, 1e-3),
         "plan_70b_tp8_pp4_dp16_GB": near(11.05, 1e-3),
     },
+    "06_inference": {
+        # the cache changes the cost, not the numbers; generation equals transformers'; scheduling is exact
+        "cached_vs_uncached_max_abs_logit_diff": Between(0.0, 1e-4),   # measured 9.5e-6
+        "greedy_equals_transformers": Is(True),
+        "serve_outputs_equal_generate": Is(True),
+        "speculative_greedy_exact": Is(True),
+        # memory and batching on the trace (deterministic counts)
+        "static_cache_utilization": near(0.28870, 1e-4),
+        "paged_cache_utilization": near(0.91809, 1e-4),
+        "steps_static_over_continuous_b4": Between(1.2, 1.6),          # measured 1.394
+        "steps_static_over_continuous_b16": Between(1.2, 1.6),         # measured 1.370
+        "utilization_continuous_b4": Between(0.9, 1.0),                # measured 0.952
+        # speculative decoding: acceptance, tokens per target pass vs (1 − α^{k+1})/(1 − α)
+        "alpha_teacher_forced": near(0.8245, 0.01),
+        "greedy_agreement_teacher_forced": near(0.7710, 0.01),
+        "spec_alpha_k4": Between(0.7, 0.88),                           # measured 0.783
+        "spec_tokens_per_pass_k4": Between(2.6, 3.8),                  # measured 3.10
+        "spec_formula_ratio_k4": Between(0.85, 1.15),                  # measured 0.952
+        # exactness tests: pass for exact samplers, fail for the uncorrected untrained draft
+        "ks_pvalue_target": Between(0.001, 1.0),
+        "ks_pvalue_speculative": Between(0.001, 1.0),
+        "score_pvalue_target": Between(0.001, 1.0),
+        "score_pvalue_speculative": Between(0.001, 1.0),
+        "ks_pvalue_undistilled_draft": Between(0.0, 1e-6),
+        "score_pvalue_undistilled_draft": Between(0.0, 1e-6),
+        # the roofline of a 7B shape: int4 pays at batch 1, much less at batch 256 (formula)
+        "int4_ceiling_gain_b1": near(3.3503, 1e-4),
+        "int4_ceiling_gain_b256": near(1.1157, 1e-4),
+    },
 }
 
 # Per-notebook papermill parameter overrides (empty: use the notebook's own defaults).

@@ -70,17 +70,21 @@ class RMSNorm(nn.Module):
         return self.weight * x32.to(x.dtype)
 
 
-def rope_cos_sin(T: int, D: int, theta: float, device=None, offset: int = 0):
-    """cos, sin of shape (T, D) for positions offset..offset+T-1.
+def rope_cos_sin_at(positions: torch.Tensor, D: int, theta: float):
+    """cos, sin of shape (*positions.shape, D) for integer positions of any shape.
 
     Frequencies ω_i = θ^(-2i/D) for i < D/2, duplicated so that dimension i and i + D/2
-    rotate together (the "rotate half" convention of Llama / `transformers`).
+    rotate together (the "rotate half" convention of Llama / `transformers`); angle = pos·ω_i.
     """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, device=device, dtype=torch.float32) / D))
-    pos = torch.arange(offset, offset + T, device=device, dtype=torch.float32)
-    angles = torch.outer(pos, inv_freq)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, D, 2, device=positions.device, dtype=torch.float32) / D))
+    angles = positions.to(torch.float32)[..., None] * inv_freq
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
+
+
+def rope_cos_sin(T: int, D: int, theta: float, device=None, offset: int = 0):
+    """cos, sin of shape (T, D) for positions offset..offset+T-1 (`rope_cos_sin_at`)."""
+    return rope_cos_sin_at(torch.arange(offset, offset + T, device=device), D, theta)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,264 @@
+"""Suite ``infer`` of `lab.bench` (chapter 6): decode speed of every configuration against its speed of light.
+
+For each model and batch size B ∈ (1, 8, 32), greedy generation of n new tokens after a prompt of T₀
+tokens, in the configurations
+
+    no_cache             every step re-runs the whole sequence (`generate(kv_cache=False)`)
+    kv_cache             static KV cache, eager PyTorch
+    kv_cache_cuda_graph  the same decode step replayed from a CUDA graph (GPU only)
+    int8_w8a8            decoder linears in int8 (`lab.quant.W8A8Linear`, int8 Triton kernel), + graph on a GPU
+    int4_weight_only     decoder linears in int4, RTN, groups of 128 (64 for the book's model; `lab.quant.Int4Linear`,
+                         int4 Triton kernel), + graph
+    speculative          the distilled 2-layer draft proposes k = 4 tokens (`speculative_generate`), B = 1 only
+
+The decode time per step is (t(n) − t(n/2)) / (n − n/2), with t(·) the median wall time of a whole
+`generate` call, so that the prefill and the one-off costs of a call (CUDA-graph capture, the draft's
+first steps) drop out; tokens/s = B / that. Beside each: the step's bytes and
+FLOPs at the mean context T₀ + n/2 (`lab.infer.roofline`), the speed of light max(bytes / bandwidth,
+FLOPs / peak), and the fraction of it reached, t_min / t_measured (1 = at the ceiling; speculative
+decoding can pass 1, since one target pass emits several tokens). The two ceilings are measured on
+the device at the start of the run (`measure_ceilings`: a large device copy, a large matmul in the
+run's dtype); on the book's H100 they were 3.0 TB/s and ≈ 800 TFLOP/s.
+
+Models: the book's pretrained LM (6.5M parameters; on a GPU its decode step is launch bound, which
+is what CUDA graphs address) and, on a GPU, a model of Llama-2-7B's dimensions with random weights
+(C = 4096, 32 layers, F = 11008, 8 kv heads; ≈ 6B parameters, ≈ 12 GB in bf16), where decode is
+memory bound and int8/int4 pay off; random weights do not change the speed, and its speculative
+row is left out (acceptance needs a trained pair). Every configuration's greedy tokens are compared
+with the KV-cache output of the same model (``agreement``: 1.0 = identical; quantized models may differ).
+
+Serving: static vs continuous batching (`lab.infer.serve`, paged cache) of a mixed-length trace of
+real prompts on the book's model.
+
+The book's model is prompted with windows of the evaluation text, so the corpus must be in ``.data/``
+(`python -m lab.data`; on an offline GPU machine, carry the folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from lab.infer.generate import Decoder, generate
+from lab.infer.roofline import decode_step_cost, speed_of_light_ms, weight_bytes
+from lab.infer.scheduler import serve, synthetic_trace
+from lab.infer.speculative import speculative_generate
+from lab.models.gpt import GPT, GPTConfig
+from lab.quant.linear import Int4Linear, decoder_linear_names, replace_linears, w8a8_quantize_model
+from lab.quant.model import rtn_quantize
+from lab.runtime import seed_everything
+
+CONFIGS = ("no_cache", "kv_cache", "kv_cache_cuda_graph", "int8_w8a8", "int4_weight_only", "speculative")
+LLAMA_7B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=4096, n_layer=32, n_head=32,
+                           n_kv_head=8, d_ff=11008, tie_embeddings=False)
+
+
+@dataclass(frozen=True)
+class Setup:
+    batches: tuple[int, ...]
+    prompt_len: int
+    new_tokens: int
+    repeats: int
+    draft_k: int
+    trace_requests: int
+    serve_batches: tuple[int, ...]
+
+
+def setup(device: torch.device, quick: bool) -> Setup:
+    if quick:
+        return Setup((1, 2), 8, 4, 1, 2, 6, (2,))
+    if device.type == "cuda":
+        return Setup((1, 8, 32), 128, 64, 3, 4, 128, (8, 32))
+    return Setup((1, 8, 32), 32, 32, 3, 4, 48, (4, 16))
+
+
+def quantized(model: GPT, kind: str, dtype: torch.dtype) -> GPT:
+    """A copy of ``model`` with its decoder linears in int8 (W8A8, per-token activations) or int4 (RTN, groups of
+    128 input columns, or 64 / 32 where 128 does not divide the widths: the book's d_ff = 704 takes 64)."""
+    model = copy.deepcopy(model)
+    if kind == "int8_w8a8":
+        return w8a8_quantize_model(model)
+    widths = {model.config.d_model, model.config.d_ff}
+    group = next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), None)
+    if group is None:
+        raise ValueError(f"no int4 group size in (128, 64, 32) divides the input widths {sorted(widths)}")
+    replace_linears(model, decoder_linear_names(model),
+                    lambda name, lin: Int4Linear(rtn_quantize(lin.weight.float(), 4, group), None, scale_dtype=dtype))
+    return model
+
+
+def measure_ceilings(device: torch.device, dtype: torch.dtype, wall_clock_ms, quick: bool) -> dict:
+    """{"bandwidth": bytes/s of a device copy (read + write), "peak_flops": FLOP/s of an n×n×n matmul}."""
+    n_bytes, n = (2**22, 256) if quick else ((2**30, 8192) if device.type == "cuda" else (2**28, 2048))
+    src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    copy_ms = wall_clock_ms(lambda: dst.copy_(src), device, 5)
+    a = torch.randn(n, n, device=device).to(dtype)
+    matmul_ms = wall_clock_ms(lambda: a @ a, device, 5)
+    return {"bandwidth": 2 * n_bytes / (copy_ms * 1e-3), "peak_flops": 2 * n**3 / (matmul_ms * 1e-3),
+            "copy_bytes": 2 * n_bytes, "matmul_n": n, "matmul_dtype": str(dtype).removeprefix("torch.")}
+
+
+@torch.no_grad()
+def step_latencies(model: GPT, ids: torch.Tensor, prompt_len: int, kv_cache: bool, repeats: int = 1,
+                   chunk: int = 1) -> list[float]:
+    """Wall time (ms) of each decode step after a prefill of ``prompt_len`` tokens, feeding the rest of
+    ids (B, T) ``chunk`` tokens at a time (teacher forcing: the cost does not depend on which tokens;
+    chunk = k + 1 is the verification pass of speculative decoding); element i is the step that starts
+    at position prompt_len + i·chunk, the minimum over ``repeats`` runs."""
+    B, T = ids.shape
+    if not 0 < prompt_len < T or chunk < 1:
+        raise ValueError(f"need prompt_len in [1, {T - 1}] and chunk >= 1, got prompt_len={prompt_len}, chunk={chunk}")
+    sync = torch.cuda.synchronize if ids.device.type == "cuda" else (lambda: None)
+    starts = range(prompt_len, T - chunk + 1, chunk)
+    best = [float("inf")] * len(starts)
+    for _ in range(repeats):
+        decoder = Decoder(model, B, T, kv_cache=kv_cache)
+        decoder.extend(ids[:, :prompt_len])
+        for i, t in enumerate(starts):
+            sync()
+            start = time.perf_counter()
+            decoder.extend(ids[:, t:t + chunk])
+            sync()
+            best[i] = min(best[i], (time.perf_counter() - start) * 1e3)
+    return best
+
+
+def _models(device: torch.device, quick: bool, dtype: torch.dtype) -> dict[str, tuple[GPT, GPT | None]]:
+    """name → (model, draft or None)."""
+    from lab.distill import gpt_student
+
+    seed_everything(0)
+    if quick:
+        tiny = GPT(GPTConfig(vocab_size=256, context_length=64, d_model=64, n_layer=2, n_head=4, n_kv_head=2,
+                             d_ff=128)).to(device=device, dtype=dtype).eval()
+        return {"tiny (random)": (tiny, gpt_student(tiny, 1))}
+    from lab.infer.draft import load_draft
+    from lab.models import load_pretrained_lm
+
+    models = {"pydoc-gpt": (load_pretrained_lm("lab").to(device=device, dtype=dtype),
+                            load_draft().to(device=device, dtype=dtype))}
+    if device.type == "cuda":
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)           # initialise in bf16 directly: no fp32 copy of 6B parameters
+        try:
+            with torch.device(device):
+                models["llama-2-7b shape (random weights)"] = (GPT(LLAMA_7B_SHAPE).eval(), None)
+        finally:
+            torch.set_default_dtype(default)
+    return models
+
+
+def _prompts(model: GPT, n: int, length: int, device: torch.device) -> torch.Tensor:
+    """(n, length) prompts: windows of the evaluation text for the book's model, random ids otherwise."""
+    gen = torch.Generator().manual_seed(0)
+    if model.config.vocab_size == 8192 and model.config.context_length == 256:
+        from lab.data import eval_tokens
+        from lab.models import load_tokenizer
+
+        text = eval_tokens(load_tokenizer())
+        starts = torch.randint(0, len(text) - length, (n,), generator=gen)
+        return torch.stack([text[s:s + length] for s in starts.tolist()]).to(device)
+    return torch.randint(0, model.config.vocab_size, (n, length), generator=gen).to(device)
+
+
+def bench_model(name: str, model: GPT, draft: GPT | None, device: torch.device, s: Setup, ceilings: dict,
+                wall_clock_ms, progress: bool) -> list[dict]:
+    cuda = device.type == "cuda"
+    dtype = next(model.parameters()).dtype
+    prompts = _prompts(model, max(s.batches), s.prompt_len, device)
+    context = s.prompt_len + s.new_tokens // 2
+    configs = [c for c in CONFIGS if (cuda or c != "kv_cache_cuda_graph") and (draft is not None or c != "speculative")]
+    rows, outputs = [], {}
+    bar = tqdm(total=len(configs) * len(s.batches), desc=f"decode: {name}", disable=not progress)
+    for config in configs:
+        variant = quantized(model, config, dtype) if config.startswith("int") else model
+        graph = cuda and config not in ("no_cache", "kv_cache")
+        for B in s.batches:
+            bar.update()
+            if config == "speculative" and B != 1:
+                continue
+            prompt = prompts[:B]
+            row = {"model": name, "config": config, "batch": B, "prompt_len": s.prompt_len, "new_tokens": s.new_tokens}
+
+            def run(n: int) -> torch.Tensor:
+                if config == "speculative":
+                    return speculative_generate(variant, draft, prompt[0], n, k=s.draft_k, cuda_graph=graph)
+                return generate(variant, prompt, n, kv_cache=config != "no_cache", cuda_graph=graph)
+
+            if config == "speculative":
+                result = run(s.new_tokens)
+                outputs[config, B] = result.tokens[None]
+                row.update(draft_k=s.draft_k, acceptance_rate=result.acceptance_rate,
+                           tokens_per_target_step=result.tokens_per_step, draft_weight_bytes=weight_bytes(draft))
+            else:
+                outputs[config, B] = run(s.new_tokens)
+            half = s.new_tokens // 2
+            t_n = wall_clock_ms(lambda: run(s.new_tokens), device, s.repeats)
+            t_half = wall_clock_ms(lambda: run(half), device, s.repeats)
+            step_ms = max(t_n - t_half, 1e-9) / (s.new_tokens - half)
+            cost = decode_step_cost(variant, B, context, kv_cache=config != "no_cache",
+                                    kv_dtype_bytes=torch.finfo(dtype).bits // 8)
+            sol = speed_of_light_ms(cost, ceilings["bandwidth"], ceilings["peak_flops"])
+            row.update(generate_ms=t_n, generate_half_ms=t_half, ms_per_step=step_ms,
+                       ms_per_token=step_ms / B, tokens_per_s=B * 1e3 / step_ms, weight_bytes=weight_bytes(variant),
+                       bytes_per_step=cost["bytes"], flops_per_step=cost["flops"], sol_memory_ms=sol["memory_ms"],
+                       sol_compute_ms=sol["compute_ms"], sol_ms=sol["ms"], sol_tokens_per_s=B * 1e3 / sol["ms"],
+                       fraction_of_sol=sol["ms"] / step_ms)
+            rows.append(row)
+        if variant is not model:
+            del variant
+            if cuda:
+                torch.cuda.empty_cache()
+    bar.close()
+    for row in rows:  # fraction of greedy tokens equal to the eager KV-cache run of the same batch
+        same = outputs[row["config"], row["batch"]] == outputs["kv_cache", row["batch"]]
+        row["agreement"] = same.float().mean().item()
+    return rows
+
+
+def bench_serving(model: GPT, device: torch.device, s: Setup, progress: bool) -> list[dict]:
+    """Static vs continuous batching of one mixed-length trace per max batch size."""
+    from lab.data import eval_tokens
+    from lab.models import load_tokenizer
+
+    if model.config.vocab_size == 8192:
+        text = eval_tokens(load_tokenizer())
+    else:
+        text = torch.randint(0, model.config.vocab_size, (4096,), generator=torch.Generator().manual_seed(0))
+    longest = model.config.context_length // 4
+    trace = synthetic_trace(text, s.trace_requests, (4, longest), (4, longest), seed=0)
+    rows = []
+    for B in s.serve_batches:
+        for policy in ("static", "continuous"):
+            serve(model, trace[:2], B, policy)       # warm-up (kernels, allocator)
+            result = serve(model, trace, B, policy, progress=progress)
+            rows.append({"max_batch": B, "policy": policy, "requests": len(trace),
+                         "generated_tokens": result.generated_tokens, "decode_steps": result.decode_steps,
+                         "utilization": result.utilization, "preemptions": result.preemptions,
+                         "seconds": result.seconds, "tokens_per_s": result.tokens_per_s})
+    return rows
+
+
+def bench_infer(device: torch.device, quick: bool = False, progress: bool = True, *, wall_clock_ms) -> dict:
+    s = setup(device, quick)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    label = ("CUDA, bf16: eager and CUDA-graph decode, int8/int4 Triton kernels, speculative decoding; speed of "
+             "light from this GPU's measured copy bandwidth and bf16 matmul rate" if device.type == "cuda" else
+             "CPU, fp32: eager decode only (no CUDA graphs; the int8/int4 layers run their PyTorch paths, which "
+             "dequantize, so they are slower than fp32 here); speed of light from this CPU's measured copy "
+             "bandwidth and fp32 matmul rate")
+    ceilings = measure_ceilings(device, dtype, wall_clock_ms, quick)
+    models = _models(device, quick, dtype)
+    out = {"label": label, "setup": s.__dict__, "dtype": str(dtype).removeprefix("torch."), "ceilings": ceilings,
+           "decode": []}
+    with torch.no_grad():
+        for name, (model, draft) in models.items():
+            out["decode"] += bench_model(name, model, draft, device, s, ceilings, wall_clock_ms, progress)
+        book_model = next(iter(models.values()))[0]
+        out["serving"] = bench_serving(book_model, device, s, progress)
+    return out

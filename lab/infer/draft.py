@@ -1,0 +1,91 @@
+"""The draft model of speculative decoding: the book's LM distilled into 2 layers, and its checkpoint.
+
+    python -m lab.infer.draft --steps 600 --out checkpoints/pydoc-gpt-draft
+
+A good draft is one whose next-token distribution q is close to the target's p in total variation,
+since the acceptance rate is α = E[Σ_x min(p(x), q(x))] = 1 − E[TV(p, q)]. Chapter 4's recipe gives
+it: a student that keeps the target's width, embeddings and head and every third of its layers
+(`lab.distill.gpt_student`, DistilBERT's initialisation), trained on the target's full distribution
+(`lab.distill.distill`, forward KL at T = 1) over the corpus's train split. It shares the target's
+tokenizer, as speculative decoding requires. The checkpoint is stored like the target's
+(`transformers` Llama format, bf16) with a ``training_record.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from lab import data
+from lab.distill import TeacherCache, distill, gpt_student
+from lab.distill.experiments import lm_batches
+from lab.metrics import perplexity
+from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, load_tokenizer, to_llama
+from lab.runtime import get_device, seed_everything
+
+DRAFT_DIR = LM_DIR.parent / "pydoc-gpt-draft"
+
+
+def load_draft(path: str | Path = DRAFT_DIR, dtype: torch.dtype = torch.float32):
+    """The distilled draft as a lab `GPT` in eval mode."""
+    return load_pretrained_lm("lab", path, dtype)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=DRAFT_DIR)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--eval-tokens", type=int, default=8192)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+
+    seed_everything(args.seed)
+    device = get_device()
+    tokenizer = load_tokenizer()
+    target = load_pretrained_lm("lab").to(device)
+    student = gpt_student(target, args.layers)
+    batches = lm_batches(data.tokenize_split("train", tokenizer), args.steps, args.batch_size, args.seq_len,
+                         seed=args.seed)
+    test = data.eval_tokens(tokenizer, args.eval_tokens).to(device)
+    teacher = TeacherCache(target, keep=False)     # keep=True would hold every batch's logits in memory
+    history = distill(teacher, student, batches, args.steps, temperature=1.0, alpha=1.0, lr=args.lr,
+                      warmup=max(1, args.steps // 20), eval_every=args.steps // 4,
+                      eval_fn=lambda m: perplexity(m, test, stride=128), desc="distill draft")
+    args.out.mkdir(parents=True, exist_ok=True)
+    to_llama(student.float().cpu()).to(torch.bfloat16).save_pretrained(args.out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(LM_DIR / name, args.out / name)
+    record = {
+        "command": "python -m lab.infer.draft " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else
+        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "python": platform.python_version(),
+        "args": {k: str(v) for k, v in vars(args).items()}, "config": student.config.to_dict(),
+        "n_parameters": student.num_parameters(), "target_sha256": checkpoint_sha256(LM_DIR),
+        "model_safetensors_sha256": checkpoint_sha256(args.out), "seconds": history["seconds"],
+        "loss_every_10": history["loss"][::10], "eval_perplexity": history["eval"],
+        "eval_tokens": args.eval_tokens,
+        "target_eval_perplexity": perplexity(target, test, stride=128),
+        "draft_eval_perplexity_bf16_checkpoint": perplexity(load_draft(args.out).to(device), test, stride=128),
+    }
+    (args.out / "training_record.json").write_text(json.dumps(record, indent=2))
+    print(json.dumps({k: record[k] for k in ("n_parameters", "seconds", "eval_perplexity", "target_eval_perplexity",
+                                             "draft_eval_perplexity_bf16_checkpoint")}, indent=2))
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The paged KV cache: fixed-size blocks of token slots handed out on demand (vLLM's PagedAttention).
+
+A static cache reserves S_max slots for every sequence, so a server holding requests of mixed
+lengths wastes most of its cache memory on slots that are never written, and the wasted memory is
+what limits the batch size. A paged cache splits the memory into ``num_blocks`` blocks of
+``block_size`` slots. A sequence owns a *block table*, the list of its blocks; its token at
+position t lives in slot
+
+    slot(t) = table[t // block_size] · block_size + t mod block_size
+
+of the pool, and a new block is taken only when position t crosses a block boundary. At most
+block_size − 1 slots per sequence are wasted, and finished sequences return their blocks at once.
+
+`BlockAllocator` is the bookkeeping (pure Python, tested with random admissions and retirements:
+no block is ever owned twice, every block comes back). `PagedKVCache` adds the pools,
+k and v (num_blocks, block_size, H_kv, D) per layer, and the ``attend`` of `forward_cached` for a
+batch of sequences: new keys and values are written at their slots; a single-token decode step on
+a GPU reads the blocks in place with the Triton kernel `lab.kernels.paged_attention`, every other
+call gathers each sequence's blocks into a padded (B, H_kv, S, D) tensor and uses the masked
+attention of `lab.infer.kv_cache`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import torch
+
+from lab.infer.kv_cache import Attend, causal_mask, masked_attention
+from lab.kernels.paged_attention import paged_attention_decode
+from lab.models.gpt import GPT
+
+
+class OutOfBlocksError(RuntimeError):
+    """Raised when a sequence needs a block and none is free (the scheduler preempts before this)."""
+
+
+class BlockAllocator:
+    """Block tables of sequences over ``num_blocks`` blocks of ``block_size`` token slots."""
+
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        for name, value in (("num_blocks", num_blocks), ("block_size", block_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.free = list(range(num_blocks - 1, -1, -1))     # a stack: block 0 is handed out first
+        self.tables: dict[Hashable, list[int]] = {}
+        self.lengths: dict[Hashable, int] = {}
+
+    def blocks_for(self, n_tokens: int) -> int:
+        """⌈n_tokens / block_size⌉."""
+        return -(-n_tokens // self.block_size)
+
+    def can_allocate(self, n_tokens: int) -> bool:
+        return self.blocks_for(n_tokens) <= len(self.free)
+
+    def _owned(self, seq_id: Hashable) -> list[int]:
+        if seq_id not in self.tables:
+            raise KeyError(f"sequence {seq_id!r} holds no blocks")
+        return self.tables[seq_id]
+
+    def allocate(self, seq_id: Hashable, n_tokens: int) -> list[int]:
+        """Blocks for a new sequence of ``n_tokens`` ≥ 1 tokens; returns its block table."""
+        if seq_id in self.tables:
+            raise ValueError(f"sequence {seq_id!r} already holds blocks")
+        if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+            raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}")
+        if not self.can_allocate(n_tokens):
+            raise OutOfBlocksError(f"{n_tokens} tokens need {self.blocks_for(n_tokens)} blocks, "
+                                   f"{len(self.free)} of {self.num_blocks} are free")
+        self.tables[seq_id] = [self.free.pop() for _ in range(self.blocks_for(n_tokens))]
+        self.lengths[seq_id] = n_tokens
+        return self.tables[seq_id]
+
+    def needs_block(self, seq_id: Hashable) -> bool:
+        """Whether appending one token to the sequence takes a new block."""
+        return self.lengths[seq_id] == len(self._owned(seq_id)) * self.block_size
+
+    def append(self, seq_id: Hashable) -> None:
+        """Grow the sequence by one token, taking a new block when it crosses a block boundary."""
+        table = self._owned(seq_id)
+        if self.needs_block(seq_id):
+            if not self.free:
+                raise OutOfBlocksError(f"sequence {seq_id!r} needs a new block and none is free")
+            table.append(self.free.pop())
+        self.lengths[seq_id] += 1
+
+    def release(self, seq_id: Hashable) -> None:
+        """Return every block of the sequence to the free list."""
+        self.free.extend(reversed(self._owned(seq_id)))
+        del self.tables[seq_id], self.lengths[seq_id]
+
+    def slot(self, seq_id: Hashable, position: int) -> int:
+        """The pool slot of the sequence's token at ``position``."""
+        if not 0 <= position < self.lengths.get(seq_id, 0):
+            raise IndexError(f"position {position} is outside sequence {seq_id!r} "
+                             f"of length {self.lengths.get(seq_id, 0)}")
+        block, offset = divmod(position, self.block_size)
+        return self.tables[seq_id][block] * self.block_size + offset
+
+
+class PagedKVCache:
+    """Pools k[l], v[l] of shape (num_blocks, block_size, H_kv, D) per layer, shared by all sequences."""
+
+    def __init__(self, model: GPT, num_blocks: int, block_size: int = 16, dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None) -> None:
+        self.allocator = BlockAllocator(num_blocks, block_size)
+        param = next(model.parameters())
+        dtype = dtype or (param.dtype if param.is_floating_point() else torch.float32)
+        D = model.config.head_dim
+        self.k = [torch.zeros(num_blocks, block_size, block.attn.k_proj.out_features // D, D, dtype=dtype,
+                              device=device or param.device) for block in model.layers]
+        self.v = [torch.zeros_like(k) for k in self.k]
+
+    @property
+    def block_size(self) -> int:
+        return self.allocator.block_size
+
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.k + self.v)
+
+    def attention(self, seq_ids: Sequence[Hashable], positions: torch.Tensor) -> Attend:
+        """The ``attend`` for rows ``seq_ids`` whose new tokens sit at ``positions`` (B, T).
+
+        Every position must already be allocated (`BlockAllocator.allocate` / ``append``).
+        """
+        alloc, device = self.allocator, self.k[0].device
+        B, T = positions.shape
+        if len(seq_ids) != B:
+            raise ValueError(f"{len(seq_ids)} seq_ids for {B} rows of positions")
+        pos = positions.tolist()
+        slots = torch.tensor([[alloc.slot(s, p) for p in row] for s, row in zip(seq_ids, pos)], device=device)
+        lengths = torch.tensor([row[-1] + 1 for row in pos], dtype=torch.int32, device=device)
+        width = max(len(alloc.tables[s]) for s in seq_ids)
+        tables = torch.tensor([alloc.tables[s] + [0] * (width - len(alloc.tables[s])) for s in seq_ids],
+                              dtype=torch.int32, device=device)
+        decode_kernel = T == 1 and device.type == "cuda"
+        mask = None if decode_kernel else causal_mask(positions, width * alloc.block_size)
+
+        def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            k_pool, v_pool = self.k[layer], self.v[layer]
+            H_kv, D = k_pool.shape[2], k_pool.shape[3]
+            k_pool.view(-1, H_kv, D)[slots.flatten()] = k.transpose(1, 2).reshape(B * T, H_kv, D).to(k_pool.dtype)
+            v_pool.view(-1, H_kv, D)[slots.flatten()] = v.transpose(1, 2).reshape(B * T, H_kv, D).to(v_pool.dtype)
+            if decode_kernel:
+                # lengths come from this allocator's own tables: no range check (it would synchronise)
+                return paged_attention_decode(q[:, :, 0], k_pool, v_pool, tables, lengths,
+                                              check_lengths=False)[:, :, None]
+            # gather: (B, blocks, block_size, H_kv, D) → (B, H_kv, S, D), S = width · block_size
+            k_seq = k_pool[tables.long()].flatten(1, 2).transpose(1, 2).to(q.dtype)
+            v_seq = v_pool[tables.long()].flatten(1, 2).transpose(1, 2).to(q.dtype)
+            return masked_attention(q, k_seq, v_seq, mask)
+
+        return attend

@@ -1,0 +1,82 @@
+"""The speed of light of a decode step: the bytes it must read over the memory bandwidth.
+
+A decode step of batch B at context length S reads every weight once (shared by the B rows) and,
+with a KV cache, every cached key and value of every row:
+
+    bytes = Ψ_bytes + B · 2 · L · H_kv · D · S · b_kv            (b_kv bytes per cache element)
+    FLOPs ≈ 2 · N · B + 4 · L · H · D · S · B                      (N = multiply-adds per token in the linears)
+
+and produces B tokens. Ψ_bytes is what the weights occupy as stored: 2 bytes per bf16 parameter,
+≈ 1 for int8, ≈ 0.5 + 2·2/g for int4 with group size g (codes + scales + zeros). Without a cache the
+step re-runs all S positions: FLOPs ≈ 2·N·B·S, and the step becomes compute bound once S is large.
+
+    t_min = max(bytes / bandwidth, FLOPs / peak),   tokens/s ≤ B / t_min.
+
+The measured ceilings of the book's H100 are 3.0 TB/s (device copy) and ≈ 800 TFLOP/s (bf16 matmul).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from lab.models.gpt import GPT
+
+BANDWIDTH = 3.0e12        # bytes/s, measured device-copy ceiling of the book's H100
+PEAK_FLOPS = 800e12       # FLOP/s, measured bf16 matmul ceiling
+
+
+def weight_bytes(model: GPT) -> int:
+    """Bytes of weights a decode step reads: every parameter and buffer as stored (int4/int8 layers
+    included), the tied embedding once (it is the LM head); an untied input embedding only gives one
+    row per token, so it is left out. Works on a model on the ``meta`` device (sizes without storage)."""
+    total = sum(t.nbytes for t in list(model.parameters()) + list(model.buffers()))   # each tensor once
+    if model.embed_tokens.weight is not model.lm_head.weight:
+        total -= model.embed_tokens.weight.nbytes
+    return total
+
+
+def decoder_linear_bytes_at(model: GPT, bits_per_weight: float) -> int:
+    """`weight_bytes` if the decoder linears were stored at ``bits_per_weight`` bits per weight (the rest as
+    it is): 16 for bf16, 8 + 32/C_in for int8 with fp32 row scales ≈ 8, 4 + 32/g for int4 with 16-bit scale and
+    zero per group of g, 9 for 2:4 sparse bf16 (half the values + 4 bits of metadata per group of 4)."""
+    linears = [m for name, m in model.named_modules() if name.startswith("layers.") and isinstance(m, nn.Linear)]
+    stored = sum(m.weight.nbytes for m in linears)
+    return weight_bytes(model) - stored + round(sum(m.weight.numel() for m in linears) * bits_per_weight / 8)
+
+
+def matmul_params(model: GPT) -> int:
+    """N: multiply-accumulates per token in the linears (decoder linears + LM head), whatever their storage."""
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "in_features") and hasattr(module, "out_features") and not list(module.children()):
+            n += module.in_features * module.out_features
+    return n
+
+
+def kv_bytes_per_position(model: GPT, dtype_bytes: int) -> int:
+    """2 · Σ_l H_kv,l · D · b_kv: the keys and values one position adds to the cache."""
+    return 2 * sum(block.attn.k_proj.out_features for block in model.layers) * dtype_bytes  # H_kv,l · D each
+
+
+def decode_step_cost(model: GPT, batch: int, context: int, kv_cache: bool = True, kv_dtype_bytes: int = 2,
+                     weights: int | None = None) -> dict[str, float]:
+    """{"bytes", "flops"} of one decode step of ``batch`` rows at context length ``context``.
+
+    ``weights``: bytes of weights read per step (default `weight_bytes`(model); pass
+    `decoder_linear_bytes_at` to price another storage format without building it).
+    """
+    if batch < 1 or context < 1:
+        raise ValueError(f"batch and context must be >= 1, got {batch}, {context}")
+    cfg = model.config
+    weights = weight_bytes(model) if weights is None else weights
+    attention_flops = 4 * cfg.n_layer * cfg.n_head * cfg.head_dim * context * batch
+    if kv_cache:
+        return {"bytes": weights + batch * context * kv_bytes_per_position(model, kv_dtype_bytes),
+                "flops": 2 * matmul_params(model) * batch + attention_flops}
+    return {"bytes": weights, "flops": 2 * matmul_params(model) * batch * context + attention_flops * context / 2}
+
+
+def speed_of_light_ms(cost: dict[str, float], bandwidth: float = BANDWIDTH, peak_flops: float = PEAK_FLOPS) -> dict:
+    """{"memory_ms", "compute_ms", "ms"}: bytes / bandwidth, FLOPs / peak, and the larger of the two."""
+    memory_ms, compute_ms = cost["bytes"] / bandwidth * 1e3, cost["flops"] / peak_flops * 1e3
+    return {"memory_ms": memory_ms, "compute_ms": compute_ms, "ms": max(memory_ms, compute_ms)}

@@ -1,0 +1,78 @@
+"""From next-token logits to a next token: temperature, top-k, top-p (nucleus), greedy.
+
+Logits z (…, V) of the model's last position become the sampling distribution
+
+    p = softmax(filter(z / τ))          τ > 0 (temperature)
+    p = onehot(argmax z)                τ = 0 (greedy)
+
+where ``filter`` keeps the k largest logits (top-k), then the smallest set of tokens whose
+probabilities under softmax(z / τ) add up to at least p_top (top-p), and sets the rest to −∞.
+The order (temperature, then top-k, then top-p) is `transformers`' order, and the tests compare
+`filter_logits` with its ``TopKLogitsWarper`` / ``TopPLogitsWarper``.
+
+Speculative decoding (`lab.infer.speculative`) needs the distribution itself, not only a sample:
+`next_token_probs` returns it, and `sample` draws from it with a seeded ``torch.Generator``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """ValueError/TypeError unless τ ≥ 0 is finite, top_k is None or an int ≥ 1, top_p is None or in (0, 1]."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a float >= 0, got {type(temperature).__name__}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite float >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a float in (0, 1], got {top_p!r}")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
+    """Logits (…, V) with every token outside the top-k and outside the top-p nucleus set to −∞.
+
+    Top-p keeps token i iff the probability mass of the tokens ranked strictly above it is < p_top,
+    i.e. the smallest prefix of the sorted distribution with mass ≥ p_top (at least one token).
+    """
+    out = logits
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits.float(), dim=-1)
+        mass_above = torch.cumsum(probs, dim=-1) - probs
+        drop_sorted = mass_above >= top_p
+        drop_sorted[..., 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        out = out.masked_fill(drop, float("-inf"))
+    return out
+
+
+def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                     top_p: float | None = None) -> torch.Tensor:
+    """The sampling distribution p (…, V), float32, rows summing to 1; one-hot at argmax when τ = 0."""
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0:
+        return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+    return torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+
+
+def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of probs (B, V): token ids (B,) int64."""
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next tokens (B,) int64 for logits (B, V): argmax when τ = 0, else a draw from `next_token_probs`."""
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0:
+        return logits.argmax(-1)
+    return sample_from(next_token_probs(logits, temperature, top_k, top_p), generator)

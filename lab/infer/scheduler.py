@@ -1,0 +1,193 @@
+"""Serving many requests: static batching vs continuous batching over one paged KV cache.
+
+A decode step costs about the same whether it carries 1 row or 32 as long as it is memory bound
+(the weights are read once per step either way), so a server batches requests. The question is
+when a request may join a batch:
+
+* static batching: take up to ``max_batch`` waiting requests, run them until *every one* has
+  finished, then take the next batch. Rows that finish early sit idle while the longest request
+  runs on (a real static batch even computes them as padding; here they are skipped).
+* continuous batching (Orca's iteration-level scheduling): between any two decode steps, retire
+  the rows that finished and admit waiting requests into the free rows.
+
+`serve` runs either policy on a list of `Request`s with greedy decoding. A request is admitted
+when a row is free and the paged cache (`lab.infer.paged`) has blocks for its prompt; admission
+runs its prefill (prompt → cache, first new token) alone, then it joins the batched decode steps.
+When a decode step needs a new block and none is free, the newest row is preempted: its blocks are
+freed and it goes back to the front of the queue with the tokens it has, to be recomputed by a
+later prefill (vLLM's recompute preemption). Outputs do not depend on the policy, the batch size
+or preemption: each request's tokens equal `lab.infer.generate` run on it alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from lab.infer.kv_cache import forward_cached
+from lab.infer.paged import PagedKVCache
+from lab.models.gpt import GPT
+
+POLICIES = ("static", "continuous")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A prompt (T₀,) int64 and the number of tokens to generate for it."""
+
+    id: int
+    prompt: torch.Tensor
+    max_new_tokens: int
+
+
+@dataclass
+class _Row:
+    request: Request
+    tokens: list[int]                   # prompt + generated so far
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.tokens) - len(self.request.prompt)
+
+    @property
+    def done(self) -> bool:
+        return self.n_generated >= self.request.max_new_tokens
+
+
+@dataclass
+class ServeResult:
+    outputs: dict[int, torch.Tensor]    # request id → generated tokens (max_new_tokens,) int64
+    decode_steps: int
+    active_rows: list[int]              # rows computed in each decode step
+    prefill_tokens: int                 # tokens run through prefills, recomputations included
+    preemptions: int
+    seconds: float
+    max_batch: int
+    policy: str
+    generated_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.generated_tokens = sum(len(t) for t in self.outputs.values())
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds
+
+    @property
+    def utilization(self) -> float:
+        """Mean fraction of the ``max_batch`` rows that a decode step computes."""
+        return sum(self.active_rows) / max(1, self.decode_steps * self.max_batch)
+
+
+def _check_policy(max_batch: int, policy: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+
+
+def _check_requests(model: GPT, requests: Sequence[Request], capacity: int) -> None:
+    if len({r.id for r in requests}) != len(requests):
+        raise ValueError("request ids must be unique")
+    for r in requests:
+        n = len(r.prompt) + r.max_new_tokens
+        if len(r.prompt) == 0 or r.max_new_tokens < 1:
+            raise ValueError(f"request {r.id}: needs a non-empty prompt and max_new_tokens >= 1")
+        if n > min(model.config.context_length, capacity):
+            raise ValueError(f"request {r.id}: prompt + max_new_tokens = {n} tokens exceeds the context "
+                             f"({model.config.context_length}) or the cache ({capacity} slots)")
+
+
+@torch.no_grad()
+def serve(model: GPT, requests: Sequence[Request], max_batch: int, policy: str = "continuous",
+          num_blocks: int | None = None, block_size: int = 16, progress: bool = False) -> ServeResult:
+    """Greedy outputs of every request, served with ``policy`` ∈ {"static", "continuous"}.
+
+    ``num_blocks`` defaults to enough blocks for ``max_batch`` full-context sequences.
+    """
+    _check_policy(max_batch, policy)
+    num_blocks = num_blocks or max_batch * -(-model.config.context_length // block_size)
+    cache = PagedKVCache(model, num_blocks, block_size)
+    alloc = cache.allocator
+    _check_requests(model, requests, num_blocks * block_size)
+    device = next(model.parameters()).device
+    waiting = deque(_Row(r, r.prompt.tolist()) for r in requests)
+    running: list[_Row] = []
+    outputs: dict[int, torch.Tensor] = {}
+    active_rows, prefill_tokens, preemptions = [], 0, 0
+    bar = tqdm(total=sum(r.max_new_tokens for r in requests), desc=f"serve ({policy}, batch {max_batch})",
+               disable=not progress)
+    start = time.perf_counter()
+
+    def greedy(logits: torch.Tensor) -> list[int]:
+        return logits.argmax(-1).tolist()
+
+    while waiting or running:
+        # Retirement: continuous frees finished rows at once, static when the whole batch is done.
+        if policy == "continuous" or all(row.done for row in running):
+            for row in [row for row in running if row.done]:
+                outputs[row.request.id] = torch.tensor(row.tokens[len(row.request.prompt):])
+                alloc.release(row.request.id)
+                running.remove(row)
+        # Admission: continuous fills free rows at every step, static only once the batch has drained.
+        if policy == "continuous" or not running:
+            while waiting and len(running) < max_batch and alloc.can_allocate(len(waiting[0].tokens)):
+                row = waiting.popleft()
+                n = len(row.tokens)
+                alloc.allocate(row.request.id, n)
+                positions = torch.arange(n, device=device)[None]
+                ids = torch.tensor([row.tokens], device=device)
+                logits = forward_cached(model, ids, positions, cache.attention([row.request.id], positions))
+                row.tokens += greedy(logits[:, -1])
+                prefill_tokens += n
+                bar.update(1)
+                running.append(row)
+        active = [row for row in running if not row.done]
+        if not active:
+            if waiting and not running:
+                raise RuntimeError(f"request {waiting[0].request.id} does not fit in the cache")
+            continue
+        # Room for each active row's newest token; preempt the newest rows while blocks run out.
+        while sum(alloc.needs_block(row.request.id) for row in active) > len(alloc.free):
+            victim = active.pop()
+            running.remove(victim)
+            alloc.release(victim.request.id)
+            waiting.appendleft(victim)
+            preemptions += 1
+        if not active:              # static batching: finished rows hold the blocks until the batch drains
+            continue
+        for row in active:
+            alloc.append(row.request.id)
+        ids = torch.tensor([[row.tokens[-1]] for row in active], device=device)
+        positions = torch.tensor([[len(row.tokens) - 1] for row in active], device=device)
+        logits = forward_cached(model, ids, positions, cache.attention([row.request.id for row in active], positions))
+        for row, token in zip(active, greedy(logits[:, -1])):
+            row.tokens.append(token)
+        active_rows.append(len(active))
+        bar.update(len(active))
+    bar.close()
+    return ServeResult(outputs, len(active_rows), active_rows, prefill_tokens, preemptions,
+                       time.perf_counter() - start, max_batch, policy)
+
+
+def synthetic_trace(tokens: torch.Tensor, n_requests: int, prompt_lengths: tuple[int, int],
+                    output_lengths: tuple[int, int], seed: int = 0) -> list[Request]:
+    """``n_requests`` requests whose prompts are windows of real text ``tokens`` (1-D int64), with prompt
+    and output lengths drawn uniformly from the inclusive ranges (a mixed-length offline workload)."""
+    (p_lo, p_hi), (o_lo, o_hi) = prompt_lengths, output_lengths
+    if not (1 <= p_lo <= p_hi and 1 <= o_lo <= o_hi) or p_hi >= len(tokens):
+        raise ValueError(f"need 1 <= lo <= hi for both ranges and prompts shorter than the text, got "
+                         f"prompt_lengths={prompt_lengths}, output_lengths={output_lengths}, {len(tokens)} tokens")
+    gen = torch.Generator().manual_seed(seed)
+    requests = []
+    for i in range(n_requests):
+        T = int(torch.randint(p_lo, p_hi + 1, (1,), generator=gen))
+        n = int(torch.randint(o_lo, o_hi + 1, (1,), generator=gen))
+        start = int(torch.randint(0, len(tokens) - T, (1,), generator=gen))
+        requests.append(Request(i, tokens[start:start + T].clone(), n))
+    return requests
