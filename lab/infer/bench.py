@@ -153,24 +153,28 @@ def _models(device: torch.device, quick: bool, dtype: torch.dtype) -> dict[str, 
     return models
 
 
-def _prompts(model: GPT, n: int, length: int, device: torch.device) -> torch.Tensor:
-    """(n, length) prompts: windows of the evaluation text for the book's model, random ids otherwise."""
-    gen = torch.Generator().manual_seed(0)
+def source_text(model: GPT) -> torch.Tensor:
+    """1-D int64 tokens that prompts and traces are cut from: the evaluation text for the book's model
+    (its vocabulary), 4096 random ids for any other model."""
     if model.config.vocab_size == 8192 and model.config.context_length == 256:
         from lab.data import eval_tokens
         from lab.models import load_tokenizer
 
-        text = eval_tokens(load_tokenizer())
-        starts = torch.randint(0, len(text) - length, (n,), generator=gen)
-        return torch.stack([text[s:s + length] for s in starts.tolist()]).to(device)
-    return torch.randint(0, model.config.vocab_size, (n, length), generator=gen).to(device)
+        return eval_tokens(load_tokenizer())
+    return torch.randint(0, model.config.vocab_size, (4096,), generator=torch.Generator().manual_seed(0))
 
 
-def bench_model(name: str, model: GPT, draft: GPT | None, device: torch.device, s: Setup, ceilings: dict,
-                wall_clock_ms, progress: bool) -> list[dict]:
+def _prompts(text: torch.Tensor, n: int, length: int, device: torch.device) -> torch.Tensor:
+    """(n, length) prompts: windows of ``text`` at seeded random starts."""
+    starts = torch.randint(0, len(text) - length, (n,), generator=torch.Generator().manual_seed(0))
+    return torch.stack([text[s:s + length] for s in starts.tolist()]).to(device)
+
+
+def bench_model(name: str, model: GPT, draft: GPT | None, text: torch.Tensor, device: torch.device, s: Setup,
+                ceilings: dict, wall_clock_ms, progress: bool) -> list[dict]:
     cuda = device.type == "cuda"
     dtype = next(model.parameters()).dtype
-    prompts = _prompts(model, max(s.batches), s.prompt_len, device)
+    prompts = _prompts(text, max(s.batches), s.prompt_len, device)
     context = s.prompt_len + s.new_tokens // 2
     configs = [c for c in CONFIGS if (cuda or c != "kv_cache_cuda_graph") and (draft is not None or c != "speculative")]
     rows, outputs = [], {}
@@ -221,15 +225,8 @@ def bench_model(name: str, model: GPT, draft: GPT | None, device: torch.device, 
     return rows
 
 
-def bench_serving(model: GPT, device: torch.device, s: Setup, progress: bool) -> list[dict]:
-    """Static vs continuous batching of one mixed-length trace per max batch size."""
-    from lab.data import eval_tokens
-    from lab.models import load_tokenizer
-
-    if model.config.vocab_size == 8192:
-        text = eval_tokens(load_tokenizer())
-    else:
-        text = torch.randint(0, model.config.vocab_size, (4096,), generator=torch.Generator().manual_seed(0))
+def bench_serving(model: GPT, text: torch.Tensor, device: torch.device, s: Setup, progress: bool) -> list[dict]:
+    """Static vs continuous batching of one mixed-length trace (prompts cut from ``text``) per max batch size."""
     longest = model.config.context_length // 4
     trace = synthetic_trace(text, s.trace_requests, (4, longest), (4, longest), seed=0)
     rows = []
@@ -257,8 +254,9 @@ def bench_infer(device: torch.device, quick: bool = False, progress: bool = True
     out = {"label": label, "setup": s.__dict__, "dtype": str(dtype).removeprefix("torch."), "ceilings": ceilings,
            "decode": []}
     with torch.no_grad():
+        texts = {name: source_text(model) for name, (model, _) in models.items()}
         for name, (model, draft) in models.items():
-            out["decode"] += bench_model(name, model, draft, device, s, ceilings, wall_clock_ms, progress)
-        book_model = next(iter(models.values()))[0]
-        out["serving"] = bench_serving(book_model, device, s, progress)
+            out["decode"] += bench_model(name, model, draft, texts[name], device, s, ceilings, wall_clock_ms, progress)
+        book = next(iter(models))
+        out["serving"] = bench_serving(models[book][0], texts[book], device, s, progress)
     return out

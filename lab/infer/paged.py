@@ -129,26 +129,27 @@ class PagedKVCache:
         if len(seq_ids) != B:
             raise ValueError(f"{len(seq_ids)} seq_ids for {B} rows of positions")
         pos = positions.tolist()
-        slots = torch.tensor([[alloc.slot(s, p) for p in row] for s, row in zip(seq_ids, pos)], device=device)
+        slots = torch.tensor([alloc.slot(s, p) for s, row in zip(seq_ids, pos) for p in row], device=device)  # (B·T,)
         lengths = torch.tensor([row[-1] + 1 for row in pos], dtype=torch.int32, device=device)
         width = max(len(alloc.tables[s]) for s in seq_ids)
         tables = torch.tensor([alloc.tables[s] + [0] * (width - len(alloc.tables[s])) for s in seq_ids],
                               dtype=torch.int32, device=device)
+        gather_index = tables.long()
         decode_kernel = T == 1 and device.type == "cuda"
         mask = None if decode_kernel else causal_mask(positions, width * alloc.block_size)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             k_pool, v_pool = self.k[layer], self.v[layer]
             H_kv, D = k_pool.shape[2], k_pool.shape[3]
-            k_pool.view(-1, H_kv, D)[slots.flatten()] = k.transpose(1, 2).reshape(B * T, H_kv, D).to(k_pool.dtype)
-            v_pool.view(-1, H_kv, D)[slots.flatten()] = v.transpose(1, 2).reshape(B * T, H_kv, D).to(v_pool.dtype)
+            k_pool.view(-1, H_kv, D)[slots] = k.transpose(1, 2).reshape(B * T, H_kv, D).to(k_pool.dtype)
+            v_pool.view(-1, H_kv, D)[slots] = v.transpose(1, 2).reshape(B * T, H_kv, D).to(v_pool.dtype)
             if decode_kernel:
                 # lengths come from this allocator's own tables: no range check (it would synchronise)
                 return paged_attention_decode(q[:, :, 0], k_pool, v_pool, tables, lengths,
                                               check_lengths=False)[:, :, None]
             # gather: (B, blocks, block_size, H_kv, D) → (B, H_kv, S, D), S = width · block_size
-            k_seq = k_pool[tables.long()].flatten(1, 2).transpose(1, 2).to(q.dtype)
-            v_seq = v_pool[tables.long()].flatten(1, 2).transpose(1, 2).to(q.dtype)
+            k_seq = k_pool[gather_index].flatten(1, 2).transpose(1, 2).to(q.dtype)
+            v_seq = v_pool[gather_index].flatten(1, 2).transpose(1, 2).to(q.dtype)
             return masked_attention(q, k_seq, v_seq, mask)
 
         return attend

@@ -25,9 +25,10 @@ def randomized_pit(probs: torch.Tensor, tokens: torch.Tensor, generator: torch.G
     if probs.dim() != 2 or tokens.shape != (probs.shape[0],):
         raise ValueError(f"need probs (N, V) and tokens (N,), got {tuple(probs.shape)} and {tuple(tokens.shape)}")
     p = probs.double()
-    below = torch.cumsum(p, dim=-1).gather(1, tokens[:, None])[:, 0] - p.gather(1, tokens[:, None])[:, 0]
+    p_x = p.gather(1, tokens[:, None])[:, 0]
+    below = torch.cumsum(p, dim=-1).gather(1, tokens[:, None])[:, 0] - p_x                 # F(x⁻)
     u = torch.rand(len(tokens), generator=generator, dtype=torch.float64, device=p.device)
-    return (below + u * p.gather(1, tokens[:, None])[:, 0]).clamp(0.0, 1.0)
+    return (below + u * p_x).clamp(0.0, 1.0)
 
 
 def kolmogorov_sf(x: float, terms: int = 100) -> float:
