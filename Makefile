@@ -1,4 +1,4 @@
-# Two commands: `make book` (execute every notebook, build _build/html/) and `make test`.
+# Two commands: `make book` (execute the notebooks whose code changed, build _build/html/) and `make test`.
 # Both create .venv from requirements.txt on first use and reuse it afterwards.
 
 SHELL := /bin/bash
@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # The stamp's name carries a hash of requirements.txt: editing the file re-runs pip.
-REQ_HASH := $(shell sha256sum requirements.txt | cut -c1-16)
+REQ_HASH := $(shell cat requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.requirements-$(REQ_HASH)
 DATA_DIR := $(or $(LAB_DATA_DIR),.data)
 CORPUS_PACKAGE := python3.11-doc
@@ -22,20 +22,26 @@ export HF_DATASETS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 export TOKENIZERS_PARALLELISM := false
 unexport MPLBACKEND
-# Notebooks run with their own folder as working directory; this makes `import lab` work there.
-export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: help venv data book outputs test test-unit test-notebooks test-nbval clean
+.PHONY: help venv data book book-stored browser outputs test test-unit test-notebooks test-book gpu-dry-run clean
 
 help:
-	@echo "make book     build the Jupyter Book (executes every notebook) into _build/html/"
-	@echo "make test     unit tests, papermill regression runs of every notebook, nbval"
-	@echo "make outputs  re-execute every notebook in place (refreshes the outputs nbval checks)"
+	@echo "make book     build the Jupyter Book into _build/html/ (executes the notebooks whose code"
+	@echo "              changed since the last build; the others come from _build/.jupyter_cache)"
+	@echo "make book-stored  build it from the outputs stored in the notebooks (executes none; CI's build)"
+	@echo "make test-book    book-stored, then open every page in headless chromium (tests/book)"
+	@echo "make test     unit tests, the sm_90 kernel check, each notebook executed once (metrics and"
+	@echo "              stored outputs checked), the book built from stored outputs and opened in chromium"
+	@echo "make outputs  re-execute every notebook in place (refreshes the stored outputs the tests compare)"
+	@echo "make check-kernels  compile every Triton kernel configuration for sm_90 (no GPU) under the pinned"
+	@echo "              triton (writes results/kernels_sm90_static.json) and triton 3.6.0; fails on spills"
+	@echo "make gpu-dry-run  rehearse the staged GPU run (python -m lab.bench gpu) on the CPU"
 	@echo "make clean    remove _build/, test caches and metrics files (keeps .venv and .data)"
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	if [ ! -x $(PY) ]; then $(PYTHON) -m venv $(VENV); fi
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.requirements-*
 	touch $@
 
@@ -49,26 +55,63 @@ data: $(STAMP)
 	fi
 	$(PY) -m lab.data
 
+# execute_notebooks: cache (_config.yml): a notebook runs only when its code cells changed since the
+# last build; the others take their outputs from jupyter-cache (_build/.jupyter_cache).
 book: data
 	$(VENV)/bin/jupyter-book build -W --keep-going --builder html .
 
-# The outputs stored in notebooks/*.ipynb are what nbval re-validates: refresh them here.
+# The same book from the outputs stored in notebooks/*.ipynb, no notebook executed: a copy of
+# _config.yml with execute_notebooks: off (jupyter-book 1.x has no -D for Sphinx settings).
+BOOK_STORED_CONFIG := _build/_config.stored.yml
+book-stored: $(STAMP)
+	mkdir -p _build
+	$(PY) -c 'import sys, yaml; c = yaml.safe_load(open("_config.yml")); c["execute"]["execute_notebooks"] = "off"; yaml.safe_dump(c, open(sys.argv[1], "w"), sort_keys=False)' $(BOOK_STORED_CONFIG)
+	$(VENV)/bin/jupyter-book build -W --keep-going --builder html --config $(BOOK_STORED_CONFIG) .
+
+# Debian's chromium and chromium-driver (apt-get), when /usr/bin/chromium or /usr/bin/chromedriver is missing.
+browser:
+	bash .ci/install-browser
+
+# The outputs stored in notebooks/*.ipynb are what tests/test_notebooks.py compares with: refresh them here.
 outputs: data
 	for nb in notebooks/*.ipynb; do \
 		$(VENV)/bin/papermill --cwd notebooks --kernel python3 --no-progress-bar "$$nb" "$$nb"; \
 	done
 
-test: test-unit test-notebooks test-nbval
+test: test-unit check-kernels test-notebooks test-book
 
 test-unit: data
-	MPLBACKEND=Agg $(PY) -m pytest tests --ignore=tests/test_notebooks.py
+	MPLBACKEND=Agg $(PY) -m pytest tests --ignore=tests/test_notebooks.py --ignore=tests/book
 
 test-notebooks: data
 	$(PY) -m pytest tests/test_notebooks.py
 
-test-nbval: data
-	$(PY) -m pytest --nbval notebooks/ --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
+# Every page of _build/html in headless chromium: formulas typeset, images loaded, no console error,
+# internal links resolve, sidebar complete; screenshots in _build/screenshots/.
+test-book: book-stored browser
+	$(PY) -m pytest tests/book -q
+
+# Every Triton kernel configuration the wrappers launch, compiled ahead of time for sm_90 without a GPU
+# (python -m lab.kernels.compile: registers, spills, shared memory, CTAs/SM, main-loop SASS), under the
+# pinned triton and under triton 3.6.0 (the GPU machine's, installed once beside the pin); each writes
+# its record into _build/ and fails on a compile error, a spill or > 227 KB of shared memory. The
+# committed record results/kernels_sm90_static.json is refreshed by `python -m lab.kernels.compile`.
+TRITON_36_DIR := $(VENV)/triton-3.6.0
+.PHONY: check-kernels
+$(TRITON_36_DIR)/.installed: | $(STAMP)
+	$(PY) -m pip install --no-deps --target $(TRITON_36_DIR) triton==3.6.0
+	touch $@
+
+check-kernels: $(STAMP) $(TRITON_36_DIR)/.installed
+	status=0; \
+	$(PY) -m lab.kernels.compile --out _build/kernels_sm90_static.json || status=$$?; \
+	PYTHONPATH=$(TRITON_36_DIR) $(PY) -m lab.kernels.compile \
+		--out _build/kernels_sm90_static_triton-3.6.0.json || status=$$?; \
+	exit $$status
+
+# The staged GPU run with tiny shapes on the CPU (one record per stage in _build/gpu-dry-run/); book/reproducing.md.
+gpu-dry-run: data
+	$(PY) -m lab.bench gpu --dry-run --no-progress --out _build/gpu-dry-run
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis notebooks/*.metrics.json

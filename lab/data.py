@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+from lab.atomic import atomic_write_json
+from lab.checks import check_choice, check_int
+
 CORPUS_PACKAGE = "python3.11-doc"
 CORPUS_VERSIONS = ("3.11.2-6+deb12u9", "3.11.2-6+deb12u8")  # tried in order, then any
 SOURCES_IN_PACKAGE = "usr/share/doc/python3.11/html/_sources"
@@ -85,7 +88,7 @@ def fetch_corpus(force: bool = False) -> Path:
             digest.update(f.read_bytes())
         manifest = {"package": CORPUS_PACKAGE, "deb": deb.name, "files": len(files),
                     "bytes": sum(f.stat().st_size for f in files), "sha256": digest.hexdigest()}
-        (staged / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
+        atomic_write_json(staged / "MANIFEST.json", manifest)
         if target.exists():
             shutil.rmtree(target)
         staged.rename(target)
@@ -108,8 +111,7 @@ def split_of(path: str) -> str:
 
 
 def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r} is not allowed; use one of {tuple(SPLITS)}")
+    check_choice("split", split, SPLITS)
 
 
 def corpus_documents(split: str) -> list[tuple[str, str]]:
@@ -135,17 +137,18 @@ def load_corpus(split: str):
 def tokenize_split(split: str, tokenizer) -> torch.Tensor:
     """All documents of a split, tokenized and joined with EOS: a 1-D int64 tensor.
 
-    Cached under ``.data/tokens/`` keyed by the tokenizer's vocabulary hash.
+    Cached under ``.data/tokens/`` keyed by the tokenizer's vocabulary hash. Reads the documents with
+    `corpus_documents` (the order `load_corpus` uses), so it does not need the `datasets` package.
     """
     _check_split(split)
     vocab_key = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:12]
     cache = data_dir() / "tokens" / f"{split}-{vocab_key}.pt"
     if cache.exists():
         return torch.load(cache)
-    ds = load_corpus(split)
+    texts = [text for _, text in corpus_documents(split)]
     eos = tokenizer.eos_token_id
     ids: list[int] = []
-    for enc in tokenizer(list(ds["text"]), add_special_tokens=False)["input_ids"]:
+    for enc in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         ids.extend(enc)
         ids.append(eos)
     tokens = torch.tensor(ids, dtype=torch.int64)
@@ -158,8 +161,7 @@ def tokenize_split(split: str, tokenizer) -> torch.Tensor:
 
 def eval_tokens(tokenizer, n_tokens: int = EVAL_TOKENS) -> torch.Tensor:
     """The shared evaluation slice: the first ``n_tokens`` tokens of the test split."""
-    if not isinstance(n_tokens, int) or n_tokens < 2:
-        raise ValueError(f"n_tokens must be an int >= 2, got {n_tokens!r}")
+    check_int("n_tokens", n_tokens, 2)
     tokens = tokenize_split("test", tokenizer)
     if n_tokens > len(tokens):
         raise ValueError(f"n_tokens={n_tokens} exceeds the test split ({len(tokens)} tokens)")

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lab.checks import check_tensor
 from lab.models.gpt import rope_cos_sin
 
 # Linears of one decoder layer grouped by the input they read: the first name of a group hosts the hook.
@@ -145,3 +146,42 @@ def for_each_layer(model: nn.Module, calib_tokens: torch.Tensor | None,
             process(i, block, stats)
         if x is not None and i < last:
             x = _run_layer(block, x, cos, sin, batch_size)  # inputs of layer i+1, after changing layer i
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, module: nn.Module | str, inputs: torch.Tensor) -> torch.Tensor:
+    """X (N, C_in): every input row x_t that ``module`` receives while ``model(inputs)`` runs once.
+
+    ``module``: a submodule of ``model`` (typically an ``nn.Linear``) or its qualified name
+    ("layers.3.mlp.down_proj"); ``inputs``: what the model is called with, e.g. calibration ids
+    (B, T) int64. The module's first positional input (…, C_in) is flattened over its leading
+    dimensions, so N = B·T for a decoder linear, one row per token, in the order (b, t); when
+    the module runs more than once, the calls' rows are concatenated in call order. The dtype
+    and device are those of the activations (float32 for the book's model).
+
+    X is the matrix whose Gram matrix XᵀX = Σ_t x_t x_tᵀ `InputStats` accumulates without storing
+    X; keep X itself to study the activations (observers, histograms, `lab.prune.layer_hessian`,
+    which takes Xᵀ: one column per token).
+    """
+    if isinstance(module, str):
+        try:
+            module = model.get_submodule(module)
+        except AttributeError:
+            raise ValueError(f"module={module!r} is not a submodule of the model") from None
+    elif not isinstance(module, nn.Module) or not any(m is module for m in model.modules()):
+        raise ValueError(f"module must be a submodule of model (or its name), got {type(module).__name__}")
+    check_tensor("inputs", inputs)
+    seen: list[torch.Tensor] = []
+
+    def hook(mod: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        x = args[0].detach()
+        seen.append(x.reshape(-1, x.shape[-1]))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model(inputs)
+    finally:
+        handle.remove()
+    if not seen:
+        raise ValueError("module did not run during model(inputs): nothing was captured")
+    return torch.cat(seen)

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from lab.checks import check_choice, check_int
+
 _DEVICES = ("cpu", "cuda")
 
 
@@ -27,8 +29,7 @@ def get_device() -> torch.device:
     """
     requested = os.environ.get("LAB_DEVICE", "").strip().lower()
     if requested:
-        if requested not in _DEVICES:
-            raise ValueError(f"LAB_DEVICE={requested!r} is not allowed; use one of {_DEVICES}")
+        check_choice("LAB_DEVICE", requested, _DEVICES)
         if requested == "cuda" and not torch.cuda.is_available():
             raise ValueError("LAB_DEVICE='cuda' but torch.cuda.is_available() is False")
         return torch.device(requested)
@@ -40,10 +41,7 @@ def seed_everything(seed: int) -> None:
 
     Raises TypeError for a non-integer seed and ValueError outside [0, 2**32).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**32:
-        raise ValueError(f"seed must lie in [0, 2**32), got {seed}")
+    check_int("seed", seed, 0, 2**32 - 1)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -16,3 +16,20 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The book's LM tokenizer (byte-level BPE, from checkpoints/pydoc-gpt)."""
+    from lab.models import load_tokenizer
+
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt():
+    """The one tiny-GPT factory of the tests: ``tiny_gpt(seed=0, **config overrides)`` → a random lab GPT
+    in eval mode (defaults in `tests.tiny_models.tiny_config`)."""
+    from tests.tiny_models import tiny_gpt as make
+
+    return make

@@ -1,7 +1,7 @@
 """Chapter 4, knowledge distillation: KD / feature / attention losses, students, the training loop."""
 
 from lab.distill.features import Outputs, attention_log_probs, gpt_outputs
-from lab.distill.loop import TeacherCache, distill
+from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.losses import (
                                 attention_transfer_loss,
                                 cross_entropy,
@@ -18,6 +18,7 @@ from lab.distill.students import (
 )
 
 __all__ = [
+                                "KDLoss",
                                 "Outputs",
                                 "TeacherCache",
                                 "attention_log_probs",

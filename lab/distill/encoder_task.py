@@ -12,7 +12,8 @@ paragraph shares a page with a training one.
 Teacher: all-MiniLM-L6-v2 (`lab.models.load_pretrained_encoder`) with a linear head on its
 mean-pooled token states, the head trained on the training paragraphs (logistic regression,
 the encoder frozen). Student: the same architecture with 2 of the 6 layers, initialised from
-teacher layers 0 and 3 (`init_from_teacher`), trained on the teacher's logits by `distill`.
+teacher layers 0 and 3 (`init_from_teacher`), trained on the teacher's logits by `distill`
+(`KDLoss` reading the models through `classifier_outputs`).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import re
 import torch
 from torch import nn
 
+from lab.checks import check_choice, check_int
 from lab.data import SPLITS, corpus_documents
 from lab.distill.features import Outputs
 from lab.distill.losses import cross_entropy
 from lab.distill.students import init_from_teacher
+from lab.train import Optim
 
 CLASSES = ("library/asyncio", "library/email", "library/tkinter", "library/unittest", "library/logging")
 _ROLE = re.compile(r":[\w:.+-]+:`~?([^`<]*?)\s*(<[^>]*>)?`")   # :func:`len` → len
@@ -57,9 +60,8 @@ def paragraph_dataset(n_train: int = 40, n_test: int = 20, min_chars: int = 100,
     A class is a path prefix of the corpus's documents. Returns {"train_texts", "train_labels",
     "test_texts", "test_labels", "classes"}; ValueError if a class has too few paragraphs.
     """
-    for name, n in (("n_train", n_train), ("n_test", n_test)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} must be a positive int, got {n!r}")
+    check_int("n_train", n_train)
+    check_int("n_test", n_test)
     docs = [d for split in SPLITS for d in corpus_documents(split)]
     gen = torch.Generator().manual_seed(seed)
     data: dict[str, list] = {"train_texts": [], "train_labels": [], "test_texts": [], "test_labels": [],
@@ -186,7 +188,7 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
     dict with the data sizes, accuracies, the fraction of the teacher's accuracy each student
     retains and the parameter counts.
     """
-    from lab.distill.loop import TeacherCache, distill
+    from lab.distill.loop import KDLoss, TeacherCache, distill
 
     device = next(encoder.parameters()).device
     data = paragraph_dataset(n_train, n_test, seed=seed)
@@ -205,13 +207,12 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
     cache = TeacherCache(teacher, classifier_outputs)
     settings = {"kd": (True, alpha), "hard": (True, 0.0), "kd-random": (False, alpha)}
     for name in students:
-        if name not in settings:
-            raise ValueError(f"students must be drawn from {tuple(settings)}, got {name!r}")
+        check_choice("students", name, settings)
         from_teacher, a = settings[name]
         student = bert_student(teacher, n_layer, from_teacher=from_teacher)
-        distill(cache, student, batches, epochs * len(batches), temperature=temperature, alpha=a, lr=lr,
-                warmup=max(1, len(batches) // 2), outputs_fn=classifier_outputs, progress=progress,
-                desc=f"encoder student ({name})")
+        kd = KDLoss(cache, temperature=temperature, alpha=a, outputs_fn=classifier_outputs)
+        distill(student, batches, epochs * len(batches), kd, optim=Optim(lr, warmup=max(1, len(batches) // 2)),
+                progress=progress and f"encoder student ({name})")
         acc = accuracy(predict(student, test), y_test)
         result[f"student_{name}_accuracy"] = acc
         result[f"student_{name}_retained"] = acc / result["teacher_accuracy"]

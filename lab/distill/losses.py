@@ -19,13 +19,19 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from lab.checks import check_choice, check_fraction, check_number
+
 KINDS = ("forward", "reverse")
 HIDDEN_KINDS = ("cosine", "mse")
 
 
-def log_softmax(x: torch.Tensor) -> torch.Tensor:
-    """log softmax over the last dim, x − logsumexp(x), in float32 (stable for any logit scale)."""
-    x = x.float()
+def log_softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(x / T) over the last dim, x/T − logsumexp(x/T), stable for any logit scale.
+
+    Computed in the wider of float32 and x's dtype (float64 stays float64), and x is upcast
+    before the division by T, so bf16/fp16 logits lose nothing to a bf16 division.
+    """
+    x = x.to(torch.promote_types(x.dtype, torch.float32)) / temperature
     return x - torch.logsumexp(x, dim=-1, keepdim=True)
 
 
@@ -70,7 +76,7 @@ def _valid_mask(labels: torch.Tensor | None, lead_shape: torch.Size, vocab: int,
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,
             temperature: float = 2.0, alpha: float = 0.5, kind: str = "forward",
             ignore_index: int = -100) -> torch.Tensor:
-    """Hinton's distillation loss, a scalar float32 tensor.
+    """Hinton's distillation loss: a scalar in the wider of float32 and the logits' dtype.
 
     ``student_logits`` s and ``teacher_logits`` z: (..., V) float, same shape (e.g. (B, T, V) for a
     language model, (B, V) for a classifier). ``labels`` y: int (...), ``ignore_index`` = padding.
@@ -81,8 +87,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     kind="reverse" uses KL(p_S^τ ‖ p_T^τ) instead (mode seeking). Without ``labels`` there is no
     hard-label term and L = T²·KL (α is still checked but not used). The teacher gets no gradient.
     """
-    if not isinstance(student_logits, torch.Tensor) or not isinstance(teacher_logits, torch.Tensor):
-        raise TypeError("student_logits and teacher_logits must be tensors")
+    for name, logits in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
+        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got "
+                            f"{getattr(logits, 'dtype', type(logits).__name__)}")
     if student_logits.dim() < 2:
         raise ValueError(f"logits must have shape (..., V) with at least 2 dims, got {tuple(student_logits.shape)}")
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
@@ -91,16 +99,13 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_number("temperature", temperature, low=0, closed=(False, True))
+    check_fraction("alpha", alpha)
+    check_choice("kind", kind, KINDS)
     V = student_logits.shape[-1]
     valid = _valid_mask(labels, student_logits.shape[:-1], V, ignore_index, student_logits.device)
     s, z = student_logits[valid], teacher_logits[valid].detach()           # (N, V)
-    log_ps, log_pt = log_softmax(s / temperature), log_softmax(z / temperature)
+    log_ps, log_pt = log_softmax(s, temperature), log_softmax(z, temperature)
     kl = kl_divergence(log_pt, log_ps) if kind == "forward" else kl_divergence(log_ps, log_pt)
     soft = temperature ** 2 * kl.mean()
     if labels is None:
@@ -137,8 +142,7 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
     (a learnable map when the widths differ; identity by default).
     ``mask``: bool (B, T), True = a real token (padding excluded). Teacher states get no gradient.
     """
-    if kind not in HIDDEN_KINDS:
-        raise ValueError(f"kind must be one of {HIDDEN_KINDS}, got {kind!r}")
+    check_choice("kind", kind, HIDDEN_KINDS)
     _check_pairs("hidden_state_loss", layer_map, len(student_hidden), len(teacher_hidden))
     losses = []
     for i, j in layer_map:

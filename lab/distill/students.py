@@ -15,6 +15,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from lab.checks import check_int
 from lab.models.gpt import GPT
 
 # "layers.3.attn.q_proj.weight" (lab GPT) or "encoder.layer.3.attention..." (transformers BERT)
@@ -22,9 +23,8 @@ _LAYER_KEY = re.compile(r"(^|\.)(layers|layer)\.(\d+)\.")
 
 
 def _check_depths(n_teacher: int, n_student: int) -> None:
-    for name, n in (("n_teacher", n_teacher), ("n_student", n_student)):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"{name} must be a positive int, got {n!r}")
+    check_int("n_teacher", n_teacher)
+    check_int("n_student", n_student)
     if n_student > n_teacher:
         raise ValueError(f"n_student={n_student} must be <= n_teacher={n_teacher}")
 

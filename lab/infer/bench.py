@@ -13,19 +13,20 @@ tokens, in the configurations
 
 The decode time per step is (t(n) − t(n/2)) / (n − n/2), with t(·) the median wall time of a whole
 `generate` call, so that the prefill and the one-off costs of a call (CUDA-graph capture, the draft's
-first steps) drop out; tokens/s = B / that. Beside each: the step's bytes and
-FLOPs at the mean context T₀ + n/2 (`lab.infer.roofline`), the speed of light max(bytes / bandwidth,
-FLOPs / peak), and the fraction of it reached, t_min / t_measured (1 = at the ceiling; speculative
-decoding can pass 1, since one target pass emits several tokens). The two ceilings are measured on
-the device at the start of the run (`measure_ceilings`: a large device copy, a large matmul in the
-run's dtype); on the book's H100 they were 3.0 TB/s and ≈ 800 TFLOP/s.
+first steps) drop out; tokens/s = B / that. All times come from `lab.bench.timing.time_ms`. Beside
+each: the step's bytes and FLOPs at the mean context T₀ + n/2 (`lab.infer.roofline`), the speed of
+light max(bytes / bandwidth, FLOPs / peak), and the fraction of it reached, t_min / t_measured (1 = at
+the ceiling; speculative decoding can pass 1, since one target pass emits several tokens). The two
+ceilings are measured on the device at the start of the run (`measure_ceilings`: a device copy of
+1 GiB on a GPU, a large matmul in the run's dtype); no GPU record of them exists yet.
 
 Models: the book's pretrained LM (6.5M parameters; on a GPU its decode step is launch bound, which
-is what CUDA graphs address) and, on a GPU, a model of Llama-2-7B's dimensions with random weights
-(C = 4096, 32 layers, F = 11008, 8 kv heads; ≈ 6B parameters, ≈ 12 GB in bf16), where decode is
-memory bound and int8/int4 pay off; random weights do not change the speed, and its speculative
-row is left out (acceptance needs a trained pair). Every configuration's greedy tokens are compared
-with the KV-cache output of the same model (``agreement``: 1.0 = identical; quantized models may differ).
+is what CUDA graphs address) and, on a GPU, a model of Llama-2-7B's shape with random weights
+(`LLAMA2_7B_SHAPE`: C = 4096, 32 layers, 32 query and 32 key/value heads, F = 11008, untied; 6.74B
+parameters, 13.5 GB in bf16), where decode is memory bound and int8/int4 pay off; random weights do
+not change the speed, and its speculative row is left out (acceptance needs a trained pair). Every
+configuration's greedy tokens are compared with the KV-cache output of the same model (``agreement``:
+1.0 = identical; quantized models may differ).
 
 Serving: static vs continuous batching (`lab.infer.serve`, paged cache) of a mixed-length trace of
 real prompts on the book's model.
@@ -37,12 +38,13 @@ The book's model is prompted with windows of the evaluation text, so the corpus 
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from lab.bench.timing import time_ms
+from lab.checks import check_int
 from lab.infer.generate import Decoder, generate
 from lab.infer.roofline import decode_step_cost, speed_of_light_ms, weight_bytes
 from lab.infer.scheduler import serve, synthetic_trace
@@ -53,8 +55,9 @@ from lab.quant.model import rtn_quantize
 from lab.runtime import seed_everything
 
 CONFIGS = ("no_cache", "kv_cache", "kv_cache_cuda_graph", "int8_w8a8", "int4_weight_only", "speculative")
-LLAMA_7B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=4096, n_layer=32, n_head=32,
-                           n_kv_head=8, d_ff=11008, tie_embeddings=False)
+# Llama-2-7B (Touvron et al., 2023): multi-head attention, 32 key/value heads (GQA came with the 34B/70B models).
+LLAMA2_7B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=4096, n_layer=32, n_head=32,
+                            n_kv_head=32, d_ff=11008, tie_embeddings=False)
 
 
 @dataclass(frozen=True)
@@ -68,11 +71,17 @@ class Setup:
     serve_batches: tuple[int, ...]
 
 
-def setup(device: torch.device, quick: bool) -> Setup:
+def setup(device: torch.device, quick: bool, short: bool = False) -> Setup:
+    """The run's sizes: ``quick`` (tiny, a smoke test), ``short`` (the GPU run's form: batches 1 and 8,
+    32 new tokens, one serving batch), else the full suite for the device."""
     if quick:
         return Setup((1, 2), 8, 4, 1, 2, 6, (2,))
     if device.type == "cuda":
+        if short:
+            return Setup((1, 8), 64, 32, 2, 4, 32, (8,))
         return Setup((1, 8, 32), 128, 64, 3, 4, 128, (8, 32))
+    if short:
+        return Setup((1, 8), 32, 16, 2, 4, 24, (4,))
     return Setup((1, 8, 32), 32, 32, 3, 4, 48, (4, 16))
 
 
@@ -91,41 +100,55 @@ def quantized(model: GPT, kind: str, dtype: torch.dtype) -> GPT:
     return model
 
 
-def measure_ceilings(device: torch.device, dtype: torch.dtype, wall_clock_ms, quick: bool) -> dict:
-    """{"bandwidth": bytes/s of a device copy (read + write), "peak_flops": FLOP/s of an n×n×n matmul}."""
-    n_bytes, n = (2**22, 256) if quick else ((2**30, 8192) if device.type == "cuda" else (2**28, 2048))
+def ceiling_sizes(device: torch.device, quick: bool) -> tuple[int, int]:
+    """(bytes of the copy's source, n of the n × n × n matmul) that `measure_ceilings` uses.
+
+    On a GPU always 1 GiB (2 GiB moved: read + write; far beyond any L2 cache, ≈ 0.4 ms at 5 TB/s,
+    long enough for CUDA-event timing) and n = 8192; on the CPU 256 MiB and 2048, or 4 MiB and 256
+    with ``quick``.
+    """
+    if device.type == "cuda":
+        return 2**30, 8192
+    return (2**22, 256) if quick else (2**28, 2048)
+
+
+def measure_ceilings(device: torch.device, dtype: torch.dtype, quick: bool = False) -> dict:
+    """{"bandwidth": bytes/s of a device copy (read + write), "peak_flops": FLOP/s of an n×n×n matmul}, timed
+    with `time_ms` (CUDA events on a GPU)."""
+    n_bytes, n = ceiling_sizes(device, quick)
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    copy_ms = wall_clock_ms(lambda: dst.copy_(src), device, 5)
+    copy_ms = time_ms(lambda: dst.copy_(src), device, 5)
+    del src, dst
     a = torch.randn(n, n, device=device).to(dtype)
-    matmul_ms = wall_clock_ms(lambda: a @ a, device, 5)
+    matmul_ms = time_ms(lambda: a @ a, device, 5)
     return {"bandwidth": 2 * n_bytes / (copy_ms * 1e-3), "peak_flops": 2 * n**3 / (matmul_ms * 1e-3),
-            "copy_bytes": 2 * n_bytes, "matmul_n": n, "matmul_dtype": str(dtype).removeprefix("torch.")}
+            "copy_bytes": 2 * n_bytes, "copy_ms": copy_ms, "matmul_n": n, "matmul_ms": matmul_ms,
+            "matmul_dtype": str(dtype).removeprefix("torch.")}
 
 
 @torch.no_grad()
 def step_latencies(model: GPT, ids: torch.Tensor, prompt_len: int, kv_cache: bool, repeats: int = 1,
                    chunk: int = 1) -> list[float]:
-    """Wall time (ms) of each decode step after a prefill of ``prompt_len`` tokens, feeding the rest of
+    """Time (ms) of each decode step after a prefill of ``prompt_len`` tokens, feeding the rest of
     ids (B, T) ``chunk`` tokens at a time (teacher forcing: the cost does not depend on which tokens;
     chunk = k + 1 is the verification pass of speculative decoding); element i is the step that starts
-    at position prompt_len + i·chunk, the minimum over ``repeats`` runs."""
+    at position prompt_len + i·chunk.
+
+    Each step is timed by `time_ms` (median of ``repeats`` calls after a warm-up): one call rewinds the
+    decoder to the step's start and feeds its chunk, the same keys and values rewritten, the same work.
+    """
     B, T = ids.shape
     if not 0 < prompt_len < T or chunk < 1:
         raise ValueError(f"need prompt_len in [1, {T - 1}] and chunk >= 1, got prompt_len={prompt_len}, chunk={chunk}")
-    sync = torch.cuda.synchronize if ids.device.type == "cuda" else (lambda: None)
-    starts = range(prompt_len, T - chunk + 1, chunk)
-    best = [float("inf")] * len(starts)
-    for _ in range(repeats):
-        decoder = Decoder(model, B, T, kv_cache=kv_cache)
-        decoder.extend(ids[:, :prompt_len])
-        for i, t in enumerate(starts):
-            sync()
-            start = time.perf_counter()
-            decoder.extend(ids[:, t:t + chunk])
-            sync()
-            best[i] = min(best[i], (time.perf_counter() - start) * 1e3)
-    return best
+    decoder = Decoder(model, B, T, kv_cache=kv_cache)
+    decoder.extend(ids[:, :prompt_len])
+
+    def step(t: int) -> None:
+        decoder.rewind(t)
+        decoder.extend(ids[:, t:t + chunk])
+
+    return [time_ms(lambda: step(t), ids.device, repeats) for t in range(prompt_len, T - chunk + 1, chunk)]
 
 
 def _models(device: torch.device, quick: bool, dtype: torch.dtype) -> dict[str, tuple[GPT, GPT | None]]:
@@ -147,7 +170,7 @@ def _models(device: torch.device, quick: bool, dtype: torch.dtype) -> dict[str, 
         torch.set_default_dtype(dtype)           # initialise in bf16 directly: no fp32 copy of 6B parameters
         try:
             with torch.device(device):
-                models["llama-2-7b shape (random weights)"] = (GPT(LLAMA_7B_SHAPE).eval(), None)
+                models["llama-2-7b shape (random weights)"] = (GPT(LLAMA2_7B_SHAPE).eval(), None)
         finally:
             torch.set_default_dtype(default)
     return models
@@ -171,7 +194,8 @@ def _prompts(text: torch.Tensor, n: int, length: int, device: torch.device) -> t
 
 
 def bench_model(name: str, model: GPT, draft: GPT | None, text: torch.Tensor, device: torch.device, s: Setup,
-                ceilings: dict, wall_clock_ms, progress: bool) -> list[dict]:
+                ceilings: dict, progress: bool) -> list[dict]:
+    """One row per (configuration, batch) of ``model``: decode ms per step, tokens/s and the speed of light."""
     cuda = device.type == "cuda"
     dtype = next(model.parameters()).dtype
     prompts = _prompts(text, max(s.batches), s.prompt_len, device)
@@ -202,8 +226,8 @@ def bench_model(name: str, model: GPT, draft: GPT | None, text: torch.Tensor, de
             else:
                 outputs[config, B] = run(s.new_tokens)
             half = s.new_tokens // 2
-            t_n = wall_clock_ms(lambda: run(s.new_tokens), device, s.repeats)
-            t_half = wall_clock_ms(lambda: run(half), device, s.repeats)
+            t_n = time_ms(lambda: run(s.new_tokens), device, s.repeats)
+            t_half = time_ms(lambda: run(half), device, s.repeats)
             step_ms = max(t_n - t_half, 1e-9) / (s.new_tokens - half)
             cost = decode_step_cost(variant, B, context, kv_cache=config != "no_cache",
                                     kv_dtype_bytes=torch.finfo(dtype).bits // 8)
@@ -241,22 +265,74 @@ def bench_serving(model: GPT, text: torch.Tensor, device: torch.device, s: Setup
     return rows
 
 
-def bench_infer(device: torch.device, quick: bool = False, progress: bool = True, *, wall_clock_ms) -> dict:
-    s = setup(device, quick)
+def bench_infer(device: torch.device, quick: bool = False, progress: bool = True, short: bool = False) -> dict:
+    """Suite ``infer``: the ceilings, every model × configuration × batch, and the serving comparison;
+    ``short``: the GPU run's form (`setup`)."""
+    s = setup(device, quick, short)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     label = ("CUDA, bf16: eager and CUDA-graph decode, int8/int4 Triton kernels, speculative decoding; speed of "
              "light from this GPU's measured copy bandwidth and bf16 matmul rate" if device.type == "cuda" else
              "CPU, fp32: eager decode only (no CUDA graphs; the int8/int4 layers run their PyTorch paths, which "
              "dequantize, so they are slower than fp32 here); speed of light from this CPU's measured copy "
              "bandwidth and fp32 matmul rate")
-    ceilings = measure_ceilings(device, dtype, wall_clock_ms, quick)
+    ceilings = measure_ceilings(device, dtype, quick)
     models = _models(device, quick, dtype)
     out = {"label": label, "setup": s.__dict__, "dtype": str(dtype).removeprefix("torch."), "ceilings": ceilings,
            "decode": []}
     with torch.no_grad():
         texts = {name: source_text(model) for name, (model, _) in models.items()}
         for name, (model, draft) in models.items():
-            out["decode"] += bench_model(name, model, draft, texts[name], device, s, ceilings, wall_clock_ms, progress)
+            out["decode"] += bench_model(name, model, draft, texts[name], device, s, ceilings, progress)
         book = next(iter(models))
         out["serving"] = bench_serving(models[book][0], texts[book], device, s, progress)
     return out
+
+
+@torch.no_grad()
+def speculative_speedup(target: GPT, draft: GPT, prompts: torch.Tensor, new_tokens: int, ks, ids: torch.Tensor,
+                        prompt_len: int, *, temperature: float = 1.0, seed: int = 0, repeats: int = 2,
+                        step_repeats: int = 3) -> dict:
+    """What speculative decoding costs and gains on this device, beside the inputs of its formula.
+
+    With t(m, n) the median time of a KV-cache decode step of model m fed n tokens at once
+    (`step_latencies` on ``ids`` (1, T) from position ``prompt_len`` to the end, ``step_repeats`` calls
+    per step, median over the steps):
+
+        c   = t(draft, 1) / t(target, 1)            the draft's step in target steps
+        r_k = t(target, k + 1) / t(target, 1)       the verification pass over k + 1 tokens, in steps
+        speed-up_k = T_plain / T_spec(k)
+
+    where T_plain is the time to sample ``new_tokens`` tokens from each of ``prompts`` (P, T₀) with
+    `generate` and T_spec(k) the same with `speculative_generate` and k draft tokens (``temperature``,
+    ``seed`` for every prompt), each the median of ``repeats`` calls of `time_ms`. The formula's
+    speed-up (1 − α^{k+1}) / ((1 − α)(c·k + r_k)) (`lab.infer.speculative.expected_speedup`) takes c and
+    r_k from here and α from the accepted tokens.
+
+    Returns {"target_step_ms", "draft_step_ms", "c", "r": {k: r_k}, "plain_ms",
+    "speculative_ms": {k: ms}, "speedup": {k: speed-up_k}}.
+    """
+    ks = list(ks)
+    if not ks:
+        raise ValueError("ks must be a non-empty list of draft lengths, got []")
+    for j, k in enumerate(ks):
+        check_int(f"ks[{j}]", k)
+    if prompts.dim() != 2 or len(prompts) == 0:
+        raise ValueError(f"prompts must be (P, T0) token ids with P >= 1, got shape {tuple(prompts.shape)}")
+    check_int("new_tokens", new_tokens)
+    if ids.dim() != 2 or len(ids) != 1:
+        raise ValueError(f"ids must be (1, T) token ids, got shape {tuple(ids.shape)}")
+    device = prompts.device
+
+    def step_ms(model: GPT, chunk: int = 1) -> float:
+        times = step_latencies(model, ids, prompt_len, True, step_repeats, chunk)
+        return float(torch.tensor(times).median())
+
+    target_ms, draft_ms = step_ms(target), step_ms(draft)
+    r = {k: step_ms(target, k + 1) / target_ms for k in ks}
+    plain_ms = time_ms(lambda: [generate(target, x, new_tokens, temperature=temperature, seed=seed)
+                                for x in prompts], device, repeats)
+    spec_ms = {k: time_ms(lambda: [speculative_generate(target, draft, x, new_tokens, k=k, temperature=temperature,
+                                                        seed=seed) for x in prompts], device, repeats)
+               for k in ks}
+    return {"target_step_ms": target_ms, "draft_step_ms": draft_ms, "c": draft_ms / target_ms, "r": r,
+            "plain_ms": plain_ms, "speculative_ms": spec_ms, "speedup": {k: plain_ms / spec_ms[k] for k in ks}}

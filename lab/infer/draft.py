@@ -14,9 +14,7 @@ tokenizer, as speculative decoding requires. The checkpoint is stored like the t
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import shlex
 import shutil
 import sys
@@ -25,11 +23,14 @@ from pathlib import Path
 import torch
 
 from lab import data
-from lab.distill import TeacherCache, distill, gpt_student
+from lab.atomic import atomic_write_json
+from lab.distill import KDLoss, TeacherCache, distill, gpt_student
 from lab.distill.experiments import lm_batches
 from lab.metrics import perplexity
 from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, load_tokenizer, to_llama
+from lab.provenance import provenance
 from lab.runtime import get_device, seed_everything
+from lab.train import Optim
 
 DRAFT_DIR = LM_DIR.parent / "pydoc-gpt-draft"
 
@@ -60,19 +61,16 @@ def main(argv: list[str] | None = None) -> dict:
                          seed=args.seed)
     test = data.eval_tokens(tokenizer, args.eval_tokens).to(device)
     teacher = TeacherCache(target, keep=False)     # keep=True would hold every batch's logits in memory
-    history = distill(teacher, student, batches, args.steps, temperature=1.0, alpha=1.0, lr=args.lr,
-                      warmup=max(1, args.steps // 20), eval_every=args.steps // 4,
-                      eval_fn=lambda m: perplexity(m, test, stride=128), desc="distill draft")
+    history = distill(student, batches, args.steps, KDLoss(teacher, temperature=1.0, alpha=1.0),
+                      optim=Optim(args.lr, warmup=max(1, args.steps // 20)), eval_every=args.steps // 4,
+                      eval_fn=lambda m: perplexity(m, test, stride=128), progress="distill draft")
     args.out.mkdir(parents=True, exist_ok=True)
     to_llama(student.float().cpu()).to(torch.bfloat16).save_pretrained(args.out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(LM_DIR / name, args.out / name)
+    command = "python -m lab.infer.draft " + shlex.join(argv if argv is not None else sys.argv[1:])
     record = {
-        "command": "python -m lab.infer.draft " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else
-        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "python": platform.python_version(),
+        **provenance(device, command), "threads": torch.get_num_threads(),
         "args": {k: str(v) for k, v in vars(args).items()}, "config": student.config.to_dict(),
         "n_parameters": student.num_parameters(), "target_sha256": checkpoint_sha256(LM_DIR),
         "model_safetensors_sha256": checkpoint_sha256(args.out), "seconds": history["seconds"],
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         "target_eval_perplexity": perplexity(target, test, stride=128),
         "draft_eval_perplexity_bf16_checkpoint": perplexity(load_draft(args.out).to(device), test, stride=128),
     }
-    (args.out / "training_record.json").write_text(json.dumps(record, indent=2))
+    atomic_write_json(args.out / "training_record.json", record)
     print(json.dumps({k: record[k] for k in ("n_parameters", "seconds", "eval_perplexity", "target_eval_perplexity",
                                              "draft_eval_perplexity_bf16_checkpoint")}, indent=2))
     return record

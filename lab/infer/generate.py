@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from lab.checks import check_int
 from lab.infer.cuda_graph import GraphedDecodeStep
 from lab.infer.kv_cache import StaticKVCache, forward_cached
 from lab.infer.sampling import check_sampling, sample
@@ -33,8 +34,7 @@ class Decoder:
                  cuda_graph: bool = False) -> None:
         if not isinstance(model, GPT):
             raise TypeError(f"model must be a lab.models.GPT, got {type(model).__name__}")
-        if not 0 < max_len <= model.config.context_length:
-            raise ValueError(f"max_len must lie in [1, context_length={model.config.context_length}], got {max_len}")
+        check_int("max_len", max_len, 1, model.config.context_length)  # at most the context length
         if cuda_graph and not kv_cache:
             raise ValueError("cuda_graph=True needs kv_cache=True (the graph replays a cached decode step)")
         device = next(model.parameters()).device
@@ -67,8 +67,22 @@ class Decoder:
         self.length = length
 
 
+def check_model(model: GPT) -> None:
+    """TypeError unless ``model`` is a `lab.models.GPT` (the cached decoder walks its modules)."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab.models.GPT, got {type(model).__name__}; convert a transformers "
+                        "Llama model with lab.models.pretrained.from_llama(model)")
+
+
+def check_eos(model: GPT, eos_token_id: int | None) -> None:
+    """TypeError/ValueError unless ``eos_token_id`` is None or a token id of the model's vocabulary, [0, V)."""
+    if eos_token_id is not None:
+        check_int("eos_token_id", eos_token_id, 0, model.config.vocab_size - 1)
+
+
 def check_prompt(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """The prompt as (B, T₀) int64 after checking it; ValueError/TypeError naming what is wrong."""
+    check_model(model)
     if not torch.is_tensor(prompt_ids) or prompt_ids.dtype != torch.int64 or prompt_ids.dim() not in (1, 2):
         got = (f"{prompt_ids.dtype} {tuple(prompt_ids.shape)}" if torch.is_tensor(prompt_ids)
                else type(prompt_ids).__name__)
@@ -79,8 +93,7 @@ def check_prompt(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int) -> t
     V, context = model.config.vocab_size, model.config.context_length
     if ids.min() < 0 or ids.max() >= V:
         raise ValueError(f"prompt_ids must lie in [0, vocab_size={V}), got values in [{ids.min()}, {ids.max()}]")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    check_int("max_new_tokens", max_new_tokens, 0)
     if ids.shape[1] > context:
         raise ValueError(f"the prompt has {ids.shape[1]} tokens, longer than the model's context of {context}")
     if ids.shape[1] + max_new_tokens > context:
@@ -102,6 +115,7 @@ def generate(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, kv_cache
     """
     ids = check_prompt(model, prompt_ids, max_new_tokens)
     check_sampling(temperature, top_k, top_p)
+    check_eos(model, eos_token_id)
     B, T0 = ids.shape
     if max_new_tokens == 0:
         return prompt_ids.clone()

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from lab.checks import check_int
 from lab.models.gpt import GPT, apply_rope, rope_cos_sin_at
 
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,9 +89,8 @@ class StaticKVCache:
 
     def __init__(self, model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
-        for name, value in (("batch", batch), ("max_len", max_len)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("batch", batch)
+        check_int("max_len", max_len)
         param = next(model.parameters())
         dtype = dtype or (param.dtype if param.is_floating_point() else torch.float32)
         D = model.config.head_dim
@@ -103,8 +103,8 @@ class StaticKVCache:
         return sum(t.nbytes for t in self.k + self.v)
 
     def attention(self, positions: torch.Tensor, n_keys: int | None = None) -> Attend:
-        if n_keys is not None and not 0 < n_keys <= self.max_len:
-            raise ValueError(f"n_keys must lie in [1, {self.max_len}], got {n_keys}")
+        if n_keys is not None:
+            check_int("n_keys", n_keys, 1, self.max_len)
         n_keys = self.max_len if n_keys is None else n_keys
         mask = causal_mask(positions, n_keys)
 

@@ -26,6 +26,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
+from lab.checks import check_int
 from lab.infer.kv_cache import Attend, causal_mask, masked_attention
 from lab.kernels.paged_attention import paged_attention_decode
 from lab.models.gpt import GPT
@@ -39,9 +40,8 @@ class BlockAllocator:
     """Block tables of sequences over ``num_blocks`` blocks of ``block_size`` token slots."""
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
-        for name, value in (("num_blocks", num_blocks), ("block_size", block_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_int("num_blocks", num_blocks)
+        check_int("block_size", block_size)
         self.num_blocks, self.block_size = num_blocks, block_size
         self.free = list(range(num_blocks - 1, -1, -1))     # a stack: block 0 is handed out first
         self.tables: dict[Hashable, list[int]] = {}
@@ -63,8 +63,7 @@ class BlockAllocator:
         """Blocks for a new sequence of ``n_tokens`` ≥ 1 tokens; returns its block table."""
         if seq_id in self.tables:
             raise ValueError(f"sequence {seq_id!r} already holds blocks")
-        if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-            raise ValueError(f"n_tokens must be an int >= 1, got {n_tokens!r}")
+        check_int("n_tokens", n_tokens)
         if not self.can_allocate(n_tokens):
             raise OutOfBlocksError(f"{n_tokens} tokens need {self.blocks_for(n_tokens)} blocks, "
                                    f"{len(self.free)} of {self.num_blocks} are free")
@@ -86,7 +85,9 @@ class BlockAllocator:
         self.lengths[seq_id] += 1
 
     def release(self, seq_id: Hashable) -> None:
-        """Return every block of the sequence to the free list."""
+        """Return every block of the sequence to the free list (ValueError if it holds none, e.g. released twice)."""
+        if seq_id not in self.tables:
+            raise ValueError(f"seq_id={seq_id!r} holds no blocks (never allocated, or released already)")
         self.free.extend(reversed(self._owned(seq_id)))
         del self.tables[seq_id], self.lengths[seq_id]
 

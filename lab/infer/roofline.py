@@ -12,17 +12,29 @@ step re-runs all S positions: FLOPs ≈ 2·N·B·S, and the step becomes compute
 
     t_min = max(bytes / bandwidth, FLOPs / peak),   tokens/s ≤ B / t_min.
 
-The measured ceilings of the book's H100 are 3.0 TB/s (device copy) and ≈ 800 TFLOP/s (bf16 matmul).
+The default ceilings, 3.0 TB/s and 800 TFLOP/s, are round figures assumed for an H100-class GPU
+(an H100 SXM's datasheet: 3.35 TB/s, 989 dense bf16 TFLOP/s), not measurements; `lab.bench` measures
+a device's own ceilings and passes them in.
+
+One matmul Y = X Wᵀ (X: M × K activations, W: N × K weights) on its own (`matmul_cost`):
+
+    FLOPs = 2·M·N·K,   bytes = N·K·b_w/8 + b_a·M·(N + K),   I = FLOPs / bytes   (FLOP per byte)
+
+(b_w bits per weight as stored, b_a bytes per activation element: X read, Y written), and the roofline
+is the FLOP rate attainable at intensity I, min(I · bandwidth, peak) (`attainable_flops`): memory bound
+below the ridge point peak / bandwidth (≈ 270 FLOP/byte with the defaults), compute bound above it.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from lab.checks import check_int, check_number
 from lab.models.gpt import GPT
 
-BANDWIDTH = 3.0e12        # bytes/s, measured device-copy ceiling of the book's H100
-PEAK_FLOPS = 800e12       # FLOP/s, measured bf16 matmul ceiling
+BANDWIDTH = 3.0e12        # bytes/s, assumed memory bandwidth of an H100-class GPU (not measured)
+PEAK_FLOPS = 800e12       # FLOP/s, assumed dense bf16 matmul rate of the same GPU (not measured)
 
 
 def weight_bytes(model: GPT) -> int:
@@ -80,3 +92,30 @@ def speed_of_light_ms(cost: dict[str, float], bandwidth: float = BANDWIDTH, peak
     """{"memory_ms", "compute_ms", "ms"}: bytes / bandwidth, FLOPs / peak, and the larger of the two."""
     memory_ms, compute_ms = cost["bytes"] / bandwidth * 1e3, cost["flops"] / peak_flops * 1e3
     return {"memory_ms": memory_ms, "compute_ms": compute_ms, "ms": max(memory_ms, compute_ms)}
+
+
+def matmul_cost(M: int, N: int, K: int, bits_per_weight: float = 16, act_bytes: int = 2) -> dict[str, float]:
+    """{"bytes", "flops", "intensity"} of one Y (M, N) = X (M, K) · Wᵀ with W (N, K) stored at
+    ``bits_per_weight`` bits per weight (16: bf16; 4 + 32/g: int4 with a 16-bit scale and zero per group
+    of g) and activations of ``act_bytes`` bytes: flops = 2·M·N·K, bytes = N·K·b_w/8 + b_a·M·(N + K)
+    (W and X read once, Y written once: no cache reuse assumed), intensity = flops / bytes (FLOP/byte).
+    """
+    for name, value in (("M", M), ("N", N), ("K", K)):
+        check_int(name, value)
+    check_number("bits_per_weight", bits_per_weight, low=0, closed=(False, True))
+    check_number("act_bytes", act_bytes, low=0, closed=(False, True))
+    flops = 2 * M * N * K
+    nbytes = N * K * bits_per_weight / 8 + act_bytes * M * (N + K)
+    return {"bytes": nbytes, "flops": flops, "intensity": flops / nbytes}
+
+
+def attainable_flops(intensity, bandwidth: float = BANDWIDTH, peak_flops: float = PEAK_FLOPS):
+    """The roofline: min(I · bandwidth, peak_flops) FLOP/s at arithmetic intensity I (FLOP/byte).
+
+    ``intensity``: a number (returns a float) or a tensor of intensities (returns a tensor, elementwise).
+    """
+    check_number("bandwidth", bandwidth, low=0, closed=(False, True))
+    check_number("peak_flops", peak_flops, low=0, closed=(False, True))
+    if isinstance(intensity, torch.Tensor):
+        return torch.clamp(intensity * bandwidth, max=peak_flops)
+    return min(float(intensity) * bandwidth, peak_flops)

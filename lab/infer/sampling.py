@@ -16,22 +16,19 @@ Speculative decoding (`lab.infer.speculative`) needs the distribution itself, no
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from lab.checks import check_fraction, check_int, check_number
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """ValueError/TypeError unless τ ≥ 0 is finite, top_k is None or an int ≥ 1, top_p is None or in (0, 1]."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise TypeError(f"temperature must be a float >= 0, got {type(temperature).__name__}")
-    if not (math.isfinite(temperature) and temperature >= 0):
-        raise ValueError(f"temperature must be a finite float >= 0 (0 = greedy), got {temperature}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0 < top_p <= 1):
-        raise ValueError(f"top_p must be None or a float in (0, 1], got {top_p!r}")
+    """TypeError/ValueError unless τ ≥ 0 is finite (0 = greedy), top_k is None or an int ≥ 1 and top_p is
+    None or in (0, 1]."""
+    check_number("temperature", temperature, low=0)
+    if top_k is not None:
+        check_int("top_k", top_k)
+    if top_p is not None:
+        check_fraction("top_p", top_p, closed=(False, True))
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -39,6 +36,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
     Top-p keeps token i iff the probability mass of the tokens ranked strictly above it is < p_top,
     i.e. the smallest prefix of the sorted distribution with mass ≥ p_top (at least one token).
+    Ties at the nucleus boundary: of two equally probable tokens that straddle it, the prefix keeps
+    the one the sort puts first; `transformers`' ``TopPLogitsWarper`` (ascending sort, drop where the
+    cumulative mass is ≤ 1 − p_top) can keep both.
     """
     out = logits
     if top_k is not None and top_k < logits.shape[-1]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from lab.checks import check_choice, check_int
 from lab.infer.kv_cache import forward_cached
 from lab.infer.paged import PagedKVCache
 from lab.models.gpt import GPT
@@ -85,10 +86,8 @@ class ServeResult:
 
 
 def _check_policy(max_batch: int, policy: str) -> None:
-    if policy not in POLICIES:
-        raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    check_choice("policy", policy, POLICIES)
+    check_int("max_batch", max_batch)
 
 
 def _check_requests(model: GPT, requests: Sequence[Request], capacity: int) -> None:

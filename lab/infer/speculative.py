@@ -28,21 +28,21 @@ from dataclasses import dataclass
 
 import torch
 
+from lab.checks import check_fraction, check_int, check_number
 from lab.infer.generate import Decoder, check_prompt
 from lab.infer.sampling import check_sampling, next_token_probs, sample_from
 from lab.models.gpt import GPT
 
 
 def check_draft_length(k: int) -> None:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (draft tokens per step) must be an int >= 1, got {k!r}")
+    """``k``, the draft tokens per step, is an int >= 1."""
+    check_int("k", k)
 
 
 def expected_tokens_per_step(alpha: float, k: int) -> float:
     """(1 − α^{k+1}) / (1 − α): tokens one speculative step emits on average (k + 1 at α = 1)."""
     check_draft_length(k)
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    check_fraction("alpha", alpha)
     return float(k + 1) if alpha == 1 else (1 - alpha ** (k + 1)) / (1 - alpha)
 
 
@@ -50,8 +50,8 @@ def expected_speedup(alpha: float, k: int, cost_ratio: float, verify_ratio: floa
     """(1 − α^{k+1}) / ((1 − α)(c·k + r)): c = draft step cost / target step cost, r = cost of the target's
     pass over k + 1 tokens / its one-token step (r = 1 while decoding is memory bound, as on a GPU; more
     where a step is compute or overhead bound)."""
-    if not cost_ratio >= 0 or not verify_ratio > 0:
-        raise ValueError(f"cost_ratio must be >= 0 and verify_ratio > 0, got {cost_ratio}, {verify_ratio}")
+    check_number("cost_ratio", cost_ratio, low=0)
+    check_number("verify_ratio", verify_ratio, low=0, closed=(False, True))
     return expected_tokens_per_step(alpha, k) / (cost_ratio * k + verify_ratio)
 
 

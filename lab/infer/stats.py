@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from lab.checks import check_int
+
 
 def randomized_pit(probs: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """u (N,) float64 in [0, 1) for tokens (N,) drawn from the rows of probs (N, V)."""
@@ -90,8 +92,7 @@ def generated_token_probs(model, sequences: torch.Tensor, prompt_len: int, tempe
     temperature and filters; the inputs of `randomized_pit` and `log_likelihood_z_test`."""
     from lab.infer.sampling import next_token_probs
 
-    if not 0 < prompt_len < sequences.shape[1]:
-        raise ValueError(f"prompt_len must lie in [1, {sequences.shape[1] - 1}], got {prompt_len}")
+    check_int("prompt_len", prompt_len, 1, sequences.shape[1] - 1)
     logits = model(sequences[:, :-1])[:, prompt_len - 1:]                 # predicts tokens prompt_len … T−1
     probs = next_token_probs(logits, temperature, top_k, top_p).flatten(0, 1)
     return probs, sequences[:, prompt_len:].flatten()

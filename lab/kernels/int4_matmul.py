@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lab.checks import check_int, check_tensor
+
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -91,8 +93,8 @@ def _check(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: t
     if packed.shape[0] * 2 != K:
         raise ValueError(f"packed has {packed.shape[0]} rows; it must have K/2 = {K // 2} rows for x of shape "
                          f"{tuple(x.shape)}")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 32 or group_size % 32 \
-            or K % group_size:
+    check_int("group_size", group_size)
+    if group_size < 32 or group_size % 32 or K % group_size:
         raise ValueError(f"group_size={group_size!r} must be a multiple of 32 dividing K={K} (the kernel's tiles "
                          "of 16 packed rows must lie inside one group)")
     expected = (K // group_size, packed.shape[1])
@@ -118,15 +120,22 @@ def int4_weight_only_matmul_torch(x: torch.Tensor, packed: torch.Tensor, scales:
     return (x.float() @ ((q - z) * s).T).to(x.dtype)
 
 
-def block_sizes(M: int, N: int, K: int, group_size: int) -> tuple[int, int, int, int, int]:
+def block_sizes(M: int, N: int, K: int, group_size: int,
+                dtype: torch.dtype = torch.bfloat16) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps), hand-picked: BLOCK_K divides g/2 (≤ 64);
-    decode sizes split K so that ≈ 4 programs per SM of an H100 (132 SMs) stream the weight."""
-    block_k = min(64, group_size // 2)
+    decode sizes split K so that ≈ 4 programs per SM of an H100 (132 SMs) stream the weight.
+
+    fp32 x takes smaller tiles: its ``ieee`` dot is an FMA loop, not a tensor-core instruction, and
+    the bf16 tiles spill registers there (the sm_90 static check, `lab.kernels.compile`, found it).
+    """
+    block_k = min(64 if dtype != torch.float32 else 16, group_size // 2)
     if M <= 16:
         block_n = 64
         n_tiles = triton.cdiv(N, block_n)
         split_k = max(1, min((K // 2) // block_k, 528 // n_tiles))
         return 16, block_n, block_k, split_k, 4
+    if dtype == torch.float32:
+        return (32, 32, block_k, 1, 4) if M <= 128 else (32, 64, block_k, 1, 4)
     if M <= 128:
         return 64, 64, block_k, 1, 4
     return 128, 128, block_k, 1, 8
@@ -138,7 +147,7 @@ def int4_weight_only_matmul_triton(x: torch.Tensor, packed: torch.Tensor, scales
     _check(x, packed, scales, zeros, group_size)
     M, K = x.shape
     N = packed.shape[1]
-    block_m, block_n, block_k, split_k, num_warps = block or block_sizes(M, N, K, group_size)
+    block_m, block_n, block_k, split_k, num_warps = block or block_sizes(M, N, K, group_size, x.dtype)
     if (group_size // 2) % block_k:
         raise ValueError(f"BLOCK_K={block_k} must divide group_size/2 = {group_size // 2}")
     out_dtype = x.dtype if split_k == 1 else torch.float32
@@ -155,6 +164,7 @@ def int4_weight_only_matmul_triton(x: torch.Tensor, packed: torch.Tensor, scales
 def int4_weight_only_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                 group_size: int) -> torch.Tensor:
     """y (M, N) = x Ŵᵀ for a packed int4 weight; Triton on CUDA or under the interpreter, else PyTorch."""
+    check_tensor("x", x)  # before reading its device: a list gets a TypeError that names it
     if x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return int4_weight_only_matmul_triton(x, packed, scales, zeros, group_size)
     return int4_weight_only_matmul_torch(x, packed, scales, zeros, group_size)

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lab.checks import check_tensor
+
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_K = 133_000  # 127² · K must stay below 2³¹
 
@@ -47,7 +49,7 @@ def _int8_matmul_kernel(a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, y_ptr, M, N, K,
                     mask=m_ok[:, None] & k_ok[None, :], other=0)
         b = tl.load(b_ptr + offs_k[:, None] * stride_bk + offs_n[None, :] * stride_bn,   # B_qᵀ tile (K, N)
                     mask=k_ok[:, None] & n_ok[None, :], other=0)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)
     a_scale = tl.load(a_scale_ptr + offs_m, mask=m_ok, other=0.0)
     b_scale = tl.load(b_scale_ptr + offs_n, mask=n_ok, other=0.0)
     y = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
@@ -118,6 +120,7 @@ def int8_matmul_triton(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, 
 def int8_matmul(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
                 out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """y (M, N) = (a bᵀ) ⊙ (a_scale b_scaleᵀ); Triton on CUDA or under the interpreter, else PyTorch."""
+    check_tensor("a", a)  # before reading its device: a list gets a TypeError that names it
     if a.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return int8_matmul_triton(a, b, a_scale, b_scale, out_dtype)
     return int8_matmul_torch(a, b, a_scale, b_scale, out_dtype)

@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from lab.checks import check_tensor
+
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -103,8 +105,22 @@ def _check(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, tables: 
         raise TypeError(f"lengths must be int32 of shape ({B},), got {lengths.dtype} {tuple(lengths.shape)}")
     if len({q.device, k_pool.device, v_pool.device, tables.device, lengths.device}) != 1:
         raise ValueError("q, k_pool, v_pool, tables, lengths must be on one device")
-    if check_lengths and B and (lengths.min() < 1 or lengths.max() > tables.shape[1] * k_pool.shape[1]):
-        raise ValueError(f"lengths must lie in [1, max_blocks · block_size = {tables.shape[1] * k_pool.shape[1]}]")
+    if check_lengths and B:
+        _check_ranges(tables, lengths, k_pool.shape[0], k_pool.shape[1])
+
+
+def _check_ranges(tables: torch.Tensor, lengths: torch.Tensor, num_blocks: int, block_size: int) -> None:
+    """lengths in [1, max_blocks·block_size], and every table entry a sequence uses (the first
+    ⌈len_b / block_size⌉ of row b) a block of the pool: an entry −1 would silently read the last block."""
+    if lengths.min() < 1 or lengths.max() > tables.shape[1] * block_size:
+        raise ValueError(f"lengths must lie in [1, max_blocks · block_size = {tables.shape[1] * block_size}], "
+                         f"got values in [{lengths.min().item()}, {lengths.max().item()}]")
+    used = torch.arange(tables.shape[1], device=tables.device) < (lengths[:, None] + block_size - 1) // block_size
+    bad = used & ((tables < 0) | (tables >= num_blocks))
+    if bad.any():
+        b, i = bad.nonzero()[0].tolist()
+        raise ValueError(f"tables[{b}, {i}]={tables[b, i].item()} is not a block of the pool: the entries a "
+                         f"sequence uses must lie in [0, num_blocks={num_blocks})")
 
 
 def paged_attention_decode_torch(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor,
@@ -113,8 +129,9 @@ def paged_attention_decode_torch(q: torch.Tensor, k_pool: torch.Tensor, v_pool: 
     _check(q, k_pool, v_pool, tables, lengths)
     B, H, D = q.shape
     H_kv = k_pool.shape[2]
-    k = k_pool[tables.long()].flatten(1, 2).float()                  # (B, S, H_kv, D)
-    v = v_pool[tables.long()].flatten(1, 2).float()
+    blocks = tables.long().clamp(0, k_pool.shape[0] - 1)             # entries past a length are masked below
+    k = k_pool[blocks].flatten(1, 2).float()                         # (B, S, H_kv, D)
+    v = v_pool[blocks].flatten(1, 2).float()
     k = k.repeat_interleave(H // H_kv, dim=2)                        # (B, S, H, D)
     v = v.repeat_interleave(H // H_kv, dim=2)
     scores = torch.einsum("bhd,bshd->bhs", q.float(), k) / math.sqrt(D)
@@ -127,8 +144,8 @@ def paged_attention_decode_triton(q: torch.Tensor, k_pool: torch.Tensor, v_pool:
                                   lengths: torch.Tensor, check_lengths: bool = True) -> torch.Tensor:
     """The Triton kernel (one program per sequence and kv head).
 
-    ``check_lengths=False`` skips the range check of ``lengths`` (it reads them back from the device:
-    a synchronisation per call) for callers that built them from their own block tables.
+    ``check_lengths=False`` skips the range checks of ``lengths`` and ``tables`` (they read both back
+    from the device: a synchronisation per call) for callers that built them from their own allocator.
     """
     _check(q, k_pool, v_pool, tables, lengths, check_lengths)
     B, H, D = q.shape
@@ -144,13 +161,20 @@ def paged_attention_decode_triton(q: torch.Tensor, k_pool: torch.Tensor, v_pool:
     _paged_attention_decode_kernel[(B, H_kv)](
         q, k_pool, v_pool, tables, lengths, out, q.stride(0), q.stride(1), k_pool.stride(0), k_pool.stride(1),
         k_pool.stride(2), tables.stride(0), out.stride(0), out.stride(1), 1.0 / math.sqrt(D),
-        G=G, G_PAD=triton.next_power_of_2(G), D=D, BLOCK_SIZE=block_size)
+        G=G, G_PAD=triton.next_power_of_2(G), D=D, BLOCK_SIZE=block_size, num_warps=num_warps(q.dtype, G, D))
     return out
+
+
+def num_warps(dtype: torch.dtype, G: int, D: int) -> int:
+    """Warps per program: 8 for fp32 with G_PAD·D ≥ 512 (at 4 warps that tile spills registers on sm_90,
+    as the static check `lab.kernels.compile` found), else 4 (Triton's default)."""
+    return 8 if dtype == torch.float32 and triton.next_power_of_2(G) * D >= 512 else 4
 
 
 def paged_attention_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, tables: torch.Tensor,
                            lengths: torch.Tensor, check_lengths: bool = True) -> torch.Tensor:
     """o (B, H, D); Triton on CUDA or under the interpreter, else PyTorch."""
+    check_tensor("q", q)  # before reading its device: a list gets a TypeError that names it
     if q.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return paged_attention_decode_triton(q, k_pool, v_pool, tables, lengths, check_lengths)
     return paged_attention_decode_torch(q, k_pool, v_pool, tables, lengths)

@@ -41,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from lab.checks import check_tensor
 from lab.prune.semi_structured import decompress, meta_shape
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -79,21 +80,27 @@ def _sparse24_matmul_kernel(x_ptr, values_ptr, meta_ptr, y_ptr, M, N, K,
              acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-def block_sizes(M: int) -> tuple[int, int, int, int]:
+def block_sizes(M: int, dtype: torch.dtype = torch.bfloat16) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for M rows of x (hand-picked, not autotuned).
 
     Small M (decode): the minimum tl.dot height 16 and narrow N tiles, so N/32 programs keep
     the SMs busy streaming the weight; large M: square-ish tiles that reuse each loaded tile.
+    fp32 (an FMA dot, no tensor cores) and the largest bf16 tile take shorter K steps: the wider
+    ones spill registers on sm_90 (the static check, `lab.kernels.compile`, found it).
     """
+    if dtype == torch.float32:
+        return (16, 32, 32, 4) if M <= 16 else (64, 64, 16, 8)
     if M <= 16:
         return 16, 32, 128, 4
     if M <= 128:
         return 64, 64, 64, 4
-    return 128, 128, 64, 8
+    return 128, 128, 32, 8
 
 
 def _check(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, out_features: int,
            in_features: int) -> None:
+    for name, t in (("x", x), ("values", values), ("meta", meta)):
+        check_tensor(name, t)
     if x.dim() != 2 or x.shape[1] != in_features:
         raise ValueError(f"x must have shape (M, in_features={in_features}), got {tuple(x.shape)}")
     if x.dtype not in DTYPES or values.dtype != x.dtype:
@@ -125,7 +132,7 @@ def sparse24_matmul_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Te
     ``out``: optional (M, out_features) tensor of x's dtype and device to write y into.
     """
     _check(x, values, meta, out_features, in_features)
-    block_m, block_n, block_k, num_warps = block or block_sizes(x.shape[0])
+    block_m, block_n, block_k, num_warps = block or block_sizes(x.shape[0], x.dtype)
     if block_k % 8:
         raise ValueError(f"BLOCK_K={block_k} must be a multiple of 8")
     values, meta = values.contiguous(), meta.contiguous()
@@ -147,6 +154,7 @@ def sparse24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
                     out_features: int, in_features: int) -> torch.Tensor:
     """y = x Wᵀ (M, out_features) for W in compressed 2:4 form; Triton on CUDA or under the
     interpreter (``TRITON_INTERPRET=1``), else the PyTorch path."""
+    check_tensor("x", x)  # before reading its device: a list gets a TypeError that names it
     if x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         return sparse24_matmul_triton(x, values, meta, out_features, in_features)
     return sparse24_matmul_torch(x, values, meta, out_features, in_features)

@@ -4,16 +4,15 @@
 
 Steps: train a byte-level BPE tokenizer on the train split; train `GPT` on the train
 split's tokens (validation perplexity every ``--eval-every`` steps); save in `transformers`'
-Llama format, weights in bfloat16, plus ``training_record.json`` (command, device, versions,
-date, loss curve, validation and test-slice perplexity).
+Llama format, weights in bfloat16, plus ``training_record.json`` (`lab.provenance`: command,
+device, versions, date; then the loss curve, validation and test-slice perplexity), written
+atomically (`lab.atomic.atomic_write_json`).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -21,10 +20,12 @@ from pathlib import Path
 import torch
 
 from lab import data
+from lab.atomic import atomic_write_json
 from lab.metrics import perplexity
 from lab.models.gpt import GPT, GPTConfig
 from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, to_llama
 from lab.models.train import train_lm
+from lab.provenance import provenance
 from lab.runtime import get_device, seed_everything
 
 
@@ -64,11 +65,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     reloaded = load_pretrained_lm("transformers", args.out)  # bf16 on disk → float32
     test = data.eval_tokens(tokenizer)
+    command = "python -m lab.models.pretrain " + shlex.join(argv if argv is not None else sys.argv[1:])
     record = {
-        "command": "python -m lab.models.pretrain " + shlex.join(argv if argv is not None else sys.argv[1:]),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "python": platform.python_version(),
+        **provenance(device, command), "threads": torch.get_num_threads(),
         "config": cfg.to_dict(), "args": {k: str(v) for k, v in vars(args).items()},
         "n_parameters": model.num_parameters(), "corpus": data.corpus_manifest(),
         "model_safetensors_sha256": checkpoint_sha256(args.out),
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         "test_slice_perplexity_bf16_checkpoint": perplexity(reloaded, test, args.seq_len, args.seq_len // 2),
         "eval_slice_tokens": len(test),
     }
-    (args.out / "training_record.json").write_text(json.dumps(record, indent=2))
+    atomic_write_json(args.out / "training_record.json", record)
     print(json.dumps({k: record[k] for k in ("n_parameters", "tokens_seen", "seconds", "val_perplexity",
                                              "test_slice_perplexity_bf16_checkpoint")}, indent=2))
     return record

@@ -13,8 +13,10 @@ Nothing here touches the network: ``HF_HUB_OFFLINE=1`` is set before `transforme
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -107,6 +109,20 @@ def _check_lm_dir(path: Path) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers' "Loading weights" progress bar off (a notebook's stored output would keep it), then as it was."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_pretrained_lm(impl: str = "transformers", path: str | Path = LM_DIR, dtype=torch.float32):
     """The book's pretrained causal LM in eval mode.
 
@@ -117,7 +133,8 @@ def load_pretrained_lm(impl: str = "transformers", path: str | Path = LM_DIR, dt
 
     if impl not in ("transformers", "lab"):
         raise ValueError(f"impl={impl!r} is not allowed; use 'transformers' or 'lab'")
-    hf = LlamaForCausalLM.from_pretrained(_check_lm_dir(path), dtype=dtype).eval()
+    with _no_loading_bar():
+        hf = LlamaForCausalLM.from_pretrained(_check_lm_dir(path), dtype=dtype).eval()
     return hf if impl == "transformers" else from_llama(hf).to(dtype)
 
 
@@ -146,4 +163,5 @@ def load_pretrained_encoder():
     from transformers import AutoModel, AutoTokenizer
 
     path = encoder_dir()
-    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    with _no_loading_bar():
+        return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)

@@ -1,17 +1,17 @@
-"""A plain next-token training loop: AdamW, linear warm-up + cosine decay, gradient clipping.
+"""Next-token training of a language model: `lab.train.train` with the cross-entropy loss on random windows.
 
 Loss per step: L = −(1/(B·T)) Σ log p(x_{t+1} | x_{≤t}) over B random windows of T+1 tokens.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from lab.checks import check_int
+from lab.train import Optim, train
 
 
 def random_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator):
@@ -23,12 +23,15 @@ def random_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, generator:
     return windows[:, :-1], windows[:, 1:]
 
 
-def lr_at(step: int, steps: int, lr: float, warmup: int, min_lr_ratio: float = 0.1) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay from lr to min_lr_ratio·lr."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy in fp32; logits (B, T, V), targets (B, T) int64."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+
+
+def lm_batch_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """`lm_loss` of ``model`` (ids (B, T) → logits (B, T, V)) on one batch (x, y): the loop's ``loss_fn``."""
+    x, y = batch
+    return lm_loss(model(x), y)
 
 
 def train_lm(model: torch.nn.Module, train_tokens: torch.Tensor, *, steps: int, batch_size: int = 16,
@@ -38,44 +41,15 @@ def train_lm(model: torch.nn.Module, train_tokens: torch.Tensor, *, steps: int, 
              progress: bool = True) -> dict:
     """Train ``model`` (ids (B, T) → logits (B, T, V)) in place; return the training record.
 
-    The record holds per-step ``loss`` and ``lr``, ``eval`` pairs (step, eval_fn value) every
-    ``eval_every`` steps, ``tokens_seen`` and ``seconds``.
+    Each step draws B windows of T+1 tokens of ``train_tokens`` (`random_batch`, generator seeded
+    with ``seed``). The record is `lab.train.train`'s (per-step ``loss`` and ``lr``, ``eval`` pairs
+    (step, eval_fn value) at step 0 and every ``eval_every`` steps, ``seconds``) plus ``tokens_seen``.
     """
     for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    device = next(model.parameters()).device
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+        check_int(name, value)
     gen = torch.Generator().manual_seed(seed)
-    record: dict = {"loss": [], "lr": [], "eval": []}
-    start = time.perf_counter()
-    model.train()
-    bar = tqdm(range(steps), desc="train", disable=not progress)
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
-        x, y = random_batch(train_tokens, batch_size, seq_len, gen)
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        opt.step()
-        record["loss"].append(loss.item())
-        record["lr"].append(opt.param_groups[0]["lr"])
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        if eval_fn is not None and eval_every and ((step + 1) % eval_every == 0 or step + 1 == steps):
-            model.eval()
-            record["eval"].append((step + 1, float(eval_fn(model))))
-            model.train()
-    model.eval()
+    batches = (random_batch(train_tokens, batch_size, seq_len, gen) for _ in range(steps))
+    record = train(model, batches, lm_batch_loss, steps, optim=Optim(lr, warmup, weight_decay, grad_clip),
+                   eval_every=eval_every, eval_fn=eval_fn, progress=progress)
     record["tokens_seen"] = steps * batch_size * seq_len
-    record["seconds"] = time.perf_counter() - start
     return record

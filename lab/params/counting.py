@@ -129,6 +129,47 @@ def model_bytes(model: nn.Module, dtype: torch.dtype | None = None) -> int:
     return sum(p.numel() * dtype_bytes(dtype if dtype is not None else p.dtype) for _, p in unique)
 
 
+def unique_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """``model.state_dict()`` with each storage once, contiguous, floating tensors cast to ``dtype``.
+
+    Parameters *and* buffers (the packed codes, scales and zeros of quantized layers are buffers);
+    a tensor sharing its storage with an earlier one (the tied LM head is the embedding) is left
+    out, so what remains is what a checkpoint must store. ``dtype=None`` keeps each dtype;
+    integer tensors (int4/int8 codes) are never cast.
+    """
+    _check_model(model)
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
+    tensors, seen = {}, set()
+    for name, t in model.state_dict().items():
+        key = _storage_key(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        tensors[name] = (t.to(dtype) if dtype is not None and t.is_floating_point() else t).contiguous()
+    return tensors
+
+
+def state_bytes(model: nn.Module, dtype: torch.dtype | None = None) -> dict[str, int]:
+    """{"memory": Σ numel·element_size, "disk": bytes of the safetensors file} of `unique_state_dict`.
+
+    "memory" is the raw tensor bytes; "disk" is the file `lab.params.safetensors_io.save_safetensors`
+    writes for the same tensors (written to a temporary folder and measured): the raw bytes plus the
+    8-byte length and the JSON header (names, dtypes, shapes, offsets and one SHA-256 per tensor).
+    """
+    import os
+    import tempfile
+
+    from lab.params.safetensors_io import save_safetensors
+
+    tensors = unique_state_dict(model, dtype)
+    memory = sum(t.numel() * t.element_size() for t in tensors.values())
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.safetensors")
+        save_safetensors(tensors, path)
+        return {"memory": memory, "disk": os.path.getsize(path)}
+
+
 def block_param_count(config: GPTConfig) -> int:
     """Parameters of one decoder block: C·H·D + 2·C·H_kv·D + H·D·C + 3·C·F + 2·C."""
     if not isinstance(config, GPTConfig):

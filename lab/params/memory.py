@@ -32,9 +32,13 @@ Inference: weights Ψ·b and the KV cache 2·L·H_kv·D·T·B·b bytes (b = byte
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+from lab.checks import check_choice, check_int
 from lab.models.gpt import GPT, GPTConfig
 from lab.params.counting import dtype_bytes, gpt_param_count, unique_parameters
 
@@ -47,18 +51,6 @@ _PER_PARAM = {"fp32": (4, 4, 0, 4), "bf16-mixed": (2, 2, 4, 4), "fp16-mixed": (2
 _N_STATES = {"adam": 2, "adamw": 2, "sgd": 0, "sgd-momentum": 1}
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
            "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-
-
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; use one of {tuple(allowed)}")
-
-
-def _check_size(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}={value} is not allowed; it must be an int >= {minimum}")
 
 
 def _check_config(config) -> None:
@@ -85,9 +77,9 @@ def matmul_param_count(config: GPTConfig) -> int:
 def activation_bytes(config: GPTConfig, batch: int, seq_len: int, precision: str = "fp32") -> int:
     """Bytes autograd saves in one forward of the lab GPT + cross-entropy (formula in the module docstring)."""
     _check_config(config)
-    _check_size("batch", batch)
-    _check_size("seq_len", seq_len)
-    _check_choice("precision", precision, ("fp32", "bf16-mixed", "fp16-mixed"))
+    check_int("batch", batch)
+    check_int("seq_len", seq_len)
+    check_choice("precision", precision, ("fp32", "bf16-mixed", "fp16-mixed"))
     if seq_len > config.context_length:
         raise ValueError(f"seq_len={seq_len} is not allowed; it must be <= context_length={config.context_length}")
     B, T, C, F_, H, V = batch, seq_len, config.d_model, config.d_ff, config.n_head, config.vocab_size
@@ -111,10 +103,10 @@ def training_memory(n_params: int, optimizer: str = "adam", precision: str = "bf
     Activations are ``activations_bytes``, or, when ``config``, ``batch`` and ``seq_len`` are
     given, `activation_bytes` (lab GPT estimate). Mixed-precision Adam: 2+2+4+4+4 = 16 B/param.
     """
-    _check_size("n_params", n_params, minimum=0)
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
-    _check_choice("precision", precision, PRECISIONS)
-    _check_size("activations_bytes", activations_bytes, minimum=0)
+    check_int("n_params", n_params, 0)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("precision", precision, PRECISIONS)
+    check_int("activations_bytes", activations_bytes, 0)
     given = [x is not None for x in (config, batch, seq_len)]
     if any(given) and not all(given):
         raise ValueError("config, batch and seq_len must be given together for an activation estimate, "
@@ -146,8 +138,8 @@ def training_peak_bytes(config: GPTConfig, batch: int, seq_len: int, optimizer: 
 def kv_cache_bytes(config: GPTConfig, batch: int, seq_len: int, dtype=torch.bfloat16) -> int:
     """2·L·H_kv·D·T·B·b: one key and one value vector per layer, kv head, position and sequence."""
     _check_config(config)
-    _check_size("batch", batch)
-    _check_size("seq_len", seq_len)
+    check_int("batch", batch)
+    check_int("seq_len", seq_len)
     return 2 * config.n_layer * config.n_kv_head * config.head_dim * seq_len * batch * dtype_bytes(_dtype(dtype))
 
 
@@ -161,7 +153,7 @@ def inference_memory(config: GPTConfig, batch: int, seq_len: int, dtype=torch.bf
 
 def make_optimizer(params, optimizer: str = "adamw", lr: float = 1e-3, **kwargs) -> torch.optim.Optimizer:
     """The torch optimizer the memory model's names stand for (sgd-momentum: momentum 0.9)."""
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
     if optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, **kwargs)
     if optimizer == "adamw":
@@ -202,10 +194,10 @@ def measure_training_memory_cpu(model: GPT, batch: int, seq_len: int, optimizer:
     """
     if not isinstance(model, GPT):
         raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
-    _check_size("batch", batch)
-    _check_size("seq_len", seq_len)
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
-    _check_choice("precision", precision, ("fp32", "bf16-mixed"))
+    check_int("batch", batch)
+    check_int("seq_len", seq_len)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("precision", precision, ("fp32", "bf16-mixed"))
     params = [p for _, p in unique_parameters(model)[0]]
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
     saved: dict[int, int] = {}
@@ -237,15 +229,17 @@ def measure_training_memory_cuda(model: GPT, batch: int, seq_len: int, optimizer
 
     A first step allocates the optimizer states; then ``torch.cuda.reset_peak_memory_stats`` and a
     second full step (zero_grad(set_to_none), forward, backward, step) is measured.
-    Returns {"peak": max_memory_allocated, "before": allocated before the step (weights + states)}.
+    Returns {"peak": max_memory_allocated less the cuBLAS workspaces (`cublas_workspace_bytes`),
+    "peak_allocated": max_memory_allocated as it is, "cublas_workspace", "before": allocated before
+    the step (weights + states)}.
     Adam/AdamW use ``fused=True`` so the step allocates no temporaries.
     """
     if not torch.cuda.is_available():
         raise RuntimeError("measure_training_memory_cuda needs a CUDA GPU; torch.cuda.is_available() is False")
-    _check_size("batch", batch)
-    _check_size("seq_len", seq_len)
-    _check_choice("optimizer", optimizer, OPTIMIZERS)
-    _check_choice("precision", precision, ("fp32", "bf16-mixed"))
+    check_int("batch", batch)
+    check_int("seq_len", seq_len)
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_choice("precision", precision, ("fp32", "bf16-mixed"))
     model = model.to("cuda").float().train()
     kwargs = {"fused": True} if optimizer in ("adam", "adamw") else {}
     opt = make_optimizer([p for _, p in unique_parameters(model)[0]], optimizer, **kwargs)
@@ -260,13 +254,21 @@ def measure_training_memory_cuda(model: GPT, batch: int, seq_len: int, optimizer
 
     step()
     opt.zero_grad(set_to_none=True)
+
+    def warm_up() -> None:
+        step()
+        opt.zero_grad(set_to_none=True)
+
+    workspace = cublas_workspace_bytes(warm_up)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     step()
     torch.cuda.synchronize()
-    return {"peak": torch.cuda.max_memory_allocated(), "before": before}
+    peak = torch.cuda.max_memory_allocated()
+    return {"peak": peak - workspace, "peak_allocated": peak, "cublas_workspace": workspace,
+            "before": before - workspace}
 
 
 @torch.no_grad()
@@ -274,25 +276,50 @@ def measure_decode_memory_cuda(hf_model, batch: int, seq_len: int, dtype=torch.b
     """Peak CUDA memory of one decode step of a `transformers` causal LM with a KV cache of seq_len.
 
     Prefills seq_len - 1 random tokens with use_cache=True, frees everything but the cache,
-    then measures one single-token step. Returns {"peak", "weights", "kv_cache"} (bytes;
-    kv_cache = sum of the cache's key/value nbytes after the step).
+    then measures one single-token step. Returns {"peak" (less the cuBLAS workspaces),
+    "peak_allocated", "cublas_workspace", "weights", "kv_cache"} (bytes; kv_cache = sum of the
+    cache's key/value nbytes after the step).
     """
     if not torch.cuda.is_available():
         raise RuntimeError("measure_decode_memory_cuda needs a CUDA GPU; torch.cuda.is_available() is False")
-    _check_size("batch", batch)
-    _check_size("seq_len", seq_len, minimum=2)
+    check_int("batch", batch)
+    check_int("seq_len", seq_len, 2)
     model = hf_model.to(device="cuda", dtype=_dtype(dtype)).eval()
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=gen).cuda()
     cache = model(prompt[:, :-1], use_cache=True).past_key_values
+    workspace = cublas_workspace_bytes(lambda: model(prompt[:, -1:], past_key_values=copy.deepcopy(cache),
+                                                     use_cache=True))
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     out = model(prompt[:, -1:], past_key_values=cache, use_cache=True)
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated()
-    return {"peak": peak, "weights": storage_bytes(model.parameters()),
-            "kv_cache": cache_nbytes(out.past_key_values)}
+    return {"peak": peak - workspace, "peak_allocated": peak, "cublas_workspace": workspace,
+            "weights": storage_bytes(model.parameters()), "kv_cache": cache_nbytes(out.past_key_values)}
+
+
+def cublas_workspace_bytes(warm_up: Callable[[], object]) -> int:
+    """Bytes of cuBLAS workspace that ``warm_up()`` allocates and leaves held (0 without CUDA).
+
+    PyTorch gives every (cuBLAS handle, stream) pair its own workspace (32 MiB on sm_90; one handle
+    per thread, so autograd's backward thread has its own) and allocates it through the caching
+    allocator the first time a matmul runs there, so it shows up in ``torch.cuda.memory_allocated``
+    although no model tensor owns it. Measured by freeing every workspace, running ``warm_up`` (a
+    step that must leave nothing else allocated, e.g. gradients set to None) and reading how much
+    more is allocated afterwards: exactly the workspaces that step uses, held again for the step
+    measured next. The measurements above subtract it from their peaks (the memory model has no
+    term for it) and report it on its own line.
+    """
+    if not torch.cuda.is_available():
+        return 0
+    torch.cuda.synchronize()
+    torch._C._cuda_clearCublasWorkspaces()
+    before = torch.cuda.memory_allocated()
+    warm_up()
+    torch.cuda.synchronize()
+    return torch.cuda.memory_allocated() - before
 
 
 def cache_nbytes(cache) -> int:

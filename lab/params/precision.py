@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 import torch
 
+from lab.checks import check_fraction, check_int, check_number
+
 # (exponent bits e, mantissa bits m); total bits = 1 + e + m
 FORMATS = {torch.float64: (11, 52), torch.float32: (8, 23), torch.bfloat16: (8, 7), torch.float16: (5, 10)}
 
@@ -66,8 +68,7 @@ def underflow_fraction(grads: Iterable[torch.Tensor], dtype: torch.dtype = torch
                        scale: float = 1.0) -> float:
     """Fraction of the nonzero gradient values g for which round_to(g·scale, dtype) is 0."""
     _layout(dtype)
-    if not (isinstance(scale, (int, float)) and scale > 0 and math.isfinite(scale)):
-        raise ValueError(f"scale={scale!r} is not allowed; use a finite number > 0")
+    check_number("scale", scale, low=0, closed=(False, True))
     nonzero = zero = 0
     for g in grads:
         g = g.detach().to(torch.float64).flatten()
@@ -124,18 +125,10 @@ class DynamicLossScaler:
 
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
                  growth_interval: int = 2000) -> None:
-        for name, value in (("init_scale", init_scale), ("growth_factor", growth_factor),
-                            ("backoff_factor", backoff_factor)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{name}={value!r} is not allowed; use a finite number")
-        if init_scale <= 0:
-            raise ValueError(f"init_scale={init_scale} is not allowed; it must be > 0")
-        if growth_factor <= 1:
-            raise ValueError(f"growth_factor={growth_factor} is not allowed; it must be > 1")
-        if not 0 < backoff_factor < 1:
-            raise ValueError(f"backoff_factor={backoff_factor} is not allowed; it must lie in (0, 1)")
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
-            raise ValueError(f"growth_interval={growth_interval!r} is not allowed; it must be an int >= 1")
+        check_number("init_scale", init_scale, low=0, closed=(False, True))
+        check_number("growth_factor", growth_factor, low=1, closed=(False, True))
+        check_fraction("backoff_factor", backoff_factor, closed=(False, False))
+        check_int("growth_interval", growth_interval)
         self._scale = torch.tensor(float(init_scale), dtype=torch.float32)
         self.growth_factor, self.backoff_factor = float(growth_factor), float(backoff_factor)
         self.growth_interval = growth_interval

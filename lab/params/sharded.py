@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lab.atomic import atomic_write_json
+from lab.checks import check_int
 from lab.params.safetensors_io import SafetensorsFile, save_safetensors, validate
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -32,10 +33,7 @@ def shard_name(i: int, n: int) -> str:
 
 def plan_shards(sizes: dict[str, int], max_shard_bytes: int) -> list[list[str]]:
     """Greedy packing of names (in order) into groups of total size ≤ max_shard_bytes."""
-    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int):
-        raise TypeError(f"max_shard_bytes must be an int, got {type(max_shard_bytes).__name__}")
-    if max_shard_bytes <= 0:
-        raise ValueError(f"max_shard_bytes={max_shard_bytes} is not allowed; it must be a positive byte count")
+    check_int("max_shard_bytes", max_shard_bytes)
     shards: list[list[str]] = []
     used = 0
     for name, size in sizes.items():

@@ -21,54 +21,36 @@ Wanda's score is its diagonal approximation H ≈ diag(||X_j||²) compared withi
 from __future__ import annotations
 
 import math
-from numbers import Real
 
 import torch
 
-
-def _check_weight(weight: torch.Tensor, name: str = "weight") -> None:
-    if not torch.is_tensor(weight):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(weight).__name__}")
-    if not weight.is_floating_point():
-        raise TypeError(f"{name} must have a floating-point dtype, got {weight.dtype}")
-    if weight.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
-    if not torch.isfinite(weight).all():
-        raise ValueError(f"{name} must be finite; it contains inf or nan")
+from lab.checks import check_divisor, check_float_tensor, check_fraction, check_int, check_matrix
 
 
-def _check_sparsity(sparsity: float) -> float:
-    if isinstance(sparsity, bool) or not isinstance(sparsity, Real):
-        raise TypeError(f"sparsity must be a real number in [0, 1), got {type(sparsity).__name__}")
-    if not 0.0 <= sparsity < 1.0:  # also rejects nan
-        raise ValueError(f"sparsity={sparsity!r} is not allowed; it must lie in [0, 1)")
-    return float(sparsity)
+def check_nm(n: int, m: int, in_features: int | None = None) -> None:
+    """n, m are ints with 1 <= n <= m, and m divides ``in_features`` when it is given."""
+    check_int("n", n)
+    check_int("m", m)
+    if n > m:
+        raise ValueError(f"n={n}, m={m} is not allowed; N:M sparsity needs n <= m")
+    if in_features is not None:
+        check_divisor("m", m, in_features, "in_features")
 
 
-def _check_nm(n: int, m: int, in_features: int) -> None:
-    for name, value in (("n", n), ("m", m)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not 0 < n <= m:
-        raise ValueError(f"n={n}, m={m} is not allowed; N:M sparsity needs 0 < n <= m")
-    if in_features % m:
-        raise ValueError(f"m={m} must divide the input dimension in_features={in_features}")
-
-
-def _check_nm_sparsity(sparsity: float, n: int | None, m: int | None, in_features: int) -> bool:
-    """Validate (sparsity, n, m); return True when N:M selection is asked for."""
-    sparsity = _check_sparsity(sparsity)
+def check_nm_sparsity(sparsity: float, n: int | None, m: int | None, in_features: int) -> bool:
+    """Validate (sparsity in [0, 1), n, m); return True when N:M selection is asked for."""
+    sparsity = check_fraction("sparsity", sparsity, closed=(True, False))
     if (n is None) != (m is None):
         raise ValueError(f"n and m must be given together or both left None, got n={n}, m={m}")
     if n is None:
         return False
-    _check_nm(n, m, in_features)
+    check_nm(n, m, in_features)
     if not math.isclose(sparsity, 1 - n / m, abs_tol=1e-9):
         raise ValueError(f"sparsity={sparsity!r} disagrees with n={n}, m={m}: N:M sparsity is 1 - n/m = {1 - n / m}")
     return True
 
 
-def _keep_largest(score: torch.Tensor, n_prune: int) -> torch.Tensor:
+def keep_largest(score: torch.Tensor, n_prune: int) -> torch.Tensor:
     """Bool mask (G, S) keeping all but the ``n_prune`` smallest entries of each row of ``score`` (G, S).
 
     A stable ascending sort puts equal scores in index order, so the lower index is pruned first.
@@ -86,18 +68,18 @@ def keep_top_fraction(score: torch.Tensor, sparsity: float, per_row: bool = Fals
     per_row=True:  each row is a group and loses round(s·columns) entries.
     Ties: lower (row-major) index pruned first.
     """
-    _check_weight(score, "score")
-    sparsity = _check_sparsity(sparsity)
+    check_matrix("score", score)
+    sparsity = check_fraction("sparsity", sparsity, closed=(True, False))
     groups = score if per_row else score.reshape(1, -1)
     n_prune = round(sparsity * groups.shape[1])
-    return _keep_largest(groups, n_prune).reshape(score.shape)
+    return keep_largest(groups, n_prune).reshape(score.shape)
 
 
-def _nm_keep(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Bool mask keeping the n largest of every m consecutive entries along the last dim of ``score``."""
+def nm_keep(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Bool mask keeping the n largest of every m consecutive entries of each row of ``score`` (rows, columns)."""
     rows, columns = score.shape
-    _check_nm(n, m, columns)
-    return _keep_largest(score.reshape(rows * columns // m, m), m - n).reshape(rows, columns)
+    check_nm(n, m, columns)
+    return keep_largest(score.reshape(rows * columns // m, m), m - n).reshape(rows, columns)
 
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -106,7 +88,7 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     weight (out, in) float; returns bool (out, in). Per-tensor (not per-row), so that rows with larger
     weights keep more of them, which is what ``torch.nn.utils.prune.l1_unstructured`` does too.
     """
-    _check_weight(weight)
+    check_matrix("weight", weight)
     return keep_top_fraction(weight.abs(), sparsity, per_row=False)
 
 
@@ -115,8 +97,8 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
 
     weight (out, in) float with m dividing in; returns bool (out, in) with exactly n True per group.
     """
-    _check_weight(weight)
-    return _nm_keep(weight.abs(), n, m)
+    check_matrix("weight", weight)
+    return nm_keep(weight.abs(), n, m)
 
 
 def wanda_mask(weight: torch.Tensor, act_norm: torch.Tensor, sparsity: float,
@@ -127,15 +109,13 @@ def wanda_mask(weight: torch.Tensor, act_norm: torch.Tensor, sparsity: float,
     (any positive common factor, e.g. 1/√N, gives the same mask). Without n, m: each row keeps
     in − round(s·in) weights. With n, m (sparsity must be 1 − n/m): N:M selection on S.
     """
-    _check_weight(weight)
-    if not torch.is_tensor(act_norm) or not act_norm.is_floating_point():
-        raise TypeError(f"act_norm must be a floating-point torch.Tensor, got {type(act_norm).__name__}"
-                        + (f" of dtype {act_norm.dtype}" if torch.is_tensor(act_norm) else ""))
+    check_matrix("weight", weight)
+    check_float_tensor("act_norm", act_norm)
     if act_norm.shape != (weight.shape[1],):
         raise ValueError(f"act_norm must have shape (in_features,) = ({weight.shape[1]},), "
                          f"got {tuple(act_norm.shape)}")
-    if not (torch.isfinite(act_norm).all() and (act_norm >= 0).all()):
-        raise ValueError("act_norm must be finite and non-negative (it is a norm)")
-    use_nm = _check_nm_sparsity(sparsity, n, m, weight.shape[1])
+    if not (act_norm >= 0).all():
+        raise ValueError("act_norm must be non-negative (it is a norm)")
+    use_nm = check_nm_sparsity(sparsity, n, m, weight.shape[1])
     score = weight.abs().to(torch.float64) * act_norm.to(device=weight.device, dtype=torch.float64)
-    return _nm_keep(score, n, m) if use_nm else keep_top_fraction(score, sparsity, per_row=True)
+    return nm_keep(score, n, m) if use_nm else keep_top_fraction(score, sparsity, per_row=True)

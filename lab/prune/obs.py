@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import torch
 
+from lab.checks import check_float_tensor, check_int, check_number
+
 
 def layer_hessian(X: torch.Tensor) -> torch.Tensor:
     """H = 2 X Xᵀ / N for inputs X (d, N) (columns are samples); float64 (d, d)."""
-    if not torch.is_tensor(X) or not X.is_floating_point() or X.ndim != 2:
-        raise ValueError(f"X must be a 2-D floating-point tensor (d, n_samples), got "
-                         f"{type(X).__name__}{tuple(X.shape) if torch.is_tensor(X) else ''}")
+    check_float_tensor("X", X, 2)  # (d, n_samples)
     X = X.to(torch.float64)
     return 2.0 * X @ X.T / X.shape[1]
 
@@ -39,14 +39,10 @@ def reconstruction_error(W: torch.Tensor, W_hat: torch.Tensor, X: torch.Tensor) 
 
 
 def _check_hessian(hessian: torch.Tensor, d: int) -> None:
-    if not torch.is_tensor(hessian) or not hessian.is_floating_point():
-        raise TypeError(f"hessian must be a floating-point torch.Tensor, got {type(hessian).__name__}"
-                        + (f" of dtype {hessian.dtype}" if torch.is_tensor(hessian) else ""))
+    check_float_tensor("hessian", hessian)
     if hessian.shape != (d, d):
         raise ValueError(f"hessian must have shape (in_features, in_features) = ({d}, {d}), "
                          f"got {tuple(hessian.shape)}")
-    if not torch.isfinite(hessian).all():
-        raise ValueError("hessian must be finite; it contains inf or nan")
     if not torch.allclose(hessian, hessian.T, rtol=1e-5, atol=1e-8 * float(hessian.abs().max())):
         raise ValueError("hessian must be symmetric (H = 2 X Xᵀ / N)")
 
@@ -62,8 +58,7 @@ def weight_and_inverse_hessian_cholesky(weight: torch.Tensor, hessian: torch.Ten
     """
     d = weight.shape[1]
     _check_hessian(hessian, d)
-    if not percdamp >= 0:
-        raise ValueError(f"percdamp={percdamp!r} is not allowed; it must be >= 0")
+    check_number("percdamp", percdamp, low=0)
     W = weight.detach().to(torch.float64).clone()
     H = hessian.detach().to(device=W.device, dtype=torch.float64).clone()
     dead = torch.nonzero(H.diagonal() == 0).squeeze(1)
@@ -102,8 +97,7 @@ def obs_prune_row_bruteforce(w: torch.Tensor, H: torch.Tensor, k: int) -> tuple[
     d = w.shape[0]
     if H.shape != (d, d):
         raise ValueError(f"H must have shape ({d}, {d}) for w of shape ({d},), got {tuple(H.shape)}")
-    if not 0 <= k <= d:
-        raise ValueError(f"k={k} is not allowed; it must lie in [0, {d}]")
+    check_int("k", k, 0, d)
     w_hat = w.to(torch.float64).clone()
     H = H.to(torch.float64)
     remaining = list(range(d))

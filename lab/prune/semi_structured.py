@@ -30,13 +30,8 @@ from __future__ import annotations
 
 import torch
 
-
-def _check_nm(n: int, m: int) -> None:
-    for name, value in (("n", n), ("m", m)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if n > m:
-        raise ValueError(f"n={n} must not exceed m={m}")
+from lab.checks import check_int, check_tensor
+from lab.prune.masks import check_nm
 
 
 def index_bits(m: int) -> int:
@@ -81,12 +76,9 @@ def compress(weight: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tensor
     See the module docstring for the layout. Raises ValueError if ``weight`` is not 2-D, m does
     not divide ``in``, or a group holds more than n nonzeros (naming the first such row/group).
     """
-    _check_nm(n, m)
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (out, in), got shape {tuple(weight.shape)}")
+    check_tensor("weight", weight, 2)
     out_features, in_features = weight.shape
-    if in_features % m:
-        raise ValueError(f"m={m} must divide the input dimension in={in_features}")
+    check_nm(n, m, in_features)
     groups = weight.reshape(out_features, in_features // m, m)
     nonzero = groups != 0
     too_many = nonzero.sum(-1) > n
@@ -109,9 +101,10 @@ def decompress(values: torch.Tensor, meta: torch.Tensor, in_features: int,
     W[r, g·m + p_{g,s}] = values[r, g·n + s], every other entry 0. Raises ValueError on
     inconsistent shapes/dtypes or metadata whose positions are ≥ m or not increasing in a group.
     """
-    _check_nm(n, m)
-    if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features % m:
-        raise ValueError(f"in_features must be an int divisible by m={m}, got {in_features!r}")
+    check_nm(n, m)
+    check_int("in_features", in_features)
+    if in_features % m:
+        raise ValueError(f"in_features={in_features} is not allowed; use a multiple of m={m}")
     if values.dim() != 2 or values.shape[1] != in_features // m * n:
         raise ValueError(f"values must have shape (out, {in_features // m * n}) for in_features="
                          f"{in_features}, {n}:{m}; got {tuple(values.shape)}")

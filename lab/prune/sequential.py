@@ -25,8 +25,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lab.checks import check_choice
 from lab.layerwise import LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
-from lab.prune.masks import _check_nm_sparsity, magnitude_mask, nm_mask, wanda_mask
+from lab.prune.masks import check_nm_sparsity, magnitude_mask, nm_mask, wanda_mask
 from lab.prune.sparsegpt import sparsegpt_prune
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -34,10 +35,9 @@ METHODS = ("magnitude", "wanda", "sparsegpt")
 
 def _check_args(model: nn.Module, method: str, sparsity: float, calib_tokens: torch.Tensor | None,
                 n: int | None, m: int | None) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, METHODS)
     for d_in in {lin.in_features for lin in model.modules() if isinstance(lin, nn.Linear)}:
-        _check_nm_sparsity(sparsity, n, m, d_in)  # the masks' own check, for every input width
+        check_nm_sparsity(sparsity, n, m, d_in)  # the masks' own check, for every input width
     if calib_tokens is None:
         if method != "magnitude":
             raise ValueError(f"method={method!r} needs calib_tokens, got None")

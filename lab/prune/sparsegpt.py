@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import torch
 
-from lab.prune.masks import _check_nm_sparsity, _check_weight, _keep_largest, _nm_keep
+from lab.checks import check_int, check_matrix
+from lab.prune.masks import check_nm_sparsity, keep_largest, nm_keep
 from lab.prune.obs import weight_and_inverse_hessian_cholesky
 
 
@@ -45,11 +46,10 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
     exactly these weights (False) with SparseGPT's updates instead of selecting them; then n, m must be None
     and sparsity is not used. Formulas in the module docstring.
     """
-    _check_weight(weight)
+    check_matrix("weight", weight)
     rows, d = weight.shape
-    use_nm = _check_nm_sparsity(sparsity, n, m, d)
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize={blocksize!r} is not allowed; it must be an int >= 1")
+    use_nm = check_nm_sparsity(sparsity, n, m, d)
+    check_int("blocksize", blocksize)
     if use_nm and blocksize % m:
         raise ValueError(f"blocksize={blocksize} must be a multiple of m={m} so that N:M groups lie in one block")
     if mask is not None:
@@ -70,10 +70,10 @@ def sparsegpt_prune(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float
         Err1 = torch.zeros_like(W1)
         if mask is None and not use_nm:
             n_prune = round(sparsity * rows * i2) - round(sparsity * rows * i1)
-            keep1.copy_(_keep_largest((W1.square() / u_diag_sq).reshape(1, -1), n_prune).reshape(W1.shape))
+            keep1.copy_(keep_largest((W1.square() / u_diag_sq).reshape(1, -1), n_prune).reshape(W1.shape))
         for i in range(i2 - i1):
             if use_nm and i % m == 0:
-                keep1[:, i:i + m] = _nm_keep(W1[:, i:i + m].square() / u_diag_sq[i:i + m], n, m)
+                keep1[:, i:i + m] = nm_keep(W1[:, i:i + m].square() / u_diag_sq[i:i + m], n, m)
             q = W1[:, i] * keep1[:, i]
             err = (W1[:, i] - q) / U1[i, i]
             W1[:, i:] -= err[:, None] * U1[i, i:][None, :]

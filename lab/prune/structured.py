@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lab.checks import check_fraction, check_int
+
 
 def _sizes(attn: nn.Module) -> tuple[int, int, int]:
     """(H, H_kv, D) of one attention module, from its weights."""
@@ -51,9 +53,8 @@ def _units(indices: torch.Tensor, size: int) -> torch.Tensor:
 
 def _check_indices(what: str, layer: int, indices, limit: int) -> list[int]:
     idx = list(indices)
-    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < limit]
-    if bad:
-        raise ValueError(f"{what}[{layer}] has indices {bad} outside [0, {limit})")
+    for j, i in enumerate(idx):
+        check_int(f"{what}[{layer}][{j}]", i, 0, limit - 1)
     if len(set(idx)) != len(idx):
         raise ValueError(f"{what}[{layer}] has repeated indices: {sorted(idx)}")
     if len(idx) == limit:
@@ -65,9 +66,8 @@ def _check_layers(what: str, spec: dict | None, n_layer: int) -> dict:
     spec = spec or {}
     if not isinstance(spec, dict):
         raise TypeError(f"{what} must be a dict {{layer index: [indices]}} or None, got {type(spec).__name__}")
-    bad = [i for i in spec if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_layer]
-    if bad:
-        raise ValueError(f"{what} has layer indices {bad} outside [0, {n_layer})")
+    for i in spec:
+        check_int(f"layer index of {what}", i, 0, n_layer - 1)
     return spec
 
 
@@ -203,8 +203,7 @@ def prune_structured_by_importance(model: nn.Module, calib_tokens: torch.Tensor,
     and one channel. Returns `structured_prune`'s report plus the removed "heads" and "mlp_channels".
     """
     for name, value in (("head_fraction", head_fraction), ("channel_fraction", channel_fraction)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-            raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        check_fraction(name, value, closed=(True, False))
     head_scores, chan_scores = _contribution_norms(model, calib_tokens, batch_size, progress)
     heads, channels = {}, {}
     for i, block in enumerate(model.layers):

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lab.checks import check_choice, check_divisor, check_float_tensor, check_int
+
 GRANULARITIES = ("tensor", "channel", "group")
 
 
@@ -66,44 +68,38 @@ class QuantizedTensor:
 
 
 def grid(bits: int, symmetric: bool) -> tuple[int, int]:
-    """(qmin, qmax): (−2ᵇ⁻¹, 2ᵇ⁻¹ − 1) if symmetric else (0, 2ᵇ − 1)."""
+    """(qmin, qmax): (−2ᵇ⁻¹, 2ᵇ⁻¹ − 1) if symmetric else (0, 2ᵇ − 1).
+
+    With the symmetric scale s = max|x| / (2ᵇ⁻¹ − 1) rounding reaches only ±(2ᵇ⁻¹ − 1): 2ᵇ − 1 levels.
+    The reference GPTQ code's symmetric mode keeps all 2ᵇ (s = 2·max|x| / (2ᵇ − 1), zero point 2ᵇ⁻¹).
+    """
     check_bits(bits)
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
 
 
 def check_bits(bits: int) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
-        raise ValueError(f"bits={bits!r} is not allowed; it must be an int in [2, 8]")
+    """``bits`` is an int in [2, 8]."""
+    check_int("bits", bits, 2, 8)
 
 
-def _check_tensor(x: torch.Tensor, name: str = "x") -> None:
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point torch.Tensor, got "
-                        f"{x.dtype if torch.is_tensor(x) else type(x).__name__}")
+def check_quant_input(x: torch.Tensor, name: str = "x") -> None:
+    """``x`` is a non-empty floating-point tensor with only finite values (what a range can be taken of)."""
+    check_float_tensor(name, x)
     if x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf; quantization needs finite values")
 
 
 def _check_layout(x: torch.Tensor, granularity: str, group_size: int, axis: int) -> int:
     """Validate the granularity arguments for x; return axis as a non-negative index."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    check_choice("granularity", granularity, GRANULARITIES)
     if granularity == "tensor":
         return 0
-    if isinstance(axis, bool) or not isinstance(axis, int) or not -x.dim() <= axis < x.dim():
-        raise ValueError(f"axis={axis!r} is not allowed for a {x.dim()}-D tensor; it must lie in "
-                         f"[{-x.dim()}, {x.dim() - 1}]")
+    check_int("axis", axis, -x.dim(), x.dim() - 1)
     axis %= x.dim()
     if granularity == "group":
         if x.dim() != 2:
             raise ValueError(f"granularity='group' needs a 2-D tensor, got shape {tuple(x.shape)}")
-        length = x.shape[1 - axis]
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 \
-                or length % group_size:
-            raise ValueError(f"group_size={group_size!r} must be a positive int dividing the grouped dimension "
-                             f"(size {length})")
+        check_divisor("group_size", group_size, x.shape[1 - axis], f"x.shape[{1 - axis}]")
     return axis
 
 
@@ -168,7 +164,7 @@ def quantize(x: torch.Tensor, bits: int, symmetric: bool = False, granularity: s
     bits ∈ [2, 8]; ``granularity`` "tensor" | "channel" | "group" (2-D only, ``group_size`` must divide
     the dimension other than ``axis``). Formulas in the module docstring.
     """
-    _check_tensor(x)
+    check_quant_input(x)
     check_bits(bits)
     axis = _check_layout(x, granularity, group_size, axis)
     lo, hi = value_range(x, granularity, group_size, axis)
@@ -218,7 +214,7 @@ def fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = False, granulari
     Same arguments and grid as `quantize`; the ranges are x's current min–max (treated as constants
     by autograd); the gradient is the straight-through estimator of `fake_quantize_with`.
     """
-    _check_tensor(x)
+    check_quant_input(x)
     check_bits(bits)
     axis = _check_layout(x, granularity, group_size, axis)
     scale, zero_point = qparams(*value_range(x, granularity, group_size, axis), bits, symmetric)

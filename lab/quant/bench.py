@@ -16,10 +16,12 @@ shapes (the numbers then say nothing about a GPU).
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from lab.bench.timing import check_then_time, time_ms
 from lab.kernels.int4_matmul import int4_weight_only_matmul
 from lab.kernels.int8_matmul import int8_matmul
 from lab.quant.affine import dequantize, quantize
@@ -29,12 +31,12 @@ from lab.quant.packing import pack_quantized_weight
 from lab.runtime import seed_everything
 
 BATCHES = (1, 4, 16, 64, 256, 4096)
+QUICK_BATCHES = (1, 16)
 
 
-def _timed(fn, ref: torch.Tensor, tol: float, median_ms, device, repeats: int) -> dict:
-    """{"max_rel_err", "ms"} of fn() against ref (ms None when the check fails)."""
-    err = ((fn().double() - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
-    return {"max_rel_err": err, "ms": median_ms(fn, device, repeats) if err <= tol else None}
+def weight_size(device: torch.device, quick: bool) -> int:
+    """N = K of the suite's weight: 8192 on a GPU, 512 on the CPU or with ``quick``."""
+    return 8192 if device.type == "cuda" and not quick else 512
 
 
 def _torch_int4pack(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int):
@@ -45,10 +47,14 @@ def _torch_int4pack(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, 
     return lambda x: torch._weight_int4pack_mm(x, w_int4, group_size, scale_and_zero)
 
 
-def bench_int4(device: torch.device, quick: bool, median_ms, progress: bool) -> list[dict]:
+def bench_int4(device: torch.device, quick: bool = False, progress: bool = True, *, size: int | None = None,
+               batches: Sequence[int] | None = None, group_size: int = 128) -> list[dict]:
+    """One row per batch M: y = x Ŵᵀ with Ŵ (N, K = ``size``) in int4, groups of ``group_size``, per path.
+
+    Defaults: the suite's N = K (`_size`) and batches (`BATCHES`, or `QUICK_BATCHES` with ``quick``).
+    """
     cuda = device.type == "cuda"
-    N = K = 8192 if cuda and not quick else 512
-    group_size = 128
+    N = K = size or weight_size(device, quick)
     dtype = torch.bfloat16 if cuda else torch.float32
     seed_everything(0)
     w = torch.randn(N, K, device=device)
@@ -64,10 +70,10 @@ def bench_int4(device: torch.device, quick: bool, median_ms, progress: bool) -> 
         try:
             paths["int4_torch"] = (_torch_int4pack(qt.qdata.int(), scales, zeros, group_size),
                                    N * K // 2 + 2 * 2 * (N * K // group_size))
-        except (RuntimeError, TypeError) as error:  # the private API changes between releases
-            paths["int4_torch_unavailable"] = (None, str(error))
+        except Exception as error:  # noqa: BLE001 - the private API changes between releases: recorded
+            paths["int4_torch_unavailable"] = (None, f"{type(error).__name__}: {error}")
     rows = []
-    for M in tqdm(BATCHES if not quick else (1, 16), desc="int4 matmul", disable=not progress):
+    for M in tqdm(batches or (QUICK_BATCHES if quick else BATCHES), desc="int4 matmul", disable=not progress):
         x = torch.randn(M, K, device=device, dtype=dtype)
         ref = x.double() @ w_hat.double().T
         row = {"M": M, "N": N, "K": K, "group_size": group_size, "dtype": str(dtype).removeprefix("torch."),
@@ -76,7 +82,7 @@ def bench_int4(device: torch.device, quick: bool, median_ms, progress: bool) -> 
             if fn is None:
                 row["paths"][name] = {"error": nbytes}
                 continue
-            entry = _timed(lambda: fn(x), ref, 2e-2 if cuda else 1e-4, median_ms, device, 3 if quick else 10)
+            entry = check_then_time(lambda: fn(x), ref, 2e-2 if cuda else 1e-4, device, 3 if quick else 10)
             total = nbytes + x.element_size() * M * (K + N)
             entry.update(bytes=total, flop=2 * M * N * K, intensity=2 * M * N * K / total)
             if entry["ms"]:
@@ -86,14 +92,19 @@ def bench_int4(device: torch.device, quick: bool, median_ms, progress: bool) -> 
     return rows
 
 
-def bench_int8(device: torch.device, quick: bool, median_ms, progress: bool) -> list[dict]:
+def bench_int8(device: torch.device, quick: bool = False, progress: bool = True, *, size: int | None = None,
+               batches: Sequence[int] | None = None) -> list[dict]:
+    """One row per batch M: (M, K) int8 × (K, N) int8 with per-row scales (N = K = ``size``), per path.
+
+    Defaults as `bench_int4`. ``torch._int_mm`` runs only for M > 16 (its own limit).
+    """
     cuda = device.type == "cuda"
-    N = K = 8192 if cuda and not quick else 512
+    N = K = size or weight_size(device, quick)
     seed_everything(0)
     b_q, b_scale = quantize_rows_symmetric(torch.randn(N, K, device=device))
     w_dense = (b_q.float() * b_scale[:, None]).to(torch.bfloat16 if cuda else torch.float32)
     rows = []
-    for M in tqdm(BATCHES if not quick else (1, 16), desc="int8 matmul", disable=not progress):
+    for M in tqdm(batches or (QUICK_BATCHES if quick else BATCHES), desc="int8 matmul", disable=not progress):
         a_q, a_scale = quantize_rows_symmetric(torch.randn(M, K, device=device))
         x = (a_q.float() * a_scale[:, None]).to(w_dense.dtype)
         ref = (a_q.double() @ b_q.double().T) * a_scale.double()[:, None] * b_scale.double()[None, :]
@@ -104,7 +115,7 @@ def bench_int8(device: torch.device, quick: bool, median_ms, progress: bool) -> 
                                                   * b_scale[None, :]).to(torch.bfloat16)
         row = {"M": M, "N": N, "K": K, "paths": {}}
         for name, fn in paths.items():
-            entry = _timed(fn, ref, 2e-2 if cuda else 1e-4, median_ms, device, 3 if quick else 10)
+            entry = check_then_time(fn, ref, 2e-2 if cuda else 1e-4, device, 3 if quick else 10)
             if entry["ms"]:
                 entry["tflop_per_s"] = 2 * M * N * K / entry["ms"] / 1e9
             row["paths"][name] = entry
@@ -113,7 +124,7 @@ def bench_int8(device: torch.device, quick: bool, median_ms, progress: bool) -> 
 
 
 @torch.no_grad()
-def bench_decode(device: torch.device, quick: bool, median_ms, progress: bool) -> dict:
+def bench_decode(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
     """Tokens/s of a one-token forward (batch 1, no KV cache: T = 1) of the book's model per format."""
     from lab.models import load_pretrained_lm
 
@@ -127,14 +138,15 @@ def bench_decode(device: torch.device, quick: bool, median_ms, progress: bool) -
     models["int4_weight_only"] = int4_model(int4, report, scale_dtype=dtype).to(dtype)
     out = {}
     for name, model in tqdm(models.items(), desc="decode", disable=not progress):
-        ms = median_ms(lambda: model(ids), device, 5 if quick else 50)
+        ms = time_ms(lambda: model(ids), device, 5 if quick else 50)
         out[name] = {"ms_per_token": ms, "tokens_per_s": 1e3 / ms}
     return out
 
 
-def bench_quant(device: torch.device, quick: bool = False, progress: bool = True, *, median_ms) -> dict:
+def bench_quant(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """Suite ``quant``: the int4 and int8 matmul sweeps and the decode speed per format."""
     label = ("CUDA: bf16 cuBLAS vs the Triton int4/int8 kernels vs PyTorch's int4/int8 ops" if device.type == "cuda"
              else "CPU: PyTorch paths only, 512 x 512 fp32 (the Triton kernels need CUDA)")
-    return {"label": label, "int4": bench_int4(device, quick, median_ms, progress),
-            "int8": bench_int8(device, quick, median_ms, progress),
-            "decode": bench_decode(device, quick, median_ms, progress)}
+    return {"label": label, "int4": bench_int4(device, quick, progress),
+            "int8": bench_int8(device, quick, progress),
+            "decode": bench_decode(device, quick, progress)}

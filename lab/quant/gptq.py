@@ -30,23 +30,17 @@ from __future__ import annotations
 
 import torch
 
-from lab.prune.masks import _check_weight
+from lab.checks import check_divisor, check_int, check_matrix
 from lab.prune.obs import weight_and_inverse_hessian_cholesky
 from lab.quant.affine import QuantizedTensor, check_bits, grid, qparams, quantize_with
 
 
 def _check_gptq_args(weight: torch.Tensor, bits: int, group_size: int | None, blocksize: int) -> None:
-    _check_weight(weight)
+    check_matrix("weight", weight)
     check_bits(bits)
-    d = weight.shape[1]
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
-                                   or group_size < 1 or d % group_size):
-        raise ValueError(f"group_size={group_size!r} must be None (per channel) or a positive int dividing "
-                         f"in_features={d}")
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize < 1:
-        raise ValueError(f"blocksize={blocksize!r} is not allowed; it must be an int >= 1")
-    if not torch.isfinite(weight).all():
-        raise ValueError("weight contains NaN or Inf")
+    if group_size is not None:  # None: one group per output channel
+        check_divisor("group_size", group_size, weight.shape[1], "in_features")
+    check_int("blocksize", blocksize)
 
 
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None = None,

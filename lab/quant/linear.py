@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lab.checks import check_choice
 from lab.kernels.int4_matmul import int4_weight_only_matmul
 from lab.kernels.int8_matmul import int8_matmul
 from lab.layerwise import LINEARS
@@ -69,8 +70,7 @@ class W8A8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, act: str = "token", act_scale: torch.Tensor | None = None,
                  act_bits: int = 8, smooth: torch.Tensor | None = None) -> None:
         super().__init__()
-        if act not in ACT_MODES:
-            raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
+        check_choice("act", act, ACT_MODES)
         check_bits(act_bits)
         if (act == "tensor") != (act_scale is not None):
             raise ValueError("act='tensor' needs a static act_scale (from an observer); act='token' takes none")
@@ -161,8 +161,7 @@ def w8a8_quantize_model(model: nn.Module, act: str = "token", act_bits: int = 8,
     ``calib_forward()`` runs calibration data through the unquantized model. ``smooth``: optional
     SmoothQuant factors per linear name (for models where they cannot be folded).
     """
-    if act not in ACT_MODES:
-        raise ValueError(f"act must be one of {ACT_MODES}, got {act!r}")
+    check_choice("act", act, ACT_MODES)
     check_bits(act_bits)
     names = decoder_linear_names(model) if names is None else list(names)
     smooth = smooth or {}

@@ -17,9 +17,12 @@ of the already quantized layer i.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from lab.checks import check_choice, check_divisor
 from lab.layerwise import LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
 from lab.quant.affine import QuantizedTensor, check_bits, dequantize, quantize
 from lab.quant.gptq import gptq_quantize
@@ -37,15 +40,11 @@ def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int | None = None,
 
 def _check_args(model: nn.Module, method: str, bits: int, group_size: int | None,
                 calib_tokens: torch.Tensor | None) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, METHODS)
     check_bits(bits)
-    if group_size is not None:
+    if group_size is not None:  # it must divide every input width, i.e. their gcd
         widths = sorted({model.layers[0].get_submodule(n).in_features for n in LINEARS})
-        if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 \
-                or any(w % group_size for w in widths):
-            raise ValueError(f"group_size={group_size!r} must be None or a positive int dividing every "
-                             f"input width {widths}")
+        check_divisor("group_size", group_size, math.gcd(*widths), f"gcd({', '.join(map(str, widths))})")
     if method == "rtn":
         if calib_tokens is not None:
             check_calib_tokens(model, calib_tokens)

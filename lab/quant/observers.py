@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from lab.quant.affine import _check_tensor, check_bits, grid, qparams, quantize_with
+from lab.checks import check_fraction, check_int, check_number
+from lab.quant.affine import check_bits, check_quant_input, grid, qparams, quantize_with
 
 
 class MinMaxObserver:
@@ -36,7 +37,7 @@ class MinMaxObserver:
         self.hi: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor) -> None:
-        _check_tensor(x)
+        check_quant_input(x)
         x = x.detach().float()
         lo, hi = x.min().cpu(), x.max().cpu()
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
@@ -58,8 +59,7 @@ class _SampleObserver(MinMaxObserver):
 
     def __init__(self, max_samples: int = 65536, seed: int = 0) -> None:
         super().__init__()
-        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"max_samples={max_samples!r} must be a positive int")
+        check_int("max_samples", max_samples)
         self.max_samples = max_samples
         self.generator = torch.Generator().manual_seed(seed)
         self.samples: list[torch.Tensor] = []
@@ -82,9 +82,7 @@ class PercentileObserver(_SampleObserver):
 
     def __init__(self, percentile: float = 99.99, max_samples: int = 65536, seed: int = 0) -> None:
         super().__init__(max_samples, seed)
-        if not 50 < percentile <= 100:
-            raise ValueError(f"percentile={percentile!r} is not allowed; it must lie in (50, 100]")
-        self.percentile = float(percentile)
+        self.percentile = check_number("percentile", percentile, 50, 100, closed=(False, True))
 
     def range(self, bits: int = 8, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         values = self._values()
@@ -99,10 +97,8 @@ class MSEObserver(_SampleObserver):
 
     def __init__(self, n_grid: int = 100, min_ratio: float = 0.2, max_samples: int = 65536, seed: int = 0) -> None:
         super().__init__(max_samples, seed)
-        if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
-            raise ValueError(f"n_grid={n_grid!r} must be a positive int")
-        if not 0 < min_ratio <= 1:
-            raise ValueError(f"min_ratio={min_ratio!r} must lie in (0, 1]")
+        check_int("n_grid", n_grid)
+        check_fraction("min_ratio", min_ratio, closed=(False, True))
         self.ratios = torch.linspace(1.0, min_ratio, n_grid)
 
     def range(self, bits: int = 8, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,6 +121,6 @@ class ChannelAbsMaxObserver:
         self.abs_max: torch.Tensor | None = None
 
     def update(self, x: torch.Tensor) -> None:
-        _check_tensor(x)
+        check_quant_input(x)
         current = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float().cpu()
         self.abs_max = current if self.abs_max is None else torch.maximum(self.abs_max, current)

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import torch
 
+from lab.checks import check_int
 from lab.quant.affine import QuantizedTensor
 
 
 def _check_group(K: int, group_size: int) -> None:
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2 or group_size % 2 \
-            or K % group_size:
-        raise ValueError(f"group_size={group_size!r} must be an even int >= 2 dividing in_features={K}")
+    check_int("group_size", group_size, 2)
+    if group_size % 2 or K % group_size:
+        raise ValueError(f"group_size={group_size} is not allowed; use an even divisor of in_features={K}")
 
 
 def pack_int4(q: torch.Tensor, group_size: int) -> torch.Tensor:

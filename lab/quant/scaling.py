@@ -33,6 +33,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from lab.checks import check_fraction, check_int
 from lab.layerwise import InputStats, output_error
 from lab.quant.linear import decoder_linear_names, observe_linear_inputs
 from lab.quant.observers import ChannelAbsMaxObserver
@@ -62,8 +63,7 @@ def fold_scales(block: nn.Module, producer: str, linears: tuple[str, ...], s: to
 
 def smoothing_factors(act_abs_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
     """s_j = max|X_j|^α / max|W_{:, j}|^(1−α) (C_in,) float32; maxima clamped below at 1e-5."""
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha={alpha!r} is not allowed; it must lie in [0, 1]")
+    check_fraction("alpha", alpha)
     w_max = torch.stack([w.detach().abs().amax(0).float() for w in weights]).amax(0).clamp(min=1e-5)
     return act_abs_max.float().clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)
 
@@ -116,9 +116,13 @@ def awq_scale_search(weights: list[torch.Tensor], stats: InputStats,
     ``stats``: the input's `InputStats` (Gram matrix and mean |x_j|); ``quantize_weight``: W ↦ Ŵ
     (e.g. round-to-nearest at 4 bits, group 128). Returns (s (C_in,) float32, best α, output error
     Σ_W tr(ΔW G ΔWᵀ) for every α on the grid).
+
+    The objective is the sum of the linears' own output errors; the reference AWQ code measures the
+    error of the whole module's output (attention block or MLP) instead, and calibrates every layer
+    on the unquantized model's activations where `lab.quant.quantize_model` walks the layers
+    sequentially (layer i+1 sees the quantized layer i). The book's chapter 3 says so.
     """
-    if isinstance(n_grid, bool) or not isinstance(n_grid, int) or n_grid < 1:
-        raise ValueError(f"n_grid={n_grid!r} must be a positive int")
+    check_int("n_grid", n_grid)
     x_mean = stats.abs_mean.clamp(min=1e-8)
     errors, best = [], (float("inf"), None, 0.0)
     for k in range(n_grid):

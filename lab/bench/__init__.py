@@ -1,0 +1,38 @@
+"""Benchmark records for the book: ``python -m lab.bench SUITE [--out results/] [--quick]``.
+
+Each suite run writes one JSON file, ``<out>/<suite>_<device-kind>.json`` (``..._quick.json`` with
+``--quick``), stamped by `provenance` (`lab.bench.records`). Every time in a record is the median of
+`lab.bench.timing.time_ms`: CUDA events through `triton.testing.do_bench` on a GPU, ``time.perf_counter``
+on the CPU. Notebooks read the records with `load_results`.
+
+The suites live in their chapters:
+
+* ``params`` (chapter 1, `lab.params.bench`): offloading (resident / naive / prefetch) and the memory
+  model against measured peaks;
+* ``prune`` (chapter 2, `lab.prune.bench`): 2:4 matmuls (dense vs semi-structured vs Triton) and a
+  2:4 model forward;
+* ``quant`` (chapter 3, `lab.quant.bench`): int4 weight-only and W8A8 matmuls against bf16 cuBLAS and
+  PyTorch's int4/int8 ops, and one-token decode per format;
+* ``distill`` (chapter 4, `lab.distill.experiments.run_full`): the long distillation runs;
+* ``parallel`` (chapter 5, `lab.parallel.experiments.run_full`): each parallel strategy's training step on the
+  local devices with nccl, or gloo on the CPU;
+* ``infer`` (chapter 6, `lab.infer.bench`): decode tokens/s of every serving configuration beside its
+  speed of light, and static vs continuous batching.
+
+``python -m lab.bench gpu`` (`lab.bench.gpu`, its stages in `lab.bench.stages`) runs the GPU-only
+measurements as one staged, budgeted run.
+"""
+
+from lab.bench.records import RESULTS_DIR, device_kind, device_name, load_results, provenance
+
+__all__ = ["RESULTS_DIR", "device_kind", "device_name", "load_results", "main", "provenance"]
+
+
+def __getattr__(name: str):
+    # `main` lives in lab/bench/__main__.py; importing it here eagerly would make `python -m lab.bench`
+    # import that module twice (once as lab.bench.__main__, once as __main__), so it is loaded on first use.
+    if name == "main":
+        from lab.bench.__main__ import main
+
+        return main
+    raise AttributeError(f"module 'lab.bench' has no attribute {name!r}")

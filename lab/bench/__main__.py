@@ -1,0 +1,101 @@
+"""The command line of `lab.bench`.
+
+    python -m lab.bench SUITE [--out DIR] [--quick] [--device cpu|cuda] [--no-progress]
+    python -m lab.bench gpu [--budget-s 480] [--out DIR] [--dry-run] [--stages a,b,...] [--no-progress]
+
+A suite writes ``DIR/<suite>_<device-kind>.json`` (``..._quick.json`` with ``--quick``); ``gpu`` runs
+the staged GPU run of `lab.bench.gpu`, one record per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lab.atomic import atomic_write_json
+from lab.bench import gpu
+from lab.bench.records import RESULTS_DIR, check_out_dir, device_kind, provenance
+from lab.runtime import get_device
+
+# suite name → "module:function(device, quick, progress) -> dict", each in its chapter
+SUITES = {
+    "params": "lab.params.bench:bench_params",
+    "prune": "lab.prune.bench:bench_prune",
+    "quant": "lab.quant.bench:bench_quant",
+    "distill": "lab.distill.experiments:run_full",
+    "parallel": "lab.parallel.experiments:run_full",
+    "infer": "lab.infer.bench:bench_infer",
+}
+NESTED = {"parallel": "full"}  # suites whose result has keys of its own that a record uses ("device_type")
+
+
+def run_suite(name: str, device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """The result of suite ``name`` (a key of `SUITES`) on ``device``, ready to merge into its record."""
+    module, function = SUITES[name].split(":")
+    result = getattr(importlib.import_module(module), function)(device, quick, progress)
+    return {NESTED[name]: result} if name in NESTED else result
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and its subcommand parsers (by name, for their own error messages)."""
+    parser = argparse.ArgumentParser(prog="python -m lab.bench",
+                                     description="Benchmark records for the book, written to results/.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="SUITE",
+                                     help=f"one of {', '.join(SUITES)}, or gpu (the staged GPU run)")
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON record(s)")
+    shared.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    subparsers = {}
+    for name, target in SUITES.items():
+        sub = commands.add_parser(name, parents=[shared], help=f"suite {name} ({target.split(':')[0]})")
+        sub.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
+        sub.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                         help="default: lab.runtime.get_device()")
+        subparsers[name] = sub
+    subparsers["gpu"] = commands.add_parser("gpu", parents=[shared], help="the staged GPU run (lab.bench.gpu)",
+                                            description="Every GPU-only measurement as one staged command "
+                                            "within a time budget; one JSON record per stage.")
+    gpu.add_arguments(subparsers["gpu"])
+    return parser, subparsers
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run it.
+
+    Returns the record written (a suite) or the folder of the stage records (``gpu``, which exits
+    with status 1 after its summary when a stage failed or timed out).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = build_parser()
+    args = parser.parse_args(argv)
+    sub = subparsers[args.command]
+    try:
+        check_out_dir(args.out)
+        if args.command == "gpu":
+            stages = gpu.check_run(gpu.parse_stages(args.stages), args.budget_s, args.out, args.dry_run)
+    except ValueError as error:
+        sub.error(str(error))
+    if args.command == "gpu":
+        records = gpu.run_gpu(stages, args.budget_s, args.out, args.dry_run, argv, not args.no_progress)
+        if any(r["status"] in ("failed", "timeout") for r in records):
+            raise SystemExit(1)
+        return args.out
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sub.error("--device cuda but torch.cuda.is_available() is False")
+    device = torch.device(args.device) if args.device else get_device()
+    record = provenance(device, argv)
+    record["suite"], record["quick"] = args.command, args.quick
+    record.update(run_suite(args.command, device, args.quick, not args.no_progress))
+    name = f"{args.command}_{device_kind(device)}{'_quick' if args.quick else ''}.json"
+    path = atomic_write_json(args.out / name, record)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

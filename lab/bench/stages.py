@@ -1,0 +1,175 @@
+"""The stages of the GPU run (`lab.bench.gpu`): what each measures, its estimated cost, and the kernel shapes.
+
+A stage is a function (device, quick, progress) -> dict of JSON-ready results. ``quick`` is the dry
+run: the CPU, tiny shapes, the PyTorch paths. A stage that finishes but found failures (failing CUDA
+tests, a part that raised) raises `StageFailed` with its results, which are still recorded. The
+estimates (``Stage.estimate_s``, GPU seconds including imports and Triton compiles) are guesses for an
+H100/H200-class GPU until a run records the real wall times.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import traceback
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lab.data import REPO_ROOT
+
+_CUDA_MARK = re.compile(r"^\s*@pytest\.mark\.cuda\b", re.MULTILINE)
+
+
+class StageFailed(Exception):
+    """A stage that ran to its end and found failures (failing tests, a part that raised); ``result`` is recorded."""
+
+    def __init__(self, message: str, result: dict) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def cuda_test_files(root: Path = REPO_ROOT / "tests") -> list[Path]:
+    """Test files with at least one ``@pytest.mark.cuda`` test, sorted (collecting only these is fast)."""
+    return sorted(p for p in root.rglob("test_*.py") if _CUDA_MARK.search(p.read_text(encoding="utf-8")))
+
+
+def junit_summary(path: Path) -> dict:
+    """{"passed", "failed", "errors", "skipped", "failures": [{"id", "kind", "message"}]} from a JUnit XML report."""
+    root = ET.parse(path).getroot()
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    failures = []
+    for case in root.iter("testcase"):
+        test_id = f"{case.get('classname')}::{case.get('name')}"
+        failure, error, skipped = case.find("failure"), case.find("error"), case.find("skipped")
+        bad = failure if failure is not None else error
+        if bad is not None:
+            counts["failed" if failure is not None else "errors"] += 1
+            failures.append({"id": test_id, "kind": "failure" if failure is not None else "error",
+                             "message": (bad.get("message") or (bad.text or "").strip())[:1000]})
+        elif skipped is not None:
+            counts["skipped"] += 1
+        else:
+            counts["passed"] += 1
+    return {**counts, "failures": failures}
+
+
+def cuda_tests(device: torch.device, quick: bool, progress: bool) -> dict:
+    """``python -m pytest -m cuda <files> -q`` in a subprocess; counts and failures from its JUnit XML."""
+    files = [str(p.relative_to(REPO_ROOT)) for p in cuda_test_files()]
+    if not files:  # pytest given no file would collect the whole tests/ folder
+        raise StageFailed("no test file holds a @pytest.mark.cuda test", {"files": []})
+    with tempfile.TemporaryDirectory() as tmp:
+        xml = Path(tmp) / "junit.xml"
+        cmd = [sys.executable, "-m", "pytest", "-m", "cuda", *files, "-q", "-p", "no:cacheprovider",
+               f"--junitxml={xml}"]
+        proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+        result = junit_summary(xml) if xml.exists() else {}
+    result.update(pytest_command=shlex.join(["python", *cmd[1:-1]]), files=files, returncode=proc.returncode,
+                  output_tail=(proc.stdout + proc.stderr)[-3000:])
+    if device.type != "cuda":
+        result["note"] = "no CUDA device: every CUDA test is skipped (a rehearsal of the collection and report)"
+    if not result:
+        raise StageFailed(f"pytest wrote no JUnit report (exit status {proc.returncode}); see output_tail", result)
+    if not result["passed"] + result["skipped"] + len(result["failures"]):
+        raise StageFailed(f"pytest collected no CUDA test (exit status {proc.returncode})", result)
+    if result["failures"] or proc.returncode != 0:
+        raise StageFailed(f"{len(result['failures'])} CUDA test(s) failed (pytest exit status {proc.returncode})",
+                          result)
+    return result
+
+
+# The kernels stage's shapes: the goal shapes on a GPU, tiny ones for the dry run.
+KERNEL_SHAPES = {
+    "gpu": {"int4": {"size": 8192, "batches": (1, 2, 4, 8, 16, 32), "group_size": 128},
+            "int8": {"size": 8192, "batches": (4096,)},
+            "sparse24": {"shapes": [(4096, 4096), (8192, 8192), (11008, 4096)], "dtypes": [torch.bfloat16],
+                         "batches": [1, 16, 2048]},
+            "paged": {"heads": ((32, 8), (32, 32)), "head_dim": 128, "batches": (1, 8, 32), "context": 2048}},
+    "dry": {"int4": {"size": 256, "batches": (1, 2), "group_size": 128},
+            "int8": {"size": 256, "batches": (32,)},
+            "sparse24": {"shapes": [(64, 128)], "dtypes": [torch.float32], "batches": [1, 16]},
+            "paged": {"heads": ((4, 2), (4, 4)), "head_dim": 16, "batches": (1, 2), "context": 64}},
+}
+
+
+def _run_parts(parts: dict[str, Callable[[], object]]) -> dict:
+    """Run each part; one that raises is recorded as {"error", "traceback"} and the others still run."""
+    result, broken = {}, []
+    for name, part in parts.items():
+        try:
+            result[name] = part()
+        except Exception as error:  # noqa: BLE001 - recorded, not hidden
+            result[name] = {"error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+            broken.append(name)
+    if broken:
+        raise StageFailed(f"part(s) {', '.join(broken)} raised", result)
+    return result
+
+
+def kernels(device: torch.device, quick: bool, progress: bool) -> dict:
+    """Kernel microbenchmarks at the goal shapes, each beside its PyTorch baseline, and the two ceilings."""
+    from lab.infer.bench import measure_ceilings
+    from lab.infer.paged_bench import bench_paged_decode
+    from lab.prune.bench import bench_prune_linear
+    from lab.quant.bench import bench_int4, bench_int8
+
+    shapes = KERNEL_SHAPES["dry" if quick else "gpu"]
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    ceilings = measure_ceilings(device, dtype, quick)
+    return {"shapes": {k: {n: ([str(d).removeprefix("torch.") for d in v] if n == "dtypes" else v)
+                           for n, v in part.items()} for k, part in shapes.items()},
+            "ceilings": ceilings, **_run_parts({
+                "int4": lambda: bench_int4(device, quick, progress, **shapes["int4"]),
+                "int8": lambda: bench_int8(device, quick, progress, **shapes["int8"]),
+                "sparse24": lambda: bench_prune_linear(device, quick, progress, **shapes["sparse24"]),
+                "paged_decode": lambda: bench_paged_decode(device, quick, progress, **shapes["paged"],
+                                                           bandwidth=ceilings["bandwidth"])})}
+
+
+def params(device: torch.device, quick: bool, progress: bool) -> dict:
+    from lab.params.bench import bench_params
+
+    return bench_params(device, quick, progress)
+
+
+def quant_decode(device: torch.device, quick: bool, progress: bool) -> dict:
+    from lab.quant.bench import bench_decode
+
+    return {"decode": bench_decode(device, quick, progress)}
+
+
+def infer(device: torch.device, quick: bool, progress: bool) -> dict:
+    from lab.infer.bench import bench_infer
+
+    return bench_infer(device, quick, progress, short=True)
+
+
+def prune(device: torch.device, quick: bool, progress: bool) -> dict:
+    from lab.prune.bench import bench_prune
+
+    return bench_prune(device, quick, progress, short=True)
+
+
+def parallel(device: torch.device, quick: bool, progress: bool) -> dict:
+    from lab.parallel.experiments import run_full
+
+    return {"full": run_full(device, quick, progress)}  # nested: its own "device_type" key
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    estimate_s: float                                        # GPU seconds, imports and compiles included
+    run: Callable[[torch.device, bool, bool], dict]          # (device, quick, progress) -> result
+
+
+STAGES = {s.name: s for s in (Stage("cuda_tests", 90, cuda_tests), Stage("kernels", 100, kernels),
+                              Stage("params", 45, params), Stage("quant_decode", 30, quant_decode),
+                              Stage("infer", 120, infer), Stage("prune", 40, prune), Stage("parallel", 45, parallel))}

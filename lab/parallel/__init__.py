@@ -1,0 +1,16 @@
+"""Chapter 5, distributed training on torch.distributed: launcher, counted collectives, bucketed
+data parallelism, ZeRO 1/2/3, tensor and pipeline parallelism, the formulas, and a training CLI."""
+
+from lab.parallel.comm import CommCounter
+from lab.parallel.ddp import DataParallel
+from lab.parallel.formulas import bubble_fraction, parallel_plan, zero_memory, zero_traffic_elements
+from lab.parallel.launch import launch
+from lab.parallel.pipeline import CostStage, PipelineSchedule, gpt_stage, schedule_order
+from lab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_block, tensor_parallel_gpt
+from lab.parallel.zero import ZeroOptimizer
+
+__all__ = [
+    "CommCounter", "DataParallel", "bubble_fraction", "parallel_plan", "zero_memory", "zero_traffic_elements",
+    "launch", "CostStage", "PipelineSchedule", "gpt_stage", "schedule_order", "ColumnParallelLinear",
+    "RowParallelLinear", "tensor_parallel_block", "tensor_parallel_gpt", "ZeroOptimizer",
+]

@@ -1,0 +1,218 @@
+"""The chapter's measurements as functions the spawned ranks run (picklable: they live here),
+the helpers that turn their records into tables and plots, and `run_full` for ``lab.bench``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from lab.parallel.formulas import bubble_fraction, zero_memory
+from lab.parallel.launch import launch
+from lab.parallel.pipeline import CostStage, PipelineSchedule
+from lab.parallel.train import DISTRIBUTED, TINY, train
+from lab.models.gpt import GPTConfig
+from lab.params.counting import gpt_param_count
+
+
+def run_jobs(jobs: list[tuple[Callable, dict]]) -> list:
+    """Run ``fn(**kwargs)`` for each job in order on this rank; return their results."""
+    return [fn(**kwargs) for fn, kwargs in jobs]
+
+
+def compare_strategies(strategies: list[str], config: GPTConfig, tokens: torch.Tensor, **train_kwargs) -> dict:
+    """`train` with each strategy on the current group: {strategy: record}."""
+    return {s: train(s, config, tokens, **train_kwargs) for s in strategies}
+
+
+def pipeline_timeline(schedules: list[str], n_micros: list[int], t_forward: float, t_backward: float,
+                      width: int = 16) -> dict:
+    """Run `CostStage`s through each schedule and micro-batch count; {(schedule, m): this rank's events}."""
+    stage = CostStage(width, t_forward, t_backward)
+    out = {}
+    for schedule in schedules:
+        for m in n_micros:
+            pipe = PipelineSchedule(stage, m, schedule, (1, width), loss_fn=lambda y, t: (y - t).pow(2).mean())
+            x = torch.ones(m, width)
+            dist.barrier()
+            pipe.run(x if dist.get_rank() == 0 else None, x if dist.get_rank() == dist.get_world_size() - 1 else None)
+            out[(schedule, m)] = pipe.events
+            stage.zero_grad()
+    return out
+
+
+def merge_timelines(per_rank: list[dict]) -> dict:
+    """{(schedule, m): events of all stages, times relative to the first start}."""
+    merged = {}
+    for key in per_rank[0]:
+        events = [e for rank in per_rank for e in rank[key]]
+        t0 = min(e["start"] for e in events)
+        merged[key] = [{**e, "start": e["start"] - t0, "end": e["end"] - t0} for e in events]
+    return merged
+
+
+def measured_bubble(events: list[dict]) -> float:
+    """1 − Σ_stages busy time / (p · makespan): the idle share of the stages over the whole step."""
+    p = len({e["stage"] for e in events})
+    makespan = max(e["end"] for e in events) - min(e["start"] for e in events)
+    return 1 - sum(e["end"] - e["start"] for e in events) / (p * makespan)
+
+
+def max_in_flight(events: list[dict], stage: int) -> int:
+    """Most micro-batches whose forward has run and backward has not, on ``stage``."""
+    count = peak = 0
+    for e in sorted((e for e in events if e["stage"] == stage), key=lambda e: e["start"]):
+        count += 1 if e["kind"] == "F" else -1
+        peak = max(peak, count)
+    return peak
+
+
+def bubble_table(timelines: dict, p: int) -> list[dict]:
+    return [{"schedule": s, "m": m, "measured": measured_bubble(ev), "formula (p-1)/(m+p-1)": bubble_fraction(p, m)}
+            for (s, m), ev in timelines.items()]
+
+
+def plot_timeline(events: list[dict], ax, title: str) -> None:
+    """Gantt chart: one row per stage, forward blue, backward orange, micro-batch index in the bar."""
+    colors = {"F": "tab:blue", "B": "tab:orange"}
+    for e in events:
+        ax.barh(e["stage"], e["end"] - e["start"], left=e["start"], color=colors[e["kind"]], edgecolor="black")
+        ax.text((e["start"] + e["end"]) / 2, e["stage"], str(e["micro"]), ha="center", va="center", fontsize=7)
+    ax.set_yticks(sorted({e["stage"] for e in events}))
+    ax.invert_yaxis()
+    ax.set_ylabel("stage (rank)")
+    ax.set_xlabel("seconds")
+    ax.set_title(title)
+
+
+def scaling_step(config: GPTConfig, tokens: torch.Tensor, steps: int, batch_per_rank: int, seq_len: int) -> dict:
+    """DDP throughput at a fixed per-rank batch (weak scaling): tokens/s and exposed communication share.
+
+    Without a process group it measures the one-process step (``single``) as the N = 1 point.
+    """
+    n = dist.get_world_size() if dist.is_initialized() else 1
+    record = train("ddp" if dist.is_initialized() else "single", config, tokens, steps, batch_per_rank * n, seq_len)
+    timed = record["step_seconds"][1:] or record["step_seconds"]  # the first step allocates
+    step_s = statistics.median(timed)
+    return {"world_size": n, "tokens_per_s": batch_per_rank * n * seq_len / step_s, "step_s": step_s,
+            "comm_share": record["comm"]["seconds"] / sum(record["step_seconds"])}
+
+
+def traffic_formula(strategy: str, config: GPTConfig, n: int, batch_size: int, seq_len: int, rank: int = 0) -> int:
+    """Payload bytes per step the chapter's formulas predict for rank ``rank`` (fp32, Ψ unpadded).
+
+    DDP hands Ψ gradient elements to all-reduce (4Ψ bytes); ZeRO 1–2 Ψ to a
+    reduce-scatter and Ψ to an all-gather (2·4Ψ), ZeRO 3 3·4Ψ; TP 4 all-reduces per layer of
+    B·T·C floats; PP: across each stage boundary the rank touches, the m micro-batches' activations
+    one way and their gradients the other, 2·B·T·C floats (sent or received: both are payload),
+    plus the tied embedding all-reduce V·C on the first and last stage.
+    """
+    psi = gpt_param_count(config)
+    btc = batch_size * seq_len * config.d_model * 4
+    if strategy in ("ddp", "torch_ddp"):
+        return 4 * psi
+    if strategy in ("zero1", "zero2"):
+        return 2 * 4 * psi
+    if strategy == "zero3":
+        return 3 * 4 * psi
+    if strategy == "tp":
+        return 4 * config.n_layer * btc
+    if strategy == "pp":
+        boundaries = (rank < n - 1) + (rank > 0)
+        tied = config.vocab_size * config.d_model * 4 if config.tie_embeddings and rank in (0, n - 1) and n > 1 else 0
+        return 2 * boundaries * btc + tied
+    raise ValueError(f"strategy={strategy!r} has no traffic formula; use one of {DISTRIBUTED}")
+
+
+def traffic_rows(records: dict, config: GPTConfig, n: int, batch_size: int, seq_len: int, steps: int) -> list[dict]:
+    """Measured payload and ring sent bytes per step vs `traffic_formula` (rank 0)."""
+    rows = []
+    for strategy, rec in records.items():
+        if strategy == "torch_ddp":  # its all-reduces run in C++, outside CommCounter
+            continue
+        measured = rec["comm"]["payload_bytes"] / steps
+        formula = traffic_formula(strategy, config, n, batch_size, seq_len)
+        rows.append({"strategy": strategy, "payload MB/step": measured / 1e6, "formula MB/step": formula / 1e6,
+                     "ratio": measured / formula, "sent MB/step (ring)": rec["comm"]["sent_bytes"] / steps / 1e6})
+    return rows
+
+
+def memory_rows(records: dict, config: GPTConfig, n: int) -> list[dict]:
+    """Held bytes per rank (rank 0) for DDP (stage 0) and ZeRO 1–3 vs `zero_memory` (fp32 Adam: 4, 4, K = 8)."""
+    psi = gpt_param_count(config)
+    rows = []
+    for stage, strategy in enumerate(("ddp", "zero1", "zero2", "zero3")):
+        formula = zero_memory(psi, n, stage, param_bytes=4, grad_bytes=4, k=8)
+        measured = records[strategy]["memory"]
+        rows.append({"stage": stage, **{f"{k} (MB)": measured[k] / 1e6 for k in ("params", "grads", "optimizer")},
+                     **{f"{k} formula (MB)": formula[k] / 1e6 for k in ("params", "grads", "optimizer")},
+                     "ratio": measured["total"] / formula["total"]})
+    return rows
+
+
+def _tokens(config: GPTConfig) -> tuple[torch.Tensor, str]:
+    try:
+        from lab.data import tokenize_split
+        from lab.models import load_tokenizer
+
+        return tokenize_split("train", load_tokenizer())[:1_000_000], "corpus train split"
+    except (OSError, RuntimeError) as exc:  # no corpus here: the step's cost does not depend on the text
+        gen = torch.Generator().manual_seed(0)
+        return torch.randint(0, config.vocab_size, (1_000_000,), generator=gen), f"random tokens ({exc})"
+
+
+def run_full(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """The chapter's training step on this machine, JSON-ready.
+
+    GPU: every strategy that fits the GPU count on the book's pretrained-size config
+    (6.5M parameters; bf16 autocast) with nccl, one process per GPU: tokens/s, step time,
+    exposed communication share, bytes per step, loss. With one GPU, the full step runs on one
+    nccl rank and ``multi_gpu`` says that multi-GPU figures are not available.
+    CPU (gloo, 2 processes): the tiny config, losses vs one process, traffic and memory ratios.
+    """
+    steps = 5 if quick else 30
+    if device.type == "cuda":
+        n = torch.cuda.device_count()
+        config, batch_per_rank, seq_len = GPTConfig(), 16, 256
+        strategies = ["ddp"] if n == 1 else ["ddp", "zero1", "zero2", "zero3"]
+        if n > 1 and not (config.n_head % n or config.n_kv_head % n or config.d_ff % n):
+            strategies.append("tp")
+        if n > 1 and config.n_layer % n == 0:
+            strategies.append("pp")
+        backend = "nccl"
+    else:
+        n, config, batch_per_rank, seq_len = 2, TINY, 4, 64
+        strategies, backend = list(DISTRIBUTED), "gloo"
+    tokens, data = _tokens(config)
+    kwargs = dict(steps=steps, batch_size=batch_per_rank * n, seq_len=seq_len)
+    out = {"device_type": device.type, "world_size": n, "backend": backend, "data": data, "config": config.to_dict(),
+           **kwargs, "strategies": {}}
+    if device.type == "cuda" and n == 1:
+        out["multi_gpu"] = "not available: this machine has 1 GPU; the step ran on one nccl rank"
+    bar = tqdm(total=1, desc=f"dist {backend} x{n}", disable=not progress)
+    start = time.perf_counter()
+    records = launch(run_jobs, n, [(compare_strategies, dict(strategies=strategies, config=config, tokens=tokens,
+                                                             **kwargs))], backend=backend, timeout=300)[0][0]
+    bar.update()
+    bar.close()
+    single = train("single", config, tokens, **kwargs) if device.type == "cpu" else None
+    for s, rec in records.items():
+        timed = rec["step_seconds"][1:]
+        entry = {"loss": rec["loss"], "step_ms": 1e3 * statistics.median(timed),
+                 "tokens_per_s": kwargs["batch_size"] * seq_len / statistics.median(timed),
+                 "comm_share": rec["comm"]["seconds"] / sum(rec["step_seconds"]),
+                 "payload_bytes_per_step": rec["comm"]["payload_bytes"] / steps,
+                 "sent_bytes_per_step": rec["comm"]["sent_bytes"] / steps, "memory_rank0": rec["memory"]}
+        if s != "torch_ddp":
+            entry["payload_over_formula"] = entry["payload_bytes_per_step"] / traffic_formula(
+                s, config, n, kwargs["batch_size"], seq_len)
+        if single is not None:
+            entry["max_abs_loss_diff_vs_single"] = max(abs(a - b) for a, b in zip(rec["loss"], single["loss"]))
+        out["strategies"][s] = entry
+    out["seconds"] = time.perf_counter() - start
+    return out

@@ -1,0 +1,127 @@
+"""Closed forms of chapter 5: ring collectives, ZeRO memory and traffic, pipeline bubble,
+tensor-parallel traffic, and a memory/time plan for large models on H100s.
+
+Symbols: Ψ parameters, N (or N_d) data-parallel ranks, K optimizer bytes per parameter,
+t tensor-parallel, p pipeline stages, m micro-batches, L layers, h hidden size, s sequence
+length, b micro-batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lab.checks import check_choice, check_int
+
+STAGES = (0, 1, 2, 3)
+
+
+def zero_memory(psi: int, n: int, stage: int, param_bytes: int = 2, grad_bytes: int = 2, k: int = 12) -> dict:
+    """Bytes per rank of parameters, gradients and optimizer state under ZeRO ``stage`` (0 = plain DP).
+
+    stage 0: (P + G + K)Ψ; 1: PΨ + GΨ + KΨ/N; 2: PΨ + (G + K)Ψ/N; 3: (P + G + K)Ψ/N.
+    Defaults are the paper's mixed-precision Adam: P = G = 2 (fp16), K = 12 (fp32 master
+    weights, m and v). For fp32 Adam without master weights: P = G = 4, K = 8.
+    """
+    check_int("psi", psi)
+    check_int("n", n)
+    check_choice("stage", stage, STAGES)
+    out = {"params": param_bytes * psi / (n if stage >= 3 else 1),
+           "grads": grad_bytes * psi / (n if stage >= 2 else 1),
+           "optimizer": k * psi / (n if stage >= 1 else 1)}
+    out["total"] = sum(out.values())
+    return out
+
+
+def zero_traffic_elements(psi: int, stage: int) -> int:
+    """Elements one rank hands to collectives per step: 2Ψ (DP all-reduce, ZeRO 1–2: RS + AG), 3Ψ (ZeRO 3)."""
+    check_choice("stage", stage, STAGES)
+    return (3 if stage == 3 else 2) * psi
+
+
+def ring_factor(n: int) -> float:
+    """(N−1)/N: the share of a reduce-scatter's or all-gather's full payload each rank sends."""
+    check_int("n", n)
+    return (n - 1) / n
+
+
+def bubble_fraction(p: int, m: int) -> float:
+    """(p−1)/(m+p−1): idle share of each stage in GPipe or 1F1B with equal stage costs."""
+    check_int("p", p)
+    check_int("m", m)
+    return (p - 1) / (m + p - 1)
+
+
+def tp_allreduce_bytes_per_layer(b: int, s: int, h: int, bytes_per_element: int = 2) -> int:
+    """Payload of one training step's tensor-parallel all-reduces for one layer and micro-batch:
+    2 forward + 2 backward, each of the (b, s, h) activations."""
+    return 4 * b * s * h * bytes_per_element
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    n_params: float  # Ψ
+    n_layer: int     # L
+    d_model: int     # h
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    name: str
+    memory_bytes: float
+    bf16_flops: float       # dense peak
+    intra_node_bw: float    # bytes/s one GPU sends within a node (NVLink)
+    inter_node_bw: float    # bytes/s one GPU sends across nodes (InfiniBand)
+    gpus_per_node: int
+
+
+LLAMA2_7B = ModelSpec("Llama-2-7B", 6.74e9, 32, 4096)
+LLAMA2_70B = ModelSpec("Llama-2-70B", 68.98e9, 80, 8192)
+H100_SXM = GPUSpec("H100 SXM 80GB", 80e9, 989e12, 450e9, 50e9, 8)
+
+
+def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zero_stage: int,
+                  micro_batch: int, seq_len: int, global_batch: int, checkpointing: bool = True,
+                  mfu: float = 0.4) -> dict:
+    """Per-GPU memory and step time of a 3D-parallel mixed-precision Adam run (estimates).
+
+    Memory: model states `zero_memory` of Ψ/(t·p) over N_d = dp ranks; activations per layer
+    and micro-batch 34·s·b·h/t bytes (Korthikanti et al. 2022, bf16, sequence parallel, flash
+    attention), stage 0 under 1F1B holding p micro-batches of L/p layers, i.e. L layers; with
+    full checkpointing only each layer's input 2·s·b·h/t plus one layer recomputed.
+    Time: compute 6Ψ·tokens (8Ψ with recomputation) / (GPUs · peak · mfu) stretched by the
+    bubble, (m+p−1)/m; data-parallel traffic 2(N_d−1)/N_d · 2Ψ/(t·p) bytes (bf16 gradients)
+    over InfiniBand when dp spans nodes, else NVLink; tensor-parallel traffic 4 all-reduces per
+    layer and micro-batch over NVLink. Communication is listed, not assumed hidden.
+    """
+    for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("micro_batch", micro_batch),
+                        ("seq_len", seq_len), ("global_batch", global_batch)):
+        check_int(name, value)
+    if model.n_layer % pp:
+        raise ValueError(f"pp={pp} does not divide n_layer={model.n_layer}")
+    if tp > gpu.gpus_per_node:
+        raise ValueError(f"tp={tp} exceeds the {gpu.gpus_per_node} GPUs of a node")
+    if global_batch % (micro_batch * dp):
+        raise ValueError(f"global_batch={global_batch} must be a multiple of micro_batch·dp={micro_batch * dp}")
+    n_gpus = tp * pp * dp
+    m = global_batch // (micro_batch * dp)
+    psi_local = round(model.n_params / (tp * pp))
+    states = zero_memory(psi_local, dp, zero_stage)
+    sbh = seq_len * micro_batch * model.d_model
+    layer_act = 34 * sbh / tp
+    act = (model.n_layer * 2 * sbh / tp + layer_act) if checkpointing else model.n_layer * layer_act
+    tokens = global_batch * seq_len
+    flops = (8 if checkpointing else 6) * model.n_params * tokens
+    compute_s = flops / (n_gpus * gpu.bf16_flops * mfu) * (m + pp - 1) / m
+    dp_bw = gpu.inter_node_bw if tp * pp * dp > gpu.gpus_per_node and dp > 1 else gpu.intra_node_bw
+    dp_bytes = 2 * (dp - 1) / dp * 2 * psi_local * (1.5 if zero_stage == 3 else 1)
+    tp_bytes = 2 * (tp - 1) / tp * tp_allreduce_bytes_per_layer(micro_batch, seq_len, model.d_model) \
+        * (model.n_layer // pp) * m
+    total = states["total"] + act
+    return {"model": model.name, "gpus": n_gpus, "tp": tp, "pp": pp, "dp": dp, "zero": zero_stage,
+            "micro_batches": m, "params_per_gpu": psi_local,
+            "states_GB": states["total"] / 1e9, "activations_GB": act / 1e9, "total_GB": total / 1e9,
+            "fits": total <= 0.9 * gpu.memory_bytes, "bubble": bubble_fraction(pp, m),
+            "compute_s": compute_s, "dp_comm_s": dp_bytes / dp_bw, "tp_comm_s": tp_bytes / gpu.intra_node_bw,
+            "tokens_per_step": tokens,
+            "days_per_trillion_tokens": compute_s * 1e12 / tokens / 86400}

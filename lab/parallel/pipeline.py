@@ -1,0 +1,222 @@
+"""Pipeline parallelism: consecutive layers on consecutive ranks, micro-batches flowing through.
+
+The model is cut into p stages; stage s runs on rank s, receives activations from s−1 and
+sends its output to s+1 (``send``/``recv``); backward runs the other way with gradients. A
+batch is split into m micro-batches so that stages work on different micro-batches at once.
+
+Schedules (per stage, a list of ("F", j) / ("B", j) for micro-batch j):
+* GPipe (Huang et al. 2019): all m forwards, then all m backwards. Stage s holds the
+  activations of all m micro-batches at the peak.
+* 1F1B (PipeDream-Flush, Narayanan et al. 2021): p−s−1 warm-up forwards, then alternately one
+  forward and one backward, then the remaining backwards. At most p−s micro-batches in flight.
+
+With forward time t_f and backward time t_b per micro-batch and stage, both finish in
+(m+p−1)(t_f+t_b), of which each stage is busy m(t_f+t_b): the idle ("bubble") fraction is
+(p−1)/(m+p−1) for both; 1F1B saves activation memory, not time.
+
+`gpt_stage` cuts a lab GPT: stage 0 owns the embedding, the last stage the final norm and LM
+head. A tied embedding / LM-head weight becomes two copies (first and last stage) whose
+gradients are summed by an all-reduce between those two ranks after backward, so they stay
+equal. `CostStage` is a stage of known cost (it sleeps t_f forward and t_b backward), used
+to measure the schedules' bubbles free of CPU contention.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lab.checks import check_choice, check_int
+from lab.models.gpt import GPT, rope_cos_sin
+from lab.parallel import comm
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+def schedule_order(schedule: str, n_stages: int, stage: int, n_micro: int) -> list[tuple[str, int]]:
+    """The order in which ``stage`` (0-based, of p = ``n_stages``) runs forwards and backwards."""
+    check_choice("schedule", schedule, SCHEDULES)
+    check_int("n_stages", n_stages)
+    check_int("n_micro", n_micro)
+    check_int("stage", stage, 0, n_stages - 1)
+    if schedule == "gpipe":
+        return [("F", j) for j in range(n_micro)] + [("B", j) for j in range(n_micro)]
+    warmup = min(n_stages - stage - 1, n_micro)
+    order = [("F", j) for j in range(warmup)]
+    for j in range(n_micro - warmup):
+        order += [("F", warmup + j), ("B", j)]
+    return order + [("B", j) for j in range(n_micro - warmup, n_micro)]
+
+
+def layer_split(n_layer: int, n_stages: int, layers_per_stage: list[int] | None = None) -> list[int]:
+    """Layers per stage: ``layers_per_stage`` checked, or n_layer/p each (ValueError if p ∤ n_layer)."""
+    check_int("n_stages", n_stages)
+    if layers_per_stage is None:
+        if n_layer % n_stages:
+            raise ValueError(f"n_layer={n_layer} is not divisible by the number of pipeline stages {n_stages}; "
+                             "pass layers_per_stage to split unevenly")
+        return [n_layer // n_stages] * n_stages
+    if len(layers_per_stage) != n_stages or sum(layers_per_stage) != n_layer or min(layers_per_stage) < 0:
+        raise ValueError(f"layers_per_stage={layers_per_stage} must be {n_stages} non-negative ints summing "
+                         f"to n_layer={n_layer}")
+    for s, n in enumerate(layers_per_stage):
+        if n == 0 and 0 < s < n_stages - 1:
+            raise ValueError(f"stage {s} of {n_stages} would have no parameters (layers_per_stage={layers_per_stage})")
+    return list(layers_per_stage)
+
+
+class GPTStage(nn.Module):
+    """Layers [first, last) of a lab GPT; stage 0 adds the embedding, the last stage norm + head.
+
+    Input: token ids (b, T) int64 on stage 0, else hidden states (b, T, C). Output: hidden
+    states (b, T, C), or logits (b, T, V) on the last stage.
+    """
+
+    def __init__(self, model: GPT, first: int, last: int, is_first: bool, is_last: bool, tied_group) -> None:
+        super().__init__()
+        self.config = model.config
+        self.layers = nn.ModuleList(copy.deepcopy(model.layers[i]) for i in range(first, last))
+        # one deepcopy of both ends, so that a single stage (p = 1) keeps a tied embedding / LM head tied
+        embed, norm, head = copy.deepcopy((model.embed_tokens, model.norm, model.lm_head))
+        self.embed_tokens = embed if is_first else None
+        self.norm = norm if is_last else None
+        self.lm_head = head if is_last else None
+        self.tied_group = tied_group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embed_tokens is not None:
+            x = self.embed_tokens(x)
+        cos, sin = rope_cos_sin(x.shape[1], self.config.head_dim, self.config.rope_theta, x.device)
+        for block in self.layers:
+            x = block(x, cos, sin)
+        return x if self.lm_head is None else self.lm_head(self.norm(x))
+
+    def after_backward(self) -> None:
+        """Sum the gradients of the two copies of a tied embedding / LM-head weight."""
+        if self.tied_group is not None:
+            tied = self.embed_tokens.weight if self.embed_tokens is not None else self.lm_head.weight
+            comm.all_reduce(tied.grad, group=self.tied_group)
+
+
+def gpt_stage(model: GPT, group=None, layers_per_stage: list[int] | None = None) -> GPTStage:
+    """This rank's stage of ``model`` (p = group size). A collective: every rank must call it."""
+    p, s = dist.get_world_size(group), dist.get_rank(group)
+    split = layer_split(model.config.n_layer, p, layers_per_stage)
+    bounds = torch.tensor([0] + split).cumsum(0).tolist()
+    tied_group = None
+    if model.config.tie_embeddings and p > 1:
+        ranks = [dist.get_global_rank(group, 0) if group else 0, dist.get_global_rank(group, p - 1) if group else p - 1]
+        tied_group = dist.new_group(ranks)
+        tied_group = tied_group if s in (0, p - 1) else None
+    return GPTStage(model, bounds[s], bounds[s + 1], s == 0, s == p - 1, tied_group)
+
+
+class _Sleep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, t_forward, t_backward):
+        ctx.t_backward = t_backward
+        time.sleep(t_forward)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        time.sleep(ctx.t_backward)
+        return grad, None, None
+
+
+class CostStage(nn.Module):
+    """y = x ⊙ w (w of shape (width,)), taking ``t_forward`` s forward and ``t_backward`` s backward."""
+
+    def __init__(self, width: int, t_forward: float, t_backward: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.t_forward, self.t_backward = t_forward, t_backward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Sleep.apply(x * self.weight, self.t_forward, self.t_backward)
+
+
+class PipelineSchedule:
+    """Run one training step's forwards and backwards of ``stage`` in the order of ``schedule``.
+
+    ``act_shape``: shape of one micro-batch's activation between stages, e.g. (b, T, C);
+    ``act_dtype`` its dtype. ``loss_fn(output, target)`` is applied on the last stage; the loss
+    of each micro-batch is scaled by 1/m so the gradients are those of the batch mean.
+    ``events`` lists, after `run`, every forward/backward as {"stage", "kind", "micro",
+    "start", "end"} (time.perf_counter seconds, a clock shared by the processes of a machine).
+    """
+
+    def __init__(self, stage: nn.Module, n_micro: int, schedule: str, act_shape: tuple[int, ...],
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 act_dtype: torch.dtype = torch.float32, group=None) -> None:
+        check_int("n_micro", n_micro)
+        check_choice("schedule", schedule, SCHEDULES)
+        if not any(p.requires_grad for p in stage.parameters()):
+            raise ValueError("stage has no parameters that require grad: every pipeline stage needs some")
+        self.stage, self.n_micro, self.schedule, self.group = stage, n_micro, schedule, group
+        self.act_shape, self.act_dtype, self.loss_fn = tuple(act_shape), act_dtype, loss_fn
+        self.p, self.s = dist.get_world_size(group), dist.get_rank(group)
+        self.events: list[dict] = []
+
+    def _peer(self, stage: int) -> int:
+        return dist.get_global_rank(self.group, stage) if self.group else stage
+
+    def run(self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> float | None:
+        """Forward and backward of one batch; return the mean loss on the last stage, else None.
+
+        ``inputs`` (B, …) on stage 0 and ``targets`` (B, …) on the last stage are split into m
+        micro-batches along dim 0 (ValueError unless m divides B). Gradients accumulate in
+        the stage's parameters.
+        """
+        first, last, m = self.s == 0, self.s == self.p - 1, self.n_micro
+        for name, tensor, needed in (("inputs", inputs, first), ("targets", targets, last)):
+            if needed and (tensor is None or tensor.shape[0] % m):
+                raise ValueError(f"{name} must be a tensor whose batch size is divisible by n_micro={m} "
+                                 f"on this stage, got {None if tensor is None else tuple(tensor.shape)}")
+        micro_in = inputs.chunk(m) if first else None
+        micro_tg = targets.chunk(m) if last else None
+        device = next(self.stage.parameters()).device
+        saved: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        sends, losses = [], []
+        self.events = []
+        for kind, j in schedule_order(self.schedule, self.p, self.s, m):
+            if kind == "F":
+                if first:
+                    x = micro_in[j]
+                else:
+                    x = torch.empty(self.act_shape, dtype=self.act_dtype, device=device)
+                    comm.recv(x, self._peer(self.s - 1), group=self.group)
+                    x.requires_grad_(True)
+                start = time.perf_counter()
+                y = self.stage(x)
+                if last:
+                    y = self.loss_fn(y, micro_tg[j]) / m
+                    losses.append(y.detach())
+                end = time.perf_counter()
+                if not last:
+                    out = y.detach().contiguous()
+                    sends.append((comm.isend(out, self._peer(self.s + 1), group=self.group), out))
+                saved[j] = (x, y)
+            else:
+                x, y = saved.pop(j)
+                grad = None
+                if not last:
+                    grad = torch.empty(self.act_shape, dtype=y.dtype, device=device)
+                    comm.recv(grad, self._peer(self.s + 1), group=self.group)
+                start = time.perf_counter()
+                y.backward(grad)
+                end = time.perf_counter()
+                if not first:
+                    out = x.grad.contiguous()
+                    sends.append((comm.isend(out, self._peer(self.s - 1), group=self.group), out))
+            self.events.append({"stage": self.s, "kind": kind, "micro": j, "start": start, "end": end})
+        for work, _ in sends:
+            work.wait()
+        if hasattr(self.stage, "after_backward"):
+            self.stage.after_backward()
+        return float(torch.stack(losses).sum()) if last else None

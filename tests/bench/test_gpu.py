@@ -1,0 +1,188 @@
+"""The staged GPU run (lab.bench.gpu), rehearsed with ``--dry-run`` on the CPU: one record per stage with its
+provenance and wall time, stage selection, the budget, failures that do not stop the run, bad input, and
+what the GPU machine lacks (``datasets``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import lab.bench.gpu as gpu
+import lab.bench.stages as stages
+from lab.bench import main
+from lab.data import REPO_ROOT
+
+PROVENANCE = ("device", "device_type", "torch", "triton", "python", "date", "command")
+
+
+def records_in(folder: Path) -> dict[str, dict]:
+    """stage → record, in the order the stages ran (the time left of the budget only decreases)."""
+    records = [json.loads(p.read_text()) for p in folder.glob("gpu_*.json")]
+    return {r["stage"]: r for r in sorted(records, key=lambda r: -r["seconds_left_before"])}
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu")
+    argv = ["gpu", "--dry-run", "--out", str(out), "--no-progress"]
+    start = time.monotonic()
+    assert main(argv) == out
+    return argv, records_in(out), time.monotonic() - start, out
+
+
+def test_dry_run_writes_one_record_per_stage(dry_run):
+    argv, records, seconds, out = dry_run
+    assert list(records) == list(gpu.STAGES)
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"gpu_{s}_cpu_dry.json" for s in gpu.STAGES)
+    for name, rec in records.items():
+        assert all(rec[k] for k in PROVENANCE if k != "triton"), name
+        assert rec["command"] == "python -m lab.bench " + " ".join(argv)
+        assert rec["status"] == "ok", (name, rec.get("error"), rec.get("traceback"))
+        assert rec["dry_run"] is True and rec["device_type"] == "cpu"
+        assert 0 < rec["wall_s"] < seconds and rec["estimated_s"] == gpu.STAGES[name].estimate_s
+    assert seconds < 240  # about 1.5 minutes on an idle 2-core CPU; the bound leaves room for a busy one
+
+
+def test_dry_run_records_hold_the_measurements(dry_run):
+    records = dry_run[1]
+    tests = records["cuda_tests"]
+    assert tests["passed"] == tests["failed"] == tests["errors"] == 0 and tests["failures"] == []
+    assert tests["skipped"] >= 9 and "skipped" in tests["note"]        # every CUDA test, skipped on the CPU
+    assert "tests/kernels/test_int4_int8_kernels.py" in tests["files"] and "-m cuda" in tests["pytest_command"]
+    kernels = records["kernels"]
+    assert {"int4", "int8", "sparse24", "paged_decode", "ceilings"} <= set(kernels)
+    assert [row["M"] for row in kernels["int4"]] == list(gpu.KERNEL_SHAPES["dry"]["int4"]["batches"])
+    assert all(e["ms"] > 0 for row in kernels["int4"] + kernels["int8"] for e in row["paths"].values())
+    assert all(row["ms"] > 0 and row["fraction_of_copy_bandwidth"] > 0 for row in kernels["paged_decode"])
+    assert set(records["params"]["offload"]["ms"]) == {"resident", "naive", "prefetch"}
+    assert set(records["quant_decode"]["decode"]) == {"fp32", "w8a8", "int4_weight_only"}
+    assert records["infer"]["decode"] and records["prune"]["linear"]
+    assert records["parallel"]["full"]["backend"] == "gloo"
+
+
+def test_stages_selects_and_keeps_the_run_order(tmp_path):
+    main(["gpu", "--dry-run", "--out", str(tmp_path), "--stages", "prune,params", "--no-progress"])
+    records = records_in(tmp_path)
+    assert list(records) == ["params", "prune"]
+
+
+def test_a_tiny_budget_skips_what_does_not_fit(tmp_path):
+    main(["gpu", "--dry-run", "--out", str(tmp_path), "--stages", "params,infer", "--budget-s", "50",
+          "--no-progress"])
+    records = records_in(tmp_path)
+    assert records["params"]["status"] == "ok"                      # estimated 45 s ≤ 50 s
+    infer = records["infer"]
+    assert infer["status"] == "skipped" and infer["wall_s"] == 0.0 and "decode" not in infer
+    assert infer["skipped"].startswith("estimated 120 s >") and "left of the budget" in infer["skipped"]
+    assert all(infer[k] for k in PROVENANCE if k != "triton")
+
+
+def test_a_failing_stage_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    def broken(device, quick, progress):
+        raise RuntimeError("an illegal memory access")
+
+    monkeypatch.setitem(gpu.STAGES, "params", gpu.Stage("params", 45, broken))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gpu", "--dry-run", "--out", str(tmp_path), "--stages", "params,prune", "--no-progress"])
+    assert exit_info.value.code == 1
+    records = records_in(tmp_path)
+    assert records["params"]["status"] == "failed"
+    assert records["params"]["error"] == "RuntimeError: an illegal memory access"
+    assert "in broken" in records["params"]["traceback"]
+    assert records["prune"]["status"] == "ok"
+
+
+def test_a_stage_still_running_when_the_budget_ends_is_stopped(tmp_path, monkeypatch):
+    def slow(device, quick, progress):
+        try:
+            time.sleep(30)
+        except Exception:  # noqa: BLE001 - the budget must not be swallowed by a stage's own handler
+            pass
+        return {"never": True}
+
+    monkeypatch.setitem(gpu.STAGES, "params", gpu.Stage("params", 0.1, slow))
+    start = time.monotonic()
+    with pytest.raises(SystemExit):
+        main(["gpu", "--dry-run", "--out", str(tmp_path), "--stages", "params,prune", "--budget-s", "1",
+              "--no-progress"])
+    assert time.monotonic() - start < 20
+    records = records_in(tmp_path)
+    assert records["params"]["status"] == "timeout" and "budget ran out" in records["params"]["error"]
+    assert records["prune"]["status"] == "skipped"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--stages", "kernels,warp"], "--stages='kernels,warp' names unknown stage(s) ['warp']; allowed: a "
+                                   "comma-separated subset of cuda_tests, kernels"),
+    (["--budget-s", "0"], "--budget-s=0.0 is not allowed; give a number of seconds > 0"),
+    (["--budget-s", "-5"], "--budget-s=-5.0 is not allowed"),
+])
+def test_bad_input_names_the_argument_its_value_and_what_is_allowed(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gpu", "--dry-run", "--out", str(tmp_path), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_that_is_a_file_is_an_error(tmp_path, capsys):
+    target = tmp_path / "records.json"
+    target.write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["gpu", "--dry-run", "--out", str(target)])
+    assert f"--out='{target}' is an existing file; give a folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="is an existing file"):
+        gpu.run_gpu(["params"], 10, target, True, ["gpu"])
+    with pytest.raises(ValueError, match=r"--budget-s=0 is not allowed"):
+        gpu.run_gpu(["params"], 0, tmp_path, True, ["gpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["gpu", "--out", str(tmp_path)])
+        assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_junit_summary_counts_and_failures(tmp_path):
+    xml = tmp_path / "r.xml"
+    xml.write_text("""<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest" tests="4">
+<testcase classname="tests.test_a" name="test_ok" time="0.1"/>
+<testcase classname="tests.test_a" name="test_bad[bf16]"><failure message="assert 0.5 &lt; 1e-2">trace</failure></testcase>
+<testcase classname="tests.test_b" name="test_setup"><error message="fixture failed">trace</error></testcase>
+<testcase classname="tests.test_b" name="test_gpu"><skipped type="pytest.skip" message="needs a CUDA GPU"/></testcase>
+</testsuite></testsuites>""")
+    assert stages.junit_summary(xml) == {
+        "passed": 1, "failed": 1, "errors": 1, "skipped": 1,
+        "failures": [{"id": "tests.test_a::test_bad[bf16]", "kind": "failure", "message": "assert 0.5 < 1e-2"},
+                     {"id": "tests.test_b::test_setup", "kind": "error", "message": "fixture failed"}]}
+
+
+def test_cuda_test_files_are_the_marked_ones():
+    files = {str(p.relative_to(stages.REPO_ROOT)) for p in stages.cuda_test_files()}
+    assert {"tests/kernels/test_int4_int8_kernels.py", "tests/infer/test_paged.py",
+            "tests/params/test_offload_sharing.py"} <= files
+    assert "tests/bench/test_gpu.py" not in files and "tests/test_notebooks.py" not in files
+
+
+def test_gpu_stages_do_not_need_datasets(tmp_path, monkeypatch):
+    """The GPU machine has no `datasets`: tokenizing a split (no token cache there) must not import it,
+    and gives the tokens the cached (datasets-era) file holds."""
+    from lab import data
+    from lab.models import load_tokenizer
+
+    tokenizer = load_tokenizer()
+    cached = data.tokenize_split("test", tokenizer)                      # from .data/tokens/ (or made now)
+    (tmp_path / data.CORPUS_PACKAGE).symlink_to(data.corpus_dir())          # the corpus, but no token cache
+    monkeypatch.setenv("LAB_DATA_DIR", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "datasets", None)                      # `import datasets` now fails
+    with pytest.raises(ImportError):
+        data.load_corpus("test")
+    assert torch.equal(data.tokenize_split("test", tokenizer), cached)
+    code = ("import sys, lab.bench.gpu as g, lab.bench.__main__, lab.params.bench, lab.prune.bench, "
+            "lab.quant.bench, lab.infer.bench, lab.infer.paged_bench, lab.parallel.experiments; "
+            "assert 'datasets' not in sys.modules, 'datasets was imported'")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,224 @@
+"""lab.distill.losses against independent references: `F.kl_div`, `F.cross_entropy`, the closed-form
+gradient (p_S − p_T)·T/N, `F.cosine_similarity` / `F.mse_loss`, and a float64 brute-force KL."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lab.distill import (
+    attention_transfer_loss,
+    cross_entropy,
+    hidden_state_loss,
+    kd_loss,
+)
+
+
+def _logits(*shape, seed=0, scale=3.0):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).float()
+
+
+def _reference_kd(s, t, T, reverse=False):
+    """T²·F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True, reduction="batchmean") on (N, V)."""
+    ls, lt = F.log_softmax(s.flatten(0, -2) / T, -1), F.log_softmax(t.flatten(0, -2) / T, -1)
+    if reverse:
+        ls, lt = lt, ls
+    return T ** 2 * F.kl_div(ls, lt, log_target=True, reduction="batchmean")
+
+
+@pytest.mark.parametrize("T", [0.5, 1.0, 2.0, 8.0])
+@pytest.mark.parametrize("shape", [(6, 11), (2, 5, 13)])
+@pytest.mark.parametrize("kind", ["forward", "reverse"])
+def test_kd_loss_equals_torch_kl_div_batchmean(T, shape, kind):
+    s, t = _logits(*shape, seed=1), _logits(*shape, seed=2)
+    got = kd_loss(s, t, temperature=T, kind=kind)
+    torch.testing.assert_close(got, _reference_kd(s, t, T, reverse=kind == "reverse"), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1.0, 3.0])
+def test_kd_gradient_is_closed_form(T):
+    s, t = _logits(7, 10, seed=3).requires_grad_(), _logits(7, 10, seed=4)
+    kd_loss(s, t, temperature=T).backward()
+    expected = (torch.softmax(s.detach() / T, -1) - torch.softmax(t / T, -1)) * T / s.shape[0]
+    torch.testing.assert_close(s.grad, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_kd_zero_for_identical_logits_and_nonnegative():
+    s = _logits(4, 9, 17, seed=5)
+    assert kd_loss(s, s.clone(), temperature=2.0).abs().item() < 1e-6
+    for seed in range(10):
+        for kind in ("forward", "reverse"):
+            assert kd_loss(_logits(3, 17, seed=seed), _logits(3, 17, seed=seed + 50), kind=kind).item() >= 0
+
+
+def test_reverse_kl_differs_from_forward_on_asymmetric_example():
+    # teacher bimodal, student on one mode: reverse KL (mode seeking) is smaller than forward (mode covering)
+    t = torch.tensor([[4.0, 4.0, -4.0]]).log_softmax(-1)
+    s = torch.tensor([[4.0, -4.0, -4.0]]).log_softmax(-1)
+    forward, reverse = kd_loss(s, t, temperature=1.0), kd_loss(s, t, temperature=1.0, kind="reverse")
+    p, q = t.exp().double(), s.exp().double()
+    torch.testing.assert_close(forward.double(), (p * (p / q).log()).sum(), rtol=1e-4, atol=0)
+    torch.testing.assert_close(reverse.double(), (q * (q / p).log()).sum(), rtol=1e-4, atol=0)
+    assert forward.item() > 2 * reverse.item()
+
+
+def test_alpha_mixes_soft_term_and_cross_entropy():
+    s, t = _logits(3, 6, 12, seed=6), _logits(3, 6, 12, seed=7)
+    y = torch.randint(0, 12, (3, 6), generator=torch.Generator().manual_seed(0))
+    T, alpha = 2.0, 0.3
+    expected = alpha * _reference_kd(s, t, T) + (1 - alpha) * F.cross_entropy(s.flatten(0, 1), y.flatten())
+    torch.testing.assert_close(kd_loss(s, t, y, temperature=T, alpha=alpha), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cross_entropy(s, y), F.cross_entropy(s.flatten(0, 1), y.flatten()))
+
+
+def test_padded_positions_do_not_contribute():
+    s, t = _logits(2, 8, 10, seed=8), _logits(2, 8, 10, seed=9)
+    y = torch.randint(0, 10, (2, 8), generator=torch.Generator().manual_seed(1))
+    y[0, 5:] = -100
+    y[1, 7] = -100
+    valid = y != -100
+    s1 = s.clone().requires_grad_()
+    loss = kd_loss(s1, t, y, temperature=2.0, alpha=0.5)
+    loss.backward()
+    expected = 0.5 * _reference_kd(s[valid], t[valid], 2.0) + 0.5 * F.cross_entropy(s[valid], y[valid])
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    assert torch.all(s1.grad[~valid] == 0)
+    s2, t2 = s.clone(), t.clone()
+    s2[~valid], t2[~valid] = 1e3, -1e3        # garbage at padded positions changes nothing
+    torch.testing.assert_close(kd_loss(s2, t2, y, temperature=2.0, alpha=0.5), loss.detach())
+
+
+def test_kd_is_stable_for_huge_logits():
+    s, t = _logits(4, 50, seed=10, scale=1e4), _logits(4, 50, seed=11, scale=1e4)
+    loss = kd_loss(s, t, temperature=1.0)
+    assert math.isfinite(loss.item())
+    torch.testing.assert_close(loss.double(), _reference_kd(s.double(), t.double(), 1.0), rtol=1e-4, atol=1e-3)
+
+
+def test_teacher_zero_probabilities_give_finite_loss_and_gradient():
+    t = torch.tensor([[0.0, 1.0, float("-inf")]])
+    s = torch.tensor([[0.5, 0.2, -1.0]], requires_grad=True)
+    loss = kd_loss(s, t, temperature=1.0)
+    loss.backward()
+    assert math.isfinite(loss.item()) and torch.isfinite(s.grad).all()
+
+
+S, TT, Y = _logits(2, 3, 5), _logits(2, 3, 5, seed=1), torch.zeros(2, 3, dtype=torch.long)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"temperature": 0.0}, ValueError, "temperature"),
+    ({"temperature": -1.0}, ValueError, "temperature"),
+    ({"alpha": 1.5}, ValueError, "alpha"),
+    ({"alpha": -0.1}, ValueError, "alpha"),
+    ({"kind": "symmetric"}, ValueError, "kind"),
+    ({"teacher_logits": _logits(2, 3, 6)}, ValueError, "vocabulary"),
+    ({"teacher_logits": _logits(2, 4, 5)}, ValueError, "same shape"),
+    ({"labels": torch.full((2, 3), 5)}, ValueError, r"\[0, 5\)"),
+    ({"labels": torch.full((2, 3), -3)}, ValueError, r"\[0, 5\)"),
+    ({"labels": torch.zeros(2, 4, dtype=torch.long)}, ValueError, "labels must have shape"),
+    ({"labels": torch.full((2, 3), -100)}, ValueError, "no valid position"),
+    ({"labels": torch.zeros(2, 3)}, TypeError, "labels"),
+    ({"student_logits": torch.zeros(5)}, ValueError, "at least 2 dims"),
+])
+def test_kd_bad_input_raises(kwargs, error, match):
+    args = {"student_logits": S, "teacher_logits": TT, "labels": Y, **kwargs}
+    with pytest.raises(error, match=match):
+        kd_loss(**args)
+
+
+def test_hidden_state_loss_matches_torch_references():
+    g = torch.Generator().manual_seed(0)
+    hs = [torch.randn(2, 5, 8, generator=g) for _ in range(3)]
+    ht = [torch.randn(2, 5, 8, generator=g) for _ in range(5)]
+    pairs = [(1, 2), (2, 4)]
+    cos = torch.stack([1 - F.cosine_similarity(hs[i], ht[j], dim=-1).mean() for i, j in pairs]).mean()
+    torch.testing.assert_close(hidden_state_loss(hs, ht, pairs), cos)
+    mse = torch.stack([F.mse_loss(hs[i], ht[j]) for i, j in pairs]).mean()
+    torch.testing.assert_close(hidden_state_loss(hs, ht, pairs, kind="mse"), mse)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    cos_masked = torch.stack([1 - F.cosine_similarity(hs[i][mask], ht[j][mask], dim=-1).mean() for i, j in pairs]).mean()
+    torch.testing.assert_close(hidden_state_loss(hs, ht, pairs, mask=mask), cos_masked)
+    proj = torch.nn.Linear(4, 8)
+    narrow = [h[..., :4] for h in hs]
+    torch.testing.assert_close(hidden_state_loss(narrow, ht, pairs, kind="mse", projection=proj),
+                               torch.stack([F.mse_loss(proj(narrow[i]), ht[j]) for i, j in pairs]).mean())
+
+
+def _causal_log_probs(B, H, T, seed):
+    scores = torch.randn(B, H, T, T, generator=torch.Generator().manual_seed(seed))
+    return scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).log_softmax(-1)
+
+
+def test_attention_transfer_loss_is_mean_kl_over_heads_and_queries():
+    a_s = [_causal_log_probs(2, 3, 4, seed) for seed in range(2)]
+    a_t = [_causal_log_probs(2, 3, 4, seed) for seed in range(10, 13)]
+    pairs = [(0, 1), (1, 2)]
+    expected = []
+    for i, j in pairs:
+        total = 0.0
+        for b in range(2):
+            for h in range(3):
+                for q in range(4):
+                    for k in range(q + 1):      # keys beyond q have zero probability under both
+                        lp, lq = a_t[j][b, h, q, k].double(), a_s[i][b, h, q, k].double()
+                        total += lp.exp() * (lp - lq)
+        expected.append(total / (2 * 3 * 4))
+    torch.testing.assert_close(attention_transfer_loss(a_s, a_t, pairs).double(),
+                               torch.stack(expected).mean(), rtol=1e-5, atol=1e-7)
+    student = a_s[0].clone().requires_grad_()
+    attention_transfer_loss([student], [a_t[0]], [(0, 0)]).backward()
+    assert torch.isfinite(student.grad).all()
+    assert attention_transfer_loss(a_t, a_t, [(0, 0), (2, 2)]).abs().item() < 1e-6
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: hidden_state_loss([torch.zeros(1, 2, 3)], [torch.zeros(1, 2, 3)], [(1, 0)]), "layer_map"),
+    (lambda: hidden_state_loss([torch.zeros(1, 2, 3)], [torch.zeros(1, 2, 3)], []), "at least one"),
+    (lambda: hidden_state_loss([torch.zeros(1, 2, 3)], [torch.zeros(1, 2, 4)], [(0, 0)]), "projection"),
+    (lambda: hidden_state_loss([torch.zeros(1, 2, 3)], [torch.zeros(1, 2, 3)], [(0, 0)], kind="l1"), "kind"),
+    (lambda: hidden_state_loss([torch.zeros(1, 2, 3)], [torch.zeros(1, 2, 3)], [(0, 0)],
+                               mask=torch.zeros(1, 2, dtype=torch.bool)), "no position"),
+    (lambda: attention_transfer_loss([torch.zeros(1, 2, 3, 3)], [torch.zeros(1, 4, 3, 3)], [(0, 0)]), "same shape"),
+])
+def test_feature_losses_bad_input_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_kd_loss_keeps_float64_precision_and_passes_gradcheck():
+    """float64 logits are not rounded to float32: the KL of two nearly equal distributions keeps
+    its value (the bug: 1.9e-7, possibly negative, for an exact 4.8e-9-sized KL) and gradcheck holds."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 50, dtype=torch.float64, generator=gen)
+    s = z + 1e-4 * torch.randn(4, 50, dtype=torch.float64, generator=gen)
+    T = 2.0
+    p_t, p_s = torch.softmax(z / T, -1), torch.softmax(s / T, -1)
+    exact = T**2 * (p_t * (p_t.log() - p_s.log())).sum(-1).mean()
+    loss = kd_loss(s, z, temperature=T)
+    assert loss.dtype == torch.float64
+    assert 0 < loss.item() and loss.item() == pytest.approx(exact.item(), rel=1e-6)
+    s = s.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: kd_loss(x, z, temperature=T), (s,))
+
+
+def test_kd_loss_divides_bf16_logits_by_the_temperature_after_upcasting():
+    gen = torch.Generator().manual_seed(1)
+    s, z = (10 * torch.randn(8, 100, generator=gen)).bfloat16(), (10 * torch.randn(8, 100, generator=gen)).bfloat16()
+    exact = kd_loss(s.double(), z.double(), temperature=3.0)
+    assert kd_loss(s, z, temperature=3.0).item() == pytest.approx(exact.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [math.inf, math.nan, -1.0, 0.0])
+def test_kd_loss_rejects_a_temperature_that_is_not_finite_and_positive(temperature):
+    with pytest.raises(ValueError, match="temperature"):
+        kd_loss(torch.randn(2, 5), torch.randn(2, 5), temperature=temperature)
+
+
+def test_kd_loss_rejects_integer_logits():
+    with pytest.raises(TypeError, match="student_logits"):
+        kd_loss(torch.ones(2, 5, dtype=torch.int64), torch.randn(2, 5))

@@ -1,0 +1,278 @@
+"""lab.infer.paged, lab.kernels.paged_attention and lab.infer.scheduler.
+
+References: invariants of the block allocator under random admission, growth and retirement
+(hypothesis); a float64 per-sequence softmax attention for the decode kernel (under
+TRITON_INTERPRET=1 on the CPU, on CUDA when present); the static-cache forward for the paged one;
+`lab.infer.generate` run on each request alone for the scheduler's outputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lab import runtime
+from lab.infer import BlockAllocator, OutOfBlocksError, PagedKVCache, Request, forward_cached, generate, serve
+from lab.infer.scheduler import synthetic_trace
+from lab.kernels import paged_attention as paged_module
+from lab.models import GPT, GPTConfig
+
+NO_CUDA = not torch.cuda.is_available()
+CFG = GPTConfig(vocab_size=101, context_length=64, d_model=32, n_layer=2, n_head=4, n_kv_head=2, d_ff=64)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_gpt) -> GPT:
+    return tiny_gpt(**CFG.to_dict())
+
+
+# --- the allocator -----------------------------------------------------------------------------------
+
+def _check_invariants(alloc: BlockAllocator) -> None:
+    owned = [b for table in alloc.tables.values() for b in table]
+    assert len(owned) == len(set(owned)), "a block is owned by two sequences"
+    assert not set(owned) & set(alloc.free), "a block is both owned and free"
+    assert sorted(owned + alloc.free) == list(range(alloc.num_blocks)), "a block went missing"
+    for seq, table in alloc.tables.items():
+        assert len(table) == alloc.blocks_for(alloc.lengths[seq])   # no block more than needed
+        slots = [alloc.slot(seq, t) for t in range(alloc.lengths[seq])]
+        assert len(set(slots)) == len(slots)
+
+
+@settings(max_examples=150, deadline=None)
+@given(num_blocks=st.integers(1, 12), block_size=st.integers(1, 5),
+       ops=st.lists(st.tuples(st.sampled_from(["admit", "grow", "retire"]), st.integers(0, 7), st.integers(1, 20)),
+                    max_size=80))
+def test_allocator_never_shares_a_block_and_returns_every_block(num_blocks, block_size, ops):
+    alloc = BlockAllocator(num_blocks, block_size)
+    for op, seq, n in ops:
+        if op == "admit":
+            if seq in alloc.tables:
+                with pytest.raises(ValueError, match="already holds"):
+                    alloc.allocate(seq, n)
+            elif alloc.can_allocate(n):
+                assert len(alloc.allocate(seq, n)) == alloc.blocks_for(n)
+            else:
+                with pytest.raises(OutOfBlocksError):
+                    alloc.allocate(seq, n)
+        elif op == "grow" and seq in alloc.tables:
+            if alloc.needs_block(seq) and not alloc.free:
+                with pytest.raises(OutOfBlocksError):
+                    alloc.append(seq)
+            else:
+                before = alloc.lengths[seq]
+                alloc.append(seq)
+                assert alloc.lengths[seq] == before + 1
+        elif op == "retire" and seq in alloc.tables:
+            alloc.release(seq)
+        _check_invariants(alloc)
+    for seq in list(alloc.tables):
+        alloc.release(seq)
+    assert sorted(alloc.free) == list(range(num_blocks)) and not alloc.tables
+
+
+def test_allocator_slots_and_errors():
+    alloc = BlockAllocator(4, 3)
+    alloc.allocate("a", 4)                                   # blocks 0, 1
+    alloc.allocate("b", 2)                                   # block 2
+    assert [alloc.slot("a", t) for t in range(4)] == [0, 1, 2, 3]
+    assert alloc.slot("b", 1) == 7
+    alloc.append("b"), alloc.append("b")                     # 3 tokens fill block 2, the 4th takes block 3
+    assert alloc.tables["b"] == [2, 3] and alloc.slot("b", 3) == 9
+    with pytest.raises(IndexError, match="position 4"):
+        alloc.slot("b", 4)
+    with pytest.raises(ValueError, match="seq_id='c' holds no blocks"):
+        alloc.release("c")
+    alloc.release("a")
+    with pytest.raises(ValueError, match="seq_id='a' holds no blocks .* released already"):
+        alloc.release("a")                                   # twice: a clear error, the pool unchanged
+    assert sorted(alloc.free) == [0, 1]
+    for bad, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(error, match=f"n_tokens.*{bad}"):
+            alloc.allocate("d", bad)
+    with pytest.raises(ValueError, match="num_blocks"):
+        BlockAllocator(0, 4)
+
+
+# --- the decode kernel ---------------------------------------------------------------------------------
+
+def _paged_inputs(B, H, H_kv, D, block_size, lengths, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    max_blocks = max(math.ceil(n / block_size) for n in lengths) + 1
+    num_blocks = B * max_blocks + 2
+    q = torch.randn(B, H, D, generator=g).to(dtype)
+    k_pool = torch.randn(num_blocks, block_size, H_kv, D, generator=g).to(dtype)
+    v_pool = torch.randn(num_blocks, block_size, H_kv, D, generator=g).to(dtype)
+    tables = torch.randperm(num_blocks, generator=g)[:B * max_blocks].view(B, max_blocks).int()
+    return q, k_pool, v_pool, tables, torch.tensor(lengths, dtype=torch.int32)
+
+
+def _reference(q, k_pool, v_pool, tables, lengths):
+    """float64, one sequence and one head at a time, from the slot formula."""
+    B, H, D = q.shape
+    block_size, H_kv = k_pool.shape[1], k_pool.shape[2]
+    out = torch.empty(B, H, D, dtype=torch.float64)
+    for b in range(B):
+        slots = [int(tables[b, t // block_size]) * block_size + t % block_size for t in range(int(lengths[b]))]
+        k, v = k_pool.reshape(-1, H_kv, D)[slots].double(), v_pool.reshape(-1, H_kv, D)[slots].double()
+        for h in range(H):
+            j = h // (H // H_kv)
+            out[b, h] = torch.softmax(k[:, j] @ q[b, h].double() / math.sqrt(D), 0) @ v[:, j]
+    return out
+
+
+@pytest.fixture
+def interpreted():
+    with runtime.triton_interpret():
+        yield importlib.reload(paged_module)
+    importlib.reload(paged_module)
+
+
+CASES = [(1, 4, 4, 16, 4, [1]), (3, 8, 2, 32, 16, [1, 17, 48]), (2, 6, 2, 16, 8, [9, 8]),
+         (4, 8, 1, 64, 4, [5, 2, 13, 4])]
+
+
+@pytest.mark.parametrize("B, H, H_kv, D, block_size, lengths", CASES)
+def test_paged_decode_torch_path_matches_float64(B, H, H_kv, D, block_size, lengths):
+    args = _paged_inputs(B, H, H_kv, D, block_size, lengths, torch.float32, seed=B + D)
+    out = paged_module.paged_attention_decode(*args)
+    assert (out.double() - _reference(*args)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("B, H, H_kv, D, block_size, lengths", CASES)
+def test_paged_decode_kernel_under_interpreter_matches_float64(interpreted, monkeypatch, B, H, H_kv, D,
+                                                               block_size, lengths):
+    args = _paged_inputs(B, H, H_kv, D, block_size, lengths, torch.float32, seed=B * D)
+    monkeypatch.setattr(interpreted.torch, "empty_like", lambda t: torch.full_like(t, float("nan")))
+    out = interpreted.paged_attention_decode(*args)
+    assert not out.isnan().any(), "the kernel left outputs unwritten"
+    assert (out.double() - _reference(*args)).abs().max() < 1e-5
+
+
+def _with_entry(tables: torch.Tensor, b: int, i: int, value: int) -> torch.Tensor:
+    tables = tables.clone()
+    tables[b, i] = value
+    return tables
+
+
+def test_paged_decode_ignores_table_entries_past_a_sequences_length():
+    """Entries a sequence does not use may hold anything (−1 padding): both paths give the same output."""
+    args = _paged_inputs(2, 4, 2, 16, 4, [5, 3], torch.float32, seed=0)
+    tables = args[3].clone()
+    tables[1, 1:] = -1                                   # sequence 1 (3 tokens) uses one block only
+    out = paged_module.paged_attention_decode(*args[:3], tables, args[4])
+    assert torch.equal(out, paged_module.paged_attention_decode(*args))
+
+
+def test_paged_decode_kernel_fp16_under_interpreter(interpreted):
+    args = _paged_inputs(2, 4, 2, 32, 8, [11, 3], torch.float16, seed=3)
+    out = interpreted.paged_attention_decode(*args)
+    assert out.dtype == torch.float16 and (out.double() - _reference(*args)).abs().max() < 5e-3
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (lambda a: (a[0].double(), *a[1:]), TypeError, "q must be"),
+    (lambda a: (a[0], a[1][..., :8], *a[2:]), ValueError, "k_pool and v_pool"),
+    (lambda a: (*a[:3], a[3].long(), a[4]), TypeError, "tables must be int32"),
+    (lambda a: (*a[:4], torch.tensor([0, 3], dtype=torch.int32)), ValueError, "lengths must lie"),
+    (lambda a: (*a[:4], torch.tensor([99, 3], dtype=torch.int32)), ValueError, "lengths must lie"),
+    # a block-table entry a sequence uses must be a block of the pool (−1 silently read the last block)
+    (lambda a: (*a[:3], _with_entry(a[3], 0, 1, -1), a[4]), ValueError, r"tables\[0, 1\]=-1 is not a block"),
+    (lambda a: (*a[:3], _with_entry(a[3], 1, 0, a[1].shape[0]), a[4]), ValueError,
+     r"tables\[1, 0\]=\d+ is not a block of the pool: .* \[0, num_blocks=\d+\)"),
+])
+def test_paged_decode_rejects_bad_input(change, error, match):
+    args = _paged_inputs(2, 4, 2, 16, 4, [5, 3], torch.float32, seed=0)
+    with pytest.raises(error, match=match):
+        paged_module.paged_attention_decode(*change(args))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_paged_decode_kernel_on_gpu(dtype):
+    args = _paged_inputs(5, 32, 8, 128, 16, [1, 16, 17, 200, 513], dtype, seed=1)
+    out = paged_module.paged_attention_decode(*(a.cuda() for a in args))
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    assert (out.cpu().double() - _reference(*args)).abs().max() < tol
+
+
+# --- the paged cache in the model --------------------------------------------------------------------------
+
+def test_paged_forward_equals_static_forward(tiny):
+    cache = PagedKVCache(tiny, num_blocks=20, block_size=4)
+    prompts = [torch.randint(0, 101, (n,), generator=torch.Generator().manual_seed(n)) for n in (7, 3, 12)]
+    for i, p in enumerate(prompts):
+        cache.allocator.allocate(i, len(p))
+        pos = torch.arange(len(p))[None]
+        logits = forward_cached(tiny, p[None], pos, cache.attention([i], pos))
+        assert torch.allclose(logits, tiny(p[None]), atol=1e-5)
+    nxt = torch.tensor([[5], [6], [7]])
+    for i in range(3):
+        cache.allocator.append(i)
+    pos = torch.tensor([[len(p)] for p in prompts])
+    logits = forward_cached(tiny, nxt, pos, cache.attention([0, 1, 2], pos))
+    for i, p in enumerate(prompts):
+        assert torch.allclose(logits[i, 0], tiny(torch.cat([p, nxt[i]])[None])[0, -1], atol=1e-5)
+
+
+# --- the scheduler ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trace():
+    text = torch.randint(0, 101, (500,), generator=torch.Generator().manual_seed(0))
+    return synthetic_trace(text, 14, (2, 20), (1, 24), seed=1)
+
+
+@pytest.fixture(scope="module")
+def alone(tiny, trace):
+    return {r.id: generate(tiny, r.prompt, r.max_new_tokens)[len(r.prompt):] for r in trace}
+
+
+@pytest.mark.parametrize("policy", ["static", "continuous"])
+@pytest.mark.parametrize("max_batch", [1, 3, 8])
+def test_serve_outputs_equal_generate_alone(tiny, trace, alone, policy, max_batch):
+    result = serve(tiny, trace, max_batch, policy, block_size=4)
+    assert set(result.outputs) == set(alone)
+    for i, out in result.outputs.items():
+        assert torch.equal(out, alone[i]), f"request {i} differs"
+    assert result.generated_tokens == sum(r.max_new_tokens for r in trace)
+    assert max(result.active_rows) <= max_batch and 0 < result.utilization <= 1
+    # every generated token except each request's first comes from a decode step
+    assert sum(result.active_rows) == result.generated_tokens - len(trace)
+
+
+def test_continuous_batching_needs_fewer_steps_than_static(tiny, trace):
+    static, continuous = serve(tiny, trace, 4, "static"), serve(tiny, trace, 4, "continuous")
+    assert continuous.decode_steps < static.decode_steps
+    assert continuous.utilization > static.utilization
+
+
+@pytest.mark.parametrize("policy", ["static", "continuous"])
+def test_serve_preempts_when_blocks_run_out_and_stays_exact(tiny, trace, alone, policy):
+    result = serve(tiny, trace, 6, policy, num_blocks=12, block_size=4)   # 48 slots for up to 6 rows
+    assert result.preemptions > 0
+    for i, out in result.outputs.items():
+        assert torch.equal(out, alone[i])
+
+
+def test_serve_rejects_bad_input(tiny, trace):
+    with pytest.raises(ValueError, match="policy"):
+        serve(tiny, trace, 2, "fifo")
+    with pytest.raises(ValueError, match="max_batch"):
+        serve(tiny, trace, 0)
+    with pytest.raises(ValueError, match="unique"):
+        serve(tiny, [trace[0], trace[0]], 2)
+    with pytest.raises(ValueError, match="exceeds the context"):
+        serve(tiny, [Request(0, torch.zeros(60, dtype=torch.int64), 10)], 2)
+    with pytest.raises(ValueError, match="cache"):
+        serve(tiny, [Request(0, torch.zeros(10, dtype=torch.int64), 10)], 2, num_blocks=2, block_size=4)
+    with pytest.raises(ValueError, match="non-empty prompt"):
+        serve(tiny, [Request(0, torch.zeros(0, dtype=torch.int64), 3)], 2)
+    with pytest.raises(ValueError, match="prompt_lengths"):
+        synthetic_trace(torch.zeros(10, dtype=torch.int64), 3, (5, 20), (1, 2))

@@ -1,0 +1,63 @@
+"""lab.infer.roofline.matmul_cost and attainable_flops: the roofline of one matmul.
+
+References: the closed forms (FLOPs 2·M·N·K; bytes of W, X and Y), the limits of the intensity
+(≈ M for a bf16 weight when M ≪ N, K; → the compute-bound N·K/(N + K) as M grows), and the ridge
+point peak / bandwidth where the two roofs meet.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lab.infer.roofline import BANDWIDTH, PEAK_FLOPS, attainable_flops, matmul_cost
+
+
+def test_matmul_cost_closed_form():
+    M, N, K = 4, 96, 64
+    cost = matmul_cost(M, N, K)
+    assert cost["flops"] == 2 * M * N * K
+    assert cost["bytes"] == 2 * N * K + 2 * M * (N + K)
+    assert cost["intensity"] == cost["flops"] / cost["bytes"]
+    int4 = matmul_cost(M, N, K, bits_per_weight=4 + 32 / 32)           # int4, 16-bit scale + zero per 32
+    assert int4["bytes"] == N * K / 2 + 4 * N * K / 32 + 2 * M * (N + K)
+    assert matmul_cost(M, N, K, act_bytes=4)["bytes"] == 2 * N * K + 4 * M * (N + K)
+
+
+def test_intensity_limits():
+    N = K = 8192
+    assert matmul_cost(1, N, K)["intensity"] == pytest.approx(1.0, rel=1e-3)   # decode: ≈ M FLOP/byte
+    assert matmul_cost(16, N, K)["intensity"] == pytest.approx(16.0, rel=1e-2)
+    assert matmul_cost(1, N, K, 4.25)["intensity"] > 3.5 * matmul_cost(1, N, K)["intensity"]
+    huge = matmul_cost(10**7, N, K)["intensity"]
+    assert huge == pytest.approx(N * K / (N + K), rel=1e-3)                  # bound by the activations
+
+
+def test_attainable_flops_is_the_roofline():
+    ridge = PEAK_FLOPS / BANDWIDTH
+    assert attainable_flops(1.0) == BANDWIDTH
+    assert attainable_flops(ridge / 2) == pytest.approx(PEAK_FLOPS / 2)
+    assert attainable_flops(ridge * 10) == PEAK_FLOPS
+    assert attainable_flops(2.0, bandwidth=1e9, peak_flops=1e12) == 2e9
+    intensity = torch.logspace(-1, 4, 50, dtype=torch.float64)
+    roof = attainable_flops(intensity)
+    assert isinstance(roof, torch.Tensor) and roof.shape == intensity.shape
+    expected = [min(float(i) * BANDWIDTH, PEAK_FLOPS) for i in intensity]
+    assert all(math.isclose(a, b, rel_tol=1e-12) for a, b in zip(roof.tolist(), expected))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [(dict(M=0, N=8, K=8), ValueError, "M=0"),
+                                                  (dict(M=1, N=8.0, K=8), TypeError, "N must be an int"),
+                                                  (dict(M=1, N=8, K=True), TypeError, "K must be an int")])
+def test_bad_shapes_are_named(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        matmul_cost(**kwargs)
+
+
+def test_bad_ceilings_and_widths():
+    with pytest.raises(ValueError, match="bits_per_weight"):
+        matmul_cost(1, 8, 8, bits_per_weight=0)
+    with pytest.raises(ValueError, match="bandwidth"):
+        attainable_flops(1.0, bandwidth=0)

@@ -1,0 +1,138 @@
+"""lab.parallel's closed forms and pure helpers, checked without starting processes.
+
+References: the numbers of the ZeRO paper's Figure 1 (Ψ = 7.5B, N_d = 64, K = 12), a
+discrete-event simulation of the pipeline schedules (written here, independent of the
+library), and hand-computed plan entries.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.parallel.comm import ring_sent_bytes
+from lab.parallel.formulas import (H100_SXM, LLAMA2_7B, LLAMA2_70B, bubble_fraction, parallel_plan, ring_factor,
+                               tp_allreduce_bytes_per_layer, zero_memory, zero_traffic_elements)
+from lab.parallel.launch import default_backend
+from lab.parallel.pipeline import layer_split, schedule_order
+
+
+def test_zero_memory_reproduces_the_papers_figure_1():
+    psi, n = 7_500_000_000, 64
+    totals = [zero_memory(psi, n, stage)["total"] / 1e9 for stage in (0, 1, 2, 3)]
+    assert totals == pytest.approx([120.0, 31.4, 16.6, 1.9], abs=0.05)  # the figure rounds to 0.1 GB
+
+
+def test_zero_memory_parts_and_traffic():
+    m = zero_memory(1000, 4, 2, param_bytes=4, grad_bytes=4, k=8)
+    assert m == {"params": 4000, "grads": 1000, "optimizer": 2000, "total": 7000}
+    assert [zero_traffic_elements(10, s) for s in (0, 1, 2, 3)] == [20, 20, 20, 30]
+    with pytest.raises(ValueError, match="stage=4"):
+        zero_memory(10, 2, 4)
+    with pytest.raises(ValueError, match="n=0"):
+        zero_memory(10, 0, 1)
+
+
+def test_ring_volumes():
+    assert ring_factor(4) == 0.75
+    assert ring_sent_bytes("all_reduce", 1000, 4) == 1500          # 2(N-1)/N S
+    assert ring_sent_bytes("reduce_scatter", 1000, 4) == 750
+    assert ring_sent_bytes("all_gather", 1000, 4) == 750
+    assert ring_sent_bytes("all_reduce", 1000, 1) == 0
+    assert tp_allreduce_bytes_per_layer(2, 3, 5) == 4 * 2 * 3 * 5 * 2
+    with pytest.raises(ValueError, match="op='gossip'"):
+        ring_sent_bytes("gossip", 1, 2)
+
+
+def simulate(schedule: str, p: int, m: int, t_f: float = 1.0, t_b: float = 2.0) -> tuple[float, list[int]]:
+    """Makespan and peak in-flight micro-batches per stage when each stage runs its order as soon as
+    its dependencies allow: F(s, j) after F(s-1, j), B(s, j) after B(s+1, j) (and after F(s, j))."""
+    orders = [schedule_order(schedule, p, s, m) for s in range(p)]
+    done, clock, pos = {}, [0.0] * p, [0] * p
+    inflight, peak = [0] * p, [0] * p
+    while any(pos[s] < len(orders[s]) for s in range(p)):
+        progressed = False
+        for s in range(p):
+            if pos[s] == len(orders[s]):
+                continue
+            kind, j = orders[s][pos[s]]
+            dep = ("F", s - 1, j) if kind == "F" and s > 0 else ("B", s + 1, j) if kind == "B" and s < p - 1 else None
+            if dep is not None and dep not in done:
+                continue
+            start = max(clock[s], done.get(dep, 0.0))
+            clock[s] = done[(kind, s, j)] = start + (t_f if kind == "F" else t_b)
+            inflight[s] += 1 if kind == "F" else -1
+            peak[s] = max(peak[s], inflight[s])
+            pos[s] += 1
+            progressed = True
+        assert progressed, "deadlock"
+    return max(clock), peak
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("p,m", [(1, 1), (2, 1), (2, 4), (3, 5), (4, 8), (4, 2)])
+def test_schedules_are_complete_and_reach_the_bubble_formula(schedule, p, m):
+    for s in range(p):
+        order = schedule_order(schedule, p, s, m)
+        assert sorted(order) == sorted([("F", j) for j in range(m)] + [("B", j) for j in range(m)])
+        assert all(order.index(("F", j)) < order.index(("B", j)) for j in range(m))
+    makespan, peak = simulate(schedule, p, m)
+    assert makespan == pytest.approx((m + p - 1) * 3.0)            # (m+p-1)(t_f+t_b)
+    assert 1 - m * 3.0 / makespan == pytest.approx(bubble_fraction(p, m))
+    assert peak == ([m] * p if schedule == "gpipe" else [min(p - s, m) for s in range(p)])
+
+
+def test_schedule_and_split_reject_bad_input():
+    with pytest.raises(ValueError, match="n_micro=0"):
+        schedule_order("gpipe", 2, 0, 0)
+    with pytest.raises(ValueError, match="schedule='zb'"):
+        schedule_order("zb", 2, 0, 1)
+    with pytest.raises(ValueError, match="stage=2"):
+        schedule_order("1f1b", 2, 2, 1)
+    with pytest.raises(ValueError, match="n_layer=6 is not divisible"):
+        layer_split(6, 4)
+    with pytest.raises(ValueError, match="stage 1 of 3 would have no parameters"):
+        layer_split(4, 3, [2, 0, 2])
+    with pytest.raises(ValueError, match="summing"):
+        layer_split(4, 2, [1, 2])
+    assert layer_split(4, 3, [0, 2, 2]) == [0, 2, 2]   # stage 0 still holds the embedding
+    with pytest.raises(ValueError, match="m=0"):
+        bubble_fraction(4, 0)
+
+
+def test_parallel_plan_by_hand():
+    plan = parallel_plan(LLAMA2_7B, H100_SXM, tp=1, pp=1, dp=8, zero_stage=1, micro_batch=1, seq_len=4096,
+                         global_batch=1024)
+    assert plan["states_GB"] == pytest.approx((4 + 12 / 8) * 6.74)        # 2Ψ + 2Ψ + 12Ψ/8
+    assert plan["micro_batches"] == 128 and plan["bubble"] == 0 and plan["fits"]
+    assert plan["compute_s"] == pytest.approx(8 * 6.74e9 * 1024 * 4096 / (8 * 989e12 * 0.4))
+    too_big = parallel_plan(LLAMA2_70B, H100_SXM, tp=1, pp=1, dp=8, zero_stage=3, micro_batch=1, seq_len=4096,
+                            global_batch=1024)
+    assert too_big["states_GB"] == pytest.approx(16 * 68.98 / 8) and not too_big["fits"]
+    with pytest.raises(ValueError, match="pp=3"):
+        parallel_plan(LLAMA2_70B, H100_SXM, 8, 3, 1, 1, 1, 4096, 8)
+    with pytest.raises(ValueError, match="tp=16"):
+        parallel_plan(LLAMA2_70B, H100_SXM, 16, 1, 1, 1, 1, 4096, 8)
+
+
+def test_default_backend_is_gloo_without_gpus():
+    import torch
+
+    assert default_backend(2) == ("nccl" if torch.cuda.device_count() >= 2 else "gloo")
+
+
+def test_run_full_quick_on_cpu_is_json_ready_and_exact():
+    """The bench entry point (2 gloo ranks, tiny model, 5 steps)."""
+    import json
+
+    import torch
+
+    from lab.parallel.experiments import run_full
+
+    out = run_full(torch.device("cpu"), quick=True, progress=False)
+    json.dumps(out)
+    assert out["backend"] == "gloo" and out["world_size"] == 2
+    assert set(out["strategies"]) == {"ddp", "torch_ddp", "zero1", "zero2", "zero3", "tp", "pp"}
+    for name, entry in out["strategies"].items():
+        assert entry["max_abs_loss_diff_vs_single"] <= 1e-4, name
+        if name != "torch_ddp":
+            assert entry["payload_over_formula"] == pytest.approx(1.0, abs=1e-3), name

@@ -1,0 +1,38 @@
+"""lab.doctor: what it reports follows the machine (no GPU here) and the TRITON_INTERPRET switch."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lab import doctor
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the no-GPU report")
+def test_without_a_gpu_every_accelerated_path_names_its_fallback(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert doctor.triton_mode() == ("unavailable", "no CUDA GPU")
+    assert all(status == "PyTorch fallback: no CUDA GPU" for status in doctor.paths().values())
+    line = doctor.summary()
+    assert "device cpu" in line and f"torch {torch.__version__}" in line
+    assert f"{len(doctor.ACCELERATED)} of {len(doctor.ACCELERATED)} accelerated paths" in line
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the no-GPU report")
+def test_the_interpreter_runs_the_triton_kernels_on_the_cpu(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert doctor.triton_mode()[0] == "interpreted"
+    statuses = doctor.paths()
+    kernels = [name for name, needs in doctor.ACCELERATED.items() if needs == "triton"]
+    assert all(statuses[name] == "Triton interpreter (CPU)" for name in kernels)
+    assert all(statuses[name].startswith("PyTorch fallback") for name in statuses if name not in kernels)
+
+
+def test_the_command_prints_versions_device_mode_and_paths():
+    out = subprocess.run([sys.executable, "-m", "lab.doctor"], capture_output=True, text=True, check=True).stdout
+    for fragment in ("versions:", f"torch         {doctor.versions()['torch']}", "device:", "triton mode:",
+                     "paths:", *doctor.ACCELERATED):
+        assert fragment in out
