@@ -74,17 +74,22 @@ browser:
 
 # The outputs stored in notebooks/*.ipynb are what tests/test_notebooks.py compares with: refresh them here.
 outputs: data
-	for nb in notebooks/*.ipynb; do \
+	export OMP_NUM_THREADS=1; for nb in notebooks/*.ipynb; do \
 		$(VENV)/bin/papermill --cwd notebooks --kernel python3 --no-progress-bar "$$nb" "$$nb"; \
 	done
 
-test: test-unit check-kernels test-notebooks test-book
+# CI (.ci/run) on 2 cores: the kernel check, the unit tests and the notebooks (two at a time) share
+# the cores, each torch process on one thread (OMP_NUM_THREADS=1: no oversubscribed thread pools);
+# then the book is built from the stored outputs and opened in chromium.
+test:
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j2 --output-sync=target check-kernels test-unit test-notebooks
+	$(MAKE) --no-print-directory test-book
 
 test-unit: data
-	MPLBACKEND=Agg $(PY) -m pytest tests --ignore=tests/test_notebooks.py --ignore=tests/book
+	MPLBACKEND=Agg $(PY) -m pytest tests --ignore=tests/test_notebooks.py --ignore=tests/book --durations=5
 
 test-notebooks: data
-	$(PY) -m pytest tests/test_notebooks.py
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist worksteal tests/test_notebooks.py
 
 # Every page of _build/html in headless chromium: formulas typeset, images loaded, no console error,
 # internal links resolve, sidebar complete; screenshots in _build/screenshots/.

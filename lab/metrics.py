@@ -34,7 +34,7 @@ def _windows(n: int, context_length: int, stride: int) -> list[tuple[int, int, i
 
 
 @torch.no_grad()
-def nll_per_token(model, tokens: torch.Tensor, context_length: int = 256, stride: int = 128,
+def token_losses(model, tokens: torch.Tensor, context_length: int = 256, stride: int = 128,
                   batch_size: int = 8, progress: bool = False) -> torch.Tensor:
     """Negative log-likelihood (nats, float64) of tokens[1:], shape (N−1,), by sliding windows."""
     if tokens.dim() != 1 or tokens.dtype != torch.int64:
@@ -68,5 +68,5 @@ def nll_per_token(model, tokens: torch.Tensor, context_length: int = 256, stride
 def perplexity(model, tokens: torch.Tensor, context_length: int = 256, stride: int = 128,
                batch_size: int = 8, progress: bool = False) -> float:
     """exp(mean NLL) of ``tokens`` under ``model`` (lab `GPT` or a `transformers` causal LM)."""
-    nll = nll_per_token(model, tokens, context_length, stride, batch_size, progress)
+    nll = token_losses(model, tokens, context_length, stride, batch_size, progress)
     return math.exp(nll.mean().item())

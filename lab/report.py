@@ -10,6 +10,17 @@ Where the file goes: the ``path`` argument, else ``$LAB_REPORT_PATH`` (the noteb
 sets it to ``<output dir>/<notebook stem>.metrics.json``, next to the executed notebook),
 else ``lab.metrics.json`` in the working directory (the notebook's folder when Jupyter
 Book, papermill or nbval run it).
+
+Inside a Jupyter kernel each recorded value is also *glued* (``myst_nb.glue``, not displayed)
+under its name, so a chapter page pastes the executed figure instead of typing it:
+``{glue:text}`../notebooks/02_pruning.ipynb::ppl_ratio_wanda_50:.3f```.
+
+A comparison of two models on the same tokens (`lab.stats.compare`) is recorded with
+`record_comparison` as a change of perplexity in percent with its 95% interval,
+``[Δ%, low%, high%]``, with 100·(e^Δ − 1) for Δ = log PPL_b − log PPL_a, plus its text
+(``name_text``, e.g. "+0.34% (95% CI +0.21% to +0.47%)") and the verb the interval allows
+(``name_verdict``: "lower", "level" or "higher"). The notebook test checks the verb the
+chapter uses against the recorded interval.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import os
 from pathlib import Path
 
 from lab.atomic import atomic_write_json
+from lab.stats import seed_spread, verdict
 
 DEFAULT_FILENAME = "lab.metrics.json"
 ENV_VAR = "LAB_REPORT_PATH"
@@ -74,3 +86,64 @@ def record(name: str, value: Value, *, path: str | os.PathLike | None = None) ->
     metrics = read(file) if file.exists() else {}
     metrics[name] = plain
     atomic_write_json(file, dict(sorted(metrics.items())))
+    _glue(name, plain)
+
+
+def _glue(name: str, value: Value) -> None:
+    """``myst_nb.glue(name, value, display=False)`` when running in a Jupyter kernel with myst-nb."""
+    try:
+        from IPython import get_ipython
+        from myst_nb import glue
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        glue(name, value, display=False)
+
+
+def percent(delta_log_ppl: float) -> float:
+    """A log-perplexity difference Δ as a change of perplexity in percent, 100·(e^Δ − 1)."""
+    return 100.0 * math.expm1(delta_log_ppl)
+
+
+def record_comparison(name: str, results: dict | list[dict], *, scale: str = "ppl",
+                      path: str | os.PathLike | None = None) -> list[float]:
+    """Record a paired comparison (`lab.stats.compare` result) or one per seed (a list of them).
+
+    Records ``name`` = [Δ, low, high], ``name_text`` and ``name_verdict``. ``scale`` "ppl": the
+    compared values are per-token losses and Δ is the change of perplexity in percent,
+    100·(e^Δ − 1); "points": the compared values are rates (e.g. 1 − correct per example) and Δ is
+    in percentage points, 100·Δ. Over seeds, Δ is the mean over seeds and [low, high] spans every
+    seed's interval, so "lower"/"higher" means: at every seed. Returns [Δ, low, high].
+    """
+    per_seed = results if isinstance(results, list) else [results]
+    if not per_seed or not all(isinstance(r, dict) and {"delta_log_ppl", "ci_low", "ci_high"} <= r.keys()
+                               for r in per_seed):
+        raise TypeError(f"record_comparison({name!r}): results must be a lab.stats.compare dict or a "
+                        f"non-empty list of them, got {results!r:.200}")
+    if scale not in ("ppl", "points"):
+        raise ValueError(f"scale={scale!r} is not allowed; allowed: 'ppl', 'points'")
+    to_unit, unit = (percent, "%") if scale == "ppl" else ((lambda d: 100.0 * d), " points")
+    mid = sum(to_unit(r["delta_log_ppl"]) for r in per_seed) / len(per_seed)
+    low = min(to_unit(r["ci_low"]) for r in per_seed)
+    high = max(to_unit(r["ci_high"]) for r in per_seed)
+    where = f"95% CI {low:+.2f}{unit} to {high:+.2f}{unit}"
+    if len(per_seed) > 1:
+        where = (f"mean of {len(per_seed)} seeds; every seed's 95% CI within "
+                 f"{low:+.2f}{unit} to {high:+.2f}{unit}")
+    record(name, [mid, low, high], path=path)
+    record(f"{name}_text", f"{mid:+.2f}{unit} ({where})", path=path)
+    record(f"{name}_verdict", verdict(low, high), path=path)
+    return [mid, low, high]
+
+
+def record_spread(name: str, values, unit: str = "%", *, path: str | os.PathLike | None = None) -> list[float]:
+    """Record one result over seeds (`lab.stats.seed_spread`): ``name`` = [mean, ci_low, ci_high]
+    (Student-t 95% interval of the mean), ``name_text`` and ``name_verdict`` (against 0).
+    Returns [mean, ci_low, ci_high]."""
+    s = seed_spread(values)
+    record(name, [s["mean"], s["ci_low"], s["ci_high"]], path=path)
+    record(f"{name}_text", f"{s['mean']:+.2f}{unit} (mean of {s['n']} seeds, sd {s['sd']:.2f}{unit}; "
+                           f"95% CI {s['ci_low']:+.2f}{unit} to {s['ci_high']:+.2f}{unit})", path=path)
+    record(f"{name}_verdict", verdict(s["ci_low"], s["ci_high"]), path=path)
+    return [s["mean"], s["ci_low"], s["ci_high"]]

@@ -17,13 +17,21 @@ from collections import defaultdict
 from pathlib import Path
 
 import nbformat
-from nbval.plugin import (coalesce_streams, find_comment_markers, find_metadata_tags,
-                          get_sanitize_patterns, transform_streams_for_comparison)
+from nbval.plugin import (
+    coalesce_streams,
+    find_comment_markers,
+    find_metadata_tags,
+    get_sanitize_patterns,
+    transform_streams_for_comparison,
+)
 
 SANITIZE_CFG = Path(__file__).resolve().parent / "nbval_sanitize.cfg"
 # nbval's own list of keys it never compares (plugin.IPyNbFile.skip_compare, without --nbdime)
 SKIP_KEYS = frozenset({"metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
                        "application/vnd.jupyter.widget-view+json", "image/png", "image/jpeg"})
+# values glued by lab.report.record (myst_nb.glue, not displayed): the recorded metrics, which
+# test_notebooks.py checks against EXPECTED with tolerances, not by their last digit
+GLUE_PREFIX = "application/papermill.record/"
 
 
 def sanitizer(cfg: Path = SANITIZE_CFG):
@@ -49,7 +57,7 @@ def _flatten(outputs: list, sanitize) -> dict[str, list]:
                 continue
             if key == "data":
                 for mime, data in value.items():
-                    if mime not in SKIP_KEYS:
+                    if mime not in SKIP_KEYS and not mime.startswith(GLUE_PREFIX):
                         flat[mime].append(sanitize(data))
             else:
                 flat[key].append(sanitize(value))

@@ -8,11 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab.metrics import nll_per_token, perplexity
-
+from lab.metrics import perplexity, token_losses
 from tests.tiny_models import tiny_gpt
-
-
 
 # ---------------------------------------------------------------------------------------------
 # lab.metrics: sliding-window perplexity
@@ -44,7 +41,7 @@ def test_perplexity_equals_direct_cross_entropy_within_one_window():
 def test_sliding_window_scores_every_token_exactly_once(n, context_length, stride):
     V = 13
     tokens = torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(n))
-    nll = nll_per_token(UniformLM(V), tokens, context_length, stride, batch_size=3)
+    nll = token_losses(UniformLM(V), tokens, context_length, stride, batch_size=3)
     assert nll.shape == (n - 1,) and nll.dtype == torch.float64
     # log-softmax runs in float32, so "exactly" means to float32 rounding
     torch.testing.assert_close(nll, torch.full((n - 1,), math.log(V), dtype=torch.float64),
@@ -55,9 +52,9 @@ def test_sliding_window_scores_every_token_exactly_once(n, context_length, strid
 def test_sliding_window_matches_full_context_when_the_window_covers_everything():
     model = tiny_gpt(6)
     tokens = torch.randint(0, 61, (16,), generator=torch.Generator().manual_seed(6))
-    full = nll_per_token(model, tokens, context_length=16, stride=8)
+    full = token_losses(model, tokens, context_length=16, stride=8)
     # stride 1: token t is scored by a window ending at t, which starts at 0 while t < 16
-    torch.testing.assert_close(nll_per_token(model, tokens, context_length=16, stride=1), full)
+    torch.testing.assert_close(token_losses(model, tokens, context_length=16, stride=1), full)
 
 
 @pytest.mark.parametrize("tokens, kwargs, match", [

@@ -65,6 +65,29 @@ class Is:
         return f"is {self.expected}"
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A comparison recorded by ``report.record_comparison`` as [Δ%, low%, high%] whose interval
+    supports the verb of the sentence that states it: "lower" (high < 0), "higher" (low > 0),
+    "level" (low <= 0 <= high), or "any" where the sentence states the size and no direction;
+    optionally the size Δ% within [lo, hi]."""
+
+    verb: str
+    lo: float = -math.inf
+    hi: float = math.inf
+
+    def __contains__(self, value) -> bool:
+        if not (isinstance(value, list) and len(value) == 3 and all(map(math.isfinite, value))):
+            return False
+        mid, low, high = value
+        supported = {"lower": high < 0, "higher": low > 0, "level": low <= 0 <= high,
+                     "any": True}[self.verb]
+        return supported and low <= mid <= high and self.lo <= mid <= self.hi
+
+    def __str__(self) -> str:
+        return f"a {self.verb!r} interval [Δ%, low%, high%] with Δ% in [{self.lo}, {self.hi}]"
+
+
 # ============================================================================================
 # EXPECTED: {notebook stem: {metric name: tolerance}} -- one entry per notebook, checked after
 # every papermill run with the notebook's default (small, CPU) parameters.
@@ -91,9 +114,64 @@ EXPECTED: dict[str, dict] = {
         "sharing_untied_n_params": exactly(2_835_584),
         "sharing_tied_n_params": exactly(1_787_008),
         "sharing_albert_n_params": exactly(1_233_280),
-        "sharing_untied_val_ppl": near(380.6, 0.10),
-        "sharing_tied_val_ppl": near(518.4, 0.10),
-        "sharing_albert_val_ppl": near(809.8, 0.10),
+        "sharing_untied_val_ppl": near(746.6, 0.10),
+        "sharing_tied_val_ppl": near(672.0, 0.10),
+        "sharing_albert_val_ppl": near(975.0, 0.10),
+        "sharing_tied_vs_untied": Claim("lower"),      # paired on the validation tokens: -10.0%
+        "sharing_albert_vs_tied": Claim("higher"),     # +45.1%
+        # figures the chapter pages glue
+        "kv_mha_outgrows_weights_T": near(3213.127, 1e-6),
+        "kv_gqa_outgrows_weights_T": near(12852.508, 1e-6),
+        "bf16_underflow_fraction_unscaled": exactly(0.0),
+        "lazy_checkpoint_MB": near(142.66, 1e-3),
+        "eager_extra_rss_MB": Between(150, 500),           # RSS: varies run to run
+        "lazy_extra_rss_MB": Between(60, 300),
+        "eager_minus_lazy_rss_over_checkpoint": Between(0.6, 1.4),
+    },
+    "01b_training_with_fewer_bytes": {
+        "pretrained_perplexity": near(27.37, 0.02),          # first 4096 tokens of the slice
+        "task_pretrained_perplexity": near(81.46, 0.02),     # held-out 25% of library/sqlite3
+        # activation checkpointing: the memory model against the measured saved tensors
+        **{f"checkpoint_activation_ratio_{k}": near(1.0, 0.10) for k in ("none", 1, 2, 3)},
+        "checkpoint_every1_activation_fraction": Between(0.2, 0.3),   # measured 0.2547
+        "recompute_flop_ratio_every1": near(1.22613, 1e-4),           # FLOP model, not a timing
+        # optimizer state: the memory model equals the measured storage
+        **{f"optimizer_state_ratio_{o}": exactly(1.0) for o in ("adamw", "adafactor", "adam8bit")},
+        "bf16_mixed_bytes_per_param_adamw": exactly(16.0),
+        "bf16_mixed_bytes_per_param_adafactor": near(8.02441, 1e-5),
+        "bf16_mixed_bytes_per_param_adam8bit": near(10.00392, 1e-5),
+        # the same batches of the fine-tuning task, paired on its held-out tokens
+        "task_adamw_vs_pretrained": Claim("lower", -50, -25),   # measured -37.1%
+        "task_adafactor_vs_adamw": Claim("lower"),              # measured -7.3%
+        "task_adam8bit_vs_adamw": Claim("level"),               # measured +0.09% [-0.04, +0.25]
+        "task_ppl_adamw": near(51.26, 0.10),
+        "task_ppl_adafactor": near(47.52, 0.10),
+        "task_ppl_adam8bit": near(51.30, 0.10),
+        # LoRA and QLoRA against full fine-tuning at equal steps
+        "adamw_trainable_parameters": exactly(6_524_160),
+        "lora_trainable_parameters": exactly(86_016),
+        "qlora_trainable_parameters": exactly(86_016),
+        "adamw_optimizer_bytes": exactly(52_193_280),
+        "lora_optimizer_bytes": exactly(688_128),
+        "qlora_optimizer_bytes": exactly(688_128),
+        "lora_trainable_fraction": near(86_016 / 6_524_160, 1e-9),
+        "task_lora_vs_pretrained": Claim("lower"),              # measured -11.9%
+        "task_lora_vs_full": Claim("higher", 20, 60),           # measured +40.0%
+        "task_int4_vs_pretrained": Claim("higher", 0, 1.5),     # measured +0.50%
+        "task_qlora_vs_lora": Claim("higher", 0, 4),            # measured +1.46%
+        "task_qlora_vs_pretrained": Claim("lower"),             # measured -10.7%
+        "slice_full_vs_pretrained": Claim("higher"),            # forgetting: +12.2%
+        "slice_lora_vs_pretrained": Claim("higher"),            # +2.6%
+        "slice_lora_vs_full": Claim("lower"),                   # -8.5%
+        "task_ppl_lora": near(71.74, 0.10),
+        "task_ppl_qlora": near(72.78, 0.10),
+        "task_ppl_int4_base": near(81.87, 0.02),
+        "task_ppl_pretrained": near(81.46, 0.02),
+        "memory_full_MB": near(104.38656, 1e-6),
+        "memory_lora_MB": near(14.424576, 1e-6),
+        "memory_qlora_MB": near(8.065536, 1e-6),
+        "lora_over_full_memory": near(0.138184, 1e-4),
+        "qlora_over_lora_memory": near(0.559152, 1e-4),
     },
     "02_pruning": {
         "dense_perplexity": near(29.24, 0.02),
@@ -108,9 +186,19 @@ EXPECTED: dict[str, dict] = {
         "ppl_ratio_sparsegpt_24": Between(1.02, 1.07),
         "ppl_ratio_wanda_24": Between(1.07, 1.14),
         "ppl_ratio_magnitude_24": Between(1.07, 1.14),
-        # the published ordering: SparseGPT below magnitude at every sparsity >= 50%; Wanda level with it here
-        "sparsegpt_below_magnitude_from_50": Is(True),
-        "wanda_over_magnitude_50": Between(0.97, 1.03),
+        # paired comparisons on the evaluation tokens (lab.stats.compare), Wanda/SparseGPT at 50% over
+        # 3 calibration seeds: the verbs of the notebook's text
+        "layer_error_sparsegpt_vs_magnitude": Claim("lower", -70, -45),   # measured -58.5%
+        "layer_error_wanda_vs_magnitude": Claim("level"),
+        **{f"sparsegpt_vs_magnitude_{s}": Claim("lower") for s in (50, 60, 70)},
+        "wanda_vs_magnitude_50": Claim("level"),
+        "wanda_vs_magnitude_60": Claim("higher"),
+        "wanda_vs_magnitude_70": Claim("higher"),
+        **{f"{m}_24_vs_50": Claim("higher") for m in ("magnitude", "wanda", "sparsegpt")},
+        **{f"{m}_50_vs_dense": Claim("higher") for m in ("magnitude", "wanda", "sparsegpt")},
+        "most_vs_runner_up_sensitive": Claim("level"),
+        "structured_25_vs_dense": Claim("higher"),
+        "structured_50_vs_dense": Claim("higher"),
         "structured_0.25_params": exactly(5_418_240),
         "structured_0.5_params": exactly(4_312_320),
         "compress_24_roundtrip_exact": Is(True),
@@ -123,11 +211,22 @@ EXPECTED: dict[str, dict] = {
         "mse_over_s2_12": Between(0.9, 1.1),                  # measured 0.996
         "group_over_tensor_mse_4bit": Between(0.1, 0.5),      # measured 0.244
         "observer_mse_over_minmax_4bit": Between(0.1, 0.6),   # measured 0.280
-        # RTN vs GPTQ: GPTQ's layer error ~1/3 of RTN's everywhere; perplexity below RTN at 3 and 2 bits
+        # RTN vs GPTQ: GPTQ's layer error ~1/3 of RTN's everywhere; in perplexity (paired, GPTQ/AWQ at
+        # 3 bits g64 over 3 calibration seeds) a large gain at 2 bits, small or level at 3 and 4
         "gptq_layer_error_below_rtn_everywhere": Is(True),
-        "gptq_below_rtn_at_3_and_2_bits": Is(True),
         "layer_error_gptq_over_rtn_4_group": Between(0.2, 0.45),   # measured 0.324
         "layer_error_gptq_over_rtn_3_channel": Between(0.2, 0.45),  # measured 0.329
+        "gptq_vs_rtn_2_group": Claim("lower", -8.0, -2.0),          # measured -4.25%
+        "gptq_vs_rtn_3_channel": Claim("lower", -1.5, 0.0),         # measured -0.54% [-1.04, -0.01]
+        "gptq_vs_rtn_3_group": Claim("level"),                      # measured -0.47%, 0 in a seed's CI
+        "gptq_vs_rtn_4_channel": Claim("level"),
+        "gptq_vs_rtn_4_group": Claim("level"),
+        "awq_vs_rtn_3_group": Claim("lower", -1.0, 0.0),            # measured -0.30%, every seed below
+        "rtn_group_vs_channel_4": Claim("higher", 0.0, 1.0),        # measured +0.34% [+0.00, +0.73]
+        "lm_w8a8_token_vs_dense": Claim("level"),
+        "lm_w8a8_tensor_vs_dense": Claim("level"),
+        "qat_vs_rtn": Claim("lower"),
+        "qat_vs_finetune_then_rtn": Claim("lower"),
         "ppl_ratio_rtn_8_group": Between(0.999, 1.002),
         "ppl_ratio_rtn_3_channel": Between(1.005, 1.03),   # measured 1.014
         "ppl_ratio_gptq_3_channel": Between(1.0, 1.015),   # measured 1.008
@@ -154,9 +253,18 @@ EXPECTED: dict[str, dict] = {
     "04_distillation": {
         "teacher_perplexity": near(40.59, 0.02),  # 2048 tokens, windows of 256 moved by 255
         "kd_loss_matches_reference": Is(True),
-        # at equal steps, KD beats hard labels for every student and initialisation
-        "kd_beats_hard_everywhere": Is(True),
-        "teacher_init_beats_random": Is(True),
+        # at equal steps, KD beats hard labels for every student and initialisation (paired on the
+        # evaluation tokens; the 3-layer teacher-initialised student at every batch seed)
+        **{f"kd_vs_hard_{d}_{i}": Claim("lower") for d, i in ((3, "teacher"), (3, "random"), (2, "teacher"))},
+        "kd_vs_hard_3_teacher_seeds": Claim("lower"),
+        "teacher_vs_random_init_3_kd": Claim("lower", -99.0, -50.0),
+        "hidden_vs_kd_3_teacher": Claim("lower", -10.0, 0.0),          # measured -2.5%
+        # the (τ, α) grid over batch seeds: hard labels hurt at τ = 1, level at 2 and 4, help at 8
+        "grid_alpha_half_vs_one_T1": Claim("higher"),
+        "grid_alpha_half_vs_one_T2": Claim("level"),
+        "grid_alpha_half_vs_one_T4": Claim("level"),
+        "grid_alpha_half_vs_one_T8": Claim("lower"),
+        "encoder_kd_vs_hard_error": Claim("level"),
         "ppl_3_hard_teacher": near(79.26, 0.10),
         "ppl_3_kd_teacher": near(66.36, 0.10),
         "ppl_3_kd+hidden_teacher": near(64.69, 0.10),
@@ -185,8 +293,33 @@ EXPECTED: dict[str, dict] = {
         # measured traffic and per-rank memory equal the formulas
         **{f"traffic_ratio_{s}": near(1.0, 1e-3) for s in ("ddp", "zero1", "zero2", "zero3", "tp", "pp")},
         **{f"memory_ratio_stage{k}": near(1.0, 1e-3) for k in range(4)},
-        "bubble_gpipe_m8": Between(0.25, 0.5),  # formula 0.273; measured with sleeping stages
-        "bubble_1f1b_m8": Between(0.25, 0.5),
+        "bubble_gpipe_m8": Between(3 / 11, 0.5),  # formula 0.273; measured with sleeping stages
+        "bubble_1f1b_m8": Between(3 / 11, 0.5),
+        "bubble_formula_m8": near(3 / 11, 1e-9),
+        "tiny_n_parameters": exactly(616_768),
+        "loss_max_abs_diff_all": Between(0.0, 1e-4),
+        **{f"payload_MB_per_step_{s}": near(v, 1e-9) for s, v in (
+            ("ddp", 2.467072), ("zero1", 4.934144), ("zero2", 4.934144), ("zero3", 7.401216),
+            ("tp", 1.048576), ("pp", 2.359296))},
+        "traffic_max_abs_diff_bytes": exactly(0),
+        **{f"memory_MB_stage{k}": near(v, 1e-9)
+           for k, v in enumerate((9.868288, 7.401216, 6.16768, 4.934144))},
+        "memory_max_abs_diff_bytes": exactly(0),
+        "scaling_speedup_2": Between(0.3, 1.5),           # timing: processes share 2 cores
+        "scaling_speedup_4": Between(0.2, 2.0),
+        **{f"plan_{name}_GB": near(v, 1e-3) for name, v in (
+            ("7b_dp8_zero0", 109.484), ("7b_dp64_zero1", 29.868), ("70b_dp8_zero3", 144.470),
+            ("70b_tp8_dp8_zero1", 48.237))},
+        **{f"plan_{name}_fits": Is(v) for name, v in (
+            ("7b_dp8_zero0", False), ("7b_dp8_zero1", True), ("7b_dp64_zero1", True),
+            ("70b_dp8_zero3", False), ("70b_tp8_dp8_zero1", True), ("70b_tp8_pp4_dp16", True))},
+        **{f"plan_{name}_days_per_T": near(v, 1e-3) for name, v in (
+            ("7b_dp8_zero0", 197.19), ("7b_dp8_zero1", 197.19), ("7b_dp64_zero1", 24.649),
+            ("70b_dp8_zero3", 2018.15), ("70b_tp8_dp8_zero1", 252.27), ("70b_tp8_pp4_dp16", 33.012))},
+        "plan_7b_dp64_zero1_compute_s": near(8.9325, 1e-3),
+        "plan_7b_dp64_zero1_dp_comm_s": near(0.53078, 1e-3),
+        "plan_70b_tp8_pp4_dp16_bubble": near(3 / 67, 1e-6),
+        "plan_70b_tp8_pp4_dp16_micro_batches": exactly(64),
         "max_in_flight_gpipe": exactly(8),
         "max_in_flight_1f1b": exactly(4),
         "plan_7b_dp8_zero1_GB": near(38.71, 1e-3),
@@ -220,6 +353,33 @@ EXPECTED: dict[str, dict] = {
         # the roofline of a 7B shape: int4 pays at batch 1, much less at batch 256 (formula)
         "int4_ceiling_gain_b1": near(2.9912, 1e-4),
         "int4_ceiling_gain_b256": near(1.0341, 1e-4),
+        # figures the chapter page glues
+        "steps_static_over_continuous_b2": Between(1.1, 1.4),          # measured 1.223
+        "steps_static_over_continuous_b8": Between(1.4, 1.8),          # measured 1.622
+        "steps_static_over_continuous_min": Between(1.1, 1.6),
+        "steps_static_over_continuous_max": Between(1.3, 1.8),
+        "utilization_static_b4": Between(0.6, 0.75),                   # measured 0.6825
+        "draft_perplexity": near(35.5158, 1e-4),                       # the draft's training record
+        "target_perplexity": near(29.2429, 1e-4),
+        "spec_alpha_min": Between(0.65, 0.8),
+        "spec_alpha_max": Between(0.78, 0.9),
+        "spec_formula_ratio_min": Between(0.85, 1.0),
+        "spec_formula_ratio_max": Between(0.9, 1.0),                   # "slightly below" the formula
+        "spec_cost_ratio_c": Between(0.2, 1.0),                        # timings: wide
+        "spec_pass_cost_r_min": Between(1.0, 2.0),
+        "spec_pass_cost_r_max": Between(1.0, 2.5),
+        "spec_speedup_formula_min": Between(0.3, 1.6),
+        "spec_speedup_formula_max": Between(0.3, 1.6),
+        "spec_speedup_measured_min": Between(0.3, 2.0),
+        "spec_speedup_measured_max": Between(0.3, 2.0),
+        "score_z_undistilled_draft": Between(-60, -15),
+        "tokens_tested_distilled_draft": exactly(1920),
+        "pvalue_exact_samplers_min": Between(0.001, 1.0),
+        "pvalue_exact_samplers_max": Between(0.001, 1.0),
+        "ks_pvalue_distilled_draft": Between(1e-4, 0.2),
+        "score_pvalue_distilled_draft": Between(1e-4, 0.2),
+        "bench_cpu_ms_per_token_kv_cache_b1": Between(0.0, 1e3),        # from results/infer_cpu.json
+        "bench_cpu_ms_per_token_speculative_b1": Between(0.0, 1e3),
     },
 }
 
@@ -264,3 +424,14 @@ def test_notebook_runs_and_reproduces_its_metrics(notebook: Path, tmp_path: Path
     failures += [f"stored output differs: {d}" for d in differences(notebook, tmp_path / notebook.name)]
     assert not failures, f"{notebook.name}:\n  " + "\n  ".join(failures)
 
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
+def test_code_lines_fit_the_page(notebook: Path):
+    """Code lines of at most 88 characters: the book's code cells do not scroll sideways."""
+    import nbformat
+
+    cells = nbformat.read(notebook, as_version=4).cells
+    long = [(i, line) for i, cell in enumerate(cells) if cell.cell_type == "code"
+            for line in cell.source.splitlines() if len(line) > 88]
+    assert not long, f"{notebook.name}: lines over 88 characters (cell, line): {long}"

@@ -86,3 +86,50 @@ def test_bad_names_are_refused(tmp_path):
 def test_reading_a_missing_file_says_nothing_was_recorded(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing was recorded"):
         report.read(tmp_path / "absent.json")
+
+
+def test_record_comparison_stores_percent_interval_text_and_verdict(tmp_path):
+    from lab.stats import compare
+
+    path = tmp_path / "m.json"
+    a = np.random.default_rng(0).gamma(2.0, 1.5, size=2048)
+    result = compare(a, a + 0.01)                                   # b is 1.005% worse everywhere
+    mid, low, high = report.record_comparison("b_vs_a", result, path=path)
+    metrics = report.read(path)
+    assert metrics["b_vs_a"] == [mid, low, high]
+    assert mid == pytest.approx(100 * (math.exp(0.01) - 1)) and low <= mid <= high
+    assert metrics["b_vs_a_verdict"] == "higher"
+    assert metrics["b_vs_a_text"] == f"{mid:+.2f}% (95% CI {low:+.2f}% to {high:+.2f}%)"
+
+
+def test_record_comparison_over_seeds_spans_every_seed(tmp_path):
+    path = tmp_path / "m.json"
+    seeds = [{"delta_log_ppl": d, "ci_low": d - 0.002, "ci_high": d + 0.002} for d in (-0.004, -0.001)]
+    mid, low, high = report.record_comparison("x", seeds, path=path)
+    assert low == pytest.approx(report.percent(-0.006)) and high == pytest.approx(report.percent(0.001))
+    assert mid == pytest.approx((report.percent(-0.004) + report.percent(-0.001)) / 2)
+    assert report.read(path)["x_verdict"] == "level"            # one seed's interval contains 0
+    assert "mean of 2 seeds" in report.read(path)["x_text"]
+
+
+def test_record_comparison_refuses_what_is_not_a_comparison(tmp_path):
+    with pytest.raises(TypeError, match="compare dict"):
+        report.record_comparison("x", [], path=tmp_path / "m.json")
+    with pytest.raises(TypeError, match="compare dict"):
+        report.record_comparison("x", {"delta": 1.0}, path=tmp_path / "m.json")
+
+
+def test_record_spread_gives_the_t_interval_and_its_verdict(tmp_path):
+    path = tmp_path / "m.json"
+    mean, low, high = report.record_spread("gap", [0.4, 0.5, 0.6], path=path)
+    assert mean == pytest.approx(0.5) and (low, high) == pytest.approx((0.5 - 0.2484, 0.5 + 0.2484), abs=1e-3)
+    assert report.read(path)["gap_verdict"] == "higher" and "mean of 3 seeds" in report.read(path)["gap_text"]
+
+
+def test_record_comparison_in_points_for_rates(tmp_path):
+    path = tmp_path / "m.json"
+    result = {"delta_log_ppl": -0.05, "ci_low": -0.15, "ci_high": 0.05}
+    assert report.record_comparison("acc", result, scale="points", path=path) == pytest.approx([-5.0, -15.0, 5.0])
+    assert report.read(path)["acc_text"] == "-5.00 points (95% CI -15.00 points to +5.00 points)"
+    with pytest.raises(ValueError, match="scale='log'"):
+        report.record_comparison("acc", result, scale="log", path=path)

@@ -21,11 +21,16 @@ The suites live in their chapters:
 
 ``python -m lab.bench gpu`` (`lab.bench.gpu`, its stages in `lab.bench.stages`) runs the GPU-only
 measurements as one staged, budgeted run.
+
+`lab.bench.ceilings` is the one source of hardware ceilings (memory bandwidth, peak matmul rate):
+`device_ceilings` returns a device's ceilings measured by a record in ``results/`` when one exists,
+else its datasheet figures, each labelled with its source.
 """
 
+from lab.bench.ceilings import device_ceilings
 from lab.bench.records import RESULTS_DIR, device_kind, device_name, load_results, provenance
 
-__all__ = ["RESULTS_DIR", "device_kind", "device_name", "load_results", "main", "provenance"]
+__all__ = ["RESULTS_DIR", "device_ceilings", "device_kind", "device_name", "load_results", "main", "provenance"]
 
 
 def __getattr__(name: str):

@@ -186,7 +186,8 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
     students: "kd" (teacher-layer init, `kd_loss` with ``temperature``, ``alpha``), "hard" (same
     init, labels only), "kd-random" (KD from randomly initialised layers). Returns a JSON-ready
     dict with the data sizes, accuracies, the fraction of the teacher's accuracy each student
-    retains and the parameter counts.
+    retains, the parameter counts, and per test paragraph whether each model was right
+    (``teacher_correct``, ``student_<name>_correct``: lists of 0/1, for paired comparisons).
     """
     from lab.distill.loop import KDLoss, TeacherCache, distill
 
@@ -198,8 +199,10 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
     torch.manual_seed(seed)
     teacher = EncoderClassifier(encoder, len(data["classes"])).to(device)
     fit_head(teacher, train, y_train)
+    teacher_logits = predict(teacher, test)
     result = {"classes": data["classes"], "n_train": len(y_train), "n_test": len(y_test), "max_length": max_length,
-              "teacher_accuracy": accuracy(predict(teacher, test), y_test),
+              "teacher_accuracy": accuracy(teacher_logits, y_test),
+              "teacher_correct": (teacher_logits.argmax(-1) == y_test).int().tolist(),
               "teacher_params": sum(p.numel() for p in teacher.parameters())}
     order = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed)).to(device)
     batches = [({k: v[order[i:i + batch_size]] for k, v in train.items()}, y_train[order[i:i + batch_size]])
@@ -213,8 +216,10 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
         kd = KDLoss(cache, temperature=temperature, alpha=a, outputs_fn=classifier_outputs)
         distill(student, batches, epochs * len(batches), kd, optim=Optim(lr, warmup=max(1, len(batches) // 2)),
                 progress=progress and f"encoder student ({name})")
-        acc = accuracy(predict(student, test), y_test)
+        logits = predict(student, test)
+        acc = accuracy(logits, y_test)
         result[f"student_{name}_accuracy"] = acc
+        result[f"student_{name}_correct"] = (logits.argmax(-1) == y_test).int().tolist()
         result[f"student_{name}_retained"] = acc / result["teacher_accuracy"]
         result["student_params"] = sum(p.numel() for p in student.parameters())
     return result

@@ -1,12 +1,12 @@
 """The chapter's experiments on the real teachers, shared by the notebook (short CPU runs) and the
 GPU benchmark (`run_full`, long runs recorded in ``results/``).
 
-Causal LM: teacher = the book's pretrained lab GPT (L = 6); students of depth M = 3 (1/2) and
-M = 2 (1/4 of 6 = 1.5, rounded up), width C unchanged. Every run of one comparison sees the same
+Causal LM: teacher = the book's pretrained lab GPT (L_T = 6); students of depth L_S = 3 (1/2) and
+L_S = 2 (1/4 of 6 = 1.5, rounded up), width C unchanged. Every run of one comparison sees the same
 batches (one `TeacherCache`), so runs differ only in their loss and initialisation:
 
 * "hard":      CE(p_S, y) only (the baseline, α = 0);
-* "kd":        `kd_loss` with T, α;
+* "kd":        `kd_loss` with temperature τ and weight α;
 * "kd+hidden": kd + β_h · DistilBERT's cosine loss on TinyBERT-mapped hidden states;
 * "kd+attention": kd + β_a · MiniLM's attention-distribution KL on mapped layers.
 
@@ -26,7 +26,7 @@ from lab.bench.timing import time_ms
 from lab.checks import check_choice
 from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.students import gpt_student
-from lab.metrics import perplexity
+from lab.metrics import perplexity, token_losses
 from lab.models.train import random_batch
 from lab.train import Optim
 
@@ -46,7 +46,9 @@ def lm_run(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth:
            seed: int = 0, progress: bool = True) -> dict:
     """One student (``depth`` layers, ``init`` ∈ INITS) trained ``steps`` steps with ``loss`` ∈ LOSSES.
 
-    Returns {"depth", "loss", "init", "params", "curve": [(step, perplexity)], "perplexity", "seconds"}.
+    Returns {"depth", "loss", "init", "params", "curve": [(step, perplexity)], "perplexity", "seconds",
+    "token_losses"}: the final student's per-token NLL on ``eval_tokens`` (`token_losses`, float64),
+    for paired comparisons between runs.
     ``lr``: learning rate per init (default 5e-4 from the teacher's layers, 2e-3 from scratch).
     """
     check_choice("loss", loss, LOSSES)
@@ -60,20 +62,26 @@ def lm_run(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth:
                      eval_every=eval_every, eval_fn=lambda m: perplexity(m, eval_tokens, stride=eval_stride),
                      progress=progress and f"M={depth} {loss} ({init} init)")
     return {"depth": depth, "loss": loss, "init": init, "params": student.num_parameters(),
-            "curve": record["eval"], "perplexity": record["eval"][-1][1], "seconds": record["seconds"]}
+            "curve": record["eval"], "perplexity": record["eval"][-1][1], "seconds": record["seconds"],
+            "token_losses": token_losses(student, eval_tokens, stride=eval_stride)}
 
 
 def temperature_alpha_grid(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth: int,
                            temperatures: list[float], alphas: list[float], *, steps: int, lr: float = 5e-4,
                            eval_stride: int = 128, progress: bool = True) -> list[dict]:
-    """Final perplexity of a teacher-initialised student for every (T, α): [{"T", "alpha", "perplexity"}]."""
+    """Final perplexity of a teacher-initialised student for every (τ, α):
+    [{"T", "alpha", "perplexity", "token_losses"}] (per-token NLL on ``eval_tokens``, float64).
+
+    The key "T" holds the temperature τ (the name the notebook and the recorded results read).
+    """
     rows = []
-    for T in tqdm(temperatures, desc="temperature sweep", disable=not progress):
+    for tau in tqdm(temperatures, desc="temperature sweep", disable=not progress):
         for a in alphas:
             student = gpt_student(cache.teacher, depth, from_teacher=True)
-            distill(student, batches, steps, KDLoss(cache, temperature=T, alpha=a),
+            distill(student, batches, steps, KDLoss(cache, temperature=tau, alpha=a),
                     optim=Optim(lr, warmup=max(1, steps // 10)), progress=False)
-            rows.append({"T": T, "alpha": a, "perplexity": perplexity(student, eval_tokens, stride=eval_stride)})
+            nll = token_losses(student, eval_tokens, stride=eval_stride)
+            rows.append({"T": tau, "alpha": a, "perplexity": nll.mean().exp().item(), "token_losses": nll})
     return rows
 
 
@@ -103,7 +111,7 @@ def run_full(device: torch.device, quick: bool = False, progress: bool = True) -
     """The chapter's full experiments on ``device``; a JSON-ready dict.
 
     Full (GPU): 1,500 steps of 32 × 256 tokens per student, every loss × init × depth (3, 2),
-    perplexity on the whole evaluation slice (32,768 tokens) every 250 steps; the T × α grid
+    perplexity on the whole evaluation slice (32,768 tokens) every 250 steps; the τ × α grid
     with 300-step runs; the encoder task with more data and epochs; forward-time ratios.
     quick=True: a few steps of everything (about a minute on one CPU core), to test the plumbing.
     Without the encoder's wheel (a GPU machine may lack it) ``"encoder"`` is ``{"skipped": why}``;
@@ -131,10 +139,12 @@ def run_full(device: torch.device, quick: bool = False, progress: bool = True) -
     runs = [lm_run(cache, batches, ev, depth, loss, init, steps=cfg["steps"], eval_every=cfg["eval_every"],
                    temperature=1.0, alpha=1.0, progress=progress)
             for depth in (3, 2) for init in INITS for loss in LOSSES]
-    for run in runs:
-        run.update(retained(teacher_ppl, run["perplexity"]))
+    for run in runs:  # the record keeps perplexities; per-token losses are for in-process comparisons
+        run.update(retained(teacher_ppl, run.pop("token_losses").mean().exp().item()))
     grid = temperature_alpha_grid(cache, batches[:cfg["grid_steps"]], ev, 2, cfg["temps"], cfg["alphas"],
                                   steps=cfg["grid_steps"], progress=progress)
+    for cell in grid:
+        del cell["token_losses"]
     ids = batches[0][0].to(device)
     speed = {"teacher_ms": forward_ms(teacher, ids)}
     for depth in (3, 2):

@@ -4,9 +4,9 @@
 
 * hidden states h[0..L], each (B, T, C): h[0] is the embedding output (input of layer 0),
   h[i] the output of layer i − 1 (the residual stream before the final norm);
-* attention log-probabilities log A[0..L−1], each (B, H, T, T): recomputed from the input each
+* attention log-probabilities log A[0..L−1], each (B, n_h, T, T): recomputed from the input each
   attention module receives, log softmax(q kᵀ / √D + causal mask) with rotary q, k and the
-  H_kv key heads repeated to the H query heads (grouped-query attention), exactly as the
+  n_kv key heads repeated to the n_h query heads (grouped-query attention), exactly as the
   model's own ``scaled_dot_product_attention`` weights them.
 
 The hooks only read; the logits are those of ``model(idx)``.
@@ -27,7 +27,8 @@ from lab.models.gpt import GPT, Attention, apply_rope
 
 @dataclass
 class Outputs:
-    """logits (B, T, V) or (B, V); hidden: L+1 tensors (B, T, C) or None; attention: L tensors (B, H, T, T) or None."""
+    """logits (B, T, V) or (B, V); hidden: L+1 tensors (B, T, C) or None; attention: L tensors (B, n_h, T, T)
+    or None."""
 
     logits: torch.Tensor
     hidden: list[torch.Tensor] | None = None
@@ -42,13 +43,14 @@ OutputsFn = Callable[[nn.Module, object, bool, bool], Outputs]
 
 
 def attention_log_probs(attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """log A = log softmax(q kᵀ / √D + causal mask), float32 (B, H, T, T), for the input x (B, T, C) of ``attn``."""
+    """log A = log softmax(q kᵀ / √D + causal mask), float32 (B, n_h, T, T), for the input x (B, T, C)
+    of ``attn``."""
     B, T, _ = x.shape
     D = attn.cfg.head_dim
-    H, H_kv = attn.q_proj.out_features // D, attn.k_proj.out_features // D
-    q = apply_rope(attn.q_proj(x).view(B, T, H, D).transpose(1, 2), cos, sin)
-    k = apply_rope(attn.k_proj(x).view(B, T, H_kv, D).transpose(1, 2), cos, sin)
-    k = k.repeat_interleave(H // H_kv, dim=1)
+    n_h, n_kv = attn.q_proj.out_features // D, attn.k_proj.out_features // D
+    q = apply_rope(attn.q_proj(x).view(B, T, n_h, D).transpose(1, 2), cos, sin)
+    k = apply_rope(attn.k_proj(x).view(B, T, n_kv, D).transpose(1, 2), cos, sin)
+    k = k.repeat_interleave(n_h // n_kv, dim=1)
     scores = q.float() @ k.float().transpose(-1, -2) / math.sqrt(D)
     future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
     return log_softmax(scores.masked_fill(future, float("-inf")))

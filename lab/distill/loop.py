@@ -2,13 +2,16 @@
 
 Loss of one batch (inputs, y):
 
-    L = α·T²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y)          (`kd_loss`; α = 0 is plain CE)
+    L = α·τ²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y)          (`kd_loss`; α = 0 is plain CE)
       + β_h · hidden_state_loss(h_S, h_T, hidden_map)        (DistilBERT / TinyBERT)
       + β_a · attention_transfer_loss(A_S, A_T, attention_map)  (MiniLM)
 
 The optimisation is the book's one loop (AdamW, warm-up + cosine, clipping, bf16 autocast on a
 GPU). The teacher runs without gradients; a `TeacherCache` keeps its outputs per batch so that
 several students trained on the same batches pay for the teacher once.
+
+Symbols as in `book/notation.md`: τ the temperature (``temperature``), subscripts S and T the
+student and the teacher, L_S and L_T their numbers of layers.
 """
 
 from __future__ import annotations
@@ -66,12 +69,12 @@ class TeacherCache:
 class KDLoss:
     """The distillation loss L of one batch (index i, inputs, y), for `lab.train.train`.
 
-    ``teacher``: a `TeacherCache` (or a model, wrapped in one); i is its key. ``temperature`` T,
+    ``teacher``: a `TeacherCache` (or a model, wrapped in one); i is its key. ``temperature`` τ,
     ``alpha`` α, ``kind`` ("forward" / "reverse" KL): `kd_loss`. ``hidden_weight`` β_h with
     ``hidden_kind`` and ``hidden_map``, ``attention_weight`` β_a with ``attention_map``: the feature
     losses, (student, teacher) index pairs defaulting to TinyBERT's uniform map (hidden states
-    m ↔ m·L/M; attention layers m−1 ↔ m·L/M − 1). y uses ``ignore_index`` for padding (for (B, T)
-    labels also excluded from the feature losses). ``outputs_fn(model, inputs, hidden, attention)``
+    m ↔ m·L_T/L_S; attention layers m−1 ↔ m·L_T/L_S − 1). y uses ``ignore_index`` for padding (for
+    (B, T) labels also excluded from the feature losses). ``outputs_fn(model, inputs, hidden, attention)``
     reads the student (default: a lab `GPT` on ids (B, T)). With α = 0 and no feature loss the
     teacher is never run: the hard-label baseline.
     """
@@ -113,7 +116,7 @@ class KDLoss:
             loss = loss + self.hidden_weight * hidden_state_loss(out.hidden, t_out.hidden, pairs, self.hidden_kind,
                                                                  mask)
         if use_attention:
-            pairs = self.attention_map or [(m - 1, t - 1) for m, t in
+            pairs = self.attention_map or [(m - 1, j - 1) for m, j in
                                            uniform_layer_map(len(out.attention), len(t_out.attention))]
             loss = loss + self.attention_weight * attention_transfer_loss(out.attention, t_out.attention, pairs, mask)
         return loss

@@ -1,16 +1,18 @@
 """Distillation losses, written from their formulas in log space.
 
-Symbols (as in the chapter): s = student logits, z = teacher logits, both (..., V) over a
-vocabulary (or label set) of V entries; T = temperature; p^τ = softmax(·/T);
+Symbols (as in the chapter and `book/notation.md`): z_S = student logits, z_T = teacher logits
+(``z_s``, ``z_t`` below), both (..., V) over a vocabulary (or label set) of V entries;
+τ = temperature (``temperature``); p^τ = softmax(·/τ), p_S^τ and p_T^τ of student and teacher;
 y = hard labels with ``ignore_index`` marking padded positions; α = weight of the soft term.
+Subscripts S and T mean student and teacher; T alone is a sequence length, as in (B, T, V).
 
-* `kd_loss`:  L = α·T²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y), averaged over the N valid
+* `kd_loss`:  L = α·τ²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y), averaged over the N valid
   positions (the "batchmean" of `F.kl_div` on the flattened (N, V) logits). Its gradient with
-  respect to s is α·T·(p_S^τ − p_T^τ)/N for the soft term.
+  respect to z_S is α·τ·(p_S^τ − p_T^τ)/N for the soft term.
 * `hidden_state_loss`: DistilBERT's cosine loss 1 − cos(h_S, h_T) (or the MSE of TinyBERT) on
   mapped layers' hidden states.
 * `attention_transfer_loss`: MiniLM's KL(A_T ‖ A_S) between self-attention distributions
-  A = softmax(q kᵀ / √D) of mapped layers, per head and query position.
+  A = softmax(q kᵀ / √D) of mapped layers, per head and query position (n_h heads).
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ HIDDEN_KINDS = ("cosine", "mse")
 
 
 def log_softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log softmax(x / T) over the last dim, x/T − logsumexp(x/T), stable for any logit scale.
+    """log softmax(x / τ) over the last dim, x/τ − logsumexp(x/τ), stable for any logit scale.
 
-    Computed in the wider of float32 and x's dtype (float64 stays float64), and x is upcast
-    before the division by T, so bf16/fp16 logits lose nothing to a bf16 division.
+    τ = ``temperature``. Computed in the wider of float32 and x's dtype (float64 stays float64),
+    and x is upcast before the division by τ, so bf16/fp16 logits lose nothing to a bf16 division.
     """
     x = x.to(torch.promote_types(x.dtype, torch.float32)) / temperature
     return x - torch.logsumexp(x, dim=-1, keepdim=True)
@@ -48,7 +50,10 @@ def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """CE(p_S, y) = −mean over positions with y ≠ ignore_index of log softmax(s)_y; logits (..., V), labels (...)."""
+    """CE(p_S, y) = −mean over positions with y ≠ ignore_index of log softmax(z_S)_y.
+
+    logits z_S (..., V), labels y (...).
+    """
     valid = _valid_mask(labels, logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
     return -log_softmax(logits[valid]).gather(-1, labels[valid][:, None]).mean()
 
@@ -78,14 +83,15 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
             ignore_index: int = -100) -> torch.Tensor:
     """Hinton's distillation loss: a scalar in the wider of float32 and the logits' dtype.
 
-    ``student_logits`` s and ``teacher_logits`` z: (..., V) float, same shape (e.g. (B, T, V) for a
-    language model, (B, V) for a classifier). ``labels`` y: int (...), ``ignore_index`` = padding.
+    ``student_logits`` z_S and ``teacher_logits`` z_T: (..., V) float, same shape (e.g. (B, T, V) for
+    a language model, (B, V) for a classifier). ``labels`` y: int (...), ``ignore_index`` = padding.
+    ``temperature`` τ > 0, ``alpha`` α in [0, 1].
 
-        L = α·T²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y),   p^τ = softmax(·/T), CE at temperature 1,
+        L = α·τ²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y),   p^τ = softmax(·/τ), CE at τ = 1,
 
     each term the mean over the N positions with y ≠ ignore_index (all positions without labels).
     kind="reverse" uses KL(p_S^τ ‖ p_T^τ) instead (mode seeking). Without ``labels`` there is no
-    hard-label term and L = T²·KL (α is still checked but not used). The teacher gets no gradient.
+    hard-label term and L = τ²·KL (α is still checked but not used). The teacher gets no gradient.
     """
     for name, logits in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
         if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
@@ -104,10 +110,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     check_choice("kind", kind, KINDS)
     V = student_logits.shape[-1]
     valid = _valid_mask(labels, student_logits.shape[:-1], V, ignore_index, student_logits.device)
-    s, z = student_logits[valid], teacher_logits[valid].detach()           # (N, V)
-    log_ps, log_pt = log_softmax(s, temperature), log_softmax(z, temperature)
+    tau = temperature
+    z_s, z_t = student_logits[valid], teacher_logits[valid].detach()       # (N, V)
+    log_ps, log_pt = log_softmax(z_s, tau), log_softmax(z_t, tau)
     kl = kl_divergence(log_pt, log_ps) if kind == "forward" else kl_divergence(log_ps, log_pt)
-    soft = temperature ** 2 * kl.mean()
+    soft = tau ** 2 * kl.mean()
     if labels is None:
         return soft
     return alpha * soft + (1.0 - alpha) * cross_entropy(student_logits, labels, ignore_index)
@@ -166,10 +173,10 @@ def attention_transfer_loss(student_attn: Sequence[torch.Tensor], teacher_attn: 
                             layer_map: Sequence[tuple[int, int]], mask: torch.Tensor | None = None) -> torch.Tensor:
     """MiniLM's attention transfer: mean over mapped layers (i, j) of KL(A_T[j] ‖ A_S[i]).
 
-    Inputs are attention *log*-probabilities log A = log softmax(q kᵀ / √D + mask), (B, H, T, T),
+    Inputs are attention *log*-probabilities log A = log softmax(q kᵀ / √D + mask), (B, n_h, T, T),
     with −∞ where a key is masked (causal or padding). The KL is summed over keys and averaged over
     heads and valid query positions (``mask``: bool (B, T), True = real token). Student and teacher
-    need the same number of heads H (query heads under grouped-query attention).
+    need the same number of heads n_h (query heads under grouped-query attention).
     """
     _check_pairs("attention_transfer_loss", layer_map, len(student_attn), len(teacher_attn))
     losses = []
@@ -177,8 +184,8 @@ def attention_transfer_loss(student_attn: Sequence[torch.Tensor], teacher_attn: 
         a_s, a_t = student_attn[i].float(), teacher_attn[j].detach().float()
         if a_s.shape != a_t.shape:
             raise ValueError(f"attention maps of student layer {i} {tuple(a_s.shape)} and teacher layer {j} "
-                             f"{tuple(a_t.shape)} must have the same shape (B, H, T, T)")
-        kl = kl_divergence(a_t, a_s)                                        # (B, H, T)
+                             f"{tuple(a_t.shape)} must have the same shape (B, n_h, T, T)")
+        kl = kl_divergence(a_t, a_s)                                        # (B, n_h, T)
         valid = _token_mask(mask, (a_s.shape[0], a_s.shape[2]), a_s.device)
-        losses.append(kl.transpose(1, 2)[valid].mean())                     # (N, H) → mean
+        losses.append(kl.transpose(1, 2)[valid].mean())                     # (N, n_h) → mean
     return torch.stack(losses).mean()

@@ -1,10 +1,11 @@
 """Students: shallower copies of a teacher, and DistilBERT's initialisation from teacher layers.
 
-A student keeps the teacher's width C (so teacher weights fit it) and has M < L layers.
-DistilBERT initialises it by "taking one layer out of two" of the teacher: student layer i
-starts as teacher layer ``teacher_layer_indices(L, M)[i]`` = ⌊i·L/M⌋ (L = 6: M = 3 → 0, 2, 4;
-M = 2 → 0, 3), and embeddings, norms and output head are copied as they are.
-Feature losses pair layers with TinyBERT's uniform map g(m) = m·L/M (`uniform_layer_map`).
+A student keeps the teacher's width C (so teacher weights fit it) and has L_S < L_T layers
+(student and teacher depths, ``n_student`` and ``n_teacher``). DistilBERT initialises it by
+"taking one layer out of two" of the teacher: student layer i starts as teacher layer
+``teacher_layer_indices(L_T, L_S)[i]`` = ⌊i·L_T/L_S⌋ (L_T = 6: L_S = 3 → 0, 2, 4; L_S = 2 → 0, 3),
+and embeddings, norms and output head are copied as they are.
+Feature losses pair layers with TinyBERT's uniform map π(m) = m·L_T/L_S (`uniform_layer_map`).
 """
 
 from __future__ import annotations
@@ -30,16 +31,16 @@ def _check_depths(n_teacher: int, n_student: int) -> None:
 
 
 def teacher_layer_indices(n_teacher: int, n_student: int) -> list[int]:
-    """Teacher layer ⌊i·L/M⌋ for student layer i = 0 … M−1 (every other layer when M = L/2)."""
+    """Teacher layer ⌊i·L_T/L_S⌋ for student layer i = 0 … L_S−1 (every other layer when L_S = L_T/2)."""
     _check_depths(n_teacher, n_student)
     return [i * n_teacher // n_student for i in range(n_student)]
 
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
-    """Hidden-state pairs (m, ⌊m·L/M⌋) for m = 1 … M: student output m learns teacher output g(m).
+    """Hidden-state pairs (m, ⌊m·L_T/L_S⌋) for m = 1 … L_S: student output m learns teacher output π(m).
 
     Indices count hidden states (0 = embeddings, m = output of layer m−1); for attention maps
-    of layers use (m − 1, g(m) − 1).
+    of layers use (m − 1, π(m) − 1).
     """
     _check_depths(n_teacher, n_student)
     return [(m, m * n_teacher // n_student) for m in range(1, n_student + 1)]
@@ -58,7 +59,7 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> list[int]:
 
     Both models must be the same architecture except for depth (names like ``layers.i.`` or
     ``layer.i.``); every non-layer tensor (embeddings, norms, head) is copied as is, student
-    layer i from teacher layer ⌊i·L/M⌋.
+    layer i from teacher layer ⌊i·L_T/L_S⌋.
     """
     s_state, t_state = student.state_dict(), teacher.state_dict()
     indices = teacher_layer_indices(_n_layers(t_state), _n_layers(s_state))

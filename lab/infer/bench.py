@@ -18,7 +18,9 @@ each: the step's bytes and FLOPs at the mean context T₀ + n/2 (`lab.infer.roof
 light max(bytes / bandwidth, FLOPs / peak), and the fraction of it reached, t_min / t_measured (1 = at
 the ceiling; speculative decoding can pass 1, since one target pass emits several tokens). The two
 ceilings are measured on the device at the start of the run (`measure_ceilings`: a device copy of
-1 GiB on a GPU, a large matmul in the run's dtype); no GPU record of them exists yet.
+1 GiB on a GPU, a large matmul in the run's dtype) and recorded under ``"ceilings"``, where
+`lab.bench.ceilings.device_ceilings` reads them back as the device's measured ceilings; until a GPU
+run has recorded them, the book's GPU figures use the datasheet ceilings of that module, labelled so.
 
 Models: the book's pretrained LM (6.5M parameters; on a GPU its decode step is launch bound, which
 is what CUDA graphs address) and, on a GPU, a model of Llama-2-7B's shape with random weights

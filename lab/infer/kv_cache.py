@@ -3,12 +3,13 @@
 Without a cache, producing token t re-runs the model on all t tokens: O(t) weight work and O(t²)
 attention per token. Keys and values of earlier positions never change (causal attention), so a
 cache stores them and a decode step runs the model on the new token only, attending to the stored
-keys. Its size, with b bytes per element,
+keys. Its size, for S cached positions per sequence and σ bytes per element,
 
-    KV bytes = 2 · L · H_kv · D · T · B · b           (`lab.params.memory.kv_cache_bytes`)
+    KV bytes = 2 · L · n_kv · D · S · B · σ           (`lab.params.memory.kv_cache_bytes`, with S = T)
 
-Shapes: B batch, T new tokens in this call, S cached positions attended to, L layers,
-H query heads, H_kv key/value heads, G = H / H_kv, D head dimension, V vocabulary.
+Shapes (symbols of `book/notation.md`): B batch, T new tokens in this call, S cached positions
+attended to (S_max = ``max_len``: the capacity of a `StaticKVCache`), L layers, n_h query heads,
+n_kv key/value heads, G = n_h / n_kv, D head dimension, V vocabulary.
 
 `forward_cached` walks a lab `GPT` (its own modules, so a model whose linears were swapped for
 `lab.quant` int4/int8 layers or structurally pruned runs unchanged) and delegates the attention of
@@ -32,24 +33,24 @@ Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def causal_mask(positions: torch.Tensor, n_keys: int) -> torch.Tensor:
-    """Boolean mask (B, T, S): query at position positions[b, t] may see key j iff j ≤ positions[b, t]."""
+    """Boolean mask (B, T, S), S = ``n_keys``: the query at positions[b, i] may see key j iff j ≤ positions[b, i]."""
     return torch.arange(n_keys, device=positions.device) <= positions[:, :, None]
 
 
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """softmax(q kᵀ / √D, masked) v with grouped-query heads, without copying k and v per query head.
 
-    q (B, H, T, D); k, v (B, H_kv, S, D); mask (B, T, S) bool; returns (B, H, T, D).
+    q (B, n_h, T, D); k, v (B, n_kv, S, D); mask (B, T, S) bool; returns (B, n_h, T, D).
     Query head h uses kv head h // G (as ``repeat_interleave`` in `lab.models.gpt`): the G query
-    heads of one kv head are folded into its rows, q → (B, H_kv, G·T, D), so each cached key is
+    heads of one kv head are folded into its rows, q → (B, n_kv, G·T, D), so each cached key is
     read once per kv head instead of G times.
     """
-    B, H, T, D = q.shape
-    H_kv, S = k.shape[1], k.shape[2]
-    G = H // H_kv
-    q = q.reshape(B, H_kv, G * T, D)
+    B, n_h, T, D = q.shape
+    n_kv, S = k.shape[1], k.shape[2]
+    G = n_h // n_kv
+    q = q.reshape(B, n_kv, G * T, D)
     mask = mask[:, None, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(B, H, T, D)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask).reshape(B, n_h, T, D)
 
 
 def forward_cached(model: GPT, idx: torch.Tensor, positions: torch.Tensor, attend: Attend) -> torch.Tensor:
@@ -65,23 +66,23 @@ def forward_cached(model: GPT, idx: torch.Tensor, positions: torch.Tensor, atten
     x = model.embed_tokens(idx)
     for i, block in enumerate(model.layers):
         attn = block.attn
-        H, H_kv = attn.q_proj.out_features // D, attn.k_proj.out_features // D
+        n_h, n_kv = attn.q_proj.out_features // D, attn.k_proj.out_features // D
         h = block.attn_norm(x)
-        q = attn.q_proj(h).view(B, T, H, D).transpose(1, 2)
-        k = attn.k_proj(h).view(B, T, H_kv, D).transpose(1, 2)
-        v = attn.v_proj(h).view(B, T, H_kv, D).transpose(1, 2)
+        q = attn.q_proj(h).view(B, T, n_h, D).transpose(1, 2)
+        k = attn.k_proj(h).view(B, T, n_kv, D).transpose(1, 2)
+        v = attn.v_proj(h).view(B, T, n_kv, D).transpose(1, 2)
         y = attend(i, apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)
-        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
+        x = x + attn.o_proj(y.transpose(1, 2).reshape(B, T, n_h * D))
         x = x + block.mlp(block.mlp_norm(x))
     return model.lm_head(model.norm(x))
 
 
 class StaticKVCache:
-    """Keys and values of every layer in buffers allocated once: ``k[l]``, ``v[l]`` (B, H_kv_l, S_max, D).
+    """Keys and values of every layer in buffers allocated once: ``k[l]``, ``v[l]`` (B, n_kv of layer l, S_max, D).
 
     ``attention(positions, n_keys)`` returns the ``attend`` of one forward: it writes the new keys
     and values at their positions (``scatter_``, so rows may sit at different positions) and attends
-    over the first ``n_keys`` slots with the causal mask. ``n_keys=None`` attends over all S_max
+    over the first S = ``n_keys`` slots with the causal mask. ``n_keys=None`` attends over all S_max
     slots (positions past a row's own are masked): a fixed shape, for CUDA graphs. Slots past the
     current length are never read unmasked, so rolling back (speculative decoding) only means
     writing the next tokens at earlier positions.

@@ -12,9 +12,11 @@ step re-runs all S positions: FLOPs ≈ 2·N·B·S, and the step becomes compute
 
     t_min = max(bytes / bandwidth, FLOPs / peak),   tokens/s ≤ B / t_min.
 
-The default ceilings, 3.0 TB/s and 800 TFLOP/s, are round figures assumed for an H100-class GPU
-(an H100 SXM's datasheet: 3.35 TB/s, 989 dense bf16 TFLOP/s), not measurements; `lab.bench` measures
-a device's own ceilings and passes them in.
+The ceilings come from `lab.bench.ceilings`, the one source of them: ``bandwidth`` and ``peak_flops``
+left at None mean `device_ceilings()` for an H100 SXM5, i.e. the copy bandwidth and bf16 matmul rate
+measured on one when ``results/`` holds such a record, otherwise its datasheet figures (3.35 TB/s
+HBM3, 989 TFLOP/s dense bf16), labelled as such in ``device_ceilings().source``. `lab.bench` measures
+the ceilings of the device it runs on and passes them in.
 
 One matmul Y = X Wᵀ (X: M × K activations, W: N × K weights) on its own (`matmul_cost`):
 
@@ -22,7 +24,8 @@ One matmul Y = X Wᵀ (X: M × K activations, W: N × K weights) on its own (`ma
 
 (b_w bits per weight as stored, b_a bytes per activation element: X read, Y written), and the roofline
 is the FLOP rate attainable at intensity I, min(I · bandwidth, peak) (`attainable_flops`): memory bound
-below the ridge point peak / bandwidth (≈ 270 FLOP/byte with the defaults), compute bound above it.
+below the ridge point peak / bandwidth (≈ 295 FLOP/byte with the H100 SXM5 datasheet figures), compute
+bound above it.
 """
 
 from __future__ import annotations
@@ -30,11 +33,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lab.bench.ceilings import device_ceilings
 from lab.checks import check_int, check_number
 from lab.models.gpt import GPT
 
-BANDWIDTH = 3.0e12        # bytes/s, assumed memory bandwidth of an H100-class GPU (not measured)
-PEAK_FLOPS = 800e12       # FLOP/s, assumed dense bf16 matmul rate of the same GPU (not measured)
+
+def _ceilings(bandwidth: float | None, peak_flops: float | None) -> tuple[float, float]:
+    """(bandwidth, peak_flops) as given, each None replaced by `device_ceilings()`'s (H100 SXM5)."""
+    if bandwidth is None or peak_flops is None:
+        default = device_ceilings()
+        bandwidth = default.bandwidth if bandwidth is None else bandwidth
+        peak_flops = default.peak_flops if peak_flops is None else peak_flops
+    check_number("bandwidth", bandwidth, low=0, closed=(False, True))
+    check_number("peak_flops", peak_flops, low=0, closed=(False, True))
+    return bandwidth, peak_flops
 
 
 def weight_bytes(model: GPT) -> int:
@@ -88,8 +100,13 @@ def decode_step_cost(model: GPT, batch: int, context: int, kv_cache: bool = True
     return {"bytes": weights, "flops": 2 * matmul_params(model) * batch * context + attention_flops * context / 2}
 
 
-def speed_of_light_ms(cost: dict[str, float], bandwidth: float = BANDWIDTH, peak_flops: float = PEAK_FLOPS) -> dict:
-    """{"memory_ms", "compute_ms", "ms"}: bytes / bandwidth, FLOPs / peak, and the larger of the two."""
+def speed_of_light_ms(cost: dict[str, float], bandwidth: float | None = None,
+                      peak_flops: float | None = None) -> dict:
+    """{"memory_ms", "compute_ms", "ms"}: bytes / bandwidth, FLOPs / peak, and the larger of the two.
+
+    ``bandwidth`` (bytes/s) and ``peak_flops`` (FLOP/s): None takes `device_ceilings()`'s (module docstring).
+    """
+    bandwidth, peak_flops = _ceilings(bandwidth, peak_flops)
     memory_ms, compute_ms = cost["bytes"] / bandwidth * 1e3, cost["flops"] / peak_flops * 1e3
     return {"memory_ms": memory_ms, "compute_ms": compute_ms, "ms": max(memory_ms, compute_ms)}
 
@@ -109,13 +126,13 @@ def matmul_cost(M: int, N: int, K: int, bits_per_weight: float = 16, act_bytes: 
     return {"bytes": nbytes, "flops": flops, "intensity": flops / nbytes}
 
 
-def attainable_flops(intensity, bandwidth: float = BANDWIDTH, peak_flops: float = PEAK_FLOPS):
+def attainable_flops(intensity, bandwidth: float | None = None, peak_flops: float | None = None):
     """The roofline: min(I · bandwidth, peak_flops) FLOP/s at arithmetic intensity I (FLOP/byte).
 
     ``intensity``: a number (returns a float) or a tensor of intensities (returns a tensor, elementwise).
+    ``bandwidth`` and ``peak_flops``: None takes `device_ceilings()`'s (module docstring).
     """
-    check_number("bandwidth", bandwidth, low=0, closed=(False, True))
-    check_number("peak_flops", peak_flops, low=0, closed=(False, True))
+    bandwidth, peak_flops = _ceilings(bandwidth, peak_flops)
     if isinstance(intensity, torch.Tensor):
         return torch.clamp(intensity * bandwidth, max=peak_flops)
     return min(float(intensity) * bandwidth, peak_flops)

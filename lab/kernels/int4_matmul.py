@@ -17,8 +17,9 @@ streaming weights, and splitting K multiplies the number of programs.
 Bytes moved (the decode case is memory bound; FLOPs 2·M·N·K as for bf16):
   bf16 weight:  2·N·K
   int4 weight:  N·K/2 (codes) + 2·(N·K/g)·e_s (scales and zeros, e_s bytes each) → 0.25 + 1/g of bf16 for e_s = 2
-so at batch 1 the ideal speed-up over a bf16 matmul is ≈ 3.8× (g = 128); at 3.0 TB/s an 8192×8192
-layer takes ≈ 11.5 µs instead of ≈ 45 µs.
+so at batch 1 the ideal speed-up over a bf16 matmul is ≈ 3.8× (g = 128); at the 3.35 TB/s of an H100 SXM5's
+datasheet (`lab.bench.ceilings.DATASHEETS`, not a measurement) an 8192×8192 layer takes ≈ 10.3 µs instead
+of ≈ 40 µs.
 
 `int4_weight_only_matmul` dispatches: CUDA tensors → the Triton kernel; CPU tensors → the PyTorch path
 (unpack, dequantize, matmul) unless ``TRITON_INTERPRET=1`` (the kernel under Triton's interpreter;
@@ -111,13 +112,10 @@ def _check(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: t
 def int4_weight_only_matmul_torch(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                       group_size: int) -> torch.Tensor:
     """The PyTorch path: Ŵ = s·(q − z) from the unpacked codes, then x Ŵᵀ in fp32, returned in x's dtype."""
-    from lab.quant.packing import unpack_int4  # here, not at the top: lab.quant imports this module
+    from lab.quant.packing import dequantize_int4  # here, not at the top: lab.quant imports this module
 
     _check(x, packed, scales, zeros, group_size)
-    q = unpack_int4(packed, group_size).float()                               # (N, K)
-    s = scales.float().T.repeat_interleave(group_size, dim=1)                 # (N, K)
-    z = zeros.float().T.repeat_interleave(group_size, dim=1)
-    return (x.float() @ ((q - z) * s).T).to(x.dtype)
+    return (x.float() @ dequantize_int4(packed, scales, zeros, group_size).T).to(x.dtype)
 
 
 def block_sizes(M: int, N: int, K: int, group_size: int,

@@ -16,8 +16,9 @@ stored). The tensor cores still do dense work: the win is bytes, not FLOPs.
 Bytes moved (e = element size, 2 for fp16/bf16):
   dense:  e·N·K (weight) + e·M·K + e·M·N
   2:4:    e·N·K/2 (values) + N·K/8 (meta) + e·M·K + e·M·N      → 0.5625 of the weight bytes for e=2
-FLOPs: 2·M·N·K in both cases. Roofline (H100 SXM: ≈3.35 TB/s HBM3, ≈990 dense fp16/bf16
-TFLOP/s): the ridge point is ≈300 FLOP/byte. For decode-like small M the intensity is
+FLOPs: 2·M·N·K in both cases. Roofline with the datasheet ceilings of an H100 SXM5
+(`lab.bench.ceilings.DATASHEETS`: 3.35 TB/s HBM3, 989 TFLOP/s dense fp16/bf16; peaks, not
+measurements): the ridge point is ≈295 FLOP/byte. For decode-like small M the intensity is
 ≈ 2MNK / (e·N·K) = M FLOP/byte (e = 2), far below the ridge, so time ≈ bytes / bandwidth and
 the ideal speed-up over a dense matmul is 1/0.5625 ≈ 1.78×; e.g. N = K = 4096, M = 1:
 33.6 MB → 18.9 MB, ≈10.0 µs → ≈5.6 µs at full bandwidth. For large M (M ≳ 300) both are

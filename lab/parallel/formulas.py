@@ -1,9 +1,10 @@
 """Closed forms of chapter 5: ring collectives, ZeRO memory and traffic, pipeline bubble,
 tensor-parallel traffic, and a memory/time plan for large models on H100s.
 
-Symbols: Ψ parameters, N (or N_d) data-parallel ranks, K optimizer bytes per parameter,
-t tensor-parallel, p pipeline stages, m micro-batches, L layers, h hidden size, s sequence
-length, b micro-batch size.
+Symbols (`book/notation.md`): Ψ parameters, N (or N_d) data-parallel ranks, K optimizer bytes per
+parameter, N_t tensor-parallel ranks (``tp``), N_p pipeline stages (``pp``), m micro-batches, L layers,
+C model width (``d_model``), T sequence length (``seq_len``), B_μ micro-batch size (``micro_batch``),
+σ bytes per element. Megatron-LM and Korthikanti et al. write h, s and b for C, T and B_μ.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ STAGES = (0, 1, 2, 3)
 def zero_memory(psi: int, n: int, stage: int, param_bytes: int = 2, grad_bytes: int = 2, k: int = 12) -> dict:
     """Bytes per rank of parameters, gradients and optimizer state under ZeRO ``stage`` (0 = plain DP).
 
-    stage 0: (P + G + K)Ψ; 1: PΨ + GΨ + KΨ/N; 2: PΨ + (G + K)Ψ/N; 3: (P + G + K)Ψ/N.
-    Defaults are the paper's mixed-precision Adam: P = G = 2 (fp16), K = 12 (fp32 master
-    weights, m and v). For fp32 Adam without master weights: P = G = 4, K = 8.
+    With σ_w = ``param_bytes`` and σ_g = ``grad_bytes`` per element and K = ``k``:
+    stage 0: (σ_w + σ_g + K)Ψ; 1: σ_wΨ + σ_gΨ + KΨ/N; 2: σ_wΨ + (σ_g + K)Ψ/N; 3: (σ_w + σ_g + K)Ψ/N.
+    Defaults are the paper's mixed-precision Adam: σ_w = σ_g = 2 (fp16), K = 12 (fp32 master
+    weights, m and v). For fp32 Adam without master weights: σ_w = σ_g = 4, K = 8.
     """
     check_int("psi", psi)
     check_int("n", n)
@@ -44,17 +46,21 @@ def ring_factor(n: int) -> float:
     return (n - 1) / n
 
 
-def bubble_fraction(p: int, m: int) -> float:
-    """(p−1)/(m+p−1): idle share of each stage in GPipe or 1F1B with equal stage costs."""
-    check_int("p", p)
+def bubble_fraction(pp: int, m: int) -> float:
+    """(N_p−1)/(m+N_p−1): idle share of each stage in GPipe or 1F1B with equal stage costs.
+
+    ``pp`` = N_p pipeline stages, ``m`` micro-batches per step.
+    """
+    check_int("pp", pp)
     check_int("m", m)
-    return (p - 1) / (m + p - 1)
+    return (pp - 1) / (m + pp - 1)
 
 
-def tp_allreduce_bytes_per_layer(b: int, s: int, h: int, bytes_per_element: int = 2) -> int:
+def tp_allreduce_bytes_per_layer(micro_batch: int, seq_len: int, d_model: int, bytes_per_element: int = 2) -> int:
     """Payload of one training step's tensor-parallel all-reduces for one layer and micro-batch:
-    2 forward + 2 backward, each of the (b, s, h) activations."""
-    return 4 * b * s * h * bytes_per_element
+    2 forward + 2 backward, each of the (B_μ, T, C) activations, σ = ``bytes_per_element`` each:
+    4·B_μ·T·C·σ bytes."""
+    return 4 * micro_batch * seq_len * d_model * bytes_per_element
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class ModelSpec:
     name: str
     n_params: float  # Ψ
     n_layer: int     # L
-    d_model: int     # h
+    d_model: int     # C
 
 
 @dataclass(frozen=True)
@@ -85,12 +91,13 @@ def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zer
                   mfu: float = 0.4) -> dict:
     """Per-GPU memory and step time of a 3D-parallel mixed-precision Adam run (estimates).
 
-    Memory: model states `zero_memory` of Ψ/(t·p) over N_d = dp ranks; activations per layer
-    and micro-batch 34·s·b·h/t bytes (Korthikanti et al. 2022, bf16, sequence parallel, flash
-    attention), stage 0 under 1F1B holding p micro-batches of L/p layers, i.e. L layers; with
-    full checkpointing only each layer's input 2·s·b·h/t plus one layer recomputed.
+    N_t = ``tp``, N_p = ``pp``, N_d = ``dp``, B_μ = ``micro_batch``, T = ``seq_len``, C = ``d_model``.
+    Memory: model states `zero_memory` of Ψ/(N_t·N_p) over N_d ranks; activations per layer
+    and micro-batch 34·T·B_μ·C/N_t bytes (Korthikanti et al. 2022, bf16, sequence parallel, flash
+    attention), stage 0 under 1F1B holding N_p micro-batches of L/N_p layers, i.e. L layers; with
+    full checkpointing only each layer's input 2·T·B_μ·C/N_t plus one layer recomputed.
     Time: compute 6Ψ·tokens (8Ψ with recomputation) / (GPUs · peak · mfu) stretched by the
-    bubble, (m+p−1)/m; data-parallel traffic 2(N_d−1)/N_d · 2Ψ/(t·p) bytes (bf16 gradients)
+    bubble, (m+N_p−1)/m; data-parallel traffic 2(N_d−1)/N_d · 2Ψ/(N_t·N_p) bytes (bf16 gradients)
     over InfiniBand when dp spans nodes, else NVLink; tensor-parallel traffic 4 all-reduces per
     layer and micro-batch over NVLink. Communication is listed, not assumed hidden.
     """
@@ -107,9 +114,9 @@ def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zer
     m = global_batch // (micro_batch * dp)
     psi_local = round(model.n_params / (tp * pp))
     states = zero_memory(psi_local, dp, zero_stage)
-    sbh = seq_len * micro_batch * model.d_model
-    layer_act = 34 * sbh / tp
-    act = (model.n_layer * 2 * sbh / tp + layer_act) if checkpointing else model.n_layer * layer_act
+    tbc = seq_len * micro_batch * model.d_model                 # T·B_μ·C
+    layer_act = 34 * tbc / tp
+    act = (model.n_layer * 2 * tbc / tp + layer_act) if checkpointing else model.n_layer * layer_act
     tokens = global_batch * seq_len
     flops = (8 if checkpointing else 6) * model.n_params * tokens
     compute_s = flops / (n_gpus * gpu.bf16_flops * mfu) * (m + pp - 1) / m

@@ -27,12 +27,31 @@ a = bytes of the compute dtype (4 for fp32, 2 under bf16/fp16 autocast):
                 log-softmax output 4·BTV (cross-entropy runs in fp32), 4 (loss weight)
               + under autocast: the 2-byte casts of all matmul weights, 2·Ψ_matmul
 
+Memory-efficient optimizers keep state whose size depends on the parameter *shapes*, not only
+on Ψ, so ``training_memory(..., shapes=...)`` takes them (the state is fp32 or 8-bit codes in
+every precision):
+
+    adafactor  (`lab.params.adafactor`)  an (n, m) matrix: R and C, (n + m)·4 B; a vector: v, 4·n B
+    adam8bit   (`lab.params.adam8bit`)   m and v as uint8 codes, 2 B per element, + one fp32 absmax
+                                         per block of 2,048 per state: 2·4·⌈numel/2048⌉ B per tensor
+
+Activation checkpointing (`lab.params.checkpointing`, ``checkpoint_every`` = k): layers 0, k, 2k, …
+(L_c = ⌈L/k⌉ of them) run their forward under no_grad and keep only their input x, fp32 in all three
+precisions (autocast keeps the residual stream in fp32), so each saves 4·BTC instead of "per layer",
+and under autocast the casts of its matmul weights (Ψ_matmul,layer = (Ψ_matmul − VC)/L) are not saved:
+
+    activations = (L − L_c)·per_layer + L_c·4·BTC + model − [autocast] 2·L_c·Ψ_matmul,layer
+
+In backward each checkpointed layer is recomputed with its own graph, freed before the next one:
+one layer's full saved set (per_layer + its casts) is alive on top of the gradients at a time.
+
 Inference: weights Ψ·b and the KV cache 2·L·H_kv·D·T·B·b bytes (b = bytes per element).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import torch
@@ -40,9 +59,12 @@ import torch.nn.functional as F
 
 from lab.checks import check_choice, check_int
 from lab.models.gpt import GPT, GPTConfig
+from lab.params.adafactor import Adafactor, adafactor_state_bytes
+from lab.params.adam8bit import Adam8bit, adam8bit_state_bytes
 from lab.params.counting import dtype_bytes, gpt_param_count, unique_parameters
 
-OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum")
+OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum", "adafactor", "adam8bit")
+SHAPED_OPTIMIZERS = ("adafactor", "adam8bit")  # their state bytes need the parameter shapes
 PRECISIONS = ("fp32", "bf16-mixed", "fp16-mixed", "bf16")
 
 # bytes per parameter: (weights, gradients, master weights, one optimizer state)
@@ -74,34 +96,53 @@ def matmul_param_count(config: GPTConfig) -> int:
     return config.n_layer * per_layer + config.vocab_size * C
 
 
-def activation_bytes(config: GPTConfig, batch: int, seq_len: int, precision: str = "fp32") -> int:
-    """Bytes autograd saves in one forward of the lab GPT + cross-entropy (formula in the module docstring)."""
-    _check_config(config)
-    check_int("batch", batch)
-    check_int("seq_len", seq_len)
-    check_choice("precision", precision, ("fp32", "bf16-mixed", "fp16-mixed"))
-    if seq_len > config.context_length:
-        raise ValueError(f"seq_len={seq_len} is not allowed; it must be <= context_length={config.context_length}")
-    B, T, C, F_, H, V = batch, seq_len, config.d_model, config.d_ff, config.n_head, config.vocab_size
-    autocast = precision.endswith("-mixed")
+def _layer_bytes(config: GPTConfig, batch: int, seq_len: int, autocast: bool) -> tuple[int, int]:
+    """(per_layer, the layer's weight casts 2·Ψ_matmul,layer under autocast, else 0): one decoder layer's
+    saved bytes in the module docstring's terms."""
+    B, T, C, F_, H = batch, seq_len, config.d_model, config.d_ff, config.n_head
     a = 2 if autocast else 4
     n_qkv, n_gu = (3, 2) if autocast else (1, 1)
     per_layer = (2 * (2 * 4 * B * T * C + 4 * B * T) + a * B * T * C * (n_qkv + n_gu)
                  + 4 * a * B * T * C + 4 * B * H * T + 4 * a * B * T * F_)
+    layer_matmul = (matmul_param_count(config) - config.vocab_size * C) // config.n_layer
+    return per_layer, 2 * layer_matmul if autocast else 0
+
+
+def activation_bytes(config: GPTConfig, batch: int, seq_len: int, precision: str = "fp32",
+                     checkpoint_every: int | None = None) -> int:
+    """Bytes autograd saves in one forward of the lab GPT + cross-entropy (formula in the module docstring),
+    with layers 0, k, 2k, … checkpointed when ``checkpoint_every`` = k (None: no checkpointing)."""
+    _check_config(config)
+    check_int("batch", batch)
+    check_int("seq_len", seq_len)
+    check_choice("precision", precision, ("fp32", "bf16-mixed", "fp16-mixed"))
+    if checkpoint_every is not None:
+        check_int("checkpoint_every", checkpoint_every)
+    if seq_len > config.context_length:
+        raise ValueError(f"seq_len={seq_len} is not allowed; it must be <= context_length={config.context_length}")
+    B, T, C, V, L = batch, seq_len, config.d_model, config.vocab_size, config.n_layer
+    autocast = precision.endswith("-mixed")
+    a = 2 if autocast else 4
+    per_layer, layer_casts = _layer_bytes(config, B, T, autocast)
     model = (2 * 8 * B * T + 2 * 4 * T * config.head_dim + 2 * 4 * B * T * C + 4 * B * T
              + a * B * T * C + 4 * B * T * V + 4)
-    casts = 2 * matmul_param_count(config) if autocast else 0
-    return config.n_layer * per_layer + model + casts
+    L_c = 0 if checkpoint_every is None else len(range(0, L, checkpoint_every))
+    casts = 2 * matmul_param_count(config) - L_c * layer_casts if autocast else 0
+    return (L - L_c) * per_layer + L_c * 4 * B * T * C + model + casts
 
 
 def training_memory(n_params: int, optimizer: str = "adam", precision: str = "bf16-mixed",
                     activations_bytes: int = 0, config: GPTConfig | None = None,
-                    batch: int | None = None, seq_len: int | None = None) -> dict[str, int]:
+                    batch: int | None = None, seq_len: int | None = None,
+                    checkpoint_every: int | None = None,
+                    shapes: list[tuple[int, ...]] | None = None) -> dict[str, int]:
     """Bytes of one training step by part: weights, gradients, master_weights, optimizer_states,
-    activations, total (ints). Per-parameter costs are the table in the module docstring.
+    activations, total (ints). Per-parameter costs are the table in the module docstring;
+    "adafactor" and "adam8bit" need the parameter ``shapes`` (their numels must sum to n_params).
 
     Activations are ``activations_bytes``, or, when ``config``, ``batch`` and ``seq_len`` are
-    given, `activation_bytes` (lab GPT estimate). Mixed-precision Adam: 2+2+4+4+4 = 16 B/param.
+    given, `activation_bytes` (lab GPT estimate, layers 0, k, 2k, … checkpointed when
+    ``checkpoint_every`` = k). Mixed-precision Adam: 2+2+4+4+4 = 16 B/param.
     """
     check_int("n_params", n_params, 0)
     check_choice("optimizer", optimizer, OPTIMIZERS)
@@ -113,26 +154,52 @@ def training_memory(n_params: int, optimizer: str = "adam", precision: str = "bf
                          f"got config={config!r}, batch={batch!r}, seq_len={seq_len!r}")
     if all(given) and activations_bytes:
         raise ValueError(f"give activations_bytes={activations_bytes} or config/batch/seq_len, not both")
+    if checkpoint_every is not None and not all(given):
+        raise ValueError(f"checkpoint_every={checkpoint_every!r} needs config, batch and seq_len "
+                         "(an activation estimate); it is not allowed with activations_bytes")
     w, g, m, s = _PER_PARAM[precision]
     out = {"weights": w * n_params, "gradients": g * n_params, "master_weights": m * n_params,
-           "optimizer_states": _N_STATES[optimizer] * s * n_params,
-           "activations": activation_bytes(config, batch, seq_len, precision) if all(given) else activations_bytes}
+           "optimizer_states": optimizer_state_bytes(optimizer, n_params, s, shapes),
+           "activations": (activation_bytes(config, batch, seq_len, precision, checkpoint_every) if all(given)
+                           else activations_bytes)}
     out["total"] = sum(out.values())
     return out
 
 
+def optimizer_state_bytes(optimizer: str, n_params: int, state_bytes: int = 4,
+                          shapes: list[tuple[int, ...]] | None = None) -> int:
+    """Bytes of the optimizer's state: n_states·state_bytes·Ψ for adam/adamw/sgd/sgd-momentum, or,
+    from the parameter ``shapes``, `adafactor_state_bytes` / `adam8bit_state_bytes` (blocks of 2,048)."""
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    if optimizer not in SHAPED_OPTIMIZERS:
+        return _N_STATES[optimizer] * state_bytes * n_params
+    if shapes is None:
+        raise ValueError(f"optimizer={optimizer!r} needs the parameter shapes (shapes=[p.shape for p in "
+                         "params]): its state size depends on them, not only on n_params")
+    shapes = [tuple(shape) for shape in shapes]
+    numel = sum(math.prod(shape) for shape in shapes)
+    if numel != n_params:
+        raise ValueError(f"shapes hold {numel} parameters but n_params={n_params}; they must agree")
+    return adafactor_state_bytes(shapes) if optimizer == "adafactor" else adam8bit_state_bytes(shapes)
+
+
 def training_peak_bytes(config: GPTConfig, batch: int, seq_len: int, optimizer: str = "adamw",
-                        precision: str = "bf16-mixed") -> int:
+                        precision: str = "bf16-mixed", checkpoint_every: int | None = None) -> int:
     """Predicted peak of a training step of the lab GPT (grads set to None before it, fused optimizer).
 
-    Two candidate peaks, with M = `training_memory` of the step:
+    Candidate peaks, with M = `training_memory` of the step (``checkpoint_every`` as there):
       start of backward: M.total − M.gradients + logits-gradient transient (dL/dlog p and dL/dlogits,
                          fp32, 2·4·BTV, plus the 2·BTV bf16 cast of dL/dlogits under autocast);
-      end of backward:   M.total − M.activations (all gradients, activations freed).
+      end of backward:   M.total − M.activations (all gradients, activations freed);
+      with checkpointing, the recompute of layer 0 (the last one backward reaches): M.total − M.activations
+                         + one layer's full saved set (per_layer + its weight casts under autocast).
     """
-    m = training_memory(gpt_param_count(config), optimizer, precision, config=config, batch=batch, seq_len=seq_len)
-    transient = (8 + (2 if precision.endswith("-mixed") else 0)) * batch * seq_len * config.vocab_size
-    return max(m["total"] - m["gradients"] + transient, m["total"] - m["activations"])
+    m = training_memory(gpt_param_count(config), optimizer, precision, config=config, batch=batch,
+                        seq_len=seq_len, checkpoint_every=checkpoint_every)
+    autocast = precision.endswith("-mixed")
+    transient = (8 + (2 if autocast else 0)) * batch * seq_len * config.vocab_size
+    recompute = sum(_layer_bytes(config, batch, seq_len, autocast)) if checkpoint_every is not None else 0
+    return max(m["total"] - m["gradients"] + transient, m["total"] - m["activations"] + recompute)
 
 
 def kv_cache_bytes(config: GPTConfig, batch: int, seq_len: int, dtype=torch.bfloat16) -> int:
@@ -156,6 +223,10 @@ def make_optimizer(params, optimizer: str = "adamw", lr: float = 1e-3, **kwargs)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     if optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, **kwargs)
+    if optimizer == "adafactor":  # a fixed learning rate, as the others get (no relative step)
+        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, **kwargs)
+    if optimizer == "adam8bit":
+        return Adam8bit(params, lr=lr, **kwargs)
     if optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, **kwargs)
     return torch.optim.SGD(params, lr=lr, momentum=0.9 if optimizer == "sgd-momentum" else 0.0, **kwargs)

@@ -86,10 +86,11 @@ def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None,
     Variants: "untied" (separate head), "tied" (head = embedding), "albert" (tied, and the L
     layers share ``n_groups`` blocks). Tokens default to the corpus train split and the first
     ``n_val`` tokens of the validation split (1-D int64). Returns one row per variant:
-    {variant, n_params (unique), val_ppl, first_loss, last_loss} (losses: mean of the first /
-    last 10 training steps, nats per token).
+    {variant, n_params (unique), val_ppl, first_loss, last_loss, val_losses} (losses: mean of the
+    first / last 10 training steps, nats per token; val_losses: the per-token NLL on the validation
+    tokens, float64, for paired comparisons between variants with `lab.stats.compare`).
     """
-    from lab.metrics import perplexity
+    from lab.metrics import token_losses
     from lab.models.train import train_lm
     from lab.runtime import seed_everything
 
@@ -108,9 +109,11 @@ def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None,
         record = train_lm(model, train_tokens, steps=steps, batch_size=batch_size, seq_len=seq_len,
                           lr=lr, seed=seed, warmup=max(1, steps // 10), progress=progress)
         k = min(10, steps)
+        val_losses = token_losses(model, val_tokens, context_length=seq_len, stride=seq_len // 2)
         rows.append({"variant": name, "n_params": count_parameters(model)["total"],
-                     "val_ppl": perplexity(model, val_tokens, context_length=seq_len, stride=seq_len // 2),
-                     "first_loss": sum(record["loss"][:k]) / k, "last_loss": sum(record["loss"][-k:]) / k})
+                     "val_ppl": math.exp(val_losses.mean().item()),
+                     "first_loss": sum(record["loss"][:k]) / k, "last_loss": sum(record["loss"][-k:]) / k,
+                     "val_losses": val_losses})
         if not math.isfinite(rows[-1]["val_ppl"]):
             raise RuntimeError(f"variant {name!r} diverged: validation perplexity {rows[-1]['val_ppl']}")
     return rows

@@ -1,16 +1,29 @@
 """Chapter 2, pruning: masks, Optimal Brain Surgeon, SparseGPT, sequential and structured pruning, 2:4 storage."""
 
 from lab.prune.masks import keep_top_fraction, magnitude_mask, nm_mask, wanda_mask
-from lab.prune.obs import (layer_hessian, obs_prune_row_bruteforce, obs_saliency, obs_update,
-                           reconstruction_error)
+from lab.prune.obs import layer_hessian, obs_prune_row_bruteforce, obs_saliency, obs_update, reconstruction_error
 from lab.prune.semi_structured import compress, decompress
-from lab.prune.sequential import layer_sensitivity, prune_model, sparsity_of
+from lab.prune.sequential import layer_errors, layer_sensitivity, prune_model, sparsity_of
 from lab.prune.sparsegpt import sparsegpt_prune
 from lab.prune.structured import prune_structured_by_importance, structured_prune
 
 __all__ = [
-    "keep_top_fraction", "magnitude_mask", "nm_mask", "wanda_mask",
-    "layer_hessian", "obs_prune_row_bruteforce", "obs_saliency", "obs_update", "reconstruction_error",
-    "compress", "decompress", "layer_sensitivity", "prune_model", "sparsity_of", "sparsegpt_prune",
-    "prune_structured_by_importance", "structured_prune",
+                           "compress",
+                           "decompress",
+                           "keep_top_fraction",
+                           "layer_errors",
+                           "layer_hessian",
+                           "layer_sensitivity",
+                           "magnitude_mask",
+                           "nm_mask",
+                           "obs_prune_row_bruteforce",
+                           "obs_saliency",
+                           "obs_update",
+                           "prune_model",
+                           "prune_structured_by_importance",
+                           "reconstruction_error",
+                           "sparsegpt_prune",
+                           "sparsity_of",
+                           "structured_prune",
+                           "wanda_mask",
 ]

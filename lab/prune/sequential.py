@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,9 +29,20 @@ from tqdm.auto import tqdm
 from lab.checks import check_choice
 from lab.layerwise import LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
 from lab.prune.masks import check_nm_sparsity, magnitude_mask, nm_mask, wanda_mask
+from lab.prune.obs import layer_hessian, reconstruction_error
 from lab.prune.sparsegpt import sparsegpt_prune
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def layer_errors(W: torch.Tensor, X: torch.Tensor, sparsity: float) -> dict[str, float]:
+    """Relative error ‖WX − ŴX‖²_F / ‖WX‖²_F of each method pruning one layer W (d_out, d_in)
+    to ``sparsity``, on inputs X (d_in, N), both float64: {"magnitude", "wanda", "sparsegpt"}."""
+    hats = {"magnitude": W * magnitude_mask(W, sparsity),
+            "wanda": W * wanda_mask(W, X.norm(dim=1), sparsity),
+            "sparsegpt": sparsegpt_prune(W, layer_hessian(X), sparsity)[0]}
+    base = (W @ X).pow(2).sum().item()
+    return {method: reconstruction_error(W, W_hat, X) / base for method, W_hat in hats.items()}
 
 
 def _check_args(model: nn.Module, method: str, sparsity: float, calib_tokens: torch.Tensor | None,
@@ -104,16 +116,17 @@ def sparsity_of(model: nn.Module) -> float:
 
 
 def layer_sensitivity(model: nn.Module, tokens: torch.Tensor | None, method: str, sparsity: float,
-                      eval_fn: Callable[[nn.Module], float], progress: bool = True, **prune_kwargs) -> list[float]:
+                      eval_fn: Callable[[nn.Module], Any], progress: bool = True, **prune_kwargs) -> list:
     """eval_fn (e.g. perplexity) of a copy of ``model`` with only decoder layer i pruned, for each i.
 
     ``tokens``: (n_samples, seq_len) int64 calibration ids as for `prune_model`; ``model`` is
-    left unchanged. Returns a list of L floats, entry i for layer i.
+    left unchanged. Returns a list of L results of eval_fn (a perplexity, or the per-token losses
+    of `lab.metrics.token_losses` for paired comparisons), entry i for layer i.
     """
     _check_args(model, method, sparsity, tokens, prune_kwargs.get("n"), prune_kwargs.get("m"))
     scores = []
     for i in tqdm(range(len(model.layers)), desc="layer sensitivity", disable=not progress):
         pruned = copy.deepcopy(model)
         prune_model(pruned, method, sparsity, tokens, progress=False, layers=[i], **prune_kwargs)
-        scores.append(float(eval_fn(pruned)))
+        scores.append(eval_fn(pruned))
     return scores

@@ -53,6 +53,15 @@ def unpack_int4(packed: torch.Tensor, group_size: int) -> torch.Tensor:
     return torch.cat([rows & 0xF, rows >> 4], dim=2).reshape(N, 2 * half_k)
 
 
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                    group_size: int) -> torch.Tensor:
+    """Ŵ = s·(q − z), (N, K) float32, from packed codes (K/2, N) uint8 and scales, zeros (K/g, N)."""
+    q = unpack_int4(packed, group_size).float()                              # (N, K)
+    s = scales.float().T.repeat_interleave(group_size, dim=1)
+    z = zeros.float().T.repeat_interleave(group_size, dim=1)
+    return (q - z) * s
+
+
 def pack_quantized_weight(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """A 4-bit asymmetric per-channel or group-wise (axis 0) QuantizedTensor of W (N, K) →
     (packed (K/2, N) uint8, scales (K/g, N) float32, zeros (K/g, N) float32, g)."""

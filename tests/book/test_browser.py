@@ -4,7 +4,8 @@ Per page: formulas are typeset by the MathJax the book serves itself (every `.ma
 `mjx-container`, none a TeX error, and no raw `\\(`, `\\[`, `$$` or `\\command` is left in the page's
 text outside code blocks, hidden text included: a code cell may print a literal `\\[`); every image
 loaded; no console error; nothing fetched from another host; every internal link (and its `#fragment`)
-resolves; the sidebar lists every page of `_toc.yml`. A full-page screenshot goes to
+resolves; the sidebar lists every page of `_toc.yml`; no code cell shows an empty output box. A
+full-page screenshot goes to
 `_build/screenshots/<page>.png`.
 
 Run with `make test-book`: it builds the book from the notebooks' stored outputs (`make book-stored`),
@@ -238,7 +239,8 @@ def test_page_in_browser(page, driver, base_url):
                 + _console_problems(driver, base_url)          # (c)
                 + _remote_resources(driver, base_url)
                 + _link_problems(driver, base_url)             # (d)
-                + _sidebar_problems(driver))                   # (e)
+                + _sidebar_problems(driver)                    # (e)
+                + _empty_outputs(driver))
     _save_screenshot(driver, SCREENSHOT_DIR / f"{page}.png")
     assert not problems, f"{page}:\n  " + "\n  ".join(problems)
 
@@ -271,6 +273,15 @@ def _math_problems(driver, page: str) -> list[str]:
     for at, what in raw:
         problems.append(f"raw TeX {what!r} in the text: ...{text[max(at - 60, 0):at + 60]!r}...")
     return problems
+
+
+def _empty_outputs(driver) -> list[str]:
+    """No code cell shows an empty output box (a glued value, a stream of whitespace, a blank display)."""
+    empty = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.cell_output .output'))"
+        ".filter(e => !e.innerText.trim() && !e.querySelector('img, svg, table, iframe'))"
+        ".map(e => e.closest('.cell').querySelector('.cell_input')?.innerText.slice(0, 60) || '?')")
+    return [f"{len(empty)} empty output areas, after cells starting: {empty[:3]}"] if empty else []
 
 
 def _image_problems(driver) -> list[str]:

@@ -16,8 +16,14 @@ import torch
 
 from lab.bench import main
 from lab.infer.bench import CONFIGS, LLAMA2_7B_SHAPE, quantized
-from lab.infer.roofline import (decode_step_cost, decoder_linear_bytes_at, kv_bytes_per_position, matmul_params,
-                                speed_of_light_ms, weight_bytes)
+from lab.infer.roofline import (
+    decode_step_cost,
+    decoder_linear_bytes_at,
+    kv_bytes_per_position,
+    matmul_params,
+    speed_of_light_ms,
+    weight_bytes,
+)
 from lab.models import GPT, GPTConfig
 from lab.params.counting import gpt_param_count
 from lab.params.memory import kv_cache_bytes
@@ -64,7 +70,7 @@ def test_decode_step_cost_formulas(tiny):
     assert cached["flops"] == 2 * matmul_params(tiny) * B + attention
     uncached = decode_step_cost(tiny, B, S, kv_cache=False)
     assert uncached["flops"] == 2 * matmul_params(tiny) * B * S + attention * S / 2
-    sol = speed_of_light_ms({"bytes": 3e9, "flops": 1e12})
+    sol = speed_of_light_ms({"bytes": 3e9, "flops": 1e12}, 3e12, 800e12)
     assert sol == {"memory_ms": 1.0, "compute_ms": 1.25, "ms": 1.25}
     with pytest.raises(ValueError, match="batch and context"):
         decode_step_cost(tiny, 0, 4)

@@ -2,7 +2,7 @@
 
 References: the closed forms (FLOPs 2·M·N·K; bytes of W, X and Y), the limits of the intensity
 (≈ M for a bf16 weight when M ≪ N, K; → the compute-bound N·K/(N + K) as M grows), and the ridge
-point peak / bandwidth where the two roofs meet.
+point peak / bandwidth where the two roofs meet; the default ceilings are `lab.bench.ceilings`'s.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import math
 import pytest
 import torch
 
-from lab.infer.roofline import BANDWIDTH, PEAK_FLOPS, attainable_flops, matmul_cost
+from lab.bench.ceilings import device_ceilings
+from lab.infer.roofline import attainable_flops, matmul_cost, speed_of_light_ms
 
 
 def test_matmul_cost_closed_form():
@@ -36,7 +37,9 @@ def test_intensity_limits():
 
 
 def test_attainable_flops_is_the_roofline():
-    ridge = PEAK_FLOPS / BANDWIDTH
+    ceilings = device_ceilings()                       # the defaults: an H100 SXM5, measured or datasheet
+    BANDWIDTH, PEAK_FLOPS = ceilings.bandwidth, ceilings.peak_flops
+    ridge = ceilings.ridge
     assert attainable_flops(1.0) == BANDWIDTH
     assert attainable_flops(ridge / 2) == pytest.approx(PEAK_FLOPS / 2)
     assert attainable_flops(ridge * 10) == PEAK_FLOPS
@@ -56,8 +59,20 @@ def test_bad_shapes_are_named(kwargs, error, match):
         matmul_cost(**kwargs)
 
 
+def test_default_ceilings_come_from_the_one_source():
+    ceilings = device_ceilings()
+    cost = {"bytes": 3e9, "flops": 1e12}
+    assert speed_of_light_ms(cost) == speed_of_light_ms(cost, ceilings.bandwidth, ceilings.peak_flops)
+    assert speed_of_light_ms(cost, 3e12, 8e14) == {"memory_ms": 1.0, "compute_ms": 1.25, "ms": 1.25}
+    assert attainable_flops(1e6) == ceilings.peak_flops
+    assert attainable_flops(1e6, bandwidth=1e9) == ceilings.peak_flops        # only the missing one is filled
+    assert attainable_flops(1.0, peak_flops=1e20) == ceilings.bandwidth
+
+
 def test_bad_ceilings_and_widths():
     with pytest.raises(ValueError, match="bits_per_weight"):
         matmul_cost(1, 8, 8, bits_per_weight=0)
     with pytest.raises(ValueError, match="bandwidth"):
         attainable_flops(1.0, bandwidth=0)
+    with pytest.raises(ValueError, match="peak_flops"):
+        speed_of_light_ms({"bytes": 1.0, "flops": 1.0}, 1e12, -1.0)

@@ -7,11 +7,27 @@ import torch
 
 from lab.models.gpt import GPT, GPTConfig
 from lab.models.pretrained import LM_DIR, gpt_config_from_llama, load_pretrained_encoder, load_pretrained_lm
-from lab.params.counting import (bytes_per_dtype, categorize, count_parameters, dtype_bytes, gpt_param_count,
-                                 model_bytes, parameter_table, plot_parameter_breakdown)
-from lab.params.memory import (activation_bytes, cache_nbytes, inference_memory, kv_cache_bytes,
-                               measure_decode_memory_cuda, measure_training_memory_cpu,
-                               measure_training_memory_cuda, training_memory, training_peak_bytes)
+from lab.params.counting import (
+    bytes_per_dtype,
+    categorize,
+    count_parameters,
+    dtype_bytes,
+    gpt_param_count,
+    model_bytes,
+    parameter_table,
+    plot_parameter_breakdown,
+)
+from lab.params.memory import (
+    activation_bytes,
+    cache_nbytes,
+    inference_memory,
+    kv_cache_bytes,
+    measure_decode_memory_cuda,
+    measure_training_memory_cpu,
+    measure_training_memory_cuda,
+    training_memory,
+    training_peak_bytes,
+)
 
 CONFIGS = [
     GPTConfig(vocab_size=512, context_length=32, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=96),
@@ -159,6 +175,24 @@ def test_training_memory_matches_measured_storage_bf16_autocast(cfg, batch, seq_
                                                            + predicted["master_weights"])
     assert measured["optimizer_states"] == predicted["optimizer_states"]
     assert measured["activations"] == pytest.approx(predicted["activations"], rel=0.01)
+
+
+@pytest.mark.parametrize("optimizer", ["adafactor", "adam8bit"])
+def test_shaped_optimizer_state_equals_measured_storage(optimizer):
+    from lab.params.counting import unique_parameters
+
+    cfg = CONFIGS[0]
+    model = _model(cfg)
+    shapes = [tuple(p.shape) for _, p in unique_parameters(model)[0]]
+    measured = measure_training_memory_cpu(model, 2, 16, optimizer, "fp32")
+    predicted = training_memory(gpt_param_count(cfg), optimizer, "fp32", config=cfg, batch=2, seq_len=16,
+                                shapes=shapes)
+    assert measured["optimizer_states"] == predicted["optimizer_states"]
+    assert predicted["optimizer_states"] < training_memory(gpt_param_count(cfg), "adamw", "fp32")["optimizer_states"]
+    with pytest.raises(ValueError, match="needs the parameter shapes"):
+        training_memory(gpt_param_count(cfg), optimizer, "fp32")
+    with pytest.raises(ValueError, match="must agree"):
+        training_memory(gpt_param_count(cfg) + 1, optimizer, "fp32", shapes=shapes)
 
 
 # ---------------------------------------------------------------- inference memory

@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from lab.models.gpt import GPT, GPTConfig
-from lab.params.offload import MODES, OffloadedGPT, layer_nbytes, offload_nbytes
 from lab.params.counting import block_param_count, count_parameters, gpt_param_count
-from lab.params.sharing import (VARIANTS, compare_sharing, share_layers, shared_gpt, tie_weights,
-                                untie_weights)
+from lab.params.offload import MODES, OffloadedGPT, layer_nbytes, offload_nbytes
+from lab.params.sharing import VARIANTS, compare_sharing, share_layers, shared_gpt, tie_weights, untie_weights
 from tests.tiny_models import tiny_gpt as make_tiny_gpt
 
 TINY = dict(vocab_size=128, context_length=32, d_model=32, n_layer=4, n_head=4, n_kv_head=2, d_ff=48)
@@ -238,3 +237,4 @@ def test_compare_sharing_short_training_on_corpus(one_thread):
     for r in rows:
         assert r["last_loss"] < r["first_loss"] - 1.0, r  # it learned something
         assert 1.0 < r["val_ppl"] < cfg.vocab_size, r  # better than a uniform guess
+        assert r["val_losses"].shape == (4095,) and r["val_ppl"] == pytest.approx(r["val_losses"].mean().exp().item())

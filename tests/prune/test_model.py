@@ -14,9 +14,9 @@ import torch
 from torch.nn.utils import prune as torch_prune
 
 from lab.data import tokenize_split
+from lab.layerwise import LINEARS
 from lab.models import GPT, load_pretrained_lm, load_tokenizer
 from lab.models.gpt import rope_cos_sin
-from lab.layerwise import LINEARS
 from lab.prune.sequential import layer_sensitivity, prune_model, sparsity_of
 from lab.prune.structured import (
     channel_importance,
@@ -292,3 +292,16 @@ def test_cuda_matches_cpu(method):
     structured_prune(gpu, heads={0: [0, 1]}, mlp_channels={1: [3, 4]})
     with torch.no_grad():
         torch.testing.assert_close(gpu(ids.cuda()), ref(ids.cuda()), rtol=1e-4, atol=1e-4)
+def test_layer_errors_orders_the_methods_on_correlated_inputs():
+    """On inputs with strongly correlated, unequally scaled features, SparseGPT's error is the
+    smallest; each value equals reconstruction_error / ||WX||² computed directly."""
+    from lab.prune import layer_errors, magnitude_mask, reconstruction_error
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(16, 32, generator=g, dtype=torch.float64)
+    mix = torch.randn(32, 32, generator=g, dtype=torch.float64) * torch.logspace(0, 1, 32, dtype=torch.float64)
+    X = mix @ torch.randn(32, 256, generator=g, dtype=torch.float64)
+    errors = layer_errors(W, X, 0.5)
+    assert errors["sparsegpt"] < min(errors["magnitude"], errors["wanda"])
+    direct = reconstruction_error(W, W * magnitude_mask(W, 0.5), X) / (W @ X).pow(2).sum().item()
+    assert errors["magnitude"] == pytest.approx(direct, rel=1e-12)

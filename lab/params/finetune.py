@@ -1,0 +1,92 @@
+"""Fine-tuning runs that differ only in what they store: the optimizer, or which parameters train.
+
+The second page of chapter 1 (`notebooks/01b_training_with_fewer_bytes`) compares optimizers (AdamW,
+Adafactor, 8-bit Adam) and parameterisations (full fine-tuning, LoRA, QLoRA) at equal steps on
+identical batches. Each run is the book's one loop, `lab.train.train`, with the next-token loss
+(`lab.models.train.lm_batch_loss`) and the learning rate η_t warmed up linearly over ``warmup`` steps,
+then decayed by a cosine to 0.1·η (`lab.train.lr_at`); gradients are clipped at norm ``grad_clip``.
+The optimizer is built over the parameters with ``requires_grad`` only (after `add_lora`: each
+LoRA layer's A and B), so its state holds K bytes per *trainable* parameter. Adam-type optimizers
+use the loop's β = (0.9, 0.95); Adafactor keeps no first moment (β1 = None), its memory-saving form.
+
+A run ends with the per-token losses ℓ_t (nats) of the evaluation tokens (`lab.metrics.token_losses`);
+two runs scored on the same tokens are paired by `lab.stats.compare`:
+
+    Δ = (1/N) Σ_t (ℓ^b_t − ℓ^a_t) = log PPL_b − log PPL_a.
+
+`document_tokens` gives the tokens of one corpus document, the fine-tuning task of that page:
+a document of the validation split, which pretraining never trained on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lab.checks import check_choice, check_number
+from lab.data import corpus_documents, split_of
+from lab.metrics import token_losses
+from lab.models.train import lm_batch_loss
+from lab.params.memory import OPTIMIZERS, make_optimizer, storage_bytes
+from lab.train import BETAS, Optim, train
+
+_WITH_BETAS = ("adam", "adamw", "adam8bit")
+
+
+def document_tokens(path: str, tokenizer) -> torch.Tensor:
+    """The tokens of one corpus document (``path`` relative to the sources, e.g.
+    "library/sqlite3.rst.txt"): a 1-D int64 tensor, no EOS, tokenized as `lab.data.tokenize_split` does."""
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str such as 'library/sqlite3.rst.txt', got {type(path).__name__}")
+    split = split_of(path)
+    documents = dict(corpus_documents(split))
+    if path not in documents:
+        examples = sorted(documents)[:3]
+        raise ValueError(f"path={path!r} is not a corpus document; allowed: the relative paths of "
+                         f"lab.data.corpus_documents(split), e.g. {examples}")
+    ids = tokenizer(documents[path], add_special_tokens=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.int64)
+
+
+def finetune(model: nn.Module, batches: Sequence, optimizer: str = "adamw", *, lr: float, warmup: int = 3,
+             weight_decay: float = 0.0, grad_clip: float | None = 1.0,
+             eval_tokens: torch.Tensor | None = None, progress: bool = False) -> dict:
+    """Train the parameters of ``model`` that require grad, in place, one step per batch of ``batches``.
+
+    ``batches``: a sequence of (x, y) pairs, ids (B, T) and next-token targets (B, T), int64 (every run
+    of a comparison gets the same list). ``optimizer``: a name of `lab.params.memory.OPTIMIZERS`
+    ("adamw", "adafactor", "adam8bit", …), built by `make_optimizer` with peak rate ``lr`` and decay
+    ``weight_decay`` (Adafactor: fixed rate, no relative step, no parameter scaling).
+
+    Returns `lab.train.train`'s record (per-step ``loss``, ``lr``, ``seconds``) plus
+    ``trainable_parameters`` (numbers trained), ``optimizer_state_bytes`` (storage of the optimizer's
+    state tensors after the last step, 0-dim step counters excluded, as
+    `lab.params.memory.measure_training_memory_cpu` counts them) and ``token_losses``: the trained
+    model's per-token NLL on ``eval_tokens`` (float64, (N−1,); windows of the model's context length
+    moved by half of it, 256 and 128 for the book's model), or None without them.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(batches, Sequence) or not len(batches):
+        raise TypeError(f"batches must be a non-empty sequence (a list) of (x, y) pairs, got {batches!r:.80}")
+    check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_number("lr", lr, 0.0, closed=(False, True))
+    check_number("weight_decay", weight_decay, 0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no parameter with requires_grad=True; nothing would be trained")
+    extra = {"betas": BETAS} if optimizer in _WITH_BETAS else {}
+    opt = make_optimizer(params, optimizer, lr=lr, weight_decay=weight_decay, **extra)
+    record = train(model, batches, lm_batch_loss, len(batches), optim=Optim(lr, warmup, weight_decay, grad_clip),
+                   optimizer=opt, progress=progress)
+    states = [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0]
+    record["trainable_parameters"] = sum(p.numel() for p in params)
+    record["optimizer_state_bytes"] = storage_bytes(states)
+    record["token_losses"] = None
+    if eval_tokens is not None:  # the book's windows: the context length (256), moved by half of it
+        context = getattr(getattr(model, "config", None), "context_length", 256)
+        record["token_losses"] = token_losses(model, eval_tokens, context_length=context, stride=context // 2)
+    return record
+

@@ -1,0 +1,185 @@
+"""LoRA and QLoRA from scratch: train a low-rank update beside a frozen weight.
+
+A linear layer with weight W (d_out, d_in) and bias b becomes (Hu et al. 2021)
+
+    y = W x + b + (α/r) · B A x,        A (r, d_in),  B (d_out, r),  1 ≤ r ≤ min(d_in, d_out)
+
+W and b are frozen; only A and B are trained: r·(d_in + d_out) numbers instead of d_in·d_out.
+A starts Kaiming-uniform (``kaiming_uniform_(A, a=√5)``, nn.Linear's and peft's choice) and B at 0,
+so the wrapped layer starts equal to the base one (B A = 0) while ∂L/∂B = (α/r)·(∂L/∂y)(A x)ᵀ ≠ 0.
+The factor α/r keeps the size of the update comparable when r changes (α fixed while r is swept).
+After training, the update folds into the weight, W' = W + (α/r)·B A (`LoRALinear.merge`), and the
+merged model costs nothing extra at inference.
+
+QLoRA (Dettmers et al. 2023) is the same with W a frozen int4 weight: `lab.quant.linear.Int4Linear`,
+packed 4-bit codes q with a scale s and a zero point z per output row and group of g input columns,
+Ŵ = s·(q − z). Forward runs the int4 matmul (Ŵ dequantized in registers by the Triton kernel on a
+GPU, in a temporary on the CPU); backward needs only ∂L/∂x = (∂L/∂y) Ŵ and recomputes Ŵ from the
+codes, so neither the module nor the autograd graph keeps a float copy of W. The layer's memory is
+the packed codes + scales + zeros + A and B. (The paper's NF4 codes and double-quantized scales are
+replaced here by chapter 3's affine int4 grid.)
+
+A and B are float32, whatever the dtype of the base: they are the weights the optimizer updates, and
+a bf16 copy would round small updates away. The LoRA term is computed in float32 and cast to x's dtype.
+Fine-tuning memory with AdamW (`lora_memory`): the frozen tensors as stored, the trainable ones, their
+gradients (same bytes) and the optimizer's two float32 states m and v per trainable number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lab.checks import check_int, check_number
+from lab.params.counting import unique_parameters, unique_state_dict
+from lab.quant.linear import Int4Linear
+from lab.quant.packing import dequantize_int4
+
+BASES = (nn.Linear, Int4Linear)
+
+
+def _int4_weight(base: Int4Linear) -> torch.Tensor:
+    """Ŵ = s·(q − z) (d_out, d_in) float32 of an int4 linear (`lab.quant.packing.dequantize_int4`)."""
+    return dequantize_int4(base.packed, base.scales, base.zeros, base.group_size)
+
+
+class _FrozenInt4(torch.autograd.Function):
+    """y = Int4Linear(x) = x Ŵᵀ + b; backward ∂L/∂x = (∂L/∂y) Ŵ with Ŵ recomputed (W and b are frozen)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, base: Int4Linear) -> torch.Tensor:
+        ctx.base = base
+        return base(x)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        return (grad_y.float() @ _int4_weight(ctx.base)).to(grad_y.dtype), None
+
+
+class LoRALinear(nn.Module):
+    """y = W x + b + (α/r)·B A x over a frozen ``base`` (an nn.Linear, or an `Int4Linear` for QLoRA).
+
+    x (..., d_in) → y (..., d_out) in x's dtype; A (r, d_in) and B (d_out, r) are float32 parameters on
+    the base's device. Wrapping freezes the base in place (requires_grad False on W and b).
+    """
+
+    def __init__(self, base: nn.Linear | Int4Linear, r: int, alpha: float) -> None:
+        super().__init__()
+        if not isinstance(base, BASES):
+            raise TypeError(f"base must be an nn.Linear or a lab.quant.linear.Int4Linear, got {type(base).__name__}")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.r = check_int("r", r, 1, min(self.in_features, self.out_features))
+        self.alpha = check_number("alpha", alpha, 0.0, closed=(False, True))
+        self.base = base.requires_grad_(False)
+        device = base.weight.device if isinstance(base, nn.Linear) else base.packed.device
+        self.A = nn.Parameter(torch.empty(r, self.in_features, device=device))
+        self.B = nn.Parameter(torch.zeros(self.out_features, r, device=device))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    @property
+    def scaling(self) -> float:
+        """α/r."""
+        return self.alpha / self.r
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x) if isinstance(self.base, nn.Linear) else _FrozenInt4.apply(x, self.base)
+        return y + (self.scaling * F.linear(F.linear(x.float(), self.A), self.B)).to(y.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """A new, frozen nn.Linear with weight W + (α/r)·B A (W = Ŵ for an int4 base) and bias b.
+
+        Its dtype is W's (float32 for an int4 base); the sum is formed in float32.
+        """
+        W = self.base.weight if isinstance(self.base, nn.Linear) else _int4_weight(self.base)
+        bias = self.base.bias
+        merged = nn.Linear(self.in_features, self.out_features, bias=bias is not None,
+                           device=W.device, dtype=W.dtype)
+        merged.weight.copy_(W.float() + self.scaling * (self.B @ self.A))
+        if bias is not None:
+            merged.bias.copy_(bias)
+        return merged.requires_grad_(False)
+
+
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), attr, module)
+
+
+def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
+             targets: Iterable[str] = ("q_proj", "v_proj")) -> list[str]:
+    """Wrap the linears named by ``targets`` in `LoRALinear`s (in place) and freeze everything else.
+
+    ``targets``: module-name suffixes, as peft's ``target_modules`` list: a module is wrapped when its
+    dotted name equals a target or ends with "." + target ("q_proj" matches "layers.0.attn.q_proj";
+    "attn.q_proj" also does). Every target must match at least one module, each an nn.Linear or an
+    `Int4Linear`. Afterwards only the A and B of the new layers have requires_grad True.
+    Returns the wrapped names in module order; the model is left unchanged when an argument is wrong.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(targets, str) or not isinstance(targets, Iterable):
+        raise TypeError(f"targets must be an iterable of module-name suffixes such as ('q_proj', 'v_proj'), "
+                        f"got {targets!r}")
+    targets = tuple(targets)
+    if not targets or not all(isinstance(t, str) and t for t in targets):
+        raise TypeError(f"targets must hold non-empty strings, got {targets!r}")
+    modules = dict(model.named_modules())
+
+    def matches(name: str, target: str) -> bool:
+        return name == target or name.endswith("." + target)
+
+    unmatched = [t for t in targets if not any(matches(name, t) for name in modules)]
+    if unmatched:
+        examples = [name for name, m in modules.items() if isinstance(m, BASES)][:4]
+        raise ValueError(f"targets={targets!r}: {unmatched} match no module of the model; "
+                         f"allowed: suffixes of linear names such as {examples}")
+    names = [name for name in modules if any(matches(name, t) for t in targets)]
+    for name in names:
+        if not isinstance(modules[name], BASES):
+            raise TypeError(f"targets={targets!r} match {name!r}, a {type(modules[name]).__name__}; "
+                            "allowed: nn.Linear or Int4Linear modules only")
+    wrapped = [LoRALinear(modules[name], r, alpha) for name in names]  # all checked before any change
+    model.requires_grad_(False)
+    for name, lora in zip(names, wrapped):
+        _replace(model, name, lora)
+    return names
+
+
+def merge_lora(model: nn.Module) -> list[str]:
+    """Replace every `LoRALinear` of ``model`` by its `LoRALinear.merge` (in place); returns their names."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    names = [name for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+    if not names:
+        raise ValueError(f"model ({type(model).__name__}) has no LoRALinear to merge; call add_lora first")
+    for name in names:
+        _replace(model, name, model.get_submodule(name).merge())
+    return names
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """Number of unique parameters with requires_grad True (a tied parameter counts once)."""
+    return sum(p.numel() for _, p in unique_parameters(model)[0] if p.requires_grad)
+
+
+def lora_memory(model: nn.Module) -> dict[str, int]:
+    """Bytes of fine-tuning ``model`` with AdamW, from the tensors' storage (each storage counted once).
+
+    {"frozen": parameters without grad + buffers (int4 codes, scales, zeros), as stored,
+     "trainable": Σ numel·element_size of the parameters with grad,
+     "gradients": the same bytes again (one .grad per trainable parameter),
+     "optimizer": 2·4·N_train (AdamW's m and v in float32),
+     "total": the sum}.
+    """
+    params, _ = unique_parameters(model)  # also checks that model is an nn.Module
+    trainable = [p for _, p in params if p.requires_grad]
+    trainable_bytes = sum(p.numel() * p.element_size() for p in trainable)
+    stored = sum(t.numel() * t.element_size() for t in unique_state_dict(model).values())
+    parts = {"frozen": stored - trainable_bytes, "trainable": trainable_bytes, "gradients": trainable_bytes,
+             "optimizer": 2 * 4 * sum(p.numel() for p in trainable)}
+    return {**parts, "total": sum(parts.values())}

@@ -1,0 +1,94 @@
+"""lab.params.finetune: the run equals the loop it wraps, trains only what requires grad, and measures
+its optimizer state as the memory model predicts it."""
+
+import copy
+
+import pytest
+import torch
+
+from lab.data import corpus_documents
+from lab.metrics import token_losses
+from lab.models.train import lm_batch_loss, random_batch
+from lab.params.counting import unique_parameters
+from lab.params.finetune import document_tokens, finetune
+from lab.params.lora import add_lora, lora_memory, trainable_parameters
+from lab.params.memory import optimizer_state_bytes
+from lab.train import BETAS, Optim, train
+
+STEPS, LR = 4, 3e-3
+
+
+def _batches(model, n=STEPS, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, model.config.vocab_size, (400,), generator=gen)
+    return [random_batch(tokens, 2, 8, gen) for _ in range(n)], tokens[:64]
+
+
+def test_adamw_run_equals_the_loop_with_torch_adamw(tiny_gpt):
+    model = tiny_gpt()
+    batches, eval_ids = _batches(model)
+    reference = copy.deepcopy(model)
+    record = finetune(model, batches, "adamw", lr=LR, warmup=2, eval_tokens=eval_ids)
+    opt = torch.optim.AdamW(reference.parameters(), lr=LR, betas=BETAS, weight_decay=0.0)
+    expected = train(reference, batches, lm_batch_loss, STEPS, optim=Optim(LR, 2, 0.0, 1.0), optimizer=opt,
+                     progress=False)
+    assert record["loss"] == expected["loss"] and record["lr"] == expected["lr"]
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(p, q)
+    assert torch.equal(record["token_losses"], token_losses(model, eval_ids, context_length=16, stride=8))
+    assert record["trainable_parameters"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adafactor", "adam8bit", "sgd-momentum"])
+def test_measured_state_bytes_equal_the_memory_model(tiny_gpt, optimizer):
+    model = tiny_gpt()
+    batches, _ = _batches(model, n=2)
+    record = finetune(model, batches, optimizer, lr=1e-3)
+    shapes = [p.shape for _, p in unique_parameters(model)[0]]
+    n = sum(p.numel() for _, p in unique_parameters(model)[0])
+    assert record["optimizer_state_bytes"] == optimizer_state_bytes(optimizer, n, 4, shapes)
+    assert record["token_losses"] is None
+    assert all(torch.isfinite(torch.tensor(record["loss"])))
+
+
+def test_lora_run_trains_only_A_and_B_and_its_state_is_lora_memorys(tiny_gpt):
+    model = tiny_gpt()
+    add_lora(model, r=2, alpha=4.0, targets=("q_proj", "v_proj"))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    batches, eval_ids = _batches(model)
+    record = finetune(model, batches, "adamw", lr=1e-2, eval_tokens=eval_ids)
+    for name, p in model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), name
+        elif name.endswith(".B"):
+            assert p.abs().max() > 0, name            # B starts at 0 and has moved
+    assert record["trainable_parameters"] == trainable_parameters(model)
+    assert record["optimizer_state_bytes"] == lora_memory(model)["optimizer"]
+    assert record["token_losses"].shape == (len(eval_ids) - 1,)
+
+
+def test_document_tokens_are_the_documents_text_tokenized(tokenizer):
+    path, text = corpus_documents("validation")[0]
+    ids = document_tokens(path, tokenizer)
+    assert ids.dtype == torch.int64 and ids.dim() == 1
+    assert ids.tolist() == tokenizer(text, add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match=r"path='library/nothing.rst.txt' is not a corpus document"):
+        document_tokens("library/nothing.rst.txt", tokenizer)
+    with pytest.raises(TypeError, match="path must be a str"):
+        document_tokens(3, tokenizer)
+
+
+def test_bad_arguments_are_named(tiny_gpt):
+    model = tiny_gpt()
+    batches, _ = _batches(model, n=1)
+    with pytest.raises(ValueError, match="optimizer='lion' is not allowed"):
+        finetune(model, batches, "lion", lr=1e-3)
+    with pytest.raises(ValueError, match="lr=0.0 is out of range"):
+        finetune(model, batches, lr=0.0)
+    with pytest.raises(TypeError, match="batches must be a non-empty sequence"):
+        finetune(model, iter(batches), lr=1e-3)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        finetune("gpt", batches, lr=1e-3)
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameter with requires_grad=True"):
+        finetune(model, batches, lr=1e-3)

@@ -1,0 +1,217 @@
+"""lab.params.adafactor and lab.params.adam8bit against transformers' Adafactor, a float64
+nearest-code quantizer, fp32 torch.optim.AdamW, and the real storage of ``optimizer.state``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers.optimization import Adafactor as HFAdafactor
+
+from lab.params.adafactor import Adafactor, adafactor_state_bytes
+from lab.params.adam8bit import Adam8bit, adam8bit_state_bytes, dequantize_blockwise, dynamic_map, quantize_blockwise
+
+SHAPES = [(12, 8), (8,), (2, 3, 5)]   # a matrix, a vector, a stack of matrices
+
+
+def _params(dtype: torch.dtype, seed: int = 0) -> list[torch.nn.Parameter]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in SHAPES]
+
+
+def _run(opt_cls, params, kwargs: dict, steps: int, seed: int = 1) -> torch.optim.Optimizer:
+    """``steps`` optimizer steps on fixed pseudo-random gradients (the same for every optimizer)."""
+    opt, gen = opt_cls(params, **kwargs), torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+        opt.step()
+    return opt
+
+
+def _state_storage(opt: torch.optim.Optimizer) -> int:
+    return sum(t.untyped_storage().nbytes() for st in opt.state.values() for t in st.values()
+               if torch.is_tensor(t) and t.dim() > 0)
+
+
+ADAFACTOR_CONFIGS = [
+    {},                                                                          # transformers' defaults, lr=None
+    {"beta1": 0.9, "weight_decay": 0.01},
+    {"warmup_init": True, "clip_threshold": 0.5},
+    {"relative_step": False, "lr": 1e-2},
+    {"relative_step": False, "scale_parameter": False, "lr": 3e-2, "beta1": 0.8, "clip_threshold": 0.1},
+    {"relative_step": False, "lr": 1e-2, "decay_rate": -0.5, "eps": (1e-20, 1e-2), "weight_decay": 0.1},
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kwargs", ADAFACTOR_CONFIGS)
+def test_adafactor_equals_transformers(kwargs, dtype):
+    ours, ref = _params(dtype), _params(dtype)
+    opt = _run(Adafactor, ours, kwargs, steps=6)
+    ref_opt = _run(HFAdafactor, ref, kwargs, steps=6)
+    for p, q in zip(ours, ref):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-6)
+    for p, q in zip(ours, ref):
+        st, rst = opt.state[p], ref_opt.state[q]
+        pairs = [("R", "exp_avg_sq_row"), ("C", "exp_avg_sq_col")] if p.dim() >= 2 else [("v", "exp_avg_sq")]
+        pairs += [("m", "exp_avg")] if "beta1" in kwargs else []
+        for name, ref_name in pairs:
+            torch.testing.assert_close(st[name], rst[ref_name], rtol=1e-6, atol=1e-12)
+        assert st["step"] == rst["step"] == 6
+
+
+def test_adafactor_updates_bf16_parameters_through_fp32():
+    ours, ref = _params(torch.bfloat16), _params(torch.bfloat16)
+    opt = _run(Adafactor, ours, {}, steps=3)
+    _run(HFAdafactor, ref, {}, steps=3)
+    for p, q in zip(ours, ref):
+        assert p.dtype == torch.bfloat16 and torch.equal(p, q)
+    assert all(t.dtype == torch.float32 for st in opt.state.values() for t in st.values() if torch.is_tensor(t))
+
+
+@pytest.mark.parametrize("beta1", [None, 0.9])
+def test_adafactor_state_bytes_equal_storage(beta1):
+    shapes = SHAPES + [(704, 256), (256,), ()]
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    opt = _run(Adafactor, params, {"beta1": beta1}, steps=1)
+    assert adafactor_state_bytes(shapes, beta1=beta1) == _state_storage(opt)
+    assert adafactor_state_bytes([(704, 256)]) == 4 * (704 + 256)
+
+
+def _reference_quantize(x: torch.Tensor, code: torch.Tensor, B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64, one block at a time: absmax, then the index of the nearest code (argmin = lower on ties)."""
+    flat, code64 = x.reshape(-1).double(), code.double()
+    q, absmax = [], []
+    for block in flat.split(B):
+        a = block.abs().max()
+        absmax.append(a)
+        scaled = block / a if a > 0 else block
+        q.append((scaled[:, None] - code64[None, :]).abs().argmin(dim=1))
+    return torch.cat(q), torch.stack(absmax)
+
+
+def test_dynamic_map_follows_its_definition():
+    for signed in (True, False):
+        ref = [0.0, 1.0]   # bitsandbytes' construction: midpoints of linspace(0.1, 1, k + 1) per decade
+        for i in range(7):
+            k = 2 ** i if signed else 2 ** (i + 1)
+            edges = torch.linspace(0.1, 1.0, k + 1, dtype=torch.float64)
+            means = (10.0 ** (i - 6) * (edges[:-1] + edges[1:]) / 2).tolist()
+            ref += means + ([-x for x in means] if signed else [])
+        code = dynamic_map(signed)
+        assert code.shape == (256,) and code.dtype == torch.float32
+        torch.testing.assert_close(code.double(), torch.tensor(sorted(ref), dtype=torch.float64), rtol=1e-7, atol=0)
+        assert bool((code[1:] > code[:-1]).all()) and code[-1] == 1.0 and (code == 0).sum() == 1
+    assert (dynamic_map(True) < 0).sum() == 127 and dynamic_map(False).min() == 0
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("B", [64, 2048])
+def test_quantize_blockwise_matches_float64_nearest_code(signed, B):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, generator=gen) * torch.logspace(-6, 1, 5000)[torch.randperm(5000, generator=gen)]
+    x = x if signed else x.square()
+    x[:B] = 0.0                                                 # an all-zero block
+    code = dynamic_map(signed)
+    q, absmax = quantize_blockwise(x.view(50, 100), code, B)
+    ref_q, ref_absmax = _reference_quantize(x, code, B)
+    assert q.dtype == torch.uint8 and q.shape == (5000,) and absmax.shape == (math.ceil(5000 / B),)
+    torch.testing.assert_close(absmax.double(), ref_absmax, rtol=0, atol=0)
+    # the chosen code is a nearest one in float64 (ties within float32 rounding of x / absmax aside)
+    scaled = x.double() / ref_absmax.clamp(min=1e-300).repeat_interleave(B)[:5000]
+    dist = (scaled - code.double()[q.long()]).abs()
+    ref_dist = (scaled - code.double()[ref_q]).abs()
+    assert bool((dist <= ref_dist + 1e-7 * scaled.abs()).all())
+    assert (q.long() == ref_q).float().mean() > 0.999
+    x_hat = dequantize_blockwise(q, absmax, code, B, (50, 100))
+    assert x_hat.shape == (50, 100) and x_hat.dtype == torch.float32
+    assert torch.equal(x_hat.reshape(-1)[:B], torch.zeros(B))
+    # a block's largest |x| comes back as absmax (+1.0 is a code) or, if negative, as 0.993·absmax
+    for block, a in zip(x_hat.reshape(-1).split(B), absmax):
+        assert 0.99 * a <= block.abs().max() <= a
+
+
+def _regression(opt_cls, kwargs: dict, steps: int = 300):
+    """Linear regression y = X W* + noise with a (16, 40) weight and a bias; returns (losses, optimizer, params)."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(512, 40, generator=gen)
+    y = X @ torch.randn(40, 16, generator=gen) + 0.1 * torch.randn(512, 16, generator=gen)
+    model = torch.nn.Linear(40, 16)
+    with torch.no_grad():
+        model.weight.copy_(0.1 * torch.randn(16, 40, generator=gen))
+        model.bias.zero_()
+    opt, losses = opt_cls(model.parameters(), **kwargs), []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(X), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return torch.tensor(losses), opt, list(model.parameters())
+
+
+ADAMW = {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
+
+
+@pytest.mark.parametrize("B", [64, 2048])
+def test_adam8bit_loss_tracks_fp32_adamw(B):
+    losses8, _, _ = _regression(Adam8bit, {**ADAMW, "block_size": B})
+    losses32, _, _ = _regression(torch.optim.AdamW, ADAMW)
+    assert losses32[-1] < 0.02 * losses32[0] and losses8[-1] < 0.02 * losses8[0]
+    # loss curves within 10% of each other at every one of the 300 steps (measured: at most 6.4%)
+    assert ((losses8 - losses32).abs() / losses32).max() < 0.1
+
+
+@pytest.mark.parametrize("B", [64, 2048])
+def test_adam8bit_state_tracks_fp32_adamw_on_the_same_gradients(B):
+    params8, params32 = _params(torch.float32), _params(torch.float32)
+    opt8 = _run(Adam8bit, params8, {**ADAMW, "block_size": B}, steps=100)
+    opt32 = _run(torch.optim.AdamW, params32, ADAMW, steps=100)
+    code_m, code_v = dynamic_map(True), dynamic_map(False)
+    for p8, p32 in zip(params8, params32):
+        st8, st32 = opt8.state[p8], opt32.state[p32]
+        m = dequantize_blockwise(st8["m_codes"], st8["m_absmax"], code_m, B, p8.shape)
+        v = dequantize_blockwise(st8["v_codes"], st8["v_absmax"], code_v, B, p8.shape)
+        # relative errors in norm after 100 steps (measured: m ≤ 2.5%, v ≤ 1.7%, W ≤ 0.2%)
+        assert (m - st32["exp_avg"]).norm() / st32["exp_avg"].norm() < 0.06
+        assert (v - st32["exp_avg_sq"]).norm() / st32["exp_avg_sq"].norm() < 0.05
+        assert (p8 - p32).norm() / p32.norm() < 0.01
+
+
+@pytest.mark.parametrize("B", [64, 2048])
+def test_adam8bit_state_bytes_equal_storage(B):
+    shapes = [(704, 256), (256,), (3, 50), ()]
+    params = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    opt = _run(Adam8bit, params, {"block_size": B}, steps=1)
+    assert adam8bit_state_bytes(shapes, block_size=B) == _state_storage(opt)
+    assert adam8bit_state_bytes([(704, 256)], 2048) == 2 * 704 * 256 + 8 * 88
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: Adam8bit(p, block_size=3000), r"block_size=3000 .*power of two"),
+    (lambda p: Adam8bit(p, block_size=0), r"block_size=0 .*\[1, inf\)"),
+    (lambda p: Adam8bit(p, block_size=64.0), r"block_size must be an int, got 64.0"),
+    (lambda p: Adam8bit(p, lr=-1e-3), r"lr=-0.001 .*\[0.0, inf\)"),
+    (lambda p: Adam8bit(p, betas=(0.9, 1.0)), r"betas\[1\]=1.0 .*\[0.0, 1.0\)"),
+    (lambda p: Adam8bit(p, betas=(-0.1, 0.99)), r"betas\[0\]=-0.1 .*\[0.0, 1.0\)"),
+    (lambda p: Adam8bit(p, betas=0.9), r"betas must be a tuple"),
+    (lambda p: Adam8bit(p, eps=0.0), r"eps=0.0 .*\(0.0, inf\)"),
+    (lambda p: Adafactor(p, relative_step=False, lr=-1.0), r"lr=-1.0 .*\[0.0, inf\)"),
+    (lambda p: Adafactor(p, lr=1e-3), r"lr=0.001 is not allowed with relative_step=True"),
+    (lambda p: Adafactor(p, relative_step=False), r"lr=None is not allowed with relative_step=False"),
+    (lambda p: Adafactor(p, beta1=1.0), r"beta1=1.0 .*\[0.0, 1.0\)"),
+    (lambda p: Adafactor(p, eps=(0.0, 1e-3)), r"eps\[0\]=0.0 .*\(0.0, inf\)"),
+    (lambda p: Adafactor(p, eps=(1e-30, -1.0)), r"eps\[1\]=-1.0 .*\(0.0, inf\)"),
+    (lambda p: Adafactor(p, clip_threshold=0), r"clip_threshold=0 .*\(0.0, inf\)"),
+    (lambda p: Adafactor(p, decay_rate=0.8), r"decay_rate=0.8 .*\[-1.0, 0.0\)"),
+    (lambda p: Adafactor(p, relative_step="yes"), r"relative_step must be a bool"),
+    (lambda p: quantize_blockwise(torch.ones(10), dynamic_map(True), 100), r"block_size=100 .*power of two"),
+    (lambda p: quantize_blockwise(torch.ones(10), torch.zeros(256), 8), r"code must hold 256 increasing"),
+    (lambda p: adam8bit_state_bytes([(4, 4)], block_size=6), r"block_size=6 .*power of two"),
+    (lambda p: adafactor_state_bytes([(4, -1)]), r"shapes\[0\]\[1\]=-1"),
+])
+def test_bad_arguments_are_named(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make([torch.nn.Parameter(torch.ones(4))])
