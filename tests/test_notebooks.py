@@ -12,6 +12,7 @@ the executed copy's outputs with the outputs stored in the repository under nbva
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import dataclass
@@ -23,7 +24,15 @@ from lab import report
 from tests.notebook_outputs import differences
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
-NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+
+
+def _stored_seconds(notebook: Path) -> float:
+    """How long the stored execution took (papermill's record in the notebook's metadata; 0 if none)."""
+    return json.loads(notebook.read_text(encoding="utf-8"))["metadata"].get("papermill", {}).get("duration") or 0.0
+
+
+# The longest first: `make test` runs them two at a time (pytest -n 2), so none is left running alone.
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"), key=lambda nb: (-_stored_seconds(nb), nb.name))
 KERNEL = "python3"
 CELL_TIMEOUT_S = 600
 
