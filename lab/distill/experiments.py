@@ -58,12 +58,17 @@ def lm_run(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth:
     terms = {"hard": {"alpha": 0.0}, "kd": {}, "kd+hidden": {"hidden_weight": hidden_weight},
              "kd+attention": {"attention_weight": attention_weight}}[loss]
     kd = KDLoss(cache, **{"temperature": temperature, "alpha": alpha, **terms})
+    last = {}  # the per-token losses of the latest evaluation; the loop's last one follows the last step
+
+    def evaluate(model: nn.Module) -> float:
+        last["nll"] = token_losses(model, eval_tokens, stride=eval_stride)
+        return math.exp(last["nll"].mean().item())
+
     record = distill(student, batches, steps, kd, optim=Optim(lr[init], warmup=max(1, steps // 10)),
-                     eval_every=eval_every, eval_fn=lambda m: perplexity(m, eval_tokens, stride=eval_stride),
-                     progress=progress and f"M={depth} {loss} ({init} init)")
+                     eval_every=eval_every, eval_fn=evaluate, progress=progress and f"M={depth} {loss} ({init} init)")
     return {"depth": depth, "loss": loss, "init": init, "params": student.num_parameters(),
             "curve": record["eval"], "perplexity": record["eval"][-1][1], "seconds": record["seconds"],
-            "token_losses": token_losses(student, eval_tokens, stride=eval_stride)}
+            "token_losses": last["nll"]}
 
 
 def temperature_alpha_grid(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth: int,

@@ -29,7 +29,7 @@ from lab.checks import check_choice, check_number
 from lab.data import corpus_documents, split_of
 from lab.metrics import token_losses
 from lab.models.train import lm_batch_loss
-from lab.params.memory import OPTIMIZERS, make_optimizer, storage_bytes
+from lab.params.memory import OPTIMIZERS, make_optimizer, optimizer_state_tensors, storage_bytes
 from lab.train import BETAS, Optim, train
 
 _WITH_BETAS = ("adam", "adamw", "adam8bit")
@@ -81,7 +81,7 @@ def finetune(model: nn.Module, batches: Sequence, optimizer: str = "adamw", *, l
     opt = make_optimizer(params, optimizer, lr=lr, weight_decay=weight_decay, **extra)
     record = train(model, batches, lm_batch_loss, len(batches), optim=Optim(lr, warmup, weight_decay, grad_clip),
                    optimizer=opt, progress=progress)
-    states = [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0]
+    states = optimizer_state_tensors(opt)
     record["trainable_parameters"] = sum(p.numel() for p in params)
     record["optimizer_state_bytes"] = storage_bytes(states)
     record["token_losses"] = None

@@ -232,6 +232,11 @@ def make_optimizer(params, optimizer: str = "adamw", lr: float = 1e-3, **kwargs)
     return torch.optim.SGD(params, lr=lr, momentum=0.9 if optimizer == "sgd-momentum" else 0.0, **kwargs)
 
 
+def optimizer_state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimizer's state tensors (m, v, codes, row/column statistics, …), 0-dim step counters excluded."""
+    return [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0]
+
+
 def storage_bytes(tensors) -> int:
     """Bytes of the distinct storages behind ``tensors`` (tied or viewed tensors count once)."""
     seen = {}
@@ -287,7 +292,7 @@ def measure_training_memory_cpu(model: GPT, batch: int, seq_len: int, optimizer:
             loss = _lm_loss(model, idx, targets)
     loss.backward()
     opt.step()
-    states = [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t) and t.dim() > 0]
+    states = optimizer_state_tensors(opt)
     out = {"weights": storage_bytes(params), "gradients": storage_bytes(p.grad for p in params if p.grad is not None),
            "master_weights": 0, "optimizer_states": storage_bytes(states), "activations": sum(saved.values())}
     out["total"] = sum(out.values())
