@@ -22,6 +22,9 @@ export HF_DATASETS_OFFLINE := 1
 export PYTHONHASHSEED := 0
 export TOKENIZERS_PARALLELISM := false
 unexport MPLBACKEND
+# Bytecode is written (.venv's __pycache__): with PYTHONDONTWRITEBYTECODE=1 every process (each notebook
+# kernel, test worker and spawned rank) compiled torch and transformers from source again, 8 s of CPU each.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help venv data book book-stored browser outputs test test-unit test-notebooks test-book gpu-dry-run clean
 
@@ -42,6 +45,7 @@ $(STAMP): requirements.txt pyproject.toml
 	if [ ! -x $(PY) ]; then $(PYTHON) -m venv $(VENV); fi
 	$(PY) -m pip install --no-compile -r requirements.txt  # .pyc written on first import: ~50 s less here
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	$(PY) -c 'import lab.doctor, matplotlib.pyplot, pandas, seaborn, transformers.models.llama'  # their bytecode, once
 	rm -f $(VENV)/.requirements-*
 	touch $@
 

@@ -62,6 +62,20 @@ def near(target: float, rel: float) -> Between:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """A time, or a ratio of times, of this run: recorded and glued, but asserted only to be a
+    finite positive number (timings vary from machine to machine and run to run; speed is
+    measured by lab.bench, never asserted in tests)."""
+
+    def __contains__(self, value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value) and value > 0
+
+    def __str__(self) -> str:
+        return "a finite positive timing"
+
+
+@dataclass(frozen=True)
 class Is:
     """value is exactly this bool (a yes/no check the notebook records)."""
 
@@ -314,8 +328,8 @@ EXPECTED: dict[str, dict] = {
         **{f"memory_MB_stage{k}": near(v, 1e-9)
            for k, v in enumerate((9.868288, 7.401216, 6.16768, 4.934144))},
         "memory_max_abs_diff_bytes": exactly(0),
-        "scaling_speedup_2": Between(0.3, 1.5),           # timing: processes share 2 cores
-        "scaling_speedup_4": Between(0.2, 2.0),
+        "scaling_speedup_2": Timing(),                    # processes share 2 cores
+        "scaling_speedup_4": Timing(),
         **{f"plan_{name}_GB": near(v, 1e-3) for name, v in (
             ("7b_dp8_zero0", 109.484), ("7b_dp64_zero1", 29.868), ("70b_dp8_zero3", 144.470),
             ("70b_tp8_dp8_zero1", 48.237))},
@@ -374,21 +388,21 @@ EXPECTED: dict[str, dict] = {
         "spec_alpha_max": Between(0.78, 0.9),
         "spec_formula_ratio_min": Between(0.85, 1.0),
         "spec_formula_ratio_max": Between(0.9, 1.0),                   # "slightly below" the formula
-        "spec_cost_ratio_c": Between(0.2, 1.0),                        # timings: wide
-        "spec_pass_cost_r_min": Between(1.0, 2.0),
-        "spec_pass_cost_r_max": Between(1.0, 2.5),
-        "spec_speedup_formula_min": Between(0.3, 1.6),
-        "spec_speedup_formula_max": Between(0.3, 1.6),
-        "spec_speedup_measured_min": Between(0.3, 2.0),
-        "spec_speedup_measured_max": Between(0.3, 2.0),
+        "spec_cost_ratio_c": Timing(),                                 # timings of this run
+        "spec_pass_cost_r_min": Timing(),
+        "spec_pass_cost_r_max": Timing(),
+        "spec_speedup_formula_min": Timing(),
+        "spec_speedup_formula_max": Timing(),
+        "spec_speedup_measured_min": Timing(),
+        "spec_speedup_measured_max": Timing(),
         "score_z_undistilled_draft": Between(-60, -15),
         "tokens_tested_distilled_draft": exactly(1920),
         "pvalue_exact_samplers_min": Between(0.001, 1.0),
         "pvalue_exact_samplers_max": Between(0.001, 1.0),
         "ks_pvalue_distilled_draft": Between(1e-4, 0.2),
         "score_pvalue_distilled_draft": Between(1e-4, 0.2),
-        "bench_cpu_ms_per_token_kv_cache_b1": Between(0.0, 1e3),        # from results/infer_cpu.json
-        "bench_cpu_ms_per_token_speculative_b1": Between(0.0, 1e3),
+        "bench_cpu_ms_per_token_kv_cache_b1": Timing(),                # from results/infer_cpu.json
+        "bench_cpu_ms_per_token_speculative_b1": Timing(),
     },
 }
 

@@ -63,7 +63,15 @@ def test_dry_run_records_hold_the_measurements(dry_run):
     assert set(records["params"]["offload"]["ms"]) == {"resident", "naive", "prefetch"}
     assert set(records["quant_decode"]["decode"]) == {"fp32", "w8a8", "int4_weight_only"}
     assert records["infer"]["decode"] and records["prune"]["linear"]
-    assert records["parallel"]["full"]["backend"] == "gloo"
+    # the parallel stage is lab.parallel.experiments.run_full(cpu, quick=True): 2 gloo ranks, tiny model,
+    # 5 steps; every strategy's losses equal one process's and its traffic equals the formula
+    full = records["parallel"]["full"]
+    assert full["backend"] == "gloo" and full["world_size"] == 2
+    assert set(full["strategies"]) == {"ddp", "torch_ddp", "zero1", "zero2", "zero3", "tp", "pp"}
+    for name, entry in full["strategies"].items():
+        assert entry["max_abs_loss_diff_vs_single"] <= 1e-4, name
+        if name != "torch_ddp":
+            assert entry["payload_over_formula"] == pytest.approx(1.0, abs=1e-3), name
 
 
 def test_stages_selects_and_keeps_the_run_order(tmp_path):
