@@ -38,6 +38,7 @@ help:
 	@echo "make outputs  re-execute every notebook in place (refreshes the stored outputs the tests compare)"
 	@echo "make check-kernels  compile every Triton kernel configuration for sm_90 (no GPU) under triton 3.6.0"
 	@echo "              (the GPU machine's); check-kernels-pinned under the pinned triton; both fail on spills"
+	@echo "make kernels-static  the kernels' sm_90 static model (results/kernels_static_sm90.json)"
 	@echo "make gpu-dry-run  rehearse the staged GPU run (python -m lab.bench gpu) on the CPU"
 	@echo "make clean    remove _build/, test caches and metrics files (keeps .venv and .data)"
 
@@ -77,10 +78,11 @@ browser:
 	bash .ci/install-browser
 
 # The outputs stored in notebooks/*.ipynb are what tests/test_notebooks.py compares with: refresh them here.
+# Two at a time, each on one thread, the longest first (as make test runs them).
 outputs: data
-	export OMP_NUM_THREADS=1; for nb in notebooks/*.ipynb; do \
-		$(VENV)/bin/papermill --cwd notebooks --kernel python3 --no-progress-bar "$$nb" "$$nb"; \
-	done
+	$(PY) -c 'from tests.test_notebooks import NOTEBOOKS; print("\n".join(map(str, NOTEBOOKS)))' | \
+		OMP_NUM_THREADS=1 xargs -P 2 -I NB $(VENV)/bin/papermill --cwd notebooks --kernel python3 \
+		--no-progress-bar NB NB
 
 # CI (.ci/run) on 2 cores: the notebooks (two at a time, the longest first), the kernel check and the
 # unit tests share the cores, each torch process on one thread (OMP_NUM_THREADS=1: no oversubscribed thread pools);
@@ -117,6 +119,12 @@ check-kernels: $(STAMP) $(TRITON_36_DIR)/.installed
 
 check-kernels-pinned: $(STAMP)
 	$(PY) -m lab.kernels.compile --out _build/kernels_sm90_static.json
+
+# The static model of the kernels (python -m lab.bench static): results/kernels_static_sm90.json, compiled
+# under triton 3.6.0 (the GPU machine's); chapter 3 reads it.
+.PHONY: kernels-static
+kernels-static: $(STAMP) $(TRITON_36_DIR)/.installed
+	PYTHONPATH=$(TRITON_36_DIR) $(PY) -m lab.bench static --jobs 2 --no-progress
 
 # The staged GPU run with tiny shapes on the CPU (one record per stage in _build/gpu-dry-run/); book/reproducing.md.
 gpu-dry-run: data

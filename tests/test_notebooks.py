@@ -272,6 +272,20 @@ EXPECTED: dict[str, dict] = {
         # packing: the packed int4 model computes the fake-quantized model's logits
         "int4_packed_logits_max_abs_diff": Between(0.0, 1e-4),
         "int4_disk_over_bf16": Between(0.45, 0.56),               # measured 0.514
+        # the static model (results/kernels_static_sm90.json): the verbs of section 8 and the page
+        "static_v1_issue_over_memory_m1": Between(1.2, 4.0),      # v1 cannot stream: 2.21
+        "static_v2_issue_over_memory_m1": Between(0.0, 0.8),      # the target: 0.706
+        "static_v2_m16_over_m1": Between(1.0, 1.3),               # the target: 1.125
+        "static_v1_over_v2_m1": Between(1.2, 5.0),                # "faster": 2.16
+        "static_bf16_over_v2_m1": Between(1.2, 5.0),              # "faster": 3.65
+        "static_sparse24_issue_over_memory_m1": Between(1.2, 10.0),   # 3.78
+        "static_paged_programs_b1": exactly(8),
+        "static_paged_v2_programs_b1": Between(132, 10_000),      # the target: 256
+        "static_paged_v1_over_v2_b1": Between(5, 500),            # "faster": 56
+        "static_paged_v2_issue_over_memory_b1": Between(0.0, 5.0),    # 1.06
+        "static_paged_v2_issue_over_memory_b32": Between(0.0, 1.0),   # memory-bound: 0.49
+        "static_v1_warp_instr_per_kb": Between(100, 2000),        # 529
+        "static_v2_warp_instr_per_kb": Between(50, 500),          # 168
     },
     "04_distillation": {
         "teacher_perplexity": near(40.59, 0.02),  # 2048 tokens, windows of 256 moved by 255

@@ -2,9 +2,11 @@
 
     python -m lab.bench SUITE [--out DIR] [--quick] [--device cpu|cuda] [--no-progress]
     python -m lab.bench gpu [--budget-s 480] [--out DIR] [--dry-run] [--stages a,b,...] [--no-progress]
+    python -m lab.bench static [--out DIR] [--jobs N] [--no-progress]
 
 A suite writes ``DIR/<suite>_<device-kind>.json`` (``..._quick.json`` with ``--quick``); ``gpu`` runs
-the staged GPU run of `lab.bench.gpu`, one record per stage.
+the staged GPU run of `lab.bench.gpu`, one record per stage; ``static`` the sm_90 static model of the
+kernels (`lab.bench.static`, CPU only), ``DIR/kernels_static_sm90.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lab.atomic import atomic_write_json
-from lab.bench import gpu
+from lab.bench import gpu, static
 from lab.bench.records import RESULTS_DIR, check_out_dir, device_kind, provenance
 from lab.runtime import get_device
 
@@ -46,7 +48,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser = argparse.ArgumentParser(prog="python -m lab.bench",
                                      description="Benchmark records for the book, written to results/.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUITE",
-                                     help=f"one of {', '.join(SUITES)}, or gpu (the staged GPU run)")
+                                     help=f"one of {', '.join(SUITES)}, gpu (the staged GPU run) or static "
+                                          "(the kernels' sm_90 static model)")
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON record(s)")
     shared.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -61,6 +64,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                                             description="Every GPU-only measurement as one staged command "
                                             "within a time budget; one JSON record per stage.")
     gpu.add_arguments(subparsers["gpu"])
+    subparsers["static"] = commands.add_parser("static", parents=[shared], help="the kernels' static model "
+                                               "(lab.bench.static)", description=static.__doc__.splitlines()[0])
+    static.add_arguments(subparsers["static"])
     return parser, subparsers
 
 
@@ -78,8 +84,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
         check_out_dir(args.out)
         if args.command == "gpu":
             stages = gpu.check_run(gpu.parse_stages(args.stages), args.budget_s, args.out, args.dry_run)
+        if args.command == "static" and args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     except ValueError as error:
         sub.error(str(error))
+    if args.command == "static":
+        return static.run(args, argv)
     if args.command == "gpu":
         records = gpu.run_gpu(stages, args.budget_s, args.out, args.dry_run, argv, not args.no_progress)
         if any(r["status"] in ("failed", "timeout") for r in records):

@@ -36,8 +36,9 @@ def bench_paged_decode(device: torch.device, quick: bool = False, progress: bool
                        heads: Sequence[tuple[int, int]] = ((32, 8), (32, 32)), head_dim: int = 128,
                        batches: Sequence[int] = (1, 8, 32), context: int = 2048, block_size: int = 16,
                        bandwidth: float | None = None) -> list[dict]:
-    """Decode attention over a paged cache, one row per (H, H_kv, B): the Triton kernel on a GPU (the
-    PyTorch path on the CPU), checked against float64, then timed.
+    """Decode attention over a paged cache, one row per (H, H_kv, B) and kernel version: v1
+    (`lab.kernels.paged_attention`) and v2 (`lab.kernels.paged_attention_v2`, flash-decoding) on a GPU,
+    the PyTorch path on the CPU; each checked against float64, then timed.
 
     Every row has ``context`` cached positions in blocks of ``block_size`` (`PagedKVCache`'s default),
     scattered over the pool in a random order as a real allocator leaves them. ``kv_bytes`` = K and V
@@ -47,6 +48,9 @@ def bench_paged_decode(device: torch.device, quick: bool = False, progress: bool
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
     from lab.kernels.paged_attention import paged_attention_decode
+    from lab.kernels.paged_attention_v2 import paged_attention_decode_v2
+
+    versions = {"v1": paged_attention_decode, "v2": paged_attention_decode_v2}
 
     rows = []
     bar = tqdm(total=len(heads) * len(batches), desc="paged decode attention", disable=not progress)
@@ -61,19 +65,20 @@ def bench_paged_decode(device: torch.device, quick: bool = False, progress: bool
             tables = torch.randperm(num_blocks, device=device).view(B, per_row).to(torch.int32)
             lengths = torch.full((B,), context, dtype=torch.int32, device=device)
             ref = _paged_reference(q, k_pool, v_pool, tables, context)
-            entry = check_then_time(lambda: paged_attention_decode(q, k_pool, v_pool, tables, lengths,
-                                                                   check_lengths=False),
-                                    ref, 2e-2 if cuda else 1e-4, device, 3 if quick else 10)
             elem = k_pool.element_size()
             kv_bytes = 2 * B * H_kv * head_dim * elem * per_row * block_size
-            row = {"H": H, "H_kv": H_kv, "D": head_dim, "B": B, "context": context, "block_size": block_size,
-                   "dtype": str(dtype).removeprefix("torch."), "path": "triton" if cuda else "torch",
-                   "kv_bytes": kv_bytes, "bytes": kv_bytes + 2 * B * H * head_dim * elem, **entry}
-            if entry["ms"]:
-                row["gb_per_s"] = row["bytes"] / entry["ms"] / 1e6
-                if bandwidth:
-                    row["fraction_of_copy_bandwidth"] = row["bytes"] / (entry["ms"] * 1e-3) / bandwidth
-            rows.append(row)
+            for version, decode in versions.items():
+                entry = check_then_time(lambda: decode(q, k_pool, v_pool, tables, lengths, check_lengths=False),
+                                        ref, 2e-2 if cuda else 1e-4, device, 3 if quick else 10)
+                row = {"version": version, "H": H, "H_kv": H_kv, "D": head_dim, "B": B, "context": context,
+                       "block_size": block_size, "dtype": str(dtype).removeprefix("torch."),
+                       "path": "triton" if cuda else "torch", "kv_bytes": kv_bytes,
+                       "bytes": kv_bytes + 2 * B * H * head_dim * elem, **entry}
+                if entry["ms"]:
+                    row["gb_per_s"] = row["bytes"] / entry["ms"] / 1e6
+                    if bandwidth:
+                        row["fraction_of_copy_bandwidth"] = row["bytes"] / (entry["ms"] * 1e-3) / bandwidth
+                rows.append(row)
             bar.update()
             del q, k_pool, v_pool, ref
     bar.close()

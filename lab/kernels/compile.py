@@ -12,8 +12,9 @@ after writing the record) on a compile error, on any register spill, or on a blo
 the work; every compilation starts from an empty Triton cache, so each run really compiles.
 
 Which configurations. The launches the wrappers make, found by calling the wrappers themselves
-(`int4_weight_only_matmul_triton`, `int8_matmul_triton`, `sparse24_matmul_triton`,
-`paged_attention_decode_triton`) with ``meta`` tensors while the module's kernel is replaced by a recorder:
+(`int4_weight_only_matmul_triton`, `int4_gemv_v2_triton`, `int8_matmul_triton`, `sparse24_matmul_triton`,
+`paged_attention_decode_triton`, `paged_attention_decode_v2_triton`) with ``meta`` tensors while the module's
+kernels are replaced by recorders (the main kernel and its `COMPANIONS`, the v2 kernels' second passes):
 block sizes, warps, SPLIT_K, INPUT_PRECISION, G / G_PAD / D / BLOCK_SIZE and every stride come from the
 wrapper's own code (its ``block_sizes``), so a change there changes what is checked. Each launch is then
 specialised exactly as `triton.runtime.jit.JITFunction.run` does: the kernel's own binder
@@ -24,7 +25,8 @@ kernel, signature, constants, divisibility attributes and options) are compiled 
 shapes it comes from. The shapes, each for every dtype the wrapper accepts on a GPU (x / q in bf16, fp16 and
 fp32; int4 scales in x's dtype, as every caller passes them; the int8 kernel's three out dtypes):
 
-* ``lab.quant.bench``: int4 and int8 N = K = 8192 (g = 128) at M in ``BATCHES``; the one-token decode of the
+* ``lab.quant.bench``: int4 (v1, and v2 for M ≤ 16 and g a multiple of 64) and int8 N = K = 8192 (g = 128)
+  at M in ``BATCHES``; the one-token decode of the
   book's model (its decoder linears at M = 1, int4 g = 64); the GPU run's kernels stage
   (``lab.bench.gpu.KERNEL_SHAPES["gpu"]``: int4 at M = 1 … 32, int8 at M = 4096, 2:4 and paged shapes).
 * ``lab.prune.bench``: the 2:4 kernel on ``prune_setup``'s CUDA shapes and batch sizes (full and short form).
@@ -34,7 +36,8 @@ fp32; int4 scales in x's dtype, as every caller passes them; the int8 kernel's t
   block-table width up to its context: the table's row stride is an int argument, and widths 1, multiples
   of 16 and the rest specialise differently) and of ``lab.infer.paged_bench`` (Llama-7B-shaped: 32 query
   heads, 8 and 32 kv heads, head dim 128).
-* the CUDA-only tests: tests/kernels/test_int4_int8_kernels.py, tests/infer/test_paged.py, tests/prune/test_semi_structured.py.
+* the CUDA-only tests: tests/kernels/test_int4_int8_kernels.py, tests/kernels/test_int4_gemv_v2.py, tests/infer/test_paged.py,
+  tests/kernels/test_paged_attention_v2.py, tests/prune/test_semi_structured.py.
 
 What is recorded per configuration. Registers per thread, stack frame and spill stores / loads (bytes) from
 the report of ptxas -v that Triton's own ptxas call prints (``TRITON_DUMP_PTXAS_LOG``; the same binary and
@@ -118,7 +121,13 @@ KERNELS = {
     "int8_matmul": ("lab.kernels.int8_matmul", "_int8_matmul_kernel"),
     "sparse24_matmul": ("lab.kernels.sparse24_matmul", "_sparse24_matmul_kernel"),
     "paged_attention": ("lab.kernels.paged_attention", "_paged_attention_decode_kernel"),
+    "int4_gemv_v2": ("lab.kernels.int4_gemv_v2", "_int4_gemv_v2_kernel"),
+    "int4_gemv_v2_reduce": ("lab.kernels.int4_gemv_v2", "_reduce_kernel"),
+    "paged_attention_v2": ("lab.kernels.paged_attention_v2", "_paged_decode_split_kernel"),
+    "paged_attention_v2_combine": ("lab.kernels.paged_attention_v2", "_combine_kernel"),
 }
+# kernels a wrapper launches after its main kernel (recorded with it): the v2 kernels' second passes
+COMPANIONS = {"int4_gemv_v2": ("int4_gemv_v2_reduce",), "paged_attention_v2": ("paged_attention_v2_combine",)}
 
 MNEMONIC_CLASSES = {
     "memory": {"LDG", "STG", "LD", "ST", "LDL", "STL", "LDGSTS", "LDGDEPBAR", "ATOM", "ATOMG", "RED", "REDG",
@@ -148,6 +157,7 @@ class Launch:
     kernel: str                     # a key of KERNELS
     args: tuple                     # TensorArg | int | float, in the kernel's parameter order
     kwargs: tuple                   # sorted (name, value) pairs: constexprs and launch options
+    grid: tuple = ()                # the launch grid (programs per axis), as the wrapper gave it
 
 
 @dataclasses.dataclass
@@ -170,7 +180,8 @@ class _LaunchRecorder:
     def __getitem__(self, grid):
         def launch(*args, **kwargs) -> None:
             frozen = tuple(TensorArg(str(a.dtype).removeprefix("torch.")) if torch.is_tensor(a) else a for a in args)
-            self.launches.append(Launch(self.kernel, frozen, tuple(sorted(kwargs.items()))))
+            self.launches.append(Launch(self.kernel, frozen, tuple(sorted(kwargs.items())),
+                                        tuple(grid) if isinstance(grid, tuple) else ()))
         return launch
 
 
@@ -204,6 +215,14 @@ def launch_int4(M: int, N: int, K: int, group_size: int, dtype: torch.dtype, sca
                                    torch.empty_like(scales), group_size)
 
 
+def launch_int4_v2(M: int, N: int, K: int, group_size: int, dtype: torch.dtype) -> None:
+    from lab.kernels.int4_gemv_v2 import int4_gemv_v2_triton
+
+    scales = _meta(K // group_size, N, dtype=dtype)
+    int4_gemv_v2_triton(_meta(M, K, dtype=dtype), _meta(N, K // 4, dtype=torch.int16), scales,
+                        torch.empty_like(scales), group_size)
+
+
 def launch_int8(M: int, N: int, K: int, out_dtype: torch.dtype) -> None:
     from lab.kernels.int8_matmul import int8_matmul_triton
 
@@ -220,15 +239,18 @@ def launch_sparse24(M: int, out_features: int, in_features: int, dtype: torch.dt
                            out_features, in_features)
 
 
-def launch_paged(B: int, H: int, H_kv: int, D: int, block_size: int, width: int, dtype: torch.dtype) -> None:
-    """A decode step of B sequences whose block tables are ``width`` blocks wide."""
+def launch_paged(B: int, H: int, H_kv: int, D: int, block_size: int, width: int, dtype: torch.dtype,
+                 version: str = "v1") -> None:
+    """A decode step of B sequences whose block tables are ``width`` blocks wide (v2: the split kernel and
+    its combine pass)."""
     from lab.kernels.paged_attention import paged_attention_decode_triton
+    from lab.kernels.paged_attention_v2 import paged_attention_decode_v2_triton
 
     num_blocks = B * width + 1
     pool = _meta(num_blocks, block_size, H_kv, D, dtype=dtype)
-    paged_attention_decode_triton(_meta(B, H, D, dtype=dtype), pool, torch.empty_like(pool),
-                                  _meta(B, width, dtype=torch.int32), _meta(B, dtype=torch.int32),
-                                  check_lengths=False)
+    wrapper = paged_attention_decode_triton if version == "v1" else paged_attention_decode_v2_triton
+    wrapper(_meta(B, H, D, dtype=dtype), pool, torch.empty_like(pool), _meta(B, width, dtype=torch.int32),
+            _meta(B, dtype=torch.int32), check_lengths=False)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -309,15 +331,19 @@ def quant_matmul_shapes() -> Iterator[tuple[str, Sequence[str], Sequence[int], l
     yield "test cuda quantized models (tiny gpt)", BOTH, [3 * tiny.context_length], decoder_linear_shapes(tiny), 32
 
 
-def int4_cases() -> Iterator[Case]:
-    from lab.kernels.int4_matmul import X_DTYPES
+def int4_cases(version: str = "v1") -> Iterator[Case]:
+    """The int4 launches: every shape for v1; for v2 those it takes (M ≤ 16, g a multiple of 64)."""
+    from lab.kernels import int4_gemv_v2, int4_matmul
 
     for label, kinds, Ms, shapes, group_size in quant_matmul_shapes():
-        if "int4" not in kinds:
+        if "int4" not in kinds or (version == "v2" and group_size % 64):
             continue
-        for M, (N, K), dtype in itertools.product(Ms, shapes, X_DTYPES):
-            yield (f"{label}: M={M} N={N} K={K} g={group_size} x,scales={_short(dtype)}",
-                   lambda M=M, N=N, K=K, g=group_size, dtype=dtype: launch_int4(M, N, K, g, dtype, dtype))
+        Ms = [M for M in Ms if version == "v1" or M <= int4_gemv_v2.MAX_M]
+        dtypes = (int4_matmul if version == "v1" else int4_gemv_v2).X_DTYPES
+        for M, (N, K), dtype in itertools.product(Ms, shapes, dtypes):
+            yield (f"{label}: M={M} N={N} K={K} g={group_size} x,scales={_short(dtype)}{' (v2)' * (version == 'v2')}",
+                   lambda M=M, N=N, K=K, g=group_size, dtype=dtype:
+                   launch_int4(M, N, K, g, dtype, dtype) if version == "v1" else launch_int4_v2(M, N, K, g, dtype))
 
 
 def int8_cases() -> Iterator[Case]:
@@ -371,31 +397,35 @@ def paged_shapes() -> Iterator[tuple[str, int, int, int, int, int, Sequence[int]
     yield "test cuda paged decode", 5, 32, 8, 128, 16, [math.ceil(513 / 16) + 1]
 
 
-def paged_cases() -> Iterator[Case]:
+def paged_cases(version: str = "v1") -> Iterator[Case]:
     from lab.kernels.paged_attention import DTYPES
 
     for label, B, H, H_kv, D, block_size, widths in paged_shapes():
         for width, dtype in itertools.product(widths, DTYPES):
-            yield (f"{label}: B={B} H={H} H_kv={H_kv} D={D} block={block_size} table width={width} {_short(dtype)}",
+            yield (f"{label}: B={B} H={H} H_kv={H_kv} D={D} block={block_size} table width={width} {_short(dtype)}"
+                   f"{' (v2)' * (version == 'v2')}",
                    lambda B=B, H=H, H_kv=H_kv, D=D, bs=block_size, w=width, dtype=dtype:
-                   launch_paged(B, H, H_kv, D, bs, w, dtype))
+                   launch_paged(B, H, H_kv, D, bs, w, dtype, version))
 
 
 CASES = {"int4_matmul": int4_cases, "int8_matmul": int8_cases, "sparse24_matmul": sparse24_cases,
-         "paged_attention": paged_cases}
+         "paged_attention": paged_cases, "int4_gemv_v2": lambda: int4_cases("v2"),
+         "paged_attention_v2": lambda: paged_cases("v2")}
 
 
 def launches() -> list[tuple[str, Launch]]:
     """(source label, launch) of every case, in order: each case's wrapper call must launch its kernel once."""
     out = []
     for kernel, cases in CASES.items():
-        with recording(kernel) as recorded:
+        with recording(kernel) as recorded, contextlib.ExitStack() as stack:
+            companions = [stack.enter_context(recording(c)) for c in COMPANIONS.get(kernel, ())]
             for label, call in cases():
-                before = len(recorded)
+                before, companions_before = len(recorded), [len(c) for c in companions]
                 call()
                 if len(recorded) != before + 1:
                     raise RuntimeError(f"{label}: the wrapper launched {len(recorded) - before} kernels, expected 1")
                 out.append((label, recorded[-1]))
+                out += [(label, c[-1]) for c, n in zip(companions, companions_before) if len(c) > n]
     return out
 
 
@@ -727,7 +757,10 @@ def compile_all(configs: Sequence[Configuration], jobs: int | None = None, progr
 def _constexpr_text(record: dict) -> str:
     short = {"BLOCK_M": "M", "BLOCK_N": "N", "BLOCK_K": "K", "SPLIT_K": "split", "GROUP": "g",
              "INPUT_PRECISION": "prec", "BLOCK_SIZE": "bs"}
-    return " ".join(f"{short.get(k, k)}={v}" for k, v in record["constexprs"].items())
+    def text(value) -> str:  # inline PTX (the int4 v2 dequantization) is shown by its length only
+        return f"<{len(value)} chars>" if isinstance(value, str) and len(value) > 12 else str(value)
+
+    return " ".join(f"{short.get(k, k)}={text(v)}" for k, v in record["constexprs"].items())
 
 
 def _status(record: dict) -> str:

@@ -5,12 +5,12 @@ group-interleaved layout of `lab.quant.packing` (byte r of group G holds input c
 low nibble and G·g + g/2 + i in its high nibble, i = r − G·g/2), ``scales`` and ``zeros`` (K/g, N)
 float (zeros hold the integer zero points); y (M, N) in x's dtype, accumulated in fp32.
 
-The kernel: program (pid_m, pid_n, pid_k) owns the output tile y[BLOCK_M, BLOCK_N] and a 1/SPLIT_K
+The kernel: program (pid_m, pid_n, pid_k) owns the output tile y[BLOCK_M, BLOCK_N] and a 1/split_k
 share of the packed rows. Each step loads BLOCK_K packed rows (BLOCK_K divides g/2, so the tile lies
 in one group G: one row of scales and zeros serves it), unpacks the two nibbles with a mask and a
 shift into two dense Wᵀ tiles (BLOCK_K, BLOCK_N) of input columns k_lo = r + G·g/2 and k_lo + g/2,
 dequantizes them in fp32, casts to x's dtype and calls tl.dot twice with the matching x tiles. With
-SPLIT_K > 1 the partial tiles are added into an fp32 buffer (tl.atomic_add), which is cast to x's
+split_k > 1 the partial tiles are added into an fp32 buffer (tl.atomic_add), which is cast to x's
 dtype at the end: decode (M ≤ 16) has only N/BLOCK_N output tiles, too few to keep every SM
 streaming weights, and splitting K multiplies the number of programs.
 
@@ -40,11 +40,13 @@ X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-@triton.jit
+# M and split_k are not specialised (no separate compilation for M = 1 or for each split): decode and
+# prefill shapes then share a handful of compilations, on the GPU and in the static check.
+@triton.jit(do_not_specialize=["M", "split_k"])
 def _int4_matmul_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K,
                         stride_xm, stride_xk, stride_wk, stride_wn, stride_sg, stride_sn, stride_ym, stride_yn,
-                        GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                        SPLIT_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                        split_k, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -55,7 +57,7 @@ def _int4_matmul_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K,
     n_ok = offs_n < N
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     steps = (K // 2) // BLOCK_K
-    for step in range(pid_k, steps, SPLIT_K):
+    for step in range(pid_k, steps, split_k):
         r0 = step * BLOCK_K
         g = r0 // HALF                                      # the tile's group
         offs_r = r0 + tl.arange(0, BLOCK_K)
@@ -74,10 +76,10 @@ def _int4_matmul_kernel(x_ptr, w_ptr, s_ptr, z_ptr, y_ptr, M, N, K,
         acc = tl.dot(x_hi, w_hi, acc, input_precision=INPUT_PRECISION)
     y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
     y_ok = m_ok[:, None] & n_ok[None, :]
-    if SPLIT_K == 1:
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
-    else:
+    if ATOMIC:
         tl.atomic_add(y_ptrs, acc, mask=y_ok)
+    else:
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=y_ok)
 
 
 def _check(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -98,7 +100,12 @@ def _check(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: t
     if group_size < 32 or group_size % 32 or K % group_size:
         raise ValueError(f"group_size={group_size!r} must be a multiple of 32 dividing K={K} (the kernel's tiles "
                          "of 16 packed rows must lie inside one group)")
-    expected = (K // group_size, packed.shape[1])
+    check_scales(x, packed, scales, zeros, (K // group_size, packed.shape[1]))
+
+
+def check_scales(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                 expected: tuple[int, int]) -> None:
+    """scales and zeros: float tensors of shape ``expected`` (K/g, N) with equal strides, on x's device."""
     for name, t in (("scales", scales), ("zeros", zeros)):
         if not torch.is_tensor(t) or t.dtype not in SCALE_DTYPES or tuple(t.shape) != expected:
             raise TypeError(f"{name} must be a float tensor of shape {expected} (K/g, N), got "
@@ -153,8 +160,8 @@ def int4_weight_only_matmul_triton(x: torch.Tensor, packed: torch.Tensor, scales
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n), split_k)
     _int4_matmul_kernel[grid](
         x, packed, scales, zeros, y, M, N, K, x.stride(0), x.stride(1), packed.stride(0), packed.stride(1),
-        scales.stride(0), scales.stride(1), y.stride(0), y.stride(1),
-        GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k,
+        scales.stride(0), scales.stride(1), y.stride(0), y.stride(1), split_k,
+        GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ATOMIC=split_k > 1,
         INPUT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", num_warps=num_warps)
     return y.to(x.dtype)
 

@@ -31,7 +31,9 @@ OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_K = 133_000  # 127² · K must stay below 2³¹
 
 
-@triton.jit
+# M is not specialised (no separate compilation for M = 1 or M divisible by 16): decode and prefill
+# shapes share one compilation per block size, on the GPU and in the static check.
+@triton.jit(do_not_specialize=["M"])
 def _int8_matmul_kernel(a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, y_ptr, M, N, K,
                         stride_am, stride_ak, stride_bn, stride_bk, stride_ym, stride_yn,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):

@@ -51,7 +51,9 @@ def _max(a, b):
     return tl.maximum(a, b)
 
 
-@triton.jit
+# The block table's row stride (its width) is not specialised: a table that grows one block at a
+# time would otherwise compile again at width 1 and at each multiple of 16.
+@triton.jit(do_not_specialize=["stride_tb"])
 def _paged_attention_decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, len_ptr, o_ptr,
                                    stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_tb,
                                    stride_ob, stride_oh, scale,
@@ -148,14 +150,9 @@ def paged_attention_decode_triton(q: torch.Tensor, k_pool: torch.Tensor, v_pool:
     from the device: a synchronisation per call) for callers that built them from their own allocator.
     """
     _check(q, k_pool, v_pool, tables, lengths, check_lengths)
+    check_kernel_layout(q, k_pool, v_pool)
     B, H, D = q.shape
     block_size, H_kv = k_pool.shape[1], k_pool.shape[2]
-    for name, n in (("head dimension D", D), ("block_size", block_size)):
-        if n & (n - 1) or n < 2:
-            raise ValueError(f"the Triton kernel needs a power-of-two {name} >= 2, got {n}")
-    if k_pool.stride() != v_pool.stride() or k_pool.stride(3) != 1 or q.stride(2) != 1:
-        raise ValueError("k_pool and v_pool must share strides, and the last dimension of q and the pools "
-                         "must be contiguous")
     G = H // H_kv
     out = torch.empty_like(q)
     _paged_attention_decode_kernel[(B, H_kv)](
@@ -163,6 +160,18 @@ def paged_attention_decode_triton(q: torch.Tensor, k_pool: torch.Tensor, v_pool:
         k_pool.stride(2), tables.stride(0), out.stride(0), out.stride(1), 1.0 / math.sqrt(D),
         G=G, G_PAD=triton.next_power_of_2(G), D=D, BLOCK_SIZE=block_size, num_warps=num_warps(q.dtype, G, D))
     return out
+
+
+def check_kernel_layout(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, min_size: int = 2,
+                        kernel: str = "the Triton kernel") -> None:
+    """What a Triton kernel needs beyond `_check`: a power-of-two head dimension and block size of at least
+    ``min_size``, pools that share strides, and a contiguous last dimension of q and the pools."""
+    for name, n in (("head dimension D", q.shape[2]), ("block_size", k_pool.shape[1])):
+        if n & (n - 1) or n < min_size:
+            raise ValueError(f"{kernel} needs a power-of-two {name} >= {min_size}, got {n}")
+    if k_pool.stride() != v_pool.stride() or k_pool.stride(3) != 1 or q.stride(2) != 1:
+        raise ValueError("k_pool and v_pool must share strides, and the last dimension of q and the pools "
+                         "must be contiguous")
 
 
 def num_warps(dtype: torch.dtype, G: int, D: int) -> int:

@@ -48,7 +48,9 @@ from lab.prune.semi_structured import decompress, meta_shape
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-@triton.jit
+# M is not specialised (no separate compilation for M = 1 or M divisible by 16): decode and prefill
+# shapes share one compilation per block size, on the GPU and in the static check.
+@triton.jit(do_not_specialize=["M"])
 def _sparse24_matmul_kernel(x_ptr, values_ptr, meta_ptr, y_ptr, M, N, K,
                             stride_xm, stride_xk, stride_vn, stride_mn, stride_ym, stride_yn,
                             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,

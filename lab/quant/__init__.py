@@ -5,7 +5,7 @@ from lab.quant.gptq import gptq_quantize
 from lab.quant.linear import Int4Linear, W8A8Linear, int4_model, w8a8_quantize_model
 from lab.quant.model import quantize_model, rtn_quantize, rtn_quantize_model
 from lab.quant.observers import ChannelAbsMaxObserver, MinMaxObserver, MSEObserver, PercentileObserver
-from lab.quant.packing import pack_int4, pack_quantized_weight, unpack_int4
+from lab.quant.packing import pack_int4, pack_int4_v2, pack_quantized_weight, unpack_int4, unpack_int4_v2
 from lab.quant.scaling import (activation_abs_max, awq_scale_search, group_smoothing_factors, smoothing_factors,
                                smoothquant)
 
@@ -13,6 +13,7 @@ __all__ = [
     "QuantizedTensor", "dequantize", "fake_quantize", "fake_quantize_with", "qparams", "quantize", "gptq_quantize",
     "Int4Linear", "W8A8Linear", "int4_model", "w8a8_quantize_model", "quantize_model", "rtn_quantize",
     "rtn_quantize_model", "ChannelAbsMaxObserver", "MinMaxObserver", "MSEObserver", "PercentileObserver",
-    "pack_int4", "pack_quantized_weight", "unpack_int4", "activation_abs_max", "awq_scale_search",
+    "pack_int4", "pack_int4_v2", "pack_quantized_weight", "unpack_int4", "unpack_int4_v2", "activation_abs_max",
+    "awq_scale_search",
     "group_smoothing_factors", "smoothing_factors", "smoothquant",
 ]

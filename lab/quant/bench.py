@@ -1,8 +1,8 @@
 """Suite ``quant`` of `lab.bench` (chapter 3): the integer kernels against bf16 cuBLAS and PyTorch's own.
 
 * int4: y = x Ŵᵀ for an 8192 × 8192 weight quantized to 4 bits in groups of 128, batch M in
-  (1, 4, 16, 64, 256, 4096): bf16 ``torch.matmul`` vs `int4_weight_only_matmul` (Triton) vs
-  ``torch._weight_int4pack_mm``; bytes moved (weight + scales/zeros + x + y), GB/s, TFLOP/s and the
+  (1, 4, 16, 64, 256, 4096): bf16 ``torch.matmul`` vs `int4_weight_only_matmul` (Triton, v1) vs
+  `int4_gemv_v2` (Triton, v2, M ≤ 16) vs ``torch._weight_int4pack_mm``; bytes moved (weight + scales/zeros + x + y), GB/s, TFLOP/s and the
   arithmetic intensity 2MNK / bytes for the roofline.
 * int8: (M, K) × (K, N) with M = 4096, N = K = 8192 (and the same batch sweep): bf16 ``torch.matmul``
   vs `int8_matmul` (Triton, scales fused) vs ``torch._int_mm`` followed by separate scaling.
@@ -22,12 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from lab.bench.timing import check_then_time, time_ms
+from lab.kernels.int4_gemv_v2 import MAX_M as V2_MAX_M
+from lab.kernels.int4_gemv_v2 import int4_gemv_v2
 from lab.kernels.int4_matmul import int4_weight_only_matmul
 from lab.kernels.int8_matmul import int8_matmul
 from lab.quant.affine import dequantize, quantize
 from lab.quant.linear import int4_model, quantize_rows_symmetric, w8a8_quantize_model
 from lab.quant.model import quantize_model
-from lab.quant.packing import pack_quantized_weight
+from lab.quant.packing import pack_int4_v2, pack_quantized_weight
 from lab.runtime import seed_everything
 
 BATCHES = (1, 4, 16, 64, 256, 4096)
@@ -63,9 +65,11 @@ def bench_int4(device: torch.device, quick: bool = False, progress: bool = True,
     scales_e, zeros_e = scales.to(dtype), zeros.to(dtype)
     w_hat = dequantize(qt)
     w_dense = w_hat.to(dtype)
+    int4_bytes = N * K // 2 + 2 * (N * K // group_size) * scales_e.element_size()
+    packed_v2 = pack_int4_v2(qt.qdata, group_size)                 # the v2 layout, once
     paths = {"bf16_matmul" if cuda else "fp32_matmul": (lambda x: x @ w_dense.T, 2 * N * K if cuda else 4 * N * K),
-             "int4_lab": (lambda x: int4_weight_only_matmul(x, packed, scales_e, zeros_e, group_size),
-                          N * K // 2 + 2 * (N * K // group_size) * scales_e.element_size())}
+             "int4_lab": (lambda x: int4_weight_only_matmul(x, packed, scales_e, zeros_e, group_size), int4_bytes),
+             "int4_lab_v2": (lambda x: int4_gemv_v2(x, packed_v2, scales_e, zeros_e, group_size), int4_bytes)}
     if cuda:
         try:
             paths["int4_torch"] = (_torch_int4pack(qt.qdata.int(), scales, zeros, group_size),
@@ -81,6 +85,9 @@ def bench_int4(device: torch.device, quick: bool = False, progress: bool = True,
         for name, (fn, nbytes) in paths.items():
             if fn is None:
                 row["paths"][name] = {"error": nbytes}
+                continue
+            if name == "int4_lab_v2" and M > V2_MAX_M:
+                row["paths"][name] = {"skipped": f"M = {M} > {V2_MAX_M}: v2 is the decode GEMV"}
                 continue
             entry = check_then_time(lambda: fn(x), ref, 2e-2 if cuda else 1e-4, device, 3 if quick else 10)
             total = nbytes + x.element_size() * M * (K + N)

@@ -28,15 +28,20 @@ def _check_group(K: int, group_size: int) -> None:
         raise ValueError(f"group_size={group_size} is not allowed; use an even divisor of in_features={K}")
 
 
-def pack_int4(q: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Codes q (N, K) with values in [0, 15] (any integer dtype) → packed (K/2, N) uint8 (module docstring)."""
+def _check_codes(q: torch.Tensor, group_size: int) -> None:
+    """q: a 2-D integer tensor of 4-bit codes in [0, 15] whose width the group size divides."""
     if not torch.is_tensor(q) or q.dtype.is_floating_point or q.dtype == torch.bool or q.dim() != 2:
         raise TypeError(f"q must be a 2-D integer tensor, got "
                         f"{f'{q.dtype} {tuple(q.shape)}' if torch.is_tensor(q) else type(q).__name__}")
-    N, K = q.shape
-    _check_group(K, group_size)
+    _check_group(q.shape[1], group_size)
     if q.numel() and (q.min() < 0 or q.max() > 15):
         raise ValueError(f"q must hold 4-bit codes in [0, 15], got values in [{int(q.min())}, {int(q.max())}]")
+
+
+def pack_int4(q: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Codes q (N, K) with values in [0, 15] (any integer dtype) → packed (K/2, N) uint8 (module docstring)."""
+    _check_codes(q, group_size)
+    N, K = q.shape
     groups = q.to(torch.uint8).reshape(N, K // group_size, 2, group_size // 2)   # (N, G, half, i)
     packed = groups[:, :, 0] | (groups[:, :, 1] << 4)                            # (N, G, g/2)
     return packed.reshape(N, K // 2).T.contiguous()
@@ -77,3 +82,31 @@ def pack_quantized_weight(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tens
     scales = qt.scale.reshape(N, -1).T.contiguous().float()
     zeros = qt.zero_point.reshape(N, -1).T.contiguous().float()
     return pack_int4(qt.qdata, group_size), scales, zeros, group_size
+
+
+def pack_int4_v2(q: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Codes q (N, K) in [0, 15] → (N, K/4) int16 in the layout of the v2 decode GEMV
+    (`lab.kernels.int4_gemv_v2`): four codes per 16-bit word, planar within each group of g columns,
+
+        word[n, G·g/4 + j] = Σ_p q[n, G·g + p·g/4 + j] << 4p,      p = 0 … 3,  j = 0 … g/4 − 1,
+
+    so nibble p of g/4 consecutive words is the dense plane p of the group (g/4 consecutive columns),
+    and a row's words are contiguous (16-byte vector loads). Same bytes as `pack_int4`, other order."""
+    _check_codes(q, group_size)
+    if group_size % 4:
+        raise ValueError(f"group_size={group_size} is not allowed; the v2 layout needs a multiple of 4")
+    N, K = q.shape
+    planes = q.to(torch.int32).reshape(N, K // group_size, 4, group_size // 4)      # (N, G, p, j)
+    words = sum(planes[:, :, p] << (4 * p) for p in range(4))                       # (N, G, g/4) in [0, 2^16)
+    return (words - (words >= 1 << 15).to(torch.int32) * (1 << 16)).to(torch.int16).reshape(N, K // 4)
+
+
+def unpack_int4_v2(packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(N, K/4) int16 of `pack_int4_v2` → codes q (N, K) uint8; its exact inverse."""
+    if not torch.is_tensor(packed) or packed.dtype != torch.int16 or packed.dim() != 2:
+        raise TypeError(f"packed must be a 2-D int16 tensor, got "
+                        f"{f'{packed.dtype} {tuple(packed.shape)}' if torch.is_tensor(packed) else type(packed).__name__}")
+    N, quarter_k = packed.shape
+    _check_group(4 * quarter_k, group_size)
+    words = packed.to(torch.int32).reshape(N, 4 * quarter_k // group_size, 1, group_size // 4) & 0xFFFF
+    return torch.cat([(words >> (4 * p)) & 0xF for p in range(4)], dim=2).reshape(N, 4 * quarter_k).to(torch.uint8)

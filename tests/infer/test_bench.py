@@ -169,15 +169,17 @@ def test_ceilings_use_the_one_timer_and_a_large_copy_on_a_gpu(monkeypatch):
 
 def test_paged_decode_bench_checks_then_times(monkeypatch):
     from lab.infer.paged_bench import bench_paged_decode
-    from lab.kernels import paged_attention
+    from lab.kernels import paged_attention, paged_attention_v2
 
     kwargs = dict(heads=((4, 2), (4, 4)), head_dim=16, batches=(1, 3), context=40, block_size=16)
     rows = bench_paged_decode(torch.device("cpu"), quick=True, progress=False, bandwidth=1e10, **kwargs)
-    assert [(r["H"], r["H_kv"], r["B"]) for r in rows] == [(4, 2, 1), (4, 2, 3), (4, 4, 1), (4, 4, 3)]
+    assert [(r["H"], r["H_kv"], r["B"], r["version"]) for r in rows] == [
+        (H, H_kv, B, v) for H, H_kv in ((4, 2), (4, 4)) for B in (1, 3) for v in ("v1", "v2")]
     for r in rows:
         assert r["max_rel_err"] < 1e-5 and r["ms"] > 0 and r["path"] == "torch"
         assert r["kv_bytes"] == 2 * r["B"] * r["H_kv"] * 16 * 4 * 48            # 40 positions use 3 blocks of 16
         assert r["fraction_of_copy_bandwidth"] > 0
     monkeypatch.setattr(paged_attention, "paged_attention_decode", lambda q, *args, **kw: torch.zeros_like(q))
+    monkeypatch.setattr(paged_attention_v2, "paged_attention_decode_v2", lambda q, *args, **kw: torch.zeros_like(q))
     broken = bench_paged_decode(torch.device("cpu"), quick=True, progress=False, **kwargs)
     assert all(r["ms"] is None and "exceeds" in r["wrong"] and "gb_per_s" not in r for r in broken)

@@ -85,8 +85,9 @@ def test_specialisation_is_the_launchers(configs):
     """Ints equal to 1 become constants, 16-divisible ints and all pointers get divisibility 16, as at a launch."""
     decode = next(c for c in configs if "quant bench matmul: M=1 N=8192 K=8192 out=bf16" in c.sources)
     assert decode.launch.kernel == "int8_matmul"
-    assert set(decode.spec["specialised_to_1"]) == {"M", "stride_ak", "stride_bk", "stride_yn"}
+    assert set(decode.spec["specialised_to_1"]) == {"stride_ak", "stride_bk", "stride_yn"}   # M: do_not_specialize
     assert {"a_ptr", "b_ptr", "a_scale_ptr", "b_scale_ptr", "y_ptr", "N", "K"} <= set(decode.spec["divisible_by_16"])
+    assert "M" in decode.spec["signature"] and "M" not in decode.spec["divisible_by_16"]
     assert decode.spec["constexprs"] == dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), int8_matmul.block_sizes(1)[:3]))
     odd = next(c for c in configs if "test cuda int8 kernel: M=100 N=512 K=1024 out=bf16" in c.sources)
     assert "M" in odd.spec["signature"] and "M" not in odd.spec["divisible_by_16"] + odd.spec["specialised_to_1"]
@@ -129,7 +130,7 @@ def test_int8_kernel_compiles_onto_the_integer_tensor_cores(records):
         assert not {"HMMA", "HGMMA"} & set(mnemonics)
 
 
-@pytest.mark.parametrize("kernel", ["int4_matmul", "sparse24_matmul"])
+@pytest.mark.parametrize("kernel", ["int4_matmul", "sparse24_matmul", "int4_gemv_v2"])
 def test_float_matmuls_use_the_fp16_tensor_cores(records, kernel):
     for r in by_kernel(records, kernel):
         mnemonics = r["main_loop"]["mnemonics"]

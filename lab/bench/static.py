@@ -1,0 +1,298 @@
+"""A static model of the book's kernels on Hopper, from their ahead-of-time sm_90 compile (no GPU).
+
+    python -m lab.bench static [--out results/] [--jobs N] [--no-progress]
+
+writes ``results/kernels_static_sm90.json``: one row per kernel version and shape. For each, the launch
+the wrapper makes is recorded and compiled (`lab.kernels.compile`), and
+
+    warp-instructions per call = Σ over its kernels  warps · (I_loop · T + programs · I_rest)
+
+where I_loop is one iteration of the main loop (SASS instructions per thread, each counted once, as
+`lab.kernels.compile.main_loop` counts them), T its trip count summed over all programs (from the
+shape and the wrapper's block sizes: `ITERATIONS`) and I_rest every other instruction of the kernel,
+counted once per program (prologue and epilogue; a skipped or predicated-off instruction counts too). Then
+
+    issue-bound time  = warp-instructions / (132 SMs · 4 schedulers · 1.98 GHz)   (one warp-instruction
+                        per scheduler per cycle: an H100 / H200 SXM at its boost clock), or over the
+                        schedulers a launch can occupy when it has fewer warps (programs · warps < 528),
+                        kernel by kernel
+    memory-bound time = bytes / bandwidth (`call_bytes`: the DRAM bytes of the formulas in each kernel's
+                        docstring, each operand read once)
+    compute-bound time = 2·M·N·K / the dense tensor-core rate (bf16, or int8 for the int8 kernel); the
+                        paged decode runs on FMA units, whose time the issue bound already counts
+    predicted time    = the largest of them.
+
+Bandwidths and rates come from `lab.bench.ceilings.device_ceilings`: the datasheet's 4.8 TB/s (H200 SXM)
+and 3.35 TB/s (H100 SXM5), 989 TFLOP/s bf16 and 1,979 TOP/s int8 dense, labelled as such, until a GPU
+record in ``results/`` measures them. The model
+is necessary, not sufficient: it ignores latency, occupancy, L2 and launch overhead, so a kernel can
+miss its prediction on the GPU (the staged GPU run measures it); a kernel over its issue bound cannot
+reach the bandwidth however it is scheduled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import multiprocessing
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import triton
+from tqdm.auto import tqdm
+
+SMS, SCHEDULERS, CLOCK_HZ = 132, 4, 1.98e9
+ISSUE_RATE = SMS * SCHEDULERS * CLOCK_HZ                 # warp-instructions per second
+DEVICES = {"h200": "h200-sxm", "h100": "h100-sxm5"}     # record suffix → `DATASHEETS` key
+OUT_NAME = "kernels_static_sm90.json"
+E = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One kernel version at one shape: how to launch it (``launch`` calls the wrapper on meta tensors)."""
+
+    version: str
+    kernel: str                                   # lab.kernels.compile.KERNELS key of the main kernel
+    shape: dict
+    dtype: torch.dtype
+    launch: Callable[[], None] = field(compare=False)
+
+
+def _int4_shape(M: int, N: int = 8192, K: int = 8192, g: int = 128) -> dict:
+    return {"M": M, "N": N, "K": K, "g": g}
+
+
+def rows() -> list[Row]:
+    """The shapes of the chapter's comparison: decode (M = 1, 4, 16) and prefill of an 8192 × 8192 layer;
+    paged decode of a Llama-2-7B-shaped layer (32 query / 8 kv heads, head dim 128) over 2,048 cached
+    tokens at B = 1 and 32."""
+    from lab.kernels import compile as aot
+
+    bf16 = torch.bfloat16
+    out = []
+    for M in (1, 4, 16):
+        shape = _int4_shape(M)
+        out.append(Row("v1", "int4_matmul", shape, bf16, lambda M=M: aot.launch_int4(M, 8192, 8192, 128, bf16, bf16)))
+        out.append(Row("v2", "int4_gemv_v2", shape, bf16, lambda M=M: aot.launch_int4_v2(M, 8192, 8192, 128, bf16)))
+    for M in (1, 16, 4096):
+        out.append(Row("v1", "int8_matmul", {"M": M, "N": 8192, "K": 8192}, bf16,
+                       lambda M=M: aot.launch_int8(M, 8192, 8192, bf16)))
+    for M in (1, 16):
+        out.append(Row("v1", "sparse24_matmul", {"M": M, "N": 8192, "K": 8192}, bf16,
+                       lambda M=M: aot.launch_sparse24(M, 8192, 8192, bf16)))
+    for B in (1, 32):
+        shape = {"B": B, "H": 32, "H_kv": 8, "D": 128, "block_size": 16, "context": 2048}
+        out.append(Row("v1", "paged_attention", shape, bf16,
+                       lambda B=B: aot.launch_paged(B, 32, 8, 128, 16, 2048 // 16, bf16)))
+        out.append(Row("v2", "paged_attention_v2", shape, bf16,
+                       lambda B=B: aot.launch_paged(B, 32, 8, 128, 16, 2048 // 16, bf16, "v2")))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the trip count of each kernel's main loop per program, and the bytes of one call
+# ---------------------------------------------------------------------------------------------------------
+
+def _constexprs(launch) -> dict:
+    return dict(launch.kwargs)
+
+
+# A split-K loop ``range(pid_k, steps, split_k)`` runs every step once per output tile, whatever the split.
+def _int4_v1_iterations(shape: dict, launch) -> int:
+    grid_m, grid_n, _ = launch.grid
+    return shape["K"] // 2 // _constexprs(launch)["BLOCK_K"] * grid_m * grid_n
+
+
+def _int4_v2_iterations(shape: dict, launch) -> int:
+    return shape["K"] // shape["g"] * launch.grid[0]
+
+
+def _reduce_iterations(shape: dict, launch) -> int:
+    return launch.args[3] * math.prod(launch.grid)               # split_k per program
+
+
+def _k_steps(shape: dict, launch) -> int:
+    return math.ceil(shape["K"] / _constexprs(launch)["BLOCK_K"]) * math.prod(launch.grid)
+
+
+def _paged_iterations(shape: dict, launch) -> int:
+    """Every block once per (sequence, kv head), however v2 splits the sequence."""
+    B, H_kv = launch.grid[:2]
+    return math.ceil(shape["context"] / shape["block_size"]) * B * H_kv
+
+
+def _combine_iterations(shape: dict, launch) -> int:
+    return launch.args[6] * math.prod(launch.grid)               # n_splits per (b, h)
+
+
+# the main loop's trip count summed over every program of a launch
+ITERATIONS: dict[str, Callable[[dict, object], int]] = {
+    "int4_matmul": _int4_v1_iterations, "int4_gemv_v2": _int4_v2_iterations,
+    "int4_gemv_v2_reduce": _reduce_iterations, "int8_matmul": _k_steps, "sparse24_matmul": _k_steps,
+    "paged_attention": _paged_iterations, "paged_attention_v2": _paged_iterations,
+    "paged_attention_v2_combine": _combine_iterations,
+}
+
+
+def _int4_bytes(shape: dict, e: int, version: str, split_k: int) -> int:
+    M, N, K, g = shape["M"], shape["N"], shape["K"], shape["g"]
+    weight = N * K // 2 + 2 * (K // g) * N * e                  # codes, scales and zeros (in x's dtype)
+    out = e * M * N
+    if split_k > 1 and version == "v1":                         # memset, atomic read-modify-write, cast
+        out = 4 * M * N + 2 * 4 * M * N * split_k + 4 * M * N + e * M * N
+    elif split_k > 1:                                           # partials written, read by the reduction
+        out = 2 * 4 * M * N * split_k + e * M * N
+    return weight + e * M * K + out
+
+
+def call_bytes(row: Row, launches: Sequence) -> int:
+    """DRAM bytes of one call of ``row`` (each operand once; see the kernels' docstrings)."""
+    s, e = row.shape, E[row.dtype]
+    if row.kernel == "int4_matmul":
+        return _int4_bytes(s, e, "v1", launches[0].grid[2])
+    if row.kernel == "int4_gemv_v2":
+        return _int4_bytes(s, e, "v2", launches[0].grid[1])
+    if row.kernel == "int8_matmul":
+        return s["M"] * s["K"] + s["N"] * s["K"] + 4 * (s["M"] + s["N"]) + e * s["M"] * s["N"]
+    if row.kernel == "sparse24_matmul":
+        return e * s["N"] * s["K"] // 2 + s["N"] * s["K"] // 8 + e * s["M"] * s["K"] + e * s["M"] * s["N"]
+    if row.kernel in ("paged_attention", "paged_attention_v2"):
+        blocks = math.ceil(s["context"] / s["block_size"])
+        cache = 2 * s["B"] * s["H_kv"] * s["D"] * e * blocks * s["block_size"]
+        partials = 0
+        if row.kernel == "paged_attention_v2":                  # m, ℓ and a per split: written, then read
+            partials = 2 * s["B"] * s["H"] * launches[0].grid[2] * (s["D"] + 2) * 4
+        return cache + 2 * s["B"] * s["H"] * s["D"] * e + 4 * s["B"] * blocks + partials
+    raise ValueError(f"no byte formula for kernel {row.kernel!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------------------
+
+def record_launches(row: Row) -> list:
+    """The launches (main kernel first, then its companions) that ``row``'s wrapper call makes."""
+    from lab.kernels import compile as aot
+
+    with contextlib.ExitStack() as stack:
+        recorded = [stack.enter_context(aot.recording(k)) for k in (row.kernel, *aot.COMPANIONS.get(row.kernel, ()))]
+        row.launch()
+    return [launch for launches in recorded for launch in launches]
+
+
+def call_flops(row: Row) -> int | None:
+    """2·M·N·K of the matmuls (None for the paged decode: no tensor cores)."""
+    s = row.shape
+    return 2 * s["M"] * s["N"] * s["K"] if "M" in s else None
+
+
+def predict(row: Row, launches: Sequence, compiled: Sequence[dict], ceilings: dict) -> dict:
+    """The row's record from its launches and their compile records (`lab.kernels.compile.compile_launch`)."""
+    warp_instructions, issue_s, kernels = 0, 0.0, []
+    for launch, record in zip(launches, compiled):
+        if record.get("error"):
+            raise RuntimeError(f"{launch.kernel} at {row.shape} does not compile: {record['error_summary']}")
+        loop = record["main_loop"]["instructions"] if record["main_loop"] else 0
+        iterations = ITERATIONS[launch.kernel](row.shape, launch) if loop else 0
+        programs = math.prod(launch.grid)
+        warps = dict(launch.kwargs).get("num_warps", 4)
+        kernel_instructions = warps * (loop * iterations + programs * (record["sass_instructions"] - loop))
+        warp_instructions += kernel_instructions
+        issue_s += kernel_instructions / (min(SMS * SCHEDULERS, programs * warps) * CLOCK_HZ)
+        kernels.append({"kernel": launch.kernel, "programs": programs, "warps": warps, "loop_instructions": loop,
+                        "iterations": iterations, "other_instructions": record["sass_instructions"] - loop,
+                        "registers": record["registers"], "main_loop_classes": record["main_loop"]["classes"],
+                        "main_loop_mnemonics": record["main_loop"]["mnemonics"]})
+    n_bytes, flops = call_bytes(row, launches), call_flops(row)
+    issue_us = issue_s * 1e6
+    out = {"version": row.version, "kernel": row.kernel, "shape": row.shape, "dtype": str(row.dtype)[6:],
+           "bytes": n_bytes, "flops": flops, "warp_instructions": warp_instructions, "issue_bound_us": issue_us,
+           "programs": kernels[0]["programs"], "launches": len(launches), "kernels": kernels}
+    for device, c in ceilings.items():
+        rate = c.int8_ops if row.kernel == "int8_matmul" else c.peak_flops
+        out[f"memory_bound_us_{device}"] = n_bytes / c.bandwidth * 1e6
+        out[f"compute_bound_us_{device}"] = flops / rate * 1e6 if flops and rate else None
+        out[f"predicted_us_{device}"] = max(issue_us, out[f"memory_bound_us_{device}"],
+                                            out[f"compute_bound_us_{device}"] or 0.0)
+    return out
+
+
+def ceilings() -> dict:
+    """`lab.bench.ceilings.Ceilings` per device of `DEVICES` (measured when a record exists, else datasheet)."""
+    from lab.bench.ceilings import device_ceilings
+
+    return {device: device_ceilings(key) for device, key in DEVICES.items()}
+
+
+def model(selected: Sequence[Row] | None = None, jobs: int | None = None, progress: bool = True) -> dict:
+    """Rows and ceilings of the static model (compiles each distinct launch once)."""
+    from lab.kernels import compile as aot
+
+    selected = rows() if selected is None else list(selected)
+    launches = {id(row): record_launches(row) for row in selected}
+    distinct: dict[str, aot.Configuration] = {}
+    for row in selected:
+        for launch in launches[id(row)]:
+            fn, options, signature, constexprs, attrs = aot.specialise(launch)
+            key = aot.compilation_key(launch, options, signature, constexprs, attrs)
+            distinct.setdefault(key, aot.Configuration(key, launch, key, {}, []))
+    configs = list(distinct.values())
+    compiled = dict(zip((c.key for c in configs), _compile(configs, jobs, progress)))
+    device_ceilings = ceilings()
+    out = []
+    for row in selected:
+        records = []
+        for launch in launches[id(row)]:
+            fn, options, signature, constexprs, attrs = aot.specialise(launch)
+            records.append(compiled[aot.compilation_key(launch, options, signature, constexprs, attrs)])
+        out.append(predict(row, launches[id(row)], records, device_ceilings))
+    return {"issue_rate": {"sms": SMS, "schedulers_per_sm": SCHEDULERS, "clock_hz": CLOCK_HZ,
+                           "source": "NVIDIA H100 / H200 SXM: 132 SMs, 4 warp schedulers each, 1.98 GHz boost"},
+            "ceilings": {d: {"bandwidth_bytes_per_s": c.bandwidth, "bf16_flops": c.peak_flops, "int8_ops": c.int8_ops,
+                             "source": c.source, "int8_source": c.int8_source} for d, c in device_ceilings.items()},
+            "triton": triton.__version__, "rows": out}
+
+
+def _compile(configs: Sequence, jobs: int | None, progress: bool) -> list[dict]:
+    from lab.kernels import compile as aot
+
+    jobs = jobs or 1
+    if jobs == 1:
+        return [aot.compile_launch(c.launch) for c in tqdm(configs, desc="compile sm_90", disable=not progress)]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(tqdm(pool.map(aot.compile_launch, [c.launch for c in configs]), total=len(configs),
+                         desc="compile sm_90", disable=not progress))
+
+
+def table(record: dict) -> str:
+    """One line per row: version, kernel, shape, programs, warp-instructions, bytes, the three times."""
+    lines = [f"{'ver':<3} {'kernel':<16} {'shape':<44} {'progs':>6} {'warp-instr':>11} {'MB':>7} "
+             f"{'issue µs':>9} {'H200 mem µs':>11} {'compute µs':>10} {'H200 pred µs':>12}"]
+    for r in record["rows"]:
+        shape = " ".join(f"{k}={v}" for k, v in r["shape"].items())
+        lines.append(f"{r['version']:<3} {r['kernel']:<16} {shape:<44} {r['programs']:>6} "
+                     f"{r['warp_instructions']:>11,} {r['bytes'] / 1e6:>7.2f} {r['issue_bound_us']:>9.2f} {r['memory_bound_us_h200']:>11.2f} "
+                     f"{r['compute_bound_us_h200'] or float('nan'):>10.2f} {r['predicted_us_h200']:>12.2f}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--jobs", type=int, default=1, help="compile processes (default 1)")
+
+
+def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
+    """Build the model, write ``args.out / kernels_static_sm90.json``, print the table; the record's path."""
+    from lab.atomic import atomic_write_json
+    from lab.kernels.compile import record_provenance
+
+    record = {**record_provenance(argv), "command": "python -m lab.bench " + " ".join(argv)}
+    record.update(model(jobs=args.jobs, progress=not args.no_progress))
+    path = atomic_write_json(Path(args.out) / OUT_NAME, record)
+    print(table(record))
+    print(f"wrote {path}")
+    return path
