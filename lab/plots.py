@@ -5,6 +5,7 @@ perplexity in percent with its 95% interval). `interval_plot` draws one row per 
 dot at Δ and a bar from low to high, with a line at 0: an interval that crosses the line is
 "level", one that does not is "lower" or "higher". `grid_heatmap` shows a two-parameter sweep
 (for example chapter 4's temperature × α grid) as a seaborn heatmap with each cell's value.
+`static_model_figure` draws chapter 3's static model of the int4 kernels (`lab.bench.static`).
 """
 
 from __future__ import annotations
@@ -45,3 +46,34 @@ def grid_heatmap(table: pd.DataFrame, fmt: str = ".1f", title: str | None = None
     sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis_r", ax=ax, **kwargs)
     ax.set(title=title)
     return ax
+
+
+def static_model_figure(record: dict) -> plt.Figure:
+    """Left: v1's and v2's issue-bound µs per call at M = 1, 4, 16 beside the int4 and bf16 memory-bound
+    times (H200); right: the main loop's instruction classes, in warp-instructions per KB of codes at M = 1.
+    ``record``: results/kernels_static_sm90.json."""
+    from lab.bench.static import LAYER, bf16_gemv_us, int4_rows
+
+    int4, Ms, colors = int4_rows(record), [1, 4, 16], ("tab:red", "tab:green")
+    fig, (ax, mix) = plt.subplots(1, 2, figsize=(13, 3.8), layout="tight")
+    mid = [j + 0.2 for j in range(len(Ms))]
+    for i, v in enumerate(("v1", "v2")):
+        ax.bar([j + 0.4 * i for j in range(len(Ms))], [int4[v, M]["issue_bound_us"] for M in Ms], width=0.38,
+               label=f"{v}: issue-bound", color=colors[i])
+    ax.plot(mid, [int4["v2", M]["memory_bound_us_h200"] for M in Ms], "k_", markersize=40, mew=2,
+            label="int4 memory-bound (H200, 4.8 TB/s)")
+    ax.plot(mid, [bf16_gemv_us(record, M) for M in Ms], "b_", markersize=40, mew=2, label="bf16 GEMV, memory-bound")
+    ax.set(xticks=mid, xticklabels=[f"M = {M}" for M in Ms], ylim=(0, 40), ylabel="µs per call (predicted)",
+           title=f"int4 {LAYER} × {LAYER}, g = 128 (static model)")
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
+    classes = ["memory", "conversion", "fma_mma", "shared", "other"]
+    for i, v in enumerate(("v1", "v2")):
+        k = int4[v, 1]["kernels"][0]
+        per_kb = k["warps"] * k["iterations"] / (LAYER * LAYER / 2 / 1024)     # main-loop passes per KB
+        mix.barh([j + 0.4 * i for j in range(len(classes))], [k["main_loop_classes"][c] * per_kb for c in classes],
+                 height=0.38, color=colors[i],
+                 label=f"{v}: {k['loop_instructions']} per thread and iteration, {k['warps']} warps")
+    mix.set(yticks=[j + 0.2 for j in range(len(classes))], yticklabels=classes,
+            xlabel="main-loop warp-instructions per KB of codes (M = 1)", title="what the compiler made of it")
+    mix.legend(fontsize=8)
+    return fig

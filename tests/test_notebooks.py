@@ -278,7 +278,10 @@ EXPECTED: dict[str, dict] = {
         "static_v2_m16_over_m1": Between(1.0, 1.3),               # the target: 1.125
         "static_v1_over_v2_m1": Between(1.2, 5.0),                # "faster": 2.16
         "static_bf16_over_v2_m1": Between(1.2, 5.0),              # "faster": 3.65
-        "static_sparse24_issue_over_memory_m1": Between(1.2, 10.0),   # 3.78
+        "static_sparse24_v1_issue_over_memory_m1": Between(1.2, 10.0),    # 3.78
+        "static_sparse24_v2_issue_over_memory_m1": Between(1.0, 3.0),     # still issue-bound: 1.51
+        "static_dense_over_sparse24_v1_m1": Between(0.1, 1.0),            # slower than dense: 0.47
+        "static_dense_over_sparse24_v2_m1": Between(1.0, 1.5),            # "pays little": 1.18
         "static_paged_programs_b1": exactly(8),
         "static_paged_v2_programs_b1": Between(132, 10_000),      # the target: 256
         "static_paged_v1_over_v2_b1": Between(5, 500),            # "faster": 56

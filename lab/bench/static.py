@@ -68,7 +68,8 @@ def _int4_shape(M: int, N: int = 8192, K: int = 8192, g: int = 128) -> dict:
 
 
 def rows() -> list[Row]:
-    """The shapes of the chapter's comparison: decode (M = 1, 4, 16) and prefill of an 8192 × 8192 layer;
+    """The shapes of the chapter's comparison: decode (M = 1, 4, 16) and prefill of an 8192 × 8192 layer
+    (2:4 at M = 1, 16);
     paged decode of a Llama-2-7B-shaped layer (32 query / 8 kv heads, head dim 128) over 2,048 cached
     tokens at B = 1 and 32."""
     from lab.kernels import compile as aot
@@ -83,8 +84,9 @@ def rows() -> list[Row]:
         out.append(Row("v1", "int8_matmul", {"M": M, "N": 8192, "K": 8192}, bf16,
                        lambda M=M: aot.launch_int8(M, 8192, 8192, bf16)))
     for M in (1, 16):
-        out.append(Row("v1", "sparse24_matmul", {"M": M, "N": 8192, "K": 8192}, bf16,
-                       lambda M=M: aot.launch_sparse24(M, 8192, 8192, bf16)))
+        for version, kernel in (("v1", "sparse24_matmul"), ("v2", "sparse24_matmul_v2")):
+            out.append(Row(version, kernel, {"M": M, "N": 8192, "K": 8192}, bf16,
+                           lambda M=M, v=version: aot.launch_sparse24(M, 8192, 8192, bf16, v)))
     for B in (1, 32):
         shape = {"B": B, "H": 32, "H_kv": 8, "D": 128, "block_size": 16, "context": 2048}
         out.append(Row("v1", "paged_attention", shape, bf16,
@@ -134,6 +136,7 @@ def _combine_iterations(shape: dict, launch) -> int:
 ITERATIONS: dict[str, Callable[[dict, object], int]] = {
     "int4_matmul": _int4_v1_iterations, "int4_gemv_v2": _int4_v2_iterations,
     "int4_gemv_v2_reduce": _reduce_iterations, "int8_matmul": _k_steps, "sparse24_matmul": _k_steps,
+    "sparse24_matmul_v2": _k_steps,
     "paged_attention": _paged_iterations, "paged_attention_v2": _paged_iterations,
     "paged_attention_v2_combine": _combine_iterations,
 }
@@ -159,7 +162,7 @@ def call_bytes(row: Row, launches: Sequence) -> int:
         return _int4_bytes(s, e, "v2", launches[0].grid[1])
     if row.kernel == "int8_matmul":
         return s["M"] * s["K"] + s["N"] * s["K"] + 4 * (s["M"] + s["N"]) + e * s["M"] * s["N"]
-    if row.kernel == "sparse24_matmul":
+    if row.kernel in ("sparse24_matmul", "sparse24_matmul_v2"):
         return e * s["N"] * s["K"] // 2 + s["N"] * s["K"] // 8 + e * s["M"] * s["K"] + e * s["M"] * s["N"]
     if row.kernel in ("paged_attention", "paged_attention_v2"):
         blocks = math.ceil(s["context"] / s["block_size"])
@@ -207,7 +210,8 @@ def predict(row: Row, launches: Sequence, compiled: Sequence[dict], ceilings: di
         kernels.append({"kernel": launch.kernel, "programs": programs, "warps": warps, "loop_instructions": loop,
                         "iterations": iterations, "other_instructions": record["sass_instructions"] - loop,
                         "registers": record["registers"], "main_loop_classes": record["main_loop"]["classes"],
-                        "main_loop_mnemonics": record["main_loop"]["mnemonics"]})
+                        "main_loop_mnemonics": record["main_loop"]["mnemonics"],
+                        "global_load_bytes": record["main_loop"].get("global_load_bytes", [])})
     n_bytes, flops = call_bytes(row, launches), call_flops(row)
     issue_us = issue_s * 1e6
     out = {"version": row.version, "kernel": row.kernel, "shape": row.shape, "dtype": str(row.dtype)[6:],
@@ -296,3 +300,63 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
     print(table(record))
     print(f"wrote {path}")
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading a record (chapter 3's notebook and page)
+# ---------------------------------------------------------------------------------------------------------
+
+LAYER = 8192                                      # the N = K of the int4 rows
+
+
+def table_rows(record: dict) -> list[dict]:
+    """One readable row per kernel version and shape: programs, MB, warp-instructions per weight (matmuls),
+    the issue-, memory-bound and predicted µs on the H200."""
+    def per_weight(r: dict) -> float | None:
+        s = r["shape"]
+        return r["warp_instructions"] / (s["N"] * s["K"]) if "N" in s else None
+
+    return [{"version": r["version"], "kernel": r["kernel"],
+             "shape": " ".join(f"{k}={v}" for k, v in r["shape"].items()), "programs": r["programs"],
+             "MB": r["bytes"] / 1e6, "warp-instr / weight": per_weight(r), "issue µs": r["issue_bound_us"],
+             "memory µs (H200)": r["memory_bound_us_h200"], "predicted µs (H200)": r["predicted_us_h200"]}
+            for r in record["rows"]]
+
+
+def int4_rows(record: dict) -> dict[tuple[str, int], dict]:
+    """(version, M) → row of the int4 kernels."""
+    return {(r["version"], r["shape"]["M"]): r for r in record["rows"] if r["kernel"].startswith("int4")}
+
+
+def bf16_gemv_us(record: dict, M: int) -> float:
+    """The best a bf16 GEMV can do on the H200: its 2·N·K weight bytes (and x, y) at the bandwidth, in µs."""
+    return 2 * (LAYER * LAYER + 2 * M * LAYER) / record["ceilings"]["h200"]["bandwidth_bytes_per_s"] * 1e6
+
+
+def headline(record: dict) -> dict[str, float]:
+    """The figures chapters 2, 3 and 6 state: v1 vs v2 of int4 (M = 1, 16), of 2:4 against a dense bf16
+    GEMV (M = 1) and of the paged decode (B = 1, 32)."""
+    int4 = int4_rows(record)
+    pred = {key: r["predicted_us_h200"] for key, r in int4.items()}
+    codes_kb = LAYER * LAYER / 2 / 1024
+    out = {}
+    for v in ("v1", "v2"):
+        out[f"static_{v}_issue_us_m1"] = int4[v, 1]["issue_bound_us"]
+        out[f"static_{v}_warp_instr_per_kb"] = int4[v, 1]["warp_instructions"] / codes_kb
+        out[f"static_{v}_issue_over_memory_m1"] = int4[v, 1]["issue_bound_us"] / int4[v, 1]["memory_bound_us_h200"]
+    out["static_v2_memory_us_m1"] = int4["v2", 1]["memory_bound_us_h200"]
+    out["static_v2_m16_over_m1"] = pred["v2", 16] / pred["v2", 1]
+    out["static_v1_over_v2_m1"] = pred["v1", 1] / pred["v2", 1]
+    out["static_bf16_over_v2_m1"] = bf16_gemv_us(record, 1) / pred["v2", 1]
+    for v, kernel in (("v1", "sparse24_matmul"), ("v2", "sparse24_matmul_v2")):
+        sparse = next(r for r in record["rows"] if r["kernel"] == kernel and r["shape"]["M"] == 1)
+        out[f"static_sparse24_{v}_issue_over_memory_m1"] = sparse["issue_bound_us"] / sparse["memory_bound_us_h200"]
+        out[f"static_dense_over_sparse24_{v}_m1"] = bf16_gemv_us(record, 1) / sparse["predicted_us_h200"]
+    paged = {(r["version"], r["shape"]["B"]): r for r in record["rows"] if r["kernel"].startswith("paged")}
+    out["static_paged_programs_b1"] = paged["v1", 1]["programs"]
+    out["static_paged_v2_programs_b1"] = paged["v2", 1]["programs"]
+    out["static_paged_v1_over_v2_b1"] = paged["v1", 1]["predicted_us_h200"] / paged["v2", 1]["predicted_us_h200"]
+    for B in (1, 32):
+        out[f"static_paged_v2_issue_over_memory_b{B}"] = (paged["v2", B]["issue_bound_us"]
+                                                          / paged["v2", B]["memory_bound_us_h200"])
+    return out

@@ -13,7 +13,7 @@ the work; every compilation starts from an empty Triton cache, so each run reall
 
 Which configurations. The launches the wrappers make, found by calling the wrappers themselves
 (`int4_weight_only_matmul_triton`, `int4_gemv_v2_triton`, `int8_matmul_triton`, `sparse24_matmul_triton`,
-`paged_attention_decode_triton`, `paged_attention_decode_v2_triton`) with ``meta`` tensors while the module's
+`sparse24_matmul_v2_triton`, `paged_attention_decode_triton`, `paged_attention_decode_v2_triton`) with ``meta`` tensors while the module's
 kernels are replaced by recorders (the main kernel and its `COMPANIONS`, the v2 kernels' second passes):
 block sizes, warps, SPLIT_K, INPUT_PRECISION, G / G_PAD / D / BLOCK_SIZE and every stride come from the
 wrapper's own code (its ``block_sizes``), so a change there changes what is checked. Each launch is then
@@ -125,6 +125,7 @@ KERNELS = {
     "int4_gemv_v2_reduce": ("lab.kernels.int4_gemv_v2", "_reduce_kernel"),
     "paged_attention_v2": ("lab.kernels.paged_attention_v2", "_paged_decode_split_kernel"),
     "paged_attention_v2_combine": ("lab.kernels.paged_attention_v2", "_combine_kernel"),
+    "sparse24_matmul_v2": ("lab.kernels.sparse24_matmul_v2", "_sparse24_v2_kernel"),
 }
 # kernels a wrapper launches after its main kernel (recorded with it): the v2 kernels' second passes
 COMPANIONS = {"int4_gemv_v2": ("int4_gemv_v2_reduce",), "paged_attention_v2": ("paged_attention_v2_combine",)}
@@ -230,13 +231,14 @@ def launch_int8(M: int, N: int, K: int, out_dtype: torch.dtype) -> None:
                        _meta(N, dtype=torch.float32), out_dtype)
 
 
-def launch_sparse24(M: int, out_features: int, in_features: int, dtype: torch.dtype) -> None:
+def launch_sparse24(M: int, out_features: int, in_features: int, dtype: torch.dtype, version: str = "v1") -> None:
     from lab.kernels.sparse24_matmul import sparse24_matmul_triton
+    from lab.kernels.sparse24_matmul_v2 import sparse24_matmul_v2_triton
     from lab.prune.semi_structured import meta_shape
 
-    sparse24_matmul_triton(_meta(M, in_features, dtype=dtype), _meta(out_features, in_features // 2, dtype=dtype),
-                           _meta(*meta_shape(out_features, in_features, 2, 4), dtype=torch.uint8),
-                           out_features, in_features)
+    wrapper = sparse24_matmul_triton if version == "v1" else sparse24_matmul_v2_triton
+    wrapper(_meta(M, in_features, dtype=dtype), _meta(out_features, in_features // 2, dtype=dtype),
+            _meta(*meta_shape(out_features, in_features, 2, 4), dtype=torch.uint8), out_features, in_features)
 
 
 def launch_paged(B: int, H: int, H_kv: int, D: int, block_size: int, width: int, dtype: torch.dtype,
@@ -357,7 +359,7 @@ def int8_cases() -> Iterator[Case]:
                    lambda M=M, N=N, K=K, out=out: launch_int8(M, N, K, out))
 
 
-def sparse24_cases() -> Iterator[Case]:
+def sparse24_cases(version: str = "v1") -> Iterator[Case]:
     from lab.bench.gpu import KERNEL_SHAPES
     from lab.kernels.sparse24_matmul import DTYPES
     from lab.prune.bench import prune_setup
@@ -369,8 +371,8 @@ def sparse24_cases() -> Iterator[Case]:
                ("test cuda semi-structured", [(256, 512)], [10])]   # test_torch_semi_structured_linear_matches_...
     for label, weight_shapes, Ms in sources:
         for M, (out_features, in_features), dtype in itertools.product(Ms, weight_shapes, DTYPES):
-            yield (f"{label}: M={M} N={out_features} K={in_features} {_short(dtype)}",
-                   lambda M=M, o=out_features, i=in_features, dtype=dtype: launch_sparse24(M, o, i, dtype))
+            yield (f"{label}: M={M} N={out_features} K={in_features} {_short(dtype)}{' (v2)' * (version == 'v2')}",
+                   lambda M=M, o=out_features, i=in_features, dtype=dtype: launch_sparse24(M, o, i, dtype, version))
 
 
 def paged_shapes() -> Iterator[tuple[str, int, int, int, int, int, Sequence[int]]]:
@@ -410,7 +412,7 @@ def paged_cases(version: str = "v1") -> Iterator[Case]:
 
 CASES = {"int4_matmul": int4_cases, "int8_matmul": int8_cases, "sparse24_matmul": sparse24_cases,
          "paged_attention": paged_cases, "int4_gemv_v2": lambda: int4_cases("v2"),
-         "paged_attention_v2": lambda: paged_cases("v2")}
+         "paged_attention_v2": lambda: paged_cases("v2"), "sparse24_matmul_v2": lambda: sparse24_cases("v2")}
 
 
 def launches() -> list[tuple[str, Launch]]:
@@ -585,12 +587,29 @@ def parse_sass(text: str) -> list[tuple[int, str, str]]:
     return [(int(m[1], 16), m[3], m[5].strip()) for m in SASS_LINE.finditer(text)]
 
 
-def disassemble(cubin: bytes, workdir: Path) -> list[tuple[int, str, str]]:
-    """The cubin's SASS (the wheel's ``cuobjdump -sass``), parsed by `parse_sass`."""
+def disassemble_text(cubin: bytes, workdir: Path) -> str:
+    """The cubin's SASS, as the wheel's ``cuobjdump -sass`` prints it."""
     path = workdir / "kernel.cubin"
     path.write_bytes(cubin)
-    text = subprocess.run([_tool("cuobjdump"), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
-    return parse_sass(text)
+    return subprocess.run([_tool("cuobjdump"), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
+
+
+def disassemble(cubin: bytes, workdir: Path) -> list[tuple[int, str, str]]:
+    """The cubin's SASS (`disassemble_text`), parsed by `parse_sass`."""
+    return parse_sass(disassemble_text(cubin, workdir))
+
+
+LOAD_BYTES = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}   # a width modifier → bytes per thread
+
+
+def global_load_bytes(text: str, start: int, end: int) -> list[int]:
+    """Bytes per thread of each global load (LDG, and the asynchronous LDGSTS) between two SASS addresses:
+    the width modifier of the instruction (``LDG.E.128`` → 16, ``.64`` → 8, ``.U8`` → 1), 4 without one."""
+    widths = []
+    for match in SASS_LINE.finditer(text):
+        if match[3] in ("LDG", "LDGSTS") and start <= int(match[1], 16) <= end:
+            widths.append(next((LOAD_BYTES[m] for m in match[4].split(".") if m in LOAD_BYTES), 4))
+    return widths
 
 
 def instruction_class(mnemonic: str) -> str:
@@ -663,14 +682,18 @@ def compile_launch(launch: Launch) -> dict:
             return {"error": f"{type(error).__name__}: {error}"[-4000:], "error_summary": error_summary(error),
                     "compile_seconds": round(time.perf_counter() - start, 2)}
         report = parse_ptxas_report(log.getvalue()) or run_ptxas(kernel.asm["ptx"], Path(tmp))
-        sass = disassemble(kernel.asm["cubin"], Path(tmp))
+        text = disassemble_text(kernel.asm["cubin"], Path(tmp))
+        sass = parse_sass(text)
     dynamic_shared = int(kernel.metadata.shared)
     shared = {"dynamic": dynamic_shared, "static": report["static_shared"],
               "total": dynamic_shared + report["static_shared"]}
+    loop = main_loop(sass)
+    if loop is not None:
+        loop["global_load_bytes"] = global_load_bytes(text, int(loop["start"], 16), int(loop["end"], 16))
     return {"registers": report["registers"], "spill_stores": report["spill_stores"],
             "spill_loads": report["spill_loads"], "stack_frame": report["stack_frame"], "shared_memory": shared,
             "occupancy": occupancy(report["registers"], shared["total"], options.num_warps),
-            "sass_instructions": len(sass), "main_loop": main_loop(sass),
+            "sass_instructions": len(sass), "main_loop": loop,
             "compile_seconds": round(time.perf_counter() - start, 2)}
 
 

@@ -27,6 +27,7 @@ from lab.runtime import seed_everything
 def _linear_paths(w: torch.Tensor) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]]:
     """name → (x ↦ x Wᵀ, weight bytes read) for a 2:4-sparse weight (out, in) on its device."""
     from lab.kernels.sparse24_matmul import sparse24_matmul_torch, sparse24_matmul_triton
+    from lab.kernels.sparse24_matmul_v2 import sparse24_matmul_v2
 
     out_features, in_features = w.shape
     nbytes = compressed_nbytes(out_features, in_features, w.dtype)
@@ -40,6 +41,9 @@ def _linear_paths(w: torch.Tensor) -> dict[str, tuple[Callable[[torch.Tensor], t
     paths["torch_24"] = (lambda x: sparse_linear_torch(x, w_sparse), nbytes["compressed"])
     paths["triton_24"] = (
         lambda x: sparse24_matmul_triton(x, values, meta, out_features, in_features), nbytes["compressed"])
+    if in_features % 32 == 0:                                    # v2 reads the metadata as 32-bit words
+        paths["triton_24_v2"] = (
+            lambda x: sparse24_matmul_v2(x, values, meta, out_features, in_features), nbytes["compressed"])
     return paths
 
 

@@ -10,17 +10,16 @@ same references.
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
 import torch
 
 import lab.quant  # noqa: F401  (before the kernel modules, as in test_int4_int8_kernels.py)
-from lab import runtime
 from lab.kernels import int4_gemv_v2 as v2_module
 from lab.kernels import int4_matmul as v1_module
 from lab.quant import pack_int4, pack_int4_v2, unpack_int4_v2
+from tests.kernels.interpreted import reloaded
 from tests.kernels.test_int4_int8_kernels import (
     NO_CUDA,
     _assert_close,
@@ -101,10 +100,7 @@ def test_fp32_x_needs_no_asm():
 @pytest.fixture(scope="module")
 def interpreted():
     """v1 and v2 re-imported under TRITON_INTERPRET=1 (and restored afterwards)."""
-    with runtime.triton_interpret():
-        yield importlib.reload(v2_module), importlib.reload(v1_module)
-    importlib.reload(v2_module)
-    importlib.reload(v1_module)
+    yield from reloaded(v2_module, v1_module)
 
 
 def _check(modules, M, N, K, group_size, dtype, block=None, scale_dtype=torch.float32, monkeypatch=None):

@@ -7,23 +7,18 @@ outputs and partials; the compiled kernels are compared on a GPU.
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 
-from lab import runtime
 from lab.kernels import paged_attention as v1_module
 from lab.kernels import paged_attention_v2 as v2_module
 from tests.infer.test_paged import NO_CUDA, _paged_inputs, _reference
+from tests.kernels.interpreted import reloaded
 
 
 @pytest.fixture(scope="module")
 def interpreted():
-    with runtime.triton_interpret():
-        yield importlib.reload(v2_module), importlib.reload(v1_module)
-    importlib.reload(v2_module)
-    importlib.reload(v1_module)
+    yield from reloaded(v2_module, v1_module)
 
 
 def _nan_filled(monkeypatch, module) -> None:
@@ -31,17 +26,17 @@ def _nan_filled(monkeypatch, module) -> None:
     monkeypatch.setattr(module.torch, "empty_like", lambda t: torch.full_like(t, float("nan")))
 
 
-CASES = [  # B, H, H_kv, D, block_size, lengths, splits
-    (1, 4, 4, 16, 16, [1], None),                  # one token, one block
-    (3, 8, 2, 32, 16, [1, 70, 17], 3),             # uneven splits; sequence 0 leaves splits 1 and 2 empty
-    (2, 6, 2, 16, 16, [64, 9], 1),                 # one split = v1's order of operations
-    (2, 10, 2, 16, 16, [100, 33], None),           # G = 5 query heads per kv head (padded to 16 rows)
-    (1, 4, 2, 16, 32, [300], 10),                  # as many splits as blocks
+F32, F16 = torch.float32, torch.float16
+CASES = [  # B, H, H_kv, D, block_size, lengths, splits, dtype
+    (1, 4, 4, 16, 16, [1], None, F32),             # one token, one block
+    (3, 8, 2, 32, 16, [1, 70, 17], 3, F32),        # uneven splits; sequence 0 leaves splits 1 and 2 empty
+    (2, 6, 2, 16, 16, [64, 9], 1, F16),            # one split = v1's order of operations
+    (2, 10, 2, 16, 16, [100, 33], None, F16),      # G = 5 query heads per kv head (padded to 16 rows)
+    (1, 4, 2, 16, 32, [300], 10, F32),             # as many splits as blocks
 ]
 
 
-@pytest.mark.parametrize("B, H, H_kv, D, block_size, lengths, splits", CASES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("B, H, H_kv, D, block_size, lengths, splits, dtype", CASES)
 def test_v2_under_interpreter_matches_float64_and_v1(interpreted, monkeypatch, B, H, H_kv, D, block_size, lengths,
                                                      splits, dtype):
     v2, v1 = interpreted
