@@ -33,17 +33,13 @@ reach the bandwidth however it is scheduled.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
-import multiprocessing
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import triton
-from tqdm.auto import tqdm
 
 SMS, SCHEDULERS, CLOCK_HZ = 132, 4, 1.98e9
 ISSUE_RATE = SMS * SCHEDULERS * CLOCK_HZ                 # warp-instructions per second
@@ -79,7 +75,7 @@ def rows() -> list[Row]:
     for M in (1, 4, 16):
         shape = _int4_shape(M)
         out.append(Row("v1", "int4_matmul", shape, bf16, lambda M=M: aot.launch_int4(M, 8192, 8192, 128, bf16, bf16)))
-        out.append(Row("v2", "int4_gemv_v2", shape, bf16, lambda M=M: aot.launch_int4_v2(M, 8192, 8192, 128, bf16)))
+        out.append(Row("v2", "int4_gemv_v2", shape, bf16, lambda M=M: aot.launch_int4(M, 8192, 8192, 128, bf16, bf16, "v2")))
     for M in (1, 16, 4096):
         out.append(Row("v1", "int8_matmul", {"M": M, "N": 8192, "K": 8192}, bf16,
                        lambda M=M: aot.launch_int8(M, 8192, 8192, bf16)))
@@ -182,10 +178,9 @@ def record_launches(row: Row) -> list:
     """The launches (main kernel first, then its companions) that ``row``'s wrapper call makes."""
     from lab.kernels import compile as aot
 
-    with contextlib.ExitStack() as stack:
-        recorded = [stack.enter_context(aot.recording(k)) for k in (row.kernel, *aot.COMPANIONS.get(row.kernel, ()))]
+    with aot.recording_with_companions(row.kernel) as (recorded, companions):
         row.launch()
-    return [launch for launches in recorded for launch in launches]
+    return recorded + [launch for launches in companions for launch in launches]
 
 
 def call_flops(row: Row) -> int | None:
@@ -233,44 +228,31 @@ def ceilings() -> dict:
     return {device: device_ceilings(key) for device, key in DEVICES.items()}
 
 
-def model(selected: Sequence[Row] | None = None, jobs: int | None = None, progress: bool = True) -> dict:
-    """Rows and ceilings of the static model (compiles each distinct launch once)."""
+def model(selected: Sequence[Row] | None = None, jobs: int | None = 1, progress: bool = True) -> dict:
+    """Rows and ceilings of the static model (compiles each distinct launch once, `compile_all` with ``jobs``
+    processes)."""
     from lab.kernels import compile as aot
 
     selected = rows() if selected is None else list(selected)
-    launches = {id(row): record_launches(row) for row in selected}
-    distinct: dict[str, aot.Configuration] = {}
-    for row in selected:
-        for launch in launches[id(row)]:
+    launches = [record_launches(row) for row in selected]
+    keys, distinct = [], {}
+    for row_launches in launches:
+        keys.append([])
+        for launch in row_launches:
             fn, options, signature, constexprs, attrs = aot.specialise(launch)
             key = aot.compilation_key(launch, options, signature, constexprs, attrs)
-            distinct.setdefault(key, aot.Configuration(key, launch, key, {}, []))
-    configs = list(distinct.values())
-    compiled = dict(zip((c.key for c in configs), _compile(configs, jobs, progress)))
+            keys[-1].append(key)
+            distinct.setdefault(key, aot.Configuration(
+                key, launch, key, aot.specialisation_summary(fn, options, signature, constexprs, attrs), []))
+    compiled = dict(zip(distinct, aot.compile_all(list(distinct.values()), jobs, progress)))
     device_ceilings = ceilings()
-    out = []
-    for row in selected:
-        records = []
-        for launch in launches[id(row)]:
-            fn, options, signature, constexprs, attrs = aot.specialise(launch)
-            records.append(compiled[aot.compilation_key(launch, options, signature, constexprs, attrs)])
-        out.append(predict(row, launches[id(row)], records, device_ceilings))
+    out = [predict(row, row_launches, [compiled[key] for key in row_keys], device_ceilings)
+           for row, row_launches, row_keys in zip(selected, launches, keys)]
     return {"issue_rate": {"sms": SMS, "schedulers_per_sm": SCHEDULERS, "clock_hz": CLOCK_HZ,
                            "source": "NVIDIA H100 / H200 SXM: 132 SMs, 4 warp schedulers each, 1.98 GHz boost"},
             "ceilings": {d: {"bandwidth_bytes_per_s": c.bandwidth, "bf16_flops": c.peak_flops, "int8_ops": c.int8_ops,
                              "source": c.source, "int8_source": c.int8_source} for d, c in device_ceilings.items()},
             "triton": triton.__version__, "rows": out}
-
-
-def _compile(configs: Sequence, jobs: int | None, progress: bool) -> list[dict]:
-    from lab.kernels import compile as aot
-
-    jobs = jobs or 1
-    if jobs == 1:
-        return [aot.compile_launch(c.launch) for c in tqdm(configs, desc="compile sm_90", disable=not progress)]
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(tqdm(pool.map(aot.compile_launch, [c.launch for c in configs]), total=len(configs),
-                         desc="compile sm_90", disable=not progress))
 
 
 def table(record: dict) -> str:

@@ -13,9 +13,10 @@ the work; every compilation starts from an empty Triton cache, so each run reall
 
 Which configurations. The launches the wrappers make, found by calling the wrappers themselves
 (`int4_weight_only_matmul_triton`, `int4_gemv_v2_triton`, `int8_matmul_triton`, `sparse24_matmul_triton`,
-`sparse24_matmul_v2_triton`, `paged_attention_decode_triton`, `paged_attention_decode_v2_triton`) with ``meta`` tensors while the module's
-kernels are replaced by recorders (the main kernel and its `COMPANIONS`, the v2 kernels' second passes):
-block sizes, warps, SPLIT_K, INPUT_PRECISION, G / G_PAD / D / BLOCK_SIZE and every stride come from the
+`sparse24_matmul_v2_triton`, `paged_attention_decode_triton`, `paged_attention_decode_v2_triton`) with
+``meta`` tensors while the module's kernels are replaced by recorders (the main kernel and its
+`COMPANIONS`, the v2 kernels' second passes):
+block sizes, warps, split-K, INPUT_PRECISION, G / G_PAD / D / BLOCK_SIZE and every stride come from the
 wrapper's own code (its ``block_sizes``), so a change there changes what is checked. Each launch is then
 specialised exactly as `triton.runtime.jit.JITFunction.run` does: the kernel's own binder
 (``create_function_from_signature``) and ``JITFunction._pack_args`` with the CUDA backend of sm_90, i.e. ints
@@ -200,6 +201,13 @@ def recording(kernel: str) -> Iterator[list[Launch]]:
         setattr(module, attribute, original)
 
 
+@contextlib.contextmanager
+def recording_with_companions(kernel: str) -> Iterator[tuple[list[Launch], list[list[Launch]]]]:
+    """`recording` of ``kernel`` and of each of its `COMPANIONS`: yields (its launches, one list per companion)."""
+    with recording(kernel) as recorded, contextlib.ExitStack() as stack:
+        yield recorded, [stack.enter_context(recording(c)) for c in COMPANIONS.get(kernel, ())]
+
+
 def _meta(*shape: int, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(*shape, dtype=dtype, device="meta")
 
@@ -208,20 +216,18 @@ def _short(dtype: torch.dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
 
 
-def launch_int4(M: int, N: int, K: int, group_size: int, dtype: torch.dtype, scale_dtype: torch.dtype) -> None:
+def launch_int4(M: int, N: int, K: int, group_size: int, dtype: torch.dtype, scale_dtype: torch.dtype,
+                version: str = "v1") -> None:
+    """v1: packed codes (K/2, N) uint8; v2: (N, K/4) int16 (`lab.quant.packing.pack_int4_v2`)."""
+    from lab.kernels.int4_gemv_v2 import int4_gemv_v2_triton
     from lab.kernels.int4_matmul import int4_weight_only_matmul_triton
 
     scales = _meta(K // group_size, N, dtype=scale_dtype)
-    int4_weight_only_matmul_triton(_meta(M, K, dtype=dtype), _meta(K // 2, N, dtype=torch.uint8), scales,
-                                   torch.empty_like(scales), group_size)
-
-
-def launch_int4_v2(M: int, N: int, K: int, group_size: int, dtype: torch.dtype) -> None:
-    from lab.kernels.int4_gemv_v2 import int4_gemv_v2_triton
-
-    scales = _meta(K // group_size, N, dtype=dtype)
-    int4_gemv_v2_triton(_meta(M, K, dtype=dtype), _meta(N, K // 4, dtype=torch.int16), scales,
-                        torch.empty_like(scales), group_size)
+    if version == "v1":
+        packed, wrapper = _meta(K // 2, N, dtype=torch.uint8), int4_weight_only_matmul_triton
+    else:
+        packed, wrapper = _meta(N, K // 4, dtype=torch.int16), int4_gemv_v2_triton
+    wrapper(_meta(M, K, dtype=dtype), packed, scales, torch.empty_like(scales), group_size)
 
 
 def launch_int8(M: int, N: int, K: int, out_dtype: torch.dtype) -> None:
@@ -344,8 +350,7 @@ def int4_cases(version: str = "v1") -> Iterator[Case]:
         dtypes = (int4_matmul if version == "v1" else int4_gemv_v2).X_DTYPES
         for M, (N, K), dtype in itertools.product(Ms, shapes, dtypes):
             yield (f"{label}: M={M} N={N} K={K} g={group_size} x,scales={_short(dtype)}{' (v2)' * (version == 'v2')}",
-                   lambda M=M, N=N, K=K, g=group_size, dtype=dtype:
-                   launch_int4(M, N, K, g, dtype, dtype) if version == "v1" else launch_int4_v2(M, N, K, g, dtype))
+                   lambda M=M, N=N, K=K, g=group_size, dtype=dtype: launch_int4(M, N, K, g, dtype, dtype, version))
 
 
 def int8_cases() -> Iterator[Case]:
@@ -419,8 +424,7 @@ def launches() -> list[tuple[str, Launch]]:
     """(source label, launch) of every case, in order: each case's wrapper call must launch its kernel once."""
     out = []
     for kernel, cases in CASES.items():
-        with recording(kernel) as recorded, contextlib.ExitStack() as stack:
-            companions = [stack.enter_context(recording(c)) for c in COMPANIONS.get(kernel, ())]
+        with recording_with_companions(kernel) as (recorded, companions):
             for label, call in cases():
                 before, companions_before = len(recorded), [len(c) for c in companions]
                 call()
@@ -592,11 +596,6 @@ def disassemble_text(cubin: bytes, workdir: Path) -> str:
     path = workdir / "kernel.cubin"
     path.write_bytes(cubin)
     return subprocess.run([_tool("cuobjdump"), "-sass", str(path)], capture_output=True, text=True, check=True).stdout
-
-
-def disassemble(cubin: bytes, workdir: Path) -> list[tuple[int, str, str]]:
-    """The cubin's SASS (`disassemble_text`), parsed by `parse_sass`."""
-    return parse_sass(disassemble_text(cubin, workdir))
 
 
 LOAD_BYTES = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1}   # a width modifier → bytes per thread

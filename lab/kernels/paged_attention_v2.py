@@ -35,20 +35,11 @@ import triton
 import triton.language as tl
 
 from lab.checks import check_tensor
-from lab.kernels.paged_attention import _check, check_kernel_layout
+# v1's combine functions (a test reloads v1, then this module, under the interpreter: see lab.kernels.paged_attention)
+from lab.kernels.paged_attention import _add, _check, _max, check_kernel_layout
 
 PROGRAMS_TARGET = 4 * 132          # programs that keep every SM of an H100 / H200 busy
 MIN_BLOCKS_PER_SPLIT = 4
-
-
-@triton.jit
-def _add(a, b):
-    return a + b
-
-
-@triton.jit
-def _max(a, b):
-    return tl.maximum(a, b)
 
 
 @triton.jit(do_not_specialize=["stride_tb", "blocks_per_split", "n_splits"])

@@ -38,6 +38,13 @@ def _check_codes(q: torch.Tensor, group_size: int) -> None:
         raise ValueError(f"q must hold 4-bit codes in [0, 15], got values in [{int(q.min())}, {int(q.max())}]")
 
 
+def _check_packed(packed: torch.Tensor, dtype: torch.dtype) -> None:
+    """packed: a 2-D tensor of ``dtype`` (uint8 for `pack_int4`'s layout, int16 for `pack_int4_v2`'s)."""
+    if not torch.is_tensor(packed) or packed.dtype != dtype or packed.dim() != 2:
+        raise TypeError(f"packed must be a 2-D {str(dtype).removeprefix('torch.')} tensor, got "
+                        f"{f'{packed.dtype} {tuple(packed.shape)}' if torch.is_tensor(packed) else type(packed).__name__}")
+
+
 def pack_int4(q: torch.Tensor, group_size: int) -> torch.Tensor:
     """Codes q (N, K) with values in [0, 15] (any integer dtype) → packed (K/2, N) uint8 (module docstring)."""
     _check_codes(q, group_size)
@@ -49,9 +56,7 @@ def pack_int4(q: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def unpack_int4(packed: torch.Tensor, group_size: int) -> torch.Tensor:
     """Packed (K/2, N) uint8 → codes q (N, K) uint8; the exact inverse of `pack_int4`."""
-    if not torch.is_tensor(packed) or packed.dtype != torch.uint8 or packed.dim() != 2:
-        raise TypeError(f"packed must be a 2-D uint8 tensor, got "
-                        f"{f'{packed.dtype} {tuple(packed.shape)}' if torch.is_tensor(packed) else type(packed).__name__}")
+    _check_packed(packed, torch.uint8)
     half_k, N = packed.shape
     _check_group(2 * half_k, group_size)
     rows = packed.T.reshape(N, 2 * half_k // group_size, 1, group_size // 2)
@@ -103,9 +108,7 @@ def pack_int4_v2(q: torch.Tensor, group_size: int) -> torch.Tensor:
 
 def unpack_int4_v2(packed: torch.Tensor, group_size: int) -> torch.Tensor:
     """(N, K/4) int16 of `pack_int4_v2` → codes q (N, K) uint8; its exact inverse."""
-    if not torch.is_tensor(packed) or packed.dtype != torch.int16 or packed.dim() != 2:
-        raise TypeError(f"packed must be a 2-D int16 tensor, got "
-                        f"{f'{packed.dtype} {tuple(packed.shape)}' if torch.is_tensor(packed) else type(packed).__name__}")
+    _check_packed(packed, torch.int16)
     N, quarter_k = packed.shape
     _check_group(4 * quarter_k, group_size)
     words = packed.to(torch.int32).reshape(N, 4 * quarter_k // group_size, 1, group_size // 4) & 0xFFFF

@@ -18,7 +18,8 @@ from tests.kernels.interpreted import reloaded
 
 @pytest.fixture(scope="module")
 def interpreted():
-    yield from reloaded(v2_module, v1_module)
+    """v1 first: v2 takes v1's combine functions `_add` and `_max`, which must be the interpreted ones."""
+    yield from reloaded(v1_module, v2_module)
 
 
 def _nan_filled(monkeypatch, module) -> None:
@@ -39,7 +40,7 @@ CASES = [  # B, H, H_kv, D, block_size, lengths, splits, dtype
 @pytest.mark.parametrize("B, H, H_kv, D, block_size, lengths, splits, dtype", CASES)
 def test_v2_under_interpreter_matches_float64_and_v1(interpreted, monkeypatch, B, H, H_kv, D, block_size, lengths,
                                                      splits, dtype):
-    v2, v1 = interpreted
+    v1, v2 = interpreted
     args = _paged_inputs(B, H, H_kv, D, block_size, lengths, dtype, seed=B * D + block_size)
     with monkeypatch.context() as patch:
         _nan_filled(patch, v2)
