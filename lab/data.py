@@ -16,6 +16,7 @@ in [0, 90) / [90, 95) / [95, 100). Every chapter measures quality on the same
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from lab.atomic import atomic_write_json
+from lab.atomic import atomic_write, atomic_write_json
 from lab.checks import check_choice, check_int
 
 CORPUS_PACKAGE = "python3.11-doc"
@@ -152,10 +153,9 @@ def tokenize_split(split: str, tokenizer) -> torch.Tensor:
         ids.extend(enc)
         ids.append(eos)
     tokens = torch.tensor(ids, dtype=torch.int64)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    torch.save(tokens, tmp)
-    tmp.replace(cache)
+    buffer = io.BytesIO()
+    torch.save(tokens, buffer)
+    atomic_write(cache, [buffer.getbuffer()])  # a unique temporary file: parallel runs may race here
     return tokens
 
 

@@ -71,3 +71,16 @@ def test_eval_tokens_is_the_prefix_of_the_test_split(tokenizer):
 def test_eval_tokens_rejects_bad_lengths(tokenizer, n_tokens, error, match):
     with pytest.raises(error, match=match):
         data.eval_tokens(tokenizer, n_tokens=n_tokens)
+
+
+def test_token_cache_survives_parallel_writers(tokenizer, tmp_path, monkeypatch):
+    """Notebooks run two at a time: writers that race on the cache each leave a complete file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(data, "data_dir", lambda: tmp_path)
+    monkeypatch.setattr(data, "corpus_documents", lambda split: [("a.rst.txt", "import os\n" * 200)])
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: data.tokenize_split("test", tokenizer), range(8)))
+    assert all(torch.equal(r, results[0]) for r in results)
+    assert [p.suffix for p in (tmp_path / "tokens").iterdir()] == [".pt"]  # no temporary file left
+    assert torch.equal(data.tokenize_split("test", tokenizer), results[0])  # read back from the cache
