@@ -84,7 +84,7 @@ outputs: data
 		OMP_NUM_THREADS=1 xargs -P 2 -I NB $(VENV)/bin/papermill --cwd notebooks --kernel python3 \
 		--no-progress-bar NB NB
 
-# CI (.ci/run) on 2 cores: the notebooks (two at a time, the longest first), the kernel check and the
+# CI (.ci/run) on 2 cores: the notebooks (two halves of equal stored time, each longest first), the kernel check and the
 # unit tests share the cores, each torch process on one thread (OMP_NUM_THREADS=1: no oversubscribed thread pools);
 # then the book is built from the stored outputs and opened in chromium.
 test:
@@ -95,7 +95,7 @@ test-unit: data
 	MPLBACKEND=Agg $(PY) -m pytest tests --ignore=tests/test_notebooks.py --ignore=tests/book --durations=5
 
 test-notebooks: data
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist load tests/test_notebooks.py
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadgroup tests/test_notebooks.py
 
 # Every page of _build/html in headless chromium: formulas typeset, images loaded, no console error,
 # internal links resolve, sidebar complete; screenshots in _build/screenshots/.

@@ -230,11 +230,12 @@ def launch_int4(M: int, N: int, K: int, group_size: int, dtype: torch.dtype, sca
     wrapper(_meta(M, K, dtype=dtype), packed, scales, torch.empty_like(scales), group_size)
 
 
-def launch_int8(M: int, N: int, K: int, out_dtype: torch.dtype) -> None:
+def launch_int8(M: int, N: int, K: int, out_dtype: torch.dtype, block: tuple | None = None) -> None:
+    """``block`` None: the default (`int8_matmul.block_sizes`; what a meta tensor gets from `tuned_block`)."""
     from lab.kernels.int8_matmul import int8_matmul_triton
 
     int8_matmul_triton(_meta(M, K, dtype=torch.int8), _meta(N, K, dtype=torch.int8), _meta(M, dtype=torch.float32),
-                       _meta(N, dtype=torch.float32), out_dtype)
+                       _meta(N, dtype=torch.float32), out_dtype, block)
 
 
 def launch_sparse24(M: int, out_features: int, in_features: int, dtype: torch.dtype, version: str = "v1") -> None:
@@ -354,14 +355,16 @@ def int4_cases(version: str = "v1") -> Iterator[Case]:
 
 
 def int8_cases() -> Iterator[Case]:
-    from lab.kernels.int8_matmul import OUT_DTYPES
+    """Every shape with every block of its tuning set (`int8_matmul.candidates`): a GPU may pick any."""
+    from lab.kernels import int8_matmul
 
     for label, kinds, Ms, shapes, _ in quant_matmul_shapes():
         if "int8" not in kinds:
             continue
-        for M, (N, K), out in itertools.product(Ms, shapes, OUT_DTYPES):
-            yield (f"{label}: M={M} N={N} K={K} out={_short(out)}",
-                   lambda M=M, N=N, K=K, out=out: launch_int8(M, N, K, out))
+        for M, (N, K), out in itertools.product(Ms, shapes, int8_matmul.OUT_DTYPES):
+            for i, block in enumerate(int8_matmul.candidates(M)):
+                yield (f"{label}: M={M} N={N} K={K} out={_short(out)}{f' (candidate {i})' * (i > 0)}",
+                       lambda M=M, N=N, K=K, out=out, block=block: launch_int8(M, N, K, out, block))
 
 
 def sparse24_cases(version: str = "v1") -> Iterator[Case]:

@@ -12,6 +12,19 @@ bf16 tensor-core rate on Hopper), and multiplies by the two scale vectors before
 no int32 (M, N) matrix ever goes to memory, which is what `torch._int_mm` followed by separate
 scaling has to do (4 bytes per output written and read again).
 
+Program order and tile (what v2 of this kernel changes; the arithmetic is the same):
+* v1 launched a 2-D grid, programs in row order of the output: consecutive programs share one row of A
+  tiles but each reads a different column of B tiles, so at 4096 × 8192 × 8192 every B tile is read
+  from HBM again by every one of the 32 rows of programs. Grouped order (the Triton tutorial's
+  "L2 cache optimisations") walks ``GROUP_M`` rows of tiles column by column: the programs resident
+  at one time reuse each B tile ``GROUP_M`` times from L2, cutting B's HBM reads by up to that factor.
+  ``GROUP_M = 1`` is the row order again.
+* v1 used one hand-picked tile per M range. `candidates` lists a small set per range (the first is
+  `block_sizes`, v1's tile); on a GPU `tuned_block` times each once per (device, M rounded up to a power
+  of two, N, K, out dtype) with the one timer (`lab.bench.timing.time_ms`) and keeps the fastest.
+  Up to M = 128 (decode steps of a batch) there is a single candidate: a memory-bound product does not
+  pay for a search, and a decode step may be captured in a CUDA graph, where nothing can be timed.
+
 `int8_matmul` dispatches: CUDA tensors → the Triton kernel; CPU tensors → the PyTorch path (the
 same integer sum, computed exactly in chunks) unless ``TRITON_INTERPRET=1`` (the kernel under
 Triton's interpreter; import or reload this module inside `lab.runtime.triton_interpret`).
@@ -36,9 +49,17 @@ MAX_K = 133_000  # 127² · K must stay below 2³¹
 @triton.jit(do_not_specialize=["M"])
 def _int8_matmul_kernel(a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, y_ptr, M, N, K,
                         stride_am, stride_ak, stride_bn, stride_bk, stride_ym, stride_yn,
-                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                        GROUP_M: tl.constexpr):
+    # grouped order: program p covers tile (pid_m, pid_n), GROUP_M tile rows walked column by column
+    pid = tl.program_id(0)
+    tiles_m = (M + BLOCK_M - 1) // BLOCK_M
+    tiles_n = (N + BLOCK_N - 1) // BLOCK_N
+    group = pid // (GROUP_M * tiles_n)
+    first_m = group * GROUP_M
+    rows = min(tiles_m - first_m, GROUP_M)        # the last group may be shorter
+    pid_m = first_m + (pid % (GROUP_M * tiles_n)) % rows
+    pid_n = (pid % (GROUP_M * tiles_n)) // rows
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -93,29 +114,64 @@ def int8_matmul_torch(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b
     return (acc.float() * a_scale[:, None] * b_scale[None, :]).to(out_dtype)
 
 
-def block_sizes(M: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): hand-picked; int8 tl.dot needs BLOCK_K ≥ 32 on a GPU."""
-    if M <= 16:
-        return 16, 64, 128, 4
-    if M <= 128:
-        return 64, 128, 128, 4
-    return 128, 256, 128, 8
+Block = tuple[int, int, int, int, int, int]   # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
+
+# int8 tl.dot needs BLOCK_K ≥ 32 on a GPU; the largest tiles keep ≤ 147 KB of shared memory over 3 stages
+_CANDIDATES: dict[str, tuple[Block, ...]] = {
+    "decode": ((16, 64, 128, 1, 4, 3),),
+    "medium": ((64, 128, 128, 8, 4, 3),),
+    "large": ((128, 256, 128, 8, 8, 3), (128, 128, 128, 8, 4, 4), (256, 128, 128, 8, 8, 3),
+              (128, 256, 64, 8, 8, 4)),
+}
+
+
+def candidates(M: int) -> tuple[Block, ...]:
+    """The small tuning set for M rows: decode (M ≤ 16), medium (M ≤ 128) or large (prefill, batched
+    GEMM); the first is the default."""
+    return _CANDIDATES["decode" if M <= 16 else "medium" if M <= 128 else "large"]
+
+
+def block_sizes(M: int) -> Block:
+    """The default block: the first of `candidates` (v1's hand-picked tile, in grouped order above decode)."""
+    return candidates(M)[0]
+
+
+_TUNED: dict[tuple, Block] = {}
+
+
+def tuned_block(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+                out_dtype: torch.dtype) -> Block:
+    """The fastest of `candidates` for this shape: timed once on a GPU (cached), `block_sizes` elsewhere."""
+    options = candidates(a.shape[0])
+    if a.device.type != "cuda" or len(options) == 1 or torch.cuda.is_current_stream_capturing():
+        return options[0]
+    from lab.bench.timing import time_ms
+
+    key = (torch.cuda.get_device_name(a.device), triton.next_power_of_2(a.shape[0]), b.shape[0], a.shape[1],
+           out_dtype)
+    if key not in _TUNED:
+        ms = [time_ms(lambda c=c: int8_matmul_triton(a, b, a_scale, b_scale, out_dtype, block=c), a.device,
+                      repeats=2) for c in options]
+        _TUNED[key] = options[ms.index(min(ms))]
+    return _TUNED[key]
 
 
 def int8_matmul_triton(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
-                       out_dtype: torch.dtype = torch.bfloat16,
-                       block: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """The Triton kernel; ``block`` = (BLOCK_M, BLOCK_N, BLOCK_K, num_warps), default `block_sizes`."""
+                       out_dtype: torch.dtype = torch.bfloat16, block: Block | None = None) -> torch.Tensor:
+    """The Triton kernel; ``block`` = (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages), default
+    `tuned_block`."""
     _check(a, b, a_scale, b_scale, out_dtype)
     a_scale, b_scale = a_scale.contiguous(), b_scale.contiguous()  # the kernel reads them with stride 1
-    block_m, block_n, block_k, num_warps = block or block_sizes(a.shape[0])
+    block_m, block_n, block_k, group_m, num_warps, num_stages = (
+        block or tuned_block(a, b, a_scale, b_scale, out_dtype))
     M, K = a.shape
     N = b.shape[0]
     y = torch.empty(M, N, device=a.device, dtype=out_dtype)
-    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    grid = (triton.cdiv(M, block_m) * triton.cdiv(N, block_n),)
     _int8_matmul_kernel[grid](a, b, a_scale, b_scale, y, M, N, K, a.stride(0), a.stride(1),
                               b.stride(0), b.stride(1), y.stride(0), y.stride(1),
-                              BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=num_warps)
+                              BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
+                              num_warps=num_warps, num_stages=num_stages)
     return y
 
 

@@ -25,7 +25,7 @@ from lab.bench.timing import check_then_time, time_ms
 from lab.kernels.int4_gemv_v2 import MAX_M as V2_MAX_M
 from lab.kernels.int4_gemv_v2 import int4_gemv_v2
 from lab.kernels.int4_matmul import int4_weight_only_matmul
-from lab.kernels.int8_matmul import int8_matmul
+from lab.kernels.int8_matmul import int8_matmul, tuned_block
 from lab.quant.affine import dequantize, quantize
 from lab.quant.linear import int4_model, quantize_rows_symmetric, w8a8_quantize_model
 from lab.quant.model import quantize_model
@@ -95,6 +95,8 @@ def bench_int4(device: torch.device, quick: bool = False, progress: bool = True,
             if entry["ms"]:
                 entry.update(gb_per_s=total / entry["ms"] / 1e6, tflop_per_s=2 * M * N * K / entry["ms"] / 1e9)
             row["paths"][name] = entry
+        if cuda:   # the tile the tuning set gave this shape (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages)
+            row["int8_block"] = list(tuned_block(a_q, b_q, a_scale, b_scale, w_dense.dtype))
         rows.append(row)
     return rows
 
@@ -126,6 +128,8 @@ def bench_int8(device: torch.device, quick: bool = False, progress: bool = True,
             if entry["ms"]:
                 entry["tflop_per_s"] = 2 * M * N * K / entry["ms"] / 1e9
             row["paths"][name] = entry
+        if cuda:   # the tile the tuning set gave this shape (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages)
+            row["int8_block"] = list(tuned_block(a_q, b_q, a_scale, b_scale, w_dense.dtype))
         rows.append(row)
     return rows
 

@@ -21,7 +21,7 @@ import lab.kernels
 from lab.kernels import compile as aot
 from lab.kernels import int4_matmul, int8_matmul, sparse24_matmul
 
-TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "G", "G_PAD", "D", "BLOCK_SIZE")
+TILE_KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "G", "G_PAD", "D", "BLOCK_SIZE")
 
 
 def kernel_functions() -> set[tuple[str, str]]:
@@ -88,20 +88,21 @@ def test_specialisation_is_the_launchers(configs):
     assert set(decode.spec["specialised_to_1"]) == {"stride_ak", "stride_bk", "stride_yn"}   # M: do_not_specialize
     assert {"a_ptr", "b_ptr", "a_scale_ptr", "b_scale_ptr", "y_ptr", "N", "K"} <= set(decode.spec["divisible_by_16"])
     assert "M" in decode.spec["signature"] and "M" not in decode.spec["divisible_by_16"]
-    assert decode.spec["constexprs"] == dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K"), int8_matmul.block_sizes(1)[:3]))
+    assert decode.spec["constexprs"] == dict(zip(("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
+                                                 int8_matmul.block_sizes(1)[:4]))
     odd = next(c for c in configs if "test cuda int8 kernel: M=100 N=512 K=1024 out=bf16" in c.sources)
     assert "M" in odd.spec["signature"] and "M" not in odd.spec["divisible_by_16"] + odd.spec["specialised_to_1"]
 
 
-@pytest.mark.parametrize("module, patched", [
-    (int8_matmul, lambda M: (32, 32, 64, 2)),
-    (sparse24_matmul, lambda M, dtype: (32, 32, 32, 2)),
-    (int4_matmul, lambda M, N, K, group_size, dtype: (32, 32, 16, 1, 2)),
+@pytest.mark.parametrize("module, attribute, patched", [
+    (int8_matmul, "candidates", lambda M: ((32, 32, 64, 1, 2, 3),)),
+    (sparse24_matmul, "block_sizes", lambda M, dtype: (32, 32, 32, 2)),
+    (int4_matmul, "block_sizes", lambda M, N, K, group_size, dtype: (32, 32, 16, 1, 2)),
 ])
-def test_configurations_follow_the_wrappers_block_sizes(configs, module, patched, monkeypatch):
+def test_configurations_follow_the_wrappers_block_sizes(configs, module, attribute, patched, monkeypatch):
     kernel = module.__name__.rsplit(".", 1)[1]
     before = {tile(c.spec) for c in configs if c.launch.kernel == kernel}
-    monkeypatch.setattr(module, "block_sizes", patched)
+    monkeypatch.setattr(module, attribute, patched)
     after = {tile(c.spec) for c in aot.configurations() if c.launch.kernel == kernel}
     assert after != before
     assert {dict(t[:-1]).get("BLOCK_M") for t in after} == {32} and {t[-1] for t in after} == {2}

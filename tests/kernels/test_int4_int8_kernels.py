@@ -382,13 +382,39 @@ def test_int8_kernel_under_interpreter_matches_integer_reference(interpreted, M,
     _check_int8(interpreted[1], M, N, K, out_dtype, seed=M + N + K, monkeypatch=monkeypatch)
 
 
-@pytest.mark.parametrize("M, N, K, block", [(5, 70, 100, (16, 32, 32, 4)),     # K not a multiple of BLOCK_K
-                                            (20, 33, 64, (16, 16, 16, 4)),      # 2 x 3 partial tiles
-                                            (7, 9, 300, (16, 16, 128, 4))])
+@pytest.mark.parametrize("M, N, K, block", [(5, 70, 100, (16, 32, 32, 1, 4, 3)),     # K not a multiple of BLOCK_K
+                                            (20, 33, 64, (16, 16, 16, 1, 4, 3)),      # 2 x 3 partial tiles
+                                            (7, 9, 300, (16, 16, 128, 1, 4, 3)),
+                                            (70, 40, 64, (16, 16, 32, 2, 4, 3)),      # grouped: 5 x 3 tiles,
+                                            (70, 40, 64, (16, 16, 32, 4, 4, 3)),      # a last group of 1
+                                            (70, 40, 64, (16, 16, 32, 8, 4, 3))])     # one short group
 @pytest.mark.parametrize("transpose", [False, True])
 def test_int8_kernel_under_interpreter_partial_tiles(interpreted, M, N, K, block, transpose, monkeypatch):
     _check_int8(interpreted[1], M, N, K, torch.float32, seed=M * N + K, block=block, transpose=transpose,
                 monkeypatch=monkeypatch)
+
+
+def test_int8_tuning_set_and_the_tuner(monkeypatch):
+    for M in (1, 16, 17, 128, 129, 4096):
+        options = int8_module.candidates(M)
+        assert options[0] == int8_module.block_sizes(M) and len(set(options)) == len(options)
+        assert all(len(c) == 6 and c[2] >= 32 for c in options)    # int8 tl.dot: BLOCK_K >= 32
+    a, b, a_scale, b_scale = random_int8(300, 8, 32, seed=3)
+    assert int8_module.tuned_block(a, b, a_scale, b_scale, torch.float32) == int8_module.block_sizes(300)  # CPU
+
+    class FakeCuda:   # a tensor that reports a CUDA device, to run the tuner's bookkeeping on a CPU
+        def __init__(self, t):
+            self.t, self.shape, self.device = t, t.shape, torch.device("cuda", 0)
+    timed = []
+    times = iter([3.0, 1.0, 2.0, 5.0])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "fake")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr("lab.bench.timing.time_ms", lambda fn, device, repeats: timed.append(device) or next(times))
+    monkeypatch.setattr(int8_module, "_TUNED", {})
+    fa, fb = FakeCuda(a), FakeCuda(b)
+    best = int8_module.tuned_block(fa, fb, a_scale, b_scale, torch.float32)
+    assert best == int8_module.candidates(300)[1] and len(timed) == 4      # the fastest of the four
+    assert int8_module.tuned_block(fa, fb, a_scale, b_scale, torch.float32) == best and len(timed) == 4  # cached
 
 
 # Regression: the kernel reads the scale vectors with unit stride; strided views must still give the right result.
