@@ -3,7 +3,10 @@
 A comparison is [Δ, low, high] (the form `lab.report.record_comparison` records: change of
 perplexity in percent with its 95% interval). `interval_plot` draws one row per comparison, a
 dot at Δ and a bar from low to high, with a line at 0: an interval that crosses the line is
-"level", one that does not is "lower" or "higher". `grid_heatmap` shows a two-parameter sweep
+"level", one that does not is "lower" or "higher". Seaborn draws it from the computed interval,
+not from a resampling of its own: each comparison is three rows (low, Δ, high) of a long-form
+frame, and ``sns.pointplot(estimator="median", errorbar=("pi", 100))`` puts the point at their
+median, Δ, and the bar over their full range, [low, high]. `grid_heatmap` shows a two-parameter sweep
 (for example chapter 4's temperature × α grid) as a seaborn heatmap with each cell's value.
 `static_model_figure` draws chapter 3's static model of the int4 kernels (`lab.bench.static`).
 """
@@ -26,15 +29,20 @@ def interval_plot(comparisons: Mapping[str, Sequence[float]], xlabel: str = "per
     """One row per {label: [Δ, low, high]}: the point Δ and its interval, coloured by verdict."""
     if not comparisons:
         raise ValueError("comparisons is empty: nothing to plot")
+    rows = []
+    for label, value in comparisons.items():
+        if len(value) != 3 or not value[1] <= value[0] <= value[2]:
+            raise ValueError(f"comparisons[{label!r}] = {value!r}: expected [Δ, low, high] "
+                             f"with low <= Δ <= high")
+        mid, low, high = map(float, value)
+        rows += [{"label": label, "value": v, "verdict": verdict(low, high)} for v in (low, mid, high)]
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 0.45 * len(comparisons) + 1.2), layout="tight")
-    for row, (label, (mid, low, high)) in enumerate(comparisons.items()):
-        ax.errorbar(mid, row, xerr=[[mid - low], [high - mid]], fmt="o", capsize=3,
-                    color=COLORS[verdict(low, high)])
+    sns.pointplot(pd.DataFrame(rows), x="value", y="label", hue="verdict", order=list(comparisons),
+                  palette=COLORS, estimator="median", errorbar=("pi", 100), linestyles="none",
+                  markersize=5, capsize=0.3, err_kws={"linewidth": 1.5}, legend=False, ax=ax)
     ax.axvline(0.0, color="k", lw=0.8)
-    ax.set_yticks(range(len(comparisons)), list(comparisons))
-    ax.invert_yaxis()
-    ax.set(xlabel=xlabel, title=title)
+    ax.set(xlabel=xlabel, ylabel=None, title=title)
     return ax
 
 

@@ -31,8 +31,21 @@ def _stored_seconds(notebook: Path) -> float:
     return json.loads(notebook.read_text(encoding="utf-8"))["metadata"].get("papermill", {}).get("duration") or 0.0
 
 
-# The longest first: `make test` runs them two at a time (pytest -n 2), so none is left running alone.
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"), key=lambda nb: (-_stored_seconds(nb), nb.name))
+
+
+def _two_halves(notebooks: list[Path]) -> dict[Path, str]:
+    """Each notebook's half: longest first, each to the half with less stored time so far. `make test`
+    runs one half per worker (pytest -n 2 --dist loadgroup), so that both end at about the same time."""
+    load = {"notebooks-a": 0.0, "notebooks-b": 0.0}
+    half = {}
+    for nb in notebooks:
+        half[nb] = min(load, key=load.get)
+        load[half[nb]] += _stored_seconds(nb)
+    return half
+
+
+HALF = _two_halves(NOTEBOOKS)
 KERNEL = "python3"
 CELL_TIMEOUT_S = 600
 
@@ -111,6 +124,20 @@ class Claim:
         return f"a {self.verb!r} interval [Δ%, low%, high%] with Δ% in [{self.lo}, {self.hi}]"
 
 
+@dataclass(frozen=True)
+class Varies:
+    """A list of finite numbers, one per seed, not all equal (a sentence says the result moves with
+    the seed)."""
+
+    def __contains__(self, value) -> bool:
+        return isinstance(value, list) and len(value) >= 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value) \
+            and len(set(value)) > 1
+
+    def __str__(self) -> str:
+        return "a list of per-seed values that are not all equal"
+
+
 # ============================================================================================
 # EXPECTED: {notebook stem: {metric name: tolerance}} -- one entry per notebook, checked after
 # every papermill run with the notebook's default (small, CPU) parameters.
@@ -140,8 +167,8 @@ EXPECTED: dict[str, dict] = {
         "sharing_untied_val_ppl": near(746.6, 0.10),
         "sharing_tied_val_ppl": near(672.0, 0.10),
         "sharing_albert_val_ppl": near(975.0, 0.10),
-        "sharing_tied_vs_untied": Claim("lower"),      # paired on the validation tokens: -10.0%
-        "sharing_albert_vs_tied": Claim("higher"),     # +45.1%
+        "sharing_tied_vs_untied": Claim("lower"),      # paired on the validation tokens: -9.99%
+        "sharing_albert_vs_tied": Claim("higher"),     # +45.08%
         # figures the chapter pages glue
         "kv_mha_outgrows_weights_T": near(3213.127, 1e-6),
         "kv_gqa_outgrows_weights_T": near(12852.508, 1e-6),
@@ -150,6 +177,17 @@ EXPECTED: dict[str, dict] = {
         "eager_extra_rss_MB": Between(150, 500),           # RSS: varies run to run
         "lazy_extra_rss_MB": Between(60, 300),
         "eager_minus_lazy_rss_over_checkpoint": Between(0.6, 1.4),
+        # the data page's figures, read from the committed checkpoints' training_record.json
+        **{name: near(v, 1e-9) for name, v in (
+            ("lm_train_minutes", 41.188727611), ("lm_tokens_seen_M", 4.096),
+            ("lm_passes_over_train", 1.579290930759891), ("lm_val_ppl_first", 133.31669475756212),
+            ("lm_val_ppl_last", 47.26437481510782), ("lm_eval_slice_ppl", 48.44540578786965),
+            ("draft_train_minutes", 16.321202690949995), ("draft_ppl_before", 167.92028674856633),
+            ("draft_ppl", 35.515833826914985))},
+        **{name: exactly(v) for name, v in (
+            ("lm_val_ppl_first_step", 200), ("lm_val_ppl_last_step", 1000),
+            ("lm_eval_slice_tokens", 32_768), ("draft_n_parameters", 3_572_992),
+            ("draft_embedding_parameters", 8192 * 256), ("draft_eval_tokens", 8192))},
     },
     "01b_training_with_fewer_bytes": {
         "pretrained_perplexity": near(27.37, 0.02),          # first 4096 tokens of the slice
@@ -158,6 +196,14 @@ EXPECTED: dict[str, dict] = {
         **{f"checkpoint_activation_ratio_{k}": near(1.0, 0.10) for k in ("none", 1, 2, 3)},
         "checkpoint_every1_activation_fraction": Between(0.2, 0.3),   # measured 0.2547
         "recompute_flop_ratio_every1": near(1.22613, 1e-4),           # FLOP model, not a timing
+        # exactness against the plain model and torch.utils.checkpoint (measured: 0.0, k = 1, 2, 3)
+        "checkpoint_grad_max_abs_diff_vs_plain": Between(0.0, 1e-6),
+        "checkpoint_grad_max_abs_diff_vs_torch": Between(0.0, 1e-6),
+        # the optimizers against their references: transformers' Adafactor after 3 steps (measured
+        # 0.0); the 8-bit quantizer against float64, in units of a block's absmax (measured 7.8e-8)
+        "adafactor_vs_transformers_max_abs_param_diff": Between(0.0, 1e-6),
+        "adam8bit_quantize_excess_error": Between(0.0, 2.4e-7),       # ≤ 2⁻²², float32 rounding
+        "adam8bit_dequantize_error": Between(0.0, 1.2e-7),            # ≤ 2⁻²³
         # optimizer state: the memory model equals the measured storage
         **{f"optimizer_state_ratio_{o}": exactly(1.0) for o in ("adamw", "adafactor", "adam8bit")},
         "bf16_mixed_bytes_per_param_adamw": exactly(16.0),
@@ -195,6 +241,14 @@ EXPECTED: dict[str, dict] = {
         "memory_qlora_MB": near(8.065536, 1e-6),
         "lora_over_full_memory": near(0.138184, 1e-4),
         "qlora_over_lora_memory": near(0.559152, 1e-4),
+        # merged vs unmerged logits of the trained models (float32 rounding; measured ≈ 1e-5)
+        "lora_merge_max_abs_logit_diff": Between(0.0, 1e-4),
+        "qlora_merge_max_abs_logit_diff": Between(0.0, 1e-4),
+        # saved activations of one fp32 step (batch 4 × 128): frozen weights save less; QLoRA as LoRA
+        "activations_full_MB": near(84.57626, 1e-6),
+        "activations_lora_MB": near(65.302532, 1e-6),
+        "activations_qlora_MB": near(65.302532, 1e-6),
+        "activations_lora_over_full": near(65.302532 / 84.57626, 1e-6),
     },
     "02_pruning": {
         "dense_perplexity": near(29.24, 0.02),
@@ -224,6 +278,8 @@ EXPECTED: dict[str, dict] = {
         "structured_50_vs_dense": Claim("higher"),
         "structured_0.25_params": exactly(5_418_240),
         "structured_0.5_params": exactly(4_312_320),
+        "structured_25_cpu_speedup": Timing(),   # timings of this run, glued as such
+        "structured_50_cpu_speedup": Timing(),
         "compress_24_roundtrip_exact": Is(True),
     },
     "03_quantization": {
@@ -239,7 +295,7 @@ EXPECTED: dict[str, dict] = {
         "gptq_layer_error_below_rtn_everywhere": Is(True),
         "layer_error_gptq_over_rtn_4_group": Between(0.2, 0.45),   # measured 0.324
         "layer_error_gptq_over_rtn_3_channel": Between(0.2, 0.45),  # measured 0.329
-        "gptq_vs_rtn_2_group": Claim("lower", -8.0, -2.0),          # measured -4.25%
+        "gptq_vs_rtn_2_group": Claim("lower", -8.0, -2.0),          # measured -4.34%
         "gptq_vs_rtn_3_channel": Claim("lower", -1.5, 0.0),         # measured -0.54% [-1.04, -0.01]
         "gptq_vs_rtn_3_group": Claim("level"),                      # measured -0.47%, 0 in a seed's CI
         "gptq_vs_rtn_4_channel": Claim("level"),
@@ -250,6 +306,7 @@ EXPECTED: dict[str, dict] = {
         "lm_w8a8_tensor_vs_dense": Claim("level"),
         "qat_vs_rtn": Claim("lower"),
         "qat_vs_finetune_then_rtn": Claim("lower"),
+        "qat_vs_gptq": Claim("higher"),                 # "GPTQ is still ahead": measured +2.19%
         "ppl_ratio_rtn_8_group": Between(0.999, 1.002),
         "ppl_ratio_rtn_3_channel": Between(1.005, 1.03),   # measured 1.014
         "ppl_ratio_gptq_3_channel": Between(1.0, 1.015),   # measured 1.008
@@ -262,8 +319,8 @@ EXPECTED: dict[str, dict] = {
         "encoder_smoothed_max_over_median": Between(3.0, 8.0),    # measured 5.34
         "encoder_w8a8_tensor_error": Between(0.008, 0.03),        # measured 0.0168
         "encoder_w8a8_token_error": Between(0.001, 0.004),        # measured 0.0021
-        "smoothquant_gain_token": Between(1.2, 2.5),              # measured 1.73
-        "smoothquant_gain_tensor": Between(1.05, 2.0),            # measured 1.31
+        "smoothquant_gain_token": Between(1.2, 2.5),              # measured 1.72
+        "smoothquant_gain_tensor": Between(1.05, 2.0),            # measured 1.28
         "lm_w8a8_token_ppl_ratio": Between(0.999, 1.003),
         "lm_w8a8_tensor_ppl_ratio": Between(0.999, 1.006),
         # QAT at 2 bits beats RTN and the fine-tune-then-round control
@@ -275,7 +332,7 @@ EXPECTED: dict[str, dict] = {
         # the static model (results/kernels_static_sm90.json): the verbs of section 8 and the page
         "static_v1_issue_over_memory_m1": Between(1.2, 4.0),      # v1 cannot stream: 2.21
         "static_v2_issue_over_memory_m1": Between(0.0, 0.8),      # the target: 0.706
-        "static_v2_m16_over_m1": Between(1.0, 1.3),               # the target: 1.125
+        "static_v2_m16_over_m1": Between(1.0, 1.3),               # the target: 1.126
         "static_v1_over_v2_m1": Between(1.2, 5.0),                # "faster": 2.16
         "static_bf16_over_v2_m1": Between(1.2, 5.0),              # "faster": 3.65
         "static_sparse24_v1_issue_over_memory_m1": Between(1.2, 10.0),    # 3.78
@@ -300,10 +357,11 @@ EXPECTED: dict[str, dict] = {
         "teacher_vs_random_init_3_kd": Claim("lower", -99.0, -50.0),
         "hidden_vs_kd_3_teacher": Claim("lower", -10.0, 0.0),          # measured -2.5%
         # the (τ, α) grid over batch seeds: hard labels hurt at τ = 1, level at 2 and 4, help at 8
-        "grid_alpha_half_vs_one_T1": Claim("higher"),
-        "grid_alpha_half_vs_one_T2": Claim("level"),
-        "grid_alpha_half_vs_one_T4": Claim("level"),
-        "grid_alpha_half_vs_one_T8": Claim("lower"),
+        "grid_alpha_half_vs_one_tau1": Claim("higher"),
+        "grid_alpha_half_vs_one_tau2": Claim("level"),
+        "grid_alpha_half_vs_one_tau4": Claim("level"),
+        "grid_alpha_half_vs_one_tau8": Claim("lower"),
+        "grid_best_tau_per_seed": Varies(),        # "not stable across batch seeds": [2, 1, 1]
         "encoder_kd_vs_hard_error": Claim("level"),
         "ppl_3_hard_teacher": near(79.26, 0.10),
         "ppl_3_kd_teacher": near(66.36, 0.10),
@@ -364,6 +422,9 @@ EXPECTED: dict[str, dict] = {
         "max_in_flight_1f1b": exactly(4),
         "plan_7b_dp8_zero1_GB": near(38.71, 1e-3),
         "plan_70b_tp8_pp4_dp16_GB": near(11.05, 1e-3),
+        # the H100 figures the plan assumes: datasheet peaks (lab.parallel.formulas.H100_SXM.source)
+        **{f"h100_{name}": near(v, 1e-9) for name, v in (
+            ("memory_GB", 80), ("bf16_TFLOPs", 989), ("nvlink_GBps", 450), ("ib_GBps", 50))},
     },
     "06_inference": {
         # the cache changes the cost, not the numbers; generation equals transformers'; scheduling is exact
@@ -442,7 +503,8 @@ def test_python3_kernel_is_this_environment():
         f"run `{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}`")
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
+@pytest.mark.parametrize("notebook", [pytest.param(nb, id=nb.stem, marks=pytest.mark.xdist_group(HALF[nb]))
+                                      for nb in NOTEBOOKS])
 def test_notebook_runs_and_reproduces_its_metrics(notebook: Path, tmp_path: Path, monkeypatch):
     import papermill
 

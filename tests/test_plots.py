@@ -1,22 +1,43 @@
-"""lab.plots: one row per comparison, coloured by the verb its interval allows; heatmaps annotate; the static
-model figure draws one bar per kernel version and batch."""
+"""lab.plots: one row per comparison, its drawn interval the computed one, coloured by the verb the
+interval allows; heatmaps annotate; the static model figure draws one bar per kernel version and batch."""
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.colors as mcolors
+import numpy as np
 import pandas as pd
 import pytest
 
 from lab.plots import COLORS, grid_heatmap, interval_plot, static_model_figure
 
 
-def test_interval_plot_draws_each_comparison_with_its_verdict_colour():
-    comparisons = {"a lower": [-1.0, -1.5, -0.5], "b level": [0.1, -0.2, 0.4], "c higher": [2.0, 1.0, 3.0]}
+def _drawn_intervals(ax):
+    """{row: (low, high, colour)} of the error bars seaborn drew (lines of 8 points, cap, bar, cap;
+    seaborn also draws all-NaN bars for the rows of the other hue levels)."""
+    bars = [line for line in ax.lines if len(line.get_xdata()) == 8
+            and not np.isnan(line.get_xdata()).all()]
+    return {round(float(np.nanmean(line.get_ydata()))): (np.nanmin(line.get_xdata()),
+            np.nanmax(line.get_xdata()), mcolors.to_hex(line.get_color())) for line in bars}
+
+
+def test_interval_plot_draws_each_computed_interval_with_its_verdict_colour():
+    comparisons = {"a lower": [-1.0, -1.5, -0.5], "b level": [0.1, -0.2, 0.4],
+                   "c higher": [2.0, 1.0, 3.0], "d skewed": [0.3, 0.25, 2.75]}
     ax = interval_plot(comparisons)
     assert [t.get_text() for t in ax.get_yticklabels()] == list(comparisons)
-    colours = [mcolors.to_hex(line.get_color()) for line in ax.lines if line.get_marker() == "o"]
-    assert colours == [mcolors.to_hex(COLORS[v]) for v in ("lower", "level", "higher")]
+    colours = [mcolors.to_hex(COLORS[v]) for v in ("lower", "level", "higher", "higher")]
+    drawn = _drawn_intervals(ax)
+    assert drawn == {row: (low, high, colour) for row, ((_, low, high), colour)
+                     in enumerate(zip(comparisons.values(), colours))}
+    points = {round(float(y)): float(x) for line in ax.lines if line.get_marker() == "o"
+              for x, y in zip(line.get_xdata(), line.get_ydata()) if not np.isnan(x)}
+    assert points == {row: mid for row, (mid, _, _) in enumerate(comparisons.values())}
+
+
+def test_interval_plot_refuses_a_point_outside_its_interval():
+    with pytest.raises(ValueError, match=r"comparisons\['bad'\].*low <= Δ <= high"):
+        interval_plot({"bad": [1.0, 1.5, 2.0]})
 
 
 def test_interval_plot_refuses_nothing_to_plot():

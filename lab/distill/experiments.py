@@ -75,10 +75,7 @@ def temperature_alpha_grid(cache: TeacherCache, batches: list, eval_tokens: torc
                            temperatures: list[float], alphas: list[float], *, steps: int, lr: float = 5e-4,
                            eval_stride: int = 128, progress: bool = True) -> list[dict]:
     """Final perplexity of a teacher-initialised student for every (τ, α):
-    [{"T", "alpha", "perplexity", "token_losses"}] (per-token NLL on ``eval_tokens``, float64).
-
-    The key "T" holds the temperature τ (the name the notebook and the recorded results read).
-    """
+    [{"tau", "alpha", "perplexity", "token_losses"}] (per-token NLL on ``eval_tokens``, float64)."""
     rows = []
     for tau in tqdm(temperatures, desc="temperature sweep", disable=not progress):
         for a in alphas:
@@ -86,7 +83,7 @@ def temperature_alpha_grid(cache: TeacherCache, batches: list, eval_tokens: torc
             distill(student, batches, steps, KDLoss(cache, temperature=tau, alpha=a),
                     optim=Optim(lr, warmup=max(1, steps // 10)), progress=False)
             nll = token_losses(student, eval_tokens, stride=eval_stride)
-            rows.append({"T": tau, "alpha": a, "perplexity": nll.mean().exp().item(), "token_losses": nll})
+            rows.append({"tau": tau, "alpha": a, "perplexity": nll.mean().exp().item(), "token_losses": nll})
     return rows
 
 
@@ -129,11 +126,11 @@ def run_full(device: torch.device, quick: bool = False, progress: bool = True) -
 
     seed_everything(0)
     if quick:
-        cfg = {"steps": 3, "batch": 2, "seq": 32, "eval_n": 512, "eval_every": 3, "grid_steps": 2, "temps": [1.0, 4.0],
+        cfg = {"steps": 3, "batch": 2, "seq": 32, "eval_n": 512, "eval_every": 3, "grid_steps": 2, "taus": [1.0, 4.0],
                    "alphas": [0.5, 1.0], "enc": {"n_train": 4, "n_test": 2, "max_length": 16, "epochs": 1}}
     else:
         cfg = {"steps": 1500, "batch": 32, "seq": 256, "eval_n": 32_768, "eval_every": 250, "grid_steps": 300,
-                   "temps": [1.0, 2.0, 4.0, 8.0], "alphas": [0.25, 0.5, 0.75, 1.0],
+                   "taus": [1.0, 2.0, 4.0, 8.0], "alphas": [0.25, 0.5, 0.75, 1.0],
                    "enc": {"n_train": 40, "n_test": 20, "max_length": 64, "epochs": 10}}
     tokenizer = load_tokenizer()
     teacher = load_pretrained_lm("lab").to(device)
@@ -146,7 +143,7 @@ def run_full(device: torch.device, quick: bool = False, progress: bool = True) -
             for depth in (3, 2) for init in INITS for loss in LOSSES]
     for run in runs:  # the record keeps perplexities; per-token losses are for in-process comparisons
         run.update(retained(teacher_ppl, run.pop("token_losses").mean().exp().item()))
-    grid = temperature_alpha_grid(cache, batches[:cfg["grid_steps"]], ev, 2, cfg["temps"], cfg["alphas"],
+    grid = temperature_alpha_grid(cache, batches[:cfg["grid_steps"]], ev, 2, cfg["taus"], cfg["alphas"],
                                   steps=cfg["grid_steps"], progress=progress)
     for cell in grid:
         del cell["token_losses"]

@@ -6,7 +6,7 @@ A good draft is one whose next-token distribution q is close to the target's p i
 since the acceptance rate is α = E[Σ_x min(p(x), q(x))] = 1 − E[TV(p, q)]. Chapter 4's recipe gives
 it: a student that keeps the target's width, embeddings and head and every third of its layers
 (`lab.distill.gpt_student`, DistilBERT's initialisation), trained on the target's full distribution
-(`lab.distill.distill`, forward KL at T = 1) over the corpus's train split. It shares the target's
+(`lab.distill.distill`, forward KL at τ = 1) over the corpus's train split. It shares the target's
 tokenizer, as speculative decoding requires. The checkpoint is stored like the target's
 (`transformers` Llama format, bf16) with a ``training_record.json``.
 """

@@ -14,6 +14,7 @@ Nothing here touches the network: ``HF_HUB_OFFLINE=1`` is set before `transforme
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -98,6 +99,52 @@ def checkpoint_sha256(path: str | Path = LM_DIR) -> str:
     import hashlib
 
     return hashlib.sha256((_check_lm_dir(path) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def training_record(path: str | Path = LM_DIR) -> dict:
+    """The ``training_record.json`` of the checkpoint in ``path``, as `lab.models.pretrain` and
+    `lab.infer.draft` wrote it (command, device, versions, loss curve, perplexities, SHA-256)."""
+    file = Path(path) / "training_record.json"
+    if not file.exists():
+        raise FileNotFoundError(f"checkpoint {path} has no training_record.json (written by "
+                                "`python -m lab.models.pretrain` or `python -m lab.infer.draft`)")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+_LM_RECORD_KEYS = ("seconds", "tokens_seen", "train_tokens", "val_perplexity", "eval_slice_tokens",
+                   "test_slice_perplexity_bf16_checkpoint")
+_DRAFT_RECORD_KEYS = ("seconds", "n_parameters", "config", "eval_perplexity", "eval_tokens",
+                      "draft_eval_perplexity_bf16_checkpoint")
+
+
+def training_figures(lm: dict, draft: dict) -> dict[str, float | int]:
+    """The figures the book's data page quotes from the two training records (`training_record`):
+    ``lm`` the pretrained LM's (`LM_DIR`), ``draft`` the distilled draft's (`lab.infer.draft.DRAFT_DIR`).
+
+    ``lm_val_ppl_first`` / ``_last``: validation perplexity at the first and last evaluation (their
+    steps in ``..._step``); ``lm_passes_over_train``: tokens seen / tokens in the train split;
+    ``draft_ppl_before``: the draft's perplexity at step 0, before distillation; ``draft_ppl``: the
+    stored bf16 draft's on its ``draft_eval_tokens`` evaluation tokens.
+    """
+    for name, record, keys in (("lm", lm, _LM_RECORD_KEYS), ("draft", draft, _DRAFT_RECORD_KEYS)):
+        missing = [k for k in keys if k not in record]
+        if missing:
+            raise ValueError(f"{name} is not a training record of its kind: it lacks {missing}")
+    if draft["eval_perplexity"][0][0] != 0:
+        raise ValueError(f"draft['eval_perplexity'] starts at step {draft['eval_perplexity'][0][0]}, "
+                         "not 0: it holds no perplexity before distillation")
+    (first_step, first_ppl), (last_step, last_ppl) = lm["val_perplexity"][0], lm["val_perplexity"][-1]
+    return {"lm_train_minutes": lm["seconds"] / 60, "lm_tokens_seen_M": lm["tokens_seen"] / 1e6,
+            "lm_passes_over_train": lm["tokens_seen"] / lm["train_tokens"],
+            "lm_val_ppl_first_step": first_step, "lm_val_ppl_first": first_ppl,
+            "lm_val_ppl_last_step": last_step, "lm_val_ppl_last": last_ppl,
+            "lm_eval_slice_tokens": lm["eval_slice_tokens"],
+            "lm_eval_slice_ppl": lm["test_slice_perplexity_bf16_checkpoint"],
+            "draft_train_minutes": draft["seconds"] / 60, "draft_n_parameters": draft["n_parameters"],
+            "draft_embedding_parameters": draft["config"]["vocab_size"] * draft["config"]["d_model"],
+            "draft_ppl_before": draft["eval_perplexity"][0][1],
+            "draft_ppl": draft["draft_eval_perplexity_bf16_checkpoint"],
+            "draft_eval_tokens": draft["eval_tokens"]}
 
 
 def _check_lm_dir(path: Path) -> Path:

@@ -1,6 +1,10 @@
 """Closed forms of chapter 5: ring collectives, ZeRO memory and traffic, pipeline bubble,
 tensor-parallel traffic, and a memory/time plan for large models on H100s.
 
+The H100's figures in `H100_SXM` are datasheet peaks, not measurements: memory and dense bf16 rate
+from `lab.bench.ceilings.DATASHEETS` (NVIDIA's H100 page), the link bandwidths from NVIDIA's H100 and
+DGX H100 pages (`H100_LINKS_SOURCE`); ``GPUSpec.source`` says so wherever a plan is shown.
+
 Symbols (`book/notation.md`): Ψ parameters, N (or N_d) data-parallel ranks, K optimizer bytes per
 parameter, N_t tensor-parallel ranks (``tp``), N_p pipeline stages (``pp``), m micro-batches, L layers,
 C model width (``d_model``), T sequence length (``seq_len``), B_μ micro-batch size (``micro_batch``),
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lab.bench.ceilings import DATASHEETS
 from lab.checks import check_choice, check_int
 
 STAGES = (0, 1, 2, 3)
@@ -79,11 +84,21 @@ class GPUSpec:
     intra_node_bw: float    # bytes/s one GPU sends within a node (NVLink)
     inter_node_bw: float    # bytes/s one GPU sends across nodes (InfiniBand)
     gpus_per_node: int
+    source: str             # where the figures come from (datasheets, not measurements)
 
 
 LLAMA2_7B = ModelSpec("Llama-2-7B", 6.74e9, 32, 4096)
 LLAMA2_70B = ModelSpec("Llama-2-70B", 68.98e9, 80, 8192)
-H100_SXM = GPUSpec("H100 SXM 80GB", 80e9, 989e12, 450e9, 50e9, 8)
+
+# NVLink 4: 900 GB/s per GPU over both directions, 450 GB/s each way (NVIDIA H100 page); InfiniBand NDR:
+# one 400 Gb/s ConnectX-7 port per GPU, 50 GB/s, and 8 GPUs per node (NVIDIA DGX H100 page).
+H100_LINKS_SOURCE = ("datasheet (NVLink 900 GB/s per GPU, both directions: "
+                     "https://www.nvidia.com/en-us/data-center/h100/; InfiniBand 400 Gb/s per GPU, "
+                     "8 GPUs per node: https://www.nvidia.com/en-us/data-center/dgx-h100/)")
+_H100 = DATASHEETS["h100-sxm5"]
+H100_SXM = GPUSpec(_H100.name, memory_bytes=float(_H100.memory.split(" GB")[0]) * 1e9,
+                   bf16_flops=_H100.bf16_flops, intra_node_bw=900e9 / 2, inter_node_bw=400e9 / 8,
+                   gpus_per_node=8, source=f"{_H100.source}; {H100_LINKS_SOURCE}")
 
 
 def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zero_stage: int,

@@ -20,7 +20,8 @@ rank-1 matrix that matches both (step t = 1, 2, …):
 RMS(x) = ‖x‖₂ / √numel(x). A tensor of ≥ 3 dims (…, n, m) keeps R (…, n) and C (…, m): one factored
 matrix per leading index. This is `transformers.optimization.Adafactor` (the fairseq code) step
 for step, with the same defaults: eps = (ε1, ε2) = (1e-30, 1e-3), α_t computed from W before the
-update, fp16/bf16 parameters updated through an fp32 copy with fp32 state.
+update, fp16/bf16 parameters updated through an fp32 copy with fp32 state;
+`max_param_diff_vs_transformers` measures the largest difference after a few training steps.
 
 State per parameter: R and C (≥ 2-D), v (1-D), m of the parameter's shape (with beta1), all in the
 gradient's dtype (fp32 for fp16/bf16 parameters); the step t is a Python int, not a tensor. The
@@ -31,12 +32,15 @@ count (as `measure_training_memory_cpu` does not). An (n, m) matrix costs (n + m
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
+from torch import nn
 
 from lab.checks import check_int, check_number
+from lab.models.train import lm_batch_loss
 
 _LOW = (torch.float16, torch.bfloat16)
 
@@ -141,6 +145,30 @@ class Adafactor(torch.optim.Optimizer):
                 if W is not p:
                     p.copy_(W)
         return loss
+
+
+def max_param_diff_vs_transformers(model: nn.Module, batches: Sequence, **kwargs) -> float:
+    """Largest |W_lab − W_transformers| over the parameters of two copies of ``model``, one trained by
+    `Adafactor` and one by ``transformers.optimization.Adafactor``, both built with ``kwargs`` and
+    stepped once per batch of ``batches`` ((x, y) pairs, ids and next-token targets (B, T) int64) on
+    the next-token loss. ``model`` is not changed.
+    """
+    from transformers.optimization import Adafactor as TransformersAdafactor
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(batches, Sequence) or not len(batches):
+        raise TypeError(f"batches must be a non-empty sequence (a list) of (x, y) pairs, got {batches!r:.80}")
+    trained = []
+    for optimizer_class in (Adafactor, TransformersAdafactor):
+        copied = copy.deepcopy(model)
+        optimizer = optimizer_class([p for p in copied.parameters() if p.requires_grad], **kwargs)
+        for batch in batches:
+            optimizer.zero_grad(set_to_none=True)
+            lm_batch_loss(copied, batch).backward()
+            optimizer.step()
+        trained.append(list(copied.parameters()))
+    return max((p - q).abs().max().item() for p, q in zip(*trained))
 
 
 def adafactor_state_bytes(shapes: Iterable[tuple[int, ...]], beta1: float | None = None,

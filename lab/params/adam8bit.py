@@ -18,7 +18,9 @@ fraction: the 2^F midpoints of 2^F equal intervals of [0.1, 1],
 largest positive value is stored exactly). The exponent trades precision for range: values in
 [0.1, 1] get 6 fraction bits (64 levels), those near 10^−6 none, and the map spans 7 decades. The
 unsigned map (for v ≥ 0) spends the sign bit on the fraction, F = 7 − E: 254 positive values, 0, 1.0.
-This is bitsandbytes' ``create_dynamic_map`` (signed for m, unsigned for v).
+This is bitsandbytes' ``create_dynamic_map`` (signed for m, unsigned for v). The optimizer keeps
+the map in float32; `blockwise_error_vs_float64` measures its quantizer against the same steps in
+float64.
 
 AdamW step t (g gradient, λ weight decay, all in fp32; only the stored m, v are 8-bit):
 
@@ -46,17 +48,20 @@ import torch
 from lab.checks import check_float_tensor, check_int, check_number, check_power_of_two, check_tensor
 
 
-def dynamic_map(signed: bool) -> torch.Tensor:
-    """The 256 sorted values of the dynamic tree map (module docstring): float32 (256,)."""
+def dynamic_map(signed: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The 256 sorted values of the dynamic tree map (module docstring): (256,) of ``dtype``
+    (float32, the optimizer's; float64 for a reference)."""
     if not isinstance(signed, bool):
         raise TypeError(f"signed must be a bool, got {signed!r} ({type(signed).__name__})")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype={dtype!r} is not allowed; allowed: torch.float32, torch.float64")
     values = [0.0, 1.0]
     for E in range(7):
         n_fraction = 2 ** (6 - E + (0 if signed else 1))
         for j in range(n_fraction):
             value = 10.0 ** -E * (0.1 + 0.9 * (j + 0.5) / n_fraction)
             values += [value, -value] if signed else [value]
-    return torch.tensor(sorted(values), dtype=torch.float32)
+    return torch.tensor(sorted(values), dtype=dtype)
 
 
 def _check_code(code) -> torch.Tensor:
@@ -108,6 +113,31 @@ def _dequantize(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, B
                 shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
     values = code.to(codes.device)[codes.long()]
     return (values * absmax.repeat_interleave(B)[:codes.numel()]).view(shape)
+
+
+def blockwise_error_vs_float64(x: torch.Tensor, signed: bool, block_size: int = 2048) -> dict[str, float]:
+    """`quantize_blockwise` + `dequantize_blockwise` of x with ``dynamic_map(signed)`` against the same
+    steps in float64 (x, a = max|x| per block and the map in float64), in units of each block's a:
+
+        "quantize":   max (|x − x̂| − |x − x̂₆₄|) / a,  x̂₆₄ = a·code₆₄ nearest to x / a: how much farther
+                      the chosen code is than the nearest one (0 when it is a nearest one, up to rounding)
+        "dequantize": max |x̂ − a·code₆₄[q]| / a for the chosen codes q: dequantization's rounding
+
+    x̂ is the float32 result; elements of an all-zero block count 0 in both.
+    """
+    code = dynamic_map(signed)
+    q, absmax = quantize_blockwise(x, code, block_size)
+    x_hat = dequantize_blockwise(q, absmax, code, block_size, x.shape).reshape(-1).double()
+    flat, code64 = x.detach().reshape(-1).double(), dynamic_map(signed, torch.float64).to(x.device)
+    n = flat.numel()
+    blocks = torch.nn.functional.pad(flat, (0, -n % block_size)).view(-1, block_size)
+    a = blocks.abs().amax(dim=1).repeat_interleave(block_size)[:n]
+    a = torch.where(a > 0, a, 1.0)
+    scaled = flat / a
+    above = torch.searchsorted(code64, scaled).clamp_(1, code64.numel() - 1)   # code64[above − 1] ≤ x / a
+    nearest = torch.minimum(scaled - code64[above - 1], code64[above] - scaled).abs()
+    return {"quantize": ((flat - x_hat).abs() / a - nearest).max().item(),
+            "dequantize": ((x_hat - a * code64[q.long()]).abs() / a).max().item()}
 
 
 class Adam8bit(torch.optim.Optimizer):

@@ -17,8 +17,9 @@ before the next layer's turn, so at most one layer's full saved set is alive at 
                         ≈ 1 + L_c·Ψ_layer / (3Ψ) ≤ 4/3 (k = 1); `recompute_time_ratio` measures it.
 
 It is exact: the recomputed forward is the same computation on the same inputs, so outputs and
-gradients equal the plain model's. Dropout would need the RNG state saved with x and restored before
-the recompute; the lab GPT has no dropout (nor any other random op), so nothing is saved.
+gradients equal the plain model's (`checkpoint_gradient_error` measures the largest difference, and
+the one to ``torch.utils.checkpoint`` on the same layers). Dropout would need the RNG state saved
+with x and restored before the recompute; the lab GPT has no dropout (nor any other random op), so nothing is saved.
 Forward hooks on a checkpointed layer's submodules fire twice per step (forward, then recompute).
 """
 
@@ -28,10 +29,11 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lab.bench.timing import time_ms
 from lab.checks import check_int
-from lab.models.gpt import GPT, Block
+from lab.models.gpt import GPT, Block, rope_cos_sin
 
 
 class _Recompute(torch.autograd.Function):
@@ -101,26 +103,64 @@ def checkpoint_layers(model: GPT, every: int | None) -> GPT:
     return model
 
 
+def _check_step(model: GPT, batch: int, seq_len: int, every: int) -> torch.Tensor:
+    """(batch, seq_len) int64 random token ids (seed 0) on the model's device, after checking the arguments."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab.models.gpt.GPT, got {type(model).__name__}")
+    check_int("batch", batch)
+    check_int("seq_len", seq_len, 1, model.config.context_length)
+    check_int("every", every)
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=gen)
+    return idx.to(next(model.parameters()).device)
+
+
+def _gradients(model: GPT, idx: torch.Tensor, forward) -> list[torch.Tensor]:
+    """dL/dW of every trainable parameter for the LM loss of ``forward(model, idx)``, idx its own targets."""
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(forward(model, idx).flatten(0, 1), idx.flatten()).backward()
+    return [p.grad for p in model.parameters() if p.requires_grad]
+
+
+def _torch_checkpointed(every: int):
+    """The lab GPT's forward with layers 0, every, 2·every, … run through ``torch.utils.checkpoint``."""
+    def forward(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+        cos, sin = rope_cos_sin(idx.shape[1], model.config.head_dim, model.config.rope_theta, idx.device)
+        x = model.embed_tokens(idx)
+        for i, block in enumerate(model.layers):
+            x = checkpoint(block, x, cos, sin, use_reentrant=False) if i % every == 0 else block(x, cos, sin)
+        return model.lm_head(model.norm(x))
+    return forward
+
+
+def checkpoint_gradient_error(model: GPT, every: int, batch: int, seq_len: int) -> dict[str, float]:
+    """Largest |dL/dW| difference, over every parameter of ``model``, between `checkpoint_layers`
+    (``every``) and the plain model ("plain") and between it and ``torch.utils.checkpoint``
+    (non-reentrant) on the same layers ("torch"): one backward of the LM loss on (batch, seq_len)
+    random token ids (seed 0), used as their own targets. ``model`` is not changed (copies are run).
+    """
+    idx = _check_step(model, batch, seq_len, every)
+    plain = checkpoint_layers(copy.deepcopy(model), None)
+    ours = _gradients(checkpoint_layers(copy.deepcopy(plain), every), idx, GPT.__call__)
+    references = {"plain": _gradients(plain, idx, GPT.__call__),
+                  "torch": _gradients(plain, idx, _torch_checkpointed(every))}
+    return {name: max((g - r).abs().max().item() for g, r in zip(ours, grads))
+            for name, grads in references.items()}
+
+
 def recompute_time_ratio(model: GPT, batch: int, seq_len: int, every: int, repeats: int = 5) -> float:
     """Time of forward + backward of the LM loss with `checkpoint_layers` (``every``) over the time
     without it (`lab.bench.timing.time_ms`, median of ``repeats``) on the model's device; > 1 is
     the recompute cost. ``model`` is not changed (a copy is timed). Inputs: (batch, seq_len) int64
     random token ids (seed 0), used as their own targets.
     """
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab.models.gpt.GPT, got {type(model).__name__}")
-    check_int("batch", batch)
-    check_int("seq_len", seq_len, 1, model.config.context_length)
-    check_int("every", every)
+    idx = _check_step(model, batch, seq_len, every)
     check_int("repeats", repeats)
-    device = next(model.parameters()).device
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=gen).to(device)
+    device = idx.device
     timed = copy.deepcopy(model)
 
     def step() -> None:
-        timed.zero_grad(set_to_none=True)
-        F.cross_entropy(timed(idx).flatten(0, 1), idx.flatten()).backward()
+        _gradients(timed, idx, GPT.__call__)
 
     checkpoint_layers(timed, None)
     plain_ms = time_ms(step, device, repeats)

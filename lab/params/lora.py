@@ -16,17 +16,22 @@ packed 4-bit codes q with a scale s and a zero point z per output row and group 
 Ŵ = s·(q − z). Forward runs the int4 matmul (Ŵ dequantized in registers by the Triton kernel on a
 GPU, in a temporary on the CPU); backward needs only ∂L/∂x = (∂L/∂y) Ŵ and recomputes Ŵ from the
 codes, so neither the module nor the autograd graph keeps a float copy of W. The layer's memory is
-the packed codes + scales + zeros + A and B. (The paper's NF4 codes and double-quantized scales are
-replaced here by chapter 3's affine int4 grid.)
+the packed codes + scales + zeros + A and B. `add_lora` gives every int4 linear of the model that
+backward (`FrozenInt4Linear`), the ones it does not wrap too (the MLP's, with LoRA on attention only):
+without it the PyTorch path would save its dequantized Ŵ for backward, and the Triton kernel, which
+has no backward, would cut the gradient through them. (The paper's NF4 codes and double-quantized
+scales are replaced here by chapter 3's affine int4 grid.)
 
 A and B are float32, whatever the dtype of the base: they are the weights the optimizer updates, and
 a bf16 copy would round small updates away. The LoRA term is computed in float32 and cast to x's dtype.
+`merge_logit_error` measures how far merging moves a model's output.
 Fine-tuning memory with AdamW (`lora_memory`): the frozen tensors as stored, the trainable ones, their
 gradients (same bytes) and the optimizer's two float32 states m and v per trainable number.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 
@@ -53,18 +58,36 @@ class _FrozenInt4(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, base: Int4Linear) -> torch.Tensor:
         ctx.base = base
-        return base(x)
+        return Int4Linear.forward(base, x)
 
     @staticmethod
     def backward(ctx, grad_y: torch.Tensor):
         return (grad_y.float() @ _int4_weight(ctx.base)).to(grad_y.dtype), None
 
 
+class FrozenInt4Linear(Int4Linear):
+    """An `Int4Linear` whose forward goes through `_FrozenInt4`: the same y, and a backward that
+    recomputes Ŵ from the codes (set by `LoRALinear` and `add_lora`; buffers, names and state_dict
+    are the Int4Linear's)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _FrozenInt4.apply(x, self)
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    """requires_grad False on the module's parameters; each `Int4Linear` in it becomes a `FrozenInt4Linear`."""
+    for m in module.modules():
+        if isinstance(m, Int4Linear):
+            m.__class__ = FrozenInt4Linear
+    return module.requires_grad_(False)
+
+
 class LoRALinear(nn.Module):
     """y = W x + b + (α/r)·B A x over a frozen ``base`` (an nn.Linear, or an `Int4Linear` for QLoRA).
 
     x (..., d_in) → y (..., d_out) in x's dtype; A (r, d_in) and B (d_out, r) are float32 parameters on
-    the base's device. Wrapping freezes the base in place (requires_grad False on W and b).
+    the base's device. Wrapping freezes the base in place (requires_grad False on W and b; an
+    Int4Linear becomes a `FrozenInt4Linear`).
     """
 
     def __init__(self, base: nn.Linear | Int4Linear, r: int, alpha: float) -> None:
@@ -74,7 +97,7 @@ class LoRALinear(nn.Module):
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r = check_int("r", r, 1, min(self.in_features, self.out_features))
         self.alpha = check_number("alpha", alpha, 0.0, closed=(False, True))
-        self.base = base.requires_grad_(False)
+        self.base = _freeze(base)
         device = base.weight.device if isinstance(base, nn.Linear) else base.packed.device
         self.A = nn.Parameter(torch.empty(r, self.in_features, device=device))
         self.B = nn.Parameter(torch.zeros(self.out_features, r, device=device))
@@ -86,7 +109,7 @@ class LoRALinear(nn.Module):
         return self.alpha / self.r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x) if isinstance(self.base, nn.Linear) else _FrozenInt4.apply(x, self.base)
+        y = self.base(x)
         return y + (self.scaling * F.linear(F.linear(x.float(), self.A), self.B)).to(y.dtype)
 
     @torch.no_grad()
@@ -117,7 +140,8 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
     ``targets``: module-name suffixes, as peft's ``target_modules`` list: a module is wrapped when its
     dotted name equals a target or ends with "." + target ("q_proj" matches "layers.0.attn.q_proj";
     "attn.q_proj" also does). Every target must match at least one module, each an nn.Linear or an
-    `Int4Linear`. Afterwards only the A and B of the new layers have requires_grad True.
+    `Int4Linear`. Afterwards only the A and B of the new layers have requires_grad True, and every
+    Int4Linear of the model, wrapped or not, is a `FrozenInt4Linear`.
     Returns the wrapped names in module order; the model is left unchanged when an argument is wrong.
     """
     if not isinstance(model, nn.Module):
@@ -144,7 +168,7 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
             raise TypeError(f"targets={targets!r} match {name!r}, a {type(modules[name]).__name__}; "
                             "allowed: nn.Linear or Int4Linear modules only")
     wrapped = [LoRALinear(modules[name], r, alpha) for name in names]  # all checked before any change
-    model.requires_grad_(False)
+    _freeze(model)
     for name, lora in zip(names, wrapped):
         _replace(model, name, lora)
     return names
@@ -160,6 +184,15 @@ def merge_lora(model: nn.Module) -> list[str]:
     for name in names:
         _replace(model, name, model.get_submodule(name).merge())
     return names
+
+
+def merge_logit_error(model: nn.Module, idx: torch.Tensor) -> float:
+    """max |model(idx) − merged(idx)| with merged a copy of ``model`` after `merge_lora`: how far folding
+    (α/r)·B A into W moves the output (float32 rounding only). ``model`` is not changed."""
+    merged = copy.deepcopy(model)
+    merge_lora(merged)
+    with torch.no_grad():
+        return (model(idx) - merged(idx)).abs().max().item()
 
 
 def trainable_parameters(model: nn.Module) -> int:

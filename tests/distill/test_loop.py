@@ -236,7 +236,8 @@ def test_run_full_quick_is_json_ready():
     json.dumps(result)
     assert len(result["lm"]["runs"]) == 2 * 2 * len(LOSSES)
     assert 20 < result["lm"]["teacher_perplexity"] < 40
-    assert len(result["temperature_alpha"]["grid"]) == 4
+    grid = result["temperature_alpha"]["grid"]
+    assert sorted((cell["tau"], cell["alpha"]) for cell in grid) == [(1.0, 0.5), (1.0, 1.0), (4.0, 0.5), (4.0, 1.0)]
     assert {"speed_ratio_3", "speed_ratio_2"} <= set(result["speed"])
     assert 0 <= result["encoder"]["student_kd_accuracy"] <= 1
 

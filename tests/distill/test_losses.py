@@ -1,5 +1,5 @@
 """lab.distill.losses against independent references: `F.kl_div`, `F.cross_entropy`, the closed-form
-gradient (p_S − p_T)·T/N, `F.cosine_similarity` / `F.mse_loss`, and a float64 brute-force KL."""
+gradient (p_S − p_T)·τ/N, `F.cosine_similarity` / `F.mse_loss`, and a float64 brute-force KL."""
 
 from __future__ import annotations
 
@@ -21,28 +21,28 @@ def _logits(*shape, seed=0, scale=3.0):
     return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).float()
 
 
-def _reference_kd(s, t, T, reverse=False):
-    """T²·F.kl_div(log_softmax(s/T), log_softmax(t/T), log_target=True, reduction="batchmean") on (N, V)."""
-    ls, lt = F.log_softmax(s.flatten(0, -2) / T, -1), F.log_softmax(t.flatten(0, -2) / T, -1)
+def _reference_kd(s, t, tau, reverse=False):
+    """τ²·F.kl_div(log_softmax(s/τ), log_softmax(t/τ), log_target=True, reduction="batchmean") on (N, V)."""
+    ls, lt = F.log_softmax(s.flatten(0, -2) / tau, -1), F.log_softmax(t.flatten(0, -2) / tau, -1)
     if reverse:
         ls, lt = lt, ls
-    return T ** 2 * F.kl_div(ls, lt, log_target=True, reduction="batchmean")
+    return tau ** 2 * F.kl_div(ls, lt, log_target=True, reduction="batchmean")
 
 
-@pytest.mark.parametrize("T", [0.5, 1.0, 2.0, 8.0])
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0, 8.0])
 @pytest.mark.parametrize("shape", [(6, 11), (2, 5, 13)])
 @pytest.mark.parametrize("kind", ["forward", "reverse"])
-def test_kd_loss_equals_torch_kl_div_batchmean(T, shape, kind):
+def test_kd_loss_equals_torch_kl_div_batchmean(tau, shape, kind):
     s, t = _logits(*shape, seed=1), _logits(*shape, seed=2)
-    got = kd_loss(s, t, temperature=T, kind=kind)
-    torch.testing.assert_close(got, _reference_kd(s, t, T, reverse=kind == "reverse"), rtol=1e-5, atol=1e-6)
+    got = kd_loss(s, t, temperature=tau, kind=kind)
+    torch.testing.assert_close(got, _reference_kd(s, t, tau, reverse=kind == "reverse"), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("T", [1.0, 3.0])
-def test_kd_gradient_is_closed_form(T):
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_kd_gradient_is_closed_form(tau):
     s, t = _logits(7, 10, seed=3).requires_grad_(), _logits(7, 10, seed=4)
-    kd_loss(s, t, temperature=T).backward()
-    expected = (torch.softmax(s.detach() / T, -1) - torch.softmax(t / T, -1)) * T / s.shape[0]
+    kd_loss(s, t, temperature=tau).backward()
+    expected = (torch.softmax(s.detach() / tau, -1) - torch.softmax(t / tau, -1)) * tau / s.shape[0]
     torch.testing.assert_close(s.grad, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -68,9 +68,9 @@ def test_reverse_kl_differs_from_forward_on_asymmetric_example():
 def test_alpha_mixes_soft_term_and_cross_entropy():
     s, t = _logits(3, 6, 12, seed=6), _logits(3, 6, 12, seed=7)
     y = torch.randint(0, 12, (3, 6), generator=torch.Generator().manual_seed(0))
-    T, alpha = 2.0, 0.3
-    expected = alpha * _reference_kd(s, t, T) + (1 - alpha) * F.cross_entropy(s.flatten(0, 1), y.flatten())
-    torch.testing.assert_close(kd_loss(s, t, y, temperature=T, alpha=alpha), expected, rtol=1e-5, atol=1e-6)
+    tau, alpha = 2.0, 0.3
+    expected = alpha * _reference_kd(s, t, tau) + (1 - alpha) * F.cross_entropy(s.flatten(0, 1), y.flatten())
+    torch.testing.assert_close(kd_loss(s, t, y, temperature=tau, alpha=alpha), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(cross_entropy(s, y), F.cross_entropy(s.flatten(0, 1), y.flatten()))
 
 
@@ -196,14 +196,14 @@ def test_kd_loss_keeps_float64_precision_and_passes_gradcheck():
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(4, 50, dtype=torch.float64, generator=gen)
     s = z + 1e-4 * torch.randn(4, 50, dtype=torch.float64, generator=gen)
-    T = 2.0
-    p_t, p_s = torch.softmax(z / T, -1), torch.softmax(s / T, -1)
-    exact = T**2 * (p_t * (p_t.log() - p_s.log())).sum(-1).mean()
-    loss = kd_loss(s, z, temperature=T)
+    tau = 2.0
+    p_t, p_s = torch.softmax(z / tau, -1), torch.softmax(s / tau, -1)
+    exact = tau**2 * (p_t * (p_t.log() - p_s.log())).sum(-1).mean()
+    loss = kd_loss(s, z, temperature=tau)
     assert loss.dtype == torch.float64
     assert 0 < loss.item() and loss.item() == pytest.approx(exact.item(), rel=1e-6)
     s = s.clone().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: kd_loss(x, z, temperature=T), (s,))
+    assert torch.autograd.gradcheck(lambda x: kd_loss(x, z, temperature=tau), (s,))
 
 
 def test_kd_loss_divides_bf16_logits_by_the_temperature_after_upcasting():

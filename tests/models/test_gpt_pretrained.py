@@ -17,7 +17,7 @@ from lab.models import (
     load_pretrained_lm,
     to_llama,
 )
-from lab.models.pretrained import LM_DIR, checkpoint_sha256
+from lab.models.pretrained import LM_DIR, checkpoint_sha256, training_figures, training_record
 
 from tests.tiny_models import tiny_config, tiny_gpt
 
@@ -88,6 +88,32 @@ def test_committed_checkpoint_is_the_one_its_training_record_describes():
     record = json.loads((LM_DIR / "training_record.json").read_text())
     assert checkpoint_sha256() == record["model_safetensors_sha256"]
     assert record["n_parameters"] == load_pretrained_lm("lab").num_parameters() == 6_524_160
+
+
+def test_training_figures_are_read_from_both_committed_records():
+    from lab.infer.draft import DRAFT_DIR
+
+    lm, draft = training_record(LM_DIR), training_record(DRAFT_DIR)
+    figures = training_figures(lm, draft)
+    assert figures["lm_train_minutes"] == lm["seconds"] / 60
+    assert (figures["lm_val_ppl_first_step"], figures["lm_val_ppl_first"]) == tuple(lm["val_perplexity"][0])
+    assert (figures["lm_val_ppl_last_step"], figures["lm_val_ppl_last"]) == tuple(lm["val_perplexity"][-1])
+    assert figures["lm_val_ppl_first"] > figures["lm_val_ppl_last"]        # validation perplexity fell
+    assert 1 < figures["lm_passes_over_train"] < 2                           # "about 1.6 passes"
+    assert figures["draft_embedding_parameters"] == 8192 * 256
+    assert figures["draft_ppl_before"] > figures["draft_ppl"] == draft["draft_eval_perplexity_bf16_checkpoint"]
+
+
+def test_training_figures_refuse_a_record_of_another_kind(tmp_path):
+    from lab.infer.draft import DRAFT_DIR
+
+    lm, draft = training_record(LM_DIR), training_record(DRAFT_DIR)
+    with pytest.raises(ValueError, match=r"lm is not a training record of its kind: it lacks .*'val_perplexity'"):
+        training_figures(draft, draft)
+    with pytest.raises(ValueError, match="not 0"):
+        training_figures(lm, {**draft, "eval_perplexity": draft["eval_perplexity"][1:]})
+    with pytest.raises(FileNotFoundError, match="has no training_record.json"):
+        training_record(tmp_path)
 
 
 def test_pretrained_lm_bad_arguments(tmp_path):

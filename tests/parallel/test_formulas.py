@@ -114,6 +114,15 @@ def test_parallel_plan_by_hand():
         parallel_plan(LLAMA2_70B, H100_SXM, 16, 1, 1, 1, 1, 4096, 8)
 
 
+def test_h100_figures_are_the_labelled_datasheet_ones():
+    from lab.bench.ceilings import DATASHEETS
+
+    sheet = DATASHEETS["h100-sxm5"]
+    assert (H100_SXM.bf16_flops, H100_SXM.memory_bytes) == (sheet.bf16_flops, 80e9)
+    assert (H100_SXM.intra_node_bw, H100_SXM.inter_node_bw) == (450e9, 50e9)   # NVLink each way, NDR IB
+    assert H100_SXM.source.startswith(sheet.source) and "dgx-h100" in H100_SXM.source
+
+
 def test_default_backend_is_gloo_without_gpus():
     import torch
 

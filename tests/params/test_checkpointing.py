@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from lab.models.gpt import Block, rope_cos_sin
-from lab.params.checkpointing import CheckpointedBlock, checkpoint_layers, recompute_time_ratio
+from lab.params.checkpointing import (CheckpointedBlock, checkpoint_gradient_error, checkpoint_layers,
+                                      recompute_time_ratio)
 from lab.params.counting import gpt_param_count
 from lab.params.memory import activation_bytes, measure_training_memory_cpu, training_memory, training_peak_bytes
 from lab.params.sharing import share_layers
@@ -72,6 +73,23 @@ def test_gradients_under_bf16_autocast_recompute_in_the_same_precision(tiny_gpt,
     grads = _grads(ckpt, _forward, autocast=True)
     _assert_same(grads, _grads(plain, _forward, autocast=True), atol=1e-6)
     _assert_same(grads, _grads(plain, _torch_checkpoint_forward(every), autocast=True), atol=1e-6)
+
+
+def test_checkpoint_gradient_error_is_zero_and_leaves_the_model_unchanged(tiny_gpt):
+    model = tiny_gpt(n_layer=N_LAYER)
+    before = {name: p.clone() for name, p in model.state_dict().items()}
+    for every in (1, 2, 3):
+        error = checkpoint_gradient_error(model, every, B, T)
+        assert error.keys() == {"plain", "torch"} and all(0 <= e <= 1e-6 for e in error.values()), error
+    assert all(type(b) is Block for b in model.layers) and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(p, before[name]) for name, p in model.state_dict().items())
+
+
+def test_checkpoint_gradient_error_sees_a_wrong_recompute(tiny_gpt, monkeypatch):
+    monkeypatch.setattr(CheckpointedBlock, "forward",
+                        lambda self, x, cos, sin: 1.001 * Block.forward(self, x, cos, sin))
+    error = checkpoint_gradient_error(tiny_gpt(n_layer=N_LAYER), 2, B, T)
+    assert error["plain"] > 1e-5 and error["torch"] > 1e-5, error
 
 
 def test_in_place_same_outputs_state_dict_and_undo(tiny_gpt):
@@ -163,3 +181,7 @@ def test_recompute_time_ratio_rejects_bad_arguments(tiny_gpt):
         recompute_time_ratio(model, 1, 8, None)
     with pytest.raises(TypeError, match=r"repeats must be an int, got True \(bool\)"):
         recompute_time_ratio(model, 1, 8, 1, repeats=True)
+    with pytest.raises(TypeError, match="model must be a lab.models.gpt.GPT, got Linear"):
+        checkpoint_gradient_error(nn.Linear(2, 2), 1, 1, 8)
+    with pytest.raises(ValueError, match=r"every=0 is out of range; allowed: \[1, inf\)"):
+        checkpoint_gradient_error(model, 0, 1, 8)

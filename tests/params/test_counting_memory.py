@@ -220,7 +220,7 @@ def test_kv_cache_against_transformers_dynamic_cache(dtype):
     assert model_bytes(hf) == mem["weights"]
 
 
-# ---------------------------------------------------------------- GPU checks (run in a GPU session)
+# ---------------------------------------------------------------- GPU checks (run on a GPU machine)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 

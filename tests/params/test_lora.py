@@ -9,7 +9,9 @@ from torch import nn
 
 from lab.models.train import lm_loss
 from lab.params.counting import gpt_param_count
-from lab.params.lora import LoRALinear, add_lora, lora_memory, merge_lora, trainable_parameters
+from lab.params.lora import (FrozenInt4Linear, LoRALinear, add_lora, lora_memory, merge_logit_error, merge_lora,
+                             trainable_parameters)
+from lab.params.memory import measure_training_memory_cpu
 from lab.quant.affine import dequantize
 from lab.quant.linear import Int4Linear, int4_model
 from lab.quant.model import quantize_model
@@ -139,6 +141,23 @@ def test_a_few_lora_steps_reduce_the_loss_and_merging_keeps_the_model(tiny_gpt, 
         assert (model(batch[:, :-1]) - trained).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("base", ["float32", "int4"])
+def test_merge_logit_error_is_float32_rounding_and_leaves_the_model_unchanged(tiny_gpt, base):
+    model = tiny_gpt(d_ff=64) if base == "float32" else _int4_gpt(tiny_gpt)[0]
+    names = add_lora(model, R, ALPHA, QV)
+    for i, name in enumerate(names):
+        _randomize_B(model.get_submodule(name), seed=i)
+    idx = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(idx)
+    assert 0 <= merge_logit_error(model, idx) <= 1e-5
+    assert all(isinstance(model.get_submodule(name), LoRALinear) for name in names)
+    with torch.no_grad():
+        assert torch.equal(model(idx), before)
+    with pytest.raises(ValueError, match="no LoRALinear to merge"):
+        merge_logit_error(tiny_gpt(), idx)
+
+
 # ---------------------------------------------------------------- QLoRA
 def test_qlora_forward_and_backward_equal_the_dequantized_linear_plus_lora(tiny_gpt):
     model, report = _int4_gpt(tiny_gpt)
@@ -170,6 +189,31 @@ def test_qlora_keeps_no_float_copy_of_the_weight(tiny_gpt):
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         lora(x).sum().backward()
     assert saved and all(t.numel() < 32 * 64 for t in saved)       # x, A x, A, B: never a (32, 64) Ŵ
+
+
+def test_qlora_model_trains_as_lora_over_the_dequantized_weights_and_saves_the_same(tiny_gpt):
+    qlora, report = _int4_gpt(tiny_gpt)
+    lora = tiny_gpt(d_ff=64)
+    with torch.no_grad():
+        for name, entry in report.items():
+            lora.get_submodule(name).weight.copy_(dequantize(entry["qtensor"]))
+    for model in (qlora, lora):
+        torch.manual_seed(0)                                         # the same A in both
+        for i, name in enumerate(add_lora(model, R, ALPHA, QV)):
+            _randomize_B(model.get_submodule(name), seed=i)
+    # every int4 linear, the MLP's without LoRA too, recomputes Ŵ in backward
+    assert sum(type(m) is FrozenInt4Linear for m in qlora.modules()) == 14 == len(report)
+    assert not any(type(m) is Int4Linear for m in qlora.modules())
+    idx = torch.randint(0, qlora.config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for model in (qlora, lora):
+        lm_loss(model(idx[:, :-1]), idx[:, 1:]).backward()
+        grads.append([p.grad for p in model.parameters() if p.requires_grad])
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the same saved tensors as the float32 base: no dequantized Ŵ is kept for backward
+    saved = [measure_training_memory_cpu(m, 2, 12)["activations"] for m in (qlora, lora, tiny_gpt(d_ff=64))]
+    assert saved[0] == saved[1] < saved[2], saved
 
 
 def test_lora_memory_is_exact_and_qlora_is_smaller_than_a_bf16_base(tiny_gpt):
@@ -205,6 +249,9 @@ def test_matches_peft(tiny_gpt):
             layer.lora_B["default"].weight.copy_(lora.B)
         idx = torch.randint(0, ours.config.vocab_size, (2, 12))
         torch.testing.assert_close(ours(idx), theirs(idx), atol=1e-5, rtol=0)
+        assert (ours(idx) - tiny_gpt()(idx)).abs().max() > 1e-3      # the adapters are active
+    assert {n for n, p in theirs.named_parameters() if p.requires_grad} == \
+        {f"{n}.lora_{ab}.default.weight" for n in names for ab in "AB"}
 
 
 # ---------------------------------------------------------------- bad input

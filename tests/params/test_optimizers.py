@@ -9,8 +9,10 @@ import pytest
 import torch
 from transformers.optimization import Adafactor as HFAdafactor
 
-from lab.params.adafactor import Adafactor, adafactor_state_bytes
-from lab.params.adam8bit import Adam8bit, adam8bit_state_bytes, dequantize_blockwise, dynamic_map, quantize_blockwise
+import lab.params.adam8bit
+from lab.params.adafactor import Adafactor, adafactor_state_bytes, max_param_diff_vs_transformers
+from lab.params.adam8bit import (Adam8bit, adam8bit_state_bytes, blockwise_error_vs_float64, dequantize_blockwise,
+                                 dynamic_map, quantize_blockwise)
 
 SHAPES = [(12, 8), (8,), (2, 3, 5)]   # a matrix, a vector, a stack of matrices
 
@@ -71,6 +73,31 @@ def test_adafactor_updates_bf16_parameters_through_fp32():
     assert all(t.dtype == torch.float32 for st in opt.state.values() for t in st.values() if torch.is_tensor(t))
 
 
+def _lm_batches(V: int, n: int = 3) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randint(0, V, (2, 12), generator=gen), torch.randint(0, V, (2, 12), generator=gen))
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"relative_step": False, "scale_parameter": False, "lr": 3e-3}])
+def test_max_param_diff_vs_transformers_on_a_model(tiny_gpt, kwargs):
+    model = tiny_gpt()
+    before = [p.clone() for p in model.parameters()]
+    assert 0 <= max_param_diff_vs_transformers(model, _lm_batches(model.config.vocab_size), **kwargs) <= 1e-6
+    assert all(torch.equal(p, q) and p.grad is None for p, q in zip(model.parameters(), before))
+
+
+def test_max_param_diff_vs_transformers_sees_a_different_step(tiny_gpt, monkeypatch):
+    step_size = Adafactor.step_size
+    monkeypatch.setattr(Adafactor, "step_size", staticmethod(lambda group, t, W: 2 * step_size(group, t, W)))
+    model = tiny_gpt()
+    assert max_param_diff_vs_transformers(model, _lm_batches(model.config.vocab_size)) > 1e-4
+    with pytest.raises(TypeError, match=r"batches must be a non-empty sequence"):
+        max_param_diff_vs_transformers(model, [])
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        max_param_diff_vs_transformers("model", _lm_batches(8))
+
+
 @pytest.mark.parametrize("beta1", [None, 0.9])
 def test_adafactor_state_bytes_equal_storage(beta1):
     shapes = SHAPES + [(704, 256), (256,), ()]
@@ -92,17 +119,24 @@ def _reference_quantize(x: torch.Tensor, code: torch.Tensor, B: int) -> tuple[to
     return torch.cat(q), torch.stack(absmax)
 
 
+def _reference_map(signed: bool) -> torch.Tensor:
+    """bitsandbytes' construction in float64: midpoints of linspace(0.1, 1, k + 1) per decade, 0 and 1."""
+    ref = [0.0, 1.0]
+    for i in range(7):
+        k = 2 ** i if signed else 2 ** (i + 1)
+        edges = torch.linspace(0.1, 1.0, k + 1, dtype=torch.float64)
+        means = (10.0 ** (i - 6) * (edges[:-1] + edges[1:]) / 2).tolist()
+        ref += means + ([-x for x in means] if signed else [])
+    return torch.tensor(sorted(ref), dtype=torch.float64)
+
+
 def test_dynamic_map_follows_its_definition():
     for signed in (True, False):
-        ref = [0.0, 1.0]   # bitsandbytes' construction: midpoints of linspace(0.1, 1, k + 1) per decade
-        for i in range(7):
-            k = 2 ** i if signed else 2 ** (i + 1)
-            edges = torch.linspace(0.1, 1.0, k + 1, dtype=torch.float64)
-            means = (10.0 ** (i - 6) * (edges[:-1] + edges[1:]) / 2).tolist()
-            ref += means + ([-x for x in means] if signed else [])
-        code = dynamic_map(signed)
+        code, ref = dynamic_map(signed), _reference_map(signed)
         assert code.shape == (256,) and code.dtype == torch.float32
-        torch.testing.assert_close(code.double(), torch.tensor(sorted(ref), dtype=torch.float64), rtol=1e-7, atol=0)
+        torch.testing.assert_close(code.double(), ref, rtol=1e-7, atol=0)
+        torch.testing.assert_close(dynamic_map(signed, torch.float64), ref, rtol=1e-15, atol=0)
+        assert torch.equal(dynamic_map(signed, torch.float64).float(), code)
         assert bool((code[1:] > code[:-1]).all()) and code[-1] == 1.0 and (code == 0).sum() == 1
     assert (dynamic_map(True) < 0).sum() == 127 and dynamic_map(False).min() == 0
 
@@ -131,6 +165,47 @@ def test_quantize_blockwise_matches_float64_nearest_code(signed, B):
     # a block's largest |x| comes back as absmax (+1.0 is a code) or, if negative, as 0.993·absmax
     for block, a in zip(x_hat.reshape(-1).split(B), absmax):
         assert 0.99 * a <= block.abs().max() <= a
+
+
+def _state_like(signed: bool, n: int = 5000) -> torch.Tensor:
+    """Values over 7 decades in random order (squared for the unsigned map), a block of zeros first."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, generator=gen) * torch.logspace(-6, 1, n)[torch.randperm(n, generator=gen)]
+    x = x if signed else x.square()
+    x[:64] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("B", [64, 2048])
+def test_dequantize_equals_absmax_times_the_float64_code(signed, B):
+    x = _state_like(signed)
+    q, absmax = quantize_blockwise(x, dynamic_map(signed), B)
+    x_hat = dequantize_blockwise(q, absmax, dynamic_map(signed), B, x.shape).double()
+    a = x.double().abs().reshape(-1).split(B)
+    a = torch.cat([torch.full((len(block),), block.max().item(), dtype=torch.float64) for block in a])
+    expected = a * _reference_map(signed)[q.long()]                  # x̂ = code value · absmax, in float64
+    assert bool(((x_hat - expected).abs() <= 2 ** -23 * a).all())    # two float32 roundings at most
+    assert torch.equal(x_hat[:64], torch.zeros(64, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("B", [64, 2048])
+def test_blockwise_error_vs_float64_is_rounding_only(signed, B):
+    error = blockwise_error_vs_float64(_state_like(signed).view(50, 100), signed, B)
+    assert error.keys() == {"quantize", "dequantize"}
+    assert 0 <= error["dequantize"] <= 2 ** -23 and -2 ** -23 <= error["quantize"] <= 2 ** -22, error
+
+
+def test_blockwise_error_vs_float64_sees_a_code_that_is_not_the_nearest(monkeypatch):
+    quantize = lab.params.adam8bit.quantize_blockwise
+
+    def one_code_up(x, code, B):
+        q, absmax = quantize(x, code, B)
+        return (q.long() + 1).clamp(max=255).to(torch.uint8), absmax
+
+    monkeypatch.setattr(lab.params.adam8bit, "quantize_blockwise", one_code_up)
+    assert blockwise_error_vs_float64(_state_like(True), True, 64)["quantize"] > 1e-3
 
 
 def _regression(opt_cls, kwargs: dict, steps: int = 300):
@@ -211,6 +286,9 @@ def test_adam8bit_state_bytes_equal_storage(B):
     (lambda p: quantize_blockwise(torch.ones(10), torch.zeros(256), 8), r"code must hold 256 increasing"),
     (lambda p: adam8bit_state_bytes([(4, 4)], block_size=6), r"block_size=6 .*power of two"),
     (lambda p: adafactor_state_bytes([(4, -1)]), r"shapes\[0\]\[1\]=-1"),
+    (lambda p: dynamic_map(True, torch.float16), r"dtype=torch.float16 is not allowed"),
+    (lambda p: blockwise_error_vs_float64(torch.ones(8), "yes"), r"signed must be a bool"),
+    (lambda p: blockwise_error_vs_float64(torch.ones(8), True, 6), r"block_size=6 .*power of two"),
 ])
 def test_bad_arguments_are_named(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
