@@ -484,7 +484,7 @@ EXPECTED: dict[str, dict] = {
     },
 }
 
-# Per-notebook papermill parameter overrides (empty: use the notebook's own defaults).
+
 def test_every_notebook_has_expected_metrics_and_every_entry_a_notebook():
     stems = {nb.stem for nb in NOTEBOOKS}
     assert stems - EXPECTED.keys() == set(), "add an EXPECTED entry for these notebooks"

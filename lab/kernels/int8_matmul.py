@@ -13,15 +13,19 @@ no int32 (M, N) matrix ever goes to memory, which is what `torch._int_mm` follow
 scaling has to do (4 bytes per output written and read again).
 
 Program order and tile (what v2 of this kernel changes; the arithmetic is the same):
-* v1 launched a 2-D grid, programs in row order of the output: consecutive programs share one row of A
-  tiles but each reads a different column of B tiles, so at 4096 × 8192 × 8192 every B tile is read
-  from HBM again by every one of the 32 rows of programs. Grouped order (the Triton tutorial's
-  "L2 cache optimisations") walks ``GROUP_M`` rows of tiles column by column: the programs resident
-  at one time reuse each B tile ``GROUP_M`` times from L2, cutting B's HBM reads by up to that factor.
-  ``GROUP_M = 1`` is the row order again.
+* v1 launched a 2-D grid (row tiles, column tiles) whose first axis varies fastest when programs are
+  dispatched: consecutive programs walk one column of output tiles top to bottom, sharing one column
+  of B tiles and reading every row of A. Programs resident at one time then need all of A and a few
+  columns of B: at 4096 × 8192 × 8192, A's 32 MiB must stay in L2 or be read again for every wave.
+  Grouped order (the Triton tutorial's "L2 cache optimisations") walks ``GROUP_M`` rows of tiles
+  column by column, so a wave needs ``GROUP_M`` rows of A tiles and more columns of B: B is read once
+  per group of rows, A about once. ``GROUP_M = 1`` is row order, and ``GROUP_M`` ≥ the number of row
+  tiles is v1's column order again. Which order moves fewer bytes from HBM depends on the shape and on
+  the L2 (50 MB on an H100 SXM), so the tuning set holds both.
 * v1 used one hand-picked tile per M range. `candidates` lists a small set per range (the first is
-  `block_sizes`, v1's tile); on a GPU `tuned_block` times each once per (device, M rounded up to a power
-  of two, N, K, out dtype) with the one timer (`lab.bench.timing.time_ms`) and keeps the fastest.
+  `block_sizes`: v1's tile, in grouped order above 128 rows); on a GPU `tuned_block` times each once
+  per (device, M rounded up to a power of two, N, K, out dtype) with the one timer
+  (`lab.bench.timing.time_ms`) and keeps the fastest.
   Up to M = 128 (decode steps of a batch) there is a single candidate: a memory-bound product does not
   pay for a search, and a decode step may be captured in a CUDA graph, where nothing can be timed.
 
@@ -120,8 +124,8 @@ Block = tuple[int, int, int, int, int, int]   # (BLOCK_M, BLOCK_N, BLOCK_K, GROU
 _CANDIDATES: dict[str, tuple[Block, ...]] = {
     "decode": ((16, 64, 128, 1, 4, 3),),
     "medium": ((64, 128, 128, 8, 4, 3),),
-    "large": ((128, 256, 128, 8, 8, 3), (128, 128, 128, 8, 4, 4), (256, 128, 128, 8, 8, 3),
-              (128, 256, 64, 8, 8, 4)),
+    "large": ((128, 256, 128, 8, 8, 3), (128, 256, 128, 64, 8, 3),   # grouped; v1's column order (M ≤ 8192)
+              (128, 128, 128, 8, 4, 4), (256, 128, 128, 8, 8, 3), (128, 256, 64, 8, 8, 4)),
 }
 
 
@@ -141,18 +145,20 @@ _TUNED: dict[tuple, Block] = {}
 
 def tuned_block(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
                 out_dtype: torch.dtype) -> Block:
-    """The fastest of `candidates` for this shape: timed once on a GPU (cached), `block_sizes` elsewhere."""
-    options = candidates(a.shape[0])
-    if a.device.type != "cuda" or len(options) == 1 or torch.cuda.is_current_stream_capturing():
-        return options[0]
-    from lab.bench.timing import time_ms
-
+    """The fastest of `candidates` for this shape: timed once on a GPU (cached), `block_sizes` elsewhere
+    and under CUDA-graph capture (where nothing can be timed) for a shape not tuned before."""
+    if a.device.type != "cuda" or len(candidates(a.shape[0])) == 1:
+        return block_sizes(a.shape[0])
     key = (torch.cuda.get_device_name(a.device), triton.next_power_of_2(a.shape[0]), b.shape[0], a.shape[1],
            out_dtype)
-    if key not in _TUNED:
-        ms = [time_ms(lambda c=c: int8_matmul_triton(a, b, a_scale, b_scale, out_dtype, block=c), a.device,
-                      repeats=2) for c in options]
-        _TUNED[key] = options[ms.index(min(ms))]
+    if key in _TUNED or torch.cuda.is_current_stream_capturing():
+        return _TUNED.get(key, block_sizes(a.shape[0]))
+    from lab.bench.timing import time_ms
+
+    options = candidates(a.shape[0])
+    ms = [time_ms(lambda c=c: int8_matmul_triton(a, b, a_scale, b_scale, out_dtype, block=c), a.device,
+                  repeats=2) for c in options]
+    _TUNED[key] = options[ms.index(min(ms))]
     return _TUNED[key]
 
 

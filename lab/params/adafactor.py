@@ -157,8 +157,10 @@ def max_param_diff_vs_transformers(model: nn.Module, batches: Sequence, **kwargs
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(batches, Sequence) or not len(batches):
-        raise TypeError(f"batches must be a non-empty sequence (a list) of (x, y) pairs, got {batches!r:.80}")
+    if not isinstance(batches, Sequence):
+        raise TypeError(f"batches must be a sequence (a list) of (x, y) pairs, got {type(batches).__name__}")
+    if not len(batches):
+        raise ValueError("batches=[] is empty; allowed: one or more (x, y) pairs")
     trained = []
     for optimizer_class in (Adafactor, TransformersAdafactor):
         copied = copy.deepcopy(model)

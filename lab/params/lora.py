@@ -17,7 +17,7 @@ packed 4-bit codes q with a scale s and a zero point z per output row and group 
 GPU, in a temporary on the CPU); backward needs only ∂L/∂x = (∂L/∂y) Ŵ and recomputes Ŵ from the
 codes, so neither the module nor the autograd graph keeps a float copy of W. The layer's memory is
 the packed codes + scales + zeros + A and B. `add_lora` gives every int4 linear of the model that
-backward (`FrozenInt4Linear`), the ones it does not wrap too (the MLP's, with LoRA on attention only):
+backward (`FrozenInt4Linear`), the ones it does not wrap too (the MLP's, with LoRA on attention):
 without it the PyTorch path would save its dequantized Ŵ for backward, and the Triton kernel, which
 has no backward, would cut the gradient through them. (The paper's NF4 codes and double-quantized
 scales are replaced here by chapter 3's affine int4 grid.)
@@ -167,7 +167,9 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
         if not isinstance(modules[name], BASES):
             raise TypeError(f"targets={targets!r} match {name!r}, a {type(modules[name]).__name__}; "
                             "allowed: nn.Linear or Int4Linear modules only")
-    wrapped = [LoRALinear(modules[name], r, alpha) for name in names]  # all checked before any change
+    for name in names:   # r against every target before any wrapper freezes its base
+        check_int("r", r, 1, min(modules[name].in_features, modules[name].out_features))
+    wrapped = [LoRALinear(modules[name], r, alpha) for name in names]
     _freeze(model)
     for name, lora in zip(names, wrapped):
         _replace(model, name, lora)

@@ -95,8 +95,6 @@ def bench_int4(device: torch.device, quick: bool = False, progress: bool = True,
             if entry["ms"]:
                 entry.update(gb_per_s=total / entry["ms"] / 1e6, tflop_per_s=2 * M * N * K / entry["ms"] / 1e9)
             row["paths"][name] = entry
-        if cuda:   # the tile the tuning set gave this shape (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages)
-            row["int8_block"] = list(tuned_block(a_q, b_q, a_scale, b_scale, w_dense.dtype))
         rows.append(row)
     return rows
 

@@ -406,15 +406,20 @@ def test_int8_tuning_set_and_the_tuner(monkeypatch):
         def __init__(self, t):
             self.t, self.shape, self.device = t, t.shape, torch.device("cuda", 0)
     timed = []
-    times = iter([3.0, 1.0, 2.0, 5.0])
+    times = iter([3.0, 1.0, 2.0, 5.0, 4.0])
+    capturing = [True]
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "fake")
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
     monkeypatch.setattr("lab.bench.timing.time_ms", lambda fn, device, repeats: timed.append(device) or next(times))
     monkeypatch.setattr(int8_module, "_TUNED", {})
     fa, fb = FakeCuda(a), FakeCuda(b)
+    default = int8_module.block_sizes(300)
+    assert int8_module.tuned_block(fa, fb, a_scale, b_scale, torch.float32) == default and not timed  # capture
+    capturing[0] = False
     best = int8_module.tuned_block(fa, fb, a_scale, b_scale, torch.float32)
-    assert best == int8_module.candidates(300)[1] and len(timed) == 4      # the fastest of the four
-    assert int8_module.tuned_block(fa, fb, a_scale, b_scale, torch.float32) == best and len(timed) == 4  # cached
+    assert best == int8_module.candidates(300)[1] and len(timed) == 5      # the fastest of the five
+    capturing[0] = True                                                     # tuned before: kept in a graph
+    assert int8_module.tuned_block(fa, fb, a_scale, b_scale, torch.float32) == best and len(timed) == 5
 
 
 # Regression: the kernel reads the scale vectors with unit stride; strided views must still give the right result.

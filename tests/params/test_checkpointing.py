@@ -7,11 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from lab.models.gpt import Block, rope_cos_sin
-from lab.params.checkpointing import (CheckpointedBlock, checkpoint_gradient_error, checkpoint_layers,
-                                      recompute_time_ratio)
+from lab.params.checkpointing import (CheckpointedBlock, _torch_checkpointed, checkpoint_gradient_error,
+                                      checkpoint_layers, recompute_time_ratio)
 from lab.params.counting import gpt_param_count
 from lab.params.memory import activation_bytes, measure_training_memory_cpu, training_memory, training_peak_bytes
 from lab.params.sharing import share_layers
@@ -38,15 +37,6 @@ def _forward(model, idx):
     return model(idx)
 
 
-def _torch_checkpoint_forward(every: int):
-    """The lab GPT's forward with layers 0, every, 2·every, … run through torch.utils.checkpoint."""
-    def forward(model, idx):
-        cos, sin = rope_cos_sin(idx.shape[1], model.config.head_dim, model.config.rope_theta)
-        x = model.embed_tokens(idx)
-        for i, block in enumerate(model.layers):
-            x = checkpoint(block, x, cos, sin, use_reentrant=False) if i % every == 0 else block(x, cos, sin)
-        return model.lm_head(model.norm(x))
-    return forward
 
 
 def _assert_same(grads, reference, atol):
@@ -63,7 +53,7 @@ def test_gradients_equal_plain_model_and_torch_checkpoint_fp32(tiny_gpt, every):
                                               for i in range(N_LAYER)]
     grads = _grads(ckpt, _forward)
     _assert_same(grads, _grads(plain, _forward), atol=1e-6)
-    _assert_same(grads, _grads(plain, _torch_checkpoint_forward(every)), atol=1e-6)
+    _assert_same(grads, _grads(plain, _torch_checkpointed(every)), atol=1e-6)
 
 
 @pytest.mark.parametrize("every", [1, 2])
@@ -72,7 +62,7 @@ def test_gradients_under_bf16_autocast_recompute_in_the_same_precision(tiny_gpt,
     ckpt = checkpoint_layers(copy.deepcopy(plain), every)
     grads = _grads(ckpt, _forward, autocast=True)
     _assert_same(grads, _grads(plain, _forward, autocast=True), atol=1e-6)
-    _assert_same(grads, _grads(plain, _torch_checkpoint_forward(every), autocast=True), atol=1e-6)
+    _assert_same(grads, _grads(plain, _torch_checkpointed(every), autocast=True), atol=1e-6)
 
 
 def test_checkpoint_gradient_error_is_zero_and_leaves_the_model_unchanged(tiny_gpt):

@@ -236,7 +236,7 @@ def test_lora_memory_is_exact_and_qlora_is_smaller_than_a_bf16_base(tiny_gpt):
 
 
 def test_matches_peft(tiny_gpt):
-    peft = pytest.importorskip("peft")
+    import peft   # pinned in requirements.txt: the comparison must run, never skip
     ours, theirs = tiny_gpt(), tiny_gpt()
     names = add_lora(ours, R, ALPHA, QV)
     config = peft.LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=list(QV))
@@ -292,6 +292,13 @@ def test_bad_rank_in_add_lora_leaves_the_model_unchanged_and_no_double_wrapping(
     with pytest.raises(ValueError, match=r"r=0"):
         add_lora(model, 0, ALPHA, QV)
     assert all(p.requires_grad for p in model.parameters())
+    q, v = model.layers[0].attn.q_proj, model.layers[0].attn.v_proj     # r too large for v_proj only
+    r_big = min(q.in_features, q.out_features)
+    assert r_big > min(v.in_features, v.out_features)
+    with pytest.raises(ValueError, match=rf"r={r_big} is out of range"):
+        add_lora(model, r_big, ALPHA, QV)
+    assert all(p.requires_grad for p in model.parameters())
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
     add_lora(model, R, ALPHA, QV)
     with pytest.raises(TypeError, match=r"'layers.0.attn.q_proj', a LoRALinear"):
         add_lora(model, R, ALPHA, QV)

@@ -92,8 +92,10 @@ def test_max_param_diff_vs_transformers_sees_a_different_step(tiny_gpt, monkeypa
     monkeypatch.setattr(Adafactor, "step_size", staticmethod(lambda group, t, W: 2 * step_size(group, t, W)))
     model = tiny_gpt()
     assert max_param_diff_vs_transformers(model, _lm_batches(model.config.vocab_size)) > 1e-4
-    with pytest.raises(TypeError, match=r"batches must be a non-empty sequence"):
+    with pytest.raises(ValueError, match=r"batches=\[\] is empty"):
         max_param_diff_vs_transformers(model, [])
+    with pytest.raises(TypeError, match=r"batches must be a sequence .* got generator"):
+        max_param_diff_vs_transformers(model, (b for b in _lm_batches(8)))
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
         max_param_diff_vs_transformers("model", _lm_batches(8))
 
