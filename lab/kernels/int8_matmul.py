@@ -147,15 +147,15 @@ def tuned_block(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale
                 out_dtype: torch.dtype) -> Block:
     """The fastest of `candidates` for this shape: timed once on a GPU (cached), `block_sizes` elsewhere
     and under CUDA-graph capture (where nothing can be timed) for a shape not tuned before."""
-    if a.device.type != "cuda" or len(candidates(a.shape[0])) == 1:
-        return block_sizes(a.shape[0])
-    key = (torch.cuda.get_device_name(a.device), triton.next_power_of_2(a.shape[0]), b.shape[0], a.shape[1],
-           out_dtype)
+    (M, K), N = a.shape, b.shape[0]
+    options = candidates(M)          # options[0] is `block_sizes(M)`
+    if a.device.type != "cuda" or len(options) == 1:
+        return options[0]
+    key = (torch.cuda.get_device_name(a.device), triton.next_power_of_2(M), N, K, out_dtype)
     if key in _TUNED or torch.cuda.is_current_stream_capturing():
-        return _TUNED.get(key, block_sizes(a.shape[0]))
+        return _TUNED.get(key, options[0])
     from lab.bench.timing import time_ms
 
-    options = candidates(a.shape[0])
     ms = [time_ms(lambda c=c: int8_matmul_triton(a, b, a_scale, b_scale, out_dtype, block=c), a.device,
                   repeats=2) for c in options]
     _TUNED[key] = options[ms.index(min(ms))]
