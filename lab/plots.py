@@ -9,6 +9,7 @@ frame, and ``sns.pointplot(estimator="median", errorbar=("pi", 100))`` puts the 
 median, Δ, and the bar over their full range, [low, high]. `grid_heatmap` shows a two-parameter sweep
 (for example chapter 4's temperature × α grid) as a seaborn heatmap with each cell's value.
 `static_model_figure` draws chapter 3's static model of the int4 kernels (`lab.bench.static`).
+`pareto_plot` draws chapter 7's leaderboard: bytes against Δ log-perplexity with each interval.
 """
 
 from __future__ import annotations
@@ -85,3 +86,27 @@ def static_model_figure(record: dict) -> plt.Figure:
             xlabel="main-loop warp-instructions per KB of codes (M = 1)", title="what the compiler made of it")
     mix.legend(fontsize=8)
     return fig
+
+
+def pareto_plot(rows: Sequence[Mapping], front: Sequence[str], ax: plt.Axes | None = None) -> plt.Axes:
+    """Each leaderboard row (`lab.bench.leaderboard`) at (bytes in MB, Δ log-perplexity in nats) with its
+    95% interval as a vertical bar, coloured by verdict; the routes of ``front`` joined by a line."""
+    if not rows:
+        raise ValueError("rows is empty: nothing to plot")
+    missing = set(front) - {r["route"] for r in rows}
+    if missing:
+        raise ValueError(f"front names routes that are not in rows: {sorted(missing)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.2), layout="tight")
+    for r in rows:
+        mid, low, high = r["delta_log_ppl"]
+        ax.errorbar(r["bytes"] / 1e6, mid, yerr=[[mid - low], [high - mid]], fmt="o", capsize=3,
+                    color=COLORS[verdict(low, high)] if r["route"] != rows[0]["route"] else "k")
+        ax.annotate(r["route"], (r["bytes"] / 1e6, mid), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    points = sorted((r["bytes"] / 1e6, r["delta_log_ppl"][0]) for r in rows if r["route"] in front)
+    ax.plot(*zip(*points), color="tab:blue", lw=1, alpha=0.6, zorder=0, label="Pareto front")
+    ax.set_yscale("symlog", linthresh=0.01)          # linear within ±0.01 nats, logarithmic beyond
+    ax.set(xlabel="bytes of the stored model (MB)",
+           ylabel=f"Δ log-perplexity vs {rows[0]['route']} (nats, symlog)")
+    ax.legend(loc="upper right")
+    return ax

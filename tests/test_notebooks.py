@@ -188,6 +188,17 @@ EXPECTED: dict[str, dict] = {
             ("lm_val_ppl_first_step", 200), ("lm_val_ppl_last_step", 1000),
             ("lm_eval_slice_tokens", 32_768), ("draft_n_parameters", 3_572_992),
             ("draft_embedding_parameters", 8192 * 256), ("draft_eval_tokens", 8192))},
+        # the executed exercise solutions (the notebook's last section, book page's Exercises)
+        # ex-01-vocab: V C = L·Ψ_layer + C  →  V = (6·737,792 + 256)/256 = 17,293; counted on the meta device
+        "ex_vocab_half": exactly(17_293),
+        "ex_vocab_embedding_fraction": exactly(0.5),
+        # ex-01-kv-serving: Llama-2-70B shape, T = 4096: 2·80·8·128·4096·σ bytes per sequence in 80e9 bytes
+        "ex_kv_sequences_bf16": exactly(59),
+        "ex_kv_sequences_8bit": exactly(119),
+        # ex-01-bf16-rounding: 1 + 2^-8 is a tie → 1 (even); 1 + 3·2^-9 → 1 + 2^-7
+        "ex_bf16_round_tie": exactly(1.0),
+        "ex_bf16_round_above_tie": exactly(1.0078125),
+        "ex_bf16_lab_equals_torch": Is(True),
     },
     "01b_training_with_fewer_bytes": {
         "pretrained_perplexity": near(27.37, 0.02),          # first 4096 tokens of the slice
@@ -249,6 +260,30 @@ EXPECTED: dict[str, dict] = {
         "activations_lora_MB": near(65.302532, 1e-6),
         "activations_qlora_MB": near(65.302532, 1e-6),
         "activations_lora_over_full": near(65.302532 / 84.57626, 1e-6),
+        # the executed exercise solutions (the notebook's last section, book page's Exercises)
+        # ex-01b-autocast: the bf16-autocast M_act(k) formula equals the saved bytes of a real step
+        "ex_autocast_act_ratio_none": exactly(1.0),
+        "ex_autocast_act_ratio_1": exactly(1.0),
+        "ex_autocast_act_ratio_2": exactly(1.0),
+        "ex_autocast_act_ratio_3": exactly(1.0),
+        "ex_autocast_layer_bytes_per_token": exactly(14_376),     # 34·256 + 8·704 + 4·8 + 8
+        "ex_autocast_every1_fraction": near(25_470_980 / 75_335_684, 1e-9),
+        # ex-01b-adafactor-momentum: β1 adds m of each parameter's shape in fp32, 4 B/param
+        "ex_adafactor_momentum_ratio": exactly(1.0),
+        "ex_adafactor_momentum_growth_per_param": near(4.0, 1e-12),
+        "ex_adafactor_momentum_state_per_param": near(4.024407, 1e-5),
+        "ex_adafactor_momentum_mixed_per_param": near(12.024407, 1e-5),
+        "ex_adafactor_momentum_over_adam8bit": near(4.024407 / 2.003920, 1e-5),
+        # ex-01b-70b: Llama-2-70B shape, untied; LoRA r = 16 on q, k, v, o; QLoRA int4 g = 64
+        "ex_70b_closed_form_equals_built": Is(True),
+        "ex_70b_params": exactly(68_976_648_192),
+        "ex_70b_lora_trainable": exactly(65_536_000),
+        "ex_70b_full_GB": near(16 * 68_976_648_192 / 1e9, 1e-12),
+        "ex_70b_lora_GB": near((2 * 68_976_648_192 + 16 * 65_536_000) / 1e9, 1e-12),
+        "ex_70b_qlora_GB": near(40.603500544, 1e-12),
+        "ex_70b_full_accelerators": exactly(14),
+        "ex_70b_lora_accelerators": exactly(2),
+        "ex_70b_qlora_accelerators": exactly(1),
     },
     "02_pruning": {
         "dense_perplexity": near(29.24, 0.02),
@@ -281,6 +316,34 @@ EXPECTED: dict[str, dict] = {
         "structured_25_cpu_speedup": Timing(),   # timings of this run, glued as such
         "structured_50_cpu_speedup": Timing(),
         "compress_24_roundtrip_exact": Is(True),
+        # the executed exercise solutions (the notebook's last section, book page's Exercises)
+        # exercise "Two copies of one feature": X_2 = X_1, w = (1, 1), remove w_1 (errors in ‖X_1‖²)
+        "ex_correlated_error_magnitude": near(1.0, 1e-9),
+        "ex_correlated_error_wanda": near(1.0, 1e-9),
+        "ex_correlated_error_obs": near(9.80296e-05, 1e-4),      # (p / (1 + p))², p = percdamp = 0.01
+        "ex_correlated_closed_form": near(9.80296e-05, 1e-5),
+        "ex_correlated_obs_w2": near(1.990099, 1e-6),             # 1 + 1 / (1 + p)
+        # exercise "4:8 between unstructured and 2:4" (middle block's up_proj, 50%, calibration seed 0)
+        "ex_nm48_magnitude_24": near(0.06582, 0.02),
+        "ex_nm48_magnitude_48": near(0.05039, 0.02),
+        "ex_nm48_magnitude_unstructured": near(0.03260, 0.02),   # = layer_error_magnitude_50
+        "ex_nm48_wanda_24": near(0.06429, 0.02),
+        "ex_nm48_wanda_48": near(0.04877, 0.02),
+        "ex_nm48_wanda_unstructured": near(0.03274, 0.02),
+        "ex_nm48_sparsegpt_24": near(0.02178, 0.02),
+        "ex_nm48_sparsegpt_48": near(0.01614, 0.02),
+        "ex_nm48_sparsegpt_unstructured": near(0.01348, 0.02),
+        "ex_nm48_gap_closed_magnitude": Between(0.35, 0.6),       # measured 0.464
+        "ex_nm48_gap_closed_wanda": Between(0.35, 0.6),           # measured 0.492
+        "ex_nm48_gap_closed_sparsegpt": Between(0.55, 0.8),       # measured 0.679
+        "ex_nm48_between_for_every_method": Is(True),
+        "ex_nm48_sparsegpt_816_over_unstructured": Between(0.98, 1.02),  # measured 0.9997
+        # exercise "What a quarter of the units is worth": L·(2CD(G+1) + 3C·d_ff/4) = 6·184,320
+        "ex_structured_removed": exactly(1_105_920),
+        "ex_structured_formula_matches": Is(True),
+        "ex_structured_fraction_total": near(1_105_920 / 6_524_160, 1e-9),
+        "ex_structured_fraction_layers": near(1_105_920 / 4_426_752, 1e-9),
+        "ex_structured_fraction_embedding": near(2_097_152 / 6_524_160, 1e-9),
     },
     "03_quantization": {
         "dense_perplexity": near(29.24, 0.02),
@@ -346,6 +409,29 @@ EXPECTED: dict[str, dict] = {
         "static_paged_v2_issue_over_memory_b32": Between(0.0, 1.0),   # memory-bound: 0.49
         "static_v1_warp_instr_per_kb": Between(100, 2000),        # 529
         "static_v2_warp_instr_per_kb": Between(50, 500),          # 168
+        # the executed exercise solutions (the notebook's last section, book page's Exercises)
+        # exercise "Symmetric and asymmetric grids on uniform data" (10^6 samples of U[-1, 1], seed 0)
+        "ex_uniform_sym_over_asym_closed_2": exactly(2.25),                  # ((2^b - 1) / (2^b - 2))^2
+        "ex_uniform_sym_over_asym_closed_4": near(225 / 196, 1e-12),
+        "ex_uniform_sym_over_asym_2": near(2.25, 0.01),                      # measured 2.2564
+        "ex_uniform_sym_over_asym_4": near(225 / 196, 0.01),                 # measured 1.1489
+        "ex_uniform_worst_mse_deviation": Between(0.0, 0.006),               # measured 0.0017
+        "ex_uniform_one_unused_code_everywhere": Is(True),
+        # exercise "The group size worth a bit": 32/g = 1 at g = 32; bytes; perplexity from the sweep
+        "ex_group_bits_g": exactly(32),
+        "ex_group_bits_per_weight_3g64": near(3.5, 1e-12),
+        "ex_group_bits_per_weight_4ch": near(4.105556, 1e-6),
+        "ex_group_bits_bytes_3g64_over_4ch": near(3.5 / 4.105556, 1e-6),
+        "ex_group_bits_rtn_3g64_vs_4ch": Claim("higher", 0.0, 3.0),         # measured +1.14% [+0.68, +1.60]
+        "ex_group_bits_gptq_3g64_vs_4ch": Claim("higher", 0.0, 3.0),        # measured +0.59%, every seed > 0
+        # exercise "Bytes and time of one decode step": 8192 x 8192, M = 1, H200 datasheet 4.8 TB/s
+        "ex_decode_us_bf16": near(27.968853, 1e-6),
+        "ex_decode_us_int4": near(7.43424, 1e-6),
+        "ex_decode_us_w8a8": near(13.994667, 1e-6),
+        "ex_decode_bf16_over_int4": near(3.762167, 1e-6),
+        "ex_decode_static_over_formula_int4_v1": near(1.009183, 1e-5),    # split-K output traffic
+        "ex_decode_static_over_formula_int4_v2": near(1.031221, 1e-5),    # split-K partial sums
+        "ex_decode_static_over_formula_w8a8": near(0.999878, 1e-5),
     },
     "04_distillation": {
         "teacher_perplexity": near(40.59, 0.02),  # 2048 tokens, windows of 256 moved by 255
@@ -381,6 +467,31 @@ EXPECTED: dict[str, dict] = {
         "encoder_student_kd_accuracy": Between(0.80, 0.95),
         "encoder_student_kd_retained": Between(0.88, 1.05),
         "encoder_params_ratio": near(0.68753, 1e-4),
+        # the executed exercise solutions (the notebook's last section, book page's Exercises)
+        # reverse-KL gradient: closed form vs autograd (float32)
+        "ex_reverse_grad_max_rel_error": Between(0.0, 1e-4),
+        # forward vs reverse KL on a bimodal teacher (float64, deterministic Adam fits)
+        "ex_modes_teacher_mean": near(32.0, 1e-9),
+        "ex_modes_teacher_sd": near(12.165525060596439, 1e-9),
+        "ex_modes_teacher_left_mass": near(0.4999999984810292, 1e-6),
+        "ex_modes_teacher_gap_mass": near(0.0005120487156272538, 1e-6),
+        "ex_modes_forward_mean": near(31.993160716402503, 1e-3),
+        "ex_modes_forward_sd": near(12.165490563153082, 1e-3),
+        "ex_modes_forward_left_mass": near(0.48360654241844026, 1e-2),
+        "ex_modes_forward_gap_mass": near(0.3385108011165381, 1e-2),
+        "ex_modes_forward_kl": near(1.1022400852770717, 1e-3),
+        "ex_modes_reverse_mean": near(20.0, 1e-3),
+        "ex_modes_reverse_left_mass": Between(0.9999, 1.0),
+        "ex_modes_reverse_gap_mass": near(0.0005120265456092387, 1e-2),
+        "ex_modes_reverse_kl": near(0.6931471805599453, 1e-5),          # log 2
+        "ex_modes_reverse_centre_mean": near(32.434735262636124, 1e-2),
+        "ex_modes_reverse_centre_left_mass": near(0.4637938868564708, 2e-2),
+        "ex_modes_reverse_centre_gap_mass": near(0.4018870896370128, 2e-2),
+        "ex_modes_reverse_centre_kl": near(5.048945158244311, 1e-3),
+        # half-width student, closed form
+        "ex_half_width_params": exactly(2_156_160),
+        "ex_half_width_params_ratio": near(2_156_160 / 6_524_160, 1e-12),
+        "ex_half_width_embedding_share": near(8192 * 128 / 2_156_160, 1e-12),
     },
     "05_distributed_training": {
         # every strategy reproduces the single-process loss curve
@@ -425,6 +536,32 @@ EXPECTED: dict[str, dict] = {
         # the H100 figures the plan assumes: datasheet peaks (lab.parallel.formulas.H100_SXM.source)
         **{f"h100_{name}": near(v, 1e-9) for name, v in (
             ("memory_GB", 80), ("bf16_TFLOPs", 989), ("nvlink_GBps", 450), ("ib_GBps", 50))},
+        # the executed exercise solutions (the notebook's last section, book page's Exercises)
+        # 1F1B, N_p = 4, m = 8: peak micro-batches in flight per stage, min(N_p - s, m)
+        "ex_1f1b_peak_stage0": exactly(4),
+        "ex_1f1b_peak_stage1": exactly(3),
+        "ex_1f1b_peak_stage2": exactly(2),
+        "ex_1f1b_peak_stage3": exactly(1),
+        "ex_1f1b_peaks_match": Is(True),
+        # interleaved 1F1B on the ideal simulated pipeline: (N_p-1)/(v m) and (N_p-1)/(v m + N_p - 1)
+        "ex_interleaved_extra_v1": near(3 / 8, 1e-9),
+        "ex_interleaved_extra_v2": near(3 / 16, 1e-9),
+        "ex_interleaved_extra_v4": near(3 / 32, 1e-9),
+        "ex_interleaved_bubble_v1": near(3 / 11, 1e-9),
+        "ex_interleaved_bubble_v2": near(3 / 19, 1e-9),
+        "ex_interleaved_bubble_v4": near(3 / 35, 1e-9),
+        "ex_interleaved_peak_stage0_v2": exactly(5.5),
+        # smallest_plans: Llama-2-70B, 2T tokens, 30 days
+        "ex_plan70b_gpus": exactly(1280),
+        "ex_plan70b_tp": exactly(8),
+        "ex_plan70b_pp": exactly(5),
+        "ex_plan70b_dp": exactly(32),
+        "ex_plan70b_zero": exactly(0),
+        "ex_plan70b_micro_batches": exactly(32),
+        "ex_plan70b_days": near(28.38021623272666, 1e-9),
+        "ex_plan70b_gpus_mfu30": exactly(2048),
+        "ex_plan70b_gpus_mfu50": exactly(1024),
+        "ex_plan70b_gpu_bound": near(1076.345978604152, 1e-9),
     },
     "06_inference": {
         # the cache changes the cost, not the numbers; generation equals transformers'; scheduling is exact
@@ -481,6 +618,87 @@ EXPECTED: dict[str, dict] = {
         "score_pvalue_distilled_draft": Between(1e-4, 0.2),
         "bench_cpu_ms_per_token_kv_cache_b1": Timing(),                # from results/infer_cpu.json
         "bench_cpu_ms_per_token_speculative_b1": Timing(),
+        # the executed exercise solutions (the notebook's last section, book page's Exercises)
+        # best k of S(k) = (1 - α^{k+1}) / ((1 - α)(ck + 1)), α = 0.6
+        "ex_spec_best_k_c5": exactly(4),
+        "ex_spec_best_k_c20": exactly(2),
+        "ex_spec_best_k_c50": exactly(1),
+        "ex_spec_best_speedup_c5": near(1.9213333333333336, 1e-9),
+        "ex_spec_best_speedup_c20": near(1.4, 1e-9),
+        "ex_spec_best_speedup_c50": near(1.6 / 1.5, 1e-9),
+        # the notebook's draft: teacher-forced α with c = weight bytes ratio (memory bound)
+        "ex_spec_c_bytes": near(0.5476554836178144, 1e-9),
+        "ex_spec_best_k_ours": exactly(2),
+        "ex_spec_best_speedup_ours": near(1.1952067638841437, 1e-3),
+        # KV cache of Llama-2-70B at 4096 tokens, bf16
+        "ex_kv70b_bytes": exactly(1_342_177_280),
+        "ex_kv70b_weights_GB": near(137.953296384, 1e-12),
+        "ex_kv70b_batch_equal": near(137.953296384e9 / 1_342_177_280, 1e-9),
+        "ex_kv70b_batch_equal_140GB": near(140e9 / 1_342_177_280, 1e-9),
+        "ex_kv7b_over_70b": near(1.6, 1e-12),
+        # prompt-lookup (n-gram) draft on the evaluation text, scored with the target's p
+        "ex_ngram_alpha_n1": near(0.17083534598350525, 1e-3),
+        "ex_ngram_alpha_n2": near(0.2872493863105774, 1e-3),
+        "ex_ngram_alpha_n3": near(0.32572659850120544, 1e-3),
+        "ex_ngram_greedy_n1": near(0.23779668607254814, 1e-3),
+        "ex_ngram_greedy_n2": near(0.3729683490162532, 1e-3),
+        "ex_ngram_greedy_n3": near(0.4207980652962515, 1e-3),
+        "ex_ngram_coverage_n1": exactly(0.545166015625),
+        "ex_ngram_coverage_n2": exactly(0.285400390625),
+        "ex_ngram_coverage_n3": exactly(0.201904296875),
+        "ex_ngram_tokens_per_pass_n2": near(1.0819810870598303, 1e-3),
+    },
+    "07_putting_it_together": {
+        # read from results/leaderboard_cpu.json (python -m lab.bench leaderboard); REBUILD = False
+        "ex_bits_embedding_fraction": near(0.3214439866588189, 1e-9),
+        "ex_bits_gptq4_bits_per_weight": near(8.218913086129096, 1e-9),
+        "ex_bits_gptq4_predicted_MB": near(6.68928, 1e-9),
+        "ex_budget_1_memory_bound": {'GPTQ int4 g64'},
+        "ex_budget_25_memory_bound": {'draft + GPTQ int4'},
+        "ex_ceiling_dense_tokens_per_s": near(367709.6956466849, 1e-9),
+        "ex_ceiling_launch_tokens_per_s": near(5555.555555555556, 1e-9),
+        "lb_2_4_int4_MB": near(6.153624, 1e-9),
+        "lb_2_4_int4_bytes_ratio": near(0.4714056683675283, 1e-9),
+        "lb_2_4_int4_vs_dense": Claim("higher"),   # +4.66% [+3.91, +5.42]
+        "lb_budget_pct": near(10.0, 1e-9),
+        "lb_dense_MB": near(13.053776, 1e-9),
+        "lb_dense_perplexity": near(29.242861485135105, 1e-9),
+        "lb_draft_2_layers_MB": near(7.147904, 1e-9),
+        "lb_draft_2_layers_bytes_ratio": near(0.5475736675732753, 1e-9),
+        "lb_draft_2_layers_vs_dense": Claim("higher"),   # +21.45% [+18.73, +24.12]
+        "lb_draft_gptq_int4_MB": near(5.030888, 1e-9),
+        "lb_draft_gptq_int4_bytes_ratio": near(0.3853971448567832, 1e-9),
+        "lb_draft_gptq_int4_vs_dense": Claim("higher"),   # +21.82% [+19.09, +24.49]
+        "lb_gptq_int3_g64_MB": near(6.081496, 1e-9),
+        "lb_gptq_int3_g64_bytes_ratio": near(0.4658802173409441, 1e-9),
+        "lb_gptq_int3_g64_vs_dense": Claim("higher"),   # +0.84% [+0.58, +1.12]
+        "lb_gptq_int4_g64_MB": near(6.702688, 1e-9),
+        "lb_gptq_int4_g64_bytes_ratio": near(0.5134673676030599, 1e-9),
+        "lb_gptq_int4_g64_vs_dense": Claim("higher"),   # +0.19% [+0.04, +0.35]
+        "lb_n_routes": exactly(12),
+        "lb_pareto_front": {'GPTQ int4 g64, GPTQ int3 g64, W8A8 SmoothQuant, draft + GPTQ int4'},
+        "lb_pick_batch_serving": {'W8A8 SmoothQuant'},
+        "lb_pick_memory_bound_decode": {'GPTQ int3 g64'},
+        "lb_pick_no_calibration_data": {'RTN int4 g64'},
+        "lb_pick_no_training_budget": {'GPTQ int3 g64'},
+        "lb_rtn_int4_g64_MB": near(6.702688, 1e-9),
+        "lb_rtn_int4_g64_bytes_ratio": near(0.5134673676030599, 1e-9),
+        "lb_rtn_int4_g64_vs_dense": Claim("higher"),   # +0.37% [+0.11, +0.61]
+        "lb_sparsegpt_2_4_MB": near(9.186944, 1e-9),
+        "lb_sparsegpt_2_4_bytes_ratio": near(0.7037767462839871, 1e-9),
+        "lb_sparsegpt_2_4_vs_dense": Claim("higher"),   # +4.52% [+3.79, +5.25]
+        "lb_sparsegpt_50_MB": near(13.053776, 1e-9),
+        "lb_sparsegpt_50_bytes_ratio": near(1.0, 1e-9),
+        "lb_sparsegpt_50_vs_dense": Claim("higher"),   # +1.76% [+1.10, +2.43]
+        "lb_student_3_layers_MB": near(8.62436, 1e-9),
+        "lb_student_3_layers_bytes_ratio": near(0.6606793314057174, 1e-9),
+        "lb_student_3_layers_vs_dense": Claim("higher"),   # +24.17% [+21.68, +26.45]
+        "lb_student_gptq_int4_MB": near(5.44884, 1e-9),
+        "lb_student_gptq_int4_bytes_ratio": near(0.41741485375572557, 1e-9),
+        "lb_student_gptq_int4_vs_dense": Claim("higher"),   # +24.63% [+22.14, +26.91]
+        "lb_w8a8_smoothquant_MB": near(8.66304, 1e-9),
+        "lb_w8a8_smoothquant_bytes_ratio": near(0.663642458703137, 1e-9),
+        "lb_w8a8_smoothquant_vs_dense": Claim("level"),   # -0.00% [-0.05, +0.04]
     },
 }
 

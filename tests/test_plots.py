@@ -60,3 +60,23 @@ def test_static_model_figure_draws_both_versions_at_each_batch(repo_root):
     rows = {(r["version"], r["shape"]["M"]): r["issue_bound_us"] for r in record["rows"] if r["kernel"].startswith("int4")}
     assert heights == pytest.approx([rows[v, M] for v in ("v1", "v2") for M in (1, 4, 16)])
     assert [t.get_text() for t in mix.get_yticklabels()] == ["memory", "conversion", "fma_mma", "shared", "other"]
+
+
+def test_pareto_plot_draws_every_row_with_its_interval_and_the_front():
+    from lab.plots import pareto_plot
+
+    rows = [{"route": "dense", "bytes": 10e6, "delta_log_ppl": [0.0, 0.0, 0.0]},
+            {"route": "int4", "bytes": 5e6, "delta_log_ppl": [0.01, 0.005, 0.02]},
+            {"route": "bad", "bytes": 8e6, "delta_log_ppl": [0.2, 0.1, 0.3]}]
+    ax = pareto_plot(rows, ["dense", "int4"])
+    bars = [c for c in ax.containers]
+    assert len(bars) == 3
+    for container, r in zip(bars, rows):
+        (x,), (y,) = container.lines[0].get_data()
+        assert (x, y) == (r["bytes"] / 1e6, r["delta_log_ppl"][0])
+        segment = container.lines[2][0].get_segments()[0]
+        assert [segment[0][1], segment[1][1]] == r["delta_log_ppl"][1:]
+    front = [line for line in ax.get_lines() if line.get_label() == "Pareto front"][0]
+    assert list(front.get_xdata()) == [5.0, 10.0]
+    with pytest.raises(ValueError, match="front names routes that are not in rows"):
+        pareto_plot(rows, ["nope"])

@@ -32,6 +32,7 @@ SUITES = {
     "distill": "lab.distill.experiments:run_full",
     "parallel": "lab.parallel.experiments:run_full",
     "infer": "lab.infer.bench:bench_infer",
+    "leaderboard": "lab.bench.leaderboard:bench_leaderboard",
 }
 NESTED = {"parallel": "full"}  # suites whose result has keys of its own that a record uses ("device_type")
 

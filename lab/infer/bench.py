@@ -60,6 +60,9 @@ CONFIGS = ("no_cache", "kv_cache", "kv_cache_cuda_graph", "int8_w8a8", "int4_wei
 # Llama-2-7B (Touvron et al., 2023): multi-head attention, 32 key/value heads (GQA came with the 34B/70B models).
 LLAMA2_7B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=4096, n_layer=32, n_head=32,
                             n_kv_head=32, d_ff=11008, tie_embeddings=False)
+# Llama-2-70B: grouped-query attention, 64 query heads sharing 8 key/value heads (D = 128); 68.98B parameters.
+LLAMA2_70B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=8192, n_layer=80, n_head=64,
+                             n_kv_head=8, d_ff=28672, tie_embeddings=False)
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,16 @@ data parallelism, ZeRO 1/2/3, tensor and pipeline parallelism, the formulas, and
 
 from lab.parallel.comm import CommCounter
 from lab.parallel.ddp import DataParallel
-from lab.parallel.formulas import bubble_fraction, parallel_plan, zero_memory, zero_traffic_elements
+from lab.parallel.formulas import bubble_fraction, parallel_plan, smallest_plans, zero_memory, zero_traffic_elements
 from lab.parallel.launch import launch
-from lab.parallel.pipeline import CostStage, PipelineSchedule, gpt_stage, schedule_order
+from lab.parallel.pipeline import (CostStage, PipelineSchedule, gpt_stage, interleaved_order, schedule_order,
+                                   simulate_schedule)
 from lab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_block, tensor_parallel_gpt
 from lab.parallel.zero import ZeroOptimizer
 
 __all__ = [
-    "CommCounter", "DataParallel", "bubble_fraction", "parallel_plan", "zero_memory", "zero_traffic_elements",
-    "launch", "CostStage", "PipelineSchedule", "gpt_stage", "schedule_order", "ColumnParallelLinear",
+    "CommCounter", "DataParallel", "bubble_fraction", "parallel_plan", "smallest_plans", "zero_memory",
+    "zero_traffic_elements", "launch", "CostStage", "PipelineSchedule", "gpt_stage", "interleaved_order",
+    "schedule_order", "simulate_schedule", "ColumnParallelLinear",
     "RowParallelLinear", "tensor_parallel_block", "tensor_parallel_gpt", "ZeroOptimizer",
 ]

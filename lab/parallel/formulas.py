@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.bench.ceilings import DATASHEETS
-from lab.checks import check_choice, check_int
+from lab.checks import check_choice, check_int, check_number
 
 STAGES = (0, 1, 2, 3)
 
@@ -51,14 +51,17 @@ def ring_factor(n: int) -> float:
     return (n - 1) / n
 
 
-def bubble_fraction(pp: int, m: int) -> float:
-    """(N_p−1)/(m+N_p−1): idle share of each stage in GPipe or 1F1B with equal stage costs.
+def bubble_fraction(pp: int, m: int, chunks: int = 1) -> float:
+    """(N_p−1)/(v·m+N_p−1): idle share of each stage with equal stage costs.
 
-    ``pp`` = N_p pipeline stages, ``m`` micro-batches per step.
+    ``pp`` = N_p pipeline stages, ``m`` micro-batches per step, ``chunks`` = v model chunks per
+    stage: v = 1 for GPipe and 1F1B, v > 1 for interleaved 1F1B, whose step takes
+    (m + (N_p−1)/v)(t_f+t_b) (a bubble of (N_p−1)/(v·m) of the ideal time m(t_f+t_b)).
     """
     check_int("pp", pp)
     check_int("m", m)
-    return (pp - 1) / (m + pp - 1)
+    check_int("chunks", chunks)
+    return (pp - 1) / (chunks * m + pp - 1)
 
 
 def tp_allreduce_bytes_per_layer(micro_batch: int, seq_len: int, d_model: int, bytes_per_element: int = 2) -> int:
@@ -147,3 +150,34 @@ def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zer
             "compute_s": compute_s, "dp_comm_s": dp_bytes / dp_bw, "tp_comm_s": tp_bytes / gpu.intra_node_bw,
             "tokens_per_step": tokens,
             "days_per_trillion_tokens": compute_s * 1e12 / tokens / 86400}
+
+
+def smallest_plans(model: ModelSpec, gpu: GPUSpec, tokens: float, max_days: float, seq_len: int = 4096,
+                   global_batch: int = 1024, micro_batch: int = 1, tps: tuple[int, ...] = (1, 2, 4, 8),
+                   zero_stages: tuple[int, ...] = STAGES, mfu: float = 0.4) -> list[dict]:
+    """Every `parallel_plan` that fits the GPU and trains on ``tokens`` tokens within ``max_days``, fewest GPUs first.
+
+    Searched: N_t in ``tps``, N_p every divisor of L, N_d every divisor of ``global_batch`` / B_μ, each ZeRO
+    stage in ``zero_stages``; the rest as in `parallel_plan`. Each plan gains "days" = its compute time for
+    ``tokens`` (bubble included, communication not: it is assumed hidden). Sorted by GPUs, then days, then
+    the ZeRO stage (the lowest communicates least), then GB per GPU.
+    """
+    check_number("tokens", tokens, low=0, closed=(False, True))
+    check_number("max_days", max_days, low=0, closed=(False, True))
+    check_int("global_batch", global_batch)
+    check_int("micro_batch", micro_batch)
+    if global_batch % micro_batch:
+        raise ValueError(f"micro_batch={micro_batch} must divide global_batch={global_batch}")
+    for tp in tps:
+        check_int("tp", tp, 1, gpu.gpus_per_node)
+    plans = []
+    sequences = global_batch // micro_batch
+    for tp in tps:
+        for pp in (d for d in range(1, model.n_layer + 1) if model.n_layer % d == 0):
+            for dp in (d for d in range(1, sequences + 1) if sequences % d == 0):
+                for zero in zero_stages:
+                    plan = parallel_plan(model, gpu, tp, pp, dp, zero, micro_batch, seq_len, global_batch, mfu=mfu)
+                    plan["days"] = plan["days_per_trillion_tokens"] * tokens / 1e12
+                    if plan["fits"] and plan["days"] <= max_days:
+                        plans.append(plan)
+    return sorted(plans, key=lambda plan: (plan["gpus"], plan["days"], plan["zero"], plan["total_GB"]))

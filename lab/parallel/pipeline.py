@@ -14,6 +14,13 @@ With forward time t_f and backward time t_b per micro-batch and stage, both fini
 (m+p−1)(t_f+t_b), of which each stage is busy m(t_f+t_b): the idle ("bubble") fraction is
 (p−1)/(m+p−1) for both; 1F1B saves activation memory, not time.
 
+Interleaved 1F1B (Narayanan et al. 2021, Megatron-LM): each rank holds v model chunks (stage s owns
+virtual stages s, s+p, …, s+(v−1)p of the v·p-deep pipeline), each costing t_f/v and t_b/v. A
+micro-batch crosses the ranks v times, and the idle time at the ends shrinks v-fold: the step takes
+(m + (p−1)/v)(t_f+t_b), a bubble of (p−1)/(v·m) of the ideal m(t_f+t_b), for v times the messages.
+`interleaved_order` is Megatron's order; `simulate_schedule` runs any per-stage orders on an ideal
+machine (no communication cost) and returns their timeline.
+
 `gpt_stage` cuts a lab GPT: stage 0 owns the embedding, the last stage the final norm and LM
 head. A tied embedding / LM-head weight becomes two copies (first and last stage) whose
 gradients are summed by an all-reduce between those two ranks after backward, so they stay
@@ -31,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lab.checks import check_choice, check_int
+from lab.checks import check_choice, check_int, check_number
 from lab.models.gpt import GPT, rope_cos_sin
 from lab.parallel import comm
 
@@ -51,6 +58,77 @@ def schedule_order(schedule: str, n_stages: int, stage: int, n_micro: int) -> li
     for j in range(n_micro - warmup):
         order += [("F", warmup + j), ("B", j)]
     return order + [("B", j) for j in range(n_micro - warmup, n_micro)]
+
+
+def interleaved_order(n_stages: int, stage: int, n_micro: int, n_chunks: int) -> list[tuple[str, int, int]]:
+    """Megatron-LM's interleaved 1F1B order of ``stage``: a list of (kind, chunk c, micro-batch j).
+
+    p = ``n_stages``, m = ``n_micro`` (a multiple of p), v = ``n_chunks``. Virtual micro-batch k
+    (0 ≤ k < m·v) runs on chunk (k mod p·v) // p, backwards on chunk v−1−(k mod p·v) // p, for
+    micro-batch (k // p·v)·p + k mod p. Warm-up: (v−1)·p + 2(p−s−1) forwards for v > 1
+    (p−s−1 for v = 1, where the order is `schedule_order`'s 1F1B), at most m·v; then one
+    forward and one backward alternately; then the remaining backwards.
+    """
+    check_int("n_stages", n_stages)
+    check_int("stage", stage, 0, n_stages - 1)
+    check_int("n_chunks", n_chunks)
+    check_int("n_micro", n_micro)
+    p, v, m = n_stages, n_chunks, n_micro
+    if m % p:
+        raise ValueError(f"n_micro={m} must be a multiple of n_stages={p} for the interleaved schedule")
+    total = m * v
+    warmup = min((v - 1) * p + (p - stage - 1) * (2 if v > 1 else 1), total)
+
+    def entry(kind: str, k: int) -> tuple[str, int, int]:
+        chunk = (k % (p * v)) // p
+        return kind, (chunk if kind == "F" else v - 1 - chunk), (k // (p * v)) * p + k % p
+
+    order = [entry("F", k) for k in range(warmup)]
+    for k in range(total - warmup):
+        order += [entry("F", warmup + k), entry("B", k)]
+    return order + [entry("B", k) for k in range(total - warmup, total)]
+
+
+def simulate_schedule(orders: list[list[tuple]], t_forward: float, t_backward: float) -> list[dict]:
+    """Run per-stage orders on an ideal pipeline: each step starts once its stage is free and its input is ready.
+
+    ``orders[s]``: stage s's list of (kind, j) (as `schedule_order`) or (kind, c, j) (as
+    `interleaved_order`, v = 1 + the largest chunk c). Virtual stage q = c·p + s; F(q, j) needs
+    F(q−1, j), B(q, j) needs B(q+1, j) (the last virtual stage: F(q, j)). A chunk's forward takes
+    t_f/v = ``t_forward``/v, its backward t_b/v; messages cost nothing. Returns events
+    {"stage", "kind", "chunk", "micro", "start", "end"} (as `PipelineSchedule.events`); ValueError
+    if the orders deadlock.
+    """
+    check_number("t_forward", t_forward, low=0, closed=(False, True))
+    check_number("t_backward", t_backward, low=0, closed=(False, True))
+    p = len(orders)
+    check_int("len(orders)", p)
+    steps = [[(e[0], 0, e[1]) if len(e) == 2 else tuple(e) for e in order] for order in orders]
+    v = 1 + max(c for order in steps for _, c, _ in order)
+    done: dict[tuple[str, int, int], float] = {}
+    clock, pos, events = [0.0] * p, [0] * p, []
+    while any(pos[s] < len(steps[s]) for s in range(p)):
+        progressed = False
+        for s in range(p):
+            if pos[s] == len(steps[s]):
+                continue
+            kind, c, j = steps[s][pos[s]]
+            q = c * p + s
+            if kind == "F":
+                dep = ("F", q - 1, j) if q > 0 else None
+            else:
+                dep = ("B", q + 1, j) if q < p * v - 1 else ("F", q, j)
+            if dep is not None and dep not in done:
+                continue
+            start = max(clock[s], done.get(dep, 0.0))
+            clock[s] = done[(kind, q, j)] = start + (t_forward if kind == "F" else t_backward) / v
+            events.append({"stage": s, "kind": kind, "chunk": c, "micro": j, "start": start, "end": clock[s]})
+            pos[s] += 1
+            progressed = True
+        if not progressed:
+            stuck = {s: steps[s][pos[s]] for s in range(p) if pos[s] < len(steps[s])}
+            raise ValueError(f"orders deadlock: every stage waits for an input that never comes, at {stuck}")
+    return events
 
 
 def layer_split(n_layer: int, n_stages: int, layers_per_stage: list[int] | None = None) -> list[int]:

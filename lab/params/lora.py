@@ -27,6 +27,8 @@ a bf16 copy would round small updates away. The LoRA term is computed in float32
 `merge_logit_error` measures how far merging moves a model's output.
 Fine-tuning memory with AdamW (`lora_memory`): the frozen tensors as stored, the trainable ones, their
 gradients (same bytes) and the optimizer's two float32 states m and v per trainable number.
+`lora_training_memory` is the same count in closed form, from a `GPTConfig` alone (a model too large
+to build, such as a 70B one).
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.checks import check_int, check_number
-from lab.params.counting import unique_parameters, unique_state_dict
+from lab.checks import check_choice, check_divisor, check_int, check_number
+from lab.models.gpt import GPTConfig
+from lab.params.counting import gpt_param_count, unique_parameters, unique_state_dict
 from lab.quant.linear import Int4Linear
 from lab.quant.packing import dequantize_int4
 
@@ -217,4 +220,67 @@ def lora_memory(model: nn.Module) -> dict[str, int]:
     stored = sum(t.numel() * t.element_size() for t in unique_state_dict(model).values())
     parts = {"frozen": stored - trainable_bytes, "trainable": trainable_bytes, "gradients": trainable_bytes,
              "optimizer": 2 * 4 * sum(p.numel() for p in trainable)}
+    return {**parts, "total": sum(parts.values())}
+
+
+BASE_FORMATS = ("bf16", "int4")
+
+
+def decoder_linear_shapes(config: GPTConfig) -> dict[str, tuple[int, int]]:
+    """(d_in, d_out) of each linear of one decoder layer of a lab GPT, by its module name:
+    q_proj (C, n_h·D), k_proj and v_proj (C, n_kv·D), o_proj (n_h·D, C), gate_proj and up_proj (C, d_ff),
+    down_proj (d_ff, C)."""
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config must be a lab.models.gpt.GPTConfig, got {type(config).__name__}")
+    C, F_, D = config.d_model, config.d_ff, config.head_dim
+    q, kv = config.n_head * D, config.n_kv_head * D
+    return {"q_proj": (C, q), "k_proj": (C, kv), "v_proj": (C, kv), "o_proj": (q, C),
+            "gate_proj": (C, F_), "up_proj": (C, F_), "down_proj": (F_, C)}
+
+
+def lora_training_memory(config: GPTConfig, r: int, targets: Iterable[str] = ("q_proj", "v_proj"),
+                         base: str = "bf16", group_size: int | None = None) -> dict[str, int]:
+    """`lora_memory` in closed form: bytes of fine-tuning a lab GPT of ``config`` with AdamW and LoRA of
+    rank ``r`` on the linears named ``targets`` (names of `decoder_linear_shapes`) in every layer.
+
+    Ψ_train = L·r·Σ_targets (d_in + d_out) numbers (A and B of every wrapped linear), and
+      frozen     base "bf16": 2Ψ, every original parameter in bf16 (the wrapped W included);
+                 base "int4" (QLoRA, groups of g = ``group_size`` input columns): each of the L·7 decoder
+                 linears d_in·d_out·(1/2 + 4/g) (codes two per byte; a bf16 scale and zero point per
+                 output row and group), everything else (embedding, untied head, norms) 2 bytes each;
+      trainable  4Ψ_train (A and B in fp32), gradients 4Ψ_train, optimizer 8Ψ_train (fp32 m and v);
+      total      the sum: frozen + 16Ψ_train.
+    Ψ = `gpt_param_count(config)`. Returns {"frozen", "trainable", "gradients", "optimizer", "total"}
+    (ints), the keys of `lora_memory`, which measures the same bytes on a built model.
+    ``group_size`` is required for "int4" (even, and a divisor of every d_in) and not allowed for "bf16".
+    """
+    shapes = decoder_linear_shapes(config)  # also checks config
+    if isinstance(targets, str) or not isinstance(targets, Iterable):
+        raise TypeError(f"targets must be an iterable of linear names such as ('q_proj', 'v_proj'), got {targets!r}")
+    targets = tuple(targets)
+    unknown = [t for t in targets if t not in shapes]
+    if not targets or unknown:
+        raise ValueError(f"targets={targets!r} is not allowed; use one or more of {tuple(shapes)}")
+    wrapped = [name for name in shapes if name in targets]
+    check_int("r", r, 1, min(min(shapes[name]) for name in wrapped))
+    check_choice("base", base, BASE_FORMATS)
+    psi, L = gpt_param_count(config), config.n_layer
+    if base == "bf16":
+        if group_size is not None:
+            raise ValueError(f"group_size={group_size!r} is not allowed with base='bf16'; use None")
+        frozen = 2 * psi
+    else:
+        if group_size is None:
+            raise ValueError("group_size=None is not allowed with base='int4'; give the int4 group size g")
+        check_int("group_size", group_size, 2)
+        if group_size % 2:
+            raise ValueError(f"group_size={group_size} is not allowed; int4 codes pack two per byte, use an even g")
+        for name, (d_in, _) in shapes.items():
+            check_divisor("group_size", group_size, d_in, f"d_in of {name}")
+        linears = sum(d_in * d_out for d_in, d_out in shapes.values())
+        codes_and_scales = sum(d_in * d_out // 2 + 2 * 2 * (d_in // group_size) * d_out
+                               for d_in, d_out in shapes.values())
+        frozen = L * codes_and_scales + 2 * (psi - L * linears)
+    n_train = L * r * sum(sum(shapes[name]) for name in wrapped)
+    parts = {"frozen": frozen, "trainable": 4 * n_train, "gradients": 4 * n_train, "optimizer": 8 * n_train}
     return {**parts, "total": sum(parts.values())}

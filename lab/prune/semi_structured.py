@@ -138,3 +138,55 @@ def sparse_linear_torch(x: torch.Tensor, w_sparse: torch.Tensor) -> torch.Tensor
     if not isinstance(w_sparse, torch.sparse.SparseSemiStructuredTensor):
         raise TypeError(f"w_sparse must come from to_semi_structured_torch, got {type(w_sparse).__name__}")
     return torch.nn.functional.linear(x, w_sparse)
+
+
+class Sparse24Linear(torch.nn.Module):
+    """y = x Ŵᵀ (+ b) for a 2:4-sparse Ŵ (out, in) held compressed: ``meta`` (out, in/8) uint8 and
+    the kept values (out, in/2), by `lab.kernels.sparse24_matmul.sparse24_matmul` (Triton on a GPU,
+    decompress + matmul on the CPU).
+
+    ``value_bits=None``: the values in ``dtype``. ``value_bits=4``: the values themselves rounded to
+    int4 (round-to-nearest, asymmetric, one scale and zero point in ``dtype`` per ``group_size`` kept
+    values, i.e. per 2·``group_size`` input columns), packed as in `lab.quant.packing`, and
+    dequantized to ``dtype`` at each call; a kept value stays nonzero unless it rounds to the zero point.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, value_bits: int | None = None, group_size: int = 32,
+                 dtype: torch.dtype = torch.bfloat16) -> None:
+        super().__init__()
+        if not isinstance(linear, torch.nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        if value_bits not in (None, 4):
+            raise ValueError(f"value_bits={value_bits!r} is not allowed; allowed: None, 4")
+        self.out_features, self.in_features = linear.out_features, linear.in_features
+        values, meta = compress(linear.weight.detach().float())          # 2:4 check, named errors
+        self.register_buffer("meta", meta)
+        self.value_bits, self.group_size = value_bits, group_size
+        if value_bits is None:
+            self.register_buffer("values", values.to(dtype))
+        else:
+            from lab.quant.model import rtn_quantize
+            from lab.quant.packing import pack_quantized_weight
+
+            packed, scales, zeros, _ = pack_quantized_weight(rtn_quantize(values, 4, group_size))
+            self.register_buffer("packed", packed)
+            self.register_buffer("scales", scales.to(dtype))
+            self.register_buffer("zeros", zeros.to(dtype))
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().clone(),
+                                                                        requires_grad=False)
+
+    def kept_values(self) -> torch.Tensor:
+        """The kept values (out, in/2): stored, or dequantized s·(q − z) from the int4 codes."""
+        if self.value_bits is None:
+            return self.values
+        from lab.quant.packing import dequantize_int4
+
+        return dequantize_int4(self.packed, self.scales, self.zeros, self.group_size).to(self.scales.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from lab.kernels.sparse24_matmul import sparse24_matmul
+
+        x2 = x.reshape(-1, self.in_features)
+        y = sparse24_matmul(x2, self.kept_values().to(x.dtype), self.meta, self.out_features, self.in_features)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)

@@ -35,12 +35,20 @@ from lab.prune.sparsegpt import sparsegpt_prune
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
-def layer_errors(W: torch.Tensor, X: torch.Tensor, sparsity: float) -> dict[str, float]:
+def layer_errors(W: torch.Tensor, X: torch.Tensor, sparsity: float, n: int | None = None,
+                 m: int | None = None) -> dict[str, float]:
     """Relative error ‖WX − ŴX‖²_F / ‖WX‖²_F of each method pruning one layer W (d_out, d_in)
-    to ``sparsity``, on inputs X (d_in, N), both float64: {"magnitude", "wanda", "sparsegpt"}."""
-    hats = {"magnitude": W * magnitude_mask(W, sparsity),
-            "wanda": W * wanda_mask(W, X.norm(dim=1), sparsity),
-            "sparsegpt": sparsegpt_prune(W, layer_hessian(X), sparsity)[0]}
+    to ``sparsity``, on inputs X (d_in, N), both float64: {"magnitude", "wanda", "sparsegpt"}.
+
+    Without n, m the masks are unstructured (magnitude global over W, Wanda per row, SparseGPT per
+    block). With n, m (given together, m dividing d_in, ``sparsity`` = 1 − n/m) every method keeps
+    exactly n of each m consecutive weights of a row: magnitude by |W_ij| (``nm_mask``), Wanda by
+    |W_ij|·‖X_j‖₂, SparseGPT by its OBS saliency. A ValueError names a bad sparsity, n or m.
+    """
+    use_nm = check_nm_sparsity(sparsity, n, m, W.shape[1])
+    hats = {"magnitude": W * (nm_mask(W, n, m) if use_nm else magnitude_mask(W, sparsity)),
+            "wanda": W * wanda_mask(W, X.norm(dim=1), sparsity, n=n, m=m),
+            "sparsegpt": sparsegpt_prune(W, layer_hessian(X), sparsity, n=n, m=m)[0]}
     base = (W @ X).pow(2).sum().item()
     return {method: reconstruction_error(W, W_hat, X) / base for method, W_hat in hats.items()}
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lab.bench import main
-from lab.infer.bench import CONFIGS, LLAMA2_7B_SHAPE, quantized
+from lab.infer.bench import CONFIGS, LLAMA2_7B_SHAPE, LLAMA2_70B_SHAPE, quantized
 from lab.infer.roofline import (
     decode_step_cost,
     decoder_linear_bytes_at,
@@ -146,6 +146,16 @@ def test_llama2_7b_shape_is_llama_2_7b():
     """Llama-2-7B: 6,738,415,616 parameters (Touvron et al., 2023; the Hugging Face checkpoint), 32 kv heads."""
     assert gpt_param_count(LLAMA2_7B_SHAPE) == 6_738_415_616
     assert LLAMA2_7B_SHAPE.n_kv_head == LLAMA2_7B_SHAPE.n_head == 32 and not LLAMA2_7B_SHAPE.tie_embeddings
+
+
+def test_llama2_70b_shape_is_llama_2_70b():
+    """Llama-2-70B: 68,976,648,192 parameters (the Hugging Face checkpoint), 8 kv heads of D = 128 for 64
+    query heads; the plan of chapter 5 uses the same Ψ."""
+    from lab.parallel.formulas import LLAMA2_70B
+
+    assert gpt_param_count(LLAMA2_70B_SHAPE) == 68_976_648_192
+    assert gpt_param_count(LLAMA2_70B_SHAPE) == pytest.approx(LLAMA2_70B.n_params, rel=1e-4)
+    assert (LLAMA2_70B_SHAPE.n_head, LLAMA2_70B_SHAPE.n_kv_head, LLAMA2_70B_SHAPE.head_dim) == (64, 8, 128)
 
 
 def test_ceilings_use_the_one_timer_and_a_large_copy_on_a_gpu(monkeypatch):

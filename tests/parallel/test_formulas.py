@@ -10,10 +10,11 @@ from __future__ import annotations
 import pytest
 
 from lab.parallel.comm import ring_sent_bytes
+from lab.parallel.experiments import max_in_flight, measured_bubble
 from lab.parallel.formulas import (H100_SXM, LLAMA2_7B, LLAMA2_70B, bubble_fraction, parallel_plan, ring_factor,
-                               tp_allreduce_bytes_per_layer, zero_memory, zero_traffic_elements)
+                               smallest_plans, tp_allreduce_bytes_per_layer, zero_memory, zero_traffic_elements)
 from lab.parallel.launch import default_backend
-from lab.parallel.pipeline import layer_split, schedule_order
+from lab.parallel.pipeline import interleaved_order, layer_split, schedule_order, simulate_schedule
 
 
 def test_zero_memory_reproduces_the_papers_figure_1():
@@ -79,6 +80,61 @@ def test_schedules_are_complete_and_reach_the_bubble_formula(schedule, p, m):
     assert makespan == pytest.approx((m + p - 1) * 3.0)            # (m+p-1)(t_f+t_b)
     assert 1 - m * 3.0 / makespan == pytest.approx(bubble_fraction(p, m))
     assert peak == ([m] * p if schedule == "gpipe" else [min(p - s, m) for s in range(p)])
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("p,m", [(1, 1), (2, 4), (3, 5), (4, 8)])
+def test_lab_simulator_agrees_with_the_reference_simulation(schedule, p, m):
+    events = simulate_schedule([schedule_order(schedule, p, s, m) for s in range(p)], 1.0, 2.0)
+    makespan, peak = simulate(schedule, p, m)
+    assert max(e["end"] for e in events) == pytest.approx(makespan)
+    assert [max_in_flight(events, s) for s in range(p)] == peak
+    assert len(events) == 2 * m * p and {e["chunk"] for e in events} == {0}
+
+
+@pytest.mark.parametrize("p,m,v", [(2, 2, 2), (2, 4, 2), (3, 6, 2), (4, 4, 2), (4, 8, 2), (4, 8, 4), (4, 12, 3),
+                                   (8, 16, 2)])
+def test_interleaved_1f1b_reaches_the_narayanan_bubble(p, m, v):
+    orders = [interleaved_order(p, s, m, v) for s in range(p)]
+    for order in orders:   # every (chunk, micro-batch) forward once and backward once, forward first
+        units = [(c, j) for c in range(v) for j in range(m)]
+        assert sorted(order) == sorted([("F", *u) for u in units] + [("B", *u) for u in units])
+        assert all(order.index(("F", c, j)) < order.index(("B", c, j)) for c, j in units)
+    events = simulate_schedule(orders, 1.0, 2.0)
+    makespan = max(e["end"] for e in events)
+    assert makespan == pytest.approx((m + (p - 1) / v) * 3.0)          # (m + (N_p-1)/v)(t_f+t_b)
+    assert (makespan - m * 3.0) / (m * 3.0) == pytest.approx((p - 1) / (v * m))
+    assert measured_bubble(events) == pytest.approx(bubble_fraction(p, m, v))
+
+
+def test_interleaved_with_one_chunk_is_1f1b_and_bad_input_raises():
+    for s in range(4):
+        assert [(k, j) for k, _, j in interleaved_order(4, s, 8, 1)] == schedule_order("1f1b", 4, s, 8)
+    with pytest.raises(ValueError, match="n_micro=6 must be a multiple of n_stages=4"):
+        interleaved_order(4, 0, 6, 2)
+    with pytest.raises(ValueError, match="n_chunks=0"):
+        interleaved_order(4, 0, 8, 0)
+    with pytest.raises(ValueError, match="deadlock"):      # both stages start with a backward
+        simulate_schedule([[("B", 0), ("F", 0)], [("B", 0), ("F", 0)]], 1.0, 1.0)
+    with pytest.raises(ValueError, match="t_forward=0"):
+        simulate_schedule([[("F", 0), ("B", 0)]], 0, 1.0)
+    with pytest.raises(ValueError, match="chunks=0"):
+        bubble_fraction(4, 8, 0)
+
+
+def test_smallest_plans_meet_the_compute_bound():
+    # 7B, 10^12 tokens in 10 days at 40% of 989 TFLOP/s: N >= 8Ψ·tokens / (peak·mfu·10·86400) = 157.8 GPUs;
+    # N = N_t·N_p·N_d is a power of two here (L = 32, global batch 1024), so 256, with no pipeline bubble.
+    n_min = 8 * 6.74e9 * 1e12 / (989e12 * 0.4 * 10 * 86400)
+    plans = smallest_plans(LLAMA2_7B, H100_SXM, 1e12, 10)
+    assert 128 < n_min < 256 and plans[0]["gpus"] == 256 and plans[0]["pp"] == 1
+    assert plans[0]["days"] == pytest.approx(n_min / 256 * 10)
+    assert all(plan["fits"] and plan["days"] <= 10 for plan in plans)
+    assert [plan["gpus"] for plan in plans] == sorted(plan["gpus"] for plan in plans)
+    with pytest.raises(ValueError, match="max_days=0"):
+        smallest_plans(LLAMA2_7B, H100_SXM, 1e12, 0)
+    with pytest.raises(ValueError, match="tp=16"):
+        smallest_plans(LLAMA2_7B, H100_SXM, 1e12, 10, tps=(16,))
 
 
 def test_schedule_and_split_reject_bad_input():

@@ -9,8 +9,9 @@ from torch import nn
 
 from lab.models.train import lm_loss
 from lab.params.counting import gpt_param_count
-from lab.params.lora import (FrozenInt4Linear, LoRALinear, add_lora, lora_memory, merge_logit_error, merge_lora,
-                             trainable_parameters)
+from lab.models.gpt import GPTConfig
+from lab.params.lora import (FrozenInt4Linear, LoRALinear, add_lora, decoder_linear_shapes, lora_memory,
+                             lora_training_memory, merge_logit_error, merge_lora, trainable_parameters)
 from lab.params.memory import measure_training_memory_cpu
 from lab.quant.affine import dequantize
 from lab.quant.linear import Int4Linear, int4_model
@@ -233,6 +234,63 @@ def test_lora_memory_is_exact_and_qlora_is_smaller_than_a_bf16_base(tiny_gpt):
     assert lora_memory(int4)["total"] < lora_memory(bf16)["total"]
     idx = torch.randint(0, cfg.vocab_size, (1, 8))
     assert int4(idx).dtype == torch.bfloat16 and torch.isfinite(int4(idx)).all()
+
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL_LINEARS = ATTENTION + ("gate_proj", "up_proj", "down_proj")
+
+
+@pytest.mark.parametrize("targets", [QV, ATTENTION, ALL_LINEARS, ("down_proj", "q_proj")])
+def test_lora_training_memory_equals_the_bytes_of_the_built_models(tiny_gpt, targets):
+    bf16 = tiny_gpt(d_ff=64).to(torch.bfloat16)
+    add_lora(bf16, R, ALPHA, targets)
+    int4 = _int4_gpt(tiny_gpt)[0].to(torch.bfloat16)
+    add_lora(int4, R, ALPHA, targets)
+    cfg = bf16.config
+    assert lora_training_memory(cfg, R, targets) == lora_memory(bf16)
+    assert lora_training_memory(cfg, R, targets, "int4", G) == lora_memory(int4)
+    assert lora_training_memory(cfg, R, targets)["trainable"] == 4 * trainable_parameters(bf16)
+
+
+def test_decoder_linear_shapes_are_the_modules_of_a_layer(tiny_gpt):
+    model = tiny_gpt()
+    built = {name.rpartition(".")[2]: (m.in_features, m.out_features)
+             for name, m in model.layers[0].named_modules() if isinstance(m, nn.Linear)}
+    assert decoder_linear_shapes(model.config) == built
+
+
+def test_lora_training_memory_of_llama_shapes_by_hand():
+    # Llama-2-7B, r = 8 on q and v (the chapter's example): 2·8·8192·32 = 4,194,304 trainable numbers
+    llama7 = GPTConfig(vocab_size=32000, context_length=4096, d_model=4096, n_layer=32, n_head=32,
+                       n_kv_head=32, d_ff=11008, tie_embeddings=False)
+    m = lora_training_memory(llama7, 8, QV)
+    assert m["trainable"] == 4 * 4_194_304 and m["frozen"] == 2 * 6_738_415_616
+    # Llama-2-70B, r = 16 on q, k, v, o: 80·16·(2·8192 + 2·(8192 + 1024) + 2·8192) = 65,536,000
+    llama70 = GPTConfig(vocab_size=32000, context_length=4096, d_model=8192, n_layer=80, n_head=64,
+                        n_kv_head=8, d_ff=28672, tie_embeddings=False)
+    m = lora_training_memory(llama70, 16, ATTENTION, "int4", 64)
+    linears = 80 * (2 * 8192 * 8192 + 2 * 8192 * 1024 + 3 * 8192 * 28672)
+    assert m["optimizer"] == 8 * 65_536_000
+    assert m["frozen"] == linears * 9 // 16 + 2 * (gpt_param_count(llama70) - linears)   # 0.5 + 4/64
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"config": "cfg"}, TypeError, r"config must be a lab.models.gpt.GPTConfig, got str"),
+    ({"targets": "q_proj"}, TypeError, r"targets must be an iterable of linear names"),
+    ({"targets": ("attn",)}, ValueError, r"targets=\('attn',\) is not allowed; use one or more of"),
+    ({"targets": ()}, ValueError, r"targets=\(\) is not allowed"),
+    ({"r": 0}, ValueError, r"r=0 is out of range"),
+    ({"r": 17}, ValueError, r"r=17 is out of range; allowed: \[1, 16\]"),
+    ({"base": "int8"}, ValueError, r"base='int8' is not allowed; use one of \('bf16', 'int4'\)"),
+    ({"base": "int4"}, ValueError, r"group_size=None is not allowed with base='int4'"),
+    ({"base": "int4", "group_size": 3}, ValueError, r"group_size=3 is not allowed; .*even"),
+    ({"base": "int4", "group_size": 128}, ValueError, r"group_size=128 is not allowed; use a divisor"),
+    ({"group_size": 32}, ValueError, r"group_size=32 is not allowed with base='bf16'"),
+])
+def test_lora_training_memory_bad_input(tiny_gpt, kwargs, error, match):
+    args = {"config": tiny_gpt(d_ff=64).config, "r": R, "targets": QV, **kwargs}
+    with pytest.raises(error, match=match):
+        lora_training_memory(**args)
 
 
 def test_matches_peft(tiny_gpt):

@@ -305,3 +305,35 @@ def test_layer_errors_orders_the_methods_on_correlated_inputs():
     assert errors["sparsegpt"] < min(errors["magnitude"], errors["wanda"])
     direct = reconstruction_error(W, W * magnitude_mask(W, 0.5), X) / (W @ X).pow(2).sum().item()
     assert errors["magnitude"] == pytest.approx(direct, rel=1e-12)
+
+
+def test_layer_errors_nm_patterns_against_direct_references():
+    """n:m in layer_errors: magnitude equals keeping the n largest |w| of each group of m (numpy
+    argsort, error from the captured product); Wanda with one group per row (m = d_in) equals its
+    unstructured per-row mask; SparseGPT stays below magnitude; mismatched arguments raise."""
+    import numpy as np
+
+    from lab.prune import layer_errors
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(12, 32, generator=g, dtype=torch.float64)
+    mix = torch.randn(32, 32, generator=g, dtype=torch.float64) * torch.logspace(0, 1, 32, dtype=torch.float64)
+    X = mix @ torch.randn(32, 256, generator=g, dtype=torch.float64)
+    base = float(((W @ X) ** 2).sum())
+    for n, m in ((1, 2), (2, 4), (4, 8)):
+        errors = layer_errors(W, X, 1 - n / m, n=n, m=m)
+        w = W.numpy().reshape(-1, m)
+        keep = np.zeros_like(w, dtype=bool)
+        np.put_along_axis(keep, np.argsort(-np.abs(w), axis=1, kind="stable")[:, :n], True, axis=1)
+        W_hat = torch.from_numpy(np.where(keep, w, 0.0).reshape(W.shape))
+        direct = float((((W - W_hat) @ X) ** 2).sum()) / base
+        assert errors["magnitude"] == pytest.approx(direct, rel=1e-12)
+        assert errors["sparsegpt"] < errors["magnitude"]
+    one_group = layer_errors(W, X, 0.5, n=16, m=32)
+    assert one_group["wanda"] == pytest.approx(layer_errors(W, X, 0.5)["wanda"], rel=1e-12)
+    with pytest.raises(ValueError, match="sparsity"):
+        layer_errors(W, X, 0.3, n=2, m=4)
+    with pytest.raises(ValueError, match="together"):
+        layer_errors(W, X, 0.5, n=2)
+    with pytest.raises(ValueError, match="m"):
+        layer_errors(W, X, 0.5, n=3, m=6)   # 6 does not divide d_in = 32

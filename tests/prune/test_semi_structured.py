@@ -16,8 +16,8 @@ import torch
 
 from lab import runtime
 from lab.kernels import sparse24_matmul as kernel_module
-from lab.prune.semi_structured import (compress, compressed_nbytes, decompress, index_bits, meta_shape,
-                                       sparse_linear_torch, to_semi_structured_torch)
+from lab.prune.semi_structured import (Sparse24Linear, compress, compressed_nbytes, decompress, index_bits,
+                                       meta_shape, sparse_linear_torch, to_semi_structured_torch)
 
 NO_CUDA = not torch.cuda.is_available()
 
@@ -231,3 +231,38 @@ def test_kernel_under_interpreter_matches_float64(interpreted, M, N, K, dtype):
 def test_kernel_under_interpreter_with_partial_tiles(interpreted, M, N, K, block):
     _check_kernel(interpreted, M, N, K, torch.float32, seed=M + N + K, block=block, transpose_x=True)
     assert interpreted.sparse24_matmul(torch.zeros(2, K), *compress(torch.zeros(N, K)), N, K).abs().max() == 0
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_sparse24_linear_equals_the_pruned_dense_linear(bias):
+    linear = torch.nn.Linear(64, 24, bias=bias)
+    with torch.no_grad():
+        linear.weight.copy_(random_nm(24, 64, 2, 4, seed=3))
+    layer = Sparse24Linear(linear, dtype=torch.float32)
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(layer(x), linear(x), rtol=1e-5, atol=1e-5)
+    assert layer.values.shape == (24, 32) and layer.meta.shape == (24, 8)
+
+
+def test_sparse24_linear_int4_values_are_rounded_kept_values():
+    from lab.quant.affine import dequantize
+    from lab.quant.model import rtn_quantize
+
+    linear = torch.nn.Linear(64, 16, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(random_nm(16, 64, 2, 4, seed=5))
+    layer = Sparse24Linear(linear, value_bits=4, group_size=8, dtype=torch.float32)
+    values, meta = compress(linear.weight.detach())
+    expected = decompress(dequantize(rtn_quantize(values, 4, 8)), meta, 64)      # (16, 64), still 2:4
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(6))
+    torch.testing.assert_close(layer(x), x @ expected.t(), rtol=1e-5, atol=1e-5)
+    assert layer.packed.dtype == torch.uint8 and layer.packed.numel() == 16 * 32 // 2
+
+
+def test_sparse24_linear_rejects_bad_input():
+    with pytest.raises(TypeError, match="linear must be an nn.Linear"):
+        Sparse24Linear(torch.nn.Conv1d(4, 4, 1))
+    with pytest.raises(ValueError, match="value_bits=3 is not allowed"):
+        Sparse24Linear(torch.nn.Linear(8, 4), value_bits=3)
+    with pytest.raises(ValueError, match="not 2:4 sparse"):
+        Sparse24Linear(torch.nn.Linear(8, 4))
