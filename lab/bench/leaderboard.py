@@ -47,6 +47,7 @@ from lab.infer.generate import generate
 from lab.metrics import token_losses
 from lab.models.gpt import GPT
 from lab.models.train import random_batch
+from lab.params.counting import unique_state_dict
 from lab.params.safetensors_io import save_safetensors
 from lab.provenance import device_name
 from lab.prune.semi_structured import Sparse24Linear, _pack_bits
@@ -105,16 +106,6 @@ def _dense(ctx: dict) -> tuple[GPT, dict]:
     return copy.deepcopy(ctx["dense"]), {}
 
 
-def _rtn4(ctx: dict) -> tuple[GPT, dict]:
-    model = copy.deepcopy(ctx["dense"])
-    report = quantize_model(model, "rtn", 4, ctx["settings"].group_size, None, progress=False)
-    return int4_model(copy.deepcopy(ctx["dense"]), report, torch.bfloat16), {}
-
-
-def _gptq4(ctx: dict) -> tuple[GPT, dict]:
-    return _gptq4_of(copy.deepcopy(ctx["dense"]), ctx)
-
-
 def _gptq3(ctx: dict) -> tuple[GPT, dict]:
     model = copy.deepcopy(ctx["dense"])
     report = quantize_model(model, "gptq", 3, ctx["settings"].group_size, ctx["calib"], progress=False)
@@ -170,26 +161,30 @@ def _draft(ctx: dict) -> GPT:
     return load_pretrained_lm("lab", path=DRAFT_DIR).to(ctx["device"]).eval()
 
 
-def _gptq4_of(model: GPT, ctx: dict) -> tuple[GPT, dict]:
-    report = quantize_model(copy.deepcopy(model), "gptq", 4, ctx["settings"].group_size, ctx["calib"],
-                            progress=False)
+def _int4(model: GPT, ctx: dict, method: str = "gptq") -> tuple[GPT, dict]:
+    """``model`` with its decoder linears as `Int4Linear`s (g = ``settings.group_size``, bf16 scales),
+    rounded by ``method`` ("rtn", or "gptq" on the calibration windows)."""
+    calib = ctx["calib"] if method == "gptq" else None
+    report = quantize_model(copy.deepcopy(model), method, 4, ctx["settings"].group_size, calib, progress=False)
     return int4_model(model, report, torch.bfloat16), {}
 
 
 ROUTES = (
     Route("dense bf16", _dense, calibration=False, training=False, matmul="bf16"),
-    Route("RTN int4 g64", _rtn4, calibration=False, training=False, matmul="bf16"),
-    Route("GPTQ int4 g64", _gptq4, calibration=True, training=False, matmul="bf16"),
+    Route("RTN int4 g64", lambda ctx: _int4(copy.deepcopy(ctx["dense"]), ctx, "rtn"), calibration=False,
+          training=False, matmul="bf16"),
+    Route("GPTQ int4 g64", lambda ctx: _int4(copy.deepcopy(ctx["dense"]), ctx), calibration=True, training=False,
+          matmul="bf16"),
     Route("GPTQ int3 g64", _gptq3, calibration=True, training=False, matmul="bf16"),
     Route("W8A8 SmoothQuant", _w8a8, calibration=True, training=False, matmul="int8"),
     Route("SparseGPT 50%", _unstructured, calibration=True, training=False, matmul="bf16"),
     Route("SparseGPT 2:4", _sparse24, calibration=True, training=False, matmul="2:4 sparse"),
     Route("2:4 + int4", lambda ctx: _sparse24(ctx, 4), calibration=True, training=False, matmul="2:4 sparse"),
     Route("student 3 layers", lambda ctx: (_student(ctx), {}), calibration=False, training=True, matmul="bf16"),
-    Route("student + GPTQ int4", lambda ctx: _gptq4_of(_student(ctx), ctx), calibration=True, training=True,
+    Route("student + GPTQ int4", lambda ctx: _int4(_student(ctx), ctx), calibration=True, training=True,
           matmul="bf16"),
     Route("draft 2 layers", lambda ctx: (_draft(ctx), {}), calibration=False, training=True, matmul="bf16"),
-    Route("draft + GPTQ int4", lambda ctx: _gptq4_of(_draft(ctx), ctx), calibration=True, training=True,
+    Route("draft + GPTQ int4", lambda ctx: _int4(_draft(ctx), ctx), calibration=True, training=True,
           matmul="bf16"),
 )
 
@@ -206,19 +201,17 @@ def round_to_bf16(model: nn.Module) -> nn.Module:
 def stored_tensors(model: nn.Module, codes: dict) -> dict[str, torch.Tensor]:
     """The tensors of the stored form: the state dict with shared tensors once (a tied head), floats in
     bf16, and each weight named in ``codes`` replaced by its b-bit codes packed LSB-first per row
-    (``.codes``, uint8) with its scales (bf16) and zero points (uint8)."""
-    tensors, seen = {}, set()
-    for name, t in model.state_dict().items():
-        if t.data_ptr() in seen:
-            continue
-        seen.add(t.data_ptr())
+    (``.codes``, uint8) with its scales (bf16) and zero points (uint8): `unique_state_dict` in bf16
+    with the codes swapped in."""
+    tensors = {}
+    for name, t in unique_state_dict(model, torch.bfloat16).items():
         if name in codes:
             qt = codes[name]
             tensors[name + ".codes"] = _pack_bits(qt.qdata.to(torch.int64), qt.bits)
             tensors[name + ".scale"] = qt.scale.to(torch.bfloat16)
             tensors[name + ".zero_point"] = qt.zero_point.to(torch.uint8)
         else:
-            tensors[name] = t.to(torch.bfloat16) if t.is_floating_point() else t
+            tensors[name] = t
     return tensors
 
 
