@@ -26,7 +26,7 @@ unexport MPLBACKEND
 # kernel, test worker and spawned rank) compiled torch and transformers from source again, 8 s of CPU each.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help venv data book book-stored browser outputs test test-unit test-notebooks test-book gpu-dry-run clean
+.PHONY: help venv data book book-stored browser outputs output-spread test test-unit test-notebooks test-book gpu-dry-run clean
 
 help:
 	@echo "make book     build the Jupyter Book into _build/html/ (executes the notebooks whose code"
@@ -36,6 +36,9 @@ help:
 	@echo "make test     unit tests, the sm_90 kernel check, each notebook executed once (metrics and"
 	@echo "              stored outputs checked), the book built from stored outputs and opened in chromium"
 	@echo "make outputs  re-execute every notebook in place (refreshes the stored outputs the tests compare)"
+	@echo "make output-spread  execute every notebook on six CPU code paths of torch (tests/code_paths.py) and"
+	@echo "              print how far each printed number moved between them: the measurement behind the"
+	@echo "              tolerances of tests/notebook_outputs.py (about 70 minutes on 2 cores; _build/spread/)"
 	@echo "make check-kernels  compile every Triton kernel configuration for sm_90 (no GPU) under triton 3.6.0"
 	@echo "              (the GPU machine's); check-kernels-pinned under the pinned triton; both fail on spills"
 	@echo "make kernels-static  the kernels' sm_90 static model (results/kernels_static_sm90.json)"
@@ -83,6 +86,11 @@ outputs: data
 	$(PY) -c 'from tests.test_notebooks import NOTEBOOKS; print("\n".join(map(str, NOTEBOOKS)))' | \
 		OMP_NUM_THREADS=1 xargs -P 2 -I NB $(VENV)/bin/papermill --cwd notebooks --kernel python3 \
 		--no-progress-bar NB NB
+
+# How far the notebooks' printed numbers move with the CPU: every notebook on each code path of
+# tests/code_paths.py (about 70 minutes on 2 cores), then the spread table and the verbs that hang on the CPU.
+output-spread: data
+	$(PY) -m tests.output_spread --again
 
 # CI (.ci/run) on 2 cores: the notebooks (two halves of equal stored time, each longest first), the kernel check and the
 # unit tests share the cores, each torch process on one thread (OMP_NUM_THREADS=1: no oversubscribed thread pools);

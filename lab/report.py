@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -99,6 +100,35 @@ def _glue(name: str, value: Value) -> None:
     shell = get_ipython()
     if shell is not None and getattr(shell, "kernel", None) is not None:
         glue(name, value, display=False)
+
+
+def below_text(value: float, bound: float) -> str:
+    """A small non-negative quantity printed at the precision it carries: "< 1e-05" for ``bound`` =
+    1e-5 when 0 <= ``value`` < ``bound`` (the bound in scientific notation, rounded up to at most two
+    significant digits: "< 2.4e-07" for 2⁻²² ≈ 2.38e-7); else ``value`` itself, to two significant digits.
+
+    Below its bound a quantity has no digits worth printing: an error against a float64 reference or
+    a difference of two float32 computations that should agree is rounding noise, and another CPU
+    (other vector units, other summation orders) prints other digits of the same noise; a p-value far
+    in the tail moves by a larger fraction of itself than the statistic it comes from. Its bound, the
+    largest value the text accepts as such, is the same on every CPU. Above the bound the value is a
+    finding and is printed.
+    """
+    for arg, x in (("value", value), ("bound", bound)):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise TypeError(f"{arg} must be a real number, got {type(x).__name__} {x!r}")
+        if not math.isfinite(x) or x < 0:
+            raise ValueError(f"{arg}={x!r} is not allowed; it must be finite and >= 0")
+    if bound == 0:
+        raise ValueError("bound=0 is not allowed; it must be > 0")
+    if value >= bound:
+        return f"{value:.2g}"
+    exponent = math.floor(math.log10(bound))
+    tenths = math.ceil(round(bound / 10.0 ** (exponent - 1), 9))     # two digits, rounded up: 2⁻²² → 24
+    if tenths == 100:
+        tenths, exponent = 10, exponent + 1
+    mantissa = f"{tenths // 10}" if tenths % 10 == 0 else f"{tenths / 10:.1f}"
+    return f"< {mantissa}e{exponent:+03d}"
 
 
 def percent(delta_log_ppl: float) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab import report
+from tests.code_paths import CODE_PATHS, code_path_env
 from tests.notebook_outputs import differences
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -32,6 +34,11 @@ def _stored_seconds(notebook: Path) -> float:
 
 
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"), key=lambda nb: (-_stored_seconds(nb), nb.name))
+
+
+# The notebook that `make test` executes on torch's AVX2 code path instead of this CPU's own: the one
+# whose cells carry every tolerance class. Every other notebook runs on this CPU's code path.
+ON_AVX2 = NOTEBOOK_DIR / "03_quantization.ipynb"
 
 
 def _two_halves(notebooks: list[Path]) -> dict[Path, str]:
@@ -102,11 +109,28 @@ class Is:
 
 
 @dataclass(frozen=True)
+class Below:
+    """A quantity below a bound (rounding noise, a p-value far in the tail), recorded as its text
+    (``lab.report.below_text``: "< 1e-05"), the same on every CPU; a value at or above the bound is
+    recorded as itself and fails."""
+
+    bound: float
+
+    def __contains__(self, value) -> bool:
+        return value == report.below_text(0.0, self.bound)
+
+    def __str__(self) -> str:
+        return f"below {self.bound:g}"
+
+
+@dataclass(frozen=True)
 class Claim:
     """A comparison recorded by ``report.record_comparison`` as [Δ%, low%, high%] whose interval
     supports the verb of the sentence that states it: "lower" (high < 0), "higher" (low > 0),
     "level" (low <= 0 <= high), or "any" where the sentence states the size and no direction;
-    optionally the size Δ% within [lo, hi]."""
+    optionally the size Δ% within [lo, hi]. A verb must not hang on the CPU: `make output-spread`
+    lists the claims whose interval ends closer to 0 than MULTIPLE times the distance that end moved
+    between torch's CPU code paths (tests/output_spread.py); those read "any", with no verb in the text."""
 
     verb: str
     lo: float = -math.inf
@@ -168,7 +192,7 @@ EXPECTED: dict[str, dict] = {
         "sharing_tied_val_ppl": near(672.0, 0.10),
         "sharing_albert_val_ppl": near(975.0, 0.10),
         "sharing_tied_vs_untied": Claim("lower"),      # paired on the validation tokens: -9.99%
-        "sharing_albert_vs_tied": Claim("higher"),     # +45.08%
+        "sharing_albert_vs_tied": Claim("any", 15.0, 70.0),   # +32% to +45% on the code paths
         # figures the chapter pages glue
         "kv_mha_outgrows_weights_T": near(3213.127, 1e-6),
         "kv_gqa_outgrows_weights_T": near(12852.508, 1e-6),
@@ -213,8 +237,8 @@ EXPECTED: dict[str, dict] = {
         # the optimizers against their references: transformers' Adafactor after 3 steps (measured
         # 0.0); the 8-bit quantizer against float64, in units of a block's absmax (measured 7.8e-8)
         "adafactor_vs_transformers_max_abs_param_diff": Between(0.0, 1e-6),
-        "adam8bit_quantize_excess_error": Between(0.0, 2.4e-7),       # ≤ 2⁻²², float32 rounding
-        "adam8bit_dequantize_error": Between(0.0, 1.2e-7),            # ≤ 2⁻²³
+        "adam8bit_quantize_excess_error": Below(2**-22),             # float32 rounding
+        "adam8bit_dequantize_error": Below(2**-23),                  # measured 7.4e-8 to 8.1e-8
         # optimizer state: the memory model equals the measured storage
         **{f"optimizer_state_ratio_{o}": exactly(1.0) for o in ("adamw", "adafactor", "adam8bit")},
         "bf16_mixed_bytes_per_param_adamw": exactly(16.0),
@@ -253,8 +277,8 @@ EXPECTED: dict[str, dict] = {
         "lora_over_full_memory": near(0.138184, 1e-4),
         "qlora_over_lora_memory": near(0.559152, 1e-4),
         # merged vs unmerged logits of the trained models (float32 rounding; measured ≈ 1e-5)
-        "lora_merge_max_abs_logit_diff": Between(0.0, 1e-4),
-        "qlora_merge_max_abs_logit_diff": Between(0.0, 1e-4),
+        "lora_merge_max_abs_logit_diff": Below(1e-4),           # measured 1.1e-5 to 1.2e-5
+        "qlora_merge_max_abs_logit_diff": Below(1e-4),
         # saved activations of one fp32 step (batch 4 × 128): frozen weights save less; QLoRA as LoRA
         "activations_full_MB": near(84.57626, 1e-6),
         "activations_lora_MB": near(65.302532, 1e-6),
@@ -359,14 +383,14 @@ EXPECTED: dict[str, dict] = {
         "layer_error_gptq_over_rtn_4_group": Between(0.2, 0.45),   # measured 0.324
         "layer_error_gptq_over_rtn_3_channel": Between(0.2, 0.45),  # measured 0.329
         "gptq_vs_rtn_2_group": Claim("lower", -8.0, -2.0),          # measured -4.34%
-        "gptq_vs_rtn_3_channel": Claim("lower", -1.5, 0.0),         # measured -0.54% [-1.04, -0.01]
-        "gptq_vs_rtn_3_group": Claim("level"),                      # measured -0.47%, 0 in a seed's CI
+        "gptq_vs_rtn_3_channel": Claim("any", -1.0, 1.0),   # -0.54% [-1.04, -0.01]; +0.02 on some paths
+        "gptq_vs_rtn_3_group": Claim("any", -1.0, 1.0),     # -0.45% [-1.01, +0.06]; the end moves 0.03
         "gptq_vs_rtn_4_channel": Claim("level"),
         "gptq_vs_rtn_4_group": Claim("level"),
         "awq_vs_rtn_3_group": Claim("lower", -1.0, 0.0),            # measured -0.30%, every seed below
         "rtn_group_vs_channel_4": Claim("higher", 0.0, 1.0),        # measured +0.34% [+0.00, +0.73]
-        "lm_w8a8_token_vs_dense": Claim("level"),
-        "lm_w8a8_tensor_vs_dense": Claim("level"),
+        "lm_w8a8_token_vs_dense": Claim("any", -0.5, 0.5),   # ends 0.02 from 0, moving 0.01
+        "lm_w8a8_tensor_vs_dense": Claim("any", -0.5, 0.5),  # ends 0.02 to 0.07 from 0, moving 0.05
         "qat_vs_rtn": Claim("lower"),
         "qat_vs_finetune_then_rtn": Claim("lower"),
         "qat_vs_gptq": Claim("higher"),                 # "GPTQ is still ahead": measured +2.19%
@@ -423,7 +447,7 @@ EXPECTED: dict[str, dict] = {
         "ex_group_bits_per_weight_4ch": near(4.105556, 1e-6),
         "ex_group_bits_bytes_3g64_over_4ch": near(3.5 / 4.105556, 1e-6),
         "ex_group_bits_rtn_3g64_vs_4ch": Claim("higher", 0.0, 3.0),         # measured +1.14% [+0.68, +1.60]
-        "ex_group_bits_gptq_3g64_vs_4ch": Claim("higher", 0.0, 3.0),        # measured +0.59%, every seed > 0
+        "ex_group_bits_gptq_3g64_vs_4ch": Claim("any", 0.0, 3.0),   # +0.59% [+0.10, +1.08]; the end moves 0.07
         # exercise "Bytes and time of one decode step": 8192 x 8192, M = 1, H200 datasheet 4.8 TB/s
         "ex_decode_us_bf16": near(27.968853, 1e-6),
         "ex_decode_us_int4": near(7.43424, 1e-6),
@@ -469,7 +493,7 @@ EXPECTED: dict[str, dict] = {
         "encoder_params_ratio": near(0.68753, 1e-4),
         # the executed exercise solutions (the notebook's last section, book page's Exercises)
         # reverse-KL gradient: closed form vs autograd (float32)
-        "ex_reverse_grad_max_rel_error": Between(0.0, 1e-4),
+        "ex_reverse_grad_max_rel_error": Below(1e-5),           # measured 1.8e-6 to 2.4e-6
         # forward vs reverse KL on a bimodal teacher (float64, deterministic Adam fits)
         "ex_modes_teacher_mean": near(32.0, 1e-9),
         "ex_modes_teacher_sd": near(12.165525060596439, 1e-9),
@@ -495,7 +519,7 @@ EXPECTED: dict[str, dict] = {
     },
     "05_distributed_training": {
         # every strategy reproduces the single-process loss curve
-        **{f"loss_max_abs_diff_{s}": Between(0.0, 1e-4)
+        **{f"loss_max_abs_diff_{s}": Below(1e-5)
            for s in ("ddp", "torch_ddp", "zero1", "zero2", "zero3", "tp", "pp")},
         "ddp_equals_torch_ddp_losses": Is(True),
         "single_final_loss": near(7.379, 0.01),
@@ -506,7 +530,7 @@ EXPECTED: dict[str, dict] = {
         "bubble_1f1b_m8": Between(3 / 11, 0.5),
         "bubble_formula_m8": near(3 / 11, 1e-9),
         "tiny_n_parameters": exactly(616_768),
-        "loss_max_abs_diff_all": Between(0.0, 1e-4),
+        "loss_max_abs_diff_all": Below(1e-5),    # measured 9.5e-7 to 1.9e-6 (1 to 2 ulp of the loss)
         **{f"payload_MB_per_step_{s}": near(v, 1e-9) for s, v in (
             ("ddp", 2.467072), ("zero1", 4.934144), ("zero2", 4.934144), ("zero3", 7.401216),
             ("tp", 1.048576), ("pp", 2.359296))},
@@ -565,7 +589,7 @@ EXPECTED: dict[str, dict] = {
     },
     "06_inference": {
         # the cache changes the cost, not the numbers; generation equals transformers'; scheduling is exact
-        "cached_vs_uncached_max_abs_logit_diff": Between(0.0, 1e-4),   # measured 9.5e-6
+        "cached_vs_uncached_max_abs_logit_diff": Below(1e-4),          # measured 9.5e-6
         "greedy_equals_transformers": Is(True),
         "serve_outputs_equal_generate": Is(True),
         "speculative_greedy_exact": Is(True),
@@ -586,8 +610,8 @@ EXPECTED: dict[str, dict] = {
         "ks_pvalue_speculative": Between(0.001, 1.0),
         "score_pvalue_target": Between(0.001, 1.0),
         "score_pvalue_speculative": Between(0.001, 1.0),
-        "ks_pvalue_undistilled_draft": Between(0.0, 1e-6),
-        "score_pvalue_undistilled_draft": Between(0.0, 1e-6),
+        "ks_pvalue_undistilled_draft": Below(1e-6),
+        "score_pvalue_undistilled_draft": Below(1e-6),
         # the roofline of a 7B shape: int4 pays at batch 1, much less at batch 256 (formula)
         "int4_ceiling_gain_b1": near(2.9912, 1e-4),
         "int4_ceiling_gain_b256": near(1.0341, 1e-4),
@@ -721,13 +745,15 @@ def test_python3_kernel_is_this_environment():
         f"run `{sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}`")
 
 
-@pytest.mark.parametrize("notebook", [pytest.param(nb, id=nb.stem, marks=pytest.mark.xdist_group(HALF[nb]))
-                                      for nb in NOTEBOOKS])
-def test_notebook_runs_and_reproduces_its_metrics(notebook: Path, tmp_path: Path, monkeypatch):
+def _execute_and_check(notebook: Path, tmp_path: Path, monkeypatch, code_path: dict[str, str]) -> None:
+    """Execute ``notebook`` with papermill in the environment ``code_path`` (tests/code_paths.py), then
+    check its metrics against EXPECTED and its outputs against the stored ones."""
     import papermill
 
+    for name, value in code_path.items():
+        monkeypatch.setenv(name, value)  # inherited by the kernel
     metrics_path = tmp_path / f"{notebook.stem}.metrics.json"
-    monkeypatch.setenv(report.ENV_VAR, str(metrics_path))  # inherited by the kernel
+    monkeypatch.setenv(report.ENV_VAR, str(metrics_path))
     monkeypatch.delenv("MPLBACKEND", raising=False)  # draw inline, as the book and nbval do
     papermill.execute_notebook(
         str(notebook), str(tmp_path / notebook.name),
@@ -744,6 +770,17 @@ def test_notebook_runs_and_reproduces_its_metrics(notebook: Path, tmp_path: Path
     failures += [f"stored output differs: {d}" for d in differences(notebook, tmp_path / notebook.name)]
     assert not failures, f"{notebook.name}:\n  " + "\n  ".join(failures)
 
+
+@pytest.mark.parametrize("notebook", [
+    pytest.param(nb, id=nb.stem + ("-avx2" if nb == ON_AVX2 else ""), marks=pytest.mark.xdist_group(HALF[nb]))
+    for nb in NOTEBOOKS])
+def test_notebook_runs_and_reproduces_its_metrics(notebook: Path, tmp_path: Path, monkeypatch):
+    """The stored outputs come from one CPU; a reader's CPU may have other vector units. Every notebook
+    runs on this CPU's code path (or on the one ATEN_CPU_CAPABILITY names, then in MKL and oneDNN
+    too), except ON_AVX2, which runs on torch's, MKL's and oneDNN's AVX2 code paths whatever the CPU:
+    `make test` always compares two code paths, wherever the outputs were stored."""
+    own = code_path_env(os.environ.get("ATEN_CPU_CAPABILITY"))
+    _execute_and_check(notebook, tmp_path, monkeypatch, CODE_PATHS["avx2"] if notebook == ON_AVX2 else own)
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])

@@ -133,3 +133,27 @@ def test_record_comparison_in_points_for_rates(tmp_path):
     assert report.read(path)["acc_text"] == "-5.00 points (95% CI -15.00 points to +5.00 points)"
     with pytest.raises(ValueError, match="scale='log'"):
         report.record_comparison("acc", result, scale="log", path=path)
+
+
+def test_a_quantity_below_its_bound_is_printed_as_the_bound():
+    assert report.below_text(7.7e-08, 1e-6) == "< 1e-06"
+    assert report.below_text(1.4e-07, 1e-6) == "< 1e-06"         # another CPU's digits, the same text
+    assert report.below_text(0.0, 1e-4) == "< 1e-04"
+    assert report.below_text(np.float32(2.3e-7), 2**-22) == "< 2.4e-07"   # 2⁻²² ≈ 2.38e-7, rounded up
+    assert report.below_text(0.0, 2.44e-7) == "< 2.5e-07"         # never a bound below the true one
+    assert report.below_text(0.0, 9.99e-5) == "< 1e-04"
+    assert report.below_text(1e-6, 1e-6) == "1e-06"               # at the bound: a finding, printed
+    assert report.below_text(3.3e-3, 1e-4) == "0.0033"
+
+
+def test_below_text_refuses_what_is_not_a_non_negative_number():
+    with pytest.raises(ValueError, match=r"value=-1e-07 .* >= 0"):
+        report.below_text(-1e-7, 1e-6)
+    with pytest.raises(ValueError, match="value=nan"):
+        report.below_text(float("nan"), 1e-6)
+    with pytest.raises(ValueError, match="bound=0 "):
+        report.below_text(1e-7, 0)
+    with pytest.raises(TypeError, match="bound must be a real number, got str"):
+        report.below_text(1e-7, "1e-6")
+    with pytest.raises(TypeError, match="value must be a real number, got bool"):
+        report.below_text(True, 1e-6)
