@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import os
 from pathlib import Path
 
 from lab.atomic import atomic_write_json
+from lab.checks import check_number
 from lab.stats import seed_spread, verdict
 
 DEFAULT_FILENAME = "lab.metrics.json"
@@ -114,13 +114,8 @@ def below_text(value: float, bound: float) -> str:
     largest value the text accepts as such, is the same on every CPU. Above the bound the value is a
     finding and is printed.
     """
-    for arg, x in (("value", value), ("bound", bound)):
-        if isinstance(x, bool) or not isinstance(x, numbers.Real):
-            raise TypeError(f"{arg} must be a real number, got {type(x).__name__} {x!r}")
-        if not math.isfinite(x) or x < 0:
-            raise ValueError(f"{arg}={x!r} is not allowed; it must be finite and >= 0")
-    if bound == 0:
-        raise ValueError("bound=0 is not allowed; it must be > 0")
+    value = check_number("value", value, 0.0)
+    bound = check_number("bound", bound, 0.0, closed=(False, True))
     if value >= bound:
         return f"{value:.2g}"
     exponent = math.floor(math.log10(bound))

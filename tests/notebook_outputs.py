@@ -189,12 +189,17 @@ def sanitizer(cfg: Path = SANITIZE_CFG) -> Callable[[object], object]:
     return sanitize
 
 
+def glue_name(output: dict) -> str | None:
+    """The name an output glues a value under (lab.report.record), or None for any other output."""
+    return output.get("metadata", {}).get("scrapbook", {}).get("name")
+
+
 def _flatten(outputs: list, sanitize: Callable[[object], object]) -> dict[str, list]:
     """Output key (stream name, MIME type, glue name) → list of sanitized strings, as nbval groups
     a cell's outputs."""
     flat: dict[str, list] = defaultdict(list)
     for out in transform_streams_for_comparison(coalesce_streams(copy.deepcopy(outputs))):
-        glue = out.get("metadata", {}).get("scrapbook", {}).get("name")
+        glue = glue_name(out)
         for key, value in out.items():
             if key in SKIP_KEYS:
                 continue
@@ -233,7 +238,8 @@ class Pair:
     tolerance: str
 
 
-def _code_cells(notebook: Path) -> list[nbformat.NotebookNode]:
+def code_cells(notebook: Path) -> list[nbformat.NotebookNode]:
+    """The code cells of ``notebook`` (an executed copy's injected parameters left out)."""
     return [c for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"
             and "injected-parameters" not in c.metadata.get("tags", [])]
 
@@ -244,8 +250,8 @@ def compared_cells(stored: Path, executed: Path,
     cell, under the cell tags of ``tagged`` (default: ``stored``); ValueError when the notebooks
     do not have the same code cells."""
     sanitize = sanitizer()
-    ref_cells, run_cells = _code_cells(stored), _code_cells(executed)
-    tag_cells = ref_cells if tagged is None else _code_cells(tagged)
+    ref_cells, run_cells = code_cells(stored), code_cells(executed)
+    tag_cells = ref_cells if tagged is None else code_cells(tagged)
     if not len(ref_cells) == len(run_cells) == len(tag_cells):
         raise ValueError(f"{len(ref_cells)} stored code cells, {len(run_cells)} executed ones and "
                          f"{len(tag_cells)} tagged ones")
@@ -260,7 +266,7 @@ def _verdict_at_edge(key: str, want: dict, tolerance: str) -> bool:
     """A comparison's verb (glue ``name_verdict``, lab.report.record_comparison) may differ when an end of
     its stored interval (glue ``name`` = [Δ, low, high]) lies within the tolerance of 0: the interval
     itself is compared number by number, and its verb flips with rounding there."""
-    interval = want.get(f"{key.removesuffix('_verdict')}") if key.endswith("_verdict") else None
+    interval = want.get(key.removesuffix("_verdict")) if key.endswith("_verdict") else None
     if not interval:
         return False
     ends = numbers(interval[0], exact=True, percent=True)[1][1:]
@@ -297,7 +303,7 @@ def pairs(stored: Path, executed: Path, tagged: Path | None = None) -> tuple[lis
 
 def differences(stored: Path, executed: Path) -> list[str]:
     """One message per output whose text differs or whose numbers differ beyond the tolerance."""
-    ref_cells, run_cells = _code_cells(stored), _code_cells(executed)
+    ref_cells, run_cells = code_cells(stored), code_cells(executed)
     if len(ref_cells) != len(run_cells):
         return [f"{len(ref_cells)} stored code cells but {len(run_cells)} executed ones"]
     found, problems = pairs(stored, executed)
@@ -315,7 +321,7 @@ def glued(notebook: Path) -> dict[str, str]:
     found = {}
     for cell in nbformat.read(notebook, as_version=4).cells:
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
-            name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            name = glue_name(out)
             if name is not None:
                 found[name] = out["data"][f"{GLUE_PREFIX}text/plain"]
     return found

@@ -23,18 +23,14 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import nbformat
-
 from lab import report
 from tests.code_paths import CODE_PATHS
-from tests.notebook_outputs import MULTIPLE, SMALL, TOLERANCE, Pair, Tolerance, pairs
+from tests.notebook_outputs import MULTIPLE, SMALL, TOLERANCE, Pair, Tolerance, code_cells, pairs
 from tests.test_notebooks import EXPECTED, KERNEL, NOTEBOOK_DIR, NOTEBOOKS, Claim
 
 
 def _sources(notebook: Path) -> list[str]:
-    """The code of ``notebook``'s code cells (an executed copy's injected parameters left out)."""
-    return [c.source for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"
-            and "injected-parameters" not in c.metadata.get("tags", [])]
+    return [cell.source for cell in code_cells(notebook)]
 
 
 def execute(notebook: Path, path: str, out: Path, again: bool) -> str:
@@ -43,7 +39,8 @@ def execute(notebook: Path, path: str, out: Path, again: bool) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / notebook.name).exists() and not again and _sources(folder / notebook.name) == _sources(notebook):
         return f"{path:9} {notebook.stem}: kept"
-    env = {k: v for k, v in os.environ.items() if k not in ("MPLBACKEND", *CODE_PATHS["avx2"])}
+    chosen = {name for env in CODE_PATHS.values() for name in env}     # every variable a path may set
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND" and k not in chosen}
     env.update(CODE_PATHS[path], OMP_NUM_THREADS="1",
                LAB_REPORT_PATH=str((folder / f"{notebook.stem}.metrics.json").resolve()))
     done = subprocess.run([sys.executable, "-m", "papermill", "--cwd", str(NOTEBOOK_DIR), "--kernel", KERNEL,

@@ -10,7 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.notebook_outputs import TOLERANCE, Number, Tolerance, differences, glued, numbers, tolerance_class
+from tests.notebook_outputs import (TOLERANCE, Number, Tolerance, differences, glue_name, glued, numbers,
+                                   tolerance_class)
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 QUANT = NOTEBOOKS / "03_quantization.ipynb"
@@ -31,7 +32,7 @@ def _edited(notebook: Path, tmp_path: Path, edit) -> Path:
 def _glue_edit(name: str, change):
     """An edit of the glued value ``name``: its text/plain → change(text)."""
     def edit(out, cell):
-        if out.get("metadata", {}).get("scrapbook", {}).get("name") != name:
+        if glue_name(out) != name:
             return False
         key = "application/papermill.record/text/plain"
         out["data"][key] = change(out["data"][key])
@@ -123,7 +124,7 @@ def test_a_glued_number_passes_half_its_tolerance_and_fails_twice_it(tmp_path, n
     """The band itself, not only the printed digit: u = 0 for a glued float."""
     text = glued(QUANT)[name]
     cell = next(c for c in nbformat.read(QUANT, as_version=4).cells if c.cell_type == "code"
-                and any(o.get("metadata", {}).get("scrapbook", {}).get("name") == name for o in c.outputs))
+                and any(glue_name(o) == name for o in c.outputs))
     tolerance = TOLERANCE[tolerance_class(cell)]
     if term == "points":                        # [Δ, low, high] in percentage points: move Δ
         mid, *ends = numbers(text, exact=True)[1]
