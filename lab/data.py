@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from lab.atomic import atomic_write, atomic_write_json
-from lab.checks import check_choice, check_int
+from lab.core.atomic import atomic_write, atomic_write_json
+from lab.core.checks import check_choice, check_int
+from lab.core.records import REPO_ROOT
 
 CORPUS_PACKAGE = "python3.11-doc"
 CORPUS_VERSIONS = ("3.11.2-6+deb12u9", "3.11.2-6+deb12u8")  # tried in order, then any
 SOURCES_IN_PACKAGE = "usr/share/doc/python3.11/html/_sources"
 SPLITS = {"train": (0, 90), "validation": (90, 95), "test": (95, 100)}
 EVAL_TOKENS = 32_768  # the shared evaluation slice: first EVAL_TOKENS tokens of "test"
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def data_dir() -> Path:

@@ -20,7 +20,7 @@ import platform
 import torch
 
 import lab
-from lab.runtime import get_device
+from lab.core.runtime import get_device
 
 LIBRARIES = ("torch", "triton", "transformers", "tokenizers", "numpy")
 # lab path → what it needs beyond a CPU

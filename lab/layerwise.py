@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.checks import check_tensor
+from lab.core.checks import check_tensor
 from lab.models.gpt import rope_cos_sin
 
 # Linears of one decoder layer grouped by the input they read: the first name of a group hosts the hook.

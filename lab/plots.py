@@ -1,6 +1,6 @@
 """Plots of comparisons with their intervals, shared by the chapter notebooks.
 
-A comparison is [Δ, low, high] (the form `lab.report.record_comparison` records: change of
+A comparison is [Δ, low, high] (the form `lab.core.report.record_comparison` records: change of
 perplexity in percent with its 95% interval). `interval_plot` draws one row per comparison, a
 dot at Δ and a bar from low to high, with a line at 0: an interval that crosses the line is
 "level", one that does not is "lower" or "higher". Seaborn draws it from the computed interval,
@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from lab.stats import verdict
+from lab.core.stats import verdict
 
 COLORS = {"lower": "tab:green", "level": "tab:gray", "higher": "tab:red"}
 
@@ -89,7 +89,7 @@ def static_model_figure(record: dict) -> plt.Figure:
 
 
 def pareto_plot(rows: Sequence[Mapping], front: Sequence[str], ax: plt.Axes | None = None) -> plt.Axes:
-    """Each leaderboard row (`lab.bench.leaderboard`) at (bytes in MB, Δ log-perplexity in nats) with its
+    """Each leaderboard row (`lab.capstone.leaderboard`) at (bytes in MB, Δ log-perplexity in nats) with its
     95% interval as a vertical bar, coloured by verdict; the routes of ``front`` joined by a line."""
     if not rows:
         raise ValueError("rows is empty: nothing to plot")

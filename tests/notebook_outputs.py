@@ -8,7 +8,7 @@ repository, here. The rules are nbval's (``pytest --nbval``): the same sanitizer
 ``# NBVAL_IGNORE_OUTPUT`` skips a cell's comparison, ``nbval-skip`` skips the cell), the same merging
 of stream outputs and the same keys left out (metadata, execution counts, tracebacks, images, widget
 ids), with one change: the numbers inside stdout, ``text/plain``, ``text/html`` tables and glued
-values (``lab.report.record``) are compared with a tolerance, because another CPU (other vector units
+values (``lab.core.report.record``) are compared with a tolerance, because another CPU (other vector units
 in torch, MKL and oneDNN, so other summation orders) prints other last digits. The text around the
 numbers (words, table markup, how many numbers) must match exactly, whitespace aside.
 
@@ -23,7 +23,7 @@ where u is the unit of the last printed digit of the less precise of the two (0.
 boundary. A glued number is the ``repr`` of the recorded value, that value exactly: u = 0 (a glued
 string was formatted, and its numbers have their printed u). A change in
 percent is a number followed by "%" or " points", or the [Δ, low, high] of a comparison that
-``lab.report.record_comparison`` glued; its ``_verdict`` may differ only when an end of the stored
+``lab.core.report.record_comparison`` glued; its ``_verdict`` may differ only when an end of the stored
 interval lies within ``points`` of 0.
 
 Tolerances live here, in ``TOLERANCE``, by class: "default" for every cell, unless the cell carries
@@ -88,7 +88,7 @@ SANITIZE_CFG = Path(__file__).resolve().parent / "nbval_sanitize.cfg"
 # nbval's own list of keys it never compares (plugin.IPyNbFile.skip_compare, without --nbdime)
 SKIP_KEYS = frozenset({"metadata", "traceback", "prompt_number", "output_type", "name", "execution_count",
                        "application/vnd.jupyter.widget-view+json", "image/png", "image/jpeg"})
-# values glued by lab.report.record (myst_nb.glue, display=False): the key names the glued value
+# values glued by lab.core.report.record (myst_nb.glue, display=False): the key names the glued value
 GLUE_PREFIX = "application/papermill.record/"
 TAG_PREFIX = "tolerance-"
 
@@ -190,7 +190,7 @@ def sanitizer(cfg: Path = SANITIZE_CFG) -> Callable[[object], object]:
 
 
 def glue_name(output: dict) -> str | None:
-    """The name an output glues a value under (lab.report.record), or None for any other output."""
+    """The name an output glues a value under (lab.core.report.record), or None for any other output."""
     return output.get("metadata", {}).get("scrapbook", {}).get("name")
 
 
@@ -263,7 +263,7 @@ def compared_cells(stored: Path, executed: Path,
 
 
 def _verdict_at_edge(key: str, want: dict, tolerance: str) -> bool:
-    """A comparison's verb (glue ``name_verdict``, lab.report.record_comparison) may differ when an end of
+    """A comparison's verb (glue ``name_verdict``, lab.core.report.record_comparison) may differ when an end of
     its stored interval (glue ``name`` = [Δ, low, high]) lies within the tolerance of 0: the interval
     itself is compared number by number, and its verb flips with rounding there."""
     interval = want.get(key.removesuffix("_verdict")) if key.endswith("_verdict") else None
@@ -289,7 +289,7 @@ def pairs(stored: Path, executed: Path, tagged: Path | None = None) -> tuple[lis
             continue
         for key in want:
             glue = key.startswith("glue ")
-            percent = glue and f"{key}_verdict" in want   # lab.report.record_comparison's [Δ, low, high]
+            percent = glue and f"{key}_verdict" in want   # lab.core.report.record_comparison's [Δ, low, high]
             split_a = [numbers(v, _exact(key, v), percent) for v in want[key]]
             split_b = [numbers(v, _exact(key, v), percent) for v in got[key]]
             if [s[0] for s in split_a] != [s[0] for s in split_b] and not _verdict_at_edge(key, want, tolerance):
@@ -317,7 +317,7 @@ def differences(stored: Path, executed: Path) -> list[str]:
 
 
 def glued(notebook: Path) -> dict[str, str]:
-    """Every value the stored ``notebook`` glues (lab.report.record): name → its text/plain."""
+    """Every value the stored ``notebook`` glues (lab.core.report.record): name → its text/plain."""
     found = {}
     for cell in nbformat.read(notebook, as_version=4).cells:
         for out in cell.get("outputs", []) if cell.cell_type == "code" else []:

@@ -23,7 +23,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lab import report
+from lab.core import report
 from tests.code_paths import CODE_PATHS
 from tests.notebook_outputs import MULTIPLE, SMALL, TOLERANCE, Pair, Tolerance, code_cells, pairs
 from tests.test_notebooks import EXPECTED, KERNEL, NOTEBOOK_DIR, NOTEBOOKS, Claim

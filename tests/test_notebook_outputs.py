@@ -167,7 +167,7 @@ def test_changes_in_percent_are_compared_in_points():
 
 
 def _comparison_notebook(path: Path, interval: list[float], verdict: str) -> Path:
-    """A one-cell notebook that glues a comparison as lab.report.record_comparison does."""
+    """A one-cell notebook that glues a comparison as lab.core.report.record_comparison does."""
     def glue(name, value):
         prefix = "application/papermill.record/"
         return nbformat.v4.new_output("display_data", {f"{prefix}text/plain": repr(value)},

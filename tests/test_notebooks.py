@@ -1,6 +1,6 @@
 """Regression runs of every notebook: execute it once with papermill, then check that one copy twice.
 
-Each notebook records the numbers its text states with ``lab.report.record(name, value)``.
+Each notebook records the numbers its text states with ``lab.core.report.record(name, value)``.
 This test executes the notebook (its ``parameters`` cell holds small CPU defaults), reads the
 metrics JSON written next to the executed copy and checks every metric in ``EXPECTED`` (a
 notebook without an ``EXPECTED`` entry, or a metric that was not recorded, fails), then compares
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import report
+from lab.core import report
 from tests.code_paths import CODE_PATHS, code_path_env
 from tests.notebook_outputs import differences
 
@@ -111,7 +111,7 @@ class Is:
 @dataclass(frozen=True)
 class Below:
     """A quantity below a bound (rounding noise, a p-value far in the tail), recorded as its text
-    (``lab.report.below_text``: "< 1e-05"), the same on every CPU; a value at or above the bound is
+    (``lab.core.report.below_text``: "< 1e-05"), the same on every CPU; a value at or above the bound is
     recorded as itself and fails."""
 
     bound: float
@@ -322,7 +322,7 @@ EXPECTED: dict[str, dict] = {
         "ppl_ratio_sparsegpt_24": Between(1.02, 1.07),
         "ppl_ratio_wanda_24": Between(1.07, 1.14),
         "ppl_ratio_magnitude_24": Between(1.07, 1.14),
-        # paired comparisons on the evaluation tokens (lab.stats.compare), Wanda/SparseGPT at 50% over
+        # paired comparisons on the evaluation tokens (lab.core.stats.compare), Wanda/SparseGPT at 50% over
         # 3 calibration seeds: the verbs of the notebook's text
         "layer_error_sparsegpt_vs_magnitude": Claim("lower", -70, -45),   # measured -58.5%
         "layer_error_wanda_vs_magnitude": Claim("level"),

@@ -1,36 +1,37 @@
 """Benchmark records for the book: ``python -m lab.bench SUITE [--out results/] [--quick]``.
 
 Each suite run writes one JSON file, ``<out>/<suite>_<device-kind>.json`` (``..._quick.json`` with
-``--quick``), stamped by `provenance` (`lab.bench.records`). Every time in a record is the median of
-`lab.bench.timing.time_ms`: CUDA events through `triton.testing.do_bench` on a GPU, ``time.perf_counter``
-on the CPU. Notebooks read the records with `load_results`.
+``--quick``), stamped by `lab.core.records.provenance` with `bench_command`. Every time in a record is
+the median of `lab.core.timing.time_ms`: CUDA events through `triton.testing.do_bench` on a GPU,
+``time.perf_counter`` on the CPU. Notebooks read the records with `lab.core.records.load_results`.
 
 The suites live in their chapters:
 
-* ``params`` (chapter 1, `lab.params.bench`): offloading (resident / naive / prefetch) and the memory
+* ``params`` (chapter 1, `lab.params.suite`): offloading (resident / naive / prefetch) and the memory
   model against measured peaks;
-* ``prune`` (chapter 2, `lab.prune.bench`): 2:4 matmuls (dense vs semi-structured vs Triton) and a
+* ``prune`` (chapter 2, `lab.prune.suite`): 2:4 matmuls (dense vs semi-structured vs Triton) and a
   2:4 model forward;
-* ``quant`` (chapter 3, `lab.quant.bench`): int4 weight-only and W8A8 matmuls against bf16 cuBLAS and
+* ``quant`` (chapter 3, `lab.quant.suite`): int4 weight-only and W8A8 matmuls against bf16 cuBLAS and
   PyTorch's int4/int8 ops, and one-token decode per format;
-* ``distill`` (chapter 4, `lab.distill.experiments.run_full`): the long distillation runs;
-* ``parallel`` (chapter 5, `lab.parallel.experiments.run_full`): each parallel strategy's training step on the
+* ``distill`` (chapter 4, `lab.distill.suite.run`): the long distillation runs;
+* ``parallel`` (chapter 5, `lab.parallel.suite.run`): each parallel strategy's training step on the
   local devices with nccl, or gloo on the CPU;
-* ``infer`` (chapter 6, `lab.infer.bench`): decode tokens/s of every serving configuration beside its
+* ``infer`` (chapter 6, `lab.infer.suite`): decode tokens/s of every serving configuration beside its
   speed of light, and static vs continuous batching.
 
 ``python -m lab.bench gpu`` (`lab.bench.gpu`, its stages in `lab.bench.stages`) runs the GPU-only
 measurements as one staged, budgeted run.
-
-`lab.bench.ceilings` is the one source of hardware ceilings (memory bandwidth, peak matmul rate):
-`device_ceilings` returns a device's ceilings measured by a record in ``results/`` when one exists,
-else its datasheet figures, each labelled with its source.
 """
 
-from lab.bench.ceilings import device_ceilings
-from lab.bench.records import RESULTS_DIR, device_kind, device_name, load_results, provenance
+import shlex
+from collections.abc import Sequence
 
-__all__ = ["RESULTS_DIR", "device_ceilings", "device_kind", "device_name", "load_results", "main", "provenance"]
+__all__ = ["bench_command", "main"]
+
+
+def bench_command(argv: Sequence[str]) -> str:
+    """The command line a record of ``python -m lab.bench <argv>`` is stamped with."""
+    return "python -m lab.bench " + shlex.join(argv)
 
 
 def __getattr__(name: str):

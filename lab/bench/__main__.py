@@ -19,28 +19,28 @@ from pathlib import Path
 
 import torch
 
-from lab.atomic import atomic_write_json
+from lab.core.atomic import atomic_write_json
 from lab.bench import gpu, static
-from lab.bench.records import RESULTS_DIR, check_out_dir, device_kind, provenance
-from lab.runtime import get_device
+from lab.bench import bench_command
+from lab.core.records import RESULTS_DIR, check_out_dir, device_kind, provenance
+from lab.core.runtime import get_device
 
-# suite name → "module:function(device, quick, progress) -> dict", each in its chapter
+# suite name → its module, each in its chapter, with `run(device, quick, progress) -> dict`
 SUITES = {
-    "params": "lab.params.bench:bench_params",
-    "prune": "lab.prune.bench:bench_prune",
-    "quant": "lab.quant.bench:bench_quant",
-    "distill": "lab.distill.experiments:run_full",
-    "parallel": "lab.parallel.experiments:run_full",
-    "infer": "lab.infer.bench:bench_infer",
-    "leaderboard": "lab.bench.leaderboard:bench_leaderboard",
+    "params": "lab.params.suite",
+    "prune": "lab.prune.suite",
+    "quant": "lab.quant.suite",
+    "distill": "lab.distill.suite",
+    "parallel": "lab.parallel.suite",
+    "infer": "lab.infer.suite",
+    "leaderboard": "lab.capstone.suite",
 }
 NESTED = {"parallel": "full"}  # suites whose result has keys of its own that a record uses ("device_type")
 
 
 def run_suite(name: str, device: torch.device, quick: bool = False, progress: bool = True) -> dict:
     """The result of suite ``name`` (a key of `SUITES`) on ``device``, ready to merge into its record."""
-    module, function = SUITES[name].split(":")
-    result = getattr(importlib.import_module(module), function)(device, quick, progress)
+    result = importlib.import_module(SUITES[name]).run(device, quick, progress)
     return {NESTED[name]: result} if name in NESTED else result
 
 
@@ -56,10 +56,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     shared.add_argument("--no-progress", action="store_true", help="hide progress bars")
     subparsers = {}
     for name, target in SUITES.items():
-        sub = commands.add_parser(name, parents=[shared], help=f"suite {name} ({target.split(':')[0]})")
+        sub = commands.add_parser(name, parents=[shared], help=f"suite {name} ({target})")
         sub.add_argument("--quick", action="store_true", help="tiny shapes (smoke test)")
         sub.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                         help="default: lab.runtime.get_device()")
+                         help="default: lab.core.runtime.get_device()")
         subparsers[name] = sub
     subparsers["gpu"] = commands.add_parser("gpu", parents=[shared], help="the staged GPU run (lab.bench.gpu)",
                                             description="Every GPU-only measurement as one staged command "
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.device == "cuda" and not torch.cuda.is_available():
         sub.error("--device cuda but torch.cuda.is_available() is False")
     device = torch.device(args.device) if args.device else get_device()
-    record = provenance(device, argv)
+    record = provenance(device, bench_command(argv))
     record["suite"], record["quick"] = args.command, args.quick
     record.update(run_suite(args.command, device, args.quick, not args.no_progress))
     name = f"{args.command}_{device_kind(device)}{'_quick' if args.quick else ''}.json"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from lab.data import REPO_ROOT
+from lab.core.records import REPO_ROOT
 
 _CUDA_MARK = re.compile(r"^\s*@pytest\.mark\.cuda\b", re.MULTILINE)
 
@@ -115,10 +115,10 @@ def _run_parts(parts: dict[str, Callable[[], object]]) -> dict:
 
 def kernels(device: torch.device, quick: bool, progress: bool) -> dict:
     """Kernel microbenchmarks at the goal shapes, each beside its PyTorch baseline, and the two ceilings."""
-    from lab.infer.bench import measure_ceilings
-    from lab.infer.paged_bench import bench_paged_decode
-    from lab.prune.bench import bench_prune_linear
-    from lab.quant.bench import bench_int4, bench_int8
+    from lab.core.ceilings import measure_ceilings
+    from lab.infer.suite import bench_paged_decode
+    from lab.prune.suite import bench_prune_linear
+    from lab.quant.suite import bench_int4, bench_int8
 
     shapes = KERNEL_SHAPES["dry" if quick else "gpu"]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -134,33 +134,33 @@ def kernels(device: torch.device, quick: bool, progress: bool) -> dict:
 
 
 def params(device: torch.device, quick: bool, progress: bool) -> dict:
-    from lab.params.bench import bench_params
+    from lab.params.suite import run
 
-    return bench_params(device, quick, progress)
+    return run(device, quick, progress)
 
 
 def quant_decode(device: torch.device, quick: bool, progress: bool) -> dict:
-    from lab.quant.bench import bench_decode
+    from lab.quant.suite import bench_decode
 
     return {"decode": bench_decode(device, quick, progress)}
 
 
 def infer(device: torch.device, quick: bool, progress: bool) -> dict:
-    from lab.infer.bench import bench_infer
+    from lab.infer.suite import run
 
-    return bench_infer(device, quick, progress, short=True)
+    return run(device, quick, progress, short=True)
 
 
 def prune(device: torch.device, quick: bool, progress: bool) -> dict:
-    from lab.prune.bench import bench_prune
+    from lab.prune.suite import run
 
-    return bench_prune(device, quick, progress, short=True)
+    return run(device, quick, progress, short=True)
 
 
 def parallel(device: torch.device, quick: bool, progress: bool) -> dict:
-    from lab.parallel.experiments import run_full
+    from lab.parallel.suite import run
 
-    return {"full": run_full(device, quick, progress)}  # nested: its own "device_type" key
+    return {"full": run(device, quick, progress)}  # nested: its own "device_type" key
 
 
 @dataclass(frozen=True)

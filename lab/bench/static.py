@@ -22,7 +22,7 @@ counted once per program (prologue and epilogue; a skipped or predicated-off ins
                         paged decode runs on FMA units, whose time the issue bound already counts
     predicted time    = the largest of them.
 
-Bandwidths and rates come from `lab.bench.ceilings.device_ceilings`: the datasheet's 4.8 TB/s (H200 SXM)
+Bandwidths and rates come from `lab.core.ceilings.device_ceilings`: the datasheet's 4.8 TB/s (H200 SXM)
 and 3.35 TB/s (H100 SXM5), 989 TFLOP/s bf16 and 1,979 TOP/s int8 dense, labelled as such, until a GPU
 record in ``results/`` measures them. The model
 is necessary, not sufficient: it ignores latency, occupancy, L2 and launch overhead, so a kernel can
@@ -222,8 +222,8 @@ def predict(row: Row, launches: Sequence, compiled: Sequence[dict], ceilings: di
 
 
 def ceilings() -> dict:
-    """`lab.bench.ceilings.Ceilings` per device of `DEVICES` (measured when a record exists, else datasheet)."""
-    from lab.bench.ceilings import device_ceilings
+    """`lab.core.ceilings.Ceilings` per device of `DEVICES` (measured when a record exists, else datasheet)."""
+    from lab.core.ceilings import device_ceilings
 
     return {device: device_ceilings(key) for device, key in DEVICES.items()}
 
@@ -273,10 +273,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
     """Build the model, write ``args.out / kernels_static_sm90.json``, print the table; the record's path."""
-    from lab.atomic import atomic_write_json
+    from lab.bench import bench_command
+    from lab.core.atomic import atomic_write_json
     from lab.kernels.compile import record_provenance
 
-    record = {**record_provenance(argv), "command": "python -m lab.bench " + " ".join(argv)}
+    record = {**record_provenance(argv), "command": bench_command(argv)}
     record.update(model(jobs=args.jobs, progress=not args.no_progress))
     path = atomic_write_json(Path(args.out) / OUT_NAME, record)
     print(table(record))

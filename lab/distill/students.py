@@ -16,7 +16,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from lab.checks import check_int
+from lab.core.checks import check_int
 from lab.models.gpt import GPT
 
 # "layers.3.attn.q_proj.weight" (lab GPT) or "encoder.layer.3.attention..." (transformers BERT)

@@ -23,14 +23,14 @@ from pathlib import Path
 import torch
 
 from lab import data
-from lab.atomic import atomic_write_json
+from lab.core.atomic import atomic_write_json
 from lab.distill import KDLoss, TeacherCache, distill, gpt_student
 from lab.distill.experiments import lm_batches
-from lab.metrics import perplexity
+from lab.perplexity import perplexity
 from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, load_tokenizer, to_llama
-from lab.provenance import provenance
-from lab.runtime import get_device, seed_everything
-from lab.train import Optim
+from lab.core.records import provenance
+from lab.core.runtime import get_device, seed_everything
+from lab.models.loop import Optim
 
 DRAFT_DIR = LM_DIR.parent / "pydoc-gpt-draft"
 

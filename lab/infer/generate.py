@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.checks import check_int
+from lab.core.checks import check_int
 from lab.infer.cuda_graph import GraphedDecodeStep
 from lab.infer.kv_cache import StaticKVCache, forward_cached
 from lab.infer.sampling import check_sampling, sample

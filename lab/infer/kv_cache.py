@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lab.checks import check_int
+from lab.core.checks import check_int
 from lab.models.gpt import GPT, apply_rope, rope_cos_sin_at
 
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

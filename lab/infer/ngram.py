@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.checks import check_float_tensor, check_int, check_tensor
+from lab.core.checks import check_float_tensor, check_int, check_tensor
 
 
 def prompt_lookup_draft(ids: torch.Tensor, n: int = 2) -> torch.Tensor:

@@ -26,7 +26,7 @@ from collections.abc import Hashable, Sequence
 
 import torch
 
-from lab.checks import check_int
+from lab.core.checks import check_int
 from lab.infer.kv_cache import Attend, causal_mask, masked_attention
 from lab.kernels.paged_attention import paged_attention_decode
 from lab.models.gpt import GPT

@@ -12,7 +12,7 @@ step re-runs all S positions: FLOPs ≈ 2·N·B·S, and the step becomes compute
 
     t_min = max(bytes / bandwidth, FLOPs / peak),   tokens/s ≤ B / t_min.
 
-The ceilings come from `lab.bench.ceilings`, the one source of them: ``bandwidth`` and ``peak_flops``
+The ceilings come from `lab.core.ceilings`, the one source of them: ``bandwidth`` and ``peak_flops``
 left at None mean `device_ceilings()` for an H100 SXM5, i.e. the copy bandwidth and bf16 matmul rate
 measured on one when ``results/`` holds such a record, otherwise its datasheet figures (3.35 TB/s
 HBM3, 989 TFLOP/s dense bf16), labelled as such in ``device_ceilings().source``. `lab.bench` measures
@@ -33,8 +33,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lab.bench.ceilings import device_ceilings
-from lab.checks import check_int, check_number
+from lab.core.ceilings import device_ceilings
+from lab.core.checks import check_int, check_number
 from lab.models.gpt import GPT
 
 

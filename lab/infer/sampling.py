@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.checks import check_fraction, check_int, check_number
+from lab.core.checks import check_fraction, check_int, check_number
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:

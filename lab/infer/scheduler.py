@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from lab.checks import check_choice, check_int
+from lab.core.checks import check_choice, check_int
 from lab.infer.kv_cache import forward_cached
 from lab.infer.paged import PagedKVCache
 from lab.models.gpt import GPT

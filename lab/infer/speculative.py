@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lab.checks import check_fraction, check_int, check_number
+from lab.core.checks import check_fraction, check_int, check_number
 from lab.infer.generate import Decoder, check_prompt
 from lab.infer.sampling import check_sampling, next_token_probs, sample_from
 from lab.models.gpt import GPT

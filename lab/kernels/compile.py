@@ -26,16 +26,16 @@ kernel, signature, constants, divisibility attributes and options) are compiled 
 shapes it comes from. The shapes, each for every dtype the wrapper accepts on a GPU (x / q in bf16, fp16 and
 fp32; int4 scales in x's dtype, as every caller passes them; the int8 kernel's three out dtypes):
 
-* ``lab.quant.bench``: int4 (v1, and v2 for M ≤ 16 and g a multiple of 64) and int8 N = K = 8192 (g = 128)
+* ``lab.quant.suite``: int4 (v1, and v2 for M ≤ 16 and g a multiple of 64) and int8 N = K = 8192 (g = 128)
   at M in ``BATCHES``; the one-token decode of the
   book's model (its decoder linears at M = 1, int4 g = 64); the GPU run's kernels stage
   (``lab.bench.gpu.KERNEL_SHAPES["gpu"]``: int4 at M = 1 … 32, int8 at M = 4096, 2:4 and paged shapes).
-* ``lab.prune.bench``: the 2:4 kernel on ``prune_setup``'s CUDA shapes and batch sizes (full and short form).
-* ``lab.infer.bench``: the int8 / int4 decoder linears of the book's model and of ``LLAMA2_7B_SHAPE`` at decode
+* ``lab.prune.suite``: the 2:4 kernel on ``prune_setup``'s CUDA shapes and batch sizes (full and short form).
+* ``lab.infer.suite``: the int8 / int4 decoder linears of the book's model and of ``LLAMA2_7B_SHAPE`` at decode
   (M = B) and prefill (M = B · prompt length) of its CUDA ``setup`` (full and short form); paged attention of
   the serving run (the book's model at the default block size of ``serve`` / ``PagedKVCache``, for every
   block-table width up to its context: the table's row stride is an int argument, and widths 1, multiples
-  of 16 and the rest specialise differently) and of ``lab.infer.paged_bench`` (Llama-7B-shaped: 32 query
+  of 16 and the rest specialise differently) and of ``lab.infer.suite`` (Llama-7B-shaped: 32 query
   heads, 8 and 32 kv heads, head dim 128).
 * the CUDA-only tests: tests/kernels/test_int4_int8_kernels.py, tests/kernels/test_int4_gemv_v2.py, tests/infer/test_paged.py,
   tests/kernels/test_paged_attention_v2.py, tests/prune/test_semi_structured.py.
@@ -100,7 +100,7 @@ import torch
 import triton
 from tqdm.auto import tqdm
 
-from lab.data import REPO_ROOT
+from lab.core.records import REPO_ROOT, device_name, provenance
 
 DEFAULT_OUT = REPO_ROOT / "results" / "kernels_sm90_static.json"
 DEVICE_LABEL = "sm_90 (ahead-of-time compile, no GPU)"
@@ -303,7 +303,7 @@ def _decoder_linear_shapes(config_items: tuple) -> tuple[tuple[int, int], ...]:
 
 
 def infer_int4_group(config) -> int:
-    """The int4 group size `lab.infer.bench.quantized` picks: the first of 128, 64, 32 dividing the input widths."""
+    """The int4 group size `lab.infer.suite.quantized` picks: the first of 128, 64, 32 dividing the input widths."""
     return next(g for g in (128, 64, 32) if config.d_model % g == 0 and config.d_ff % g == 0)
 
 
@@ -318,8 +318,8 @@ def quant_matmul_shapes() -> Iterator[tuple[str, Sequence[str], Sequence[int], l
     """(label, kernels ⊆ {"int4", "int8"}, batches M, weight shapes (N, K), int4 group size) of every int4 / int8
     matmul the suites and the CUDA tests run."""
     from lab.bench.gpu import KERNEL_SHAPES
-    from lab.infer.bench import LLAMA2_7B_SHAPE, setup
-    from lab.quant.bench import BATCHES, bench_int4, weight_size
+    from lab.infer.suite import LLAMA2_7B_SHAPE, setup
+    from lab.quant.suite import BATCHES, bench_int4, weight_size
 
     size, group = weight_size(CUDA, quick=False), _default(bench_int4, "group_size")
     yield "quant bench matmul", BOTH, BATCHES, [(size, size)], group
@@ -370,7 +370,7 @@ def int8_cases() -> Iterator[Case]:
 def sparse24_cases(version: str = "v1") -> Iterator[Case]:
     from lab.bench.gpu import KERNEL_SHAPES
     from lab.kernels.sparse24_matmul import DTYPES
-    from lab.prune.bench import prune_setup
+    from lab.prune.suite import prune_setup
 
     sources = [("prune bench 2:4 linear", *prune_setup(CUDA, quick=False)[::2]),
                ("prune bench 2:4 linear, short", *prune_setup(CUDA, quick=False, short=True)[::2]),
@@ -386,12 +386,12 @@ def sparse24_cases(version: str = "v1") -> Iterator[Case]:
 def paged_shapes() -> Iterator[tuple[str, int, int, int, int, int, Sequence[int]]]:
     """(label, B, H, H_kv, D, block size, block-table widths) of every paged decode the suites and tests run."""
     from lab.bench.gpu import KERNEL_SHAPES
-    from lab.infer.bench import setup
+    from lab.infer.suite import setup
     from lab.infer.paged import PagedKVCache
-    from lab.infer.paged_bench import bench_paged_decode
+    from lab.infer.suite import bench_paged_decode
     from lab.infer.scheduler import serve
 
-    book = book_model_config()         # serving (lab.infer.bench.bench_serving → serve → PagedKVCache)
+    book = book_model_config()         # serving (lab.infer.suite.bench_serving → serve → PagedKVCache)
     for block_size in sorted({_default(serve, "block_size"), _default(PagedKVCache.__init__, "block_size")}):
         widths = range(1, -(-book.context_length // block_size) + 1)     # a table grows one block at a time
         yield ("infer bench serving (book model)", max(setup(CUDA, quick=False).serve_batches), book.n_head,
@@ -817,12 +817,9 @@ def table(records: Sequence[dict]) -> str:
 
 
 def record_provenance(argv: Sequence[str]) -> dict:
-    """The provenance fields of the bench records (`lab.bench.provenance`) for this check."""
-    from lab.bench import device_name, provenance
-
-    fields = provenance(torch.device("cpu"), argv)
-    fields.update(device=DEVICE_LABEL, device_type="cuda", host=device_name(torch.device("cpu")),
-                  command="python -m lab.kernels.compile " + shlex.join(argv))
+    """The provenance fields of a record (`lab.core.records.provenance`) for this check."""
+    fields = provenance(torch.device("cpu"), "python -m lab.kernels.compile " + shlex.join(argv))
+    fields.update(device=DEVICE_LABEL, device_type="cuda", host=device_name(torch.device("cpu")))
     return fields
 
 
@@ -852,7 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the check; write the record; print the table; return the exit status (1 if any configuration fails)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    from lab.atomic import atomic_write_json
+    from lab.core.atomic import atomic_write_json
 
     start = time.perf_counter()
     configs = configurations()

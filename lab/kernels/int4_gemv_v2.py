@@ -45,7 +45,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.checks import check_int, check_tensor
+from lab.core.checks import check_int, check_tensor
 from lab.kernels.int4_matmul import check_scales
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

@@ -18,12 +18,12 @@ Bytes moved (the decode case is memory bound; FLOPs 2·M·N·K as for bf16):
   bf16 weight:  2·N·K
   int4 weight:  N·K/2 (codes) + 2·(N·K/g)·e_s (scales and zeros, e_s bytes each) → 0.25 + 1/g of bf16 for e_s = 2
 so at batch 1 the ideal speed-up over a bf16 matmul is ≈ 3.8× (g = 128); at the 3.35 TB/s of an H100 SXM5's
-datasheet (`lab.bench.ceilings.DATASHEETS`, not a measurement) an 8192×8192 layer takes ≈ 10.3 µs instead
+datasheet (`lab.core.ceilings.DATASHEETS`, not a measurement) an 8192×8192 layer takes ≈ 10.3 µs instead
 of ≈ 40 µs.
 
 `int4_weight_only_matmul` dispatches: CUDA tensors → the Triton kernel; CPU tensors → the PyTorch path
 (unpack, dequantize, matmul) unless ``TRITON_INTERPRET=1`` (the kernel under Triton's interpreter;
-import or reload this module inside `lab.runtime.triton_interpret`).
+import or reload this module inside `lab.core.runtime.triton_interpret`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.checks import check_int, check_tensor
+from lab.core.checks import check_int, check_tensor
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

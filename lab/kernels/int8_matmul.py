@@ -25,13 +25,13 @@ Program order and tile (what v2 of this kernel changes; the arithmetic is the sa
 * v1 used one hand-picked tile per M range. `candidates` lists a small set per range (the first is
   `block_sizes`: v1's tile, in grouped order above 128 rows); on a GPU `tuned_block` times each once
   per (device, M rounded up to a power of two, N, K, out dtype) with the one timer
-  (`lab.bench.timing.time_ms`) and keeps the fastest.
+  (`lab.core.timing.time_ms`) and keeps the fastest.
   Up to M = 128 (decode steps of a batch) there is a single candidate: a memory-bound product does not
   pay for a search, and a decode step may be captured in a CUDA graph, where nothing can be timed.
 
 `int8_matmul` dispatches: CUDA tensors → the Triton kernel; CPU tensors → the PyTorch path (the
 same integer sum, computed exactly in chunks) unless ``TRITON_INTERPRET=1`` (the kernel under
-Triton's interpreter; import or reload this module inside `lab.runtime.triton_interpret`).
+Triton's interpreter; import or reload this module inside `lab.core.runtime.triton_interpret`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.checks import check_tensor
+from lab.core.checks import check_tensor
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_K = 133_000  # 127² · K must stay below 2³¹
@@ -154,7 +154,7 @@ def tuned_block(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale
     key = (torch.cuda.get_device_name(a.device), triton.next_power_of_2(M), N, K, out_dtype)
     if key in _TUNED or torch.cuda.is_current_stream_capturing():
         return _TUNED.get(key, options[0])
-    from lab.bench.timing import time_ms
+    from lab.core.timing import time_ms
 
     ms = [time_ms(lambda c=c: int8_matmul_triton(a, b, a_scale, b_scale, out_dtype, block=c), a.device,
                   repeats=2) for c in options]

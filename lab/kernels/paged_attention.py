@@ -21,7 +21,7 @@ is too little parallelism to fill a GPU, and splitting each sequence over severa
 
 `paged_attention_decode` dispatches: CUDA tensors → the Triton kernel; CPU tensors → the PyTorch
 path (gather the blocks, masked softmax) unless ``TRITON_INTERPRET=1`` (the kernel under Triton's
-interpreter; import or reload this module inside `lab.runtime.triton_interpret`).
+interpreter; import or reload this module inside `lab.core.runtime.triton_interpret`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.checks import check_tensor
+from lab.core.checks import check_tensor
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.checks import check_tensor
+from lab.core.checks import check_tensor
 # v1's combine functions (a test reloads v1, then this module, under the interpreter: see lab.kernels.paged_attention)
 from lab.kernels.paged_attention import _add, _check, _max, check_kernel_layout
 

@@ -17,7 +17,7 @@ Bytes moved (e = element size, 2 for fp16/bf16):
   dense:  e·N·K (weight) + e·M·K + e·M·N
   2:4:    e·N·K/2 (values) + N·K/8 (meta) + e·M·K + e·M·N      → 0.5625 of the weight bytes for e=2
 FLOPs: 2·M·N·K in both cases. Roofline with the datasheet ceilings of an H100 SXM5
-(`lab.bench.ceilings.DATASHEETS`: 3.35 TB/s HBM3, 989 TFLOP/s dense fp16/bf16; peaks, not
+(`lab.core.ceilings.DATASHEETS`: 3.35 TB/s HBM3, 989 TFLOP/s dense fp16/bf16; peaks, not
 measurements): the ridge point is ≈295 FLOP/byte. For decode-like small M the intensity is
 ≈ 2MNK / (e·N·K) = M FLOP/byte (e = 2), far below the ridge, so time ≈ bytes / bandwidth and
 the ideal speed-up over a dense matmul is 1/0.5625 ≈ 1.78×; e.g. N = K = 4096, M = 1:
@@ -28,7 +28,7 @@ compute-bound and this kernel gains nothing (its tl.dot is dense); only sparse t
 `sparse24_matmul` dispatches: CUDA tensors → the Triton kernel; CPU tensors → the PyTorch
 path (decompress, then matmul) unless ``TRITON_INTERPRET=1``, in which case the Triton kernel
 runs in Triton's CPU interpreter (the module must then be imported — or reloaded — while the
-variable is set, because ``@triton.jit`` reads it at definition time; see `lab.runtime`).
+variable is set, because ``@triton.jit`` reads it at definition time; see `lab.core.runtime`).
 The kernel calls only builtins of triton.language (tl.full, not tl.zeros): the library's own
 @jit helpers such as tl.zeros were defined when triton was first imported and are not
 interpretable unless triton itself was imported with the variable set.
@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.checks import check_tensor
+from lab.core.checks import check_tensor
 from lab.prune.semi_structured import decompress, meta_shape
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)

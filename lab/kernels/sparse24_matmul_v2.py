@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.checks import check_tensor
+from lab.core.checks import check_tensor
 from lab.kernels.sparse24_matmul import _check
 
 

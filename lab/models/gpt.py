@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.checks import check_int
+from lab.core.checks import check_int
 
 
 @dataclass

@@ -4,9 +4,9 @@
 
 Steps: train a byte-level BPE tokenizer on the train split; train `GPT` on the train
 split's tokens (validation perplexity every ``--eval-every`` steps); save in `transformers`'
-Llama format, weights in bfloat16, plus ``training_record.json`` (`lab.provenance`: command,
+Llama format, weights in bfloat16, plus ``training_record.json`` (`lab.core.records`: command,
 device, versions, date; then the loss curve, validation and test-slice perplexity), written
-atomically (`lab.atomic.atomic_write_json`).
+atomically (`lab.core.atomic.atomic_write_json`).
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 
 from lab import data
-from lab.atomic import atomic_write_json
-from lab.metrics import perplexity
+from lab.core.atomic import atomic_write_json
+from lab.perplexity import perplexity
 from lab.models.gpt import GPT, GPTConfig
 from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, to_llama
-from lab.models.train import train_lm
-from lab.provenance import provenance
-from lab.runtime import get_device, seed_everything
+from lab.models.next_token import train_lm
+from lab.core.records import provenance
+from lab.core.runtime import get_device, seed_everything
 
 
 def main(argv: list[str] | None = None) -> dict:

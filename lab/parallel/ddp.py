@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lab.checks import check_number
+from lab.core.checks import check_number
 from lab.parallel import comm
 
 

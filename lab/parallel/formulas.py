@@ -2,7 +2,7 @@
 tensor-parallel traffic, and a memory/time plan for large models on H100s.
 
 The H100's figures in `H100_SXM` are datasheet peaks, not measurements: memory and dense bf16 rate
-from `lab.bench.ceilings.DATASHEETS` (NVIDIA's H100 page), the link bandwidths from NVIDIA's H100 and
+from `lab.core.ceilings.DATASHEETS` (NVIDIA's H100 page), the link bandwidths from NVIDIA's H100 and
 DGX H100 pages (`H100_LINKS_SOURCE`); ``GPUSpec.source`` says so wherever a plan is shown.
 
 Symbols (`book/notation.md`): Ψ parameters, N (or N_d) data-parallel ranks, K optimizer bytes per
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.bench.ceilings import DATASHEETS
-from lab.checks import check_choice, check_int, check_number
+from lab.core.ceilings import DATASHEETS
+from lab.core.checks import check_choice, check_int, check_number
 
 STAGES = (0, 1, 2, 3)
 

@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException
 
-from lab.checks import check_choice, check_int, check_number
+from lab.core.checks import check_choice, check_int, check_number
 
 BACKENDS = ("gloo", "nccl")
 

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lab.checks import check_choice, check_int, check_number
+from lab.core.checks import check_choice, check_int, check_number
 from lab.models.gpt import GPT, rope_cos_sin
 from lab.parallel import comm
 

@@ -41,7 +41,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lab.checks import check_choice
+from lab.core.checks import check_choice
 from lab.parallel import comm
 
 STAGES = (1, 2, 3)

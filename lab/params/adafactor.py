@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from lab.checks import check_int, check_number
-from lab.models.train import lm_batch_loss
+from lab.core.checks import check_int, check_number
+from lab.models.next_token import lm_batch_loss
 
 _LOW = (torch.float16, torch.bfloat16)
 

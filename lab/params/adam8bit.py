@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from lab.checks import check_float_tensor, check_int, check_number, check_power_of_two, check_tensor
+from lab.core.checks import check_float_tensor, check_int, check_number, check_power_of_two, check_tensor
 
 
 def dynamic_map(signed: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:

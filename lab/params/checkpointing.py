@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lab.bench.timing import time_ms
-from lab.checks import check_int
+from lab.core.timing import time_ms
+from lab.core.checks import check_int
 from lab.models.gpt import GPT, Block, rope_cos_sin
 
 
@@ -150,7 +150,7 @@ def checkpoint_gradient_error(model: GPT, every: int, batch: int, seq_len: int) 
 
 def recompute_time_ratio(model: GPT, batch: int, seq_len: int, every: int, repeats: int = 5) -> float:
     """Time of forward + backward of the LM loss with `checkpoint_layers` (``every``) over the time
-    without it (`lab.bench.timing.time_ms`, median of ``repeats``) on the model's device; > 1 is
+    without it (`lab.core.timing.time_ms`, median of ``repeats``) on the model's device; > 1 is
     the recompute cost. ``model`` is not changed (a copy is timed). Inputs: (batch, seq_len) int64
     random token ids (seed 0), used as their own targets.
     """

@@ -2,15 +2,15 @@
 
 The second page of chapter 1 (`notebooks/01b_training_with_fewer_bytes`) compares optimizers (AdamW,
 Adafactor, 8-bit Adam) and parameterisations (full fine-tuning, LoRA, QLoRA) at equal steps on
-identical batches. Each run is the book's one loop, `lab.train.train`, with the next-token loss
-(`lab.models.train.lm_batch_loss`) and the learning rate η_t warmed up linearly over ``warmup`` steps,
-then decayed by a cosine to 0.1·η (`lab.train.lr_at`); gradients are clipped at norm ``grad_clip``.
+identical batches. Each run is the book's one loop, `lab.models.loop.train`, with the next-token loss
+(`lab.models.next_token.lm_batch_loss`) and the learning rate η_t warmed up linearly over ``warmup`` steps,
+then decayed by a cosine to 0.1·η (`lab.models.loop.lr_at`); gradients are clipped at norm ``grad_clip``.
 The optimizer is built over the parameters with ``requires_grad`` only (after `add_lora`: each
 LoRA layer's A and B), so its state holds K bytes per *trainable* parameter. Adam-type optimizers
 use the loop's β = (0.9, 0.95); Adafactor keeps no first moment (β1 = None), its memory-saving form.
 
-A run ends with the per-token losses ℓ_t (nats) of the evaluation tokens (`lab.metrics.token_losses`);
-two runs scored on the same tokens are paired by `lab.stats.compare`:
+A run ends with the per-token losses ℓ_t (nats) of the evaluation tokens (`lab.perplexity.token_losses`);
+two runs scored on the same tokens are paired by `lab.core.stats.compare`:
 
     Δ = (1/N) Σ_t (ℓ^b_t − ℓ^a_t) = log PPL_b − log PPL_a.
 
@@ -25,12 +25,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lab.checks import check_choice, check_number
+from lab.core.checks import check_choice, check_number
 from lab.data import corpus_documents, split_of
-from lab.metrics import token_losses
-from lab.models.train import lm_batch_loss
+from lab.perplexity import token_losses
+from lab.models.next_token import lm_batch_loss
 from lab.params.memory import OPTIMIZERS, make_optimizer, optimizer_state_tensors, storage_bytes
-from lab.train import BETAS, Optim, train
+from lab.models.loop import BETAS, Optim, train
 
 _WITH_BETAS = ("adam", "adamw", "adam8bit")
 
@@ -60,7 +60,7 @@ def finetune(model: nn.Module, batches: Sequence, optimizer: str = "adamw", *, l
     ("adamw", "adafactor", "adam8bit", …), built by `make_optimizer` with peak rate ``lr`` and decay
     ``weight_decay`` (Adafactor: fixed rate, no relative step, no parameter scaling).
 
-    Returns `lab.train.train`'s record (per-step ``loss``, ``lr``, ``seconds``) plus
+    Returns `lab.models.loop.train`'s record (per-step ``loss``, ``lr``, ``seconds``) plus
     ``trainable_parameters`` (numbers trained), ``optimizer_state_bytes`` (storage of the optimizer's
     state tensors after the last step, 0-dim step counters excluded, as
     `lab.params.memory.measure_training_memory_cpu` counts them) and ``token_losses``: the trained

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.checks import check_choice, check_divisor, check_int, check_number
+from lab.core.checks import check_choice, check_divisor, check_int, check_number
 from lab.models.gpt import GPTConfig
 from lab.params.counting import gpt_param_count, unique_parameters, unique_state_dict
 from lab.quant.linear import Int4Linear

@@ -57,7 +57,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lab.checks import check_choice, check_int
+from lab.core.checks import check_choice, check_int
 from lab.models.gpt import GPT, GPTConfig
 from lab.params.adafactor import Adafactor, adafactor_state_bytes
 from lab.params.adam8bit import Adam8bit, adam8bit_state_bytes

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import torch
 
-from lab.checks import check_fraction, check_int, check_number
+from lab.core.checks import check_fraction, check_int, check_number
 
 # (exponent bits e, mantissa bits m); total bits = 1 + e + m
 FORMATS = {torch.float64: (11, 52), torch.float32: (8, 23), torch.bfloat16: (8, 7), torch.float16: (5, 10)}

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from lab.atomic import atomic_write
+from lab.core.atomic import atomic_write
 
 # Rank order of the reference library's dtype enum (lowest first).
 DTYPES: dict[str, torch.dtype] = {

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from lab.atomic import atomic_write_json
-from lab.checks import check_int
+from lab.core.atomic import atomic_write_json
+from lab.core.checks import check_int
 from lab.params.safetensors_io import SafetensorsFile, save_safetensors, validate
 
 INDEX_NAME = "model.safetensors.index.json"

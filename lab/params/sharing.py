@@ -88,11 +88,11 @@ def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None,
     ``n_val`` tokens of the validation split (1-D int64). Returns one row per variant:
     {variant, n_params (unique), val_ppl, first_loss, last_loss, val_losses} (losses: mean of the
     first / last 10 training steps, nats per token; val_losses: the per-token NLL on the validation
-    tokens, float64, for paired comparisons between variants with `lab.stats.compare`).
+    tokens, float64, for paired comparisons between variants with `lab.core.stats.compare`).
     """
-    from lab.metrics import token_losses
-    from lab.models.train import train_lm
-    from lab.runtime import seed_everything
+    from lab.perplexity import token_losses
+    from lab.models.next_token import train_lm
+    from lab.core.runtime import seed_everything
 
     for v in variants:
         if v not in VARIANTS:

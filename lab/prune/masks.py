@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from lab.checks import check_divisor, check_float_tensor, check_fraction, check_int, check_matrix
+from lab.core.checks import check_divisor, check_float_tensor, check_fraction, check_int, check_matrix
 
 
 def check_nm(n: int, m: int, in_features: int | None = None) -> None:

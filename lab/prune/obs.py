@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.checks import check_float_tensor, check_int, check_number
+from lab.core.checks import check_float_tensor, check_int, check_number
 
 
 def layer_hessian(X: torch.Tensor) -> torch.Tensor:

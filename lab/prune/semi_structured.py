@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.checks import check_int, check_tensor
+from lab.core.checks import check_int, check_tensor
 from lab.prune.masks import check_nm
 
 

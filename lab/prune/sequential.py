@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.checks import check_choice
+from lab.core.checks import check_choice
 from lab.layerwise import LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
 from lab.prune.masks import check_nm_sparsity, magnitude_mask, nm_mask, wanda_mask
 from lab.prune.obs import layer_hessian, reconstruction_error
@@ -129,7 +129,7 @@ def layer_sensitivity(model: nn.Module, tokens: torch.Tensor | None, method: str
 
     ``tokens``: (n_samples, seq_len) int64 calibration ids as for `prune_model`; ``model`` is
     left unchanged. Returns a list of L results of eval_fn (a perplexity, or the per-token losses
-    of `lab.metrics.token_losses` for paired comparisons), entry i for layer i.
+    of `lab.perplexity.token_losses` for paired comparisons), entry i for layer i.
     """
     _check_args(model, method, sparsity, tokens, prune_kwargs.get("n"), prune_kwargs.get("m"))
     scores = []

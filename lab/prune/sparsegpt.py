@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.checks import check_int, check_matrix
+from lab.core.checks import check_int, check_matrix
 from lab.prune.masks import check_nm_sparsity, keep_largest, nm_keep
 from lab.prune.obs import weight_and_inverse_hessian_cholesky
 

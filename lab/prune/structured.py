@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.checks import check_fraction, check_int
+from lab.core.checks import check_fraction, check_int
 
 
 def _sizes(attn: nn.Module) -> tuple[int, int, int]:

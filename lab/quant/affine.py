@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lab.checks import check_choice, check_divisor, check_float_tensor, check_int
+from lab.core.checks import check_choice, check_divisor, check_float_tensor, check_int
 
 GRANULARITIES = ("tensor", "channel", "group")
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.checks import check_divisor, check_int, check_matrix
+from lab.core.checks import check_divisor, check_int, check_matrix
 from lab.prune.obs import weight_and_inverse_hessian_cholesky
 from lab.quant.affine import QuantizedTensor, check_bits, grid, qparams, quantize_with
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lab.checks import check_choice
+from lab.core.checks import check_choice
 from lab.kernels.int4_matmul import int4_weight_only_matmul
 from lab.kernels.int8_matmul import int8_matmul
 from lab.layerwise import LINEARS

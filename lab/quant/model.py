@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from lab.checks import check_choice, check_divisor
+from lab.core.checks import check_choice, check_divisor
 from lab.layerwise import LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
 from lab.quant.affine import QuantizedTensor, check_bits, dequantize, quantize
 from lab.quant.gptq import gptq_quantize

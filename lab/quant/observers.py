@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.checks import check_fraction, check_int, check_number
+from lab.core.checks import check_fraction, check_int, check_number
 from lab.quant.affine import check_bits, check_quant_input, grid, qparams, quantize_with
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.checks import check_int
+from lab.core.checks import check_int
 from lab.quant.affine import QuantizedTensor
 
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lab.checks import check_fraction, check_int
+from lab.core.checks import check_fraction, check_int
 from lab.layerwise import InputStats, output_error
 from lab.quant.linear import decoder_linear_names, observe_linear_inputs
 from lab.quant.observers import ChannelAbsMaxObserver

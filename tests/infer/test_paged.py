@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab import runtime
+from lab.core import runtime
 from lab.infer import BlockAllocator, OutOfBlocksError, PagedKVCache, Request, forward_cached, generate, serve
 from lab.infer.scheduler import synthetic_trace
 from lab.kernels import paged_attention as paged_module

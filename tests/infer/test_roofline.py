@@ -2,7 +2,7 @@
 
 References: the closed forms (FLOPs 2·M·N·K; bytes of W, X and Y), the limits of the intensity
 (≈ M for a bf16 weight when M ≪ N, K; → the compute-bound N·K/(N + K) as M grows), and the ridge
-point peak / bandwidth where the two roofs meet; the default ceilings are `lab.bench.ceilings`'s.
+point peak / bandwidth where the two roofs meet; the default ceilings are `lab.core.ceilings`'s.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from lab.bench.ceilings import device_ceilings
+from lab.core.ceilings import device_ceilings
 from lab.infer.roofline import attainable_flops, matmul_cost, speed_of_light_ms
 
 

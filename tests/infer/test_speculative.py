@@ -1,4 +1,4 @@
-"""lab.infer.speculative and lab.infer.stats.
+"""lab.infer.speculative and lab.infer.goodness_of_fit.
 
 References: the closed forms of the acceptance rule (the emitted token has the target's distribution;
 P(accept) = Σ min(p, q)); Pearson's χ² and Kolmogorov–Smirnov tests against `scipy.stats`; plain
@@ -18,7 +18,7 @@ import torch
 from lab.infer import expected_speedup, expected_tokens_per_step, generate, speculative_accept, speculative_generate
 from lab.infer import speculative as speculative_module
 from lab.infer.speculative import residual_distribution
-from lab.infer.stats import (chi_square_test, generated_token_probs, kolmogorov_sf, ks_uniform_test,
+from lab.infer.goodness_of_fit import (chi_square_test, generated_token_probs, kolmogorov_sf, ks_uniform_test,
                              log_likelihood_z_test, randomized_pit)
 from lab.models import GPT, GPTConfig
 

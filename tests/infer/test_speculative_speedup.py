@@ -1,4 +1,4 @@
-"""lab.infer.bench.speculative_speedup: the measured c, r_k and speed-up of speculative decoding.
+"""lab.infer.suite.speculative_speedup: the measured c, r_k and speed-up of speculative decoding.
 
 References: the definitions c = t_draft / t_target and r_k = t_target(k + 1) / t_target(1), checked
 with step times fixed by hand (the timer replaced), and a real run on a tiny random target and its
@@ -14,7 +14,7 @@ import torch
 
 from lab.distill import gpt_student
 from lab.infer import bench
-from lab.infer.bench import speculative_speedup
+from lab.infer.suite import speculative_speedup
 from lab.models import GPT, GPTConfig
 
 CFG = GPTConfig(vocab_size=64, context_length=64, d_model=32, n_layer=3, n_head=4, n_kv_head=2, d_ff=64)

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Iterator
 from types import ModuleType
 
-from lab import runtime
+from lab.core import runtime
 
 
 def reloaded(*modules: ModuleType) -> Iterator[tuple[ModuleType, ...]]:

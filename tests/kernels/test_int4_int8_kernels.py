@@ -25,7 +25,7 @@ import pytest
 import torch
 
 import lab.quant  # noqa: F401  (imported before lab.kernels.int4_matmul: see test_int4_kernel_module_imports_on_its_own)
-from lab import runtime
+from lab.core import runtime
 from lab.kernels import int4_matmul as int4_module
 from lab.kernels import int8_matmul as int8_module
 from lab.models import GPT
@@ -410,7 +410,7 @@ def test_int8_tuning_set_and_the_tuner(monkeypatch):
     capturing = [True]
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "fake")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
-    monkeypatch.setattr("lab.bench.timing.time_ms", lambda fn, device, repeats: timed.append(device) or next(times))
+    monkeypatch.setattr("lab.core.timing.time_ms", lambda fn, device, repeats: timed.append(device) or next(times))
     monkeypatch.setattr(int8_module, "_TUNED", {})
     fa, fb = FakeCuda(a), FakeCuda(b)
     default = int8_module.block_sizes(300)

@@ -171,7 +171,7 @@ def test_parallel_plan_by_hand():
 
 
 def test_h100_figures_are_the_labelled_datasheet_ones():
-    from lab.bench.ceilings import DATASHEETS
+    from lab.core.ceilings import DATASHEETS
 
     sheet = DATASHEETS["h100-sxm5"]
     assert (H100_SXM.bf16_flops, H100_SXM.memory_bytes) == (sheet.bf16_flops, 80e9)

@@ -2,7 +2,7 @@
 
 References: `torch.nn.parallel.DistributedDataParallel` (gradients, bit for bit), one-process
 `torch.optim.AdamW` on the whole batch (ZeRO 1/2/3, and every row of the strategy table through
-`lab.parallel.train.train`), the unsplit lab GPT (tensor and pipeline parallel outputs and
+`lab.parallel.strategies.train`), the unsplit lab GPT (tensor and pipeline parallel outputs and
 gradients), and the closed forms of `lab.parallel.formulas` (traffic, memory).
 The functions named ``job_*`` run on every rank (spawned; this module is importable there) and
 return plain data; the assertions run in the test process. Each job groups several checks,
@@ -24,12 +24,12 @@ from lab.parallel.formulas import zero_memory
 from lab.parallel.launch import launch
 from lab.parallel.pipeline import CostStage, PipelineSchedule, gpt_stage
 from lab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_block, tensor_parallel_gpt
-from lab.parallel.train import DISTRIBUTED, STRATEGIES, TABLE, TINY, held_bytes, lm_loss, train
+from lab.parallel.strategies import DISTRIBUTED, STRATEGIES, TABLE, TINY, held_bytes, lm_loss, train
 from lab.parallel.zero import ZeroOptimizer
 from lab.models.gpt import GPT, GPTConfig
-from lab.models.train import random_batch
+from lab.models.next_token import random_batch
 from lab.params.counting import gpt_param_count
-from lab.train import lr_at
+from lab.models.loop import lr_at
 
 N = 2
 CFG = GPTConfig(vocab_size=61, context_length=16, d_model=32, n_layer=2, n_head=4, n_kv_head=2, d_ff=48)
@@ -222,7 +222,7 @@ def test_zero_traffic_and_memory_match_formulas(dp_results, stage):
 
 
 # ---------------------------------------------------------------------------------------------
-# the strategy table through the one training loop (lab.parallel.train.train)
+# the strategy table through the one training loop (lab.parallel.strategies.train)
 # ---------------------------------------------------------------------------------------------
 
 def job_train_every_strategy(steps: int) -> dict:
@@ -451,7 +451,7 @@ def test_launch_rejects_bad_arguments():
 
 
 def test_torchrun_runs_the_training_entry_point(tmp_path):
-    """`torchrun -m lab.parallel.train`: the command-line path, with the process group from the environment."""
+    """`torchrun -m lab.parallel.strategies`: the command-line path, with the process group from the environment."""
     import json
     import os
     import subprocess
@@ -461,7 +461,7 @@ def test_torchrun_runs_the_training_entry_point(tmp_path):
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}                            # lab is pip-installed (-e)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
-           "-m", "lab.parallel.train", "--strategy", "zero3", "--steps", "2", "--data", "random"]
+           "-m", "lab.parallel.strategies", "--strategy", "zero3", "--steps", "2", "--data", "random"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(done.stdout.strip().splitlines()[-1])

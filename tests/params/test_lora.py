@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.models.train import lm_loss
+from lab.models.next_token import lm_loss
 from lab.params.counting import gpt_param_count
 from lab.models.gpt import GPTConfig
 from lab.params.lora import (FrozenInt4Linear, LoRALinear, add_lora, decoder_linear_shapes, lora_memory,

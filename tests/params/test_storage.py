@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 
-import lab.atomic
+import lab.core.atomic
 import lab.params.sharded as sharded
 from lab.models.gpt import GPT, GPTConfig
 from lab.params.lazy import (build_on_meta, load_eager, load_lazy, measure_load_peak_rss, untied_state_dict)
@@ -230,7 +230,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(good_file, monkeypatch, 
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(lab.atomic.os, failing, boom)  # the writer every lab module uses
+    monkeypatch.setattr(lab.core.atomic.os, failing, boom)  # the writer every lab module uses
     with pytest.raises(OSError, match="disk full"):
         save_safetensors({"alpha": torch.zeros(1000)}, good_file)
     monkeypatch.undo()

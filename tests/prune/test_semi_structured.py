@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from lab import runtime
+from lab.core import runtime
 from lab.kernels import sparse24_matmul as kernel_module
 from lab.prune.semi_structured import (Sparse24Linear, compress, compressed_nbytes, decompress, index_bits,
                                        meta_shape, sparse_linear_torch, to_semi_structured_torch)

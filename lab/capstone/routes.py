@@ -1,0 +1,151 @@
+"""The routes of chapter 7's leaderboard: each a way to make the book's model smaller or faster.
+
+A `Route` builds its model from a context (the dense model, calibration windows, settings) and says
+what it needs (calibration data, training) and which matmul it runs on (`MATMUL_RATE`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from lab.distill.experiments import lm_batches
+from lab.distill.loop import KDLoss, TeacherCache, distill
+from lab.distill.students import gpt_student
+from lab.models.gpt import GPT
+from lab.prune.semi_structured import Sparse24Linear
+from lab.prune.sequential import prune_model
+from lab.quant.linear import decoder_linear_names, int4_model, replace_linears, w8a8_quantize_model
+from lab.quant.model import quantize_model
+from lab.quant.scaling import activation_abs_max, smoothquant
+from lab.models.loop import Optim
+
+MATMUL_RATE = {"bf16": 1.0, "int8": 2.0, "2:4 sparse": 2.0}   # × bf16 dense, H100/H200 datasheets
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The run's sizes: evaluation tokens, calibration windows, group size g, the student's
+    training, and the decode timing (prompt length, generated tokens, repeats of the timer)."""
+
+    eval_tokens: int = 8192
+    calib_samples: int = 32
+    calib_len: int = 128
+    group_size: int = 64          # 128 does not divide the model's d_ff = 704
+    student_layers: int = 3
+    student_steps: int = 120
+    student_batch: int = 4
+    student_seq: int = 128
+    decode_prompt: int = 64
+    decode_tokens: int = 32
+    repeats: int = 3
+    seed: int = 0
+
+
+QUICK = Settings(eval_tokens=1024, calib_samples=4, calib_len=64, student_steps=4, student_batch=2,
+                 student_seq=32, decode_prompt=8, decode_tokens=4, repeats=1)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One way to a smaller model: ``build(ctx)`` returns its stored form (a lab `GPT`) and the
+    b-bit codes stored bit-packed for linears that run dequantized (``{name: QuantizedTensor}``).
+    ``calibration``/``training``: what it needs besides the weights; ``matmul``: the tensor-core
+    path its linears would take on a GPU (int8 and 2:4 sparse run at 2× bf16 dense on Hopper,
+    datasheet)."""
+
+    name: str
+    build: Callable[[dict], tuple[GPT, dict]]
+    calibration: bool
+    training: bool
+    matmul: str
+
+
+def _dense(ctx: dict) -> tuple[GPT, dict]:
+    return copy.deepcopy(ctx["dense"]), {}
+
+
+def _gptq3(ctx: dict) -> tuple[GPT, dict]:
+    model = copy.deepcopy(ctx["dense"])
+    report = quantize_model(model, "gptq", 3, ctx["settings"].group_size, ctx["calib"], progress=False)
+    # codes stored with bf16 scales: the weights are loaded back from them
+    return model, {f"{name}.weight": replace(entry["qtensor"], scale=entry["qtensor"].scale.to(torch.bfloat16).float())
+                   for name, entry in report.items()}
+
+
+def _w8a8(ctx: dict) -> tuple[GPT, dict]:
+    model = copy.deepcopy(ctx["dense"])
+    with torch.no_grad():
+        stats = activation_abs_max(model, lambda: model(ctx["calib"]))
+    smoothquant(model, stats, alpha=0.5)
+    return w8a8_quantize_model(model, act="token"), {}
+
+
+def _sparsegpt(ctx: dict, n: int | None, m: int | None) -> GPT:
+    model = copy.deepcopy(ctx["dense"])
+    prune_model(model, "sparsegpt", 0.5, ctx["calib"], n=n, m=m, progress=False)
+    return model
+
+
+def _unstructured(ctx: dict) -> tuple[GPT, dict]:
+    return _sparsegpt(ctx, None, None), {}
+
+
+def _sparse24(ctx: dict, value_bits: int | None = None) -> tuple[GPT, dict]:
+    model = _sparsegpt(ctx, 2, 4)
+    replace_linears(model, decoder_linear_names(model),
+                    lambda name, lin: Sparse24Linear(lin, value_bits, ctx["settings"].group_size // 2))
+    return model, {}
+
+
+def _student(ctx: dict) -> GPT:
+    """The distilled student (cached in ``ctx``): `gpt_student` from the teacher's layers, trained
+    with `KDLoss` (τ = 1, α = 1) by `distill`, as in chapter 4."""
+    if "student" not in ctx:
+        s = ctx["settings"]
+        batches = lm_batches(ctx["train_ids"], s.student_steps, s.student_batch, s.student_seq, s.seed)
+        student = gpt_student(ctx["dense"], s.student_layers, from_teacher=True, seed=s.seed)
+        kd = KDLoss(TeacherCache(ctx["dense"], keep=False), temperature=1.0, alpha=1.0)  # each batch once
+        distill(student, batches, s.student_steps, kd, optim=Optim(5e-4, warmup=max(1, s.student_steps // 10)),
+                progress=False)
+        ctx["student"] = student.eval()
+    return copy.deepcopy(ctx["student"])
+
+
+def _draft(ctx: dict) -> GPT:
+    """Chapter 6's draft: the same recipe with 2 layers, trained 1200 steps (`lab.infer.draft`, its checkpoint)."""
+    from lab.infer.draft import DRAFT_DIR
+    from lab.models import load_pretrained_lm
+
+    return load_pretrained_lm("lab", path=DRAFT_DIR).to(ctx["device"]).eval()
+
+
+def _int4(model: GPT, ctx: dict, method: str = "gptq") -> tuple[GPT, dict]:
+    """``model`` with its decoder linears as `Int4Linear`s (g = ``settings.group_size``, bf16 scales),
+    rounded by ``method`` ("rtn", or "gptq" on the calibration windows)."""
+    calib = ctx["calib"] if method == "gptq" else None
+    report = quantize_model(copy.deepcopy(model), method, 4, ctx["settings"].group_size, calib, progress=False)
+    return int4_model(model, report, torch.bfloat16), {}
+
+
+ROUTES = (
+    Route("dense bf16", _dense, calibration=False, training=False, matmul="bf16"),
+    Route("RTN int4 g64", lambda ctx: _int4(copy.deepcopy(ctx["dense"]), ctx, "rtn"), calibration=False,
+          training=False, matmul="bf16"),
+    Route("GPTQ int4 g64", lambda ctx: _int4(copy.deepcopy(ctx["dense"]), ctx), calibration=True, training=False,
+          matmul="bf16"),
+    Route("GPTQ int3 g64", _gptq3, calibration=True, training=False, matmul="bf16"),
+    Route("W8A8 SmoothQuant", _w8a8, calibration=True, training=False, matmul="int8"),
+    Route("SparseGPT 50%", _unstructured, calibration=True, training=False, matmul="bf16"),
+    Route("SparseGPT 2:4", _sparse24, calibration=True, training=False, matmul="2:4 sparse"),
+    Route("2:4 + int4", lambda ctx: _sparse24(ctx, 4), calibration=True, training=False, matmul="2:4 sparse"),
+    Route("student 3 layers", lambda ctx: (_student(ctx), {}), calibration=False, training=True, matmul="bf16"),
+    Route("student + GPTQ int4", lambda ctx: _int4(_student(ctx), ctx), calibration=True, training=True,
+          matmul="bf16"),
+    Route("draft 2 layers", lambda ctx: (_draft(ctx), {}), calibration=False, training=True, matmul="bf16"),
+    Route("draft + GPTQ int4", lambda ctx: _int4(_draft(ctx), ctx), calibration=True, training=True,
+          matmul="bf16"),
+)

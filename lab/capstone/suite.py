@@ -1,0 +1,24 @@
+"""Chapter 7's benchmark suite (``python -m lab.bench leaderboard``): every route on the book's model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import torch
+
+from lab.capstone.leaderboard import leaderboard
+from lab.capstone.routes import QUICK, ROUTES, Settings
+from lab.data import eval_tokens, tokenize_split
+from lab.models import load_pretrained_lm, load_tokenizer
+
+
+def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """The suite: the book's model, evaluation slice and train split, every route (`leaderboard`)."""
+    settings = QUICK if quick else Settings()
+    tokenizer = load_tokenizer()
+    rows = leaderboard(load_pretrained_lm("lab"), eval_tokens(tokenizer, settings.eval_tokens),
+                       tokenize_split("train", tokenizer), settings, device, progress=progress)
+    if quick:
+        for row in rows:
+            row["command"] += " --quick"
+    return {"settings": asdict(settings), "reference": ROUTES[0].name, "rows": rows}

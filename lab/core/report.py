@@ -1,0 +1,174 @@
+"""Headline metrics of a notebook, written to a JSON file the tests read back.
+
+A chapter notebook calls ``record("n_parameters", 6_524_160)`` for each number its text
+states; ``tests/test_notebooks.py`` runs the notebook with papermill and checks every
+recorded value against a stated tolerance. The file is one flat JSON object
+``{name: value}``; each call rewrites it atomically (temporary file + ``os.replace``),
+so a reader never sees half a file.
+
+Where the file goes: the ``path`` argument, else ``$LAB_REPORT_PATH`` (the notebook test
+sets it to ``<output dir>/<notebook stem>.metrics.json``, next to the executed notebook),
+else ``lab.metrics.json`` in the working directory (the notebook's folder when Jupyter
+Book, papermill or nbval run it).
+
+Inside a Jupyter kernel each recorded value is also *glued* (``myst_nb.glue``, not displayed)
+under its name, so a chapter page pastes the executed figure instead of typing it:
+``{glue:text}`../notebooks/02_pruning.ipynb::ppl_ratio_wanda_50:.3f```.
+
+A comparison of two models on the same tokens (`lab.core.stats.compare`) is recorded with
+`record_comparison` as a change of perplexity in percent with its 95% interval,
+``[Δ%, low%, high%]``, with 100·(e^Δ − 1) for Δ = log PPL_b − log PPL_a, plus its text
+(``name_text``, e.g. "+0.34% (95% CI +0.21% to +0.47%)") and the verb the interval allows
+(``name_verdict``: "lower", "level" or "higher"). The notebook test checks the verb the
+chapter uses against the recorded interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from lab.core.atomic import atomic_write_json
+from lab.core.checks import check_number
+from lab.core.stats import seed_spread, verdict
+
+DEFAULT_FILENAME = "lab.metrics.json"
+ENV_VAR = "LAB_REPORT_PATH"
+
+Value = int | float | str | bool | list
+
+
+def report_path(path: str | os.PathLike | None = None) -> Path:
+    """The metrics file: ``path``, else ``$LAB_REPORT_PATH``, else ``./lab.metrics.json``."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get(ENV_VAR, "").strip()
+    return Path(env) if env else Path.cwd() / DEFAULT_FILENAME
+
+
+def _plain(value, name: str):
+    """``value`` as a JSON-ready int/float/str/bool/list; 0-d NumPy/torch values are unwrapped."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"record({name!r}, value={value!r}): value must be finite")
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, name) for v in value]
+    raise TypeError(f"record({name!r}, value={value!r}): value must be an int, float, str, bool "
+                    f"or a list of those, got {type(value).__name__}")
+
+
+def read(path: str | os.PathLike | None = None) -> dict:
+    """All recorded metrics ``{name: value}``; FileNotFoundError if nothing was recorded."""
+    file = report_path(path)
+    if not file.exists():
+        raise FileNotFoundError(f"no metrics file at {file}: nothing was recorded with lab.core.report.record")
+    return json.loads(file.read_text(encoding="utf-8"))
+
+
+def record(name: str, value: Value, *, path: str | os.PathLike | None = None) -> None:
+    """Store ``value`` under ``name`` in the metrics file (other names are kept).
+
+    Raises TypeError/ValueError for an empty or non-string name, a value that is not an
+    int/float/str/bool/list, or a NaN/infinite float.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
+    if not name.strip():
+        raise ValueError(f"name must be a non-empty str, got {name!r}")
+    plain = _plain(value, name)
+    file = report_path(path)
+    metrics = read(file) if file.exists() else {}
+    metrics[name] = plain
+    atomic_write_json(file, dict(sorted(metrics.items())))
+    _glue(name, plain)
+
+
+def _glue(name: str, value: Value) -> None:
+    """``myst_nb.glue(name, value, display=False)`` when running in a Jupyter kernel with myst-nb."""
+    try:
+        from IPython import get_ipython
+        from myst_nb import glue
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        glue(name, value, display=False)
+
+
+def below_text(value: float, bound: float) -> str:
+    """A small non-negative quantity printed at the precision it carries: "< 1e-05" for ``bound`` =
+    1e-5 when 0 <= ``value`` < ``bound`` (the bound in scientific notation, rounded up to at most two
+    significant digits: "< 2.4e-07" for 2⁻²² ≈ 2.38e-7); else ``value`` itself, to two significant digits.
+
+    Below its bound a quantity has no digits worth printing: an error against a float64 reference or
+    a difference of two float32 computations that should agree is rounding noise, and another CPU
+    (other vector units, other summation orders) prints other digits of the same noise; a p-value far
+    in the tail moves by a larger fraction of itself than the statistic it comes from. Its bound, the
+    largest value the text accepts as such, is the same on every CPU. Above the bound the value is a
+    finding and is printed.
+    """
+    value = check_number("value", value, 0.0)
+    bound = check_number("bound", bound, 0.0, closed=(False, True))
+    if value >= bound:
+        return f"{value:.2g}"
+    exponent = math.floor(math.log10(bound))
+    tenths = math.ceil(round(bound / 10.0 ** (exponent - 1), 9))     # two digits, rounded up: 2⁻²² → 24
+    if tenths == 100:
+        tenths, exponent = 10, exponent + 1
+    mantissa = f"{tenths // 10}" if tenths % 10 == 0 else f"{tenths / 10:.1f}"
+    return f"< {mantissa}e{exponent:+03d}"
+
+
+def percent(delta_log_ppl: float) -> float:
+    """A log-perplexity difference Δ as a change of perplexity in percent, 100·(e^Δ − 1)."""
+    return 100.0 * math.expm1(delta_log_ppl)
+
+
+def record_comparison(name: str, results: dict | list[dict], *, scale: str = "ppl",
+                      path: str | os.PathLike | None = None) -> list[float]:
+    """Record a paired comparison (`lab.core.stats.compare` result) or one per seed (a list of them).
+
+    Records ``name`` = [Δ, low, high], ``name_text`` and ``name_verdict``. ``scale`` "ppl": the
+    compared values are per-token losses and Δ is the change of perplexity in percent,
+    100·(e^Δ − 1); "points": the compared values are rates (e.g. 1 − correct per example) and Δ is
+    in percentage points, 100·Δ. Over seeds, Δ is the mean over seeds and [low, high] spans every
+    seed's interval, so "lower"/"higher" means: at every seed. Returns [Δ, low, high].
+    """
+    per_seed = results if isinstance(results, list) else [results]
+    if not per_seed or not all(isinstance(r, dict) and {"delta_log_ppl", "ci_low", "ci_high"} <= r.keys()
+                               for r in per_seed):
+        raise TypeError(f"record_comparison({name!r}): results must be a lab.core.stats.compare dict or a "
+                        f"non-empty list of them, got {results!r:.200}")
+    if scale not in ("ppl", "points"):
+        raise ValueError(f"scale={scale!r} is not allowed; allowed: 'ppl', 'points'")
+    to_unit, unit = (percent, "%") if scale == "ppl" else ((lambda d: 100.0 * d), " points")
+    mid = sum(to_unit(r["delta_log_ppl"]) for r in per_seed) / len(per_seed)
+    low = min(to_unit(r["ci_low"]) for r in per_seed)
+    high = max(to_unit(r["ci_high"]) for r in per_seed)
+    where = f"95% CI {low:+.2f}{unit} to {high:+.2f}{unit}"
+    if len(per_seed) > 1:
+        where = (f"mean of {len(per_seed)} seeds; every seed's 95% CI within "
+                 f"{low:+.2f}{unit} to {high:+.2f}{unit}")
+    record(name, [mid, low, high], path=path)
+    record(f"{name}_text", f"{mid:+.2f}{unit} ({where})", path=path)
+    record(f"{name}_verdict", verdict(low, high), path=path)
+    return [mid, low, high]
+
+
+def record_spread(name: str, values, unit: str = "%", *, path: str | os.PathLike | None = None) -> list[float]:
+    """Record one result over seeds (`lab.core.stats.seed_spread`): ``name`` = [mean, ci_low, ci_high]
+    (Student-t 95% interval of the mean), ``name_text`` and ``name_verdict`` (against 0).
+    Returns [mean, ci_low, ci_high]."""
+    s = seed_spread(values)
+    record(name, [s["mean"], s["ci_low"], s["ci_high"]], path=path)
+    record(f"{name}_text", f"{s['mean']:+.2f}{unit} (mean of {s['n']} seeds, sd {s['sd']:.2f}{unit}; "
+                           f"95% CI {s['ci_low']:+.2f}{unit} to {s['ci_high']:+.2f}{unit})", path=path)
+    record(f"{name}_verdict", verdict(s["ci_low"], s["ci_high"]), path=path)
+    return [s["mean"], s["ci_low"], s["ci_high"]]

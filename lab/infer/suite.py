@@ -1,0 +1,394 @@
+"""Suite ``infer`` of `lab.bench` (chapter 6): decode speed of every configuration against its speed of light.
+
+For each model and batch size B ∈ (1, 8, 32), greedy generation of n new tokens after a prompt of T₀
+tokens, in the configurations
+
+    no_cache             every step re-runs the whole sequence (`generate(kv_cache=False)`)
+    kv_cache             static KV cache, eager PyTorch
+    kv_cache_cuda_graph  the same decode step replayed from a CUDA graph (GPU only)
+    int8_w8a8            decoder linears in int8 (`lab.quant.W8A8Linear`, int8 Triton kernel), + graph on a GPU
+    int4_weight_only     decoder linears in int4, RTN, groups of 128 (64 for the book's model; `lab.quant.Int4Linear`,
+                         int4 Triton kernel), + graph
+    speculative          the distilled 2-layer draft proposes k = 4 tokens (`speculative_generate`), B = 1 only
+
+The decode time per step is (t(n) − t(n/2)) / (n − n/2), with t(·) the median wall time of a whole
+`generate` call, so that the prefill and the one-off costs of a call (CUDA-graph capture, the draft's
+first steps) drop out; tokens/s = B / that. All times come from `lab.core.timing.time_ms`. Beside
+each: the step's bytes and FLOPs at the mean context T₀ + n/2 (`lab.infer.roofline`), the speed of
+light max(bytes / bandwidth, FLOPs / peak), and the fraction of it reached, t_min / t_measured (1 = at
+the ceiling; speculative decoding can pass 1, since one target pass emits several tokens). The two
+ceilings are measured on the device at the start of the run (`measure_ceilings`: a device copy of
+1 GiB on a GPU, a large matmul in the run's dtype) and recorded under ``"ceilings"``, where
+`lab.core.ceilings.device_ceilings` reads them back as the device's measured ceilings; until a GPU
+run has recorded them, the book's GPU figures use the datasheet ceilings of that module, labelled so.
+
+Models: the book's pretrained LM (6.5M parameters; on a GPU its decode step is launch bound, which
+is what CUDA graphs address) and, on a GPU, a model of Llama-2-7B's shape with random weights
+(`LLAMA2_7B_SHAPE`: C = 4096, 32 layers, 32 query and 32 key/value heads, F = 11008, untied; 6.74B
+parameters, 13.5 GB in bf16), where decode is memory bound and int8/int4 pay off; random weights do
+not change the speed, and its speculative row is left out (acceptance needs a trained pair). Every
+configuration's greedy tokens are compared with the KV-cache output of the same model (``agreement``:
+1.0 = identical; quantized models may differ).
+
+Serving: static vs continuous batching (`lab.infer.serve`, paged cache) of a mixed-length trace of
+real prompts on the book's model.
+
+The book's model is prompted with windows of the evaluation text, so the corpus must be in ``.data/``
+(`python -m lab.data`; on an offline GPU machine, carry the folder).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from lab.core.ceilings import measure_ceilings
+from lab.core.timing import check_then_time, time_ms
+from lab.core.checks import check_int
+from lab.infer.generate import Decoder, generate
+from lab.infer.roofline import decode_step_cost, speed_of_light_ms, weight_bytes
+from lab.infer.scheduler import serve, synthetic_trace
+from lab.infer.speculative import speculative_generate
+from lab.models.gpt import GPT, GPTConfig
+from lab.quant.linear import Int4Linear, decoder_linear_names, replace_linears, w8a8_quantize_model
+from lab.quant.model import rtn_quantize
+from lab.core.runtime import seed_everything
+
+CONFIGS = ("no_cache", "kv_cache", "kv_cache_cuda_graph", "int8_w8a8", "int4_weight_only", "speculative")
+# Llama-2-7B (Touvron et al., 2023): multi-head attention, 32 key/value heads (GQA came with the 34B/70B models).
+LLAMA2_7B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=4096, n_layer=32, n_head=32,
+                            n_kv_head=32, d_ff=11008, tie_embeddings=False)
+# Llama-2-70B: grouped-query attention, 64 query heads sharing 8 key/value heads (D = 128); 68.98B parameters.
+LLAMA2_70B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=8192, n_layer=80, n_head=64,
+                             n_kv_head=8, d_ff=28672, tie_embeddings=False)
+
+
+@dataclass(frozen=True)
+class Setup:
+    batches: tuple[int, ...]
+    prompt_len: int
+    new_tokens: int
+    repeats: int
+    draft_k: int
+    trace_requests: int
+    serve_batches: tuple[int, ...]
+
+
+def setup(device: torch.device, quick: bool, short: bool = False) -> Setup:
+    """The run's sizes: ``quick`` (tiny, a smoke test), ``short`` (the GPU run's form: batches 1 and 8,
+    32 new tokens, one serving batch), else the full suite for the device."""
+    if quick:
+        return Setup((1, 2), 8, 4, 1, 2, 6, (2,))
+    if device.type == "cuda":
+        if short:
+            return Setup((1, 8), 64, 32, 2, 4, 32, (8,))
+        return Setup((1, 8, 32), 128, 64, 3, 4, 128, (8, 32))
+    if short:
+        return Setup((1, 8), 32, 16, 2, 4, 24, (4,))
+    return Setup((1, 8, 32), 32, 32, 3, 4, 48, (4, 16))
+
+
+def quantized(model: GPT, kind: str, dtype: torch.dtype) -> GPT:
+    """A copy of ``model`` with its decoder linears in int8 (W8A8, per-token activations) or int4 (RTN, groups of
+    128 input columns, or 64 / 32 where 128 does not divide the widths: the book's d_ff = 704 takes 64)."""
+    model = copy.deepcopy(model)
+    if kind == "int8_w8a8":
+        return w8a8_quantize_model(model)
+    widths = {model.config.d_model, model.config.d_ff}
+    group = next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), None)
+    if group is None:
+        raise ValueError(f"no int4 group size in (128, 64, 32) divides the input widths {sorted(widths)}")
+    replace_linears(model, decoder_linear_names(model),
+                    lambda name, lin: Int4Linear(rtn_quantize(lin.weight.float(), 4, group), None, scale_dtype=dtype))
+    return model
+
+
+@torch.no_grad()
+def step_latencies(model: GPT, ids: torch.Tensor, prompt_len: int, kv_cache: bool, repeats: int = 1,
+                   chunk: int = 1) -> list[float]:
+    """Time (ms) of each decode step after a prefill of ``prompt_len`` tokens, feeding the rest of
+    ids (B, T) ``chunk`` tokens at a time (teacher forcing: the cost does not depend on which tokens;
+    chunk = k + 1 is the verification pass of speculative decoding); element i is the step that starts
+    at position prompt_len + i·chunk.
+
+    Each step is timed by `time_ms` (median of ``repeats`` calls after a warm-up): one call rewinds the
+    decoder to the step's start and feeds its chunk, the same keys and values rewritten, the same work.
+    """
+    B, T = ids.shape
+    if not 0 < prompt_len < T or chunk < 1:
+        raise ValueError(f"need prompt_len in [1, {T - 1}] and chunk >= 1, got prompt_len={prompt_len}, chunk={chunk}")
+    decoder = Decoder(model, B, T, kv_cache=kv_cache)
+    decoder.extend(ids[:, :prompt_len])
+
+    def step(t: int) -> None:
+        decoder.rewind(t)
+        decoder.extend(ids[:, t:t + chunk])
+
+    return [time_ms(lambda: step(t), ids.device, repeats) for t in range(prompt_len, T - chunk + 1, chunk)]
+
+
+def _models(device: torch.device, quick: bool, dtype: torch.dtype) -> dict[str, tuple[GPT, GPT | None]]:
+    """name → (model, draft or None)."""
+    from lab.distill import gpt_student
+
+    seed_everything(0)
+    if quick:
+        tiny = GPT(GPTConfig(vocab_size=256, context_length=64, d_model=64, n_layer=2, n_head=4, n_kv_head=2,
+                             d_ff=128)).to(device=device, dtype=dtype).eval()
+        return {"tiny (random)": (tiny, gpt_student(tiny, 1))}
+    from lab.infer.draft import load_draft
+    from lab.models import load_pretrained_lm
+
+    models = {"pydoc-gpt": (load_pretrained_lm("lab").to(device=device, dtype=dtype),
+                            load_draft().to(device=device, dtype=dtype))}
+    if device.type == "cuda":
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)           # initialise in bf16 directly: no fp32 copy of 6B parameters
+        try:
+            with torch.device(device):
+                models["llama-2-7b shape (random weights)"] = (GPT(LLAMA2_7B_SHAPE).eval(), None)
+        finally:
+            torch.set_default_dtype(default)
+    return models
+
+
+def source_text(model: GPT) -> torch.Tensor:
+    """1-D int64 tokens that prompts and traces are cut from: the evaluation text for the book's model
+    (its vocabulary), 4096 random ids for any other model."""
+    if model.config.vocab_size == 8192 and model.config.context_length == 256:
+        from lab.data import eval_tokens
+        from lab.models import load_tokenizer
+
+        return eval_tokens(load_tokenizer())
+    return torch.randint(0, model.config.vocab_size, (4096,), generator=torch.Generator().manual_seed(0))
+
+
+def _prompts(text: torch.Tensor, n: int, length: int, device: torch.device) -> torch.Tensor:
+    """(n, length) prompts: windows of ``text`` at seeded random starts."""
+    starts = torch.randint(0, len(text) - length, (n,), generator=torch.Generator().manual_seed(0))
+    return torch.stack([text[s:s + length] for s in starts.tolist()]).to(device)
+
+
+def bench_model(name: str, model: GPT, draft: GPT | None, text: torch.Tensor, device: torch.device, s: Setup,
+                ceilings: dict, progress: bool) -> list[dict]:
+    """One row per (configuration, batch) of ``model``: decode ms per step, tokens/s and the speed of light."""
+    cuda = device.type == "cuda"
+    dtype = next(model.parameters()).dtype
+    prompts = _prompts(text, max(s.batches), s.prompt_len, device)
+    context = s.prompt_len + s.new_tokens // 2
+    configs = [c for c in CONFIGS if (cuda or c != "kv_cache_cuda_graph") and (draft is not None or c != "speculative")]
+    rows, outputs = [], {}
+    bar = tqdm(total=len(configs) * len(s.batches), desc=f"decode: {name}", disable=not progress)
+    for config in configs:
+        variant = quantized(model, config, dtype) if config.startswith("int") else model
+        graph = cuda and config not in ("no_cache", "kv_cache")
+        for B in s.batches:
+            bar.update()
+            if config == "speculative" and B != 1:
+                continue
+            prompt = prompts[:B]
+            row = {"model": name, "config": config, "batch": B, "prompt_len": s.prompt_len, "new_tokens": s.new_tokens}
+
+            def run(n: int) -> torch.Tensor:
+                if config == "speculative":
+                    return speculative_generate(variant, draft, prompt[0], n, k=s.draft_k, cuda_graph=graph)
+                return generate(variant, prompt, n, kv_cache=config != "no_cache", cuda_graph=graph)
+
+            if config == "speculative":
+                result = run(s.new_tokens)
+                outputs[config, B] = result.tokens[None]
+                row.update(draft_k=s.draft_k, acceptance_rate=result.acceptance_rate,
+                           tokens_per_target_step=result.tokens_per_step, draft_weight_bytes=weight_bytes(draft))
+            else:
+                outputs[config, B] = run(s.new_tokens)
+            half = s.new_tokens // 2
+            t_n = time_ms(lambda: run(s.new_tokens), device, s.repeats)
+            t_half = time_ms(lambda: run(half), device, s.repeats)
+            step_ms = max(t_n - t_half, 1e-9) / (s.new_tokens - half)
+            cost = decode_step_cost(variant, B, context, kv_cache=config != "no_cache",
+                                    kv_dtype_bytes=torch.finfo(dtype).bits // 8)
+            sol = speed_of_light_ms(cost, ceilings["bandwidth"], ceilings["peak_flops"])
+            row.update(generate_ms=t_n, generate_half_ms=t_half, ms_per_step=step_ms,
+                       ms_per_token=step_ms / B, tokens_per_s=B * 1e3 / step_ms, weight_bytes=weight_bytes(variant),
+                       bytes_per_step=cost["bytes"], flops_per_step=cost["flops"], sol_memory_ms=sol["memory_ms"],
+                       sol_compute_ms=sol["compute_ms"], sol_ms=sol["ms"], sol_tokens_per_s=B * 1e3 / sol["ms"],
+                       fraction_of_sol=sol["ms"] / step_ms)
+            rows.append(row)
+        if variant is not model:
+            del variant
+            if cuda:
+                torch.cuda.empty_cache()
+    bar.close()
+    for row in rows:  # fraction of greedy tokens equal to the eager KV-cache run of the same batch
+        same = outputs[row["config"], row["batch"]] == outputs["kv_cache", row["batch"]]
+        row["agreement"] = same.float().mean().item()
+    return rows
+
+
+def bench_serving(model: GPT, text: torch.Tensor, device: torch.device, s: Setup, progress: bool) -> list[dict]:
+    """Static vs continuous batching of one mixed-length trace (prompts cut from ``text``) per max batch size."""
+    longest = model.config.context_length // 4
+    trace = synthetic_trace(text, s.trace_requests, (4, longest), (4, longest), seed=0)
+    rows = []
+    for B in s.serve_batches:
+        for policy in ("static", "continuous"):
+            serve(model, trace[:2], B, policy)       # warm-up (kernels, allocator)
+            result = serve(model, trace, B, policy, progress=progress)
+            rows.append({"max_batch": B, "policy": policy, "requests": len(trace),
+                         "generated_tokens": result.generated_tokens, "decode_steps": result.decode_steps,
+                         "utilization": result.utilization, "preemptions": result.preemptions,
+                         "seconds": result.seconds, "tokens_per_s": result.tokens_per_s})
+    return rows
+
+
+def run(device: torch.device, quick: bool = False, progress: bool = True, short: bool = False) -> dict:
+    """Suite ``infer``: the ceilings, every model × configuration × batch, and the serving comparison;
+    ``short``: the GPU run's form (`setup`)."""
+    s = setup(device, quick, short)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    label = ("CUDA, bf16: eager and CUDA-graph decode, int8/int4 Triton kernels, speculative decoding; speed of "
+             "light from this GPU's measured copy bandwidth and bf16 matmul rate" if device.type == "cuda" else
+             "CPU, fp32: eager decode only (no CUDA graphs; the int8/int4 layers run their PyTorch paths, which "
+             "dequantize, so they are slower than fp32 here); speed of light from this CPU's measured copy "
+             "bandwidth and fp32 matmul rate")
+    ceilings = measure_ceilings(device, dtype, quick)
+    models = _models(device, quick, dtype)
+    out = {"label": label, "setup": s.__dict__, "dtype": str(dtype).removeprefix("torch."), "ceilings": ceilings,
+           "decode": []}
+    with torch.no_grad():
+        texts = {name: source_text(model) for name, (model, _) in models.items()}
+        for name, (model, draft) in models.items():
+            out["decode"] += bench_model(name, model, draft, texts[name], device, s, ceilings, progress)
+        book = next(iter(models))
+        out["serving"] = bench_serving(models[book][0], texts[book], device, s, progress)
+    return out
+
+
+@torch.no_grad()
+def speculative_speedup(target: GPT, draft: GPT, prompts: torch.Tensor, new_tokens: int, ks, ids: torch.Tensor,
+                        prompt_len: int, *, temperature: float = 1.0, seed: int = 0, repeats: int = 2,
+                        step_repeats: int = 3) -> dict:
+    """What speculative decoding costs and gains on this device, beside the inputs of its formula.
+
+    With t(m, n) the median time of a KV-cache decode step of model m fed n tokens at once
+    (`step_latencies` on ``ids`` (1, T) from position ``prompt_len`` to the end, ``step_repeats`` calls
+    per step, median over the steps):
+
+        c   = t(draft, 1) / t(target, 1)            the draft's step in target steps
+        r_k = t(target, k + 1) / t(target, 1)       the verification pass over k + 1 tokens, in steps
+        speed-up_k = T_plain / T_spec(k)
+
+    where T_plain is the time to sample ``new_tokens`` tokens from each of ``prompts`` (P, T₀) with
+    `generate` and T_spec(k) the same with `speculative_generate` and k draft tokens (``temperature``,
+    ``seed`` for every prompt), each the median of ``repeats`` calls of `time_ms`. The formula's
+    speed-up (1 − α^{k+1}) / ((1 − α)(c·k + r_k)) (`lab.infer.speculative.expected_speedup`) takes c and
+    r_k from here and α from the accepted tokens.
+
+    Returns {"target_step_ms", "draft_step_ms", "c", "r": {k: r_k}, "plain_ms",
+    "speculative_ms": {k: ms}, "speedup": {k: speed-up_k}}.
+    """
+    ks = list(ks)
+    if not ks:
+        raise ValueError("ks must be a non-empty list of draft lengths, got []")
+    for j, k in enumerate(ks):
+        check_int(f"ks[{j}]", k)
+    if prompts.dim() != 2 or len(prompts) == 0:
+        raise ValueError(f"prompts must be (P, T0) token ids with P >= 1, got shape {tuple(prompts.shape)}")
+    check_int("new_tokens", new_tokens)
+    if ids.dim() != 2 or len(ids) != 1:
+        raise ValueError(f"ids must be (1, T) token ids, got shape {tuple(ids.shape)}")
+    device = prompts.device
+
+    def step_ms(model: GPT, chunk: int = 1) -> float:
+        times = step_latencies(model, ids, prompt_len, True, step_repeats, chunk)
+        return float(torch.tensor(times).median())
+
+    target_ms, draft_ms = step_ms(target), step_ms(draft)
+    r = {k: step_ms(target, k + 1) / target_ms for k in ks}
+    plain_ms = time_ms(lambda: [generate(target, x, new_tokens, temperature=temperature, seed=seed)
+                                for x in prompts], device, repeats)
+    spec_ms = {k: time_ms(lambda: [speculative_generate(target, draft, x, new_tokens, k=k, temperature=temperature,
+                                                        seed=seed) for x in prompts], device, repeats)
+               for k in ks}
+    return {"target_step_ms": target_ms, "draft_step_ms": draft_ms, "c": draft_ms / target_ms, "r": r,
+            "plain_ms": plain_ms, "speculative_ms": spec_ms, "speedup": {k: plain_ms / spec_ms[k] for k in ks}}
+
+
+# ------------------------------------------------------------------ the paged decode kernel alone
+# The paged decode-attention kernel alone, against the copy ceiling (the GPU run's ``kernels`` stage).
+# 
+# `lab.kernels.paged_attention` reads, for each sequence and kv head, the K and V of every cached
+# position once, block by block: a memory-bound kernel (≈ 2 FLOPs per byte), so its ceiling is the
+# device's copy bandwidth. `bench_paged_decode` builds full caches of ``context`` positions in blocks
+# scattered over the pool (as an allocator leaves them), checks the output against a float64
+# reference, times it (`lab.core.timing`), and reports bytes read per second and their fraction of a
+# measured copy bandwidth (`lab.core.ceilings.measure_ceilings`: bytes read + written per second).
+
+def _paged_reference(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, tables: torch.Tensor,
+                     context: int) -> torch.Tensor:
+    """softmax(q Kᵀ / √D) V in float64 over the first ``context`` positions of each row's blocks; (B, H, D)."""
+    B, H, D = q.shape
+    H_kv = k_pool.shape[2]
+    k = k_pool[tables.long()].flatten(1, 2)[:, :context].double()     # (B, S, H_kv, D)
+    v = v_pool[tables.long()].flatten(1, 2)[:, :context].double()
+    q = q.double().view(B, H_kv, H // H_kv, D)                          # query head h = j·G + g reads kv head j
+    p = (torch.einsum("bjgd,bsjd->bjgs", q, k) / math.sqrt(D)).softmax(-1)
+    return torch.einsum("bjgs,bsjd->bjgd", p, v).reshape(B, H, D)
+
+
+def bench_paged_decode(device: torch.device, quick: bool = False, progress: bool = True, *,
+                       heads: Sequence[tuple[int, int]] = ((32, 8), (32, 32)), head_dim: int = 128,
+                       batches: Sequence[int] = (1, 8, 32), context: int = 2048, block_size: int = 16,
+                       bandwidth: float | None = None) -> list[dict]:
+    """Decode attention over a paged cache, one row per (H, H_kv, B) and kernel version: v1
+    (`lab.kernels.paged_attention`) and v2 (`lab.kernels.paged_attention_v2`, flash-decoding) on a GPU,
+    the PyTorch path on the CPU; each checked against float64, then timed.
+
+    Every row has ``context`` cached positions in blocks of ``block_size`` (`PagedKVCache`'s default),
+    scattered over the pool in a random order as a real allocator leaves them. ``kv_bytes`` = K and V
+    read, 2·B·H_kv·D·b_e·⌈context / block_size⌉·block_size; ``bytes`` adds q and o; with the copy
+    ``bandwidth`` (bytes/s, read + write, `measure_ceilings`) each row gets bytes/s over it.
+    """
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    from lab.kernels.paged_attention import paged_attention_decode
+    from lab.kernels.paged_attention_v2 import paged_attention_decode_v2
+
+    versions = {"v1": paged_attention_decode, "v2": paged_attention_decode_v2}
+
+    rows = []
+    bar = tqdm(total=len(heads) * len(batches), desc="paged decode attention", disable=not progress)
+    for H, H_kv in heads:
+        for B in batches:
+            seed_everything(0)
+            per_row = -(-context // block_size)
+            num_blocks = B * per_row
+            q = torch.randn(B, H, head_dim, device=device, dtype=dtype)
+            k_pool = torch.randn(num_blocks, block_size, H_kv, head_dim, device=device, dtype=dtype)
+            v_pool = torch.randn_like(k_pool)
+            tables = torch.randperm(num_blocks, device=device).view(B, per_row).to(torch.int32)
+            lengths = torch.full((B,), context, dtype=torch.int32, device=device)
+            ref = _paged_reference(q, k_pool, v_pool, tables, context)
+            elem = k_pool.element_size()
+            kv_bytes = 2 * B * H_kv * head_dim * elem * per_row * block_size
+            for version, decode in versions.items():
+                entry = check_then_time(lambda: decode(q, k_pool, v_pool, tables, lengths, check_lengths=False),
+                                        ref, 2e-2 if cuda else 1e-4, device, 3 if quick else 10)
+                row = {"version": version, "H": H, "H_kv": H_kv, "D": head_dim, "B": B, "context": context,
+                       "block_size": block_size, "dtype": str(dtype).removeprefix("torch."),
+                       "path": "triton" if cuda else "torch", "kv_bytes": kv_bytes,
+                       "bytes": kv_bytes + 2 * B * H * head_dim * elem, **entry}
+                if entry["ms"]:
+                    row["gb_per_s"] = row["bytes"] / entry["ms"] / 1e6
+                    if bandwidth:
+                        row["fraction_of_copy_bandwidth"] = row["bytes"] / (entry["ms"] * 1e-3) / bandwidth
+                rows.append(row)
+            bar.update()
+            del q, k_pool, v_pool, ref
+    bar.close()
+    return rows

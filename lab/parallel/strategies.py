@@ -1,0 +1,239 @@
+"""Every strategy of chapter 5 as a row of one table, trained by the book's one loop (`lab.models.loop.train`).
+
+    torchrun --nproc-per-node 2 -m lab.parallel.strategies --strategy zero2 --steps 50
+    python -m lab.parallel.strategies --strategy tp --nproc 2      # spawns the processes itself (lab.parallel.launch)
+
+Each step draws the same global batch (B, T) on every rank (same generator seed), so all
+strategies see identical data. A `Strategy` row says what differs between them:
+
+    strategy    module this rank runs        optimizer            rows of the batch     logged loss
+    single      the GPT                      AdamW                all                   its own
+    ddp         DataParallel(GPT)            AdamW                [r·B/N, (r+1)·B/N)    mean over ranks
+    torch_ddp   DistributedDataParallel      AdamW                [r·B/N, (r+1)·B/N)    mean over ranks
+    zero1-3     the GPT                      ZeroOptimizer(k)     [r·B/N, (r+1)·B/N)    mean over ranks
+    tp          tensor_parallel_gpt(GPT)     AdamW                all                   its own (equal)
+    pp          gpt_stage(GPT)               AdamW                all: stage 0 ids,     the last stage's
+                                                                  last stage targets
+
+Pipeline parallelism runs forward and backward together in `PipelineSchedule.run` (m
+micro-batches), so its loss function back-propagates itself. The optimizer is AdamW (β = (0.9,
+0.95)) with one parameter group, the same weight decay on every parameter (ZeRO flattens each
+unit into one shard), no gradient clipping (a global norm would need its own collective), and
+`lab.models.loop.lr_at`'s warm-up + cosine schedule. ``single`` is the one-process reference. On a GPU
+the forward runs under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lab.core.checks import check_choice, check_int
+from lab.models.gpt import GPT, GPTConfig
+from lab.models.next_token import lm_batch_loss, lm_loss, random_batch
+from lab.parallel.comm import CommCounter
+from lab.parallel.ddp import DataParallel
+from lab.parallel.launch import init_from_env, launch, rank_device
+from lab.parallel.pipeline import PipelineSchedule, gpt_stage
+from lab.parallel.tensor_parallel import tensor_parallel_gpt
+from lab.parallel.zero import ZeroOptimizer
+from lab.params.memory import storage_bytes
+from lab.models.loop import BETAS, LossFn, Optim, train as train_loop
+
+TINY = GPTConfig(vocab_size=8192, context_length=64, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=176)
+
+__all__ = ["DISTRIBUTED", "STRATEGIES", "Strategy", "TABLE", "TINY", "held_bytes", "lm_loss", "main", "train"]
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What the rows read from one call of `train`."""
+
+    config: GPTConfig
+    batch_size: int
+    seq_len: int
+    n_micro: int
+    schedule: str
+    bucket_cap_mb: float
+    adamw: dict                                   # lr, betas, weight_decay
+
+
+def _same(model: GPT, setup: Setup) -> nn.Module:
+    return model
+
+
+def _ddp(model: GPT, setup: Setup) -> nn.Module:
+    return DataParallel(model, bucket_cap_mb=setup.bucket_cap_mb)
+
+
+def _torch_ddp(model: GPT, setup: Setup) -> nn.Module:
+    return nn.parallel.DistributedDataParallel(model, bucket_cap_mb=setup.bucket_cap_mb)
+
+
+def _adamw(module: nn.Module, setup: Setup) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(module.parameters(), **setup.adamw)
+
+
+def _zero(stage: int) -> Callable[[nn.Module, Setup], ZeroOptimizer]:
+    return lambda module, setup: ZeroOptimizer(module, torch.optim.AdamW, stage, **setup.adamw)
+
+
+def _lm_loss_fn(module: nn.Module, setup: Setup) -> LossFn:
+    return lm_batch_loss
+
+
+def _pipeline_loss_fn(stage: nn.Module, setup: Setup) -> LossFn:
+    """L of the batch through `PipelineSchedule.run` (forward and backward); 0 on every stage but the last."""
+    act_shape = (setup.batch_size // setup.n_micro, setup.seq_len, setup.config.d_model)
+    pipe = PipelineSchedule(stage, setup.n_micro, setup.schedule, act_shape, loss_fn=lm_loss)
+    first, last = dist.get_rank() == 0, dist.get_rank() == dist.get_world_size() - 1
+
+    def loss_fn(module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        loss = pipe.run(x if first else None, y if last else None)
+        return torch.tensor(0.0 if loss is None else loss, device=x.device)
+
+    return loss_fn
+
+
+def _own_loss(loss: torch.Tensor) -> float:
+    return loss.item()
+
+
+def _mean_over_ranks(loss: torch.Tensor) -> float:
+    """The global-batch mean from the ranks' shard means (plain torch.distributed: not counted as traffic)."""
+    loss = loss.float().clone()
+    dist.all_reduce(loss)
+    return loss.item() / dist.get_world_size()
+
+
+def _last_stage_loss(loss: torch.Tensor) -> float:
+    loss = loss.float().clone()
+    dist.broadcast(loss, src=dist.get_world_size() - 1)
+    return loss.item()
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One row of the table: how `train` runs a strategy on rank r of N."""
+
+    wrap: Callable[[GPT, Setup], nn.Module] = _same                 # the module this rank trains
+    optimizer: Callable[[nn.Module, Setup], torch.optim.Optimizer] = _adamw
+    shards_batch: bool = False                                       # rows [r·B/N, (r+1)·B/N), else all B
+    log_loss: Callable[[torch.Tensor], float] = _own_loss            # this rank's L → the global-batch loss
+    loss_fn: Callable[[nn.Module, Setup], LossFn] = _lm_loss_fn       # the loop's loss_fn for the module
+    backward: bool = True                                            # False: loss_fn back-propagates itself
+    needs_group: bool = True                                         # runs on a process group of N ranks
+
+
+TABLE: dict[str, Strategy] = {
+    "single": Strategy(needs_group=False),
+    "ddp": Strategy(wrap=_ddp, shards_batch=True, log_loss=_mean_over_ranks),
+    "torch_ddp": Strategy(wrap=_torch_ddp, shards_batch=True, log_loss=_mean_over_ranks),
+    **{f"zero{k}": Strategy(optimizer=_zero(k), shards_batch=True, log_loss=_mean_over_ranks) for k in (1, 2, 3)},
+    "tp": Strategy(wrap=lambda model, setup: tensor_parallel_gpt(model)),
+    "pp": Strategy(wrap=lambda model, setup: gpt_stage(model), loss_fn=_pipeline_loss_fn, backward=False,
+                   log_loss=_last_stage_loss),
+}
+STRATEGIES = tuple(TABLE)
+DISTRIBUTED = tuple(name for name, row in TABLE.items() if row.needs_group)   # every strategy but "single"
+
+
+def held_bytes(tensors: dict[str, list[torch.Tensor]]) -> dict[str, int]:
+    """Storage bytes per part (each storage once): {"params", "grads", "optimizer", "total"}."""
+    out = {k: storage_bytes(v) for k, v in tensors.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def held_tensors(module: nn.Module, opt: torch.optim.Optimizer | ZeroOptimizer) -> dict[str, list[torch.Tensor]]:
+    """The tensors this rank holds between steps: parameters, gradients, optimizer state."""
+    if isinstance(opt, ZeroOptimizer):
+        return opt.held_tensors()
+    params = list(module.parameters())
+    return {"params": params, "grads": [p.grad for p in params if p.grad is not None],
+            "optimizer": [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim()]}
+
+
+def train(strategy: str, config: GPTConfig, tokens: torch.Tensor, steps: int, batch_size: int, seq_len: int,
+          lr: float = 3e-3, warmup: int = 5, weight_decay: float = 0.1, seed: int = 0, n_micro: int = 2,
+          schedule: str = "1f1b", bucket_cap_mb: float = 25.0) -> dict:
+    """Train a fresh ``GPT(config)`` (seed ``seed``) for ``steps`` steps with ``strategy`` (a row of `TABLE`).
+
+    Runs on the current process group (none for ``single``). Returns on every rank the loop's
+    record (``loss`` per step, the global-batch mean; ``lr``; ``step_seconds``) plus ``comm``
+    (`CommCounter` summary of all steps), ``memory`` (`held_bytes` of this rank after the last
+    step) and ``world_size``.
+    """
+    check_choice("strategy", strategy, STRATEGIES)
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)):
+        check_int(name, value)
+    row = TABLE[strategy]
+    if row.needs_group and not dist.is_initialized():
+        raise ValueError(f"strategy={strategy!r} needs a process group: run it under torchrun or "
+                         "lab.parallel.launch, or use strategy='single'")
+    n, rank = (dist.get_world_size(), dist.get_rank()) if row.needs_group else (1, 0)
+    if row.shards_batch and batch_size % n:
+        raise ValueError(f"batch_size={batch_size} must be divisible by the world size {n}")
+    optim = Optim(lr, warmup, weight_decay, grad_clip=None)
+    setup = Setup(config, batch_size, seq_len, n_micro, schedule, bucket_cap_mb,
+                  dict(lr=lr, betas=BETAS, weight_decay=weight_decay))
+    torch.manual_seed(seed)
+    module = row.wrap(GPT(config).to(rank_device()), setup)
+    opt = row.optimizer(module, setup)
+    loss_fn = row.loss_fn(module, setup)
+    rows = slice(rank * batch_size // n, (rank + 1) * batch_size // n) if row.shards_batch else slice(None)
+    gen = torch.Generator().manual_seed(seed + 1)
+    batches = ((x[rows], y[rows]) for x, y in (random_batch(tokens, batch_size, seq_len, gen) for _ in range(steps)))
+    with CommCounter() as counter:
+        record = train_loop(module, batches, loss_fn, steps, optim=optim, optimizer=opt, backward=row.backward,
+                            log_loss=row.log_loss, progress=False)
+    record.update(comm=counter.summary(), memory=held_bytes(held_tensors(module, opt)), world_size=n)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--strategy", choices=DISTRIBUTED, required=True)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--micro-batches", type=int, default=2)
+    parser.add_argument("--schedule", choices=("gpipe", "1f1b"), default="1f1b")
+    parser.add_argument("--model", choices=("tiny", "pretrained-size"), default="tiny",
+                        help="tiny: 2 layers, C = 64; pretrained-size: the book's 6.5M-parameter config")
+    parser.add_argument("--data", choices=("corpus", "random"), default="corpus")
+    parser.add_argument("--nproc", type=int, default=2, help="processes to spawn when not run under torchrun")
+    args = parser.parse_args(argv)
+    config = TINY if args.model == "tiny" else GPTConfig()
+    if args.data == "corpus":
+        from lab.data import tokenize_split
+        from lab.models import load_tokenizer
+
+        tokens = tokenize_split("train", load_tokenizer())
+    else:
+        tokens = torch.randint(0, config.vocab_size, (100_000,), generator=torch.Generator().manual_seed(0))
+    kwargs = dict(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                  n_micro=args.micro_batches, schedule=args.schedule)
+    if "WORLD_SIZE" in os.environ:
+        init_from_env()
+        record = train(args.strategy, config, tokens, **kwargs)
+        if dist.get_rank() == 0:
+            print(json.dumps({"strategy": args.strategy, **record}))
+        dist.destroy_process_group()
+    else:
+        records = launch(functools.partial(train, **kwargs), args.nproc, args.strategy, config, tokens)
+        print(json.dumps({"strategy": args.strategy, **records[0]}))
+
+
+if __name__ == "__main__":
+    main()

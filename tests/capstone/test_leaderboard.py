@@ -1,0 +1,146 @@
+"""The leaderboard suite (lab.capstone.leaderboard) on a tiny random GPT, and the committed CPU record."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lab.capstone.leaderboard import (constraint_table, decode_ms_per_token, kept_weights, leaderboard,
+                                      leaderboard_frame, matmul_time, pareto_front, round_to_bf16, stored_bytes,
+                                      stored_tensors)
+from lab.capstone.routes import ROUTES, Settings
+from lab.params.safetensors_io import load_safetensors
+from lab.quant.affine import dequantize
+from lab.quant.model import rtn_quantize
+
+ROUTES_HERE = tuple(r for r in ROUTES if not r.name.startswith("draft"))   # the draft is the book's checkpoint
+TINY = Settings(eval_tokens=300, calib_samples=2, calib_len=16, group_size=32, student_layers=1, student_steps=2,
+                student_batch=2, student_seq=16, decode_prompt=4, decode_tokens=3, repeats=1)
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_gpt):
+    model = tiny_gpt(context_length=256, d_ff=64)
+    gen = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 61, (TINY.eval_tokens,), generator=gen)
+    train_ids = torch.randint(0, 61, (2000,), generator=gen)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = leaderboard(model, tokens, train_ids, TINY, routes=ROUTES_HERE, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the model was changed"
+    return {row["route"]: row for row in result}
+
+
+def test_every_route_has_a_stamped_row_with_its_interval(rows):
+    assert list(rows) == [route.name for route in ROUTES_HERE]
+    for row in rows.values():
+        assert {"commit", "device", "command", "bytes", "params", "delta_log_ppl", "delta_ppl_pct"} <= row.keys()
+        mid, low, high = row["delta_log_ppl"]
+        assert low <= mid <= high
+        assert row["delta_ppl_pct"] == pytest.approx([100 * math.expm1(d) for d in row["delta_log_ppl"]])
+        assert math.isclose(row["perplexity"], rows["dense bf16"]["perplexity"] * math.exp(mid), rel_tol=1e-9)
+        assert row["command"].startswith("python -m lab.bench leaderboard")
+        assert row["decode_ms_per_token"] > 0
+    assert rows["dense bf16"]["delta_log_ppl"] == [0.0, 0.0, 0.0]
+
+
+def test_bytes_and_weights_follow_the_storage(rows):
+    dense = rows["dense bf16"]
+    assert rows["SparseGPT 50%"]["bytes"] == dense["bytes"]                  # unstructured: stored dense
+    assert rows["GPTQ int4 g64"]["bytes"] == rows["RTN int4 g64"]["bytes"] < dense["bytes"]
+    assert rows["GPTQ int3 g64"]["bytes"] < rows["GPTQ int4 g64"]["bytes"]
+    assert rows["2:4 + int4"]["bytes"] < rows["SparseGPT 2:4"]["bytes"] < dense["bytes"]
+    assert rows["student + GPTQ int4"]["bytes"] < rows["student 3 layers"]["bytes"] < dense["bytes"]
+    assert rows["GPTQ int3 g64"]["params"] == rows["GPTQ int4 g64"]["params"] == dense["params"]
+    linear = 2 * (32 * 32 + 2 * 16 * 32 + 32 * 32 + 3 * 32 * 64)              # the tiny model's decoder linears
+    assert dense["params"] - rows["SparseGPT 2:4"]["params"] == linear // 2
+    assert rows["SparseGPT 50%"]["params"] == rows["SparseGPT 2:4"]["params"]
+
+
+def test_stored_tensors_share_once_and_pack_codes(tiny_gpt, tmp_path):
+    model = round_to_bf16(tiny_gpt())
+    tensors = stored_tensors(model, {})
+    assert model.lm_head.weight.data_ptr() == model.embed_tokens.weight.data_ptr()
+    assert ("lm_head.weight" in tensors) != ("embed_tokens.weight" in tensors)           # the tied matrix once
+    assert all(t.dtype == torch.bfloat16 for t in tensors.values() if t.is_floating_point())
+    name = "layers.0.mlp.up_proj.weight"
+    qt = rtn_quantize(model.get_parameter(name), 3, 16)
+    packed = stored_tensors(model, {name: qt})
+    assert packed[name + ".codes"].numel() == math.ceil(48 * 32 * 3 / 8)    # 3 bits per code, 32 per row
+    assert name not in packed and packed[name + ".zero_point"].dtype == torch.uint8
+    path = tmp_path / "m.safetensors"
+    from lab.params.safetensors_io import save_safetensors
+    save_safetensors(tensors, path, checksum=False)
+    assert stored_bytes(tensors) == path.stat().st_size
+    loaded = load_safetensors(path)
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    assert kept_weights(model, {name: qt}) == kept_weights(model, {})            # codes: all weights kept
+    assert dequantize(qt).shape == (48, 32)
+
+
+def test_round_to_bf16_is_idempotent_and_exact(tiny_gpt):
+    model = round_to_bf16(tiny_gpt())
+    w = model.layers[0].attn.q_proj.weight
+    assert torch.equal(w, w.to(torch.bfloat16).float()) and w.dtype == torch.float32
+
+
+def test_decode_timing_needs_two_tokens(tiny_gpt):
+    with pytest.raises(ValueError, match="n must be >= 2"):
+        decode_ms_per_token(tiny_gpt(), torch.zeros(1, 2, dtype=torch.int64), 1, torch.device("cpu"), 1)
+
+
+def test_committed_cpu_record(repo_root):
+    record = json.loads((repo_root / "results" / "leaderboard_cpu.json").read_text())
+    assert not record["quick"] and record["suite"] == "leaderboard"
+    assert len(record["rows"]) >= 9
+    for row in record["rows"]:
+        assert row["commit"] and row["device"] and row["command"].startswith("python -m lab.bench leaderboard")
+        assert row["bytes"] > 0 and row["params"] > 0
+        low, high = row["delta_log_ppl"][1:]
+        assert low <= row["delta_log_ppl"][0] <= high
+
+
+def test_predicted_matmul_time(rows, tiny_gpt):
+    model = tiny_gpt()
+    linears = 2 * (32 * 32 + 2 * 16 * 32 + 32 * 32 + 3 * 32 * 48)
+    assert matmul_time(model) == linears + 61 * 32                           # the head runs in bf16 too
+    assert rows["dense bf16"]["matmul_time_vs_dense"] == 1.0
+    dense_time = 2 * (32 * 32 + 2 * 16 * 32 + 32 * 32 + 3 * 32 * 64) + 61 * 32
+    half = 2 * (32 * 32 + 2 * 16 * 32 + 32 * 32 + 3 * 32 * 64) / 2
+    for route in ("W8A8 SmoothQuant", "SparseGPT 2:4", "2:4 + int4"):     # int8 / sparse tensor cores: 2x
+        assert rows[route]["matmul_time_vs_dense"] == pytest.approx((half + 61 * 32) / dense_time)
+    assert rows["GPTQ int4 g64"]["matmul_time_vs_dense"] == 1.0             # weight-only: bf16 matmuls
+
+
+def _row(route, nbytes, delta, calibration=False, training=False, matmul=1.0):
+    pct = [100 * math.expm1(d) for d in delta]
+    return {"route": route, "bytes": nbytes, "delta_log_ppl": delta, "delta_ppl_pct": pct,
+            "calibration": calibration, "training": training, "matmul_time_vs_dense": matmul}
+
+
+def test_pareto_front_and_constraint_table():
+    rows = [_row("dense", 100, [0.0, 0.0, 0.0]), _row("rtn", 50, [0.02, 0.01, 0.03]),
+            _row("gptq", 50, [0.01, 0.0, 0.02], calibration=True),       # dominates rtn: same bytes, lower Δ
+            _row("w8a8", 70, [0.001, 0.0, 0.002], calibration=True, matmul=0.6),
+            _row("student", 30, [0.5, 0.4, 0.6], training=True, matmul=0.5)]
+    assert pareto_front(rows) == ["dense", "gptq", "w8a8", "student"]
+    table = {t["constraint"]: t["route"] for t in constraint_table(rows, budget_pct=5.0)}
+    assert table == {"memory-bound decode (batch 1)": "gptq", "batch serving (compute-bound)": "w8a8",
+                     "no calibration data": "rtn", "no training budget": "gptq"}
+    loose = {t["constraint"]: t["route"] for t in constraint_table(rows, budget_pct=100.0)}
+    assert loose["memory-bound decode (batch 1)"] == "student" and loose["no training budget"] == "gptq"
+    strict = constraint_table(rows, budget_pct=0.0)
+    assert [t["route"] for t in strict] == ["dense", "dense", "dense", "dense"]
+    with pytest.raises(ValueError, match="budget_pct must be a number >= 0"):
+        constraint_table(rows, budget_pct=-1)
+
+
+def test_leaderboard_frame_marks_gpu_figures_pending_without_a_gpu_record(rows):
+    listed = list(rows.values())
+    frame = leaderboard_frame(listed)
+    assert list(frame.index) == list(rows) and (frame["GPU tokens/s (× SOL)"] == "pending").all()
+    assert frame.loc["dense bf16", "verdict"] == "reference" and frame.loc["dense bf16", "× dense"] == 1.0
+    gpu = [{"route": "GPTQ int4 g64", "tokens_per_s": 1234.4, "fraction_of_sol": 0.25}]
+    frame = leaderboard_frame(listed, gpu)
+    assert frame.loc["GPTQ int4 g64", "GPU tokens/s (× SOL)"] == "1,234 (0.25)"
+    assert frame.loc["dense bf16", "GPU tokens/s (× SOL)"] == "pending"
