@@ -41,7 +41,7 @@ help:
 	@echo "              tolerances of tests/notebook_outputs.py (about 70 minutes on 2 cores; _build/spread/)"
 	@echo "make check-kernels  compile every Triton kernel configuration for sm_90 (no GPU) under triton 3.6.0"
 	@echo "              (the GPU machine's); check-kernels-pinned under the pinned triton; both fail on spills"
-	@echo "make kernels-static  the kernels' sm_90 static model (results/kernels_static_sm90.json)"
+	@echo "make kernels-static  the kernels' sm_90 compile and static model into results/kernels_sm90.json"
 	@echo "make gpu-dry-run  rehearse the staged GPU run (python -m lab.bench gpu) on the CPU"
 	@echo "make clean    remove _build/, test caches and metrics files (keeps .venv and .data)"
 
@@ -110,29 +110,27 @@ test-notebooks: data
 test-book: book-stored browser
 	$(PY) -m pytest tests/book -q
 
-# Every Triton kernel configuration the wrappers launch, compiled ahead of time for sm_90 without a GPU
-# (python -m lab.kernels.compile: registers, spills, shared memory, CTAs/SM, main-loop SASS); it writes
-# its record into _build/ and fails on a compile error, a spill or > 227 KB of shared memory.
-# check-kernels (in make test): under triton 3.6.0, the GPU machine's, installed once beside the pin.
-# check-kernels-pinned: under the pinned triton; the unit tests compile representative configurations
-# with it, and `python -m lab.kernels.compile` refreshes the committed results/kernels_sm90_static.json.
+# Every Triton kernel configuration the wrappers launch for the shapes their callers declare, compiled ahead of
+# time for sm_90 without a GPU, and the static model of the kernels' time (python -m lab.bench static:
+# registers, spills, shared memory, CTAs/SM, main-loop SASS, predicted µs); one record, kernels_sm90.json,
+# and a failure on a compile error, a spill or > 227 KB of shared memory.
+# check-kernels (in make test): under triton 3.6.0, the GPU machine's, installed once beside the pin, into _build/.
+# check-kernels-pinned: the same under the pinned triton (the unit tests compile representative configurations
+# with it). kernels-static: under triton 3.6.0 into results/, the committed record chapter 3 reads.
 TRITON_36_DIR := $(VENV)/triton-3.6.0
-.PHONY: check-kernels check-kernels-pinned
+.PHONY: check-kernels check-kernels-pinned kernels-static
 $(TRITON_36_DIR)/.installed: | $(STAMP)
 	$(PY) -m pip install --no-deps --target $(TRITON_36_DIR) triton==3.6.0
 	touch $@
 
 check-kernels: $(STAMP) $(TRITON_36_DIR)/.installed
-	PYTHONPATH=$(TRITON_36_DIR) $(PY) -m lab.kernels.compile --out _build/kernels_sm90_static_triton-3.6.0.json
+	PYTHONPATH=$(TRITON_36_DIR) $(PY) -m lab.bench static --out _build/kernels-sm90 --no-progress
 
 check-kernels-pinned: $(STAMP)
-	$(PY) -m lab.kernels.compile --out _build/kernels_sm90_static.json
+	$(PY) -m lab.bench static --out _build/kernels-sm90-pinned --no-progress
 
-# The static model of the kernels (python -m lab.bench static): results/kernels_static_sm90.json, compiled
-# under triton 3.6.0 (the GPU machine's); chapter 3 reads it.
-.PHONY: kernels-static
 kernels-static: $(STAMP) $(TRITON_36_DIR)/.installed
-	PYTHONPATH=$(TRITON_36_DIR) $(PY) -m lab.bench static --jobs 2 --no-progress
+	PYTHONPATH=$(TRITON_36_DIR) $(PY) -m lab.bench static --out results --no-progress
 
 # The staged GPU run with tiny shapes on the CPU (one record per stage in _build/gpu-dry-run/); book/reproducing.md.
 gpu-dry-run: data

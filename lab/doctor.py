@@ -25,9 +25,9 @@ from lab.core.runtime import get_device
 LIBRARIES = ("torch", "triton", "transformers", "tokenizers", "numpy")
 # lab path → what it needs beyond a CPU
 ACCELERATED = {
-    "int4 weight-only matmul (lab.kernels.int4_matmul)": "triton",
-    "int8 W8A8 matmul (lab.kernels.int8_matmul)": "triton",
-    "2:4 sparse matmul (lab.kernels.sparse24_matmul)": "triton",
+    "int4 weight-only matmul (lab.kernels.int4)": "triton",
+    "int8 W8A8 matmul (lab.kernels.int8)": "triton",
+    "2:4 sparse matmul (lab.kernels.sparse24)": "triton",
     "paged decode attention (lab.kernels.paged_attention)": "triton",
     "CUDA-graph decode step (lab.infer.cuda_graph)": "cuda",
     "sparse tensor cores for 2:4 (torch semi-structured)": "cuda",

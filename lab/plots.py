@@ -8,7 +8,7 @@ not from a resampling of its own: each comparison is three rows (low, Δ, high) 
 frame, and ``sns.pointplot(estimator="median", errorbar=("pi", 100))`` puts the point at their
 median, Δ, and the bar over their full range, [low, high]. `grid_heatmap` shows a two-parameter sweep
 (for example chapter 4's temperature × α grid) as a seaborn heatmap with each cell's value.
-`static_model_figure` draws chapter 3's static model of the int4 kernels (`lab.bench.static`).
+`static_model_figure` draws chapter 3's static model of the int4 kernels (`lab.kernels.aot.model`).
 `pareto_plot` draws chapter 7's leaderboard: bytes against Δ log-perplexity with each interval.
 """
 
@@ -60,8 +60,8 @@ def grid_heatmap(table: pd.DataFrame, fmt: str = ".1f", title: str | None = None
 def static_model_figure(record: dict) -> plt.Figure:
     """Left: v1's and v2's issue-bound µs per call at M = 1, 4, 16 beside the int4 and bf16 memory-bound
     times (H200); right: the main loop's instruction classes, in warp-instructions per KB of codes at M = 1.
-    ``record``: results/kernels_static_sm90.json."""
-    from lab.bench.static import LAYER, bf16_gemv_us, int4_rows
+    ``record``: results/kernels_sm90.json."""
+    from lab.kernels.aot.model import LAYER, bf16_gemv_us, int4_rows
 
     int4, Ms, colors = int4_rows(record), [1, 4, 16], ("tab:red", "tab:green")
     fig, (ax, mix) = plt.subplots(1, 2, figsize=(13, 3.8), layout="tight")

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from tests.notebook_outputs import (TOLERANCE, Number, Tolerance, differences, glue_name, glued, numbers,
-                                   tolerance_class)
+                                    tolerance_class)
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 QUANT = NOTEBOOKS / "03_quantization.ipynb"

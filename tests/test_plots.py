@@ -54,7 +54,7 @@ def test_grid_heatmap_annotates_every_cell():
 def test_static_model_figure_draws_both_versions_at_each_batch(repo_root):
     import json
 
-    record = json.loads((repo_root / "results" / "kernels_static_sm90.json").read_text())
+    record = json.loads((repo_root / "results" / "kernels_sm90.json").read_text())
     bars, mix = static_model_figure(record).axes
     heights = [p.get_height() for p in bars.patches]
     rows = {(r["version"], r["shape"]["M"]): r["issue_bound_us"] for r in record["rows"] if r["kernel"].startswith("int4")}

@@ -26,19 +26,9 @@ measurements as one staged, budgeted run.
 import shlex
 from collections.abc import Sequence
 
-__all__ = ["bench_command", "main"]
+__all__ = ["bench_command"]
 
 
 def bench_command(argv: Sequence[str]) -> str:
     """The command line a record of ``python -m lab.bench <argv>`` is stamped with."""
     return "python -m lab.bench " + shlex.join(argv)
-
-
-def __getattr__(name: str):
-    # `main` lives in lab/bench/__main__.py; importing it here eagerly would make `python -m lab.bench`
-    # import that module twice (once as lab.bench.__main__, once as __main__), so it is loaded on first use.
-    if name == "main":
-        from lab.bench.__main__ import main
-
-        return main
-    raise AttributeError(f"module 'lab.bench' has no attribute {name!r}")

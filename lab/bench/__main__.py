@@ -5,8 +5,8 @@
     python -m lab.bench static [--out DIR] [--jobs N] [--no-progress]
 
 A suite writes ``DIR/<suite>_<device-kind>.json`` (``..._quick.json`` with ``--quick``); ``gpu`` runs
-the staged GPU run of `lab.bench.gpu`, one record per stage; ``static`` the sm_90 static model of the
-kernels (`lab.bench.static`, CPU only), ``DIR/kernels_static_sm90.json``.
+the staged GPU run of `lab.bench.gpu`, one record per stage; ``static`` the kernels' ahead-of-time sm_90
+compile and static model (`lab.bench.static`, CPU only), ``DIR/kernels_sm90.json``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                                      description="Benchmark records for the book, written to results/.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="SUITE",
                                      help=f"one of {', '.join(SUITES)}, gpu (the staged GPU run) or static "
-                                          "(the kernels' sm_90 static model)")
+                                          "(the kernels' sm_90 compile and static model)")
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder for the JSON record(s)")
     shared.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -65,8 +65,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                                             description="Every GPU-only measurement as one staged command "
                                             "within a time budget; one JSON record per stage.")
     gpu.add_arguments(subparsers["gpu"])
-    subparsers["static"] = commands.add_parser("static", parents=[shared], help="the kernels' static model "
-                                               "(lab.bench.static)", description=static.__doc__.splitlines()[0])
+    subparsers["static"] = commands.add_parser("static", parents=[shared], help="the kernels' sm_90 compile and "
+                                               "static model (lab.bench.static)", description=static.__doc__.splitlines()[0])
     static.add_arguments(subparsers["static"])
     return parser, subparsers
 

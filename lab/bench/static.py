@@ -1,345 +1,121 @@
-"""A static model of the book's kernels on Hopper, from their ahead-of-time sm_90 compile (no GPU).
+"""The kernels on Hopper without a GPU: their ahead-of-time sm_90 compile and static model, one record.
 
-    python -m lab.bench static [--out results/] [--jobs N] [--no-progress]
+    python -m lab.bench static [--out DIR] [--jobs N] [--no-progress]
 
-writes ``results/kernels_static_sm90.json``: one row per kernel version and shape. For each, the launch
-the wrapper makes is recorded and compiled (`lab.kernels.compile`), and
-
-    warp-instructions per call = Σ over its kernels  warps · (I_loop · T + programs · I_rest)
-
-where I_loop is one iteration of the main loop (SASS instructions per thread, each counted once, as
-`lab.kernels.compile.main_loop` counts them), T its trip count summed over all programs (from the
-shape and the wrapper's block sizes: `ITERATIONS`) and I_rest every other instruction of the kernel,
-counted once per program (prologue and epilogue; a skipped or predicated-off instruction counts too). Then
-
-    issue-bound time  = warp-instructions / (132 SMs · 4 schedulers · 1.98 GHz)   (one warp-instruction
-                        per scheduler per cycle: an H100 / H200 SXM at its boost clock), or over the
-                        schedulers a launch can occupy when it has fewer warps (programs · warps < 528),
-                        kernel by kernel
-    memory-bound time = bytes / bandwidth (`call_bytes`: the DRAM bytes of the formulas in each kernel's
-                        docstring, each operand read once)
-    compute-bound time = 2·M·N·K / the dense tensor-core rate (bf16, or int8 for the int8 kernel); the
-                        paged decode runs on FMA units, whose time the issue bound already counts
-    predicted time    = the largest of them.
-
-Bandwidths and rates come from `lab.core.ceilings.device_ceilings`: the datasheet's 4.8 TB/s (H200 SXM)
-and 3.35 TB/s (H100 SXM5), 989 TFLOP/s bf16 and 1,979 TOP/s int8 dense, labelled as such, until a GPU
-record in ``results/`` measures them. The model
-is necessary, not sufficient: it ignores latency, occupancy, L2 and launch overhead, so a kernel can
-miss its prediction on the GPU (the staged GPU run measures it); a kernel over its issue bound cannot
-reach the bandwidth however it is scheduled.
+collects the shapes every caller runs (`SHAPE_SOURCES`: the suites of chapters 2, 3 and 6, the staged GPU
+run's ``kernels`` stage and the CUDA tests, each declaring its own shapes), records the launches the
+wrappers make for them (`lab.kernels.aot.shapes`), compiles every distinct configuration for sm_90
+(`lab.kernels.aot.compile`: registers, spills, shared memory, CTAs per SM, the main loop's SASS), predicts the
+time of each row of the static model from those compiles (`lab.kernels.aot.model`), and writes one record,
+``DIR/kernels_sm90.json``: the check's fields (``ok``, ``configurations``) and the model's (``issue_rate``,
+``ceilings``, ``rows``). It prints both tables and exits with status 1, after writing the record and naming
+each failing configuration, when a configuration fails to compile, spills registers or needs more than the
+227 KB of shared memory an sm_90 block may have. ``make check-kernels`` runs it under triton 3.6.0 (the GPU
+machine's) into ``_build/``; ``make kernels-static`` writes the committed record in ``results/``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import itertools
+import os
+import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import triton
 
-SMS, SCHEDULERS, CLOCK_HZ = 132, 4, 1.98e9
-ISSUE_RATE = SMS * SCHEDULERS * CLOCK_HZ                 # warp-instructions per second
-DEVICES = {"h200": "h200-sxm", "h100": "h100-sxm5"}     # record suffix → `DATASHEETS` key
-OUT_NAME = "kernels_static_sm90.json"
-E = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 4}
+from lab.bench import bench_command
+from lab.bench.stages import KERNEL_SHAPES
+from lab.core.atomic import atomic_write_json
+from lab.core.records import device_name, provenance
+from lab.infer import suite as infer_suite
+from lab.infer.paged import BLOCK_SIZE
+from lab.kernels.aot import model as static_model
+from lab.kernels.aot.compile import check, table
+from lab.kernels.aot.shapes import MatmulShapes, PagedShapes, launches
+from lab.kernels.aot.sm90 import ARCH, DEVICE_LABEL
+from lab.kernels.aot.specialise import configurations
+from lab.models.gpt import GPTConfig
+from lab.prune import suite as prune_suite
+from lab.quant import suite as quant_suite
+from lab.quant.linear import decoder_linear_shapes
 
-
-@dataclass(frozen=True)
-class Row:
-    """One kernel version at one shape: how to launch it (``launch`` calls the wrapper on meta tensors)."""
-
-    version: str
-    kernel: str                                   # lab.kernels.compile.KERNELS key of the main kernel
-    shape: dict
-    dtype: torch.dtype
-    launch: Callable[[], None] = field(compare=False)
-
-
-def _int4_shape(M: int, N: int = 8192, K: int = 8192, g: int = 128) -> dict:
-    return {"M": M, "N": N, "K": K, "g": g}
+OUT_NAME = "kernels_sm90.json"
+Shapes = list[MatmulShapes | PagedShapes]
 
 
-def rows() -> list[Row]:
-    """The shapes of the chapter's comparison: decode (M = 1, 4, 16) and prefill of an 8192 × 8192 layer
-    (2:4 at M = 1, 16);
-    paged decode of a Llama-2-7B-shaped layer (32 query / 8 kv heads, head dim 128) over 2,048 cached
-    tokens at B = 1 and 32."""
-    from lab.kernels import compile as aot
-
-    bf16 = torch.bfloat16
-    out = []
-    for M in (1, 4, 16):
-        shape = _int4_shape(M)
-        out.append(Row("v1", "int4_matmul", shape, bf16, lambda M=M: aot.launch_int4(M, 8192, 8192, 128, bf16, bf16)))
-        out.append(Row("v2", "int4_gemv_v2", shape, bf16, lambda M=M: aot.launch_int4(M, 8192, 8192, 128, bf16, bf16, "v2")))
-    for M in (1, 16, 4096):
-        out.append(Row("v2", "int8_matmul", {"M": M, "N": 8192, "K": 8192}, bf16,   # its default tile and order
-                       lambda M=M: aot.launch_int8(M, 8192, 8192, bf16)))
-    for M in (1, 16):
-        for version, kernel in (("v1", "sparse24_matmul"), ("v2", "sparse24_matmul_v2")):
-            out.append(Row(version, kernel, {"M": M, "N": 8192, "K": 8192}, bf16,
-                           lambda M=M, v=version: aot.launch_sparse24(M, 8192, 8192, bf16, v)))
-    for B in (1, 32):
-        shape = {"B": B, "H": 32, "H_kv": 8, "D": 128, "block_size": 16, "context": 2048}
-        out.append(Row("v1", "paged_attention", shape, bf16,
-                       lambda B=B: aot.launch_paged(B, 32, 8, 128, 16, 2048 // 16, bf16)))
-        out.append(Row("v2", "paged_attention_v2", shape, bf16,
-                       lambda B=B: aot.launch_paged(B, 32, 8, 128, 16, 2048 // 16, bf16, "v2")))
+def gpu_run_shapes() -> Shapes:
+    """The staged GPU run's ``kernels`` stage (`lab.bench.stages.KERNEL_SHAPES["gpu"]`)."""
+    gpu = KERNEL_SHAPES["gpu"]
+    out: Shapes = [MatmulShapes("gpu run kernels stage", (kind,), tuple(gpu[kind]["batches"]),
+                                ((gpu[kind]["size"], gpu[kind]["size"]),), gpu[kind].get("group_size", 0))
+                   for kind in ("int4", "int8")]
+    out.append(MatmulShapes("gpu run kernels stage sparse24", ("sparse24",), tuple(gpu["sparse24"]["batches"]),
+                            tuple(gpu["sparse24"]["shapes"])))
+    paged = gpu["paged"]
+    out += [PagedShapes("gpu run kernels stage paged", B, H, H_kv, paged["head_dim"], BLOCK_SIZE,
+                        (-(-paged["context"] // BLOCK_SIZE),))
+            for (H, H_kv), B in itertools.product(paged["heads"], paged["batches"])]
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------
-# the trip count of each kernel's main loop per program, and the bytes of one call
-# ---------------------------------------------------------------------------------------------------------
-
-def _constexprs(launch) -> dict:
-    return dict(launch.kwargs)
-
-
-# A split-K loop ``range(pid_k, steps, split_k)`` runs every step once per output tile, whatever the split.
-def _int4_v1_iterations(shape: dict, launch) -> int:
-    grid_m, grid_n, _ = launch.grid
-    return shape["K"] // 2 // _constexprs(launch)["BLOCK_K"] * grid_m * grid_n
-
-
-def _int4_v2_iterations(shape: dict, launch) -> int:
-    return shape["K"] // shape["g"] * launch.grid[0]
+def cuda_test_shapes() -> Shapes:
+    """The shapes the CUDA-only tests launch (each names its test)."""
+    tiny = GPTConfig(vocab_size=61, context_length=16, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=96)
+    return [  # tests/kernels/test_int4.py::test_cuda_int4_kernel_matches_torch_references, g = 128 and 64
+        *(MatmulShapes("test cuda int4 kernel", ("int4",), (1, 7, 16, 64, 300), ((1024, 2048),), g) for g in (128, 64)),
+        MatmulShapes("test cuda int8 kernel", ("int8",), (1, 16, 100, 256), ((512, 1024),)),  # tests/kernels/test_int8.py
+        # tests/quant/test_linear.py::test_cuda_quantized_models_match_the_cpu_path: 3 × 16 tokens of a tiny GPT
+        MatmulShapes("test cuda quantized models (tiny gpt)", ("int4", "int8"), (3 * tiny.context_length,),
+                     decoder_linear_shapes(tiny), 32),
+        # tests/prune/test_semi_structured.py::test_torch_semi_structured_linear_matches_...
+        MatmulShapes("test cuda semi-structured", ("sparse24",), (10,), ((256, 512),)),
+        # tests/infer/test_paged.py::test_paged_decode_kernel_on_gpu: lengths up to 513, one spare block per row
+        PagedShapes("test cuda paged decode", 5, 32, 8, 128, 16, (-(-513 // 16) + 1,)),
+    ]
 
 
-def _reduce_iterations(shape: dict, launch) -> int:
-    return launch.args[3] * math.prod(launch.grid)               # split_k per program
+# the registry: each caller's declaration of the shapes it runs
+SHAPE_SOURCES: tuple[Callable[[], Shapes], ...] = (quant_suite.kernel_shapes, gpu_run_shapes,
+                                                   prune_suite.kernel_shapes, infer_suite.kernel_shapes,
+                                                   cuda_test_shapes)
 
 
-def _k_steps(shape: dict, launch) -> int:
-    return math.ceil(shape["K"] / _constexprs(launch)["BLOCK_K"]) * math.prod(launch.grid)
-
-
-def _paged_iterations(shape: dict, launch) -> int:
-    """Every block once per (sequence, kv head), however v2 splits the sequence."""
-    B, H_kv = launch.grid[:2]
-    return math.ceil(shape["context"] / shape["block_size"]) * B * H_kv
-
-
-def _combine_iterations(shape: dict, launch) -> int:
-    return launch.args[6] * math.prod(launch.grid)               # n_splits per (b, h)
-
-
-# the main loop's trip count summed over every program of a launch
-ITERATIONS: dict[str, Callable[[dict, object], int]] = {
-    "int4_matmul": _int4_v1_iterations, "int4_gemv_v2": _int4_v2_iterations,
-    "int4_gemv_v2_reduce": _reduce_iterations, "int8_matmul": _k_steps, "sparse24_matmul": _k_steps,
-    "sparse24_matmul_v2": _k_steps,
-    "paged_attention": _paged_iterations, "paged_attention_v2": _paged_iterations,
-    "paged_attention_v2_combine": _combine_iterations,
-}
-
-
-def _int4_bytes(shape: dict, e: int, version: str, split_k: int) -> int:
-    M, N, K, g = shape["M"], shape["N"], shape["K"], shape["g"]
-    weight = N * K // 2 + 2 * (K // g) * N * e                  # codes, scales and zeros (in x's dtype)
-    out = e * M * N
-    if split_k > 1 and version == "v1":                         # memset, atomic read-modify-write, cast
-        out = 4 * M * N + 2 * 4 * M * N * split_k + 4 * M * N + e * M * N
-    elif split_k > 1:                                           # partials written, read by the reduction
-        out = 2 * 4 * M * N * split_k + e * M * N
-    return weight + e * M * K + out
-
-
-def call_bytes(row: Row, launches: Sequence) -> int:
-    """DRAM bytes of one call of ``row`` (each operand once; see the kernels' docstrings)."""
-    s, e = row.shape, E[row.dtype]
-    if row.kernel == "int4_matmul":
-        return _int4_bytes(s, e, "v1", launches[0].grid[2])
-    if row.kernel == "int4_gemv_v2":
-        return _int4_bytes(s, e, "v2", launches[0].grid[1])
-    if row.kernel == "int8_matmul":
-        return s["M"] * s["K"] + s["N"] * s["K"] + 4 * (s["M"] + s["N"]) + e * s["M"] * s["N"]
-    if row.kernel in ("sparse24_matmul", "sparse24_matmul_v2"):
-        return e * s["N"] * s["K"] // 2 + s["N"] * s["K"] // 8 + e * s["M"] * s["K"] + e * s["M"] * s["N"]
-    if row.kernel in ("paged_attention", "paged_attention_v2"):
-        blocks = math.ceil(s["context"] / s["block_size"])
-        cache = 2 * s["B"] * s["H_kv"] * s["D"] * e * blocks * s["block_size"]
-        partials = 0
-        if row.kernel == "paged_attention_v2":                  # m, ℓ and a per split: written, then read
-            partials = 2 * s["B"] * s["H"] * launches[0].grid[2] * (s["D"] + 2) * 4
-        return cache + 2 * s["B"] * s["H"] * s["D"] * e + 4 * s["B"] * blocks + partials
-    raise ValueError(f"no byte formula for kernel {row.kernel!r}")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# the model
-# ---------------------------------------------------------------------------------------------------------
-
-def record_launches(row: Row) -> list:
-    """The launches (main kernel first, then its companions) that ``row``'s wrapper call makes."""
-    from lab.kernels import compile as aot
-
-    with aot.recording_with_companions(row.kernel) as (recorded, companions):
-        row.launch()
-    return recorded + [launch for launches in companions for launch in launches]
-
-
-def call_flops(row: Row) -> int | None:
-    """2·M·N·K of the matmuls (None for the paged decode: no tensor cores)."""
-    s = row.shape
-    return 2 * s["M"] * s["N"] * s["K"] if "M" in s else None
-
-
-def predict(row: Row, launches: Sequence, compiled: Sequence[dict], ceilings: dict) -> dict:
-    """The row's record from its launches and their compile records (`lab.kernels.compile.compile_launch`)."""
-    warp_instructions, issue_s, kernels = 0, 0.0, []
-    for launch, record in zip(launches, compiled):
-        if record.get("error"):
-            raise RuntimeError(f"{launch.kernel} at {row.shape} does not compile: {record['error_summary']}")
-        loop = record["main_loop"]["instructions"] if record["main_loop"] else 0
-        iterations = ITERATIONS[launch.kernel](row.shape, launch) if loop else 0
-        programs = math.prod(launch.grid)
-        warps = dict(launch.kwargs).get("num_warps", 4)
-        kernel_instructions = warps * (loop * iterations + programs * (record["sass_instructions"] - loop))
-        warp_instructions += kernel_instructions
-        issue_s += kernel_instructions / (min(SMS * SCHEDULERS, programs * warps) * CLOCK_HZ)
-        kernels.append({"kernel": launch.kernel, "programs": programs, "warps": warps, "loop_instructions": loop,
-                        "iterations": iterations, "other_instructions": record["sass_instructions"] - loop,
-                        "registers": record["registers"], "main_loop_classes": record["main_loop"]["classes"],
-                        "main_loop_mnemonics": record["main_loop"]["mnemonics"],
-                        "global_load_bytes": record["main_loop"].get("global_load_bytes", [])})
-    n_bytes, flops = call_bytes(row, launches), call_flops(row)
-    issue_us = issue_s * 1e6
-    out = {"version": row.version, "kernel": row.kernel, "shape": row.shape, "dtype": str(row.dtype)[6:],
-           "bytes": n_bytes, "flops": flops, "warp_instructions": warp_instructions, "issue_bound_us": issue_us,
-           "programs": kernels[0]["programs"], "launches": len(launches), "kernels": kernels}
-    for device, c in ceilings.items():
-        rate = c.int8_ops if row.kernel == "int8_matmul" else c.peak_flops
-        out[f"memory_bound_us_{device}"] = n_bytes / c.bandwidth * 1e6
-        out[f"compute_bound_us_{device}"] = flops / rate * 1e6 if flops and rate else None
-        out[f"predicted_us_{device}"] = max(issue_us, out[f"memory_bound_us_{device}"],
-                                            out[f"compute_bound_us_{device}"] or 0.0)
-    return out
-
-
-def ceilings() -> dict:
-    """`lab.core.ceilings.Ceilings` per device of `DEVICES` (measured when a record exists, else datasheet)."""
-    from lab.core.ceilings import device_ceilings
-
-    return {device: device_ceilings(key) for device, key in DEVICES.items()}
-
-
-def model(selected: Sequence[Row] | None = None, jobs: int | None = 1, progress: bool = True) -> dict:
-    """Rows and ceilings of the static model (compiles each distinct launch once, `compile_all` with ``jobs``
-    processes)."""
-    from lab.kernels import compile as aot
-
-    selected = rows() if selected is None else list(selected)
-    launches = [record_launches(row) for row in selected]
-    keys, distinct = [], {}
-    for row_launches in launches:
-        keys.append([])
-        for launch in row_launches:
-            fn, options, signature, constexprs, attrs = aot.specialise(launch)
-            key = aot.compilation_key(launch, options, signature, constexprs, attrs)
-            keys[-1].append(key)
-            distinct.setdefault(key, aot.Configuration(
-                key, launch, key, aot.specialisation_summary(fn, options, signature, constexprs, attrs), []))
-    compiled = dict(zip(distinct, aot.compile_all(list(distinct.values()), jobs, progress)))
-    device_ceilings = ceilings()
-    out = [predict(row, row_launches, [compiled[key] for key in row_keys], device_ceilings)
-           for row, row_launches, row_keys in zip(selected, launches, keys)]
-    return {"issue_rate": {"sms": SMS, "schedulers_per_sm": SCHEDULERS, "clock_hz": CLOCK_HZ,
-                           "source": "NVIDIA H100 / H200 SXM: 132 SMs, 4 warp schedulers each, 1.98 GHz boost"},
-            "ceilings": {d: {"bandwidth_bytes_per_s": c.bandwidth, "bf16_flops": c.peak_flops, "int8_ops": c.int8_ops,
-                             "source": c.source, "int8_source": c.int8_source} for d, c in device_ceilings.items()},
-            "triton": triton.__version__, "rows": out}
-
-
-def table(record: dict) -> str:
-    """One line per row: version, kernel, shape, programs, warp-instructions, bytes, the three times."""
-    lines = [f"{'ver':<3} {'kernel':<16} {'shape':<44} {'progs':>6} {'warp-instr':>11} {'MB':>7} "
-             f"{'issue µs':>9} {'H200 mem µs':>11} {'compute µs':>10} {'H200 pred µs':>12}"]
-    for r in record["rows"]:
-        shape = " ".join(f"{k}={v}" for k, v in r["shape"].items())
-        lines.append(f"{r['version']:<3} {r['kernel']:<16} {shape:<44} {r['programs']:>6} "
-                     f"{r['warp_instructions']:>11,} {r['bytes'] / 1e6:>7.2f} {r['issue_bound_us']:>9.2f} {r['memory_bound_us_h200']:>11.2f} "
-                     f"{r['compute_bound_us_h200'] or float('nan'):>10.2f} {r['predicted_us_h200']:>12.2f}")
-    return "\n".join(lines)
+def shapes() -> Shapes:
+    return [s for source in SHAPE_SOURCES for s in source()]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--jobs", type=int, default=1, help="compile processes (default 1)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="compile processes (default: the CPU count)")
+
+
+def record_provenance(argv: Sequence[str]) -> dict:
+    """`lab.core.records.provenance` of this command, for the sm_90 target compiled on this host."""
+    fields = provenance(torch.device("cpu"), bench_command(argv))
+    fields.update(device=DEVICE_LABEL, device_type="cuda", host=device_name(torch.device("cpu")))
+    return fields
 
 
 def run(args: argparse.Namespace, argv: Sequence[str]) -> Path:
-    """Build the model, write ``args.out / kernels_static_sm90.json``, print the table; the record's path."""
-    from lab.bench import bench_command
-    from lab.core.atomic import atomic_write_json
-    from lab.kernels.compile import record_provenance
-
-    record = {**record_provenance(argv), "command": bench_command(argv)}
-    record.update(model(jobs=args.jobs, progress=not args.no_progress))
-    path = atomic_write_json(Path(args.out) / OUT_NAME, record)
-    print(table(record))
-    print(f"wrote {path}")
+    """Compile, model, write ``args.out / kernels_sm90.json``, print; exit 1 if a configuration fails."""
+    configs = configurations(launches(shapes()))
+    print(f"sm_{ARCH}: {len(configs)} distinct compilations for {sum(len(c.sources) for c in configs)} launches, "
+          f"{args.jobs} processes")
+    checked = check(configs, args.jobs, progress=not args.no_progress)
+    compiled = {c.key: r for c, r in zip(configs, checked["configurations"])}
+    # the model needs every row to compile: a failing check is reported without it
+    modelled = static_model.model(jobs=args.jobs, progress=not args.no_progress, compiled=compiled) if checked["ok"] else {}
+    path = atomic_write_json(Path(args.out) / OUT_NAME, {**record_provenance(argv), **checked, **modelled})
+    print(table(checked["configurations"]))
+    if modelled:
+        print(static_model.table(modelled))
+    print(f"wrote {path} ({checked['n_configurations']} configurations, {len(modelled.get('rows', []))} model rows)")
+    failed = [r for r in checked["configurations"] if r["failures"]]
+    for r in failed:
+        print(f"FAILED {r['name']} ({r['num_warps']} warps; from {r['sources'][0]}): " + "; ".join(r["failures"]),
+              file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
     return path
-
-
-# ---------------------------------------------------------------------------------------------------------
-# reading a record (chapter 3's notebook and page)
-# ---------------------------------------------------------------------------------------------------------
-
-LAYER = 8192                                      # the N = K of the int4 rows
-
-
-def table_rows(record: dict) -> list[dict]:
-    """One readable row per kernel version and shape: programs, MB, warp-instructions per weight (matmuls),
-    the issue-, memory-bound and predicted µs on the H200."""
-    def per_weight(r: dict) -> float | None:
-        s = r["shape"]
-        return r["warp_instructions"] / (s["N"] * s["K"]) if "N" in s else None
-
-    return [{"version": r["version"], "kernel": r["kernel"],
-             "shape": " ".join(f"{k}={v}" for k, v in r["shape"].items()), "programs": r["programs"],
-             "MB": r["bytes"] / 1e6, "warp-instr / weight": per_weight(r), "issue µs": r["issue_bound_us"],
-             "memory µs (H200)": r["memory_bound_us_h200"], "predicted µs (H200)": r["predicted_us_h200"]}
-            for r in record["rows"]]
-
-
-def int4_rows(record: dict) -> dict[tuple[str, int], dict]:
-    """(version, M) → row of the int4 kernels."""
-    return {(r["version"], r["shape"]["M"]): r for r in record["rows"] if r["kernel"].startswith("int4")}
-
-
-def bf16_gemv_us(record: dict, M: int) -> float:
-    """The best a bf16 GEMV can do on the H200: its 2·N·K weight bytes (and x, y) at the bandwidth, in µs."""
-    return 2 * (LAYER * LAYER + 2 * M * LAYER) / record["ceilings"]["h200"]["bandwidth_bytes_per_s"] * 1e6
-
-
-def headline(record: dict) -> dict[str, float]:
-    """The figures chapters 2, 3 and 6 state: v1 vs v2 of int4 (M = 1, 16), of 2:4 against a dense bf16
-    GEMV (M = 1) and of the paged decode (B = 1, 32)."""
-    int4 = int4_rows(record)
-    pred = {key: r["predicted_us_h200"] for key, r in int4.items()}
-    codes_kb = LAYER * LAYER / 2 / 1024
-    out = {}
-    for v in ("v1", "v2"):
-        out[f"static_{v}_issue_us_m1"] = int4[v, 1]["issue_bound_us"]
-        out[f"static_{v}_warp_instr_per_kb"] = int4[v, 1]["warp_instructions"] / codes_kb
-        out[f"static_{v}_issue_over_memory_m1"] = int4[v, 1]["issue_bound_us"] / int4[v, 1]["memory_bound_us_h200"]
-    out["static_v2_memory_us_m1"] = int4["v2", 1]["memory_bound_us_h200"]
-    out["static_v2_m16_over_m1"] = pred["v2", 16] / pred["v2", 1]
-    out["static_v1_over_v2_m1"] = pred["v1", 1] / pred["v2", 1]
-    out["static_bf16_over_v2_m1"] = bf16_gemv_us(record, 1) / pred["v2", 1]
-    for v, kernel in (("v1", "sparse24_matmul"), ("v2", "sparse24_matmul_v2")):
-        sparse = next(r for r in record["rows"] if r["kernel"] == kernel and r["shape"]["M"] == 1)
-        out[f"static_sparse24_{v}_issue_over_memory_m1"] = sparse["issue_bound_us"] / sparse["memory_bound_us_h200"]
-        out[f"static_dense_over_sparse24_{v}_m1"] = bf16_gemv_us(record, 1) / sparse["predicted_us_h200"]
-    paged = {(r["version"], r["shape"]["B"]): r for r in record["rows"] if r["kernel"].startswith("paged")}
-    out["static_paged_programs_b1"] = paged["v1", 1]["programs"]
-    out["static_paged_v2_programs_b1"] = paged["v2", 1]["programs"]
-    out["static_paged_v1_over_v2_b1"] = paged["v1", 1]["predicted_us_h200"] / paged["v2", 1]["predicted_us_h200"]
-    for B in (1, 32):
-        out[f"static_paged_v2_issue_over_memory_b{B}"] = (paged["v2", B]["issue_bound_us"]
-                                                          / paged["v2", B]["memory_bound_us_h200"])
-    return out

@@ -45,7 +45,8 @@ from lab.models.next_token import random_batch
 from lab.params.counting import unique_state_dict
 from lab.params.safetensors_io import save_safetensors
 from lab.core.records import device_name
-from lab.prune.semi_structured import Sparse24Linear, _pack_bits
+from lab.formats.sparse24 import _pack_bits
+from lab.prune.semi_structured import Sparse24Linear
 from lab.quant.affine import dequantize
 from lab.quant.linear import Int4Linear, W8A8Linear
 from lab.core.stats import compare

@@ -18,7 +18,8 @@ from lab.distill.students import gpt_student
 from lab.models.gpt import GPT
 from lab.prune.semi_structured import Sparse24Linear
 from lab.prune.sequential import prune_model
-from lab.quant.linear import decoder_linear_names, int4_model, replace_linears, w8a8_quantize_model
+from lab.quant.linear import (Sparse24Int4Linear, decoder_linear_names, int4_model, replace_linears,
+                              w8a8_quantize_model)
 from lab.quant.model import quantize_model
 from lab.quant.scaling import activation_abs_max, smoothquant
 from lab.models.loop import Optim
@@ -95,9 +96,13 @@ def _unstructured(ctx: dict) -> tuple[GPT, dict]:
 
 
 def _sparse24(ctx: dict, value_bits: int | None = None) -> tuple[GPT, dict]:
+    """SparseGPT 2:4, stored compressed; ``value_bits=4``: the kept values in int4, g/2 per group (g columns)."""
     model = _sparsegpt(ctx, 2, 4)
-    replace_linears(model, decoder_linear_names(model),
-                    lambda name, lin: Sparse24Linear(lin, value_bits, ctx["settings"].group_size // 2))
+    if value_bits is None:
+        layer = lambda name, lin: Sparse24Linear(lin)
+    else:
+        layer = lambda name, lin: Sparse24Int4Linear(lin, ctx["settings"].group_size // 2)
+    replace_linears(model, decoder_linear_names(model), layer)
     return model, {}
 
 

@@ -31,6 +31,8 @@ from lab.infer.kv_cache import Attend, causal_mask, masked_attention
 from lab.kernels.paged_attention import paged_attention_decode
 from lab.models.gpt import GPT
 
+BLOCK_SIZE = 16          # positions per block, the default of `PagedKVCache` and `lab.infer.serve`
+
 
 class OutOfBlocksError(RuntimeError):
     """Raised when a sequence needs a block and none is free (the scheduler preempts before this)."""
@@ -103,7 +105,7 @@ class BlockAllocator:
 class PagedKVCache:
     """Pools k[l], v[l] of shape (num_blocks, block_size, H_kv, D) per layer, shared by all sequences."""
 
-    def __init__(self, model: GPT, num_blocks: int, block_size: int = 16, dtype: torch.dtype | None = None,
+    def __init__(self, model: GPT, num_blocks: int, block_size: int = BLOCK_SIZE, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
         self.allocator = BlockAllocator(num_blocks, block_size)
         param = next(model.parameters())

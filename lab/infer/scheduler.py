@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from lab.core.checks import check_choice, check_int
 from lab.infer.kv_cache import forward_cached
-from lab.infer.paged import PagedKVCache
+from lab.infer.paged import BLOCK_SIZE, PagedKVCache
 from lab.models.gpt import GPT
 
 POLICIES = ("static", "continuous")
@@ -102,75 +102,109 @@ def _check_requests(model: GPT, requests: Sequence[Request], capacity: int) -> N
                              f"({model.config.context_length}) or the cache ({capacity} slots)")
 
 
+@dataclass
+class _Queues:
+    """What `serve` tracks between steps: the paged cache and the requests in each state."""
+
+    model: GPT
+    cache: PagedKVCache
+    waiting: deque[_Row]
+    running: list[_Row] = field(default_factory=list)
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    active_rows: list[int] = field(default_factory=list)
+    prefill_tokens: int = 0
+    preemptions: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def _greedy(logits: torch.Tensor) -> list[int]:
+    return logits.argmax(-1).tolist()
+
+
+def _retire(q: _Queues) -> None:
+    """Finished rows leave the batch: their tokens become outputs and their blocks are freed."""
+    for row in [row for row in q.running if row.done]:
+        q.outputs[row.request.id] = torch.tensor(row.tokens[len(row.request.prompt):])
+        q.cache.allocator.release(row.request.id)
+        q.running.remove(row)
+
+
+def _admit(q: _Queues, max_batch: int) -> int:
+    """Waiting requests join while a row and blocks for their tokens are free; each runs its prefill
+    alone (prompt → cache, first new token). Returns the tokens generated."""
+    alloc, admitted = q.cache.allocator, 0
+    while q.waiting and len(q.running) < max_batch and alloc.can_allocate(len(q.waiting[0].tokens)):
+        row = q.waiting.popleft()
+        n = len(row.tokens)
+        alloc.allocate(row.request.id, n)
+        positions = torch.arange(n, device=q.device)[None]
+        ids = torch.tensor([row.tokens], device=q.device)
+        logits = forward_cached(q.model, ids, positions, q.cache.attention([row.request.id], positions))
+        row.tokens += _greedy(logits[:, -1])
+        q.prefill_tokens += n
+        q.running.append(row)
+        admitted += 1
+    return admitted
+
+
+def _make_room(q: _Queues, active: list[_Row]) -> list[_Row]:
+    """Preempt the newest active rows until every remaining one has room for its next token."""
+    alloc = q.cache.allocator
+    while sum(alloc.needs_block(row.request.id) for row in active) > len(alloc.free):
+        victim = active.pop()
+        q.running.remove(victim)
+        alloc.release(victim.request.id)
+        q.waiting.appendleft(victim)
+        q.preemptions += 1
+    return active
+
+
+def _decode_step(q: _Queues, active: list[_Row]) -> None:
+    """One batched decode step: each active row's newest token in, its next token out."""
+    for row in active:
+        q.cache.allocator.append(row.request.id)
+    ids = torch.tensor([[row.tokens[-1]] for row in active], device=q.device)
+    positions = torch.tensor([[len(row.tokens) - 1] for row in active], device=q.device)
+    logits = forward_cached(q.model, ids, positions, q.cache.attention([row.request.id for row in active], positions))
+    for row, token in zip(active, _greedy(logits[:, -1])):
+        row.tokens.append(token)
+    q.active_rows.append(len(active))
+
+
 @torch.no_grad()
 def serve(model: GPT, requests: Sequence[Request], max_batch: int, policy: str = "continuous",
-          num_blocks: int | None = None, block_size: int = 16, progress: bool = False) -> ServeResult:
+          num_blocks: int | None = None, block_size: int = BLOCK_SIZE, progress: bool = False) -> ServeResult:
     """Greedy outputs of every request, served with ``policy`` ∈ {"static", "continuous"}.
 
-    ``num_blocks`` defaults to enough blocks for ``max_batch`` full-context sequences.
+    ``num_blocks`` defaults to enough blocks for ``max_batch`` full-context sequences. Each step:
+    retire finished rows (continuous: at once; static: when the whole batch is done), admit waiting
+    requests (continuous: into any free row; static: once the batch has drained), make room in the
+    cache (preempting the newest rows), and run one batched decode step.
     """
     _check_policy(max_batch, policy)
     num_blocks = num_blocks or max_batch * -(-model.config.context_length // block_size)
-    cache = PagedKVCache(model, num_blocks, block_size)
-    alloc = cache.allocator
     _check_requests(model, requests, num_blocks * block_size)
-    device = next(model.parameters()).device
-    waiting = deque(_Row(r, r.prompt.tolist()) for r in requests)
-    running: list[_Row] = []
-    outputs: dict[int, torch.Tensor] = {}
-    active_rows, prefill_tokens, preemptions = [], 0, 0
+    q = _Queues(model, PagedKVCache(model, num_blocks, block_size), deque(_Row(r, r.prompt.tolist()) for r in requests))
     bar = tqdm(total=sum(r.max_new_tokens for r in requests), desc=f"serve ({policy}, batch {max_batch})",
                disable=not progress)
     start = time.perf_counter()
-
-    def greedy(logits: torch.Tensor) -> list[int]:
-        return logits.argmax(-1).tolist()
-
-    while waiting or running:
-        # Retirement: continuous frees finished rows at once, static when the whole batch is done.
-        if policy == "continuous" or all(row.done for row in running):
-            for row in [row for row in running if row.done]:
-                outputs[row.request.id] = torch.tensor(row.tokens[len(row.request.prompt):])
-                alloc.release(row.request.id)
-                running.remove(row)
-        # Admission: continuous fills free rows at every step, static only once the batch has drained.
-        if policy == "continuous" or not running:
-            while waiting and len(running) < max_batch and alloc.can_allocate(len(waiting[0].tokens)):
-                row = waiting.popleft()
-                n = len(row.tokens)
-                alloc.allocate(row.request.id, n)
-                positions = torch.arange(n, device=device)[None]
-                ids = torch.tensor([row.tokens], device=device)
-                logits = forward_cached(model, ids, positions, cache.attention([row.request.id], positions))
-                row.tokens += greedy(logits[:, -1])
-                prefill_tokens += n
-                bar.update(1)
-                running.append(row)
-        active = [row for row in running if not row.done]
-        if not active:
-            if waiting and not running:
-                raise RuntimeError(f"request {waiting[0].request.id} does not fit in the cache")
-            continue
-        # Room for each active row's newest token; preempt the newest rows while blocks run out.
-        while sum(alloc.needs_block(row.request.id) for row in active) > len(alloc.free):
-            victim = active.pop()
-            running.remove(victim)
-            alloc.release(victim.request.id)
-            waiting.appendleft(victim)
-            preemptions += 1
-        if not active:              # static batching: finished rows hold the blocks until the batch drains
-            continue
-        for row in active:
-            alloc.append(row.request.id)
-        ids = torch.tensor([[row.tokens[-1]] for row in active], device=device)
-        positions = torch.tensor([[len(row.tokens) - 1] for row in active], device=device)
-        logits = forward_cached(model, ids, positions, cache.attention([row.request.id for row in active], positions))
-        for row, token in zip(active, greedy(logits[:, -1])):
-            row.tokens.append(token)
-        active_rows.append(len(active))
-        bar.update(len(active))
+    while q.waiting or q.running:
+        if policy == "continuous" or all(row.done for row in q.running):
+            _retire(q)
+        if policy == "continuous" or not q.running:
+            bar.update(_admit(q, max_batch))
+        active = [row for row in q.running if not row.done]
+        if not active and q.waiting and not q.running:
+            raise RuntimeError(f"request {q.waiting[0].request.id} does not fit in the cache")
+        active = _make_room(q, active)
+        if active:                  # static batching: finished rows hold the blocks until the batch drains
+            _decode_step(q, active)
+            bar.update(len(active))
     bar.close()
-    return ServeResult(outputs, len(active_rows), active_rows, prefill_tokens, preemptions,
+    return ServeResult(q.outputs, len(q.active_rows), q.active_rows, q.prefill_tokens, q.preemptions,
                        time.perf_counter() - start, max_batch, policy)
 
 

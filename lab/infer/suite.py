@@ -40,6 +40,7 @@ The book's model is prompted with windows of the evaluation text, so the corpus 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,13 +50,16 @@ from tqdm.auto import tqdm
 
 from lab.core.ceilings import measure_ceilings
 from lab.core.timing import check_then_time, time_ms
-from lab.core.checks import check_int
-from lab.infer.generate import Decoder, generate
+from lab.infer.generate import generate
 from lab.infer.roofline import decode_step_cost, speed_of_light_ms, weight_bytes
+from lab.infer.paged import BLOCK_SIZE
 from lab.infer.scheduler import serve, synthetic_trace
 from lab.infer.speculative import speculative_generate
+from lab.kernels.aot.shapes import MatmulShapes, PagedShapes
 from lab.models.gpt import GPT, GPTConfig
-from lab.quant.linear import Int4Linear, decoder_linear_names, replace_linears, w8a8_quantize_model
+from lab.models.pretrained import book_config
+from lab.quant.linear import (Int4Linear, decoder_linear_names, decoder_linear_shapes, replace_linears,
+                              w8a8_quantize_model)
 from lab.quant.model import rtn_quantize
 from lab.core.runtime import seed_everything
 
@@ -67,6 +71,8 @@ LLAMA2_7B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=4096,
 LLAMA2_70B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=8192, n_layer=80, n_head=64,
                              n_kv_head=8, d_ff=28672, tie_embeddings=False)
 
+# bench_paged_decode's Llama-7B-shaped decode: (query, kv) heads, batches, cached positions
+PAGED_HEADS, PAGED_BATCHES, PAGED_CONTEXT = ((32, 8), (32, 32)), (1, 8, 32), 2048
 
 @dataclass(frozen=True)
 class Setup:
@@ -99,37 +105,39 @@ def quantized(model: GPT, kind: str, dtype: torch.dtype) -> GPT:
     model = copy.deepcopy(model)
     if kind == "int8_w8a8":
         return w8a8_quantize_model(model)
-    widths = {model.config.d_model, model.config.d_ff}
-    group = next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), None)
-    if group is None:
-        raise ValueError(f"no int4 group size in (128, 64, 32) divides the input widths {sorted(widths)}")
+    group = int4_group(model.config)
     replace_linears(model, decoder_linear_names(model),
                     lambda name, lin: Int4Linear(rtn_quantize(lin.weight.float(), 4, group), None, scale_dtype=dtype))
     return model
 
 
-@torch.no_grad()
-def step_latencies(model: GPT, ids: torch.Tensor, prompt_len: int, kv_cache: bool, repeats: int = 1,
-                   chunk: int = 1) -> list[float]:
-    """Time (ms) of each decode step after a prefill of ``prompt_len`` tokens, feeding the rest of
-    ids (B, T) ``chunk`` tokens at a time (teacher forcing: the cost does not depend on which tokens;
-    chunk = k + 1 is the verification pass of speculative decoding); element i is the step that starts
-    at position prompt_len + i·chunk.
+def int4_group(config: GPTConfig) -> int:
+    """The int4 group size of `quantized`: the first of 128, 64, 32 dividing both input widths C and F."""
+    widths = {config.d_model, config.d_ff}
+    group = next((g for g in (128, 64, 32) if all(w % g == 0 for w in widths)), None)
+    if group is None:
+        raise ValueError(f"no int4 group size in (128, 64, 32) divides the input widths {sorted(widths)}")
+    return group
 
-    Each step is timed by `time_ms` (median of ``repeats`` calls after a warm-up): one call rewinds the
-    decoder to the step's start and feeds its chunk, the same keys and values rewritten, the same work.
-    """
-    B, T = ids.shape
-    if not 0 < prompt_len < T or chunk < 1:
-        raise ValueError(f"need prompt_len in [1, {T - 1}] and chunk >= 1, got prompt_len={prompt_len}, chunk={chunk}")
-    decoder = Decoder(model, B, T, kv_cache=kv_cache)
-    decoder.extend(ids[:, :prompt_len])
 
-    def step(t: int) -> None:
-        decoder.rewind(t)
-        decoder.extend(ids[:, t:t + chunk])
-
-    return [time_ms(lambda: step(t), ids.device, repeats) for t in range(prompt_len, T - chunk + 1, chunk)]
+def kernel_shapes() -> list[MatmulShapes | PagedShapes]:
+    """What this suite runs on a GPU, for the ahead-of-time compile: the int8 / int4 decoder linears of the
+    book's model and of `LLAMA2_7B_SHAPE` at decode (M = B) and prefill (M = B · T₀), full and short form;
+    the serving run's paged decode (the book's model at `serve`'s block size, every table width up to its
+    context: a table grows one block at a time); and `bench_paged_decode`'s Llama-7B-shaped decode."""
+    cuda, book = torch.device("cuda"), book_config()
+    out = []
+    for form in (setup(cuda, quick=False), setup(cuda, quick=False, short=True)):
+        Ms = tuple(sorted({*form.batches, *(B * form.prompt_len for B in form.batches)}))
+        for name, config in (("book model", book), ("llama-2-7b shape", LLAMA2_7B_SHAPE)):
+            out.append(MatmulShapes(f"infer bench ({name})", ("int4", "int8"), Ms, decoder_linear_shapes(config),
+                                    int4_group(config)))
+    out.append(PagedShapes("infer bench serving (book model)", max(setup(cuda, quick=False).serve_batches),
+                           book.n_head, book.n_kv_head, book.head_dim, BLOCK_SIZE,
+                           tuple(range(1, -(-book.context_length // BLOCK_SIZE) + 1))))
+    out += [PagedShapes("paged decode bench", B, H, H_kv, 128, BLOCK_SIZE, (-(-PAGED_CONTEXT // BLOCK_SIZE),))
+            for (H, H_kv), B in itertools.product(PAGED_HEADS, PAGED_BATCHES)]
+    return out
 
 
 def _models(device: torch.device, quick: bool, dtype: torch.dtype) -> dict[str, tuple[GPT, GPT | None]]:
@@ -174,13 +182,46 @@ def _prompts(text: torch.Tensor, n: int, length: int, device: torch.device) -> t
     return torch.stack([text[s:s + length] for s in starts.tolist()]).to(device)
 
 
+def _decode_row(config: str, variant: GPT, draft: GPT | None, prompt: torch.Tensor, graph: bool,
+                device: torch.device, s: Setup, ceilings: dict, kv_bytes: int) -> tuple[dict, torch.Tensor]:
+    """Decode ms per step of ``variant`` in ``config`` on ``prompt`` (B, T₀), its speed of light (KV cache
+    of ``kv_bytes`` per element), and its greedy output (B, T₀ + n) for the agreement check."""
+    B = len(prompt)
+
+    def run(n: int) -> torch.Tensor:
+        if config == "speculative":
+            return speculative_generate(variant, draft, prompt[0], n, k=s.draft_k, cuda_graph=graph)
+        return generate(variant, prompt, n, kv_cache=config != "no_cache", cuda_graph=graph)
+
+    row = {}
+    if config == "speculative":
+        result = run(s.new_tokens)
+        output = result.tokens[None]
+        row.update(draft_k=s.draft_k, acceptance_rate=result.acceptance_rate,
+                   tokens_per_target_step=result.tokens_per_step, draft_weight_bytes=weight_bytes(draft))
+    else:
+        output = run(s.new_tokens)
+    half = s.new_tokens // 2
+    t_n = time_ms(lambda: run(s.new_tokens), device, s.repeats)
+    t_half = time_ms(lambda: run(half), device, s.repeats)
+    step_ms = max(t_n - t_half, 1e-9) / (s.new_tokens - half)
+    cost = decode_step_cost(variant, B, s.prompt_len + half, kv_cache=config != "no_cache", kv_dtype_bytes=kv_bytes)
+    sol = speed_of_light_ms(cost, ceilings["bandwidth"], ceilings["peak_flops"])
+    row.update(generate_ms=t_n, generate_half_ms=t_half, ms_per_step=step_ms,
+               ms_per_token=step_ms / B, tokens_per_s=B * 1e3 / step_ms, weight_bytes=weight_bytes(variant),
+               bytes_per_step=cost["bytes"], flops_per_step=cost["flops"], sol_memory_ms=sol["memory_ms"],
+               sol_compute_ms=sol["compute_ms"], sol_ms=sol["ms"], sol_tokens_per_s=B * 1e3 / sol["ms"],
+               fraction_of_sol=sol["ms"] / step_ms)
+    return row, output
+
+
 def bench_model(name: str, model: GPT, draft: GPT | None, text: torch.Tensor, device: torch.device, s: Setup,
                 ceilings: dict, progress: bool) -> list[dict]:
-    """One row per (configuration, batch) of ``model``: decode ms per step, tokens/s and the speed of light."""
+    """One row per (configuration, batch) of ``model``: decode ms per step, tokens/s and the speed of light
+    (`_decode_row`), and the agreement of its greedy tokens with the eager KV-cache run."""
     cuda = device.type == "cuda"
     dtype = next(model.parameters()).dtype
     prompts = _prompts(text, max(s.batches), s.prompt_len, device)
-    context = s.prompt_len + s.new_tokens // 2
     configs = [c for c in CONFIGS if (cuda or c != "kv_cache_cuda_graph") and (draft is not None or c != "speculative")]
     rows, outputs = [], {}
     bar = tqdm(total=len(configs) * len(s.batches), desc=f"decode: {name}", disable=not progress)
@@ -191,34 +232,10 @@ def bench_model(name: str, model: GPT, draft: GPT | None, text: torch.Tensor, de
             bar.update()
             if config == "speculative" and B != 1:
                 continue
-            prompt = prompts[:B]
-            row = {"model": name, "config": config, "batch": B, "prompt_len": s.prompt_len, "new_tokens": s.new_tokens}
-
-            def run(n: int) -> torch.Tensor:
-                if config == "speculative":
-                    return speculative_generate(variant, draft, prompt[0], n, k=s.draft_k, cuda_graph=graph)
-                return generate(variant, prompt, n, kv_cache=config != "no_cache", cuda_graph=graph)
-
-            if config == "speculative":
-                result = run(s.new_tokens)
-                outputs[config, B] = result.tokens[None]
-                row.update(draft_k=s.draft_k, acceptance_rate=result.acceptance_rate,
-                           tokens_per_target_step=result.tokens_per_step, draft_weight_bytes=weight_bytes(draft))
-            else:
-                outputs[config, B] = run(s.new_tokens)
-            half = s.new_tokens // 2
-            t_n = time_ms(lambda: run(s.new_tokens), device, s.repeats)
-            t_half = time_ms(lambda: run(half), device, s.repeats)
-            step_ms = max(t_n - t_half, 1e-9) / (s.new_tokens - half)
-            cost = decode_step_cost(variant, B, context, kv_cache=config != "no_cache",
-                                    kv_dtype_bytes=torch.finfo(dtype).bits // 8)
-            sol = speed_of_light_ms(cost, ceilings["bandwidth"], ceilings["peak_flops"])
-            row.update(generate_ms=t_n, generate_half_ms=t_half, ms_per_step=step_ms,
-                       ms_per_token=step_ms / B, tokens_per_s=B * 1e3 / step_ms, weight_bytes=weight_bytes(variant),
-                       bytes_per_step=cost["bytes"], flops_per_step=cost["flops"], sol_memory_ms=sol["memory_ms"],
-                       sol_compute_ms=sol["compute_ms"], sol_ms=sol["ms"], sol_tokens_per_s=B * 1e3 / sol["ms"],
-                       fraction_of_sol=sol["ms"] / step_ms)
-            rows.append(row)
+            row, outputs[config, B] = _decode_row(config, variant, draft, prompts[:B], graph, device, s, ceilings,
+                                                  torch.finfo(dtype).bits // 8)
+            rows.append({"model": name, "config": config, "batch": B, "prompt_len": s.prompt_len,
+                         "new_tokens": s.new_tokens, **row})
         if variant is not model:
             del variant
             if cuda:
@@ -269,65 +286,8 @@ def run(device: torch.device, quick: bool = False, progress: bool = True, short:
     return out
 
 
-@torch.no_grad()
-def speculative_speedup(target: GPT, draft: GPT, prompts: torch.Tensor, new_tokens: int, ks, ids: torch.Tensor,
-                        prompt_len: int, *, temperature: float = 1.0, seed: int = 0, repeats: int = 2,
-                        step_repeats: int = 3) -> dict:
-    """What speculative decoding costs and gains on this device, beside the inputs of its formula.
-
-    With t(m, n) the median time of a KV-cache decode step of model m fed n tokens at once
-    (`step_latencies` on ``ids`` (1, T) from position ``prompt_len`` to the end, ``step_repeats`` calls
-    per step, median over the steps):
-
-        c   = t(draft, 1) / t(target, 1)            the draft's step in target steps
-        r_k = t(target, k + 1) / t(target, 1)       the verification pass over k + 1 tokens, in steps
-        speed-up_k = T_plain / T_spec(k)
-
-    where T_plain is the time to sample ``new_tokens`` tokens from each of ``prompts`` (P, T₀) with
-    `generate` and T_spec(k) the same with `speculative_generate` and k draft tokens (``temperature``,
-    ``seed`` for every prompt), each the median of ``repeats`` calls of `time_ms`. The formula's
-    speed-up (1 − α^{k+1}) / ((1 − α)(c·k + r_k)) (`lab.infer.speculative.expected_speedup`) takes c and
-    r_k from here and α from the accepted tokens.
-
-    Returns {"target_step_ms", "draft_step_ms", "c", "r": {k: r_k}, "plain_ms",
-    "speculative_ms": {k: ms}, "speedup": {k: speed-up_k}}.
-    """
-    ks = list(ks)
-    if not ks:
-        raise ValueError("ks must be a non-empty list of draft lengths, got []")
-    for j, k in enumerate(ks):
-        check_int(f"ks[{j}]", k)
-    if prompts.dim() != 2 or len(prompts) == 0:
-        raise ValueError(f"prompts must be (P, T0) token ids with P >= 1, got shape {tuple(prompts.shape)}")
-    check_int("new_tokens", new_tokens)
-    if ids.dim() != 2 or len(ids) != 1:
-        raise ValueError(f"ids must be (1, T) token ids, got shape {tuple(ids.shape)}")
-    device = prompts.device
-
-    def step_ms(model: GPT, chunk: int = 1) -> float:
-        times = step_latencies(model, ids, prompt_len, True, step_repeats, chunk)
-        return float(torch.tensor(times).median())
-
-    target_ms, draft_ms = step_ms(target), step_ms(draft)
-    r = {k: step_ms(target, k + 1) / target_ms for k in ks}
-    plain_ms = time_ms(lambda: [generate(target, x, new_tokens, temperature=temperature, seed=seed)
-                                for x in prompts], device, repeats)
-    spec_ms = {k: time_ms(lambda: [speculative_generate(target, draft, x, new_tokens, k=k, temperature=temperature,
-                                                        seed=seed) for x in prompts], device, repeats)
-               for k in ks}
-    return {"target_step_ms": target_ms, "draft_step_ms": draft_ms, "c": draft_ms / target_ms, "r": r,
-            "plain_ms": plain_ms, "speculative_ms": spec_ms, "speedup": {k: plain_ms / spec_ms[k] for k in ks}}
-
-
-# ------------------------------------------------------------------ the paged decode kernel alone
-# The paged decode-attention kernel alone, against the copy ceiling (the GPU run's ``kernels`` stage).
-# 
-# `lab.kernels.paged_attention` reads, for each sequence and kv head, the K and V of every cached
-# position once, block by block: a memory-bound kernel (≈ 2 FLOPs per byte), so its ceiling is the
-# device's copy bandwidth. `bench_paged_decode` builds full caches of ``context`` positions in blocks
-# scattered over the pool (as an allocator leaves them), checks the output against a float64
-# reference, times it (`lab.core.timing`), and reports bytes read per second and their fraction of a
-# measured copy bandwidth (`lab.core.ceilings.measure_ceilings`: bytes read + written per second).
+# ---- the paged decode-attention kernel alone, against the copy ceiling (the GPU run's ``kernels`` stage):
+# it reads the K and V of every cached position once (≈ 2 FLOPs per byte), so its ceiling is the copy bandwidth.
 
 def _paged_reference(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, tables: torch.Tensor,
                      context: int) -> torch.Tensor:
@@ -342,12 +302,13 @@ def _paged_reference(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor
 
 
 def bench_paged_decode(device: torch.device, quick: bool = False, progress: bool = True, *,
-                       heads: Sequence[tuple[int, int]] = ((32, 8), (32, 32)), head_dim: int = 128,
-                       batches: Sequence[int] = (1, 8, 32), context: int = 2048, block_size: int = 16,
+                       heads: Sequence[tuple[int, int]] = PAGED_HEADS, head_dim: int = 128,
+                       batches: Sequence[int] = PAGED_BATCHES, context: int = PAGED_CONTEXT,
+                       block_size: int = BLOCK_SIZE,
                        bandwidth: float | None = None) -> list[dict]:
-    """Decode attention over a paged cache, one row per (H, H_kv, B) and kernel version: v1
-    (`lab.kernels.paged_attention`) and v2 (`lab.kernels.paged_attention_v2`, flash-decoding) on a GPU,
-    the PyTorch path on the CPU; each checked against float64, then timed.
+    """Decode attention over a paged cache, one row per (H, H_kv, B) and kernel version: v1 and v2
+    (flash-decoding) of `lab.kernels.paged_attention` on a GPU, the PyTorch path on the CPU; each checked
+    against float64, then timed.
 
     Every row has ``context`` cached positions in blocks of ``block_size`` (`PagedKVCache`'s default),
     scattered over the pool in a random order as a real allocator leaves them. ``kv_bytes`` = K and V
@@ -356,8 +317,7 @@ def bench_paged_decode(device: torch.device, quick: bool = False, progress: bool
     """
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
-    from lab.kernels.paged_attention import paged_attention_decode
-    from lab.kernels.paged_attention_v2 import paged_attention_decode_v2
+    from lab.kernels.paged_attention import paged_attention_decode, paged_attention_decode_v2
 
     versions = {"v1": paged_attention_decode, "v2": paged_attention_decode_v2}
 

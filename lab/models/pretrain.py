@@ -29,7 +29,8 @@ from lab.core.records import provenance
 from lab.core.runtime import get_device, seed_everything
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line's options: output folder, training schedule, model shape, evaluation, seed."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=LM_DIR)
     p.add_argument("--steps", type=int, default=1500)
@@ -46,8 +47,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-tokens", type=int, default=16_384)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train, save, reload and evaluate the checkpoint; write and return its ``training_record.json``."""
+    args = parse_args(argv)
     seed_everything(args.seed)
     device = get_device()
     args.out.mkdir(parents=True, exist_ok=True)

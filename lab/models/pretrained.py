@@ -14,11 +14,13 @@ Nothing here touches the network: ``HF_HUB_OFFLINE=1`` is set before `transforme
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -69,6 +71,12 @@ def gpt_config_from_llama(hf_cfg) -> GPTConfig:
         n_kv_head=hf_cfg.num_key_value_heads, d_ff=hf_cfg.intermediate_size,
         rope_theta=float(rope_theta), norm_eps=hf_cfg.rms_norm_eps, tie_embeddings=hf_cfg.tie_word_embeddings,
     )
+
+
+@functools.lru_cache(maxsize=None)
+def book_config(path: str | Path = LM_DIR) -> GPTConfig:
+    """The `GPTConfig` of the book's pretrained LM, read from its config.json (without transformers)."""
+    return gpt_config_from_llama(SimpleNamespace(**json.loads((Path(path) / "config.json").read_text())))
 
 
 def to_llama(model: GPT):

@@ -45,7 +45,7 @@ from lab.parallel.launch import init_from_env, launch, rank_device
 from lab.parallel.pipeline import PipelineSchedule, gpt_stage
 from lab.parallel.tensor_parallel import tensor_parallel_gpt
 from lab.parallel.zero import ZeroOptimizer
-from lab.params.memory import storage_bytes
+from lab.params.measured_memory import storage_bytes
 from lab.models.loop import BETAS, LossFn, Optim, train as train_loop
 
 TINY = GPTConfig(vocab_size=8192, context_length=64, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=176)

@@ -29,7 +29,8 @@ from lab.core.checks import check_choice, check_number
 from lab.data import corpus_documents, split_of
 from lab.perplexity import token_losses
 from lab.models.next_token import lm_batch_loss
-from lab.params.memory import OPTIMIZERS, make_optimizer, optimizer_state_tensors, storage_bytes
+from lab.params.memory import OPTIMIZERS
+from lab.params.measured_memory import make_optimizer, optimizer_state_tensors, storage_bytes
 from lab.models.loop import BETAS, Optim, train
 
 _WITH_BETAS = ("adam", "adamw", "adam8bit")
@@ -63,7 +64,7 @@ def finetune(model: nn.Module, batches: Sequence, optimizer: str = "adamw", *, l
     Returns `lab.models.loop.train`'s record (per-step ``loss``, ``lr``, ``seconds``) plus
     ``trainable_parameters`` (numbers trained), ``optimizer_state_bytes`` (storage of the optimizer's
     state tensors after the last step, 0-dim step counters excluded, as
-    `lab.params.memory.measure_training_memory_cpu` counts them) and ``token_losses``: the trained
+    `lab.params.measured_memory.measure_training_memory_cpu` counts them) and ``token_losses``: the trained
     model's per-token NLL on ``eval_tokens`` (float64, (N−1,); windows of the model's context length
     moved by half of it, 256 and 128 for the book's model), or None without them.
     """

@@ -45,13 +45,13 @@ from lab.core.checks import check_choice, check_divisor, check_int, check_number
 from lab.models.gpt import GPTConfig
 from lab.params.counting import gpt_param_count, unique_parameters, unique_state_dict
 from lab.quant.linear import Int4Linear
-from lab.quant.packing import dequantize_int4
+from lab.formats.int4 import dequantize_int4
 
 BASES = (nn.Linear, Int4Linear)
 
 
 def _int4_weight(base: Int4Linear) -> torch.Tensor:
-    """Ŵ = s·(q − z) (d_out, d_in) float32 of an int4 linear (`lab.quant.packing.dequantize_int4`)."""
+    """Ŵ = s·(q − z) (d_out, d_in) float32 of an int4 linear (`lab.formats.int4.dequantize_int4`)."""
     return dequantize_int4(base.packed, base.scales, base.zeros, base.group_size)
 
 

@@ -121,9 +121,8 @@ def bench_memory(device: torch.device, quick: bool = False) -> dict:
     training step (model: `training_memory` total); the decode step is CUDA-only.
     """
     from lab.params.counting import gpt_param_count
-    from lab.params.memory import (inference_memory, measure_decode_memory_cuda,
-                                   measure_training_memory_cpu, measure_training_memory_cuda,
-                                   training_memory, training_peak_bytes)
+    from lab.params.memory import inference_memory, training_memory, training_peak_bytes
+    from lab.params.measured_memory import (measure_decode_memory_cuda, measure_training_memory_cpu, measure_training_memory_cuda)
 
     cfg = GPTConfig(vocab_size=256, context_length=32, d_model=64, n_layer=2, n_head=4, n_kv_head=2,
                     d_ff=128) if quick else GPTConfig()

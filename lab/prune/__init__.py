@@ -1,8 +1,8 @@
 """Chapter 2, pruning: masks, Optimal Brain Surgeon, SparseGPT, sequential and structured pruning, 2:4 storage."""
 
+from lab.formats.sparse24 import compress, decompress
 from lab.prune.masks import keep_top_fraction, magnitude_mask, nm_mask, wanda_mask
 from lab.prune.obs import layer_hessian, obs_prune_row_bruteforce, obs_saliency, obs_update, reconstruction_error
-from lab.prune.semi_structured import compress, decompress
 from lab.prune.sequential import layer_errors, layer_sensitivity, prune_model, sparsity_of
 from lab.prune.sparsegpt import sparsegpt_prune
 from lab.prune.structured import prune_structured_by_importance, structured_prune

@@ -24,17 +24,8 @@ import math
 
 import torch
 
-from lab.core.checks import check_divisor, check_float_tensor, check_fraction, check_int, check_matrix
-
-
-def check_nm(n: int, m: int, in_features: int | None = None) -> None:
-    """n, m are ints with 1 <= n <= m, and m divides ``in_features`` when it is given."""
-    check_int("n", n)
-    check_int("m", m)
-    if n > m:
-        raise ValueError(f"n={n}, m={m} is not allowed; N:M sparsity needs n <= m")
-    if in_features is not None:
-        check_divisor("m", m, in_features, "in_features")
+from lab.core.checks import check_float_tensor, check_fraction, check_matrix
+from lab.formats.sparse24 import check_nm
 
 
 def check_nm_sparsity(sparsity: float, n: int | None, m: int | None, in_features: int) -> bool:

@@ -1,123 +1,18 @@
-"""N:M semi-structured storage: compress a pruned weight into values + index metadata, and back.
+"""2:4-sparse linears: the book's compressed storage (`lab.formats.sparse24`) behind an nn.Module, and
+PyTorch's own semi-structured tensors for the sparse tensor cores.
 
-A weight W of shape (out, in) is N:M sparse when every group of m consecutive input weights
-W[r, g·m : (g+1)·m] has at most n nonzeros (2:4 is what sparse tensor cores accelerate).
-`compress` keeps n entries per group:
-
-* ``values`` (out, in·n/m), W's dtype: the kept entries of group g in slots g·n … g·n+n−1, in
-  increasing position order (a group with fewer than n nonzeros also keeps some zeros).
-* ``meta`` (out, ⌈in/m · n · b / 8⌉) uint8: the position p ∈ {0 … m−1} of each kept value
-  within its group, b = max(1, ⌈log₂ m⌉) bits per index, packed LSB-first per row: index
-  j = g·n + s (group g, slot s) occupies bits [j·b, (j+1)·b) of the row's bit string, and bit t
-  of that string is bit (t mod 8) of byte ⌊t/8⌋. Each row starts on a fresh byte.
-
-For 2:4 (b = 2): 4 bits per group, two groups per byte. Byte k of a row holds group 2k in its
-low nibble and group 2k+1 in its high nibble; within a nibble, bits 0-1 are the first kept
-position and bits 2-3 the second. So ``meta`` is (out, in/8) and the row stores
-values: in/2 elements + meta: in/8 bytes, i.e. (n/m)·dense bytes + in·n/m·b bits.
-
-NVIDIA's sparse tensor cores (mma.sp, cuSPARSELt, the CUTLASS path of
-`torch.sparse.to_sparse_semi_structured`) use the same 2 bits per kept value — 4 bits per
-group — but NOT this layout: their metadata is interleaved/reordered so that each thread of
-a warp-level mma.sp tile finds its indices in one 16- or 32-bit register (rows of a tile are
-interleaved and the words permuted, and the exact order depends on the dtype and backend).
-This module's row-major layout is chosen to be readable and to be decoded by
-`lab.kernels.sparse24_matmul`; it cannot be handed to those libraries as is. For the
-tensor-core speed path use `to_semi_structured_torch`, which lets PyTorch build its own.
+`Sparse24Linear` keeps a 2:4-sparse weight compressed (values and 2-bit positions) and multiplies with
+`lab.kernels.sparse24.sparse24_matmul` (`lab.quant.linear.Sparse24Int4Linear` stores the values in int4).
+`to_semi_structured_torch` hands the weight to PyTorch, which packs it in NVIDIA's reordered metadata
+layout for mma.sp (cuSPARSELt / CUTLASS); `sparse_linear_torch` multiplies with it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from lab.core.checks import check_int, check_tensor
-from lab.prune.masks import check_nm
-
-
-def index_bits(m: int) -> int:
-    """Bits b = max(1, ⌈log₂ m⌉) needed to store one position 0 … m−1."""
-    return max(1, (m - 1).bit_length())
-
-
-def meta_shape(out_features: int, in_features: int, n: int = 2, m: int = 4) -> tuple[int, int]:
-    """Shape (out, ⌈in/m · n · b / 8⌉) of the uint8 metadata; (out, in/8) for 2:4 with 8 | in."""
-    return out_features, -(-(in_features // m) * n * index_bits(m) // 8)
-
-
-def compressed_nbytes(out_features: int, in_features: int, dtype: torch.dtype,
-                      n: int = 2, m: int = 4) -> dict[str, int]:
-    """Bytes of the dense weight, of ``values`` (= n/m of dense) and of ``meta``, and their sum."""
-    elem = torch.empty((), dtype=dtype).element_size()
-    dense = out_features * in_features * elem
-    values = out_features * (in_features // m) * n * elem
-    rows, cols = meta_shape(out_features, in_features, n, m)
-    return {"dense": dense, "values": values, "meta": rows * cols, "compressed": values + rows * cols}
-
-
-def _pack_bits(idx: torch.Tensor, bits: int) -> torch.Tensor:
-    """Indices (out, L) int64 < 2^bits → (out, ⌈L·bits/8⌉) uint8, LSB-first per row."""
-    out_features, length = idx.shape
-    weights = 1 << torch.arange(bits, device=idx.device)
-    stream = ((idx.unsqueeze(-1) & weights) != 0).reshape(out_features, length * bits).to(torch.int64)
-    stream = torch.nn.functional.pad(stream, (0, -stream.shape[1] % 8))
-    return (stream.view(out_features, -1, 8) << torch.arange(8, device=idx.device)).sum(-1).to(torch.uint8)
-
-
-def _unpack_bits(meta: torch.Tensor, bits: int, length: int) -> torch.Tensor:
-    """Inverse of `_pack_bits`: (out, bytes) uint8 → (out, length) int64."""
-    stream = (meta.to(torch.int64).unsqueeze(-1) >> torch.arange(8, device=meta.device)) & 1
-    stream = stream.reshape(meta.shape[0], -1)[:, : length * bits].view(meta.shape[0], length, bits)
-    return (stream << torch.arange(bits, device=meta.device)).sum(-1)
-
-
-def compress(weight: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """N:M-sparse weight (out, in) → (values (out, in·n/m) weight.dtype, meta uint8).
-
-    See the module docstring for the layout. Raises ValueError if ``weight`` is not 2-D, m does
-    not divide ``in``, or a group holds more than n nonzeros (naming the first such row/group).
-    """
-    check_tensor("weight", weight, 2)
-    out_features, in_features = weight.shape
-    check_nm(n, m, in_features)
-    groups = weight.reshape(out_features, in_features // m, m)
-    nonzero = groups != 0
-    too_many = nonzero.sum(-1) > n
-    if too_many.any():
-        row, group = (int(i) for i in too_many.nonzero()[0])
-        raise ValueError(f"weight is not {n}:{m} sparse: row {row}, group {group} (inputs "
-                         f"{group * m}..{group * m + m - 1}) has {int(nonzero[row, group].sum())} "
-                         f"nonzeros > n={n}")
-    # nonzeros first (stable: in position order), padded with zero positions, then sorted
-    order = torch.argsort((~nonzero).to(torch.int8), dim=-1, stable=True)[..., :n]
-    idx = order.sort(dim=-1).values                                          # (out, G, n)
-    values = groups.gather(-1, idx).reshape(out_features, -1)
-    return values.contiguous(), _pack_bits(idx.reshape(out_features, -1), index_bits(m))
-
-
-def decompress(values: torch.Tensor, meta: torch.Tensor, in_features: int,
-               n: int = 2, m: int = 4) -> torch.Tensor:
-    """(values, meta) of `compress` → the dense weight (out, in_features) in values.dtype.
-
-    W[r, g·m + p_{g,s}] = values[r, g·n + s], every other entry 0. Raises ValueError on
-    inconsistent shapes/dtypes or metadata whose positions are ≥ m or not increasing in a group.
-    """
-    check_nm(n, m)
-    check_int("in_features", in_features)
-    if in_features % m:
-        raise ValueError(f"in_features={in_features} is not allowed; use a multiple of m={m}")
-    if values.dim() != 2 or values.shape[1] != in_features // m * n:
-        raise ValueError(f"values must have shape (out, {in_features // m * n}) for in_features="
-                         f"{in_features}, {n}:{m}; got {tuple(values.shape)}")
-    expected = meta_shape(values.shape[0], in_features, n, m)
-    if meta.dtype != torch.uint8 or tuple(meta.shape) != expected:
-        raise ValueError(f"meta must be uint8 of shape {expected}, got {meta.dtype} {tuple(meta.shape)}")
-    out_features, groups = values.shape[0], in_features // m
-    idx = _unpack_bits(meta, index_bits(m), groups * n).view(out_features, groups, n)
-    if (idx >= m).any() or (idx.diff(dim=-1) <= 0).any():
-        raise ValueError(f"meta holds positions outside 0..{m - 1} or not increasing within a group")
-    dense = values.new_zeros(out_features, groups, m)
-    dense.scatter_(-1, idx, values.view(out_features, groups, n))
-    return dense.view(out_features, in_features)
+from lab.formats.sparse24 import compress
+from lab.kernels.sparse24 import sparse24_matmul
 
 
 def to_semi_structured_torch(weight: torch.Tensor) -> torch.Tensor:
@@ -142,50 +37,30 @@ def sparse_linear_torch(x: torch.Tensor, w_sparse: torch.Tensor) -> torch.Tensor
 
 class Sparse24Linear(torch.nn.Module):
     """y = x Ŵᵀ (+ b) for a 2:4-sparse Ŵ (out, in) held compressed: ``meta`` (out, in/8) uint8 and
-    the kept values (out, in/2), by `lab.kernels.sparse24_matmul.sparse24_matmul` (Triton on a GPU,
+    the kept values (out, in/2) in ``dtype``, by `lab.kernels.sparse24.sparse24_matmul` (Triton on a GPU,
     decompress + matmul on the CPU).
-
-    ``value_bits=None``: the values in ``dtype``. ``value_bits=4``: the values themselves rounded to
-    int4 (round-to-nearest, asymmetric, one scale and zero point in ``dtype`` per ``group_size`` kept
-    values, i.e. per 2·``group_size`` input columns), packed as in `lab.quant.packing`, and
-    dequantized to ``dtype`` at each call; a kept value stays nonzero unless it rounds to the zero point.
     """
 
-    def __init__(self, linear: torch.nn.Linear, value_bits: int | None = None, group_size: int = 32,
-                 dtype: torch.dtype = torch.bfloat16) -> None:
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype = torch.bfloat16) -> None:
         super().__init__()
         if not isinstance(linear, torch.nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
-        if value_bits not in (None, 4):
-            raise ValueError(f"value_bits={value_bits!r} is not allowed; allowed: None, 4")
         self.out_features, self.in_features = linear.out_features, linear.in_features
         values, meta = compress(linear.weight.detach().float())          # 2:4 check, named errors
         self.register_buffer("meta", meta)
-        self.value_bits, self.group_size = value_bits, group_size
-        if value_bits is None:
-            self.register_buffer("values", values.to(dtype))
-        else:
-            from lab.quant.model import rtn_quantize
-            from lab.quant.packing import pack_quantized_weight
-
-            packed, scales, zeros, _ = pack_quantized_weight(rtn_quantize(values, 4, group_size))
-            self.register_buffer("packed", packed)
-            self.register_buffer("scales", scales.to(dtype))
-            self.register_buffer("zeros", zeros.to(dtype))
+        self.store_values(values, dtype)
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach().clone(),
                                                                         requires_grad=False)
 
-    def kept_values(self) -> torch.Tensor:
-        """The kept values (out, in/2): stored, or dequantized s·(q − z) from the int4 codes."""
-        if self.value_bits is None:
-            return self.values
-        from lab.quant.packing import dequantize_int4
+    def store_values(self, values: torch.Tensor, dtype: torch.dtype) -> None:
+        """Keep the kept values (out, in/2) float32 as the buffer ``values`` in ``dtype``."""
+        self.register_buffer("values", values.to(dtype))
 
-        return dequantize_int4(self.packed, self.scales, self.zeros, self.group_size).to(self.scales.dtype)
+    def kept_values(self) -> torch.Tensor:
+        """The kept values (out, in/2) the matmul multiplies with."""
+        return self.values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from lab.kernels.sparse24_matmul import sparse24_matmul
-
         x2 = x.reshape(-1, self.in_features)
         y = sparse24_matmul(x2, self.kept_values().to(x.dtype), self.meta, self.out_features, self.in_features)
         y = y.reshape(*x.shape[:-1], self.out_features)

@@ -2,7 +2,7 @@
 
 * linear: y = x Wᵀ for large 2:4-pruned weights (out, in) and batch sizes M: dense ``x @ Wᵀ`` vs
   PyTorch's semi-structured sparse tensors (sparse tensor cores) vs the Triton kernel on the
-  book's compressed format (`lab.kernels.sparse24_matmul`); each output is first checked
+  book's compressed format (`lab.kernels.sparse24`); each output is first checked
   against a float64 reference (a wrong path is recorded with its error, not timed); median ms,
   speed-ups over dense, achieved GB/s (weight + x + y bytes) and the memory-bound ideal
   dense bytes / compressed bytes.
@@ -18,16 +18,17 @@ import torch
 from tqdm.auto import tqdm
 
 from lab.core.timing import check_then_time, time_ms
+from lab.kernels.aot.shapes import MatmulShapes
 from lab.models.gpt import GPT, GPTConfig
 from lab.prune.masks import nm_mask
-from lab.prune.semi_structured import compress, compressed_nbytes, sparse_linear_torch, to_semi_structured_torch
+from lab.formats.sparse24 import compress, compressed_nbytes
+from lab.prune.semi_structured import sparse_linear_torch, to_semi_structured_torch
 from lab.core.runtime import seed_everything
 
 
 def _linear_paths(w: torch.Tensor) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]]:
     """name → (x ↦ x Wᵀ, weight bytes read) for a 2:4-sparse weight (out, in) on its device."""
-    from lab.kernels.sparse24_matmul import sparse24_matmul_torch, sparse24_matmul_triton
-    from lab.kernels.sparse24_matmul_v2 import sparse24_matmul_v2
+    from lab.kernels.sparse24 import sparse24_matmul_torch, sparse24_matmul_triton, sparse24_matmul_v2
 
     out_features, in_features = w.shape
     nbytes = compressed_nbytes(out_features, in_features, w.dtype)
@@ -63,6 +64,14 @@ def prune_setup(device: torch.device, quick: bool, short: bool = False
         return [(4096, 4096), (8192, 8192), (11008, 4096), (4096, 11008)], \
             [torch.float16, torch.bfloat16], [1, 16, 128, 2048]
     return [(1024, 1024), (2816, 1024)], [torch.float32], [1, 16, 128]
+
+
+def kernel_shapes() -> list[MatmulShapes]:
+    """The 2:4 matmuls this suite runs on a GPU (full and short form), for the ahead-of-time compile."""
+    cuda = torch.device("cuda")
+    return [MatmulShapes(label, ("sparse24",), tuple(Ms), tuple(weights))
+            for label, (weights, _, Ms) in (("prune bench 2:4 linear", prune_setup(cuda, quick=False)),
+                                            ("prune bench 2:4 linear, short", prune_setup(cuda, quick=False, short=True)))]
 
 
 def bench_prune_linear(device: torch.device, quick: bool = False, progress: bool = True, *,

@@ -23,7 +23,7 @@ updates still pending from the current block, so the result does not depend on t
 ``actorder`` the columns are visited in order of decreasing H_jj (the most active inputs first, while
 many free columns remain to absorb their error); the group grid is then fixed beforehand from the
 original weights ("static groups"), so that group G still covers the original columns G·g … G·g+g−1
-and the packed layout of `lab.quant.packing` applies unchanged.
+and the packed layout of `lab.formats.int4` applies unchanged.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Quantized linear layers that run on the integer kernels, and swapping them into a model.
 
 `Int4Linear` — weight-only int4: W (N, K) stored packed (K/2 bytes per output row, plus a scale and
-a zero point per group of g columns, `lab.quant.packing`); y = x Ŵᵀ by
-`lab.kernels.int4_matmul.int4_weight_only_matmul` (Triton on a GPU, PyTorch on the CPU).
+a zero point per group of g columns, `lab.formats.int4`); y = x Ŵᵀ by
+`lab.kernels.int4.int4_weight_only_matmul` (Triton on a GPU, PyTorch on the CPU).
 
 `W8A8Linear` — weights and activations in int8: W quantized symmetrically per output channel
 (s_n = max_k |W_nk| / 127), the activation x quantized symmetrically at run time, either per token
 (dynamic: s_m = max_k |x_mk| / qmax for every row m) or per tensor with one static scale from
 calibration (`lab.quant.observers`); y = (X_q W_qᵀ) ⊙ (s_x s_wᵀ) by
-`lab.kernels.int8_matmul.int8_matmul`. ``act_bits`` < 8 narrows the activation grid (same kernel).
+`lab.kernels.int8.int8_matmul`. ``act_bits`` < 8 narrows the activation grid (same kernel).
 With SmoothQuant factors ``smooth`` = s (C_in,), the layer quantizes x·diag(s)⁻¹ and W·diag(s)
 instead (`lab.quant.scaling`): in a pre-norm model such as the lab `GPT` the division is folded into
 the norm (`lab.quant.scaling.smoothquant`) and ``smooth`` stays None; in a post-norm model (BERT)
@@ -20,17 +20,21 @@ Models are addressed by the dotted names of their linears ("layers.0.attn.q_proj
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from lab.core.checks import check_choice
-from lab.kernels.int4_matmul import int4_weight_only_matmul
-from lab.kernels.int8_matmul import int8_matmul
+from lab.formats.int4 import dequantize_int4
+from lab.kernels.int4 import int4_weight_only_matmul
+from lab.kernels.int8 import int8_matmul
 from lab.layerwise import LINEARS
-from lab.quant.affine import QuantizedTensor, check_bits, grid, qparams, quantize_with
+from lab.models.gpt import GPT, GPTConfig
+from lab.quant.affine import QuantizedTensor, check_bits, grid, qparams, quantize, quantize_with
 from lab.quant.observers import MinMaxObserver
+from lab.prune.semi_structured import Sparse24Linear
 from lab.quant.packing import pack_quantized_weight
 
 ACT_MODES = ("token", "tensor")
@@ -100,9 +104,39 @@ class W8A8Linear(nn.Module):
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
+
+class Sparse24Int4Linear(Sparse24Linear):
+    """A `Sparse24Linear` whose kept values are themselves int4: round-to-nearest, asymmetric, one scale and
+    zero point in ``dtype`` per ``group_size`` kept values (per 2·``group_size`` input columns), packed as in
+    `lab.formats.int4` and dequantized to ``dtype`` at each call; a kept value stays nonzero unless it rounds
+    to the zero point."""
+
+    def __init__(self, linear: nn.Linear, group_size: int = 32, dtype: torch.dtype = torch.bfloat16) -> None:
+        self.group_size = group_size
+        super().__init__(linear, dtype)
+
+    def store_values(self, values: torch.Tensor, dtype: torch.dtype) -> None:
+        rtn = quantize(values, 4, False, "group", self.group_size, axis=0)   # `lab.quant.model.rtn_quantize`
+        packed, scales, zeros, _ = pack_quantized_weight(rtn)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scales", scales.to(dtype))
+        self.register_buffer("zeros", zeros.to(dtype))
+
+    def kept_values(self) -> torch.Tensor:
+        """s·(q − z) (out, in/2) from the int4 codes, in the scales' dtype."""
+        return dequantize_int4(self.packed, self.scales, self.zeros, self.group_size).to(self.scales.dtype)
+
 def decoder_linear_names(model: nn.Module) -> list[str]:
     """The decoder linears of a lab `GPT`: "layers.{i}.{name}" for name in `lab.layerwise.LINEARS`."""
     return [f"layers.{i}.{name}" for i in range(len(model.layers)) for name in LINEARS]
+
+
+def decoder_linear_shapes(config: GPTConfig) -> tuple[tuple[int, int], ...]:
+    """The distinct (out_features, in_features) of a lab GPT's decoder linears (one layer built on ``meta``)."""
+    with torch.device("meta"):
+        model = GPT(dataclasses.replace(config, n_layer=1))
+    return tuple(sorted({(lin.out_features, lin.in_features)
+                         for lin in (model.get_submodule(name) for name in decoder_linear_names(model))}))
 
 
 def _check_names(model: nn.Module, names: list[str]) -> None:

@@ -2,7 +2,7 @@
 
 Weights are known ahead of time, so their range is simply their min–max. Activations change with
 every input; static quantization fixes (s, z) once from calibration batches, dynamic quantization
-recomputes them for each token at run time (`lab.quant.w8a8`). An observer sees the calibration
+recomputes them for each token at run time (`lab.quant.linear.W8A8Linear`). An observer sees the calibration
 activations one batch at a time (``update``) and proposes a range (``range``), then
 ``qparams(bits, symmetric)`` turns it into (s, z) with `lab.quant.affine.qparams`:
 

@@ -22,18 +22,22 @@ import torch
 from tqdm.auto import tqdm
 
 from lab.core.timing import check_then_time, time_ms
-from lab.kernels.int4_gemv_v2 import MAX_M as V2_MAX_M
-from lab.kernels.int4_gemv_v2 import int4_gemv_v2
-from lab.kernels.int4_matmul import int4_weight_only_matmul
-from lab.kernels.int8_matmul import int8_matmul, tuned_block
+from lab.formats.int4 import pack_int4_v2
+from lab.kernels.int4 import MAX_M as V2_MAX_M
+from lab.kernels.int4 import int4_gemv_v2, int4_weight_only_matmul
+from lab.kernels.int8 import int8_matmul, tuned_block
+from lab.kernels.aot.shapes import MatmulShapes
+from lab.models.pretrained import book_config
 from lab.quant.affine import dequantize, quantize
-from lab.quant.linear import int4_model, quantize_rows_symmetric, w8a8_quantize_model
+from lab.quant.linear import decoder_linear_shapes, int4_model, quantize_rows_symmetric, w8a8_quantize_model
 from lab.quant.model import quantize_model
-from lab.quant.packing import pack_int4_v2, pack_quantized_weight
+from lab.quant.packing import pack_quantized_weight
 from lab.core.runtime import seed_everything
 
 BATCHES = (1, 4, 16, 64, 256, 4096)
 QUICK_BATCHES = (1, 16)
+GROUP_SIZE = 128                # g of the matmul sweep
+DECODE_GROUP_SIZE = 64          # g of the decode's RTN int4 (the book's d_ff = 704 is no multiple of 128)
 
 
 def weight_size(device: torch.device, quick: bool) -> int:
@@ -50,7 +54,7 @@ def _torch_int4pack(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, 
 
 
 def bench_int4(device: torch.device, quick: bool = False, progress: bool = True, *, size: int | None = None,
-               batches: Sequence[int] | None = None, group_size: int = 128) -> list[dict]:
+               batches: Sequence[int] | None = None, group_size: int = GROUP_SIZE) -> list[dict]:
     """One row per batch M: y = x Ŵᵀ with Ŵ (N, K = ``size``) in int4, groups of ``group_size``, per path.
 
     Defaults: the suite's N = K (`_size`) and batches (`BATCHES`, or `QUICK_BATCHES` with ``quick``).
@@ -143,13 +147,22 @@ def bench_decode(device: torch.device, quick: bool = False, progress: bool = Tru
     models = {"bf16" if device.type == "cuda" else "fp32": base.to(dtype)}
     models["w8a8"] = w8a8_quantize_model(copy.deepcopy(base))
     int4 = copy.deepcopy(base).float()
-    report = quantize_model(int4, "rtn", 4, group_size=64, progress=False)
+    report = quantize_model(int4, "rtn", 4, group_size=DECODE_GROUP_SIZE, progress=False)
     models["int4_weight_only"] = int4_model(int4, report, scale_dtype=dtype).to(dtype)
     out = {}
     for name, model in tqdm(models.items(), desc="decode", disable=not progress):
         ms = time_ms(lambda: model(ids), device, 5 if quick else 50)
         out[name] = {"ms_per_token": ms, "tokens_per_s": 1e3 / ms}
     return out
+
+
+def kernel_shapes() -> list[MatmulShapes]:
+    """The int4 / int8 matmuls this suite runs on a GPU, for the ahead-of-time compile (`lab.kernels.aot.shapes`):
+    the sweep at N = K = 8192 and the one-token decode of the book's model (its decoder linears at M = 1)."""
+    size = weight_size(torch.device("cuda"), quick=False)
+    return [MatmulShapes("quant bench matmul", ("int4", "int8"), BATCHES, ((size, size),), GROUP_SIZE),
+            MatmulShapes("quant bench decode (book model)", ("int4", "int8"), (1,), decoder_linear_shapes(book_config()),
+                         DECODE_GROUP_SIZE)]
 
 
 def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:

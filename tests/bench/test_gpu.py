@@ -15,7 +15,7 @@ import torch
 
 import lab.bench.gpu as gpu
 import lab.bench.stages as stages
-from lab.bench import main
+from lab.bench.__main__ import main
 from lab.core.records import REPO_ROOT
 
 PROVENANCE = ("device", "device_type", "torch", "triton", "python", "date", "command")
@@ -54,7 +54,7 @@ def test_dry_run_records_hold_the_measurements(dry_run):
     tests = records["cuda_tests"]
     assert tests["passed"] == tests["failed"] == tests["errors"] == 0 and tests["failures"] == []
     assert tests["skipped"] >= 9 and "skipped" in tests["note"]        # every CUDA test, skipped on the CPU
-    assert "tests/kernels/test_int4_int8_kernels.py" in tests["files"] and "-m cuda" in tests["pytest_command"]
+    assert "tests/kernels/test_int4.py" in tests["files"] and "-m cuda" in tests["pytest_command"]
     kernels = records["kernels"]
     assert {"int4", "int8", "sparse24", "paged_decode", "ceilings"} <= set(kernels)
     assert [row["M"] for row in kernels["int4"]] == list(gpu.KERNEL_SHAPES["dry"]["int4"]["batches"])
@@ -170,7 +170,7 @@ def test_junit_summary_counts_and_failures(tmp_path):
 
 def test_cuda_test_files_are_the_marked_ones():
     files = {str(p.relative_to(stages.REPO_ROOT)) for p in stages.cuda_test_files()}
-    assert {"tests/kernels/test_int4_int8_kernels.py", "tests/infer/test_paged.py",
+    assert {"tests/kernels/test_int4.py", "tests/kernels/test_paged_attention.py",
             "tests/params/test_offload_sharing.py"} <= files
     assert "tests/bench/test_gpu.py" not in files and "tests/test_notebooks.py" not in files
 

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from lab.core.atomic import atomic_write_json
-from lab.bench import bench_command, main
+from lab.bench import bench_command
+from lab.bench.__main__ import main
 from lab.core.records import REPO_ROOT, device_kind, load_results, provenance
 from lab.params.offload import MODES
 from lab.params.counting import block_param_count
@@ -195,7 +196,7 @@ def test_offload_peak_is_read_before_the_logits_check(monkeypatch):
 
 
 def test_prune_suite_quick_cpu_record(tmp_path):
-    from lab.prune.semi_structured import compressed_nbytes
+    from lab.formats.sparse24 import compressed_nbytes
 
     argv = ["prune", "--quick", "--out", str(tmp_path), "--device", "cpu", "--no-progress"]
     path = main(argv)

@@ -1,120 +1,114 @@
-"""lab.bench.static: the sm_90 static model of the kernels, its arithmetic, its record and the static targets.
-
-The targets are compiled here (under the pinned triton; `make kernels-static` writes the committed record
-under 3.6.0, the GPU machine's): the int4 v2 GEMV on 8192 × 8192, g = 128 must be issue-bound at no more
-than 0.8 of its memory-bound time at the H200's 4.8 TB/s at M = 1, and within 1.3× of that time at M = 16;
-the paged v2 decode must run at least 132 programs at B = 1 (2,048 tokens, 32 / 8 heads, head dim 128);
-every global load in the main loop of the 2:4 v2 kernel must be a vector of at least 8 bytes per thread.
-"""
+"""lab.bench.static: the command line that compiles the callers' shapes for sm_90, models them, and writes
+one record; and the committed record, which must not go stale."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
+import triton
 
-from lab.bench import main, static
-from lab.kernels.compile import Launch
+import lab.kernels.aot.compile as aot_compile
+from lab.bench import static
+from lab.bench.__main__ import main
+from lab.kernels.aot import model as static_model
+from lab.kernels.aot.compile import failures
+from lab.kernels.aot.shapes import MatmulShapes, PagedShapes
+from lab.kernels.aot.sm90 import DEVICE_LABEL, occupancy
+from tests.kernels.aot.test_compile import current_configurations
 
 FIELDS = ("version", "kernel", "shape", "bytes", "warp_instructions", "issue_bound_us", "memory_bound_us_h200",
           "programs")
 
 
-def test_the_v2_kernels_meet_their_static_targets():
-    rows = [r for r in static.rows() if (r.kernel == "int4_gemv_v2" and r.shape["M"] in (1, 16))
-            or (r.kernel == "paged_attention_v2" and r.shape["B"] == 1) or r.kernel == "sparse24_matmul_v2"]
-    m1, m16, sparse1, sparse16, paged = static.model(rows, jobs=1, progress=False)["rows"]
-    # 2:4 v2 on 8192 × 8192: every global load of the main loop a vector of >= 8 bytes per thread
-    for sparse in (sparse1, sparse16):
-        widths = sparse["kernels"][0]["global_load_bytes"]
-        assert widths and min(widths) >= 8, (sparse["shape"], widths)
-    # paged v2 at B = 1, 2,048 cached tokens, 32 query / 8 kv heads, head dim 128: >= 132 programs
-    assert paged["shape"]["B"] == 1 and paged["programs"] >= 132, paged
-    assert "LDGSTS" in paged["kernels"][0]["main_loop_mnemonics"]        # K / V blocks loaded asynchronously
-    assert (m1["shape"]["M"], m16["shape"]["M"]) == (1, 16)
-    assert m1["issue_bound_us"] <= 0.8 * m1["memory_bound_us_h200"], m1
-    assert m16["predicted_us_h200"] <= 1.3 * m1["predicted_us_h200"], (m16, m1)
-    assert m1["programs"] >= 4 * 132 and m16["programs"] >= 132
-    main_kernel = m1["kernels"][0]["main_loop_mnemonics"]
-    assert "HGMMA" in main_kernel and "I2F" not in main_kernel          # wgmma, and no int → float conversion
+@pytest.fixture(scope="module")
+def configs():
+    return current_configurations()
 
 
-def _launch(kernel: str, grid: tuple, warps: int, args: tuple = ()) -> Launch:
-    return Launch(kernel, args, (("num_warps", warps),), grid)
+@pytest.fixture
+def one_configuration(configs, monkeypatch):
+    """The run reduced to one int8 configuration and the one static-model row that compiles to it."""
+    small = next(c for c in configs if c.launch.kernel == "int8_matmul" and "M=1 N=8192 K=8192 out=bf16" in c.sources[0])
+    monkeypatch.setattr(static, "configurations", lambda launches: [small])
+    row = next(r for r in static_model.rows() if r.kernel == "int8_matmul" and r.shape["M"] == 1)
+    monkeypatch.setattr(static_model, "rows", lambda: [row])
+    return small
 
 
-def _compiled(loop: int, total: int) -> dict:
-    return {"main_loop": {"instructions": loop, "classes": {}, "mnemonics": {}}, "sass_instructions": total,
-            "registers": 32}
+def test_every_caller_declares_its_shapes():
+    found = static.shapes()
+    assert all(isinstance(s, (MatmulShapes, PagedShapes)) for s in found)
+    labels = {s.label for s in found}
+    assert {"quant bench matmul", "gpu run kernels stage", "prune bench 2:4 linear", "infer bench (book model)",
+            "infer bench serving (book model)", "test cuda paged decode"} <= labels
 
 
-def test_the_model_arithmetic_on_synthetic_compiles():
-    """v2 at M = 1 on 1024 × 1024, g = 128: 4 N tiles × 8 groups = 32 loop iterations in all; a reduction of
-    4 splits over 32 programs of 1 warp."""
-    row = static.Row("v2", "int4_gemv_v2", {"M": 1, "N": 1024, "K": 1024, "g": 128}, static.torch.bfloat16,
-                     lambda: None)
-    launches = [_launch("int4_gemv_v2", (4, 4), 8), _launch("int4_gemv_v2_reduce", (32,), 1, (None, None, 1024, 4))]
-    rates = static.ceilings()
-    out = static.predict(row, launches, [_compiled(100, 300), _compiled(10, 50)], rates)
-    main_instr = 8 * (100 * 32 + 16 * 200)           # warps · (I_loop · T + programs · I_rest)
-    reduce_instr = 1 * (10 * 4 * 32 + 32 * 40)
-    assert out["warp_instructions"] == main_instr + reduce_instr
-    expected_issue = (main_instr / (min(528, 16 * 8) * static.CLOCK_HZ)
-                      + reduce_instr / (min(528, 32) * static.CLOCK_HZ)) * 1e6
-    assert out["issue_bound_us"] == pytest.approx(expected_issue)
-    n_bytes = 1024 * 1024 // 2 + 2 * 8 * 1024 * 2 + 2 * 1024 + (2 * 4 * 1024 * 4 + 2 * 1024)
-    assert out["bytes"] == n_bytes and out["programs"] == 16 and out["launches"] == 2
-    assert out["memory_bound_us_h200"] == pytest.approx(n_bytes / rates["h200"].bandwidth * 1e6)
-    assert out["predicted_us_h200"] == max(out["issue_bound_us"], out["memory_bound_us_h200"],
-                                           out["compute_bound_us_h200"])
-    assert out["compute_bound_us_h200"] == pytest.approx(2 * 1024 * 1024 / rates["h200"].peak_flops * 1e6)
-
-
-def test_a_kernel_that_fails_to_compile_is_an_error():
-    row = static.rows()[0]
-    with pytest.raises(RuntimeError, match=r"int4_matmul at .* does not compile: boom"):
-        static.predict(row, [_launch("int4_matmul", (1, 1, 1), 4)], [{"error": "x", "error_summary": "boom"}],
-                       static.ceilings())
-
-
-def test_the_committed_record_covers_the_rows_with_provenance(repo_root):
-    record = json.loads((repo_root / "results" / static.OUT_NAME).read_text())
-    for field in ("device", "torch", "triton", "python", "date", "command"):
-        assert record[field], field
-    assert record["triton"] == "3.6.0" and record["command"].startswith("python -m lab.bench static")
-    recorded = [(r["version"], r["kernel"], r["shape"]) for r in record["rows"]]
-    assert recorded == [(r.version, r.kernel, r.shape) for r in static.rows()], "refresh: make kernels-static"
-    bandwidth = record["ceilings"]["h200"]["bandwidth_bytes_per_s"]
-    for r in record["rows"]:
-        assert all(r[f] is not None for f in FIELDS)
-        assert r["memory_bound_us_h200"] == pytest.approx(r["bytes"] / bandwidth * 1e6)
-        assert r["issue_bound_us"] >= r["warp_instructions"] / static.ISSUE_RATE * 1e6 * (1 - 1e-12)
-        assert r["predicted_us_h200"] >= max(r["issue_bound_us"], r["memory_bound_us_h200"])
-    v1, v2 = ([r for r in record["rows"] if r["version"] == v and r["kernel"].startswith("int4")
-               and r["shape"]["M"] == 1][0] for v in ("v1", "v2"))
-    assert v2["issue_bound_us"] <= 0.8 * v2["memory_bound_us_h200"] < v1["issue_bound_us"]
-
-
-def test_bad_jobs_is_a_usage_error(capsys):
+def test_bad_jobs_is_a_usage_error(capsys, monkeypatch):
+    monkeypatch.setattr(static, "shapes", lambda: pytest.fail("must not enumerate"))
     with pytest.raises(SystemExit):
         main(["static", "--jobs", "0"])
     assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
 
 
-def test_issue_rate_is_the_datasheet_product():
-    assert static.ISSUE_RATE == 132 * 4 * 1.98e9 and math.isclose(static.ISSUE_RATE, 1.04544e12)
+def test_the_command_writes_one_record_with_provenance(one_configuration, tmp_path, capsys):
+    path = main(["static", "--out", str(tmp_path), "--jobs", "1", "--no-progress"])
+    record = json.loads(path.read_text())
+    assert path.name == "kernels_sm90.json"
+    assert record["device"] == DEVICE_LABEL and record["triton"] == triton.__version__
+    assert {"torch", "python", "date", "host"} <= set(record)
+    assert record["command"] == f"python -m lab.bench static --out {tmp_path} --jobs 1 --no-progress"
+    assert record["ok"] and record["n_configurations"] == 1
+    assert record["configurations"][0]["name"] == one_configuration.name
+    assert [r["kernel"] for r in record["rows"]] == ["int8_matmul"] and record["rows"][0]["bytes"] > 0
+    out = capsys.readouterr().out
+    assert one_configuration.name in out and "int8_matmul" in out                 # both tables
 
 
-def test_headline_and_table_rows_read_the_record(repo_root):
-    record = json.loads((repo_root / "results" / static.OUT_NAME).read_text())
-    h = static.headline(record)
-    int4 = static.int4_rows(record)
-    assert h["static_v2_issue_over_memory_m1"] == int4["v2", 1]["issue_bound_us"] / int4["v2", 1]["memory_bound_us_h200"]
-    assert h["static_v1_warp_instr_per_kb"] == int4["v1", 1]["warp_instructions"] / (8192 * 8192 / 2 / 1024)
-    bf16 = 2 * (8192 * 8192 + 2 * 8192) / record["ceilings"]["h200"]["bandwidth_bytes_per_s"] * 1e6
-    assert h["static_bf16_over_v2_m1"] == pytest.approx(bf16 / int4["v2", 1]["predicted_us_h200"])
-    assert h["static_paged_programs_b1"] == 8 and h["static_paged_v2_programs_b1"] >= 132
-    rows = static.table_rows(record)
-    assert len(rows) == len(record["rows"]) and rows[0]["warp-instr / weight"] > 0
-    assert next(r for r in rows if r["kernel"] == "paged_attention")["warp-instr / weight"] is None
+def test_the_command_fails_naming_the_configuration(one_configuration, tmp_path, monkeypatch, capsys):
+    small = one_configuration
+    spilled = {"name": small.name, "kernel": "int8_matmul", **small.spec, "registers": 255, "spill_stores": 8,
+               "spill_loads": 8, "stack_frame": 8, "shared_memory": {"dynamic": 0, "static": 0, "total": 0},
+               "occupancy": occupancy(255, 0, 4), "main_loop": None, "sources": small.sources}
+    spilled["failures"] = failures(spilled)
+    monkeypatch.setattr(aot_compile, "compile_all", lambda configs, jobs, progress: [spilled])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["static", "--out", str(tmp_path), "--no-progress"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert f"FAILED {small.name}" in err and "register spills: 8 bytes stored" in err
+    record = json.loads((tmp_path / "kernels_sm90.json").read_text())
+    assert record["ok"] is False and "rows" not in record
+
+
+@pytest.fixture(scope="module")
+def committed(repo_root) -> dict:
+    return json.loads((repo_root / "results" / static.OUT_NAME).read_text())
+
+
+def test_the_committed_record_covers_every_configuration_the_wrappers_launch_now(committed, configs):
+    """results/kernels_sm90.json (CI recompiles everything into _build/) lists the same compilations as the
+    wrappers launch today for the shapes the callers declare, each compiled with no failure."""
+    def key(kernel: str, spec: dict) -> tuple:
+        return kernel, json.dumps([spec[k] for k in ("constexprs", "signature", "num_warps")], sort_keys=True)
+
+    recorded = {key(r["kernel"], r) for r in committed["configurations"]}
+    assert recorded == {key(c.launch.kernel, c.spec) for c in configs}, "refresh the record: make kernels-static"
+    assert committed["ok"] and all(r["failures"] == [] for r in committed["configurations"])
+
+
+def test_the_committed_record_covers_the_rows_with_provenance(committed):
+    for field in ("device", "torch", "triton", "python", "date", "command"):
+        assert committed[field], field
+    assert committed["triton"] == "3.6.0" and committed["command"].startswith("python -m lab.bench static")
+    recorded = [(r["version"], r["kernel"], r["shape"]) for r in committed["rows"]]
+    assert recorded == [(r.version, r.kernel, r.shape) for r in static_model.rows()], "refresh: make kernels-static"
+    bandwidth = committed["ceilings"]["h200"]["bandwidth_bytes_per_s"]
+    for r in committed["rows"]:
+        assert all(r[f] is not None for f in FIELDS)
+        assert r["memory_bound_us_h200"] == pytest.approx(r["bytes"] / bandwidth * 1e6)
+        assert r["issue_bound_us"] >= r["warp_instructions"] / static_model.ISSUE_RATE * 1e6 * (1 - 1e-12)
+        assert r["predicted_us_h200"] >= max(r["issue_bound_us"], r["memory_bound_us_h200"])
+    v1, v2 = ([r for r in committed["rows"] if r["version"] == v and r["kernel"].startswith("int4")
+               and r["shape"]["M"] == 1][0] for v in ("v1", "v2"))
+    assert v2["issue_bound_us"] <= 0.8 * v2["memory_bound_us_h200"] < v1["issue_bound_us"]

@@ -58,7 +58,7 @@ def test_no_measured_label_without_a_record(tmp_path):
     atomic_write_json(tmp_path / "gpu_kernels_nvidia-h200.json", _record("NVIDIA H200"))       # another GPU
     atomic_write_json(tmp_path / "gpu_infer_nvidia-h100-80gb-hbm3.json",                       # a failed stage
                       {k: v for k, v in _record(H100).items() if k != "ceilings"} | {"status": "failed"})
-    atomic_write_json(tmp_path / "kernels_sm90_static.json", {"device": "sm_90", "device_type": "cuda"})
+    atomic_write_json(tmp_path / "kernels_sm90.json", {"device": "sm_90", "device_type": "cuda"})
     atomic_write_json(tmp_path / "quant_nvidia-h100-80gb-hbm3.json", _record(H100))            # not a ceiling record
     for device in ("h100-sxm5", H100):
         c = device_ceilings(device, root=tmp_path)

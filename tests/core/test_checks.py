@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lab.core.checks import (check_choice, check_divisor, check_float_tensor, check_fraction, check_int, check_matrix,
-                        check_number, check_power_of_two, check_tensor)
+                             check_number, check_power_of_two, check_tensor)
 
 
 def test_check_int():

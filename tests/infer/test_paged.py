@@ -1,28 +1,22 @@
-"""lab.infer.paged, lab.kernels.paged_attention and lab.infer.scheduler.
+"""lab.infer.paged and lab.infer.scheduler.
 
 References: invariants of the block allocator under random admission, growth and retirement
-(hypothesis); a float64 per-sequence softmax attention for the decode kernel (under
-TRITON_INTERPRET=1 on the CPU, on CUDA when present); the static-cache forward for the paged one;
-`lab.infer.generate` run on each request alone for the scheduler's outputs.
+(hypothesis); the static-cache forward for the paged one; `lab.infer.generate` run on each request
+alone for the scheduler's outputs. The decode kernel (`lab.kernels.paged_attention`) is tested in
+tests/kernels/test_paged_attention.py.
 """
 
 from __future__ import annotations
-
-import importlib
-import math
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.core import runtime
 from lab.infer import BlockAllocator, OutOfBlocksError, PagedKVCache, Request, forward_cached, generate, serve
 from lab.infer.scheduler import synthetic_trace
-from lab.kernels import paged_attention as paged_module
 from lab.models import GPT, GPTConfig
 
-NO_CUDA = not torch.cuda.is_available()
 CFG = GPTConfig(vocab_size=101, context_length=64, d_model=32, n_layer=2, n_head=4, n_kv_head=2, d_ff=64)
 
 
@@ -97,109 +91,6 @@ def test_allocator_slots_and_errors():
             alloc.allocate("d", bad)
     with pytest.raises(ValueError, match="num_blocks"):
         BlockAllocator(0, 4)
-
-
-# --- the decode kernel ---------------------------------------------------------------------------------
-
-def _paged_inputs(B, H, H_kv, D, block_size, lengths, dtype, seed):
-    g = torch.Generator().manual_seed(seed)
-    max_blocks = max(math.ceil(n / block_size) for n in lengths) + 1
-    num_blocks = B * max_blocks + 2
-    q = torch.randn(B, H, D, generator=g).to(dtype)
-    k_pool = torch.randn(num_blocks, block_size, H_kv, D, generator=g).to(dtype)
-    v_pool = torch.randn(num_blocks, block_size, H_kv, D, generator=g).to(dtype)
-    tables = torch.randperm(num_blocks, generator=g)[:B * max_blocks].view(B, max_blocks).int()
-    return q, k_pool, v_pool, tables, torch.tensor(lengths, dtype=torch.int32)
-
-
-def _reference(q, k_pool, v_pool, tables, lengths):
-    """float64, one sequence and one head at a time, from the slot formula."""
-    B, H, D = q.shape
-    block_size, H_kv = k_pool.shape[1], k_pool.shape[2]
-    out = torch.empty(B, H, D, dtype=torch.float64)
-    for b in range(B):
-        slots = [int(tables[b, t // block_size]) * block_size + t % block_size for t in range(int(lengths[b]))]
-        k, v = k_pool.reshape(-1, H_kv, D)[slots].double(), v_pool.reshape(-1, H_kv, D)[slots].double()
-        for h in range(H):
-            j = h // (H // H_kv)
-            out[b, h] = torch.softmax(k[:, j] @ q[b, h].double() / math.sqrt(D), 0) @ v[:, j]
-    return out
-
-
-@pytest.fixture
-def interpreted():
-    with runtime.triton_interpret():
-        yield importlib.reload(paged_module)
-    importlib.reload(paged_module)
-
-
-CASES = [(1, 4, 4, 16, 4, [1]), (3, 8, 2, 32, 16, [1, 17, 48]), (2, 6, 2, 16, 8, [9, 8]),
-         (4, 8, 1, 64, 4, [5, 2, 13, 4])]
-
-
-@pytest.mark.parametrize("B, H, H_kv, D, block_size, lengths", CASES)
-def test_paged_decode_torch_path_matches_float64(B, H, H_kv, D, block_size, lengths):
-    args = _paged_inputs(B, H, H_kv, D, block_size, lengths, torch.float32, seed=B + D)
-    out = paged_module.paged_attention_decode(*args)
-    assert (out.double() - _reference(*args)).abs().max() < 1e-5
-
-
-@pytest.mark.parametrize("B, H, H_kv, D, block_size, lengths", CASES)
-def test_paged_decode_kernel_under_interpreter_matches_float64(interpreted, monkeypatch, B, H, H_kv, D,
-                                                               block_size, lengths):
-    args = _paged_inputs(B, H, H_kv, D, block_size, lengths, torch.float32, seed=B * D)
-    monkeypatch.setattr(interpreted.torch, "empty_like", lambda t: torch.full_like(t, float("nan")))
-    out = interpreted.paged_attention_decode(*args)
-    assert not out.isnan().any(), "the kernel left outputs unwritten"
-    assert (out.double() - _reference(*args)).abs().max() < 1e-5
-
-
-def _with_entry(tables: torch.Tensor, b: int, i: int, value: int) -> torch.Tensor:
-    tables = tables.clone()
-    tables[b, i] = value
-    return tables
-
-
-def test_paged_decode_ignores_table_entries_past_a_sequences_length():
-    """Entries a sequence does not use may hold anything (−1 padding): both paths give the same output."""
-    args = _paged_inputs(2, 4, 2, 16, 4, [5, 3], torch.float32, seed=0)
-    tables = args[3].clone()
-    tables[1, 1:] = -1                                   # sequence 1 (3 tokens) uses one block only
-    out = paged_module.paged_attention_decode(*args[:3], tables, args[4])
-    assert torch.equal(out, paged_module.paged_attention_decode(*args))
-
-
-def test_paged_decode_kernel_fp16_under_interpreter(interpreted):
-    args = _paged_inputs(2, 4, 2, 32, 8, [11, 3], torch.float16, seed=3)
-    out = interpreted.paged_attention_decode(*args)
-    assert out.dtype == torch.float16 and (out.double() - _reference(*args)).abs().max() < 5e-3
-
-
-@pytest.mark.parametrize("change, error, match", [
-    (lambda a: (a[0].double(), *a[1:]), TypeError, "q must be"),
-    (lambda a: (a[0], a[1][..., :8], *a[2:]), ValueError, "k_pool and v_pool"),
-    (lambda a: (*a[:3], a[3].long(), a[4]), TypeError, "tables must be int32"),
-    (lambda a: (*a[:4], torch.tensor([0, 3], dtype=torch.int32)), ValueError, "lengths must lie"),
-    (lambda a: (*a[:4], torch.tensor([99, 3], dtype=torch.int32)), ValueError, "lengths must lie"),
-    # a block-table entry a sequence uses must be a block of the pool (−1 silently read the last block)
-    (lambda a: (*a[:3], _with_entry(a[3], 0, 1, -1), a[4]), ValueError, r"tables\[0, 1\]=-1 is not a block"),
-    (lambda a: (*a[:3], _with_entry(a[3], 1, 0, a[1].shape[0]), a[4]), ValueError,
-     r"tables\[1, 0\]=\d+ is not a block of the pool: .* \[0, num_blocks=\d+\)"),
-])
-def test_paged_decode_rejects_bad_input(change, error, match):
-    args = _paged_inputs(2, 4, 2, 16, 4, [5, 3], torch.float32, seed=0)
-    with pytest.raises(error, match=match):
-        paged_module.paged_attention_decode(*change(args))
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_paged_decode_kernel_on_gpu(dtype):
-    args = _paged_inputs(5, 32, 8, 128, 16, [1, 16, 17, 200, 513], dtype, seed=1)
-    out = paged_module.paged_attention_decode(*(a.cuda() for a in args))
-    tol = 1e-4 if dtype == torch.float32 else 2e-2
-    assert (out.cpu().double() - _reference(*args)).abs().max() < tol
 
 
 # --- the paged cache in the model --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from lab.bench import main
+from lab.bench.__main__ import main
 from lab.infer.suite import CONFIGS, LLAMA2_7B_SHAPE, LLAMA2_70B_SHAPE, quantized
 from lab.infer.roofline import (
     decode_step_cost,
@@ -130,18 +130,6 @@ def test_storage_formats_priced_without_building_them(tiny):
     assert cost["bytes"] == weight_bytes(big) - 2 * linear + linear * 4.25 / 8 + 2048 * 2 * 32 * 1024 * 2
 
 
-def test_step_latencies(tiny):
-    from lab.infer.suite import step_latencies
-
-    ids = torch.randint(0, 300, (2, 12))
-    for kv_cache in (True, False):
-        times = step_latencies(tiny, ids, 4, kv_cache, repeats=2)
-        assert len(times) == 8 and all(t > 0 for t in times)
-    assert len(step_latencies(tiny, ids, 4, True, chunk=3)) == 2             # steps at positions 4 and 7
-    with pytest.raises(ValueError, match="prompt_len"):
-        step_latencies(tiny, ids, 12, True)
-
-
 def test_llama2_7b_shape_is_llama_2_7b():
     """Llama-2-7B: 6,738,415,616 parameters (Touvron et al., 2023; the Hugging Face checkpoint), 32 kv heads."""
     assert gpt_param_count(LLAMA2_7B_SHAPE) == 6_738_415_616
@@ -160,7 +148,7 @@ def test_llama2_70b_shape_is_llama_2_70b():
 
 def test_paged_decode_bench_checks_then_times(monkeypatch):
     from lab.infer.suite import bench_paged_decode
-    from lab.kernels import paged_attention, paged_attention_v2
+    from lab.kernels import paged_attention
 
     kwargs = dict(heads=((4, 2), (4, 4)), head_dim=16, batches=(1, 3), context=40, block_size=16)
     rows = bench_paged_decode(torch.device("cpu"), quick=True, progress=False, bandwidth=1e10, **kwargs)
@@ -171,6 +159,6 @@ def test_paged_decode_bench_checks_then_times(monkeypatch):
         assert r["kv_bytes"] == 2 * r["B"] * r["H_kv"] * 16 * 4 * 48            # 40 positions use 3 blocks of 16
         assert r["fraction_of_copy_bandwidth"] > 0
     monkeypatch.setattr(paged_attention, "paged_attention_decode", lambda q, *args, **kw: torch.zeros_like(q))
-    monkeypatch.setattr(paged_attention_v2, "paged_attention_decode_v2", lambda q, *args, **kw: torch.zeros_like(q))
+    monkeypatch.setattr(paged_attention, "paged_attention_decode_v2", lambda q, *args, **kw: torch.zeros_like(q))
     broken = bench_paged_decode(torch.device("cpu"), quick=True, progress=False, **kwargs)
     assert all(r["ms"] is None and "exceeds" in r["wrong"] and "gb_per_s" not in r for r in broken)

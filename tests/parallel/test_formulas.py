@@ -12,7 +12,7 @@ import pytest
 from lab.parallel.comm import ring_sent_bytes
 from lab.parallel.experiments import max_in_flight, measured_bubble
 from lab.parallel.formulas import (H100_SXM, LLAMA2_7B, LLAMA2_70B, bubble_fraction, parallel_plan, ring_factor,
-                               smallest_plans, tp_allreduce_bytes_per_layer, zero_memory, zero_traffic_elements)
+                                   smallest_plans, tp_allreduce_bytes_per_layer, zero_memory, zero_traffic_elements)
 from lab.parallel.launch import default_backend
 from lab.parallel.pipeline import interleaved_order, layer_split, schedule_order, simulate_schedule
 

@@ -17,14 +17,16 @@ from lab.params.counting import (
     parameter_table,
     plot_parameter_breakdown,
 )
-from lab.params.memory import (
-    activation_bytes,
+from lab.params.measured_memory import (
     cache_nbytes,
-    inference_memory,
-    kv_cache_bytes,
     measure_decode_memory_cuda,
     measure_training_memory_cpu,
     measure_training_memory_cuda,
+)
+from lab.params.memory import (
+    activation_bytes,
+    inference_memory,
+    kv_cache_bytes,
     training_memory,
     training_peak_bytes,
 )

@@ -12,7 +12,7 @@ from lab.params.counting import gpt_param_count
 from lab.models.gpt import GPTConfig
 from lab.params.lora import (FrozenInt4Linear, LoRALinear, add_lora, decoder_linear_shapes, lora_memory,
                              lora_training_memory, merge_logit_error, merge_lora, trainable_parameters)
-from lab.params.memory import measure_training_memory_cpu
+from lab.params.measured_memory import measure_training_memory_cpu
 from lab.quant.affine import dequantize
 from lab.quant.linear import Int4Linear, int4_model
 from lab.quant.model import quantize_model

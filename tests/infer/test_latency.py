@@ -1,4 +1,4 @@
-"""lab.infer.suite.speculative_speedup: the measured c, r_k and speed-up of speculative decoding.
+"""lab.infer.latency: per-step latencies, and the measured c, r_k and speed-up of speculative decoding.
 
 References: the definitions c = t_draft / t_target and r_k = t_target(k + 1) / t_target(1), checked
 with step times fixed by hand (the timer replaced), and a real run on a tiny random target and its
@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from lab.distill import gpt_student
-from lab.infer import bench
-from lab.infer.suite import speculative_speedup
+from lab.infer import latency
+from lab.infer.latency import speculative_speedup, step_latencies
 from lab.models import GPT, GPTConfig
 
+STEPS_CFG = GPTConfig(vocab_size=300, context_length=64, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=128)
 CFG = GPTConfig(vocab_size=64, context_length=64, d_model=32, n_layer=3, n_head=4, n_kv_head=2, d_ff=64)
 
 
@@ -41,7 +42,7 @@ def test_c_and_r_follow_their_definitions(pair, monkeypatch):
         base = 4.0 if model is target else 1.0
         return [base * (1 + 0.25 * (chunk - 1)), 100.0, base * (1 + 0.25 * (chunk - 1))]  # median: base·(…)
 
-    monkeypatch.setattr(bench, "step_latencies", fake_steps)
+    monkeypatch.setattr(latency, "step_latencies", fake_steps)
     prompts, ids = _inputs()
     out = speculative_speedup(target, draft, prompts, 3, [1, 2], ids, 8, repeats=1, step_repeats=2)
     assert out["target_step_ms"] == 4.0 and out["draft_step_ms"] == 1.0 and out["c"] == 0.25
@@ -68,3 +69,14 @@ def test_bad_arguments_are_named(pair, bad, match):
     kwargs = dict(prompts=prompts, new_tokens=3, ks=[1], ids=ids, prompt_len=8) | bad
     with pytest.raises(ValueError, match=match):
         speculative_speedup(target, draft, **kwargs)
+
+
+def test_step_latencies(tiny_gpt):
+    tiny = tiny_gpt(**STEPS_CFG.to_dict())
+    ids = torch.randint(0, 300, (2, 12))
+    for kv_cache in (True, False):
+        times = step_latencies(tiny, ids, 4, kv_cache, repeats=2)
+        assert len(times) == 8 and all(t > 0 for t in times)
+    assert len(step_latencies(tiny, ids, 4, True, chunk=3)) == 2             # steps at positions 4 and 7
+    with pytest.raises(ValueError, match="prompt_len"):
+        step_latencies(tiny, ids, 12, True)

@@ -7,27 +7,34 @@ y (M, N) in ``out_dtype`` (bf16 by default):
     y[m, n] = a_scale[m] · b_scale[n] · Σ_k A_q[m, k] · B_q[n, k]
 
 The sum is exact in int32 (|Σ| ≤ 127²·K < 2³¹ for K < 133 000). The kernel (Triton-tutorial
-tiling) loads int8 tiles, accumulates tl.dot into an int32 tile on the int8 tensor cores (twice the
-bf16 tensor-core rate on Hopper), and multiplies by the two scale vectors before the single store:
-no int32 (M, N) matrix ever goes to memory, which is what `torch._int_mm` followed by separate
-scaling has to do (4 bytes per output written and read again).
+tiling) loads int8 tiles, accumulates tl.dot into an int32 tile on the int8 tensor cores, and
+multiplies by the two scale vectors before the single store: no int32 (M, N) matrix ever goes to
+memory, which is what `torch._int_mm` followed by separate scaling has to do (4 bytes per output
+written and read again).
 
 Program order and tile (what v2 of this kernel changes; the arithmetic is the same):
 * v1 launched a 2-D grid (row tiles, column tiles) whose first axis varies fastest when programs are
   dispatched: consecutive programs walk one column of output tiles top to bottom, sharing one column
   of B tiles and reading every row of A. Programs resident at one time then need all of A and a few
-  columns of B: at 4096 × 8192 × 8192, A's 32 MiB must stay in L2 or be read again for every wave.
+  columns of B: for a large A (prefill, M in the thousands) all of it must stay in L2 or be read again
+  for every wave.
   Grouped order (the Triton tutorial's "L2 cache optimisations") walks ``GROUP_M`` rows of tiles
   column by column, so a wave needs ``GROUP_M`` rows of A tiles and more columns of B: B is read once
   per group of rows, A about once. ``GROUP_M = 1`` is row order, and ``GROUP_M`` ≥ the number of row
   tiles is v1's column order again. Which order moves fewer bytes from HBM depends on the shape and on
-  the L2 (50 MB on an H100 SXM), so the tuning set holds both.
+  the size of the L2, so the tuning set holds both.
 * v1 used one hand-picked tile per M range. `candidates` lists a small set per range (the first is
   `block_sizes`: v1's tile, in grouped order above 128 rows); on a GPU `tuned_block` times each once
   per (device, M rounded up to a power of two, N, K, out dtype) with the one timer
   (`lab.core.timing.time_ms`) and keeps the fastest.
   Up to M = 128 (decode steps of a batch) there is a single candidate: a memory-bound product does not
   pay for a search, and a decode step may be captured in a CUDA graph, where nothing can be timed.
+
+Bytes moved per call (each operand read once), e the element size of ``out_dtype``:
+
+    M·K + N·K  (A_q, B_q)  +  4·(M + N)  (a_scale, b_scale)  +  e·M·N  (y)
+
+`call_bytes` computes it.
 
 `int8_matmul` dispatches: CUDA tensors → the Triton kernel; CPU tensors → the PyTorch path (the
 same integer sum, computed exactly in chunks) unless ``TRITON_INTERPRET=1`` (the kernel under
@@ -42,11 +49,49 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.core.checks import check_tensor
+from lab.core.checks import check_int, check_tensor
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_K = 133_000  # 127² · K must stay below 2³¹
 
+
+def _check(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+           out_dtype: torch.dtype) -> None:
+    for name, t in (("a", a), ("b", b)):
+        if not torch.is_tensor(t) or t.dtype != torch.int8 or t.dim() != 2:
+            raise TypeError(f"{name} must be a 2-D int8 tensor, got "
+                            f"{f'{t.dtype} {tuple(t.shape)}' if torch.is_tensor(t) else type(t).__name__}")
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"a (M, K) and b (N, K) must share K, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[1] >= MAX_K:
+        raise ValueError(f"K={a.shape[1]} must be < {MAX_K} for an exact int32 accumulator")
+    for name, t, n in (("a_scale", a_scale, a.shape[0]), ("b_scale", b_scale, b.shape[0])):
+        if not torch.is_tensor(t) or t.dtype != torch.float32 or tuple(t.shape) != (n,):
+            raise TypeError(f"{name} must be a float32 tensor of shape ({n},), got "
+                            f"{f'{t.dtype} {tuple(t.shape)}' if torch.is_tensor(t) else type(t).__name__}")
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
+    if len({a.device, b.device, a_scale.device, b_scale.device}) != 1:
+        raise ValueError("a, b, a_scale, b_scale must be on one device")
+
+
+# --- the PyTorch reference (the CPU path) ----------------------------------------------------------------
+
+def int8_matmul_torch(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+                      out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """The PyTorch path: the exact integer sum times the two scales.
+
+    The sum is formed in float32 over chunks of 1024 columns (|partial| ≤ 128²·1024 = 2²⁴, exactly
+    representable in float32) and the chunks are added in float64, so it equals the int32 sum.
+    """
+    _check(a, b, a_scale, b_scale, out_dtype)
+    acc = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
+    for k in range(0, a.shape[1], 1024):
+        acc += (a[:, k:k + 1024].float() @ b[:, k:k + 1024].float().T).double()
+    return (acc.float() * a_scale[:, None] * b_scale[None, :]).to(out_dtype)
+
+
+# --- the Triton kernel (v2: grouped program order; a tuning set per M range) -----------------------------
 
 # M is not specialised (no separate compilation for M = 1 or M divisible by 16): decode and prefill
 # shapes share one compilation per block size, on the GPU and in the static check.
@@ -82,40 +127,6 @@ def _int8_matmul_kernel(a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, y_ptr, M, N, K,
     y = acc.to(tl.float32) * a_scale[:, None] * b_scale[None, :]
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn,
              y.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
-
-
-def _check(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
-           out_dtype: torch.dtype) -> None:
-    for name, t in (("a", a), ("b", b)):
-        if not torch.is_tensor(t) or t.dtype != torch.int8 or t.dim() != 2:
-            raise TypeError(f"{name} must be a 2-D int8 tensor, got "
-                            f"{f'{t.dtype} {tuple(t.shape)}' if torch.is_tensor(t) else type(t).__name__}")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"a (M, K) and b (N, K) must share K, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.shape[1] >= MAX_K:
-        raise ValueError(f"K={a.shape[1]} must be < {MAX_K} for an exact int32 accumulator")
-    for name, t, n in (("a_scale", a_scale, a.shape[0]), ("b_scale", b_scale, b.shape[0])):
-        if not torch.is_tensor(t) or t.dtype != torch.float32 or tuple(t.shape) != (n,):
-            raise TypeError(f"{name} must be a float32 tensor of shape ({n},), got "
-                            f"{f'{t.dtype} {tuple(t.shape)}' if torch.is_tensor(t) else type(t).__name__}")
-    if out_dtype not in OUT_DTYPES:
-        raise TypeError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
-    if len({a.device, b.device, a_scale.device, b_scale.device}) != 1:
-        raise ValueError("a, b, a_scale, b_scale must be on one device")
-
-
-def int8_matmul_torch(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
-                      out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """The PyTorch path: the exact integer sum times the two scales.
-
-    The sum is formed in float32 over chunks of 1024 columns (|partial| ≤ 128²·1024 = 2²⁴, exactly
-    representable in float32) and the chunks are added in float64, so it equals the int32 sum.
-    """
-    _check(a, b, a_scale, b_scale, out_dtype)
-    acc = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
-    for k in range(0, a.shape[1], 1024):
-        acc += (a[:, k:k + 1024].float() @ b[:, k:k + 1024].float().T).double()
-    return (acc.float() * a_scale[:, None] * b_scale[None, :]).to(out_dtype)
 
 
 Block = tuple[int, int, int, int, int, int]   # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)
@@ -179,6 +190,15 @@ def int8_matmul_triton(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, 
                               BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
                               num_warps=num_warps, num_stages=num_stages)
     return y
+
+
+# --- bytes and dispatch ----------------------------------------------------------------------------------
+
+def call_bytes(M: int, N: int, K: int, element_bytes: int) -> int:
+    """The DRAM bytes of one call (module docstring); ``element_bytes`` = e, the size of y's elements."""
+    for name, value in dict(M=M, N=N, K=K, element_bytes=element_bytes).items():
+        check_int(name, value)
+    return M * K + N * K + 4 * (M + N) + element_bytes * M * N
 
 
 def int8_matmul(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,

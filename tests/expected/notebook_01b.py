@@ -1,0 +1,91 @@
+"""The metrics `notebooks/01b_training_with_fewer_bytes.ipynb` records, each with what it must satisfy."""
+
+from __future__ import annotations
+
+from tests.expected.matchers import Below, Between, Claim, Is, exactly, near
+
+METRICS: dict[str, object] = {
+    "pretrained_perplexity": near(27.37, 0.02),          # first 4096 tokens of the slice
+    "task_pretrained_perplexity": near(81.46, 0.02),     # held-out 25% of library/sqlite3
+    # activation checkpointing: the memory model against the measured saved tensors
+    **{f"checkpoint_activation_ratio_{k}": near(1.0, 0.10) for k in ("none", 1, 2, 3)},
+    "checkpoint_every1_activation_fraction": Between(0.2, 0.3),   # measured 0.2547
+    "recompute_flop_ratio_every1": near(1.22613, 1e-4),           # FLOP model, not a timing
+    # exactness against the plain model and torch.utils.checkpoint (measured: 0.0, k = 1, 2, 3)
+    "checkpoint_grad_max_abs_diff_vs_plain": Between(0.0, 1e-6),
+    "checkpoint_grad_max_abs_diff_vs_torch": Between(0.0, 1e-6),
+    # the optimizers against their references: transformers' Adafactor after 3 steps (measured
+    # 0.0); the 8-bit quantizer against float64, in units of a block's absmax (measured 7.8e-8)
+    "adafactor_vs_transformers_max_abs_param_diff": Between(0.0, 1e-6),
+    "adam8bit_quantize_excess_error": Below(2**-22),             # float32 rounding
+    "adam8bit_dequantize_error": Below(2**-23),                  # measured 7.4e-8 to 8.1e-8
+    # optimizer state: the memory model equals the measured storage
+    **{f"optimizer_state_ratio_{o}": exactly(1.0) for o in ("adamw", "adafactor", "adam8bit")},
+    "bf16_mixed_bytes_per_param_adamw": exactly(16.0),
+    "bf16_mixed_bytes_per_param_adafactor": near(8.02441, 1e-5),
+    "bf16_mixed_bytes_per_param_adam8bit": near(10.00392, 1e-5),
+    # the same batches of the fine-tuning task, paired on its held-out tokens
+    "task_adamw_vs_pretrained": Claim("lower", -50, -25),   # measured -37.1%
+    "task_adafactor_vs_adamw": Claim("lower"),              # measured -7.3%
+    "task_adam8bit_vs_adamw": Claim("level"),               # measured +0.09% [-0.04, +0.25]
+    "task_ppl_adamw": near(51.26, 0.10),
+    "task_ppl_adafactor": near(47.52, 0.10),
+    "task_ppl_adam8bit": near(51.30, 0.10),
+    # LoRA and QLoRA against full fine-tuning at equal steps
+    "adamw_trainable_parameters": exactly(6_524_160),
+    "lora_trainable_parameters": exactly(86_016),
+    "qlora_trainable_parameters": exactly(86_016),
+    "adamw_optimizer_bytes": exactly(52_193_280),
+    "lora_optimizer_bytes": exactly(688_128),
+    "qlora_optimizer_bytes": exactly(688_128),
+    "lora_trainable_fraction": near(86_016 / 6_524_160, 1e-9),
+    "task_lora_vs_pretrained": Claim("lower"),              # measured -11.9%
+    "task_lora_vs_full": Claim("higher", 20, 60),           # measured +40.0%
+    "task_int4_vs_pretrained": Claim("higher", 0, 1.5),     # measured +0.50%
+    "task_qlora_vs_lora": Claim("higher", 0, 4),            # measured +1.46%
+    "task_qlora_vs_pretrained": Claim("lower"),             # measured -10.7%
+    "slice_full_vs_pretrained": Claim("higher"),            # forgetting: +12.2%
+    "slice_lora_vs_pretrained": Claim("higher"),            # +2.6%
+    "slice_lora_vs_full": Claim("lower"),                   # -8.5%
+    "task_ppl_lora": near(71.74, 0.10),
+    "task_ppl_qlora": near(72.78, 0.10),
+    "task_ppl_int4_base": near(81.87, 0.02),
+    "task_ppl_pretrained": near(81.46, 0.02),
+    "memory_full_MB": near(104.38656, 1e-6),
+    "memory_lora_MB": near(14.424576, 1e-6),
+    "memory_qlora_MB": near(8.065536, 1e-6),
+    "lora_over_full_memory": near(0.138184, 1e-4),
+    "qlora_over_lora_memory": near(0.559152, 1e-4),
+    # merged vs unmerged logits of the trained models (float32 rounding; measured ≈ 1e-5)
+    "lora_merge_max_abs_logit_diff": Below(1e-4),           # measured 1.1e-5 to 1.2e-5
+    "qlora_merge_max_abs_logit_diff": Below(1e-4),
+    # saved activations of one fp32 step (batch 4 × 128): frozen weights save less; QLoRA as LoRA
+    "activations_full_MB": near(84.57626, 1e-6),
+    "activations_lora_MB": near(65.302532, 1e-6),
+    "activations_qlora_MB": near(65.302532, 1e-6),
+    "activations_lora_over_full": near(65.302532 / 84.57626, 1e-6),
+    # the executed exercise solutions (the notebook's last section, book page's Exercises)
+    # ex-01b-autocast: the bf16-autocast M_act(k) formula equals the saved bytes of a real step
+    "ex_autocast_act_ratio_none": exactly(1.0),
+    "ex_autocast_act_ratio_1": exactly(1.0),
+    "ex_autocast_act_ratio_2": exactly(1.0),
+    "ex_autocast_act_ratio_3": exactly(1.0),
+    "ex_autocast_layer_bytes_per_token": exactly(14_376),     # 34·256 + 8·704 + 4·8 + 8
+    "ex_autocast_every1_fraction": near(25_470_980 / 75_335_684, 1e-9),
+    # ex-01b-adafactor-momentum: β1 adds m of each parameter's shape in fp32, 4 B/param
+    "ex_adafactor_momentum_ratio": exactly(1.0),
+    "ex_adafactor_momentum_growth_per_param": near(4.0, 1e-12),
+    "ex_adafactor_momentum_state_per_param": near(4.024407, 1e-5),
+    "ex_adafactor_momentum_mixed_per_param": near(12.024407, 1e-5),
+    "ex_adafactor_momentum_over_adam8bit": near(4.024407 / 2.003920, 1e-5),
+    # ex-01b-70b: Llama-2-70B shape, untied; LoRA r = 16 on q, k, v, o; QLoRA int4 g = 64
+    "ex_70b_closed_form_equals_built": Is(True),
+    "ex_70b_params": exactly(68_976_648_192),
+    "ex_70b_lora_trainable": exactly(65_536_000),
+    "ex_70b_full_GB": near(16 * 68_976_648_192 / 1e9, 1e-12),
+    "ex_70b_lora_GB": near((2 * 68_976_648_192 + 16 * 65_536_000) / 1e9, 1e-12),
+    "ex_70b_qlora_GB": near(40.603500544, 1e-12),
+    "ex_70b_full_accelerators": exactly(14),
+    "ex_70b_lora_accelerators": exactly(2),
+    "ex_70b_qlora_accelerators": exactly(1),
+}

@@ -1,0 +1,76 @@
+"""The metrics `notebooks/05_distributed_training.ipynb` records, each with what it must satisfy."""
+
+from __future__ import annotations
+
+from tests.expected.matchers import Below, Between, Is, Timing, exactly, near
+
+METRICS: dict[str, object] = {
+    # every strategy reproduces the single-process loss curve
+    **{f"loss_max_abs_diff_{s}": Below(1e-5)
+       for s in ("ddp", "torch_ddp", "zero1", "zero2", "zero3", "tp", "pp")},
+    "ddp_equals_torch_ddp_losses": Is(True),
+    "single_final_loss": near(7.379, 0.01),
+    # measured traffic and per-rank memory equal the formulas
+    **{f"traffic_ratio_{s}": near(1.0, 1e-3) for s in ("ddp", "zero1", "zero2", "zero3", "tp", "pp")},
+    **{f"memory_ratio_stage{k}": near(1.0, 1e-3) for k in range(4)},
+    "bubble_gpipe_m8": Between(3 / 11, 0.5),  # formula 0.273; measured with sleeping stages
+    "bubble_1f1b_m8": Between(3 / 11, 0.5),
+    "bubble_formula_m8": near(3 / 11, 1e-9),
+    "tiny_n_parameters": exactly(616_768),
+    "loss_max_abs_diff_all": Below(1e-5),    # measured 9.5e-7 to 1.9e-6 (1 to 2 ulp of the loss)
+    **{f"payload_MB_per_step_{s}": near(v, 1e-9) for s, v in (
+        ("ddp", 2.467072), ("zero1", 4.934144), ("zero2", 4.934144), ("zero3", 7.401216),
+        ("tp", 1.048576), ("pp", 2.359296))},
+    "traffic_max_abs_diff_bytes": exactly(0),
+    **{f"memory_MB_stage{k}": near(v, 1e-9)
+       for k, v in enumerate((9.868288, 7.401216, 6.16768, 4.934144))},
+    "memory_max_abs_diff_bytes": exactly(0),
+    "scaling_speedup_2": Timing(),                    # processes share 2 cores
+    "scaling_speedup_4": Timing(),
+    **{f"plan_{name}_GB": near(v, 1e-3) for name, v in (
+        ("7b_dp8_zero0", 109.484), ("7b_dp64_zero1", 29.868), ("70b_dp8_zero3", 144.470),
+        ("70b_tp8_dp8_zero1", 48.237))},
+    **{f"plan_{name}_fits": Is(v) for name, v in (
+        ("7b_dp8_zero0", False), ("7b_dp8_zero1", True), ("7b_dp64_zero1", True),
+        ("70b_dp8_zero3", False), ("70b_tp8_dp8_zero1", True), ("70b_tp8_pp4_dp16", True))},
+    **{f"plan_{name}_days_per_T": near(v, 1e-3) for name, v in (
+        ("7b_dp8_zero0", 197.19), ("7b_dp8_zero1", 197.19), ("7b_dp64_zero1", 24.649),
+        ("70b_dp8_zero3", 2018.15), ("70b_tp8_dp8_zero1", 252.27), ("70b_tp8_pp4_dp16", 33.012))},
+    "plan_7b_dp64_zero1_compute_s": near(8.9325, 1e-3),
+    "plan_7b_dp64_zero1_dp_comm_s": near(0.53078, 1e-3),
+    "plan_70b_tp8_pp4_dp16_bubble": near(3 / 67, 1e-6),
+    "plan_70b_tp8_pp4_dp16_micro_batches": exactly(64),
+    "max_in_flight_gpipe": exactly(8),
+    "max_in_flight_1f1b": exactly(4),
+    "plan_7b_dp8_zero1_GB": near(38.71, 1e-3),
+    "plan_70b_tp8_pp4_dp16_GB": near(11.05, 1e-3),
+    # the H100 figures the plan assumes: datasheet peaks (lab.parallel.formulas.H100_SXM.source)
+    **{f"h100_{name}": near(v, 1e-9) for name, v in (
+        ("memory_GB", 80), ("bf16_TFLOPs", 989), ("nvlink_GBps", 450), ("ib_GBps", 50))},
+    # the executed exercise solutions (the notebook's last section, book page's Exercises)
+    # 1F1B, N_p = 4, m = 8: peak micro-batches in flight per stage, min(N_p - s, m)
+    "ex_1f1b_peak_stage0": exactly(4),
+    "ex_1f1b_peak_stage1": exactly(3),
+    "ex_1f1b_peak_stage2": exactly(2),
+    "ex_1f1b_peak_stage3": exactly(1),
+    "ex_1f1b_peaks_match": Is(True),
+    # interleaved 1F1B on the ideal simulated pipeline: (N_p-1)/(v m) and (N_p-1)/(v m + N_p - 1)
+    "ex_interleaved_extra_v1": near(3 / 8, 1e-9),
+    "ex_interleaved_extra_v2": near(3 / 16, 1e-9),
+    "ex_interleaved_extra_v4": near(3 / 32, 1e-9),
+    "ex_interleaved_bubble_v1": near(3 / 11, 1e-9),
+    "ex_interleaved_bubble_v2": near(3 / 19, 1e-9),
+    "ex_interleaved_bubble_v4": near(3 / 35, 1e-9),
+    "ex_interleaved_peak_stage0_v2": exactly(5.5),
+    # smallest_plans: Llama-2-70B, 2T tokens, 30 days
+    "ex_plan70b_gpus": exactly(1280),
+    "ex_plan70b_tp": exactly(8),
+    "ex_plan70b_pp": exactly(5),
+    "ex_plan70b_dp": exactly(32),
+    "ex_plan70b_zero": exactly(0),
+    "ex_plan70b_micro_batches": exactly(32),
+    "ex_plan70b_days": near(28.38021623272666, 1e-9),
+    "ex_plan70b_gpus_mfu30": exactly(2048),
+    "ex_plan70b_gpus_mfu50": exactly(1024),
+    "ex_plan70b_gpu_bound": near(1076.345978604152, 1e-9),
+}
