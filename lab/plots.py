@@ -64,13 +64,14 @@ def static_model_figure(record: dict) -> plt.Figure:
     from lab.kernels.aot.model import LAYER, bf16_gemv_us, int4_rows
 
     int4, Ms, colors = int4_rows(record), [1, 4, 16], ("tab:red", "tab:green")
+    bandwidth = record["ceilings"]["h200"]["bandwidth_bytes_per_s"]
     fig, (ax, mix) = plt.subplots(1, 2, figsize=(13, 3.8), layout="tight")
     mid = [j + 0.2 for j in range(len(Ms))]
     for i, v in enumerate(("v1", "v2")):
         ax.bar([j + 0.4 * i for j in range(len(Ms))], [int4[v, M]["issue_bound_us"] for M in Ms], width=0.38,
                label=f"{v}: issue-bound", color=colors[i])
     ax.plot(mid, [int4["v2", M]["memory_bound_us_h200"] for M in Ms], "k_", markersize=40, mew=2,
-            label="int4 memory-bound (H200, 4.8 TB/s)")
+            label=f"int4 memory-bound (H200, {bandwidth / 1e12:.1f} TB/s)")
     ax.plot(mid, [bf16_gemv_us(record, M) for M in Ms], "b_", markersize=40, mew=2, label="bf16 GEMV, memory-bound")
     ax.set(xticks=mid, xticklabels=[f"M = {M}" for M in Ms], ylim=(0, 40), ylabel="µs per call (predicted)",
            title=f"int4 {LAYER} × {LAYER}, g = 128 (static model)")

@@ -76,13 +76,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
-from nbval.plugin import (
-    coalesce_streams,
-    find_comment_markers,
-    find_metadata_tags,
-    get_sanitize_patterns,
-    transform_streams_for_comparison,
-)
+from nbval.plugin import (coalesce_streams, find_comment_markers, find_metadata_tags, get_sanitize_patterns,
+                          transform_streams_for_comparison)
 
 SANITIZE_CFG = Path(__file__).resolve().parent / "nbval_sanitize.cfg"
 # nbval's own list of keys it never compares (plugin.IPyNbFile.skip_compare, without --nbdime)

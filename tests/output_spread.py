@@ -25,9 +25,9 @@ from pathlib import Path
 
 from lab.core import report
 from tests.code_paths import CODE_PATHS
-from tests.notebook_outputs import MULTIPLE, SMALL, TOLERANCE, Pair, Tolerance, code_cells, pairs
 from tests.expected import EXPECTED
 from tests.expected.matchers import Claim
+from tests.notebook_outputs import MULTIPLE, SMALL, TOLERANCE, Pair, Tolerance, code_cells, pairs
 from tests.test_notebooks import KERNEL, NOTEBOOK_DIR, NOTEBOOKS
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.notebook_outputs import (TOLERANCE, Number, Tolerance, differences, glue_name, glued, numbers,
-                                    tolerance_class)
+from tests.notebook_outputs import TOLERANCE, Number, Tolerance, differences, glue_name, glued, numbers, tolerance_class
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 QUANT = NOTEBOOKS / "03_quantization.ipynb"

@@ -19,9 +19,8 @@ from pathlib import Path
 
 import torch
 
+from lab.bench import bench_command, gpu, static
 from lab.core.atomic import atomic_write_json
-from lab.bench import gpu, static
-from lab.bench import bench_command
 from lab.core.records import RESULTS_DIR, check_out_dir, device_kind, provenance
 from lab.core.runtime import get_device
 
@@ -90,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     except ValueError as error:
         sub.error(str(error))
     if args.command == "static":
-        return static.run(args, argv)
+        return static.write_record(args, argv)
     if args.command == "gpu":
         records = gpu.run_gpu(stages, args.budget_s, args.out, args.dry_run, argv, not args.no_progress)
         if any(r["status"] in ("failed", "timeout") for r in records):

@@ -42,10 +42,10 @@ from pathlib import Path
 
 import torch
 
-from lab.core.atomic import atomic_write_json
 from lab.bench import bench_command
-from lab.core.records import check_out_dir, device_kind, provenance
 from lab.bench.stages import KERNEL_SHAPES, STAGES, Stage, StageFailed
+from lab.core.atomic import atomic_write_json
+from lab.core.records import check_out_dir, device_kind, provenance
 
 __all__ = ["KERNEL_SHAPES", "STAGES", "Stage", "StageFailed", "check_run", "parse_stages", "run_gpu",
            "summary_table"]

@@ -9,6 +9,7 @@ H100/H200-class GPU until a run records the real wall times.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import subprocess
@@ -23,6 +24,8 @@ from pathlib import Path
 import torch
 
 from lab.core.records import REPO_ROOT
+from lab.infer.paged import BLOCK_SIZE
+from lab.kernels.aot.shapes import MatmulShapes, PagedShapes
 
 _CUDA_MARK = re.compile(r"^\s*@pytest\.mark\.cuda\b", re.MULTILINE)
 
@@ -97,6 +100,21 @@ KERNEL_SHAPES = {
             "sparse24": {"shapes": [(64, 128)], "dtypes": [torch.float32], "batches": [1, 16]},
             "paged": {"heads": ((4, 2), (4, 4)), "head_dim": 16, "batches": (1, 2), "context": 64}},
 }
+
+
+def kernel_shapes() -> list[MatmulShapes | PagedShapes]:
+    """The ``kernels`` stage's shapes on a GPU (`KERNEL_SHAPES["gpu"]`), for the ahead-of-time compile."""
+    gpu = KERNEL_SHAPES["gpu"]
+    out: list[MatmulShapes | PagedShapes] = [MatmulShapes("gpu run kernels stage", (kind,), tuple(gpu[kind]["batches"]),
+                                ((gpu[kind]["size"], gpu[kind]["size"]),), gpu[kind].get("group_size", 0))
+                   for kind in ("int4", "int8")]
+    out.append(MatmulShapes("gpu run kernels stage sparse24", ("sparse24",), tuple(gpu["sparse24"]["batches"]),
+                            tuple(gpu["sparse24"]["shapes"])))
+    paged = gpu["paged"]
+    out += [PagedShapes("gpu run kernels stage paged", B, H, H_kv, paged["head_dim"], BLOCK_SIZE,
+                        (-(-paged["context"] // BLOCK_SIZE),))
+            for (H, H_kv), B in itertools.product(paged["heads"], paged["batches"])]
+    return out
 
 
 def _run_parts(parts: dict[str, Callable[[], object]]) -> dict:

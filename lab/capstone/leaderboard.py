@@ -37,22 +37,20 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lab.capstone.routes import MATMUL_RATE, ROUTES, Route, Settings
+from lab.core.records import REPO_ROOT, device_name
+from lab.core.stats import compare
 from lab.core.timing import time_ms
+from lab.formats.sparse24 import pack_bits
 from lab.infer.generate import generate
-from lab.perplexity import token_losses
 from lab.models.gpt import GPT
 from lab.models.next_token import random_batch
 from lab.params.counting import unique_state_dict
 from lab.params.safetensors_io import save_safetensors
-from lab.core.records import device_name
-from lab.formats.sparse24 import _pack_bits
+from lab.perplexity import token_losses
 from lab.prune.semi_structured import Sparse24Linear
 from lab.quant.affine import dequantize
 from lab.quant.linear import Int4Linear, W8A8Linear
-from lab.core.stats import compare
-
-from lab.capstone.routes import MATMUL_RATE, ROUTES, Route, Settings
-from lab.core.records import REPO_ROOT
 
 
 @torch.no_grad()
@@ -73,7 +71,7 @@ def stored_tensors(model: nn.Module, codes: dict) -> dict[str, torch.Tensor]:
     for name, t in unique_state_dict(model, torch.bfloat16).items():
         if name in codes:
             qt = codes[name]
-            tensors[name + ".codes"] = _pack_bits(qt.qdata.to(torch.int64), qt.bits)
+            tensors[name + ".codes"] = pack_bits(qt.qdata.to(torch.int64), qt.bits)
             tensors[name + ".scale"] = qt.scale.to(torch.bfloat16)
             tensors[name + ".zero_point"] = qt.zero_point.to(torch.uint8)
         else:

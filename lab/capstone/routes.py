@@ -11,18 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
 from lab.distill.experiments import lm_batches
 from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.students import gpt_student
 from lab.models.gpt import GPT
+from lab.models.loop import Optim
 from lab.prune.semi_structured import Sparse24Linear
 from lab.prune.sequential import prune_model
-from lab.quant.linear import (Sparse24Int4Linear, decoder_linear_names, int4_model, replace_linears,
-                              w8a8_quantize_model)
+from lab.quant.linear import Sparse24Int4Linear, decoder_linear_names, int4_model, replace_linears, w8a8_quantize_model
 from lab.quant.model import quantize_model
 from lab.quant.scaling import activation_abs_max, smoothquant
-from lab.models.loop import Optim
 
 MATMUL_RATE = {"bf16": 1.0, "int8": 2.0, "2:4 sparse": 2.0}   # × bf16 dense, H100/H200 datasheets
 
@@ -95,13 +95,13 @@ def _unstructured(ctx: dict) -> tuple[GPT, dict]:
     return _sparsegpt(ctx, None, None), {}
 
 
-def _sparse24(ctx: dict, value_bits: int | None = None) -> tuple[GPT, dict]:
-    """SparseGPT 2:4, stored compressed; ``value_bits=4``: the kept values in int4, g/2 per group (g columns)."""
+def _sparse24(ctx: dict, int4_values: bool = False) -> tuple[GPT, dict]:
+    """SparseGPT 2:4, stored compressed; ``int4_values``: the kept values in int4, g/2 per group (g columns)."""
     model = _sparsegpt(ctx, 2, 4)
-    if value_bits is None:
-        layer = lambda name, lin: Sparse24Linear(lin)
-    else:
-        layer = lambda name, lin: Sparse24Int4Linear(lin, ctx["settings"].group_size // 2)
+
+    def layer(name: str, lin: nn.Linear) -> Sparse24Linear:
+        return Sparse24Int4Linear(lin, ctx["settings"].group_size // 2) if int4_values else Sparse24Linear(lin)
+
     replace_linears(model, decoder_linear_names(model), layer)
     return model, {}
 
@@ -146,7 +146,7 @@ ROUTES = (
     Route("W8A8 SmoothQuant", _w8a8, calibration=True, training=False, matmul="int8"),
     Route("SparseGPT 50%", _unstructured, calibration=True, training=False, matmul="bf16"),
     Route("SparseGPT 2:4", _sparse24, calibration=True, training=False, matmul="2:4 sparse"),
-    Route("2:4 + int4", lambda ctx: _sparse24(ctx, 4), calibration=True, training=False, matmul="2:4 sparse"),
+    Route("2:4 + int4", lambda ctx: _sparse24(ctx, int4_values=True), calibration=True, training=False, matmul="2:4 sparse"),
     Route("student 3 layers", lambda ctx: (_student(ctx), {}), calibration=False, training=True, matmul="bf16"),
     Route("student + GPTQ int4", lambda ctx: _int4(_student(ctx), ctx), calibration=True, training=True,
           matmul="bf16"),

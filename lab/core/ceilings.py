@@ -219,7 +219,7 @@ def device_ceilings(device: str | torch.device = DEFAULT_DEVICE, root: str | Pat
 def ceiling_sizes(device: torch.device, quick: bool) -> tuple[int, int]:
     """(bytes of the copy's source, n of the n × n × n matmul) that `measure_ceilings` uses.
 
-    On a GPU always 1 GiB (2 GiB moved: read + write; far beyond any L2 cache, ≈ 0.4 ms at 5 TB/s,
+    On a GPU always 1 GiB (2 GiB moved: read + write; far beyond any L2 cache,
     long enough for CUDA-event timing) and n = 8192; on the CPU 256 MiB and 2048, or 4 MiB and 256
     with ``quick``.
     """

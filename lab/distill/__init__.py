@@ -2,20 +2,9 @@
 
 from lab.distill.features import Outputs, attention_log_probs, gpt_outputs
 from lab.distill.loop import KDLoss, TeacherCache, distill
-from lab.distill.losses import (
-                                attention_transfer_loss,
-                                cross_entropy,
-                                hidden_state_loss,
-                                kd_loss,
-                                kl_divergence,
-                                log_softmax,
-)
-from lab.distill.students import (
-                                gpt_student,
-                                init_from_teacher,
-                                teacher_layer_indices,
-                                uniform_layer_map,
-)
+from lab.distill.losses import (attention_transfer_loss, cross_entropy, hidden_state_loss, kd_loss, kl_divergence,
+                                log_softmax)
+from lab.distill.students import gpt_student, init_from_teacher, teacher_layer_indices, uniform_layer_map
 
 __all__ = [
                                 "KDLoss",

@@ -22,13 +22,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.core.timing import time_ms
 from lab.core.checks import check_choice
+from lab.core.timing import time_ms
 from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.students import gpt_student
-from lab.perplexity import token_losses
-from lab.models.next_token import random_batch
 from lab.models.loop import Optim
+from lab.models.next_token import random_batch
+from lab.perplexity import token_losses
 
 LOSSES = ("hard", "kd", "kd+hidden", "kd+attention")
 INITS = ("teacher", "random")

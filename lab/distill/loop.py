@@ -24,14 +24,7 @@ from torch import nn
 
 from lab.core.checks import check_choice, check_fraction, check_int, check_number
 from lab.distill.features import Outputs, OutputsFn, gpt_outputs
-from lab.distill.losses import (
-    HIDDEN_KINDS,
-    KINDS,
-    attention_transfer_loss,
-    cross_entropy,
-    hidden_state_loss,
-    kd_loss,
-)
+from lab.distill.losses import HIDDEN_KINDS, KINDS, attention_transfer_loss, cross_entropy, hidden_state_loss, kd_loss
 from lab.distill.students import uniform_layer_map
 from lab.models.loop import Optim, autocast, to_device, train
 

@@ -11,8 +11,9 @@ from lab.distill.experiments import (INITS, LOSSES, encoder_unavailable, forward
                                      temperature_alpha_grid)
 from lab.distill.loop import TeacherCache
 from lab.distill.students import gpt_student
-from lab.perplexity import perplexity
 from lab.models import load_pretrained_encoder, load_pretrained_lm, load_tokenizer
+from lab.perplexity import perplexity
+
 
 def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
     """The chapter's full experiments on ``device``; a JSON-ready dict.
@@ -41,8 +42,8 @@ def run(device: torch.device, quick: bool = False, progress: bool = True) -> dic
     runs = [lm_run(cache, batches, ev, depth, loss, init, steps=cfg["steps"], eval_every=cfg["eval_every"],
                    temperature=1.0, alpha=1.0, progress=progress)
             for depth in (3, 2) for init in INITS for loss in LOSSES]
-    for run in runs:  # the record keeps perplexities; per-token losses are for in-process comparisons
-        run.update(retained(teacher_ppl, run.pop("token_losses").mean().exp().item()))
+    for result in runs:  # the record keeps perplexities; per-token losses are for in-process comparisons
+        result.update(retained(teacher_ppl, result.pop("token_losses").mean().exp().item()))
     grid = temperature_alpha_grid(cache, batches[:cfg["grid_steps"]], ev, 2, cfg["taus"], cfg["alphas"],
                                   steps=cfg["grid_steps"], progress=progress)
     for cell in grid:

@@ -64,7 +64,7 @@ def compressed_nbytes(out_features: int, in_features: int, dtype: torch.dtype,
     return {"dense": dense, "values": values, "meta": rows * cols, "compressed": values + rows * cols}
 
 
-def _pack_bits(idx: torch.Tensor, bits: int) -> torch.Tensor:
+def pack_bits(idx: torch.Tensor, bits: int) -> torch.Tensor:
     """Indices (out, L) int64 < 2^bits → (out, ⌈L·bits/8⌉) uint8, LSB-first per row."""
     out_features, length = idx.shape
     weights = 1 << torch.arange(bits, device=idx.device)
@@ -73,8 +73,8 @@ def _pack_bits(idx: torch.Tensor, bits: int) -> torch.Tensor:
     return (stream.view(out_features, -1, 8) << torch.arange(8, device=idx.device)).sum(-1).to(torch.uint8)
 
 
-def _unpack_bits(meta: torch.Tensor, bits: int, length: int) -> torch.Tensor:
-    """Inverse of `_pack_bits`: (out, bytes) uint8 → (out, length) int64."""
+def unpack_bits(meta: torch.Tensor, bits: int, length: int) -> torch.Tensor:
+    """Inverse of `pack_bits`: (out, bytes) uint8 → (out, length) int64."""
     stream = (meta.to(torch.int64).unsqueeze(-1) >> torch.arange(8, device=meta.device)) & 1
     stream = stream.reshape(meta.shape[0], -1)[:, : length * bits].view(meta.shape[0], length, bits)
     return (stream << torch.arange(bits, device=meta.device)).sum(-1)
@@ -101,7 +101,7 @@ def compress(weight: torch.Tensor, n: int = 2, m: int = 4) -> tuple[torch.Tensor
     order = torch.argsort((~nonzero).to(torch.int8), dim=-1, stable=True)[..., :n]
     idx = order.sort(dim=-1).values                                          # (out, G, n)
     values = groups.gather(-1, idx).reshape(out_features, -1)
-    return values.contiguous(), _pack_bits(idx.reshape(out_features, -1), index_bits(m))
+    return values.contiguous(), pack_bits(idx.reshape(out_features, -1), index_bits(m))
 
 
 def decompress(values: torch.Tensor, meta: torch.Tensor, in_features: int,
@@ -122,7 +122,7 @@ def decompress(values: torch.Tensor, meta: torch.Tensor, in_features: int,
     if meta.dtype != torch.uint8 or tuple(meta.shape) != expected:
         raise ValueError(f"meta must be uint8 of shape {expected}, got {meta.dtype} {tuple(meta.shape)}")
     out_features, groups = values.shape[0], in_features // m
-    idx = _unpack_bits(meta, index_bits(m), groups * n).view(out_features, groups, n)
+    idx = unpack_bits(meta, index_bits(m), groups * n).view(out_features, groups, n)
     if (idx >= m).any() or (idx.diff(dim=-1) <= 0).any():
         raise ValueError(f"meta holds positions outside 0..{m - 1} or not increasing within a group")
     dense = values.new_zeros(out_features, groups, m)

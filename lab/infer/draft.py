@@ -24,13 +24,13 @@ import torch
 
 from lab import data
 from lab.core.atomic import atomic_write_json
-from lab.distill import KDLoss, TeacherCache, distill, gpt_student
-from lab.distill.experiments import lm_batches
-from lab.perplexity import perplexity
-from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, load_tokenizer, to_llama
 from lab.core.records import provenance
 from lab.core.runtime import get_device, seed_everything
+from lab.distill import KDLoss, TeacherCache, distill, gpt_student
+from lab.distill.experiments import lm_batches
 from lab.models.loop import Optim
+from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, load_tokenizer, to_llama
+from lab.perplexity import perplexity
 
 DRAFT_DIR = LM_DIR.parent / "pydoc-gpt-draft"
 

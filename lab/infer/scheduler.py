@@ -186,8 +186,9 @@ def serve(model: GPT, requests: Sequence[Request], max_batch: int, policy: str =
     """
     _check_policy(max_batch, policy)
     num_blocks = num_blocks or max_batch * -(-model.config.context_length // block_size)
+    cache = PagedKVCache(model, num_blocks, block_size)          # checks num_blocks and block_size
     _check_requests(model, requests, num_blocks * block_size)
-    q = _Queues(model, PagedKVCache(model, num_blocks, block_size), deque(_Row(r, r.prompt.tolist()) for r in requests))
+    q = _Queues(model, cache, deque(_Row(r, r.prompt.tolist()) for r in requests))
     bar = tqdm(total=sum(r.max_new_tokens for r in requests), desc=f"serve ({policy}, batch {max_batch})",
                disable=not progress)
     start = time.perf_counter()

@@ -49,19 +49,19 @@ import torch
 from tqdm.auto import tqdm
 
 from lab.core.ceilings import measure_ceilings
+from lab.core.runtime import seed_everything
 from lab.core.timing import check_then_time, time_ms
 from lab.infer.generate import generate
-from lab.infer.roofline import decode_step_cost, speed_of_light_ms, weight_bytes
 from lab.infer.paged import BLOCK_SIZE
+from lab.infer.roofline import decode_step_cost, speed_of_light_ms, weight_bytes
 from lab.infer.scheduler import serve, synthetic_trace
 from lab.infer.speculative import speculative_generate
 from lab.kernels.aot.shapes import MatmulShapes, PagedShapes
 from lab.models.gpt import GPT, GPTConfig
 from lab.models.pretrained import book_config
+from lab.quant.affine import rtn_quantize
 from lab.quant.linear import (Int4Linear, decoder_linear_names, decoder_linear_shapes, replace_linears,
                               w8a8_quantize_model)
-from lab.quant.model import rtn_quantize
-from lab.core.runtime import seed_everything
 
 CONFIGS = ("no_cache", "kv_cache", "kv_cache_cuda_graph", "int8_w8a8", "int4_weight_only", "speculative")
 # Llama-2-7B (Touvron et al., 2023): multi-head attention, 32 key/value heads (GQA came with the 34B/70B models).

@@ -21,12 +21,12 @@ import torch
 
 from lab import data
 from lab.core.atomic import atomic_write_json
-from lab.perplexity import perplexity
-from lab.models.gpt import GPT, GPTConfig
-from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, to_llama
-from lab.models.next_token import train_lm
 from lab.core.records import provenance
 from lab.core.runtime import get_device, seed_everything
+from lab.models.gpt import GPT, GPTConfig
+from lab.models.next_token import train_lm
+from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, to_llama
+from lab.perplexity import perplexity
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -7,7 +7,8 @@ from lab.parallel.formulas import bubble_fraction, parallel_plan, smallest_plans
 from lab.parallel.launch import launch
 from lab.parallel.pipeline import (CostStage, PipelineSchedule, gpt_stage, interleaved_order, schedule_order,
                                    simulate_schedule)
-from lab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_block, tensor_parallel_gpt
+from lab.parallel.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, tensor_parallel_block,
+                                          tensor_parallel_gpt)
 from lab.parallel.zero import ZeroOptimizer
 
 __all__ = [

@@ -10,10 +10,10 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from lab.models.gpt import GPTConfig
 from lab.parallel.formulas import bubble_fraction, zero_memory
 from lab.parallel.pipeline import CostStage, PipelineSchedule
 from lab.parallel.strategies import DISTRIBUTED, train
-from lab.models.gpt import GPTConfig
 from lab.params.counting import gpt_param_count
 
 

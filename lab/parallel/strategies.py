@@ -38,6 +38,8 @@ from torch import nn
 
 from lab.core.checks import check_choice, check_int
 from lab.models.gpt import GPT, GPTConfig
+from lab.models.loop import BETAS, LossFn, Optim
+from lab.models.loop import train as train_loop
 from lab.models.next_token import lm_batch_loss, lm_loss, random_batch
 from lab.parallel.comm import CommCounter
 from lab.parallel.ddp import DataParallel
@@ -46,7 +48,6 @@ from lab.parallel.pipeline import PipelineSchedule, gpt_stage
 from lab.parallel.tensor_parallel import tensor_parallel_gpt
 from lab.parallel.zero import ZeroOptimizer
 from lab.params.measured_memory import storage_bytes
-from lab.models.loop import BETAS, LossFn, Optim, train as train_loop
 
 TINY = GPTConfig(vocab_size=8192, context_length=64, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=176)
 

@@ -13,6 +13,7 @@ from lab.parallel.experiments import compare_strategies, run_jobs, traffic_formu
 from lab.parallel.launch import launch
 from lab.parallel.strategies import DISTRIBUTED, TINY, train
 
+
 def _tokens(config: GPTConfig) -> tuple[torch.Tensor, str]:
     try:
         from lab.data import tokenize_split

@@ -28,8 +28,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lab.parallel import comm
 from lab.models.gpt import GPT, Block
+from lab.parallel import comm
 
 
 class _CopyToTP(torch.autograd.Function):

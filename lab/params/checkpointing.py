@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lab.core.timing import time_ms
 from lab.core.checks import check_int
+from lab.core.timing import time_ms
 from lab.models.gpt import GPT, Block, rope_cos_sin
 
 

@@ -27,11 +27,11 @@ from torch import nn
 
 from lab.core.checks import check_choice, check_number
 from lab.data import corpus_documents, split_of
-from lab.perplexity import token_losses
-from lab.models.next_token import lm_batch_loss
-from lab.params.memory import OPTIMIZERS
-from lab.params.measured_memory import make_optimizer, optimizer_state_tensors, storage_bytes
 from lab.models.loop import BETAS, Optim, train
+from lab.models.next_token import lm_batch_loss
+from lab.params.measured_memory import make_optimizer, optimizer_state_tensors, storage_bytes
+from lab.params.memory import OPTIMIZERS
+from lab.perplexity import token_losses
 
 _WITH_BETAS = ("adam", "adamw", "adam8bit")
 

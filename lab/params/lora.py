@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.core.checks import check_choice, check_divisor, check_int, check_number
+from lab.formats.int4 import dequantize_int4
 from lab.models.gpt import GPTConfig
 from lab.params.counting import gpt_param_count, unique_parameters, unique_state_dict
 from lab.quant.linear import Int4Linear
-from lab.formats.int4 import dequantize_int4
 
 BASES = (nn.Linear, Int4Linear)
 

@@ -19,7 +19,6 @@ from lab.models.gpt import GPT
 from lab.params.adafactor import Adafactor
 from lab.params.adam8bit import Adam8bit
 from lab.params.counting import unique_parameters
-
 from lab.params.memory import OPTIMIZERS, as_dtype
 
 

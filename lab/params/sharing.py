@@ -90,9 +90,9 @@ def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None,
     first / last 10 training steps, nats per token; val_losses: the per-token NLL on the validation
     tokens, float64, for paired comparisons between variants with `lab.core.stats.compare`).
     """
-    from lab.perplexity import token_losses
-    from lab.models.next_token import train_lm
     from lab.core.runtime import seed_everything
+    from lab.models.next_token import train_lm
+    from lab.perplexity import token_losses
 
     for v in variants:
         if v not in VARIANTS:

@@ -19,10 +19,10 @@ from typing import TypeVar
 import torch
 from tqdm.auto import tqdm
 
+from lab.core.runtime import seed_everything
 from lab.core.timing import time_ms
 from lab.models.gpt import GPT, GPTConfig
 from lab.params.offload import MODES, OffloadedGPT, layer_nbytes, offload_nbytes
-from lab.core.runtime import seed_everything
 
 T = TypeVar("T")
 
@@ -121,8 +121,9 @@ def bench_memory(device: torch.device, quick: bool = False) -> dict:
     training step (model: `training_memory` total); the decode step is CUDA-only.
     """
     from lab.params.counting import gpt_param_count
+    from lab.params.measured_memory import (measure_decode_memory_cuda, measure_training_memory_cpu,
+                                            measure_training_memory_cuda)
     from lab.params.memory import inference_memory, training_memory, training_peak_bytes
-    from lab.params.measured_memory import (measure_decode_memory_cuda, measure_training_memory_cpu, measure_training_memory_cuda)
 
     cfg = GPTConfig(vocab_size=256, context_length=32, d_model=64, n_layer=2, n_head=4, n_kv_head=2,
                     d_ff=128) if quick else GPTConfig()

@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from lab.core.runtime import seed_everything
 from lab.core.timing import check_then_time, time_ms
+from lab.formats.sparse24 import compress, compressed_nbytes
 from lab.kernels.aot.shapes import MatmulShapes
 from lab.models.gpt import GPT, GPTConfig
 from lab.prune.masks import nm_mask
-from lab.formats.sparse24 import compress, compressed_nbytes
 from lab.prune.semi_structured import sparse_linear_torch, to_semi_structured_torch
-from lab.core.runtime import seed_everything
 
 
 def _linear_paths(w: torch.Tensor) -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], int]]:

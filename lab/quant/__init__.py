@@ -1,10 +1,11 @@
 """Chapter 3, quantization: affine grids, observers, GPTQ, SmoothQuant/AWQ scaling, int4 packing, quantized linears."""
 
 from lab.formats.int4 import pack_int4, pack_int4_v2, unpack_int4, unpack_int4_v2
-from lab.quant.affine import QuantizedTensor, dequantize, fake_quantize, fake_quantize_with, qparams, quantize
+from lab.quant.affine import (QuantizedTensor, dequantize, fake_quantize, fake_quantize_with, qparams, quantize,
+                              rtn_quantize)
 from lab.quant.gptq import gptq_quantize
 from lab.quant.linear import Int4Linear, W8A8Linear, int4_model, w8a8_quantize_model
-from lab.quant.model import quantize_model, rtn_quantize, rtn_quantize_model
+from lab.quant.model import quantize_model, rtn_quantize_model
 from lab.quant.observers import ChannelAbsMaxObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from lab.quant.packing import pack_quantized_weight
 from lab.quant.scaling import (activation_abs_max, awq_scale_search, group_smoothing_factors, smoothing_factors,

@@ -221,3 +221,10 @@ def fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = False, granulari
     group = group_size if granularity == "group" else None
     return fake_quantize_with(x, broadcast_param(scale, x.shape, granularity, axis, group),
                               broadcast_param(zero_point, x.shape, granularity, axis, group), *grid(bits, symmetric))
+
+
+def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int | None = None,
+                 symmetric: bool = False) -> QuantizedTensor:
+    """Round-to-nearest of W (C_out, C_in) per output channel, or per group of ``group_size`` columns."""
+    granularity = "channel" if group_size is None else "group"
+    return quantize(weight.detach(), bits, symmetric, granularity, group_size or 1, axis=0)

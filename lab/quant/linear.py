@@ -32,9 +32,9 @@ from lab.kernels.int4 import int4_weight_only_matmul
 from lab.kernels.int8 import int8_matmul
 from lab.layerwise import LINEARS
 from lab.models.gpt import GPT, GPTConfig
-from lab.quant.affine import QuantizedTensor, check_bits, grid, qparams, quantize, quantize_with
-from lab.quant.observers import MinMaxObserver
 from lab.prune.semi_structured import Sparse24Linear
+from lab.quant.affine import QuantizedTensor, check_bits, grid, qparams, quantize_with, rtn_quantize
+from lab.quant.observers import MinMaxObserver
 from lab.quant.packing import pack_quantized_weight
 
 ACT_MODES = ("token", "tensor")
@@ -116,8 +116,7 @@ class Sparse24Int4Linear(Sparse24Linear):
         super().__init__(linear, dtype)
 
     def store_values(self, values: torch.Tensor, dtype: torch.dtype) -> None:
-        rtn = quantize(values, 4, False, "group", self.group_size, axis=0)   # `lab.quant.model.rtn_quantize`
-        packed, scales, zeros, _ = pack_quantized_weight(rtn)
+        packed, scales, zeros, _ = pack_quantized_weight(rtn_quantize(values, 4, self.group_size))
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales.to(dtype))
         self.register_buffer("zeros", zeros.to(dtype))

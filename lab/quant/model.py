@@ -24,18 +24,11 @@ from torch import nn
 
 from lab.core.checks import check_choice, check_divisor
 from lab.layerwise import LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
-from lab.quant.affine import QuantizedTensor, check_bits, dequantize, quantize
+from lab.quant.affine import check_bits, dequantize, rtn_quantize
 from lab.quant.gptq import gptq_quantize
 from lab.quant.scaling import SCALE_GROUPS, awq_scale_search, fold_scales
 
 METHODS = ("rtn", "gptq", "awq")
-
-
-def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int | None = None,
-                 symmetric: bool = False) -> QuantizedTensor:
-    """Round-to-nearest of W (C_out, C_in) per output channel, or per group of ``group_size`` columns."""
-    granularity = "channel" if group_size is None else "group"
-    return quantize(weight.detach(), bits, symmetric, granularity, group_size or 1, axis=0)
 
 
 def _check_args(model: nn.Module, method: str, bits: int, group_size: int | None,

@@ -21,18 +21,18 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from lab.core.runtime import seed_everything
 from lab.core.timing import check_then_time, time_ms
 from lab.formats.int4 import pack_int4_v2
+from lab.kernels.aot.shapes import MatmulShapes
 from lab.kernels.int4 import MAX_M as V2_MAX_M
 from lab.kernels.int4 import int4_gemv_v2, int4_weight_only_matmul
 from lab.kernels.int8 import int8_matmul, tuned_block
-from lab.kernels.aot.shapes import MatmulShapes
 from lab.models.pretrained import book_config
 from lab.quant.affine import dequantize, quantize
 from lab.quant.linear import decoder_linear_shapes, int4_model, quantize_rows_symmetric, w8a8_quantize_model
 from lab.quant.model import quantize_model
 from lab.quant.packing import pack_quantized_weight
-from lab.core.runtime import seed_everything
 
 BATCHES = (1, 4, 16, 64, 256, 4096)
 QUICK_BATCHES = (1, 16)

@@ -11,12 +11,12 @@ import sys
 import pytest
 import torch
 
-from lab.core.atomic import atomic_write_json
 from lab.bench import bench_command
 from lab.bench.__main__ import main
+from lab.core.atomic import atomic_write_json
 from lab.core.records import REPO_ROOT, device_kind, load_results, provenance
-from lab.params.offload import MODES
 from lab.params.counting import block_param_count
+from lab.params.offload import MODES
 
 
 @pytest.fixture(scope="module")

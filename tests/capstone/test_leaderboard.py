@@ -11,8 +11,7 @@ from lab.capstone.leaderboard import (constraint_table, decode_ms_per_token, kep
                                       stored_tensors)
 from lab.capstone.routes import ROUTES, Settings
 from lab.params.safetensors_io import load_safetensors
-from lab.quant.affine import dequantize
-from lab.quant.model import rtn_quantize
+from lab.quant.affine import dequantize, rtn_quantize
 
 ROUTES_HERE = tuple(r for r in ROUTES if not r.name.startswith("draft"))   # the draft is the book's checkpoint
 TINY = Settings(eval_tokens=300, calib_samples=2, calib_len=16, group_size=32, student_layers=1, student_steps=2,

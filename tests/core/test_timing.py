@@ -7,6 +7,7 @@ import torch
 
 from lab.core.timing import check_then_time, time_ms
 
+
 def test_time_ms_on_the_cpu_is_the_median_after_one_warm_up():
     import time
 

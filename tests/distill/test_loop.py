@@ -13,24 +13,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from lab.distill import (
-    KDLoss,
-    TeacherCache,
-    attention_log_probs,
-    distill,
-    gpt_outputs,
-    gpt_student,
-    init_from_teacher,
-    teacher_layer_indices,
-    uniform_layer_map,
-)
-from lab.distill.encoder_task import (
-    EncoderClassifier,
-    _prose_paragraphs,
-    bert_student,
-    classifier_outputs,
-    paragraph_dataset,
-)
+from lab.distill import (KDLoss, TeacherCache, attention_log_probs, distill, gpt_outputs, gpt_student,
+                         init_from_teacher, teacher_layer_indices, uniform_layer_map)
+from lab.distill.encoder_task import (EncoderClassifier, _prose_paragraphs, bert_student, classifier_outputs,
+                                      paragraph_dataset)
 from lab.models import GPT
 from lab.models.gpt import rope_cos_sin
 from lab.models.loop import Optim

@@ -9,12 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab.distill import (
-    attention_transfer_loss,
-    cross_entropy,
-    hidden_state_loss,
-    kd_loss,
-)
+from lab.distill import attention_transfer_loss, cross_entropy, hidden_state_loss, kd_loss
 
 
 def _logits(*shape, seed=0, scale=3.0):

@@ -3,7 +3,8 @@ papermill run of the notebook with its default (small, CPU) parameters (tests/te
 
 from __future__ import annotations
 
-from tests.expected import notebook_01, notebook_01b, notebook_02, notebook_03, notebook_04, notebook_05, notebook_06, notebook_07
+from tests.expected import (notebook_01, notebook_01b, notebook_02, notebook_03, notebook_04, notebook_05, notebook_06,
+                            notebook_07)
 
 EXPECTED: dict[str, dict] = {
     "01_parameter_management": notebook_01.METRICS,

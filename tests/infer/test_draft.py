@@ -8,9 +8,9 @@ import pytest
 
 from lab.data import eval_tokens
 from lab.infer.draft import DRAFT_DIR, load_draft
-from lab.perplexity import perplexity
 from lab.models import load_pretrained_lm, load_tokenizer
 from lab.models.pretrained import LM_DIR, checkpoint_sha256
+from lab.perplexity import perplexity
 
 
 @pytest.fixture(scope="module")

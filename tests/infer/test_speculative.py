@@ -15,11 +15,12 @@ import pytest
 import scipy.stats
 import torch
 
-from lab.infer import expected_speedup, expected_tokens_per_step, generate, speculative_accept, speculative_generate
+from lab.infer import expected_speedup, expected_tokens_per_step, generate
 from lab.infer import speculative as speculative_module
-from lab.infer.speculative import residual_distribution
+from lab.infer import speculative_accept, speculative_generate
 from lab.infer.goodness_of_fit import (chi_square_test, generated_token_probs, kolmogorov_sf, ks_uniform_test,
                                        log_likelihood_z_test, randomized_pit)
+from lab.infer.speculative import residual_distribution
 from lab.models import GPT, GPTConfig
 
 CFG = GPTConfig(vocab_size=23, context_length=64, d_model=32, n_layer=2, n_head=4, n_kv_head=2, d_ff=64)

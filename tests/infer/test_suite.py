@@ -15,15 +15,9 @@ import pytest
 import torch
 
 from lab.bench.__main__ import main
+from lab.infer.roofline import (decode_step_cost, decoder_linear_bytes_at, kv_bytes_per_position, matmul_params,
+                                speed_of_light_ms, weight_bytes)
 from lab.infer.suite import CONFIGS, LLAMA2_7B_SHAPE, LLAMA2_70B_SHAPE, quantized
-from lab.infer.roofline import (
-    decode_step_cost,
-    decoder_linear_bytes_at,
-    kv_bytes_per_position,
-    matmul_params,
-    speed_of_light_ms,
-    weight_bytes,
-)
 from lab.models import GPT, GPTConfig
 from lab.params.counting import gpt_param_count
 from lab.params.memory import kv_cache_bytes

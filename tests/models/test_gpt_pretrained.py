@@ -10,18 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.models import (
-    GPT,
-    from_llama,
-    load_pretrained_encoder,
-    load_pretrained_lm,
-    to_llama,
-)
+from lab.models import GPT, from_llama, load_pretrained_encoder, load_pretrained_lm, to_llama
 from lab.models.pretrained import LM_DIR, checkpoint_sha256, training_figures, training_record
-
 from tests.tiny_models import tiny_config, tiny_gpt
-
-
 
 # ---------------------------------------------------------------------------------------------
 # lab.models: the from-scratch GPT against transformers' Llama

@@ -10,12 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from lab.models import train_lm
-from lab.models.next_token import random_batch
 from lab.models.loop import Optim, lr_at, train
-
+from lab.models.next_token import random_batch
 from tests.tiny_models import tiny_gpt
-
-
 
 # ---------------------------------------------------------------------------------------------
 # lab.models.next_token

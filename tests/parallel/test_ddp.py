@@ -13,8 +13,7 @@ from lab.parallel.ddp import DataParallel
 from lab.parallel.strategies import held_bytes, lm_loss
 from lab.parallel.zero import ZeroOptimizer
 from lab.params.counting import gpt_param_count
-from tests.parallel.test_strategies import B, CFG, N, batch, fresh_gpt, grads_by_name
-
+from tests.parallel.test_strategies import CFG, B, N, batch, fresh_gpt, grads_by_name
 
 # ---------------------------------------------------------------------------------------------
 # data parallel (job_data_parallel also runs the ZeRO steps that test_zero checks)

@@ -9,7 +9,7 @@ import torch.distributed as dist
 
 from lab.parallel.pipeline import gpt_stage
 from lab.parallel.strategies import lm_loss
-from tests.parallel.test_strategies import B, CFG, N, T, batch, fresh_gpt, grads_by_name
+from tests.parallel.test_strategies import CFG, B, N, T, batch, fresh_gpt, grads_by_name
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])

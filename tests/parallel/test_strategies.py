@@ -15,15 +15,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from lab.models.gpt import GPT, GPTConfig
+from lab.models.loop import lr_at
+from lab.models.next_token import random_batch
 from lab.parallel.ddp import DataParallel
 from lab.parallel.launch import launch
 from lab.parallel.pipeline import CostStage, PipelineSchedule, gpt_stage
-from lab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_block
 from lab.parallel.strategies import DISTRIBUTED, STRATEGIES, TABLE, TINY, lm_loss, train
+from lab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_block
 from lab.parallel.zero import ZeroOptimizer
-from lab.models.gpt import GPT, GPTConfig
-from lab.models.next_token import random_batch
-from lab.models.loop import lr_at
 
 N = 2
 CFG = GPTConfig(vocab_size=61, context_length=16, d_model=32, n_layer=2, n_head=4, n_kv_head=2, d_ff=48)

@@ -10,10 +10,9 @@ from torch import nn
 
 from lab.parallel.comm import CommCounter
 from lab.parallel.pipeline import PipelineSchedule, gpt_stage
-from lab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_gpt
 from lab.parallel.strategies import lm_loss
-from tests.parallel.test_strategies import B, CFG, N, T, batch, fresh_gpt, grads_by_name
-
+from lab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_gpt
+from tests.parallel.test_strategies import CFG, B, N, T, batch, fresh_gpt, grads_by_name
 
 # ---------------------------------------------------------------------------------------------
 # tensor parallel (job_model_parallel also runs the pipeline that test_pipeline checks)

@@ -11,7 +11,7 @@ from lab.parallel.formulas import zero_memory
 from lab.parallel.strategies import lm_loss
 from lab.parallel.zero import ZeroOptimizer
 from lab.params.counting import gpt_param_count
-from tests.parallel.test_strategies import B, CFG, N, batch, fresh_gpt
+from tests.parallel.test_strategies import CFG, B, N, batch, fresh_gpt
 
 
 def adamw_reference(steps: int) -> dict[str, torch.Tensor]:

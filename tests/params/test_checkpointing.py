@@ -12,8 +12,8 @@ from lab.models.gpt import Block, rope_cos_sin
 from lab.params.checkpointing import (CheckpointedBlock, _torch_checkpointed, checkpoint_gradient_error,
                                       checkpoint_layers, recompute_time_ratio)
 from lab.params.counting import gpt_param_count
-from lab.params.memory import activation_bytes, training_memory, training_peak_bytes
 from lab.params.measured_memory import measure_training_memory_cpu
+from lab.params.memory import activation_bytes, training_memory, training_peak_bytes
 from lab.params.sharing import share_layers
 
 N_LAYER = 5  # every = 1, 2, 3 checkpoint 5, 3 and 2 of the layers

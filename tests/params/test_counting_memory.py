@@ -7,29 +7,11 @@ import torch
 
 from lab.models.gpt import GPT, GPTConfig
 from lab.models.pretrained import LM_DIR, gpt_config_from_llama, load_pretrained_encoder, load_pretrained_lm
-from lab.params.counting import (
-    bytes_per_dtype,
-    categorize,
-    count_parameters,
-    dtype_bytes,
-    gpt_param_count,
-    model_bytes,
-    parameter_table,
-    plot_parameter_breakdown,
-)
-from lab.params.measured_memory import (
-    cache_nbytes,
-    measure_decode_memory_cuda,
-    measure_training_memory_cpu,
-    measure_training_memory_cuda,
-)
-from lab.params.memory import (
-    activation_bytes,
-    inference_memory,
-    kv_cache_bytes,
-    training_memory,
-    training_peak_bytes,
-)
+from lab.params.counting import (bytes_per_dtype, categorize, count_parameters, dtype_bytes, gpt_param_count,
+                                 model_bytes, parameter_table, plot_parameter_breakdown)
+from lab.params.measured_memory import (cache_nbytes, measure_decode_memory_cuda, measure_training_memory_cpu,
+                                        measure_training_memory_cuda)
+from lab.params.memory import activation_bytes, inference_memory, kv_cache_bytes, training_memory, training_peak_bytes
 
 CONFIGS = [
     GPTConfig(vocab_size=512, context_length=32, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=96),

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from lab.data import corpus_documents
-from lab.perplexity import token_losses
+from lab.models.loop import BETAS, Optim, train
 from lab.models.next_token import lm_batch_loss, random_batch
 from lab.params.counting import unique_parameters
 from lab.params.finetune import document_tokens, finetune
 from lab.params.lora import add_lora, lora_memory, trainable_parameters
 from lab.params.memory import optimizer_state_bytes
-from lab.models.loop import BETAS, Optim, train
+from lab.perplexity import token_losses
 
 STEPS, LR = 4, 3e-3
 

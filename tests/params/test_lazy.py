@@ -14,7 +14,6 @@ from lab.params.safetensors_io import save_safetensors
 from lab.params.sharded import save_sharded
 from tests.params.test_safetensors_io import TINY, assert_same
 
-
 # --- lazy loading ----------------------------------------------------------------------------------
 
 def test_meta_model_has_no_storage():

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lab.models.gpt import GPTConfig
 from lab.models.next_token import lm_loss
 from lab.params.counting import gpt_param_count
-from lab.models.gpt import GPTConfig
 from lab.params.lora import (FrozenInt4Linear, LoRALinear, add_lora, decoder_linear_shapes, lora_memory,
                              lora_training_memory, merge_logit_error, merge_lora, trainable_parameters)
 from lab.params.measured_memory import measure_training_memory_cpu
@@ -294,7 +294,7 @@ def test_lora_training_memory_bad_input(tiny_gpt, kwargs, error, match):
 
 
 def test_matches_peft(tiny_gpt):
-    import peft   # pinned in requirements.txt: the comparison must run, never skip
+    import peft  # pinned in requirements.txt: the comparison must run, never skip
     ours, theirs = tiny_gpt(), tiny_gpt()
     names = add_lora(ours, R, ALPHA, QV)
     config = peft.LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=list(QV))

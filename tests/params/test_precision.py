@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lab.models.gpt import GPT, GPTConfig
-from lab.params.precision import (DynamicLossScaler, float_format_info, plot_format_ranges, plot_rounding,
-                                  round_to, spacing, underflow_fraction)
+from lab.params.precision import (DynamicLossScaler, float_format_info, plot_format_ranges, plot_rounding, round_to,
+                                  spacing, underflow_fraction)
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 

@@ -17,7 +17,6 @@ from lab.params.lazy import untied_state_dict
 from lab.params.sharded import INDEX_NAME, load_sharded, read_index, save_sharded
 from tests.params.test_safetensors_io import TINY, assert_same, random_tensor
 
-
 # --- sharded checkpoints ---------------------------------------------------------------------------
 
 def sample_state() -> dict[str, torch.Tensor]:

@@ -18,12 +18,7 @@ from lab.layerwise import LINEARS
 from lab.models import GPT, load_pretrained_lm, load_tokenizer
 from lab.models.gpt import rope_cos_sin
 from lab.prune.sequential import layer_sensitivity, prune_model, sparsity_of
-from lab.prune.structured import (
-    channel_importance,
-    head_importance,
-    prune_structured_by_importance,
-    structured_prune,
-)
+from lab.prune.structured import channel_importance, head_importance, prune_structured_by_importance, structured_prune
 from tests.tiny_models import tiny_gpt
 
 METHODS = ("magnitude", "wanda", "sparsegpt")

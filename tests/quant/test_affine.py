@@ -9,18 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lab.quant import (
-    ChannelAbsMaxObserver,
-    MinMaxObserver,
-    MSEObserver,
-    PercentileObserver,
-    QuantizedTensor,
-    dequantize,
-    fake_quantize,
-    fake_quantize_with,
-    qparams,
-    quantize,
-)
+from lab.quant import (ChannelAbsMaxObserver, MinMaxObserver, MSEObserver, PercentileObserver, QuantizedTensor,
+                       dequantize, fake_quantize, fake_quantize_with, qparams, quantize)
 
 BITS = range(2, 9)
 

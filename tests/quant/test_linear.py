@@ -13,15 +13,15 @@ import copy
 import pytest
 import torch
 
+from lab.formats.sparse24 import compress, decompress
 from lab.kernels import int4 as int4_module
 from lab.kernels import sparse24 as sparse24_module
 from lab.models import GPT
 from lab.quant import (Int4Linear, W8A8Linear, dequantize, gptq_quantize, int4_model, quantize_model, rtn_quantize,
                        w8a8_quantize_model)
-from lab.formats.sparse24 import compress, decompress
 from lab.quant.linear import Sparse24Int4Linear, decoder_linear_names
-from tests.kernels.interpreted import reloaded
 from tests.formats.test_sparse24 import random_nm
+from tests.kernels.interpreted import reloaded
 from tests.kernels.test_int4 import NO_CUDA, _assert_close, _gen
 from tests.tiny_models import tiny_gpt as make_tiny_gpt
 
@@ -206,8 +206,7 @@ def test_w8a8_quantize_model_per_token_and_static(monkeypatch):
 # --- 2:4 with int4 values ----------------------------------------------------------------------------------
 
 def test_sparse24_int4_linear_values_are_rounded_kept_values(interpreted):
-    from lab.quant.affine import dequantize
-    from lab.quant.model import rtn_quantize
+    from lab.quant.affine import dequantize, rtn_quantize
 
     linear = torch.nn.Linear(64, 16, bias=False)
     with torch.no_grad():

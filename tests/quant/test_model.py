@@ -15,7 +15,6 @@ from lab.quant.scaling import SCALE_GROUPS
 from tests.quant.test_gptq import _error, _gen
 from tests.tiny_models import tiny_gpt
 
-
 # ---------------------------------------------------------------------------------------------
 # whole-model quantization on a tiny GPT
 # ---------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ from torch.ao.quantization import MinMaxObserver as TorchMinMaxObserver
 from lab.quant import ChannelAbsMaxObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from tests.quant.test_affine import BITS, X0, _gen, _grid, _ref_qparams
 
-
 # ---------------------------------------------------------------------------------------------
 # observers
 # ---------------------------------------------------------------------------------------------

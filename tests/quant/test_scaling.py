@@ -10,19 +10,11 @@ import torch
 
 from lab.layerwise import InputStats
 from lab.models import GPT
-from lab.quant import (
-    activation_abs_max,
-    awq_scale_search,
-    dequantize,
-    rtn_quantize,
-    smoothing_factors,
-    smoothquant,
-)
+from lab.quant import activation_abs_max, awq_scale_search, dequantize, rtn_quantize, smoothing_factors, smoothquant
 from lab.quant.scaling import SCALE_GROUPS, fold_scales
 from tests.quant.test_gptq import W0, _error, _gen
 from tests.quant.test_model import CALIB, _captured_inputs, _linears
 from tests.tiny_models import tiny_gpt
-
 
 # ---------------------------------------------------------------------------------------------
 # AWQ scale search

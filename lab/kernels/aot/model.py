@@ -21,9 +21,9 @@ counted once per program (prologue and epilogue; a skipped or predicated-off ins
                         paged decode runs on FMA units, whose time the issue bound already counts
     predicted time    = the largest of them.
 
-Bandwidths and rates come from `lab.core.ceilings.device_ceilings`: the datasheet's 4.8 TB/s (H200 SXM)
-and 3.35 TB/s (H100 SXM5), 989 TFLOP/s bf16 and 1,979 TOP/s int8 dense, labelled as such, until a GPU
-record in ``results/`` measures them. The model
+Bandwidths and rates come from `lab.core.ceilings.device_ceilings`: the H200 SXM's and H100 SXM5's
+datasheet figures (`lab.core.ceilings.DATASHEETS`), labelled as such, until a GPU record in ``results/``
+measures them. The model
 is necessary, not sufficient: it ignores latency, occupancy, L2 and launch overhead, so a kernel can
 miss its prediction on the GPU (the staged GPU run measures it); a kernel over its issue bound cannot
 reach the bandwidth however it is scheduled.
@@ -40,8 +40,7 @@ import triton
 
 from lab.kernels import int4, int8, paged_attention, sparse24
 from lab.kernels.aot.compile import compile_all
-from lab.kernels.aot.launches import (launch_int4, launch_int8, launch_paged, launch_sparse24,
-                                      recording_with_companions)
+from lab.kernels.aot.launches import launch_int4, launch_int8, launch_paged, launch_sparse24, recording_with_companions
 from lab.kernels.aot.specialise import Configuration, compilation_key, specialisation_summary, specialise
 
 SMS, SCHEDULERS, CLOCK_HZ = 132, 4, 1.98e9
@@ -287,15 +286,15 @@ def bf16_gemv_us(record: dict, M: int) -> float:
 def headline(record: dict) -> dict[str, float]:
     """The figures chapters 2, 3 and 6 state: v1 vs v2 of int4 (M = 1, 16), of 2:4 against a dense bf16
     GEMV (M = 1) and of the paged decode (B = 1, 32)."""
-    int4 = int4_rows(record)
-    pred = {key: r["predicted_us_h200"] for key, r in int4.items()}
+    int4_row = int4_rows(record)
+    pred = {key: r["predicted_us_h200"] for key, r in int4_row.items()}
     codes_kb = LAYER * LAYER / 2 / 1024
     out = {}
     for v in ("v1", "v2"):
-        out[f"static_{v}_issue_us_m1"] = int4[v, 1]["issue_bound_us"]
-        out[f"static_{v}_warp_instr_per_kb"] = int4[v, 1]["warp_instructions"] / codes_kb
-        out[f"static_{v}_issue_over_memory_m1"] = int4[v, 1]["issue_bound_us"] / int4[v, 1]["memory_bound_us_h200"]
-    out["static_v2_memory_us_m1"] = int4["v2", 1]["memory_bound_us_h200"]
+        out[f"static_{v}_issue_us_m1"] = int4_row[v, 1]["issue_bound_us"]
+        out[f"static_{v}_warp_instr_per_kb"] = int4_row[v, 1]["warp_instructions"] / codes_kb
+        out[f"static_{v}_issue_over_memory_m1"] = int4_row[v, 1]["issue_bound_us"] / int4_row[v, 1]["memory_bound_us_h200"]
+    out["static_v2_memory_us_m1"] = int4_row["v2", 1]["memory_bound_us_h200"]
     out["static_v2_m16_over_m1"] = pred["v2", 16] / pred["v2", 1]
     out["static_v1_over_v2_m1"] = pred["v1", 1] / pred["v2", 1]
     out["static_bf16_over_v2_m1"] = bf16_gemv_us(record, 1) / pred["v2", 1]
