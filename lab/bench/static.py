@@ -42,20 +42,26 @@ OUT_NAME = "kernels_sm90.json"
 Shapes = list[MatmulShapes | PagedShapes]
 
 
+TINY_TEST_GPT = GPTConfig(vocab_size=61, context_length=16, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=96)
+# The shapes the CUDA-only tests launch, by test: each of those tests takes its shapes from here.
+CUDA_TEST_SHAPES: dict[str, Shapes] = {
+    "test_cuda_int4_kernel_matches_torch_references": [
+        MatmulShapes("test cuda int4 kernel", ("int4",), (1, 7, 16, 64, 300), ((1024, 2048),), g) for g in (128, 64)],
+    "test_cuda_int8_kernel_matches_the_integer_product": [
+        MatmulShapes("test cuda int8 kernel", ("int8",), (1, 16, 100, 256), ((512, 1024),))],
+    "test_cuda_quantized_models_match_the_cpu_path": [   # 3 × 16 tokens of a tiny GPT, int4 with g = 32
+        MatmulShapes("test cuda quantized models (tiny gpt)", ("int4", "int8"), (3 * TINY_TEST_GPT.context_length,),
+                     decoder_linear_shapes(TINY_TEST_GPT), 32)],
+    "test_torch_semi_structured_linear_matches_float64": [
+        MatmulShapes("test cuda semi-structured", ("sparse24",), (10,), ((256, 512),))],
+    "test_paged_decode_kernel_on_gpu": [                # lengths up to 513 tokens, one spare block per row
+        PagedShapes("test cuda paged decode", 5, 32, 8, 128, 16, (-(-513 // 16) + 1,))],
+}
+
+
 def cuda_test_shapes() -> Shapes:
-    """The shapes the CUDA-only tests launch (each names its test)."""
-    tiny = GPTConfig(vocab_size=61, context_length=16, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=96)
-    return [  # tests/kernels/test_int4.py::test_cuda_int4_kernel_matches_torch_references, g = 128 and 64
-        *(MatmulShapes("test cuda int4 kernel", ("int4",), (1, 7, 16, 64, 300), ((1024, 2048),), g) for g in (128, 64)),
-        MatmulShapes("test cuda int8 kernel", ("int8",), (1, 16, 100, 256), ((512, 1024),)),  # tests/kernels/test_int8.py
-        # tests/quant/test_linear.py::test_cuda_quantized_models_match_the_cpu_path: 3 × 16 tokens of a tiny GPT
-        MatmulShapes("test cuda quantized models (tiny gpt)", ("int4", "int8"), (3 * tiny.context_length,),
-                     decoder_linear_shapes(tiny), 32),
-        # tests/prune/test_semi_structured.py::test_torch_semi_structured_linear_matches_...
-        MatmulShapes("test cuda semi-structured", ("sparse24",), (10,), ((256, 512),)),
-        # tests/kernels/test_paged_attention.py::test_paged_decode_kernel_on_gpu: lengths up to 513, one spare block per row
-        PagedShapes("test cuda paged decode", 5, 32, 8, 128, 16, (-(-513 // 16) + 1,)),
-    ]
+    """The shapes the CUDA-only tests launch (`CUDA_TEST_SHAPES`)."""
+    return [s for shapes_of_test in CUDA_TEST_SHAPES.values() for s in shapes_of_test]
 
 
 # the registry: each caller's declaration of the shapes it runs

@@ -4,6 +4,7 @@ one record; and the committed record, which must not go stale."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import triton
@@ -16,7 +17,10 @@ from lab.kernels.aot.compile import failures
 from lab.kernels.aot.sass import INSTRUCTION_CLASSES
 from lab.kernels.aot.shapes import MatmulShapes, PagedShapes
 from lab.kernels.aot.sm90 import DEVICE_LABEL, occupancy
+from lab.quant.linear import decoder_linear_shapes
 from tests.kernels.aot.test_compile import current_configurations
+from tests.kernels.test_paged_attention import CUDA_LENGTHS
+from tests.quant.test_linear import TOKENS, tiny_gpt
 
 FIELDS = ("version", "kernel", "shape", "bytes", "warp_instructions", "issue_bound_us", "memory_bound_us_h200",
           "programs")
@@ -114,3 +118,15 @@ def test_the_committed_record_covers_the_rows_with_provenance(committed):
     v1, v2 = ([r for r in committed["rows"] if r["version"] == v and r["kernel"].startswith("int4")
                and r["shape"]["M"] == 1][0] for v in ("v1", "v2"))
     assert v2["issue_bound_us"] <= 0.8 * v2["memory_bound_us_h200"] < v1["issue_bound_us"]
+
+
+def test_the_cuda_tests_run_the_shapes_declared_for_them(repo_root):
+    """Each CUDA-only test named in CUDA_TEST_SHAPES exists and runs the shapes declared for it, so the sm_90
+    compile covers what the tests launch on a GPU."""
+    sources = "".join(p.read_text() for p in (repo_root / "tests").rglob("test_*.py"))
+    assert all(f"def {name}(" in sources for name in static.CUDA_TEST_SHAPES)
+    paged, = static.CUDA_TEST_SHAPES["test_paged_decode_kernel_on_gpu"]
+    assert paged.widths == (math.ceil(max(CUDA_LENGTHS) / paged.block_size) + 1,)     # one spare block per row
+    tiny, = static.CUDA_TEST_SHAPES["test_cuda_quantized_models_match_the_cpu_path"]
+    assert tiny_gpt().config == static.TINY_TEST_GPT and TOKENS.numel() == tiny.batches[0]
+    assert decoder_linear_shapes(tiny_gpt().config) == tiny.weights

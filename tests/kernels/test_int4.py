@@ -21,11 +21,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from lab.bench.static import CUDA_TEST_SHAPES
 from lab.formats.int4 import pack_int4, pack_int4_v2
 from lab.kernels import int4 as int4_module
 from tests.kernels.interpreted import reloaded
 
 NO_CUDA = not torch.cuda.is_available()
+
+CUDA_INT4 = CUDA_TEST_SHAPES["test_cuda_int4_kernel_matches_torch_references"]   # the sm_90 compile covers them
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -332,10 +335,10 @@ def test_v2_dispatch_names_a_non_tensor():
 @pytest.mark.cuda
 @pytest.mark.skipif(NO_CUDA, reason="the compiled Triton kernels need a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("M", [1, 7, 16, 64, 300])
-@pytest.mark.parametrize("group_size", [128, 64])
+@pytest.mark.parametrize("M", CUDA_INT4[0].batches)
+@pytest.mark.parametrize("group_size", [s.group_size for s in CUDA_INT4])
 def test_cuda_int4_kernel_matches_torch_references(M, group_size, dtype):
-    N, K = 1024, 2048
+    (N, K), = CUDA_INT4[0].weights
     q, scales, zeros = random_int4(N, K, group_size, seed=M + group_size, scale_dtype=dtype)
     x = torch.randn(M, K, generator=_gen(M)).to(dtype)
     packed = pack_int4(q, group_size)

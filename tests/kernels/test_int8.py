@@ -12,9 +12,12 @@ import os
 import pytest
 import torch
 
+from lab.bench.static import CUDA_TEST_SHAPES
 from lab.kernels import int8 as int8_module
 from tests.kernels.interpreted import reloaded
 from tests.kernels.test_int4 import NO_CUDA, _assert_close, _gen, _PoisonedTorch
+
+CUDA_INT8, = CUDA_TEST_SHAPES["test_cuda_int8_kernel_matches_the_integer_product"]   # the sm_90 compile covers them
 
 
 def random_int8(M: int, N: int, K: int, seed: int):
@@ -177,10 +180,10 @@ def test_int8_kernel_under_interpreter_non_contiguous_scales(interpreted):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(NO_CUDA, reason="the compiled Triton kernels need a CUDA GPU")
-@pytest.mark.parametrize("M", [1, 16, 100, 256])
+@pytest.mark.parametrize("M", CUDA_INT8.batches)
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float32])
 def test_cuda_int8_kernel_matches_the_integer_product(M, out_dtype):
-    N, K = 512, 1024
+    (N, K), = CUDA_INT8.weights
     a, b, a_scale, b_scale = random_int8(M, N, K, seed=M)
     y = int8_module.int8_matmul(a.cuda(), b.cuda(), a_scale.cuda(), b_scale.cuda(), out_dtype)
     assert y.is_cuda and y.dtype == out_dtype

@@ -12,10 +12,14 @@ import math
 import pytest
 import torch
 
+from lab.bench.static import CUDA_TEST_SHAPES
 from lab.kernels import paged_attention as paged_module
 from tests.kernels.interpreted import reloaded
 
 NO_CUDA = not torch.cuda.is_available()
+
+CUDA_PAGED, = CUDA_TEST_SHAPES["test_paged_decode_kernel_on_gpu"]     # the sm_90 compile covers them
+CUDA_LENGTHS = [1, 16, 17, 200, 513]                                  # cached tokens of its B = 5 rows
 
 
 def _paged_inputs(B, H, H_kv, D, block_size, lengths, dtype, seed):
@@ -114,7 +118,8 @@ def test_paged_decode_rejects_bad_input(change, error, match):
 @pytest.mark.skipif(NO_CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_paged_decode_kernel_on_gpu(dtype):
-    args = _paged_inputs(5, 32, 8, 128, 16, [1, 16, 17, 200, 513], dtype, seed=1)
+    s = CUDA_PAGED
+    args = _paged_inputs(s.B, s.H, s.H_kv, s.D, s.block_size, CUDA_LENGTHS, dtype, seed=1)
     out = paged_module.paged_attention_decode(*(a.cuda() for a in args))
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     assert (out.cpu().double() - _reference(*args)).abs().max() < tol

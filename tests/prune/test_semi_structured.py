@@ -9,12 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lab.bench.static import CUDA_TEST_SHAPES
 from lab.formats.sparse24 import compress
 from lab.kernels.sparse24 import sparse24_matmul
 from lab.prune.semi_structured import Sparse24Linear, sparse_linear_torch, to_semi_structured_torch
 from tests.formats.test_sparse24 import random_nm
 
 NO_CUDA = not torch.cuda.is_available()
+
+CUDA_SPARSE24, = CUDA_TEST_SHAPES["test_torch_semi_structured_linear_matches_float64"]   # compiled for sm_90
 
 
 # --- PyTorch's semi-structured path (CUDA) ---------------------------------------------------------------------
@@ -31,11 +34,12 @@ def test_to_semi_structured_torch_needs_cuda():
 @pytest.mark.skipif(NO_CUDA, reason="torch semi-structured sparse tensors need CUDA")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_torch_semi_structured_linear_matches_float64(dtype):
-    w = random_nm(256, 512, 2, 4, seed=10, dtype=dtype).cuda()
-    x = torch.randn(2, 5, 512, generator=torch.Generator().manual_seed(11)).to(dtype).cuda()
+    (N, K), = CUDA_SPARSE24.weights                                    # 256 × 512, M = 2 · 5 rows
+    w = random_nm(N, K, 2, 4, seed=10, dtype=dtype).cuda()
+    x = torch.randn(2, 5, K, generator=torch.Generator().manual_seed(11)).to(dtype).cuda()
     y = sparse_linear_torch(x, to_semi_structured_torch(w))
     ref = x.double() @ w.double().t()
-    assert y.shape == (2, 5, 256)
+    assert y.shape == (2, 5, N) and CUDA_SPARSE24.batches == (10,)
     torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
     values, meta = compress(w)
     y24 = sparse24_matmul(x.view(10, 512), values, meta, 256, 512)
