@@ -9,7 +9,6 @@ H100/H200-class GPU until a run records the real wall times.
 
 from __future__ import annotations
 
-import itertools
 import re
 import shlex
 import subprocess
@@ -24,7 +23,6 @@ from pathlib import Path
 import torch
 
 from lab.core.records import REPO_ROOT
-from lab.infer.paged import BLOCK_SIZE
 from lab.kernels.aot.shapes import MatmulShapes, PagedShapes
 
 _CUDA_MARK = re.compile(r"^\s*@pytest\.mark\.cuda\b", re.MULTILINE)
@@ -104,17 +102,16 @@ KERNEL_SHAPES = {
 
 def kernel_shapes() -> list[MatmulShapes | PagedShapes]:
     """The ``kernels`` stage's shapes on a GPU (`KERNEL_SHAPES["gpu"]`), for the ahead-of-time compile."""
+    from lab.infer.suite import paged_decode_shapes
+
     gpu = KERNEL_SHAPES["gpu"]
-    out: list[MatmulShapes | PagedShapes] = [MatmulShapes("gpu run kernels stage", (kind,), tuple(gpu[kind]["batches"]),
-                                ((gpu[kind]["size"], gpu[kind]["size"]),), gpu[kind].get("group_size", 0))
-                   for kind in ("int4", "int8")]
+    out: list[MatmulShapes | PagedShapes] = [
+        MatmulShapes("gpu run kernels stage", (kind,), tuple(gpu[kind]["batches"]),
+                     ((gpu[kind]["size"], gpu[kind]["size"]),), gpu[kind].get("group_size", 0))
+        for kind in ("int4", "int8")]
     out.append(MatmulShapes("gpu run kernels stage sparse24", ("sparse24",), tuple(gpu["sparse24"]["batches"]),
                             tuple(gpu["sparse24"]["shapes"])))
-    paged = gpu["paged"]
-    out += [PagedShapes("gpu run kernels stage paged", B, H, H_kv, paged["head_dim"], BLOCK_SIZE,
-                        (-(-paged["context"] // BLOCK_SIZE),))
-            for (H, H_kv), B in itertools.product(paged["heads"], paged["batches"])]
-    return out
+    return out + paged_decode_shapes("gpu run kernels stage paged", **gpu["paged"])
 
 
 def _run_parts(parts: dict[str, Callable[[], object]]) -> dict:

@@ -72,7 +72,7 @@ LLAMA2_70B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=8192
                              n_kv_head=8, d_ff=28672, tie_embeddings=False)
 
 # bench_paged_decode's Llama-7B-shaped decode: (query, kv) heads, batches, cached positions
-PAGED_HEADS, PAGED_BATCHES, PAGED_CONTEXT = ((32, 8), (32, 32)), (1, 8, 32), 2048
+PAGED_HEADS, PAGED_HEAD_DIM, PAGED_BATCHES, PAGED_CONTEXT = ((32, 8), (32, 32)), 128, (1, 8, 32), 2048
 
 @dataclass(frozen=True)
 class Setup:
@@ -135,9 +135,16 @@ def kernel_shapes() -> list[MatmulShapes | PagedShapes]:
     out.append(PagedShapes("infer bench serving (book model)", max(setup(cuda, quick=False).serve_batches),
                            book.n_head, book.n_kv_head, book.head_dim, BLOCK_SIZE,
                            tuple(range(1, -(-book.context_length // BLOCK_SIZE) + 1))))
-    out += [PagedShapes("paged decode bench", B, H, H_kv, 128, BLOCK_SIZE, (-(-PAGED_CONTEXT // BLOCK_SIZE),))
-            for (H, H_kv), B in itertools.product(PAGED_HEADS, PAGED_BATCHES)]
-    return out
+    return out + paged_decode_shapes("paged decode bench")
+
+
+def paged_decode_shapes(label: str, *, heads: Sequence[tuple[int, int]] = PAGED_HEADS, head_dim: int = PAGED_HEAD_DIM,
+                        batches: Sequence[int] = PAGED_BATCHES, context: int = PAGED_CONTEXT,
+                        block_size: int = BLOCK_SIZE) -> list[PagedShapes]:
+    """The decode steps `bench_paged_decode` runs with the same keywords, for the ahead-of-time compile: one
+    per ((H, H_kv), B), every row's table ⌈context / block_size⌉ blocks wide."""
+    return [PagedShapes(label, B, H, H_kv, head_dim, block_size, (-(-context // block_size),))
+            for (H, H_kv), B in itertools.product(heads, batches)]
 
 
 def _models(device: torch.device, quick: bool, dtype: torch.dtype) -> dict[str, tuple[GPT, GPT | None]]:
@@ -302,7 +309,7 @@ def _paged_reference(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor
 
 
 def bench_paged_decode(device: torch.device, quick: bool = False, progress: bool = True, *,
-                       heads: Sequence[tuple[int, int]] = PAGED_HEADS, head_dim: int = 128,
+                       heads: Sequence[tuple[int, int]] = PAGED_HEADS, head_dim: int = PAGED_HEAD_DIM,
                        batches: Sequence[int] = PAGED_BATCHES, context: int = PAGED_CONTEXT,
                        block_size: int = BLOCK_SIZE,
                        bandwidth: float | None = None) -> list[dict]:
