@@ -1,7 +1,7 @@
 """Benchmark records for the book: ``python -m lab.bench SUITE [--out results/] [--quick]``.
 
 Each suite run writes one JSON file, ``<out>/<suite>_<device-kind>.json`` (``..._quick.json`` with
-``--quick``), stamped by `lab.core.records.provenance` with `bench_command`. Every time in a record is
+``--quick``), stamped by `bench_provenance` (`lab.core.records.provenance` of the command). Every time in a record is
 the median of `lab.core.timing.time_ms`: CUDA events through `triton.testing.do_bench` on a GPU,
 ``time.perf_counter`` on the CPU. Notebooks read the records with `lab.core.records.load_results`.
 
@@ -26,9 +26,13 @@ measurements as one staged, budgeted run.
 import shlex
 from collections.abc import Sequence
 
-__all__ = ["bench_command"]
+import torch
+
+from lab.core.records import provenance
+
+__all__ = ["bench_provenance"]
 
 
-def bench_command(argv: Sequence[str]) -> str:
-    """The command line a record of ``python -m lab.bench <argv>`` is stamped with."""
-    return "python -m lab.bench " + shlex.join(argv)
+def bench_provenance(device: torch.device, argv: Sequence[str]) -> dict:
+    """`lab.core.records.provenance` of ``device`` for the command ``python -m lab.bench <argv>``."""
+    return provenance(device, "python -m lab.bench " + shlex.join(argv))

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from lab.bench import bench_command, gpu, static
+from lab.bench import bench_provenance, gpu, static
 from lab.core.atomic import atomic_write_json
-from lab.core.records import RESULTS_DIR, check_out_dir, device_kind, provenance
+from lab.core.records import RESULTS_DIR, check_out_dir, device_kind
 from lab.core.runtime import get_device
 
 # suite name → its module, each in its chapter, with `run(device, quick, progress) -> dict`
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.device == "cuda" and not torch.cuda.is_available():
         sub.error("--device cuda but torch.cuda.is_available() is False")
     device = torch.device(args.device) if args.device else get_device()
-    record = provenance(device, bench_command(argv))
+    record = bench_provenance(device, argv)
     record["suite"], record["quick"] = args.command, args.quick
     record.update(run_suite(args.command, device, args.quick, not args.no_progress))
     name = f"{args.command}_{device_kind(device)}{'_quick' if args.quick else ''}.json"

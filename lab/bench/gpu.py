@@ -42,10 +42,10 @@ from pathlib import Path
 
 import torch
 
-from lab.bench import bench_command
+from lab.bench import bench_provenance
 from lab.bench.stages import KERNEL_SHAPES, STAGES, Stage, StageFailed
 from lab.core.atomic import atomic_write_json
-from lab.core.records import check_out_dir, device_kind, provenance
+from lab.core.records import check_out_dir, device_kind
 
 __all__ = ["KERNEL_SHAPES", "STAGES", "Stage", "StageFailed", "check_run", "parse_stages", "run_gpu",
            "summary_table"]
@@ -179,7 +179,7 @@ def run_gpu(stages: Sequence[str], budget_s: float, out: Path, dry_run: bool, ar
         stage = STAGES[name]
         left = budget_s - (time.monotonic() - start)
         print(f"[{i}/{len(stages)}] {name}: estimated {stage.estimate_s:g} s, {max(left, 0):.0f} s left", flush=True)
-        record = {**provenance(device, bench_command(argv)), "run": "gpu", "dry_run": dry_run, "budget_s": budget_s}
+        record = {**bench_provenance(device, argv), "run": "gpu", "dry_run": dry_run, "budget_s": budget_s}
         fields, result = run_stage(stage, device, dry_run, progress, left)
         clash = (record.keys() | fields.keys()) & result.keys()
         if clash:

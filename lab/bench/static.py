@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from lab.bench import bench_command, stages
+from lab.bench import bench_provenance, stages
 from lab.core.atomic import atomic_write_json
-from lab.core.records import device_name, provenance
+from lab.core.records import device_name
 from lab.infer import suite as infer_suite
 from lab.kernels.aot import model as static_model
 from lab.kernels.aot.compile import check, table
@@ -80,8 +80,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def record_provenance(argv: Sequence[str]) -> dict:
-    """`lab.core.records.provenance` of this command, for the sm_90 target compiled on this host."""
-    fields = provenance(torch.device("cpu"), bench_command(argv))
+    """`bench_provenance` of this command, for the sm_90 target compiled on this host."""
+    fields = bench_provenance(torch.device("cpu"), argv)
     fields.update(device=DEVICE_LABEL, device_type="cuda", host=device_name(torch.device("cpu")))
     return fields
 

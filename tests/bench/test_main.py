@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from lab.bench import bench_command
+from lab.bench import bench_provenance
 from lab.bench.__main__ import main
 from lab.core.atomic import atomic_write_json
-from lab.core.records import REPO_ROOT, device_kind, load_results, provenance
+from lab.core.records import REPO_ROOT, device_kind, load_results
 from lab.params.counting import block_param_count
 from lab.params.offload import MODES
 
@@ -122,7 +122,7 @@ def test_out_that_is_a_file_is_an_error(tmp_path, capsys):
 
 
 def test_provenance_names_the_command():
-    rec = provenance(torch.device("cpu"), bench_command(["gpu", "--out", "a b"]))
+    rec = bench_provenance(torch.device("cpu"), ["gpu", "--out", "a b"])
     assert rec["command"] == "python -m lab.bench gpu --out 'a b'" and rec["device_type"] == "cpu"
 
 

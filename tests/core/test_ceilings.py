@@ -12,10 +12,10 @@ import json
 import pytest
 import torch
 
-from lab.bench import bench_command
+from lab.bench import bench_provenance
 from lab.core.atomic import atomic_write_json
 from lab.core.ceilings import DATASHEETS, datasheet_ceilings, datasheet_key, device_ceilings, measured_ceilings
-from lab.core.records import RESULTS_DIR, provenance
+from lab.core.records import RESULTS_DIR
 
 H100 = "NVIDIA H100 80GB HBM3"      # torch.cuda.get_device_name of an H100 SXM5
 
@@ -108,7 +108,7 @@ def test_reads_what_measure_ceilings_records(tmp_path):
 
     cpu = torch.device("cpu")
     measured = measure_ceilings(cpu, torch.float32, quick=True)
-    record = {**provenance(cpu, bench_command(["infer"])), "suite": "infer", "quick": False, "ceilings": measured}
+    record = {**bench_provenance(cpu, ["infer"]), "suite": "infer", "quick": False, "ceilings": measured}
     atomic_write_json(tmp_path / "infer_cpu.json", record)
     c = device_ceilings(cpu, root=tmp_path)
     assert c.measured and (c.bandwidth, c.peak_flops) == (measured["bandwidth"], measured["peak_flops"])

@@ -8,7 +8,7 @@ import platform
 
 import torch
 
-from lab.bench import bench_command
+from lab.bench import bench_provenance
 from lab.core.records import device_kind, device_name, provenance
 
 FIELDS = {"device", "device_type", "torch", "triton", "python", "date", "command"}
@@ -35,5 +35,5 @@ def test_device_kind_is_a_file_name_slug(monkeypatch):
 
 
 def test_bench_records_name_their_command():
-    rec = provenance(torch.device("cpu"), bench_command(["quant", "--out", "a b"]))
+    rec = bench_provenance(torch.device("cpu"), ["quant", "--out", "a b"])
     assert set(rec) == FIELDS and rec["command"] == "python -m lab.bench quant --out 'a b'"
