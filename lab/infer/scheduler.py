@@ -114,10 +114,10 @@ class _Queues:
     active_rows: list[int] = field(default_factory=list)
     prefill_tokens: int = 0
     preemptions: int = 0
+    device: torch.device = field(init=False)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    def __post_init__(self) -> None:
+        self.device = next(self.model.parameters()).device           # read once, not at every step
 
 
 def _greedy(logits: torch.Tensor) -> list[int]:
