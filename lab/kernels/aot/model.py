@@ -41,7 +41,7 @@ import triton
 from lab.kernels import int4, int8, paged_attention, sparse24
 from lab.kernels.aot.compile import compile_all
 from lab.kernels.aot.launches import launch_int4, launch_int8, launch_paged, launch_sparse24, recording_with_companions
-from lab.kernels.aot.specialise import Configuration, compilation_key, specialisation_summary, specialise
+from lab.kernels.aot.specialise import configuration
 
 SMS, SCHEDULERS, CLOCK_HZ = 132, 4, 1.98e9
 ISSUE_RATE = SMS * SCHEDULERS * CLOCK_HZ                 # warp-instructions per second
@@ -221,14 +221,11 @@ def model(selected: Sequence[Row] | None = None, jobs: int | None = 1, progress:
     launches = [record_launches(row) for row in selected]
     keys, missing = [], {}
     for row_launches in launches:
-        keys.append([])
-        for launch in row_launches:
-            fn, options, signature, constexprs, attrs = specialise(launch)
-            key = compilation_key(launch, options, signature, constexprs, attrs)
-            keys[-1].append(key)
-            if key not in compiled:
-                missing.setdefault(key, Configuration(
-                    key, launch, key, specialisation_summary(fn, options, signature, constexprs, attrs), []))
+        row_configs = [configuration(launch) for launch in row_launches]
+        keys.append([c.key for c in row_configs])
+        for c in row_configs:
+            if c.key not in compiled:
+                missing.setdefault(c.key, c)
     compiled.update(zip(missing, compile_all(list(missing.values()), jobs, progress)))
     device_ceilings = ceilings()
     out = [predict(row, row_launches, [compiled[key] for key in row_keys], device_ceilings)

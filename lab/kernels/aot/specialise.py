@@ -101,16 +101,21 @@ def compilation_key(launch: Launch, options, signature: dict, constexprs: dict, 
                        attrs_text, repr(options_text)], default=repr)
 
 
+def configuration(launch: Launch, name: str = "") -> Configuration:
+    """The compilation ``launch`` needs (named ``name``, else by its key), with no sources yet."""
+    fn, options, signature, constexprs, attrs = specialise(launch)
+    key = compilation_key(launch, options, signature, constexprs, attrs)
+    return Configuration(name or key, launch, key, specialisation_summary(fn, options, signature, constexprs, attrs), [])
+
+
 def configurations(launches: Sequence[tuple[str, Launch]]) -> list[Configuration]:
     """The distinct compilations of ``launches`` ((source label, launch) pairs), each with its sources' labels."""
     by_key: dict[str, Configuration] = {}
     counts: Counter = Counter()
     for label, launch in launches:
-        fn, options, signature, constexprs, attrs = specialise(launch)
-        key = compilation_key(launch, options, signature, constexprs, attrs)
-        if key not in by_key:
+        config = configuration(launch)
+        if config.key not in by_key:
             counts[launch.kernel] += 1
-            by_key[key] = Configuration(f"{launch.kernel}#{counts[launch.kernel]}", launch, key,
-                                        specialisation_summary(fn, options, signature, constexprs, attrs), [])
-        by_key[key].sources.append(label)
+            by_key[config.key] = dataclasses.replace(config, name=f"{launch.kernel}#{counts[launch.kernel]}")
+        by_key[config.key].sources.append(label)
     return list(by_key.values())
