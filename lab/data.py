@@ -10,7 +10,8 @@ from a dataset hub), once, into ``.data/`` at the repository root (or
 Splits are by *document* (no paragraph of a test document is ever trained on):
 a document goes to train / validation / test when ``sha256(path) mod 100`` is
 in [0, 90) / [90, 95) / [95, 100). Every chapter measures quality on the same
-*evaluation slice*: the first ``n_tokens`` tokens of the tokenized test split.
+*evaluation sample* (`eval_sample`): tokens drawn from every test document in proportion to its
+length, each scored with context from its own document.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ import torch
 from lab.core.atomic import atomic_write, atomic_write_json
 from lab.core.checks import check_choice, check_int
 from lab.core.records import REPO_ROOT
+from lab.perplexity import EvalSample
 
 CORPUS_PACKAGE = "python3.11-doc"
 CORPUS_VERSIONS = ("3.11.2-6+deb12u9", "3.11.2-6+deb12u8")  # tried in order, then any
 SOURCES_IN_PACKAGE = "usr/share/doc/python3.11/html/_sources"
 SPLITS = {"train": (0, 90), "validation": (90, 95), "test": (95, 100)}
-EVAL_TOKENS = 32_768  # the shared evaluation slice: first EVAL_TOKENS tokens of "test"
+EVAL_TOKENS = 8192   # scored tokens of the shared evaluation sample (`eval_sample`)
+EVAL_WINDOW = 128    # scored tokens per window of the sample
+EVAL_CONTEXT = 128   # tokens of own-document context before each window (not scored)
 
 
 def data_dir() -> Path:
@@ -159,13 +163,67 @@ def tokenize_split(split: str, tokenizer) -> torch.Tensor:
     return tokens
 
 
-def eval_tokens(tokenizer, n_tokens: int = EVAL_TOKENS) -> torch.Tensor:
-    """The shared evaluation slice: the first ``n_tokens`` tokens of the test split."""
-    check_int("n_tokens", n_tokens, 2)
+def test_documents(tokenizer) -> list[torch.Tensor]:
+    """The test split's documents as token tensors (each ends with its EOS), in path order."""
     tokens = tokenize_split("test", tokenizer)
-    if n_tokens > len(tokens):
-        raise ValueError(f"n_tokens={n_tokens} exceeds the test split ({len(tokens)} tokens)")
-    return tokens[:n_tokens]
+    ends = (tokens == tokenizer.eos_token_id).nonzero().flatten() + 1
+    n_documents = len(corpus_documents("test"))
+    if len(ends) != n_documents or ends[-1] != len(tokens):
+        raise RuntimeError(f"the test split has {n_documents} documents but its tokens hold {len(ends)} EOS; "
+                           "a document contains the EOS text")
+    return list(torch.tensor_split(tokens, ends[:-1].tolist()))
+
+
+def _shares(total: int, weights: list[int]) -> list[int]:
+    """``total`` split in proportion to ``weights`` (largest remainders; the parts sum to ``total``)."""
+    exact = [total * w / sum(weights) for w in weights]
+    parts = [int(e) for e in exact]
+    for i in sorted(range(len(exact)), key=lambda i: parts[i] - exact[i])[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
+def _even(total: int, k: int) -> list[int]:
+    """``total`` in k parts that differ by at most 1, the larger first."""
+    return [total // k + (i < total % k) for i in range(k)]
+
+
+def eval_sample(tokenizer, n_tokens: int | None = EVAL_TOKENS, window: int = EVAL_WINDOW,
+                context: int = EVAL_CONTEXT) -> EvalSample:
+    """The shared evaluation sample: ``n_tokens`` scored tokens drawn from every test document (None: every
+    scorable token of the split, each window then a whole segment scored after its own-document context).
+
+    Document g, with L_g tokens (EOS included), has L_g − 1 tokens that can be scored (its first has no
+    context); it gets n_g of the n_tokens in proportion to L_g − 1 (largest remainders), so the sample's
+    mean loss estimates the split's token-weighted mean, the quantity the split's perplexity is. Its
+    scorable positions 1..L_g − 1 are cut into k_g = ⌈n_g / window⌉ consecutive segments of near-equal
+    length; the last w tokens of each segment are scored (the n_g split near-evenly over the k_g windows),
+    after up to ``context`` tokens of the same document that are not scored. A systematic sample:
+    windows spread evenly through every document, deterministic, no seed.
+    Returns an `EvalSample` (tokens (n_tokens,) int64, documents (n_tokens,) int64).
+    """
+    check_int("window", window, 1)
+    check_int("context", context, 1)
+    documents = test_documents(tokenizer)
+    scorable = [len(d) - 1 for d in documents]
+    n_tokens = sum(scorable) if n_tokens is None else check_int("n_tokens", n_tokens, 2)
+    if n_tokens > sum(scorable):
+        raise ValueError(f"n_tokens={n_tokens} exceeds the test split's {sum(scorable)} scorable tokens")
+    inputs, n_context, docs = [], [], []
+    for g, (doc, n_g) in enumerate(zip(documents, _shares(n_tokens, scorable))):
+        if n_g == 0:
+            continue
+        k = -(-n_g // window)
+        segment_end = 1
+        for segment, w in zip(_even(len(doc) - 1, k), _even(n_g, k)):
+            segment_end += segment
+            begin = segment_end - w
+            c = min(context, begin)
+            inputs.append(doc[begin - c:segment_end])
+            n_context.append(c)
+            docs.append(torch.full((w,), g, dtype=torch.int64))
+    tokens = torch.cat([x[c:] for x, c in zip(inputs, n_context)])
+    return EvalSample(tuple(inputs), tuple(n_context), tokens, torch.cat(docs))
 
 
 def train_tokenizer(texts, vocab_size: int = 8192):

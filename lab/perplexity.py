@@ -10,10 +10,13 @@ first token of each window would have no context inside it and would go unscored
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+
+from lab.core.checks import check_int
 
 
 def _logits(model, ids: torch.Tensor) -> torch.Tensor:
@@ -70,3 +73,46 @@ def perplexity(model, tokens: torch.Tensor, context_length: int = 256, stride: i
     """exp(mean NLL) of ``tokens`` under ``model`` (lab `GPT` or a `transformers` causal LM)."""
     nll = token_losses(model, tokens, context_length, stride, batch_size, progress)
     return math.exp(nll.mean().item())
+
+
+@dataclass(frozen=True)
+class EvalSample:
+    """Scored tokens drawn from whole documents, each scored with context from its own document only.
+
+    ``inputs[i]`` (c_i + w_i,) int64 is a window of one document: c_i tokens of context (not scored)
+    followed by the w_i scored tokens, each predicted from the tokens before it in the window.
+    ``tokens`` (n,) int64 are the scored tokens of every window, in order; ``documents`` (n,) int64 the
+    document index of each (the unit `lab.core.stats.compare` resamples). Built by `lab.data.eval_sample`.
+    """
+
+    inputs: tuple[torch.Tensor, ...]
+    n_context: tuple[int, ...]
+    tokens: torch.Tensor
+    documents: torch.Tensor
+
+    @torch.no_grad()
+    def token_losses(self, model, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+        """Negative log-likelihood (nats, float64) of each scored token, shape (n,), aligned with ``tokens``."""
+        check_int("batch_size", batch_size, 1)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        starts = torch.cumsum(torch.tensor([0] + [len(x) - c for x, c in zip(self.inputs, self.n_context)]), 0)
+        nll = torch.empty(int(starts[-1]), dtype=torch.float64)
+        groups: dict[int, list[int]] = {}  # equal-length windows batch together
+        for i, x in enumerate(self.inputs):
+            groups.setdefault(len(x), []).append(i)
+        batches = [ids[j:j + batch_size] for ids in groups.values() for j in range(0, len(ids), batch_size)]
+        for batch in tqdm(batches, desc="perplexity", disable=not progress):
+            ids = torch.stack([self.inputs[i] for i in batch]).to(device)
+            logp = F.log_softmax(_logits(model, ids).float(), dim=-1)
+            token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
+            for row, i in zip(token_logp, batch):
+                c = self.n_context[i]
+                nll[starts[i]:starts[i + 1]] = -row[c - 1:]      # targets at window positions c..end−1
+        model.train(was_training)
+        return nll
+
+    def perplexity(self, model, batch_size: int = 8, progress: bool = False) -> float:
+        """exp(mean NLL) over the scored tokens: the token-weighted perplexity the sample estimates."""
+        return math.exp(self.token_losses(model, batch_size, progress).mean().item())

@@ -1,9 +1,10 @@
 """Plots of comparisons with their intervals, shared by the chapter notebooks.
 
-A comparison is [Δ, low, high] (the form `lab.core.report.record_comparison` records: change of
-perplexity in percent with its 95% interval). `interval_plot` draws one row per comparison, a
-dot at Δ and a bar from low to high, with a line at 0: an interval that crosses the line is
-"level", one that does not is "lower" or "higher". Seaborn draws it from the computed interval,
+A comparison is [Δ, low, high] (the form `lab.core.report.record_comparisons` records: change of
+perplexity in percent with its 95% interval) and its verb ("lower", "higher", "equivalent" or
+"inconclusive", after Holm's correction across the figure's comparisons, which the interval alone does
+not give). `interval_plot` draws one row per comparison, a dot at Δ and a bar from low to high,
+coloured by its verb, with a line at 0. Seaborn draws it from the computed interval,
 not from a resampling of its own: each comparison is three rows (low, Δ, high) of a long-form
 frame, and ``sns.pointplot(estimator="median", errorbar=("pi", 100))`` puts the point at their
 median, Δ, and the bar over their full range, [low, high]. `grid_heatmap` shows a two-parameter sweep
@@ -20,23 +21,27 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from lab.core.stats import verdict
+from lab.core.stats import VERDICTS
 
-COLORS = {"lower": "tab:green", "level": "tab:gray", "higher": "tab:red"}
+COLORS = {"lower": "tab:green", "higher": "tab:red", "equivalent": "tab:blue", "inconclusive": "tab:gray"}
 
 
-def interval_plot(comparisons: Mapping[str, Sequence[float]], xlabel: str = "perplexity change (%)",
-                  title: str | None = None, ax: plt.Axes | None = None) -> plt.Axes:
-    """One row per {label: [Δ, low, high]}: the point Δ and its interval, coloured by verdict."""
+def interval_plot(comparisons: Mapping[str, Sequence[float]], verdicts: Mapping[str, str],
+                  xlabel: str = "perplexity change (%)", title: str | None = None,
+                  ax: plt.Axes | None = None) -> plt.Axes:
+    """One row per {label: [Δ, low, high]}: the point Δ and its interval, coloured by ``verdicts[label]``
+    (the recorded verb, `lab.core.report.record_comparisons`)."""
     if not comparisons:
         raise ValueError("comparisons is empty: nothing to plot")
+    if set(verdicts) != set(comparisons) or not set(verdicts.values()) <= set(VERDICTS):
+        raise ValueError(f"verdicts must give one of {VERDICTS} for each label of comparisons, got {dict(verdicts)}")
     rows = []
     for label, value in comparisons.items():
         if len(value) != 3 or not value[1] <= value[0] <= value[2]:
             raise ValueError(f"comparisons[{label!r}] = {value!r}: expected [Δ, low, high] "
                              f"with low <= Δ <= high")
         mid, low, high = map(float, value)
-        rows += [{"label": label, "value": v, "verdict": verdict(low, high)} for v in (low, mid, high)]
+        rows += [{"label": label, "value": v, "verdict": verdicts[label]} for v in (low, mid, high)]
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 0.45 * len(comparisons) + 1.2), layout="tight")
     sns.pointplot(pd.DataFrame(rows), x="value", y="label", hue="verdict", order=list(comparisons),
@@ -91,7 +96,8 @@ def static_model_figure(record: dict) -> plt.Figure:
 
 def pareto_plot(rows: Sequence[Mapping], front: Sequence[str], ax: plt.Axes | None = None) -> plt.Axes:
     """Each leaderboard row (`lab.capstone.leaderboard`) at (bytes in MB, Δ log-perplexity in nats) with its
-    95% interval as a vertical bar, coloured by verdict; the routes of ``front`` joined by a line."""
+    95% interval as a vertical bar, coloured by its verdict (Holm across the routes; the reference in black);
+    the routes of ``front`` (`lab.capstone.pareto.pareto_front`: dominated by none) joined by a line."""
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
     missing = set(front) - {r["route"] for r in rows}
@@ -102,7 +108,7 @@ def pareto_plot(rows: Sequence[Mapping], front: Sequence[str], ax: plt.Axes | No
     for r in rows:
         mid, low, high = r["delta_log_ppl"]
         ax.errorbar(r["bytes"] / 1e6, mid, yerr=[[mid - low], [high - mid]], fmt="o", capsize=3,
-                    color=COLORS[verdict(low, high)] if r["route"] != rows[0]["route"] else "k")
+                    color=COLORS.get(r["verdict"], "k"))
         ax.annotate(r["route"], (r["bytes"] / 1e6, mid), textcoords="offset points", xytext=(5, 3), fontsize=8)
     points = sorted((r["bytes"] / 1e6, r["delta_log_ppl"][0]) for r in rows if r["route"] in front)
     ax.plot(*zip(*points), color="tab:blue", lw=1, alpha=0.6, zorder=0, label="Pareto front")

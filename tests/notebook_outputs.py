@@ -259,14 +259,15 @@ def compared_cells(stored: Path, executed: Path,
 
 def _verdict_at_edge(key: str, want: dict, tolerance: str) -> bool:
     """A comparison's verb (glue ``name_verdict``, lab.core.report.record_comparison) may differ when an end of
-    its stored interval (glue ``name`` = [Δ, low, high]) lies within the tolerance of 0: the interval
-    itself is compared number by number, and its verb flips with rounding there."""
+    its stored interval (glue ``name`` = [Δ, low, high]) lies within the tolerance of 0 or of the equivalence
+    margin, ±1 (% or points; lab.core.stats.EQUIVALENCE_MARGIN): the interval itself is compared number by
+    number, and its verb flips with rounding there."""
     interval = want.get(key.removesuffix("_verdict")) if key.endswith("_verdict") else None
     if not interval:
         return False
     ends = numbers(interval[0], exact=True, percent=True)[1][1:]
-    zero = Number("0", 0.0, 0.0, percent=True)
-    return any(TOLERANCE[tolerance].allows(end, zero) for end in ends)
+    edges = [Number(str(x), x, 0.0, percent=True) for x in (0.0, -1.0, 1.0)]
+    return any(TOLERANCE[tolerance].allows(end, edge) for end in ends for edge in edges)
 
 
 def _exact(key: str, text: str) -> bool:

@@ -131,7 +131,7 @@ def spread(folders: list[Path], stored: Path) -> list[str]:
 
 def fragile_claims(folders: list[Path]) -> list[str]:
     """The claims of EXPECTED whose verb hangs on the CPU: their verb differs between code paths, or
-    an end of their interval that the verb rests on (lower: high; higher: low; level: both) comes
+    an end of their interval that the verb rests on (lower: high; higher: low; equivalent: both) comes
     closer to 0, on some path, than MULTIPLE times the distance that end moved between paths. Such a
     claim gets no verb in the text and "any" in EXPECTED."""
     rows = []
@@ -144,7 +144,7 @@ def fragile_claims(folders: list[Path]) -> list[str]:
                 continue
             verb_only = Claim(claim.verb)
             flips = len({v in verb_only for v in values}) > 1
-            for end in {"lower": [2], "higher": [1], "level": [1, 2]}[claim.verb]:
+            for end in {"lower": [2], "higher": [1], "equivalent": [1, 2], "inconclusive": []}[claim.verb]:
                 moved = max(v[end] for v in values) - min(v[end] for v in values)
                 nearest = min(abs(v[end]) for v in values)
                 if flips or nearest <= MULTIPLE * moved:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lab import data
+from lab.perplexity import EvalSample
 
 # ---------------------------------------------------------------------------------------------
 # lab.data
@@ -53,22 +54,74 @@ def test_bad_split_is_refused():
         data.load_corpus("dev")
 
 
-def test_eval_tokens_is_the_prefix_of_the_test_split(tokenizer):
-    tokens = data.eval_tokens(tokenizer, n_tokens=1000)
-    assert tokens.dtype == torch.int64 and tokens.shape == (1000,)
-    assert torch.equal(tokens, data.tokenize_split("test", tokenizer)[:1000])
-    docs = data.corpus_documents("test")
-    first = tokenizer(docs[0][1], add_special_tokens=False)["input_ids"]  # independent re-tokenization
-    assert tokens[: min(len(first), 1000)].tolist() == first[:1000]
-    assert len(data.eval_tokens(tokenizer)) == data.EVAL_TOKENS
+def test_test_documents_are_the_split_tokenized_one_by_one(tokenizer):
+    documents = data.test_documents(tokenizer)
+    texts = data.corpus_documents("test")
+    assert len(documents) == len(texts) == 31
+    for doc, (_, text) in zip(documents, texts[:3]):                 # an independent re-tokenization
+        assert doc.tolist() == tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    assert torch.equal(torch.cat(documents), data.tokenize_split("test", tokenizer))
+
+
+def test_eval_sample_draws_every_document_in_proportion_and_scores_with_its_own_context(tokenizer):
+    sample = data.eval_sample(tokenizer)
+    documents = data.test_documents(tokenizer)
+    n = data.EVAL_TOKENS
+    assert sample.tokens.shape == sample.documents.shape == (n,) and sample.tokens.dtype == torch.int64
+    per_document = torch.bincount(sample.documents, minlength=len(documents))
+    scorable = torch.tensor([len(d) - 1 for d in documents], dtype=torch.float64)
+    assert (per_document - n * scorable / scorable.sum()).abs().max() < 1       # largest remainders
+    from tests.core.test_stats import SAMPLE_SIZES
+    assert per_document.tolist() == SAMPLE_SIZES.tolist()                    # the sizes the coverage test uses
+    at, joined = 0, {g: "".join(map(chr, d.tolist())) for g, d in enumerate(documents)}
+    for x, c in zip(sample.inputs, sample.n_context):
+        w = len(x) - c
+        g = int(sample.documents[at])
+        assert (sample.documents[at:at + w] == g).all() and 1 <= c <= data.EVAL_CONTEXT and 1 <= w <= data.EVAL_WINDOW
+        assert "".join(map(chr, x.tolist())) in joined[g]                      # context and window: one document
+        assert torch.equal(sample.tokens[at:at + w], x[c:])
+        at += w
+    assert at == n
+
+
+def test_eval_sample_losses_equal_scoring_each_window_alone():
+    from tests.tiny_models import tiny_gpt
+
+    model = tiny_gpt(vocab_size=50, context_length=16)
+    x = [torch.randint(0, 50, (k,), generator=torch.Generator().manual_seed(k)) for k in (9, 12, 9)]
+    sample = EvalSample(tuple(x), (3, 4, 8), torch.cat([x[0][3:], x[1][4:], x[2][8:]]),
+                             torch.tensor([0] * 6 + [1] * 8 + [2]))
+    losses = sample.token_losses(model, batch_size=2)
+    expected = []
+    for window, c in zip(x, sample.n_context):
+        logp = torch.log_softmax(model(window[None]).double(), -1)[0]
+        expected += [-logp[t - 1, window[t]].item() for t in range(c, len(window))]
+    assert losses.dtype == torch.float64 and losses.tolist() == pytest.approx(expected, abs=1e-5)
+    assert sample.perplexity(model) == pytest.approx(float(torch.tensor(expected).mean().exp()), rel=1e-5)
+
+
+def test_eval_sample_estimates_the_whole_split(tokenizer):
+    """The issue's criterion: the 95% document-bootstrap interval of the dense model's perplexity on the
+    sample contains the perplexity of the whole test split, and the point estimate is within 20% of it."""
+    from lab.core.stats import compare
+    from lab.models import load_pretrained_lm
+    from lab.perplexity import perplexity
+
+    model = load_pretrained_lm("lab")
+    whole = perplexity(model, data.tokenize_split("test", tokenizer))
+    sample = data.eval_sample(tokenizer)
+    losses = sample.token_losses(model)
+    interval = compare(torch.zeros_like(losses), losses, sample.documents)
+    assert interval["ratio_low"] <= whole <= interval["ratio_high"]
+    assert abs(interval["ratio"] / whole - 1) < 0.2, (interval["ratio"], whole)
 
 
 @pytest.mark.parametrize("n_tokens, error, match", [(1, ValueError, r"n_tokens=1 is out of range; allowed: \[2, inf\)"),
                                                     (100.0, TypeError, r"n_tokens must be an int, got 100.0"),
                                                     (10**9, ValueError, "exceeds the test split")])
-def test_eval_tokens_rejects_bad_lengths(tokenizer, n_tokens, error, match):
+def test_eval_sample_rejects_bad_lengths(tokenizer, n_tokens, error, match):
     with pytest.raises(error, match=match):
-        data.eval_tokens(tokenizer, n_tokens=n_tokens)
+        data.eval_sample(tokenizer, n_tokens=n_tokens)
 
 
 def test_token_cache_survives_parallel_writers(tokenizer, tmp_path, monkeypatch):

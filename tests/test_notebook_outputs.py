@@ -177,11 +177,14 @@ def _comparison_notebook(path: Path, interval: list[float], verdict: str) -> Pat
     return path
 
 
-def test_a_verb_may_change_only_where_its_interval_ends_within_the_tolerance_of_zero(tmp_path):
+def test_a_verb_may_change_only_where_its_interval_ends_within_the_tolerance_of_zero_or_the_margin(tmp_path):
     points = TOLERANCE["default"].points
-    edge = _comparison_notebook(tmp_path / "edge.ipynb", [-0.5, -1.0, -points / 2], "lower")
-    crossed = _comparison_notebook(tmp_path / "crossed.ipynb", [-0.5, -1.0, points / 2], "level")
+    edge = _comparison_notebook(tmp_path / "edge.ipynb", [-0.5, -1.5, -points / 2], "lower")
+    crossed = _comparison_notebook(tmp_path / "crossed.ipynb", [-0.5, -1.5, points / 2], "inconclusive")
     assert differences(edge, crossed) == []
-    far = _comparison_notebook(tmp_path / "far.ipynb", [-0.5, -1.0, -0.2], "lower")
-    [text, number] = differences(far, _comparison_notebook(tmp_path / "flipped.ipynb", [-0.5, -1.0, 0.01], "level"))
+    inside = _comparison_notebook(tmp_path / "inside.ipynb", [0.2, -0.5, 1 - points / 4], "equivalent")
+    outside = _comparison_notebook(tmp_path / "outside.ipynb", [0.2, -0.5, 1 + points / 4], "inconclusive")
+    assert differences(inside, outside) == []                     # an end at the ±1% equivalence margin
+    far = _comparison_notebook(tmp_path / "far.ipynb", [-0.5, -1.5, -0.2], "lower")
+    [text, number] = differences(far, _comparison_notebook(tmp_path / "flipped.ipynb", [-0.5, -1.5, 0.01], "inconclusive"))
     assert "the text differs" in text and "beyond Tolerance" in number

@@ -22,6 +22,7 @@ import pytest
 from lab.core import report
 from tests.code_paths import CODE_PATHS, code_path_env
 from tests.expected import EXPECTED
+from tests.expected.matchers import Claim
 from tests.notebook_outputs import differences
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -98,6 +99,10 @@ def _execute_and_check(notebook: Path, tmp_path: Path, monkeypatch, code_path: d
             failures.append(f"{name}: not recorded (recorded: {sorted(metrics)})")
         elif metrics[name] not in tolerance:
             failures.append(f"{name}: {metrics[name]!r} not in {tolerance}")
+        elif isinstance(tolerance, Claim) and tolerance.verb != "any" \
+                and metrics.get(f"{name}_verdict") != tolerance.verb:
+            failures.append(f"{name}: the text says {tolerance.verb!r}, the recorded verdict (Holm across its "
+                            f"family) is {metrics.get(f'{name}_verdict')!r}")
     failures += [f"stored output differs: {d}" for d in differences(notebook, tmp_path / notebook.name)]
     assert not failures, f"{notebook.name}:\n  " + "\n  ".join(failures)
 

@@ -22,11 +22,12 @@ def _drawn_intervals(ax):
 
 
 def test_interval_plot_draws_each_computed_interval_with_its_verdict_colour():
-    comparisons = {"a lower": [-1.0, -1.5, -0.5], "b level": [0.1, -0.2, 0.4],
-                   "c higher": [2.0, 1.0, 3.0], "d skewed": [0.3, 0.25, 2.75]}
-    ax = interval_plot(comparisons)
+    comparisons = {"a lower": [-1.0, -1.5, -0.5], "b equivalent": [0.1, -0.2, 0.4],
+                   "c higher": [2.0, 1.0, 3.0], "d after Holm": [0.3, 0.25, 2.75]}
+    verbs = {"a lower": "lower", "b equivalent": "equivalent", "c higher": "higher", "d after Holm": "inconclusive"}
+    ax = interval_plot(comparisons, verbs)
     assert [t.get_text() for t in ax.get_yticklabels()] == list(comparisons)
-    colours = [mcolors.to_hex(COLORS[v]) for v in ("lower", "level", "higher", "higher")]
+    colours = [mcolors.to_hex(COLORS[v]) for v in verbs.values()]
     drawn = _drawn_intervals(ax)
     assert drawn == {row: (low, high, colour) for row, ((_, low, high), colour)
                      in enumerate(zip(comparisons.values(), colours))}
@@ -37,12 +38,14 @@ def test_interval_plot_draws_each_computed_interval_with_its_verdict_colour():
 
 def test_interval_plot_refuses_a_point_outside_its_interval():
     with pytest.raises(ValueError, match=r"comparisons\['bad'\].*low <= Δ <= high"):
-        interval_plot({"bad": [1.0, 1.5, 2.0]})
+        interval_plot({"bad": [1.0, 1.5, 2.0]}, {"bad": "higher"})
 
 
-def test_interval_plot_refuses_nothing_to_plot():
+def test_interval_plot_refuses_nothing_to_plot_and_a_missing_verb():
     with pytest.raises(ValueError, match="empty"):
-        interval_plot({})
+        interval_plot({}, {})
+    with pytest.raises(ValueError, match="verdicts must give one of"):
+        interval_plot({"a": [1.0, 0.5, 2.0]}, {"a": "level"})
 
 
 def test_grid_heatmap_annotates_every_cell():
@@ -65,9 +68,9 @@ def test_static_model_figure_draws_both_versions_at_each_batch(repo_root):
 def test_pareto_plot_draws_every_row_with_its_interval_and_the_front():
     from lab.plots import pareto_plot
 
-    rows = [{"route": "dense", "bytes": 10e6, "delta_log_ppl": [0.0, 0.0, 0.0]},
-            {"route": "int4", "bytes": 5e6, "delta_log_ppl": [0.01, 0.005, 0.02]},
-            {"route": "bad", "bytes": 8e6, "delta_log_ppl": [0.2, 0.1, 0.3]}]
+    rows = [{"route": "dense", "bytes": 10e6, "delta_log_ppl": [0.0, 0.0, 0.0], "verdict": "reference"},
+            {"route": "int4", "bytes": 5e6, "delta_log_ppl": [0.01, 0.005, 0.02], "verdict": "higher"},
+            {"route": "bad", "bytes": 8e6, "delta_log_ppl": [0.2, 0.1, 0.3], "verdict": "higher"}]
     ax = pareto_plot(rows, ["dense", "int4"])
     bars = [c for c in ax.containers]
     assert len(bars) == 3
@@ -76,6 +79,7 @@ def test_pareto_plot_draws_every_row_with_its_interval_and_the_front():
         assert (x, y) == (r["bytes"] / 1e6, r["delta_log_ppl"][0])
         segment = container.lines[2][0].get_segments()[0]
         assert [segment[0][1], segment[1][1]] == r["delta_log_ppl"][1:]
+        assert mcolors.to_hex(container.lines[0].get_color()) == mcolors.to_hex(COLORS.get(r["verdict"], "k"))
     front = [line for line in ax.get_lines() if line.get_label() == "Pareto front"][0]
     assert list(front.get_xdata()) == [5.0, 10.0]
     with pytest.raises(ValueError, match="front names routes that are not in rows"):

@@ -7,9 +7,14 @@ measured the same way, in one run:
 * ``bytes``: the size of the stored form written with `lab.params.safetensors_io` (header, codes,
   scales, zero points, sparsity metadata, embeddings and norms: everything needed to run it);
   float tensors are stored in bf16;
+* ``read_bytes``: the bytes a decode step reads (every weight once per token): ``bytes``, except that a
+  weight stored as bit-packed codes with no kernel (int3) runs dequantized and is read in bf16;
 * ``delta``: the paired comparison `lab.core.stats.compare` of its per-token losses against the dense
-  bf16 model's on the same evaluation tokens: Δ = mean(ℓ_route − ℓ_dense) nats, with its 95% block
-  bootstrap interval, and the perplexity change 100·(e^Δ − 1) %;
+  bf16 model's on the same evaluation sample (`lab.data.eval_sample`; the whole test split by default):
+  Δ = mean(ℓ_route − ℓ_dense) nats with its 95% interval, which resamples the documents and, for a
+  route that depends on a seed (``Route.seeded``: calibration windows, a student's training), the
+  seeds of ``Settings.seeds`` together; the perplexity change 100·(e^Δ − 1) %; and its ``verdict``,
+  Holm-corrected across the routes (`lab.core.stats.verdicts`);
 * ``matmul_time_vs_dense``: the time of the matmuls at a large batch (compute-bound) predicted from
   the dense-equivalent weights out·in of every linear over its tensor-core rate relative to bf16
   (`MATMUL_RATE`: int8 and 2:4-sparse tensor cores run at 2× bf16 dense on Hopper, datasheet), over
@@ -37,9 +42,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lab.capstone.pareto import dominance
 from lab.capstone.routes import MATMUL_RATE, ROUTES, Route, Settings
 from lab.core.records import REPO_ROOT, device_name
-from lab.core.stats import compare
+from lab.core.stats import compare, verdicts
 from lab.core.timing import time_ms
 from lab.formats.sparse24 import pack_bits
 from lab.infer.generate import generate
@@ -47,7 +53,7 @@ from lab.models.gpt import GPT
 from lab.models.next_token import random_batch
 from lab.params.counting import unique_state_dict
 from lab.params.safetensors_io import save_safetensors
-from lab.perplexity import token_losses
+from lab.perplexity import EvalSample
 from lab.prune.semi_structured import Sparse24Linear
 from lab.quant.affine import dequantize
 from lab.quant.linear import Int4Linear, W8A8Linear
@@ -131,123 +137,87 @@ def git_commit() -> str:
         return "unknown"
 
 
-def measure(route: Route, ctx: dict, reference: torch.Tensor | None) -> tuple[dict, torch.Tensor]:
-    """One row of the leaderboard (see the module docstring) and the route's per-token losses."""
-    s, device = ctx["settings"], ctx["device"]
+def build(route: Route, ctx: dict) -> tuple[GPT, dict]:
+    """The route's stored form on the context's device with every float rounded to bf16, and its codes
+    (the weights of the codes loaded back from them, as from disk)."""
     model, codes = route.build(ctx)
-    model = round_to_bf16(model.to(device).eval())
+    model = round_to_bf16(model.to(ctx["device"]).eval())
     with torch.no_grad():
         for name, qt in codes.items():
             model.get_parameter(name).copy_(dequantize(qt))
-    tensors = stored_tensors(model, codes)
-    losses = token_losses(model, ctx["tokens"].to(device))
-    cmp = compare(reference if reference is not None else losses, losses)
-    pct = lambda d: 100.0 * math.expm1(d)
-    prompt = ctx["tokens"][:s.decode_prompt][None].to(device)
-    row = {"route": route.name, "params": kept_weights(model, codes), "bytes": stored_bytes(tensors),
-           "perplexity": math.exp(losses.mean().item()),
-           "delta_log_ppl": [cmp["delta_log_ppl"], cmp["ci_low"], cmp["ci_high"]],
-           "delta_ppl_pct": [pct(cmp["delta_log_ppl"]), pct(cmp["ci_low"]), pct(cmp["ci_high"])],
-           "matmul_time_vs_dense": matmul_time(model) / ctx["dense_matmul_time"],
+    return model, codes
+
+
+def measure(route: Route, ctxs: list[dict], sample: EvalSample) -> tuple[dict, torch.Tensor]:
+    """One row of the leaderboard (see the module docstring) without its Δ, and the route's per-token
+    losses, (S, n) float64: one row per seed context in ``ctxs`` (one for a route that is not seeded)."""
+    s, device = ctxs[0]["settings"], ctxs[0]["device"]
+    losses = []
+    for ctx in ctxs if route.seeded else ctxs[:1]:
+        model, codes = build(route, ctx)
+        losses.append(sample.token_losses(model))
+    prompt = sample.tokens[:s.decode_prompt][None].to(device)            # the last seed's model is timed
+    row = {"route": route.name, "params": kept_weights(model, codes), "bytes": stored_bytes(stored_tensors(model, codes)),
+           "read_bytes": stored_bytes(stored_tensors(model, {})) if codes else None, "n_seeds": len(losses),
+           "perplexity": math.exp(torch.stack(losses).mean().item()),
+           "matmul_time_vs_dense": matmul_time(model) / ctxs[0]["dense_matmul_time"],
            "decode_ms_per_token": decode_ms_per_token(model, prompt, s.decode_tokens, device, s.repeats),
            "calibration": route.calibration, "training": route.training, "matmul": route.matmul}
+    row["read_bytes"] = row["read_bytes"] or row["bytes"]
     if device.type == "cuda":
         from lab.core.ceilings import device_ceilings
 
         ceilings = device_ceilings(device)                     # bandwidth in bytes/s, measured or datasheet
         row["tokens_per_s"] = 1e3 / row["decode_ms_per_token"]
-        row["fraction_of_sol"] = row["bytes"] / ceilings.bandwidth / (row["decode_ms_per_token"] / 1e3)
+        row["fraction_of_sol"] = row["read_bytes"] / ceilings.bandwidth / (row["decode_ms_per_token"] / 1e3)
         row["sol_source"] = ceilings.source
-    return row, losses
+    return row, torch.stack(losses)
 
 
-def leaderboard(dense: GPT, tokens: torch.Tensor, train_ids: torch.Tensor, settings: Settings = Settings(),
+def seed_contexts(dense: GPT, train_ids: torch.Tensor, settings: Settings, device: torch.device) -> list[dict]:
+    """One build context per seed of ``settings.seeds``: the bf16 dense model, the calibration windows drawn
+    from ``train_ids`` with that seed, the settings; routes of one seed share it (a student is trained once)."""
+    base = round_to_bf16(copy.deepcopy(dense).to(device).eval())
+    shared = {"dense": base, "train_ids": train_ids, "settings": settings, "device": device,
+              "dense_matmul_time": matmul_time(base)}
+    return [{**shared, "seed": seed, "calib": random_batch(train_ids, settings.calib_samples, settings.calib_len,
+                                                          torch.Generator().manual_seed(seed))[0].to(device)}
+            for seed in settings.seeds]
+
+
+def leaderboard(dense: GPT, sample: EvalSample, train_ids: torch.Tensor, settings: Settings = Settings(),
                 device: torch.device | str = "cpu", routes: tuple[Route, ...] = ROUTES,
                 progress: bool = True) -> list[dict]:
     """The rows of every route in ``routes`` on ``dense`` (a lab `GPT`, copied, never changed).
 
-    ``tokens``: (N,) int64 evaluation ids; ``train_ids``: (M,) int64 ids from which the calibration
-    windows and the student's batches are drawn (seeded by ``settings.seed``). The first route is the
-    reference of every Δ (its own Δ is 0).
+    ``sample``: the evaluation sample (`lab.data.eval_sample`); ``train_ids``: (M,) int64 ids from which
+    the calibration windows and the student's batches are drawn, at each seed of ``settings.seeds``. The
+    first route is the reference of every Δ (its own Δ is 0); each row's ``verdict`` is Holm-corrected
+    across the other routes, and ``dominated_by`` lists the routes that dominate it (`pareto.dominance`).
     """
     device = torch.device(device)
-    base = round_to_bf16(copy.deepcopy(dense).to(device).eval())
-    calib = random_batch(train_ids, settings.calib_samples, settings.calib_len,
-                         torch.Generator().manual_seed(settings.seed))[0].to(device)
-    ctx = {"dense": base, "calib": calib, "tokens": tokens, "train_ids": train_ids, "settings": settings,
-           "device": device, "dense_matmul_time": matmul_time(base)}
+    ctxs = seed_contexts(dense, train_ids, settings, device)
     stamp = {"commit": git_commit(), "device": device_name(device),
              "command": "python -m lab.bench leaderboard --device " + device.type}
-    rows, reference = [], None
+    rows, losses = [], []
     for route in tqdm(routes, desc="leaderboard", disable=not progress):
-        row, losses = measure(route, ctx, reference)
-        reference = losses if reference is None else reference
+        row, route_losses = measure(route, ctxs, sample)
         rows.append({**row, **stamp})
+        losses.append(route_losses)
+    comparisons = {r["route"]: compare(losses[0], route_losses, sample.documents)
+                   for r, route_losses in zip(rows[1:], losses[1:])}
+    verbs = verdicts(comparisons) if comparisons else {}
+    for row in rows:
+        cmp = comparisons.get(row["route"], {"delta_log_ppl": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": 1.0})
+        row["delta_log_ppl"] = [cmp["delta_log_ppl"], cmp["ci_low"], cmp["ci_high"]]
+        row["delta_ppl_pct"] = [100.0 * math.expm1(d) for d in row["delta_log_ppl"]]
+        row["p"], row["verdict"] = cmp["p"], verbs.get(row["route"], "reference")
+        row["n_documents"] = int(sample.documents.unique().numel())
+    for row, dominated_by in zip(rows, dominance(rows, losses, sample.documents)):
+        row["dominated_by"] = dominated_by
     return rows
 
 
 def slug(text: str) -> str:
     """A record-name form of a route or constraint: lower case, each run of other characters one "_"."""
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-
-
-def pareto_front(rows: list[dict]) -> list[str]:
-    """The routes no other route dominates: none has at most its bytes and at most its Δ (log-perplexity),
-    one of them strictly less. In the order of ``rows``."""
-    def dominates(a: dict, b: dict) -> bool:
-        le = a["bytes"] <= b["bytes"] and a["delta_log_ppl"][0] <= b["delta_log_ppl"][0]
-        return le and (a["bytes"] < b["bytes"] or a["delta_log_ppl"][0] < b["delta_log_ppl"][0])
-    return [b["route"] for b in rows if not any(dominates(a, b) for a in rows)]
-
-
-# (constraint, what decides, which routes may answer)
-CONSTRAINTS = (
-    ("memory-bound decode (batch 1)", "fewest bytes", lambda r: True),
-    ("batch serving (compute-bound)", "least predicted matmul time, then lowest Δ", lambda r: True),
-    ("no calibration data", "fewest bytes, no data at all", lambda r: not (r["calibration"] or r["training"])),
-    ("no training budget", "fewest bytes, no training", lambda r: not r["training"]),
-)
-
-
-def constraint_table(rows: list[dict], budget_pct: float) -> list[dict]:
-    """For each of `CONSTRAINTS`, the route it picks among those whose perplexity change is within
-    ``budget_pct`` percent at the upper end of its 95% interval, a tie going to the lower Δ:
-    {"constraint", "decided by", "route", "bytes", "delta_ppl_pct", "matmul_time_vs_dense"}; route None
-    when none qualifies."""
-    if not isinstance(budget_pct, (int, float)) or isinstance(budget_pct, bool) or not budget_pct >= 0:
-        raise ValueError(f"budget_pct must be a number >= 0 (percent), got {budget_pct!r}")
-    table = []
-    for constraint, decided_by, allowed in CONSTRAINTS:
-        ok = [r for r in rows if allowed(r) and r["delta_ppl_pct"][2] <= budget_pct]
-        key = ((lambda r: (r["matmul_time_vs_dense"], r["delta_log_ppl"][0])) if decided_by.startswith("least")
-               else (lambda r: (r["bytes"], r["delta_log_ppl"][0])))
-        pick = min(ok, key=key) if ok else None
-        table.append({"constraint": constraint, "decided by": decided_by, "route": pick and pick["route"],
-                      **{k: pick and pick[k] for k in ("bytes", "delta_ppl_pct", "matmul_time_vs_dense")}})
-    return table
-
-
-def leaderboard_frame(rows: list[dict], gpu_rows: list[dict] = ()) -> "pd.DataFrame":
-    """The leaderboard as a table, one row per route: weights, MB, bytes × dense, perplexity, its change
-    [95% interval] and verdict, predicted matmul time at a large batch ("batch time"), this device's decode ms/token,
-    and from ``gpu_rows`` (the rows of a GPU record, matched by route) tokens/s with the fraction of the
-    memory-bound speed of light, "pending" where there is none."""
-    import pandas as pd
-
-    from lab.core.stats import verdict
-
-    gpu = {r["route"]: r for r in gpu_rows}
-    dense_bytes = rows[0]["bytes"]
-    table = []
-    for r in rows:
-        mid, low, high = r["delta_ppl_pct"]
-        g = gpu.get(r["route"])
-        table.append({"route": r["route"], "weights": f"{r['params']:,}", "MB": r["bytes"] / 1e6,
-                      "× dense": r["bytes"] / dense_bytes, "ppl": r["perplexity"],
-                      "Δ ppl % (95% CI)": f"{mid:+.2f} [{low:+.2f}, {high:+.2f}]",
-                      "verdict": "reference" if r is rows[0] else verdict(*r["delta_log_ppl"][1:]),
-                      "batch time (pred.)": r["matmul_time_vs_dense"],
-                      "CPU ms/token": r["decode_ms_per_token"],
-                      "GPU tokens/s (× SOL)":
-                          f"{g['tokens_per_s']:,.0f} ({g['fraction_of_sol']:.2f})" if g else "pending"})
-    return pd.DataFrame(table).set_index("route")

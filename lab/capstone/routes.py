@@ -29,10 +29,12 @@ MATMUL_RATE = {"bf16": 1.0, "int8": 2.0, "2:4 sparse": 2.0}   # × bf16 dense, H
 
 @dataclass(frozen=True)
 class Settings:
-    """The run's sizes: evaluation tokens, calibration windows, group size g, the student's
-    training, and the decode timing (prompt length, generated tokens, repeats of the timer)."""
+    """The run's sizes: evaluation tokens (None: the whole test split), calibration windows, group size g,
+    the student's training, the decode timing (prompt length, generated tokens, repeats of the timer),
+    and the seeds of every route that depends on one (calibration windows, the student's batches and
+    initialisation): its losses at each seed enter its interval."""
 
-    eval_tokens: int = 8192
+    eval_tokens: int | None = None
     calib_samples: int = 32
     calib_len: int = 128
     group_size: int = 64          # 128 does not divide the model's d_ff = 704
@@ -43,11 +45,11 @@ class Settings:
     decode_prompt: int = 64
     decode_tokens: int = 32
     repeats: int = 3
-    seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
 
 
 QUICK = Settings(eval_tokens=1024, calib_samples=4, calib_len=64, student_steps=4, student_batch=2,
-                 student_seq=32, decode_prompt=8, decode_tokens=4, repeats=1)
+                 student_seq=32, decode_prompt=8, decode_tokens=4, repeats=1, seeds=(0,))
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,15 @@ class Route:
     b-bit codes stored bit-packed for linears that run dequantized (``{name: QuantizedTensor}``).
     ``calibration``/``training``: what it needs besides the weights; ``matmul``: the tensor-core
     path its linears would take on a GPU (int8 and 2:4 sparse run at 2× bf16 dense on Hopper,
-    datasheet)."""
+    datasheet); ``seeded``: whether the build depends on ``ctx["seed"]`` (calibration windows drawn with
+    it, a student trained with it), so that it is built and scored at every seed of the settings."""
 
     name: str
     build: Callable[[dict], tuple[GPT, dict]]
     calibration: bool
     training: bool
     matmul: str
+    seeded: bool = True
 
 
 def _dense(ctx: dict) -> tuple[GPT, dict]:
@@ -111,8 +115,8 @@ def _student(ctx: dict) -> GPT:
     with `KDLoss` (τ = 1, α = 1) by `distill`, as in chapter 4."""
     if "student" not in ctx:
         s = ctx["settings"]
-        batches = lm_batches(ctx["train_ids"], s.student_steps, s.student_batch, s.student_seq, s.seed)
-        student = gpt_student(ctx["dense"], s.student_layers, from_teacher=True, seed=s.seed)
+        batches = lm_batches(ctx["train_ids"], s.student_steps, s.student_batch, s.student_seq, ctx["seed"])
+        student = gpt_student(ctx["dense"], s.student_layers, from_teacher=True, seed=ctx["seed"])
         kd = KDLoss(TeacherCache(ctx["dense"], keep=False), temperature=1.0, alpha=1.0)  # each batch once
         distill(student, batches, s.student_steps, kd, optim=Optim(5e-4, warmup=max(1, s.student_steps // 10)),
                 progress=False)
@@ -137,9 +141,9 @@ def _int4(model: GPT, ctx: dict, method: str = "gptq") -> tuple[GPT, dict]:
 
 
 ROUTES = (
-    Route("dense bf16", _dense, calibration=False, training=False, matmul="bf16"),
+    Route("dense bf16", _dense, calibration=False, training=False, matmul="bf16", seeded=False),
     Route("RTN int4 g64", lambda ctx: _int4(copy.deepcopy(ctx["dense"]), ctx, "rtn"), calibration=False,
-          training=False, matmul="bf16"),
+          training=False, matmul="bf16", seeded=False),
     Route("GPTQ int4 g64", lambda ctx: _int4(copy.deepcopy(ctx["dense"]), ctx), calibration=True, training=False,
           matmul="bf16"),
     Route("GPTQ int3 g64", _gptq3, calibration=True, training=False, matmul="bf16"),
@@ -150,7 +154,8 @@ ROUTES = (
     Route("student 3 layers", lambda ctx: (_student(ctx), {}), calibration=False, training=True, matmul="bf16"),
     Route("student + GPTQ int4", lambda ctx: _int4(_student(ctx), ctx), calibration=True, training=True,
           matmul="bf16"),
-    Route("draft 2 layers", lambda ctx: (_draft(ctx), {}), calibration=False, training=True, matmul="bf16"),
+    Route("draft 2 layers", lambda ctx: (_draft(ctx), {}), calibration=False, training=True, matmul="bf16",
+          seeded=False),                                          # a stored checkpoint: one model
     Route("draft + GPTQ int4", lambda ctx: _int4(_draft(ctx), ctx), calibration=True, training=True,
           matmul="bf16"),
 )

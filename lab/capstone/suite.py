@@ -8,15 +8,16 @@ import torch
 
 from lab.capstone.leaderboard import leaderboard
 from lab.capstone.routes import QUICK, ROUTES, Settings
-from lab.data import eval_tokens, tokenize_split
+from lab.data import eval_sample, tokenize_split
 from lab.models import load_pretrained_lm, load_tokenizer
 
 
 def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
-    """The suite: the book's model, evaluation slice and train split, every route (`leaderboard`)."""
+    """The suite: the book's model, the evaluation sample (the whole test split unless ``settings.eval_tokens``
+    says otherwise), the train split, every route (`leaderboard`)."""
     settings = QUICK if quick else Settings()
     tokenizer = load_tokenizer()
-    rows = leaderboard(load_pretrained_lm("lab"), eval_tokens(tokenizer, settings.eval_tokens),
+    rows = leaderboard(load_pretrained_lm("lab"), eval_sample(tokenizer, settings.eval_tokens),
                        tokenize_split("train", tokenizer), settings, device, progress=progress)
     if quick:
         for row in rows:

@@ -15,12 +15,12 @@ Inside a Jupyter kernel each recorded value is also *glued* (``myst_nb.glue``, n
 under its name, so a chapter page pastes the executed figure instead of typing it:
 ``{glue:text}`../notebooks/02_pruning.ipynb::ppl_ratio_wanda_50:.3f```.
 
-A comparison of two models on the same tokens (`lab.core.stats.compare`) is recorded with
-`record_comparison` as a change of perplexity in percent with its 95% interval,
+The comparisons of one table or figure (`lab.core.stats.compare` results) are recorded together
+with `record_comparisons`, each as a change of perplexity in percent with its 95% interval,
 ``[Δ%, low%, high%]``, with 100·(e^Δ − 1) for Δ = log PPL_b − log PPL_a, plus its text
-(``name_text``, e.g. "+0.34% (95% CI +0.21% to +0.47%)") and the verb the interval allows
-(``name_verdict``: "lower", "level" or "higher"). The notebook test checks the verb the
-chapter uses against the recorded interval.
+(``name_text``, e.g. "+0.34% (95% CI +0.21% to +0.47%; 31 documents resampled)") and the verb
+(``name_verdict``: "lower", "higher", "equivalent" or "inconclusive", after Holm's correction across
+the family). The notebook test checks the verb the chapter uses against the recorded one.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ import os
 from pathlib import Path
 
 from lab.core.atomic import atomic_write_json
-from lab.core.checks import check_number
-from lab.core.stats import seed_spread, verdict
+from lab.core.checks import check_choice, check_number
+from lab.core.stats import EQUIVALENCE_MARGIN, seed_spread, verdict, verdicts
 
 DEFAULT_FILENAME = "lab.metrics.json"
 ENV_VAR = "LAB_REPORT_PATH"
@@ -131,44 +131,52 @@ def percent(delta_log_ppl: float) -> float:
     return 100.0 * math.expm1(delta_log_ppl)
 
 
-def record_comparison(name: str, results: dict | list[dict], *, scale: str = "ppl",
-                      path: str | os.PathLike | None = None) -> list[float]:
-    """Record a paired comparison (`lab.core.stats.compare` result) or one per seed (a list of them).
+def record_comparisons(results: dict[str, dict], *, scale: str = "ppl", margin: float | None = None,
+                       unit_name: str = "documents", path: str | os.PathLike | None = None) -> dict[str, str]:
+    """Record the comparisons of one family (a table or figure), each a `lab.core.stats.compare` result.
 
-    Records ``name`` = [Δ, low, high], ``name_text`` and ``name_verdict``. ``scale`` "ppl": the
-    compared values are per-token losses and Δ is the change of perplexity in percent,
-    100·(e^Δ − 1); "points": the compared values are rates (e.g. 1 − correct per example) and Δ is
-    in percentage points, 100·Δ. Over seeds, Δ is the mean over seeds and [low, high] spans every
-    seed's interval, so "lower"/"higher" means: at every seed. Returns [Δ, low, high].
+    For each name: ``name`` = [Δ, low, high], ``name_text`` and ``name_verdict``, the verb after
+    Holm's correction across the family (`lab.core.stats.verdicts`). ``scale`` "ppl": the compared
+    values are per-token losses and Δ is the change of perplexity in percent, 100·(e^Δ − 1); "points":
+    they are rates (e.g. 1 − correct per example) and Δ is in percentage points, 100·Δ. ``margin``: the
+    equivalence margin in the compared unit (log-perplexity or rate); default `EQUIVALENCE_MARGIN` for
+    "ppl" (±1% perplexity), 0.01 (one point) for "points". Returns {name: verdict}.
     """
-    per_seed = results if isinstance(results, list) else [results]
-    if not per_seed or not all(isinstance(r, dict) and {"delta_log_ppl", "ci_low", "ci_high"} <= r.keys()
-                               for r in per_seed):
-        raise TypeError(f"record_comparison({name!r}): results must be a lab.core.stats.compare dict or a "
-                        f"non-empty list of them, got {results!r:.200}")
-    if scale not in ("ppl", "points"):
-        raise ValueError(f"scale={scale!r} is not allowed; allowed: 'ppl', 'points'")
+    if not isinstance(results, dict) or not results:
+        raise TypeError(f"results must be a non-empty dict of lab.core.stats.compare results, got {results!r:.200}")
+    for name, r in results.items():
+        if not (isinstance(r, dict) and {"delta_log_ppl", "ci_low", "ci_high", "p", "n_seeds"} <= r.keys()):
+            raise TypeError(f"results[{name!r}] must be a lab.core.stats.compare result, got {r!r:.200}")
+    check_choice("scale", scale, ("ppl", "points"))
+    if margin is None:
+        margin = EQUIVALENCE_MARGIN if scale == "ppl" else 0.01
+    verbs = verdicts(results, margin)
     to_unit, unit = (percent, "%") if scale == "ppl" else ((lambda d: 100.0 * d), " points")
-    mid = sum(to_unit(r["delta_log_ppl"]) for r in per_seed) / len(per_seed)
-    low = min(to_unit(r["ci_low"]) for r in per_seed)
-    high = max(to_unit(r["ci_high"]) for r in per_seed)
-    where = f"95% CI {low:+.2f}{unit} to {high:+.2f}{unit}"
-    if len(per_seed) > 1:
-        where = (f"mean of {len(per_seed)} seeds; every seed's 95% CI within "
-                 f"{low:+.2f}{unit} to {high:+.2f}{unit}")
-    record(name, [mid, low, high], path=path)
-    record(f"{name}_text", f"{mid:+.2f}{unit} ({where})", path=path)
-    record(f"{name}_verdict", verdict(low, high), path=path)
-    return [mid, low, high]
+    for name, r in results.items():
+        mid, low, high = (to_unit(r[k]) for k in ("delta_log_ppl", "ci_low", "ci_high"))
+        seeds = f"{r['n_seeds']} seeds and " if r["n_seeds"] > 1 else ""
+        record(name, [mid, low, high], path=path)
+        record(f"{name}_text", f"{mid:+.2f}{unit} (95% CI {low:+.2f}{unit} to {high:+.2f}{unit}; "
+                               f"{seeds}{r['n_documents']} {unit_name} resampled)", path=path)
+        record(f"{name}_verdict", verbs[name], path=path)
+    return verbs
 
 
-def record_spread(name: str, values, unit: str = "%", *, path: str | os.PathLike | None = None) -> list[float]:
+def record_comparison(name: str, result: dict, *, scale: str = "ppl", margin: float | None = None,
+                      unit_name: str = "documents", path: str | os.PathLike | None = None) -> str:
+    """`record_comparisons` for a family of one comparison; returns its verdict."""
+    return record_comparisons({name: result}, scale=scale, margin=margin, unit_name=unit_name, path=path)[name]
+
+
+def record_spread(name: str, values, unit: str = "%", margin: float = 1.0, *,
+                  path: str | os.PathLike | None = None) -> list[float]:
     """Record one result over seeds (`lab.core.stats.seed_spread`): ``name`` = [mean, ci_low, ci_high]
-    (Student-t 95% interval of the mean), ``name_text`` and ``name_verdict`` (against 0).
+    (Student-t 95% interval of the mean), ``name_text`` and ``name_verdict`` (against 0, a family of
+    one; "equivalent" when the interval lies inside ±``margin``, in ``unit``).
     Returns [mean, ci_low, ci_high]."""
     s = seed_spread(values)
     record(name, [s["mean"], s["ci_low"], s["ci_high"]], path=path)
     record(f"{name}_text", f"{s['mean']:+.2f}{unit} (mean of {s['n']} seeds, sd {s['sd']:.2f}{unit}; "
                            f"95% CI {s['ci_low']:+.2f}{unit} to {s['ci_high']:+.2f}{unit})", path=path)
-    record(f"{name}_verdict", verdict(s["ci_low"], s["ci_high"]), path=path)
+    record(f"{name}_verdict", verdict(s, margin=margin), path=path)
     return [s["mean"], s["ci_low"], s["ci_high"]]

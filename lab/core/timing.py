@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -70,3 +70,22 @@ def check_then_time(fn: Callable[[], torch.Tensor], reference: torch.Tensor, tol
         return {"max_rel_err": err, "ms": None,
                 "wrong": f"max relative error {err:.3g} vs float64 exceeds {tol:g}"}
     return {"max_rel_err": err, "ms": time_ms(fn, device, repeats)}
+
+
+def time_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 15) -> dict[str, list[float]]:
+    """CPU times in ms of several functions measured in turn, round after round (a, b, c, a, b, c, …) after
+    one warm-up call each: a load on the machine that comes and goes falls on every function alike, so
+    the ratio of two of them within a round is paired. Returns {name: [ms of round 1, …, round ``rounds``]};
+    `lab.core.stats.paired_ratio` turns two of them into a speed-up with its interval."""
+    check_int("rounds", rounds, minimum=2)
+    if not fns:
+        raise ValueError("fns must name at least one function to time")
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return times

@@ -29,6 +29,11 @@ from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm,
 from lab.perplexity import perplexity
 
 
+# The training log's test figure: the first 32,768 tokens of the test split (15 of its 31 documents), the
+# slice of the stored record's ``eval_slice_tokens``. The book evaluates on `lab.data.eval_sample` instead.
+TEST_SLICE_TOKENS = 32_768
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line's options: output folder, training schedule, model shape, evaluation, seed."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     to_llama(model.float().cpu()).to(torch.bfloat16).save_pretrained(args.out)
 
     reloaded = load_pretrained_lm("transformers", args.out)  # bf16 on disk → float32
-    test = data.eval_tokens(tokenizer)
+    test = data.tokenize_split("test", tokenizer)[:TEST_SLICE_TOKENS]
     command = "python -m lab.models.pretrain " + shlex.join(argv if argv is not None else sys.argv[1:])
     record = {
         **provenance(device, command), "threads": torch.get_num_threads(),

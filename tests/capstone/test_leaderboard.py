@@ -3,29 +3,37 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from lab.capstone.leaderboard import (constraint_table, decode_ms_per_token, kept_weights, leaderboard,
-                                      leaderboard_frame, matmul_time, pareto_front, round_to_bf16, stored_bytes,
-                                      stored_tensors)
+from lab.capstone.leaderboard import (decode_ms_per_token, kept_weights, leaderboard, matmul_time, round_to_bf16,
+                                      stored_bytes, stored_tensors)
+from lab.capstone.pareto import constraint_table, dominance, leaderboard_frame, pareto_front
 from lab.capstone.routes import ROUTES, Settings
 from lab.params.safetensors_io import load_safetensors
+from lab.perplexity import EvalSample
 from lab.quant.affine import dequantize, rtn_quantize
 
 ROUTES_HERE = tuple(r for r in ROUTES if not r.name.startswith("draft"))   # the draft is the book's checkpoint
-TINY = Settings(eval_tokens=300, calib_samples=2, calib_len=16, group_size=32, student_layers=1, student_steps=2,
-                student_batch=2, student_seq=16, decode_prompt=4, decode_tokens=3, repeats=1)
+TINY = Settings(calib_samples=2, calib_len=16, group_size=32, student_layers=1, student_steps=2,
+                student_batch=2, student_seq=16, decode_prompt=4, decode_tokens=3, repeats=1, seeds=(0, 1))
+
+
+def random_sample(n_windows: int = 12, context: int = 8, window: int = 24) -> EvalSample:
+    """Windows of random ids in 6 "documents", two windows each."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = tuple(torch.randint(0, 61, (context + window,), generator=gen) for _ in range(n_windows))
+    return EvalSample(inputs, (context,) * n_windows, torch.cat([x[context:] for x in inputs]),
+                      torch.arange(n_windows).repeat_interleave(window) // 2)
 
 
 @pytest.fixture(scope="module")
 def rows(tiny_gpt):
     model = tiny_gpt(context_length=256, d_ff=64)
-    gen = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, 61, (TINY.eval_tokens,), generator=gen)
-    train_ids = torch.randint(0, 61, (2000,), generator=gen)
+    train_ids = torch.randint(0, 61, (2000,), generator=torch.Generator().manual_seed(1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = leaderboard(model, tokens, train_ids, TINY, routes=ROUTES_HERE, progress=False)
+    result = leaderboard(model, random_sample(), train_ids, TINY, routes=ROUTES_HERE, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the model was changed"
     return {row["route"]: row for row in result}
 
@@ -39,8 +47,12 @@ def test_every_route_has_a_stamped_row_with_its_interval(rows):
         assert row["delta_ppl_pct"] == pytest.approx([100 * math.expm1(d) for d in row["delta_log_ppl"]])
         assert math.isclose(row["perplexity"], rows["dense bf16"]["perplexity"] * math.exp(mid), rel_tol=1e-9)
         assert row["command"].startswith("python -m lab.bench leaderboard")
-        assert row["decode_ms_per_token"] > 0
-    assert rows["dense bf16"]["delta_log_ppl"] == [0.0, 0.0, 0.0]
+        assert row["decode_ms_per_token"] > 0 and row["n_documents"] == 6
+        assert row["verdict"] in ("lower", "higher", "equivalent", "inconclusive", "reference")
+        assert row["n_seeds"] == (2 if next(r for r in ROUTES if r.name == row["route"]).seeded else 1)
+    assert rows["dense bf16"]["delta_log_ppl"] == [0.0, 0.0, 0.0] and rows["dense bf16"]["verdict"] == "reference"
+    assert rows["GPTQ int3 g64"]["read_bytes"] > rows["GPTQ int3 g64"]["bytes"]      # int3 runs dequantized
+    assert rows["GPTQ int4 g64"]["read_bytes"] == rows["GPTQ int4 g64"]["bytes"]     # int4 has its kernel
 
 
 def test_bytes_and_weights_follow_the_storage(rows):
@@ -111,18 +123,19 @@ def test_predicted_matmul_time(rows, tiny_gpt):
     assert rows["GPTQ int4 g64"]["matmul_time_vs_dense"] == 1.0             # weight-only: bf16 matmuls
 
 
-def _row(route, nbytes, delta, calibration=False, training=False, matmul=1.0):
+def _row(route, nbytes, delta, calibration=False, training=False, matmul=1.0, read=None):
     pct = [100 * math.expm1(d) for d in delta]
-    return {"route": route, "bytes": nbytes, "delta_log_ppl": delta, "delta_ppl_pct": pct,
-            "calibration": calibration, "training": training, "matmul_time_vs_dense": matmul}
+    return {"route": route, "bytes": nbytes, "read_bytes": read or nbytes, "delta_log_ppl": delta,
+            "delta_ppl_pct": pct, "calibration": calibration, "training": training, "matmul_time_vs_dense": matmul,
+            "dominated_by": []}
 
 
-def test_pareto_front_and_constraint_table():
+def test_constraint_table_picks_by_bytes_read_within_the_budget():
     rows = [_row("dense", 100, [0.0, 0.0, 0.0]), _row("rtn", 50, [0.02, 0.01, 0.03]),
-            _row("gptq", 50, [0.01, 0.0, 0.02], calibration=True),       # dominates rtn: same bytes, lower Δ
+            _row("gptq", 50, [0.01, 0.0, 0.02], calibration=True),
+            _row("int3", 40, [0.015, 0.0, 0.02], calibration=True, read=90),   # stored small, read in bf16
             _row("w8a8", 70, [0.001, 0.0, 0.002], calibration=True, matmul=0.6),
             _row("student", 30, [0.5, 0.4, 0.6], training=True, matmul=0.5)]
-    assert pareto_front(rows) == ["dense", "gptq", "w8a8", "student"]
     table = {t["constraint"]: t["route"] for t in constraint_table(rows, budget_pct=5.0)}
     assert table == {"memory-bound decode (batch 1)": "gptq", "batch serving (compute-bound)": "w8a8",
                      "no calibration data": "rtn", "no training budget": "gptq"}
@@ -134,11 +147,29 @@ def test_pareto_front_and_constraint_table():
         constraint_table(rows, budget_pct=-1)
 
 
+def test_dominance_needs_fewer_bytes_and_an_interval_wholly_below():
+    """Three routes on 40 documents: "small" is as good as "big" within noise (not dominating it, though its
+    point estimate is lower); "tiny" is clearly worse than both; "better" at big's bytes is clearly better."""
+    gen = np.random.default_rng(0)
+    documents = torch.arange(4000) // 100
+    base = torch.from_numpy(gen.gamma(2.0, 1.5, size=4000))
+    noise = lambda sd: torch.from_numpy(gen.normal(0.0, sd, size=4000))
+    losses = {"big": base[None], "small": (base - 0.0005 + noise(0.2))[None], "tiny": (base + 0.3 + noise(0.1))[None],
+              "better": torch.stack([base - 0.2 + noise(0.1), base - 0.21 + noise(0.1)])}
+    rows = [{"route": "big", "bytes": 100}, {"route": "small", "bytes": 50}, {"route": "tiny", "bytes": 10},
+            {"route": "better", "bytes": 100}]
+    dominated = dominance(rows, [losses[r["route"]] for r in rows], documents)
+    assert dominated == [["better"], [], [], []]
+    rows = [dict(r, dominated_by=d) for r, d in zip(rows, dominated)]
+    assert pareto_front(rows) == ["small", "tiny", "better"]
+
+
 def test_leaderboard_frame_marks_gpu_figures_pending_without_a_gpu_record(rows):
     listed = list(rows.values())
     frame = leaderboard_frame(listed)
     assert list(frame.index) == list(rows) and (frame["GPU tokens/s (× SOL)"] == "pending").all()
     assert frame.loc["dense bf16", "verdict"] == "reference" and frame.loc["dense bf16", "× dense"] == 1.0
+    assert (frame["seeds"] >= 1).all() and (frame["MB read/token"] >= frame["MB"]).all()
     gpu = [{"route": "GPTQ int4 g64", "tokens_per_s": 1234.4, "fraction_of_sol": 0.25}]
     frame = leaderboard_frame(listed, gpu)
     assert frame.loc["GPTQ int4 g64", "GPU tokens/s (× SOL)"] == "1,234 (0.25)"

@@ -93,29 +93,31 @@ def test_record_comparison_stores_percent_interval_text_and_verdict(tmp_path):
 
     path = tmp_path / "m.json"
     a = np.random.default_rng(0).gamma(2.0, 1.5, size=2048)
-    result = compare(a, a + 0.01)                                   # b is 1.005% worse everywhere
-    mid, low, high = report.record_comparison("b_vs_a", result, path=path)
+    groups = np.arange(2048) // 64
+    result = compare(a, a + 0.01 + 0.01 * np.random.default_rng(1).normal(size=2048), groups)
+    assert report.record_comparison("b_vs_a", result, path=path) == "higher"
     metrics = report.read(path)
-    assert metrics["b_vs_a"] == [mid, low, high]
-    assert mid == pytest.approx(100 * (math.exp(0.01) - 1)) and low <= mid <= high
-    assert metrics["b_vs_a_verdict"] == "higher"
-    assert metrics["b_vs_a_text"] == f"{mid:+.2f}% (95% CI {low:+.2f}% to {high:+.2f}%)"
+    mid, low, high = metrics["b_vs_a"]
+    assert mid == pytest.approx(report.percent(result["delta_log_ppl"])) and low <= mid <= high
+    assert low == pytest.approx(report.percent(result["ci_low"])) and metrics["b_vs_a_verdict"] == "higher"
+    assert metrics["b_vs_a_text"] == f"{mid:+.2f}% (95% CI {low:+.2f}% to {high:+.2f}%; 32 documents resampled)"
 
 
-def test_record_comparison_over_seeds_spans_every_seed(tmp_path):
+def test_record_comparisons_apply_holm_across_the_family(tmp_path):
     path = tmp_path / "m.json"
-    seeds = [{"delta_log_ppl": d, "ci_low": d - 0.002, "ci_high": d + 0.002} for d in (-0.004, -0.001)]
-    mid, low, high = report.record_comparison("x", seeds, path=path)
-    assert low == pytest.approx(report.percent(-0.006)) and high == pytest.approx(report.percent(0.001))
-    assert mid == pytest.approx((report.percent(-0.004) + report.percent(-0.001)) / 2)
-    assert report.read(path)["x_verdict"] == "level"            # one seed's interval contains 0
-    assert "mean of 2 seeds" in report.read(path)["x_text"]
+    base = {"delta_log_ppl": 0.02, "ci_low": 0.001, "ci_high": 0.04, "n_seeds": 3, "n_documents": 31}
+    verbs = report.record_comparisons({"x": dict(base, p=0.03), "y": dict(base, p=0.04)}, path=path)
+    assert verbs == {"x": "inconclusive", "y": "inconclusive"}                  # 2·0.03 > 0.05
+    assert report.record_comparisons({"x": dict(base, p=0.03)}, path=path) == {"x": "higher"}
+    assert "3 seeds and 31 documents resampled" in report.read(path)["x_text"]
+    inside = dict(base, delta_log_ppl=0.0, ci_low=-0.005, ci_high=0.005, p=1.0)
+    assert report.record_comparisons({"z": inside}, path=path) == {"z": "equivalent"}   # inside ±1%
 
 
 def test_record_comparison_refuses_what_is_not_a_comparison(tmp_path):
-    with pytest.raises(TypeError, match="compare dict"):
-        report.record_comparison("x", [], path=tmp_path / "m.json")
-    with pytest.raises(TypeError, match="compare dict"):
+    with pytest.raises(TypeError, match="non-empty dict"):
+        report.record_comparisons({}, path=tmp_path / "m.json")
+    with pytest.raises(TypeError, match="compare result"):
         report.record_comparison("x", {"delta": 1.0}, path=tmp_path / "m.json")
 
 
@@ -124,13 +126,16 @@ def test_record_spread_gives_the_t_interval_and_its_verdict(tmp_path):
     mean, low, high = report.record_spread("gap", [0.4, 0.5, 0.6], path=path)
     assert mean == pytest.approx(0.5) and (low, high) == pytest.approx((0.5 - 0.2484, 0.5 + 0.2484), abs=1e-3)
     assert report.read(path)["gap_verdict"] == "higher" and "mean of 3 seeds" in report.read(path)["gap_text"]
+    report.record_spread("flat", [-0.1, 0.0, 0.1], path=path)
+    assert report.read(path)["flat_verdict"] == "equivalent"                    # inside ±1 (%)
 
 
 def test_record_comparison_in_points_for_rates(tmp_path):
     path = tmp_path / "m.json"
-    result = {"delta_log_ppl": -0.05, "ci_low": -0.15, "ci_high": 0.05}
-    assert report.record_comparison("acc", result, scale="points", path=path) == pytest.approx([-5.0, -15.0, 5.0])
-    assert report.read(path)["acc_text"] == "-5.00 points (95% CI -15.00 points to +5.00 points)"
+    result = {"delta_log_ppl": -0.05, "ci_low": -0.15, "ci_high": 0.05, "p": 0.3, "n_seeds": 1, "n_documents": 200}
+    assert report.record_comparison("acc", result, scale="points", path=path) == "inconclusive"
+    assert report.read(path)["acc"] == pytest.approx([-5.0, -15.0, 5.0])
+    assert report.read(path)["acc_text"] == "-5.00 points (95% CI -15.00 points to +5.00 points; 200 documents resampled)"
     with pytest.raises(ValueError, match="scale='log'"):
         report.record_comparison("acc", result, scale="log", path=path)
 

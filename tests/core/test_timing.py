@@ -43,3 +43,14 @@ def test_check_then_time_times_only_right_paths():
 
     raised = check_then_time(missing_op, ref, 1e-2, torch.device("cpu"), 2)
     assert raised["ms"] is None and raised["wrong"].startswith("raised RuntimeError: _weight_int4pack_mm")
+
+
+def test_time_interleaved_runs_the_functions_in_turn():
+    from lab.core.timing import time_interleaved
+
+    calls = []
+    times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3)
+    assert calls == ["a", "b"] * 4                                  # one warm-up each, then three rounds
+    assert set(times) == {"a", "b"} and all(len(v) == 3 and min(v) >= 0 for v in times.values())
+    with pytest.raises(ValueError, match="rounds=1"):
+        time_interleaved({"a": lambda: None}, rounds=1)

@@ -77,23 +77,29 @@ class Below:
 
 @dataclass(frozen=True)
 class Claim:
-    """A comparison recorded by ``report.record_comparison`` as [Δ%, low%, high%] whose interval
-    supports the verb of the sentence that states it: "lower" (high < 0), "higher" (low > 0),
-    "level" (low <= 0 <= high), or "any" where the sentence states the size and no direction;
-    optionally the size Δ% within [lo, hi]. A verb must not hang on the CPU: `make output-spread`
-    lists the claims whose interval ends closer to 0 than MULTIPLE times the distance that end moved
-    between torch's CPU code paths (tests/output_spread.py); those read "any", with no verb in the text."""
+    """A comparison recorded by ``report.record_comparisons`` as [Δ%, low%, high%] with the verb of the
+    sentence that states it: "lower" (high < 0), "higher" (low > 0), "equivalent" (the interval inside
+    the stated margin), "inconclusive", or "any" where the sentence states the size and no verb;
+    optionally the size Δ% within [lo, hi]. The notebook test also checks that the recorded verdict
+    (``name_verdict``, after Holm's correction across the family) is this verb. A verb must not hang on
+    the CPU: `make output-spread` lists the claims whose interval ends closer to 0 than MULTIPLE times
+    the distance that end moved between torch's CPU code paths (tests/output_spread.py); those read
+    "any", with no verb in the text."""
 
     verb: str
     lo: float = -math.inf
     hi: float = math.inf
 
+    def __post_init__(self):
+        if self.verb not in ("lower", "higher", "equivalent", "inconclusive", "any"):
+            raise ValueError(f"verb={self.verb!r}; allowed: lower, higher, equivalent, inconclusive, any")
+
     def __contains__(self, value) -> bool:
         if not (isinstance(value, list) and len(value) == 3 and all(map(math.isfinite, value))):
             return False
         mid, low, high = value
-        supported = {"lower": high < 0, "higher": low > 0, "level": low <= 0 <= high,
-                     "any": True}[self.verb]
+        supported = {"lower": high < 0, "higher": low > 0, "equivalent": low < 0 < high,
+                     "inconclusive": True, "any": True}[self.verb]
         return supported and low <= mid <= high and self.lo <= mid <= self.hi
 
     def __str__(self) -> str:
