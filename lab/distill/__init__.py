@@ -1,9 +1,9 @@
-"""Chapter 4, knowledge distillation: KD / feature / attention losses, students, the training loop."""
+"""Chapter 4, knowledge distillation: KD / hidden-state / self-attention losses, students, the training loop."""
 
-from lab.distill.features import Outputs, attention_log_probs, gpt_outputs
+from lab.distill.features import Outputs, attention_log_probs, gpt_outputs, value_relation_log_probs
 from lab.distill.loop import KDLoss, TeacherCache, distill
-from lab.distill.losses import (attention_transfer_loss, cross_entropy, hidden_state_loss, kd_loss, kl_divergence,
-                                log_softmax)
+from lab.distill.losses import (cross_entropy, hidden_state_loss, kd_loss, kl_divergence, log_softmax, minilm_loss,
+                                relation_kl)
 from lab.distill.students import gpt_student, init_from_teacher, teacher_layer_indices, uniform_layer_map
 
 __all__ = [
@@ -11,7 +11,6 @@ __all__ = [
                                 "Outputs",
                                 "TeacherCache",
                                 "attention_log_probs",
-                                "attention_transfer_loss",
                                 "cross_entropy",
                                 "distill",
                                 "gpt_outputs",
@@ -21,6 +20,9 @@ __all__ = [
                                 "kd_loss",
                                 "kl_divergence",
                                 "log_softmax",
+                                "minilm_loss",
+                                "relation_kl",
                                 "teacher_layer_indices",
                                 "uniform_layer_map",
+                                "value_relation_log_probs",
 ]

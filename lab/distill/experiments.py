@@ -7,10 +7,11 @@ batches (one `TeacherCache`), so runs differ only in their loss and initialisati
 
 * "hard":      CE(p_S, y) only (the baseline, α = 0);
 * "kd":        `kd_loss` with temperature τ and weight α;
-* "kd+hidden": kd + β_h · DistilBERT's cosine loss on TinyBERT-mapped hidden states;
-* "kd+attention": kd + β_a · MiniLM's attention-distribution KL on mapped layers.
+* "kd+hidden": kd + β_h · DistilBERT's cosine loss on the last layer's hidden states;
+* "kd+minilm": kd + β_a · MiniLM's loss on the last layer's attention distributions and value relations.
 
-Quality is perplexity on the evaluation slice; "retained" = PPL_teacher / PPL_student (1 = the
+Quality is perplexity on the evaluation sample (`lab.data.eval_sample`: tokens from every test document,
+each scored with context from its own document); "retained" = PPL_teacher / PPL_student (1 = the
 teacher's quality) and, in nats, CE_teacher / CE_student = ln PPL_teacher / ln PPL_student.
 """
 
@@ -28,9 +29,9 @@ from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.students import gpt_student
 from lab.models.loop import Optim
 from lab.models.next_token import random_batch
-from lab.perplexity import token_losses
+from lab.perplexity import EvalSample
 
-LOSSES = ("hard", "kd", "kd+hidden", "kd+attention")
+LOSSES = ("hard", "kd", "kd+hidden", "kd+minilm")
 INITS = ("teacher", "random")
 
 
@@ -40,15 +41,16 @@ def lm_batches(tokens: torch.Tensor, n: int, batch_size: int, seq_len: int, seed
     return [random_batch(tokens, batch_size, seq_len, gen) for _ in range(n)]
 
 
-def lm_run(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth: int, loss: str, init: str, *,
+def lm_run(cache: TeacherCache, batches: list, sample: EvalSample, depth: int, loss: str, init: str, *,
            steps: int, eval_every: int, temperature: float, alpha: float, hidden_weight: float = 1.0,
-           attention_weight: float = 1.0, lr: dict[str, float] | None = None, eval_stride: int = 128,
-           seed: int = 0, progress: bool = True) -> dict:
+           attention_weight: float = 1.0, lr: dict[str, float] | None = None, seed: int = 0,
+           progress: bool = True) -> dict:
     """One student (``depth`` layers, ``init`` ∈ INITS) trained ``steps`` steps with ``loss`` ∈ LOSSES.
 
-    Returns {"depth", "loss", "init", "params", "curve": [(step, perplexity)], "perplexity", "seconds",
-    "token_losses"}: the final student's per-token NLL on ``eval_tokens`` (`token_losses`, float64),
-    for paired comparisons between runs.
+    Returns {"depth", "loss", "init", "params", "curve": [(step, perplexity)] on ``sample`` at step 0,
+    every ``eval_every`` steps and the last (empty for eval_every=0), "perplexity", "seconds",
+    "token_losses"}: the final student's per-token NLL on ``sample`` (`EvalSample.token_losses`, (n,)
+    float64, aligned with ``sample.documents``), for paired comparisons between runs.
     ``lr``: learning rate per init (default 5e-4 from the teacher's layers, 2e-3 from scratch).
     """
     check_choice("loss", loss, LOSSES)
@@ -56,33 +58,33 @@ def lm_run(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth:
     lr = lr or {"teacher": 5e-4, "random": 2e-3}
     student = gpt_student(cache.teacher, depth, from_teacher=init == "teacher", seed=seed)
     terms = {"hard": {"alpha": 0.0}, "kd": {}, "kd+hidden": {"hidden_weight": hidden_weight},
-             "kd+attention": {"attention_weight": attention_weight}}[loss]
+             "kd+minilm": {"attention_weight": attention_weight}}[loss]
     kd = KDLoss(cache, **{"temperature": temperature, "alpha": alpha, **terms})
     last = {}  # the per-token losses of the latest evaluation; the loop's last one follows the last step
 
     def evaluate(model: nn.Module) -> float:
-        last["nll"] = token_losses(model, eval_tokens, stride=eval_stride)
+        last["nll"] = sample.token_losses(model)
         return math.exp(last["nll"].mean().item())
 
     record = distill(student, batches, steps, kd, optim=Optim(lr[init], warmup=max(1, steps // 10)),
                      eval_every=eval_every, eval_fn=evaluate, progress=progress and f"M={depth} {loss} ({init} init)")
+    final = record["eval"][-1][1] if record["eval"] else evaluate(student)
     return {"depth": depth, "loss": loss, "init": init, "params": student.num_parameters(),
-            "curve": record["eval"], "perplexity": record["eval"][-1][1], "seconds": record["seconds"],
-            "token_losses": last["nll"]}
+            "curve": record["eval"], "perplexity": final, "seconds": record["seconds"], "token_losses": last["nll"]}
 
 
-def temperature_alpha_grid(cache: TeacherCache, batches: list, eval_tokens: torch.Tensor, depth: int,
+def temperature_alpha_grid(cache: TeacherCache, batches: list, sample: EvalSample, depth: int,
                            temperatures: list[float], alphas: list[float], *, steps: int, lr: float = 5e-4,
-                           eval_stride: int = 128, progress: bool = True) -> list[dict]:
+                           progress: bool = True) -> list[dict]:
     """Final perplexity of a teacher-initialised student for every (τ, α):
-    [{"tau", "alpha", "perplexity", "token_losses"}] (per-token NLL on ``eval_tokens``, float64)."""
+    [{"tau", "alpha", "perplexity", "token_losses"}] (per-token NLL on ``sample``, (n,) float64)."""
     rows = []
     for tau in tqdm(temperatures, desc="temperature sweep", disable=not progress):
         for a in alphas:
             student = gpt_student(cache.teacher, depth, from_teacher=True)
             distill(student, batches, steps, KDLoss(cache, temperature=tau, alpha=a),
                     optim=Optim(lr, warmup=max(1, steps // 10)), progress=False)
-            nll = token_losses(student, eval_tokens, stride=eval_stride)
+            nll = sample.token_losses(student)
             rows.append({"tau": tau, "alpha": a, "perplexity": nll.mean().exp().item(), "token_losses": nll})
     return rows
 

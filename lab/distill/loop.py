@@ -3,8 +3,8 @@
 Loss of one batch (inputs, y):
 
     L = α·τ²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y)          (`kd_loss`; α = 0 is plain CE)
-      + β_h · hidden_state_loss(h_S, h_T, hidden_map)        (DistilBERT / TinyBERT)
-      + β_a · attention_transfer_loss(A_S, A_T, attention_map)  (MiniLM)
+      + β_h · hidden_state_loss(h_S, h_T, hidden_map)        (DistilBERT: the last layer's cosine)
+      + β_a · minilm_loss(A_S, A_T, VR_S, VR_T)              (MiniLM: the last layer's relations)
 
 The optimisation is the book's one loop (AdamW, warm-up + cosine, clipping, bf16 autocast on a
 GPU). The teacher runs without gradients; a `TeacherCache` keeps its outputs per batch so that
@@ -24,8 +24,7 @@ from torch import nn
 
 from lab.core.checks import check_choice, check_fraction, check_int, check_number
 from lab.distill.features import Outputs, OutputsFn, gpt_outputs
-from lab.distill.losses import HIDDEN_KINDS, KINDS, attention_transfer_loss, cross_entropy, hidden_state_loss, kd_loss
-from lab.distill.students import uniform_layer_map
+from lab.distill.losses import HIDDEN_KINDS, KINDS, cross_entropy, hidden_state_loss, kd_loss, minilm_loss
 from lab.models.loop import Optim, autocast, to_device, train
 
 Batch = tuple[object, torch.Tensor]  # (model inputs: ids (B, T) or a dict of tensors, labels)
@@ -51,8 +50,9 @@ class TeacherCache:
             device = next(self.teacher.parameters()).device
             with autocast(device):
                 out = self.outputs_fn(self.teacher, to_device(inputs, device), hidden, attention)
-            cached = Outputs(out.logits.float(), None if out.hidden is None else [h.float() for h in out.hidden],
-                             None if out.attention is None else [a.float() for a in out.attention])
+            hidden_states = None if out.hidden is None else [h.float() for h in out.hidden]
+            maps = [None if m is None else m.float() for m in (out.attention, out.value_relation)]
+            cached = Outputs(out.logits.float(), hidden_states, *maps)
             if self.keep:
                 self._store[index] = cached
         return cached
@@ -63,10 +63,11 @@ class KDLoss:
     """The distillation loss L of one batch (index i, inputs, y), for `lab.models.loop.train`.
 
     ``teacher``: a `TeacherCache` (or a model, wrapped in one); i is its key. ``temperature`` τ,
-    ``alpha`` α, ``kind`` ("forward" / "reverse" KL): `kd_loss`. ``hidden_weight`` β_h with
-    ``hidden_kind`` and ``hidden_map``, ``attention_weight`` β_a with ``attention_map``: the feature
-    losses, (student, teacher) index pairs defaulting to TinyBERT's uniform map (hidden states
-    m ↔ m·L_T/L_S; attention layers m−1 ↔ m·L_T/L_S − 1). y uses ``ignore_index`` for padding (for
+    ``alpha`` α, ``kind`` ("forward" / token-level "reverse" KL): `kd_loss`. ``hidden_weight`` β_h with
+    ``hidden_kind`` and ``hidden_map`` ((student, teacher) hidden-state pairs; default DistilBERT's
+    [(L_S, L_T)], the last layer's output; TinyBERT's is `uniform_layer_map` with "mse"):
+    `hidden_state_loss`. ``attention_weight`` β_a: MiniLM's `minilm_loss` on the last layers' attention
+    distributions and value relations. y uses ``ignore_index`` for padding (for
     (B, T) labels also excluded from the feature losses). ``outputs_fn(model, inputs, hidden, attention)``
     reads the student (default: a lab `GPT` on ids (B, T)). With α = 0 and no feature loss the
     teacher is never run: the hard-label baseline.
@@ -80,7 +81,6 @@ class KDLoss:
     hidden_kind: str = "cosine"
     hidden_map: Sequence[tuple[int, int]] | None = None
     attention_weight: float = 0.0
-    attention_map: Sequence[tuple[int, int]] | None = None
     ignore_index: int = -100
     outputs_fn: OutputsFn = gpt_outputs
 
@@ -105,13 +105,12 @@ class KDLoss:
         loss = kd_loss(out.logits, t_out.logits, y, self.temperature, self.alpha, self.kind, self.ignore_index)
         mask = (y != self.ignore_index) if y.dim() == 2 else None
         if use_hidden:
-            pairs = self.hidden_map or uniform_layer_map(len(out.hidden) - 1, len(t_out.hidden) - 1)
+            pairs = self.hidden_map or [(len(out.hidden) - 1, len(t_out.hidden) - 1)]
             loss = loss + self.hidden_weight * hidden_state_loss(out.hidden, t_out.hidden, pairs, self.hidden_kind,
                                                                  mask)
         if use_attention:
-            pairs = self.attention_map or [(m - 1, j - 1) for m, j in
-                                           uniform_layer_map(len(out.attention), len(t_out.attention))]
-            loss = loss + self.attention_weight * attention_transfer_loss(out.attention, t_out.attention, pairs, mask)
+            loss = loss + self.attention_weight * minilm_loss(out.attention, t_out.attention, out.value_relation,
+                                                              t_out.value_relation, mask)
         return loss
 
 

@@ -8,11 +8,15 @@ Subscripts S and T mean student and teacher; T alone is a sequence length, as in
 
 * `kd_loss`:  L = α·τ²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y), averaged over the N valid
   positions (the "batchmean" of `F.kl_div` on the flattened (N, V) logits). Its gradient with
-  respect to z_S is α·τ·(p_S^τ − p_T^τ)/N for the soft term.
-* `hidden_state_loss`: DistilBERT's cosine loss 1 − cos(h_S, h_T) (or the MSE of TinyBERT) on
-  mapped layers' hidden states.
-* `attention_transfer_loss`: MiniLM's KL(A_T ‖ A_S) between self-attention distributions
-  A = softmax(q kᵀ / √D) of mapped layers, per head and query position (n_h heads).
+  respect to z_S is α·τ·(p_S^τ − p_T^τ)/N for the soft term. kind="reverse" is the token-level
+  reverse KL(p_S^τ ‖ p_T^τ) on the given positions; MiniLLM (Gu et al. 2024) minimises instead the
+  sequence-level reverse KL over sequences the student samples, by policy gradient, which this is not.
+* `hidden_state_loss`: DistilBERT's cosine loss 1 − cos(h_S, h_T) on the last layer's hidden states
+  (its published form), or TinyBERT's MSE over a layer map (`lab.distill.students.uniform_layer_map`).
+* `minilm_loss`: MiniLM's deep self-attention distillation of the last layer, L_AT + L_VR, where
+  L_AT = mean KL(A_T ‖ A_S) of the attention distributions A = softmax(q kᵀ / √D) and
+  L_VR = mean KL(VR_T ‖ VR_S) of the value relations VR = softmax(v vᵀ / √D), per head and query
+  position (n_h heads; `relation_kl`).
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
         L = α·τ²·KL(p_T^τ ‖ p_S^τ) + (1 − α)·CE(p_S, y),   p^τ = softmax(·/τ), CE at τ = 1,
 
     each term the mean over the N positions with y ≠ ignore_index (all positions without labels).
-    kind="reverse" uses KL(p_S^τ ‖ p_T^τ) instead (mode seeking). Without ``labels`` there is no
+    kind="reverse" uses the token-level KL(p_S^τ ‖ p_T^τ) instead (mode seeking). Without ``labels`` there is no
     hard-label term and L = τ²·KL (α is still checked but not used). The teacher gets no gradient.
     """
     for name, logits in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
@@ -144,9 +148,10 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
                       projection: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Mean over mapped layers (i, j) of a distance between h_S[i] and h_T[j], each (B, T, C).
 
-    kind="cosine" (DistilBERT): mean over valid tokens of 1 − h_S·h_T / (‖h_S‖ ‖h_T‖).
+    kind="cosine" (DistilBERT): mean over valid tokens of 1 − h_S·h_T / (‖h_S‖ ‖h_T‖); DistilBERT
+    applies it to the last layer only, ``layer_map`` = [(L_S, L_T)].
     kind="mse" (TinyBERT): mean over valid tokens of ‖W h_S − h_T‖² / C, W = ``projection``
-    (a learnable map when the widths differ; identity by default).
+    (a learnable map when the widths differ; identity by default), at every layer of TinyBERT's map.
     ``mask``: bool (B, T), True = a real token (padding excluded). Teacher states get no gradient.
     """
     check_choice("kind", kind, HIDDEN_KINDS)
@@ -169,23 +174,34 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
     return torch.stack(losses).mean()
 
 
-def attention_transfer_loss(student_attn: Sequence[torch.Tensor], teacher_attn: Sequence[torch.Tensor],
-                            layer_map: Sequence[tuple[int, int]], mask: torch.Tensor | None = None) -> torch.Tensor:
-    """MiniLM's attention transfer: mean over mapped layers (i, j) of KL(A_T[j] ‖ A_S[i]).
+def relation_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over heads and valid query positions of KL(R_T ‖ R_S), summed over keys: a scalar, float32.
 
-    Inputs are attention *log*-probabilities log A = log softmax(q kᵀ / √D + mask), (B, n_h, T, T),
-    with −∞ where a key is masked (causal or padding). The KL is summed over keys and averaged over
-    heads and valid query positions (``mask``: bool (B, T), True = real token). Student and teacher
-    need the same number of heads n_h (query heads under grouped-query attention).
+    Inputs are *log*-probabilities log R (B, n_h, T, T), one distribution over keys per head and query
+    (an attention map, or a value relation), with −∞ where a key is masked (causal or padding).
+    ``mask``: bool (B, T), True = a real query token. The teacher's map gets no gradient.
     """
-    _check_pairs("attention_transfer_loss", layer_map, len(student_attn), len(teacher_attn))
-    losses = []
-    for i, j in layer_map:
-        a_s, a_t = student_attn[i].float(), teacher_attn[j].detach().float()
-        if a_s.shape != a_t.shape:
-            raise ValueError(f"attention maps of student layer {i} {tuple(a_s.shape)} and teacher layer {j} "
-                             f"{tuple(a_t.shape)} must have the same shape (B, n_h, T, T)")
-        kl = kl_divergence(a_t, a_s)                                        # (B, n_h, T)
-        valid = _token_mask(mask, (a_s.shape[0], a_s.shape[2]), a_s.device)
-        losses.append(kl.transpose(1, 2)[valid].mean())                     # (N, n_h) → mean
-    return torch.stack(losses).mean()
+    log_s, log_t = student_log_probs.float(), teacher_log_probs.detach().float()
+    if log_s.dim() != 4 or log_s.shape != log_t.shape or log_s.shape[-1] != log_s.shape[-2]:
+        raise ValueError(f"student and teacher relations must have the same shape (B, n_h, T, T), got "
+                         f"{tuple(log_s.shape)} and {tuple(log_t.shape)}")
+    kl = kl_divergence(log_t, log_s)                                        # (B, n_h, T)
+    valid = _token_mask(mask, (log_s.shape[0], log_s.shape[2]), log_s.device)
+    return kl.transpose(1, 2)[valid].mean()                                 # (N, n_h) → mean
+
+
+def minilm_loss(student_attention: torch.Tensor, teacher_attention: torch.Tensor,
+                student_values: torch.Tensor, teacher_values: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MiniLM's deep self-attention distillation (Wang et al. 2020) of the last layer: L_AT + L_VR.
+
+        L_AT = 1/(n_h·N) Σ_a Σ_t KL(A_T[a, t] ‖ A_S[a, t]),    A  = softmax(q kᵀ / √D + mask),
+        L_VR = 1/(n_h·N) Σ_a Σ_t KL(VR_T[a, t] ‖ VR_S[a, t]),  VR = softmax(v vᵀ / √D + mask),
+
+    over the n_h heads a and the N valid query positions t (``mask``: bool (B, T)). Inputs: log A and
+    log VR of the teacher's and the student's *last* layer, each (B, n_h, T, T) (`lab.distill.features`).
+    Student and teacher need the same number of heads n_h; their widths and depths are free.
+    """
+    return (relation_kl(student_attention, teacher_attention, mask)
+            + relation_kl(student_values, teacher_values, mask))

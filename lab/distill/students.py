@@ -5,7 +5,8 @@ A student keeps the teacher's width C (so teacher weights fit it) and has L_S < 
 "taking one layer out of two" of the teacher: student layer i starts as teacher layer
 ``teacher_layer_indices(L_T, L_S)[i]`` = ⌊i·L_T/L_S⌋ (L_T = 6: L_S = 3 → 0, 2, 4; L_S = 2 → 0, 3),
 and embeddings, norms and output head are copied as they are.
-Feature losses pair layers with TinyBERT's uniform map π(m) = m·L_T/L_S (`uniform_layer_map`).
+TinyBERT's layer-wise losses pair layers with its uniform map π(m) = m·L_T/L_S (`uniform_layer_map`);
+DistilBERT's cosine loss and MiniLM's relations use the last layer only.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """lab.distill features, students, the `distill` loop, the encoder task.
 
 References: the model's own forward (logits, attention output through ``scaled_dot_product_attention``),
+a direct per-head computation of MiniLM's attention and value relations from the last layer's q, k, v,
 `transformers`' BERT (hidden states), the teacher itself (a student with all layers is the teacher),
 and a manual cross-entropy training loop.
 """
@@ -14,11 +15,12 @@ import torch
 from transformers import BertConfig, BertModel
 
 from lab.distill import (KDLoss, TeacherCache, attention_log_probs, distill, gpt_outputs, gpt_student,
-                         init_from_teacher, teacher_layer_indices, uniform_layer_map)
+                         init_from_teacher, kd_loss, minilm_loss, teacher_layer_indices, uniform_layer_map,
+                         value_relation_log_probs)
 from lab.distill.encoder_task import (EncoderClassifier, _prose_paragraphs, bert_student, classifier_outputs,
                                       paragraph_dataset)
 from lab.models import GPT
-from lab.models.gpt import rope_cos_sin
+from lab.models.gpt import apply_rope, rope_cos_sin
 from lab.models.loop import Optim
 from tests.tiny_models import tiny_gpt as make_tiny_gpt
 
@@ -39,7 +41,8 @@ def test_gpt_outputs_leave_logits_unchanged_and_hidden_states_reach_them():
     model, x = tiny_gpt(), ids()
     out = gpt_outputs(model, x, hidden=True, attention=True)
     torch.testing.assert_close(out.logits, model(x))
-    assert len(out.hidden) == 5 and len(out.attention) == 4
+    assert len(out.hidden) == 5
+    assert out.attention.shape == out.value_relation.shape == (2, 4, 12, 12)       # the last layer's, n_h = 4
     torch.testing.assert_close(out.hidden[0], model.embed_tokens(x))
     torch.testing.assert_close(model.lm_head(model.norm(out.hidden[-1])), out.logits)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
@@ -55,6 +58,67 @@ def test_attention_log_probs_reproduce_the_attention_output():
     v = attn.v_proj(h).view(2, 12, 2, 8).transpose(1, 2).repeat_interleave(2, dim=1)
     y = (A @ v).transpose(1, 2).reshape(2, 12, 32)
     torch.testing.assert_close(attn.o_proj(y), attn(h, cos, sin), rtol=1e-4, atol=1e-5)
+
+
+def _direct_relations(model: GPT, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last layer's A = softmax(q kᵀ/√D + mask) and VR = softmax(v vᵀ/√D + mask), head by head, float64."""
+    cfg, T = model.config, x.shape[1]
+    cos, sin = rope_cos_sin(T, cfg.head_dim, cfg.rope_theta)
+    h = model.embed_tokens(x)
+    for block in model.layers[:-1]:
+        h = block(h, cos, sin)
+    attn = model.layers[-1].attn
+    u = model.layers[-1].attn_norm(h).double()
+    split = (lambda w, n: (u @ w.weight.double().T).view(*x.shape, n, cfg.head_dim).transpose(1, 2))
+    q, k, v = split(attn.q_proj, cfg.n_head), split(attn.k_proj, cfg.n_kv_head), split(attn.v_proj, cfg.n_kv_head)
+    q, k = apply_rope(q, cos.double(), sin.double()), apply_rope(k, cos.double(), sin.double())
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    A, VR = [], []
+    for a in range(cfg.n_head):
+        g = a // (cfg.n_head // cfg.n_kv_head)                           # the kv head query head a reads
+        A.append((q[:, a] @ k[:, g].transpose(-1, -2) / cfg.head_dim ** 0.5).masked_fill(future, -torch.inf))
+        VR.append((v[:, g] @ v[:, g].transpose(-1, -2) / cfg.head_dim ** 0.5).masked_fill(future, -torch.inf))
+    return torch.stack(A, 1).softmax(-1), torch.stack(VR, 1).softmax(-1)
+
+
+def test_minilm_loss_of_gpt_outputs_matches_a_direct_computation():
+    """MiniLM (Wang et al. 2020): KL of the last layers' attention distributions plus KL of their value
+    relations, per head and query, averaged; here from two models of different depth and one width."""
+    teacher, student, x = tiny_gpt(seed=0, n_layer=4), tiny_gpt(seed=1, n_layer=2), ids()
+    with torch.no_grad():
+        out_s, out_t = gpt_outputs(student, x, attention=True), gpt_outputs(teacher, x, attention=True)
+        (A_s, VR_s), (A_t, VR_t) = _direct_relations(student, x), _direct_relations(teacher, x)
+    torch.testing.assert_close(out_s.attention.exp().double(), A_s, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(out_t.value_relation.exp().double(), VR_t, rtol=1e-4, atol=1e-6)
+    kl = (lambda p, q: torch.where(p > 0, p * (p.log() - q.log()), 0.0).sum(-1).mean())   # mean over (B, n_h, T)
+    expected = kl(A_t, A_s) + kl(VR_t, VR_s)
+    got = minilm_loss(out_s.attention, out_t.attention, out_s.value_relation, out_t.value_relation)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6)
+    y = x.roll(-1, 1)
+    term = KDLoss(teacher, alpha=1.0, attention_weight=1.0)(student, (0, x, y)) - KDLoss(teacher, alpha=1.0)(
+        student, (0, x, y))
+    torch.testing.assert_close(term.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_value_relation_log_probs_are_causal_distributions():
+    model = tiny_gpt()
+    h = torch.randn(2, 12, 32, generator=torch.Generator().manual_seed(4))
+    VR = value_relation_log_probs(model.layers[0].attn, h).exp()
+    torch.testing.assert_close(VR.sum(-1), torch.ones(2, 4, 12))
+    assert torch.all(VR.triu(1) == 0)
+    assert torch.equal(VR[:, 0], VR[:, 1])                                # query heads 0, 1 share kv head 0
+
+
+def test_hidden_loss_is_distilberts_cosine_on_the_last_layer_only():
+    teacher, student, x = tiny_gpt(seed=0, n_layer=4), tiny_gpt(seed=1, n_layer=2), ids()
+    y = x.roll(-1, 1)
+    with torch.no_grad():
+        h_s = gpt_outputs(student, x, hidden=True).hidden[-1]
+        h_t = gpt_outputs(teacher, x, hidden=True).hidden[-1]
+        term = (KDLoss(teacher, alpha=1.0, hidden_weight=1.0)(student, (0, x, y))
+                - kd_loss(student(x), teacher(x), y, temperature=2.0, alpha=1.0))
+    expected = 1 - torch.nn.functional.cosine_similarity(h_s, h_t, dim=-1).mean()
+    torch.testing.assert_close(term, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_layer_indices_and_uniform_map():

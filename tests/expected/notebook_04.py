@@ -2,38 +2,51 @@
 
 from __future__ import annotations
 
-from tests.expected.matchers import Below, Between, Claim, Is, Varies, exactly, near
+from tests.expected.matchers import Below, Between, Claim, Is, exactly, near
 
 METRICS: dict[str, object] = {
-    "teacher_perplexity": near(40.59, 0.02),  # 2048 tokens, windows of 256 moved by 255
+    "teacher_perplexity": near(62.81, 0.02),   # lab.data.eval_sample, 4,096 tokens from all 31 test documents
+    "eval_tokens": exactly(4096),
     "kd_loss_matches_reference": Is(True),
-    # at equal steps, KD beats hard labels for every student and initialisation (paired on the
-    # evaluation tokens; the 3-layer teacher-initialised student at every batch seed)
-    **{f"kd_vs_hard_{d}_{i}": Claim("lower") for d, i in ((3, "teacher"), (3, "random"), (2, "teacher"))},
+    # what τ² does to the gradient on the LM's logits: it still falls from τ = 1 to 4 (the text says so), and
+    # approaches the τ-independent high-temperature limit (τ(p_S − p_T) → (z_S − z_T)/V) from τ ≈ 4 on
+    "grad_fall_tau1_to_tau4": near(23.22, 0.02),
+    "grad_fall_tau1_to_tau4_without": near(371.5, 0.02),
+    "grad_over_limit_tau1": near(28.23, 0.02),
+    "grad_over_limit_tau4": near(1.216, 0.02),
+    "grad_over_limit_tau8": near(0.932, 0.02),
+    "teacher_logit_range": near(16.78, 0.01),
+    # one family (the table of section 2), Holm across its five comparisons: KD gives a lower perplexity than
+    # hard labels for every student and initialisation (one batch order; documents resampled)
+    "kd_vs_hard_3_teacher": Claim("lower"),                        # measured -14.1% (-16.5% to -11.7%)
+    "kd_vs_hard_3_random": Claim("lower"),                         # measured -22.8% (-25.4% to -20.1%)
+    "kd_vs_hard_2_teacher": Claim("lower"),                        # measured -17.8% (-20.2% to -15.6%)
+    "teacher_vs_random_init_3_kd": Claim("lower", -99.0, -50.0),   # measured -91.6%
+    "hidden_vs_kd_3_teacher": Claim("lower", -10.0, 0.0),          # measured -2.1% (-2.6% to -1.7%)
+    # 3 batch orders stacked as (S, N), seeds and documents resampled together: measured -15.6% (-17.3% to -13.5%)
     "kd_vs_hard_3_teacher_seeds": Claim("lower"),
-    "teacher_vs_random_init_3_kd": Claim("lower", -99.0, -50.0),
-    "hidden_vs_kd_3_teacher": Claim("lower", -10.0, 0.0),          # measured -2.5%
-    # the (τ, α) grid over batch seeds: hard labels hurt at τ = 1, level at 2 and 4, help at 8
-    "grid_alpha_half_vs_one_tau1": Claim("higher"),
-    "grid_alpha_half_vs_one_tau2": Claim("level"),
-    "grid_alpha_half_vs_one_tau4": Claim("level"),
-    "grid_alpha_half_vs_one_tau8": Claim("lower"),
-    "grid_best_tau_per_seed": Varies(),        # "not stable across batch seeds": [2, 1, 1]
-    "encoder_kd_vs_hard_error": Claim("level"),
-    "ppl_3_hard_teacher": near(79.26, 0.10),
-    "ppl_3_kd_teacher": near(66.36, 0.10),
-    "ppl_3_kd+hidden_teacher": near(64.69, 0.10),
-    "ppl_2_hard_teacher": near(145.95, 0.10),
-    "ppl_2_kd_teacher": near(118.08, 0.10),
-    "kd_gain_3_teacher": Between(1.08, 1.35),  # hard ppl / KD ppl, measured 1.194
-    "kd_gain_3_random": Between(1.15, 1.6),    # measured 1.341
-    "kd_gain_2_teacher": Between(1.1, 1.4),    # measured 1.236
-    "hidden_over_kd_3_teacher": Between(0.9, 1.05),
+    # the (τ, α) grid, one family (Holm across the four τ), 3 batch orders stacked: α = 0.5 over α = 1 is
+    # higher at τ = 1, inconclusive at 2, lower at 4 and 8
+    "grid_alpha_half_vs_one_tau1": Claim("higher"),                # measured +4.8% (+4.1% to +5.6%)
+    "grid_alpha_half_vs_one_tau2": Claim("inconclusive"),          # measured +1.1% (-0.9% to +2.7%)
+    "grid_alpha_half_vs_one_tau4": Claim("lower"),                 # measured -3.5% (-7.0% to -0.6%)
+    "grid_alpha_half_vs_one_tau8": Claim("lower"),                 # measured -6.6% (-10.1% to -3.9%)
+    # error rate over 100 paragraphs (examples resampled): measured -3.0 points (-8.1 to +0.5)
+    "encoder_kd_vs_hard_error": Claim("inconclusive"),
+    "ppl_3_hard_teacher": near(115.25, 0.10),
+    "ppl_3_kd_teacher": near(98.99, 0.10),
+    "ppl_3_kd+hidden_teacher": near(96.89, 0.10),
+    "ppl_2_hard_teacher": near(186.56, 0.10),
+    "ppl_2_kd_teacher": near(153.34, 0.10),
+    "kd_gain_3_teacher": Between(1.08, 1.35),  # hard ppl / KD ppl, measured 1.164
+    "kd_gain_3_random": Between(1.15, 1.6),    # measured 1.295
+    "kd_gain_2_teacher": Between(1.1, 1.4),    # measured 1.217
+    "hidden_over_kd_3_teacher": Between(0.9, 1.05),               # measured 0.979
     "student_3_params": exactly(4_310_784),
     "student_2_params": exactly(3_572_992),
-    "retained_ce_ratio_3": near(0.888, 0.03),
-    "retained_ce_ratio_2": near(0.776, 0.03),
-    "grid_worst_over_best": Between(1.02, 1.3),
+    "retained_ce_ratio_3": near(0.905, 0.03),
+    "retained_ce_ratio_2": near(0.823, 0.03),
+    "grid_worst_over_best": Between(1.02, 1.3),                   # measured 1.167
     "encoder_teacher_accuracy": Between(0.85, 0.96),
     "encoder_student_kd_accuracy": Between(0.80, 0.95),
     "encoder_student_kd_retained": Between(0.88, 1.05),
