@@ -140,7 +140,8 @@ def traffic_rows(records: dict, config: GPTConfig, n: int, batch_size: int, seq_
 
 
 def memory_rows(records: dict, config: GPTConfig, n: int) -> list[dict]:
-    """Held bytes per rank (rank 0) for DDP (stage 0) and ZeRO 1–3 vs `zero_memory` (fp32 Adam: 4, 4, K = 8)."""
+    """Bytes per rank (rank 0) for DDP (stage 0) and ZeRO 1–3: held between steps against `zero_memory` (fp32
+    Adam: 4, 4, K = 8), and the peak of training state within a step (`strategies.peak_state_bytes`)."""
     psi = gpt_param_count(config)
     rows = []
     for stage, strategy in enumerate(("ddp", "zero1", "zero2", "zero3")):
@@ -148,5 +149,6 @@ def memory_rows(records: dict, config: GPTConfig, n: int) -> list[dict]:
         measured = records[strategy]["memory"]
         rows.append({"stage": stage, **{f"{k} (MB)": measured[k] / 1e6 for k in ("params", "grads", "optimizer")},
                      **{f"{k} formula (MB)": formula[k] / 1e6 for k in ("params", "grads", "optimizer")},
-                     "ratio": measured["total"] / formula["total"]})
+                     "ratio": measured["total"] / formula["total"],
+                     "peak in step (MB)": records[strategy]["peak_state_bytes"] / 1e6})
     return rows

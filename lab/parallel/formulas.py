@@ -106,7 +106,7 @@ H100_SXM = GPUSpec(_H100.name, memory_bytes=float(_H100.memory.split(" GB")[0]) 
 
 def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zero_stage: int,
                   micro_batch: int, seq_len: int, global_batch: int, checkpointing: bool = True,
-                  mfu: float = 0.4) -> dict:
+                  hfu: float = 0.4) -> dict:
     """Per-GPU memory and step time of a 3D-parallel mixed-precision Adam run (estimates).
 
     N_t = ``tp``, N_p = ``pp``, N_d = ``dp``, B_μ = ``micro_batch``, T = ``seq_len``, C = ``d_model``.
@@ -114,14 +114,26 @@ def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zer
     and micro-batch 34·T·B_μ·C/N_t bytes (Korthikanti et al. 2022, bf16, sequence parallel, flash
     attention), stage 0 under 1F1B holding N_p micro-batches of L/N_p layers, i.e. L layers; with
     full checkpointing only each layer's input 2·T·B_μ·C/N_t plus one layer recomputed.
-    Time: compute 6Ψ·tokens (8Ψ with recomputation) / (GPUs · peak · mfu) stretched by the
-    bubble, (m+N_p−1)/m; data-parallel traffic 2(N_d−1)/N_d · 2Ψ/(N_t·N_p) bytes (bf16 gradients)
-    over InfiniBand when dp spans nodes, else NVLink; tensor-parallel traffic 4 all-reduces per
-    layer and micro-batch over NVLink. Communication is listed, not assumed hidden.
+    Time of one step (``tokens_per_step`` = global batch · T):
+      compute_s = F_hw·tokens / (GPUs · peak · ``hfu``) · (m+N_p−1)/m, with F_hw = 8Ψ per token with
+        recomputation (6Ψ without) and ``hfu`` the hardware FLOPs utilisation while a GPU computes
+        (recomputed FLOPs count), stretched by the bubble;
+      tp_comm_s: the tensor-parallel all-reduces, 2(N_t−1)/N_t · B_μ·T·C·2 bytes each over NVLink, 4 per
+        layer and micro-batch (6 with recomputation: the recomputed forward repeats its 2). They sit on
+        the critical path, so all of it is added;
+      dp_comm_s: data-parallel traffic 2(N_d−1)/N_d · 2Ψ/(N_t·N_p) bytes (bf16 gradients; ×1.5 at ZeRO-3)
+        over InfiniBand when the run spans nodes, else NVLink. Gradients are final only in the last
+        micro-batch's backward, so only that can hide it: dp_exposed_s = max(0, dp_comm_s − b/m · compute_s),
+        b = 6/8 (3/4 of a step's FLOPs are backward with recomputation; 4/6 without);
+      step_s = compute_s + tp_comm_s + dp_exposed_s. Pipeline sends are left out.
+    Utilisation of the whole step (PaLM's definitions): "mfu" = 6Ψ·tokens / (GPUs · peak · step_s), model
+    FLOPs only (recomputation not counted, attention's FLOPs neglected); "hfu" = F_hw·tokens / (the same);
+    "mfu_without_tp_comm" the MFU were tp_comm_s hidden. days_per_trillion_tokens from step_s.
     """
     for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("micro_batch", micro_batch),
                         ("seq_len", seq_len), ("global_batch", global_batch)):
         check_int(name, value)
+    check_number("hfu", hfu, low=0, high=1, closed=(False, True))
     if model.n_layer % pp:
         raise ValueError(f"pp={pp} does not divide n_layer={model.n_layer}")
     if tp > gpu.gpus_per_node:
@@ -136,31 +148,38 @@ def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zer
     layer_act = 34 * tbc / tp
     act = (model.n_layer * 2 * tbc / tp + layer_act) if checkpointing else model.n_layer * layer_act
     tokens = global_batch * seq_len
-    flops = (8 if checkpointing else 6) * model.n_params * tokens
-    compute_s = flops / (n_gpus * gpu.bf16_flops * mfu) * (m + pp - 1) / m
+    hw_flops = (8 if checkpointing else 6) * model.n_params * tokens
+    compute_s = hw_flops / (n_gpus * gpu.bf16_flops * hfu) * (m + pp - 1) / m
     dp_bw = gpu.inter_node_bw if tp * pp * dp > gpu.gpus_per_node and dp > 1 else gpu.intra_node_bw
     dp_bytes = 2 * (dp - 1) / dp * 2 * psi_local * (1.5 if zero_stage == 3 else 1)
     tp_bytes = 2 * (tp - 1) / tp * tp_allreduce_bytes_per_layer(micro_batch, seq_len, model.d_model) \
-        * (model.n_layer // pp) * m
+        * (1.5 if checkpointing else 1) * (model.n_layer // pp) * m
+    tp_comm_s, dp_comm_s = tp_bytes / gpu.intra_node_bw, dp_bytes / dp_bw
+    dp_exposed_s = max(0.0, dp_comm_s - (6 if checkpointing else 4) / (8 if checkpointing else 6) / m * compute_s)
+    step_s = compute_s + tp_comm_s + dp_exposed_s
+    peak_s = n_gpus * gpu.bf16_flops                            # FLOP/s of the whole run at peak
     total = states["total"] + act
     return {"model": model.name, "gpus": n_gpus, "tp": tp, "pp": pp, "dp": dp, "zero": zero_stage,
             "micro_batches": m, "params_per_gpu": psi_local,
             "states_GB": states["total"] / 1e9, "activations_GB": act / 1e9, "total_GB": total / 1e9,
             "fits": total <= 0.9 * gpu.memory_bytes, "bubble": bubble_fraction(pp, m),
-            "compute_s": compute_s, "dp_comm_s": dp_bytes / dp_bw, "tp_comm_s": tp_bytes / gpu.intra_node_bw,
-            "tokens_per_step": tokens,
-            "days_per_trillion_tokens": compute_s * 1e12 / tokens / 86400}
+            "compute_s": compute_s, "tp_comm_s": tp_comm_s, "dp_comm_s": dp_comm_s,
+            "dp_exposed_s": dp_exposed_s, "step_s": step_s,
+            "mfu": 6 * model.n_params * tokens / (peak_s * step_s), "hfu": hw_flops / (peak_s * step_s),
+            "mfu_without_tp_comm": 6 * model.n_params * tokens / (peak_s * (compute_s + dp_exposed_s)),
+            "tokens_per_step": tokens, "days_per_trillion_tokens": step_s * 1e12 / tokens / 86400}
 
 
 def smallest_plans(model: ModelSpec, gpu: GPUSpec, tokens: float, max_days: float, seq_len: int = 4096,
                    global_batch: int = 1024, micro_batch: int = 1, tps: tuple[int, ...] = (1, 2, 4, 8),
-                   zero_stages: tuple[int, ...] = STAGES, mfu: float = 0.4) -> list[dict]:
+                   zero_stages: tuple[int, ...] = STAGES, hfu: float = 0.4) -> list[dict]:
     """Every `parallel_plan` that fits the GPU and trains on ``tokens`` tokens within ``max_days``, fewest GPUs first.
 
     Searched: N_t in ``tps``, N_p every divisor of L, N_d every divisor of ``global_batch`` / B_μ, each ZeRO
-    stage in ``zero_stages``; the rest as in `parallel_plan`. Each plan gains "days" = its compute time for
-    ``tokens`` (bubble included, communication not: it is assumed hidden). Sorted by GPUs, then days, then
-    the ZeRO stage (the lowest communicates least), then GB per GPU.
+    stage in ``zero_stages``; the rest as in `parallel_plan` (``hfu``: its hardware FLOPs utilisation while
+    computing). Each plan gains "days" = its step time for ``tokens`` (bubble, tensor-parallel all-reduces and
+    the data-parallel traffic not hidden behind the last backward included). Sorted by GPUs, then days, then the ZeRO stage (the
+    lowest communicates least), then GB per GPU.
     """
     check_number("tokens", tokens, low=0, closed=(False, True))
     check_number("max_days", max_days, low=0, closed=(False, True))
@@ -176,7 +195,7 @@ def smallest_plans(model: ModelSpec, gpu: GPUSpec, tokens: float, max_days: floa
         for pp in (d for d in range(1, model.n_layer + 1) if model.n_layer % d == 0):
             for dp in (d for d in range(1, sequences + 1) if sequences % d == 0):
                 for zero in zero_stages:
-                    plan = parallel_plan(model, gpu, tp, pp, dp, zero, micro_batch, seq_len, global_batch, mfu=mfu)
+                    plan = parallel_plan(model, gpu, tp, pp, dp, zero, micro_batch, seq_len, global_batch, hfu=hfu)
                     plan["days"] = plan["days_per_trillion_tokens"] * tokens / 1e12
                     if plan["fits"] and plan["days"] <= max_days:
                         plans.append(plan)

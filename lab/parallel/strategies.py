@@ -51,7 +51,8 @@ from lab.params.measured_memory import storage_bytes
 
 TINY = GPTConfig(vocab_size=8192, context_length=64, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=176)
 
-__all__ = ["DISTRIBUTED", "STRATEGIES", "Strategy", "TABLE", "TINY", "held_bytes", "lm_loss", "main", "train"]
+__all__ = ["DISTRIBUTED", "STRATEGIES", "Strategy", "TABLE", "TINY", "held_bytes", "lm_loss", "main", "peak_state_bytes",
+           "train"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,19 @@ def held_tensors(module: nn.Module, opt: torch.optim.Optimizer | ZeroOptimizer) 
             "optimizer": [v for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.dim()]}
 
 
+def peak_state_bytes(module: nn.Module, opt: torch.optim.Optimizer | ZeroOptimizer) -> int:
+    """The most training-state bytes this rank held at once during the steps (activations not counted).
+
+    ZeRO: `ZeroOptimizer.peak_bytes`, metered at every gather and reduction. The other strategies keep
+    their whole state across the step, so after the last step it is all there: `held_tensors`, plus
+    `DataParallel`'s bucket buffers (a second copy of the gradients, in fp32).
+    """
+    if isinstance(opt, ZeroOptimizer):
+        return opt.peak_bytes
+    buckets = [b.flat for b in module.buckets] if isinstance(module, DataParallel) else []
+    return storage_bytes([t for tensors in held_tensors(module, opt).values() for t in tensors] + buckets)
+
+
 def train(strategy: str, config: GPTConfig, tokens: torch.Tensor, steps: int, batch_size: int, seq_len: int,
           lr: float = 3e-3, warmup: int = 5, weight_decay: float = 0.1, seed: int = 0, n_micro: int = 2,
           schedule: str = "1f1b", bucket_cap_mb: float = 25.0) -> dict:
@@ -172,7 +186,7 @@ def train(strategy: str, config: GPTConfig, tokens: torch.Tensor, steps: int, ba
     Runs on the current process group (none for ``single``). Returns on every rank the loop's
     record (``loss`` per step, the global-batch mean; ``lr``; ``step_seconds``) plus ``comm``
     (`CommCounter` summary of all steps), ``memory`` (`held_bytes` of this rank after the last
-    step) and ``world_size``.
+    step: what it keeps between steps), ``peak_state_bytes`` (`peak_state_bytes`) and ``world_size``.
     """
     check_choice("strategy", strategy, STRATEGIES)
     for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)):
@@ -197,7 +211,8 @@ def train(strategy: str, config: GPTConfig, tokens: torch.Tensor, steps: int, ba
     with CommCounter() as counter:
         record = train_loop(module, batches, loss_fn, steps, optim=optim, optimizer=opt, backward=row.backward,
                             log_loss=row.log_loss, progress=False)
-    record.update(comm=counter.summary(), memory=held_bytes(held_tensors(module, opt)), world_size=n)
+    record.update(comm=counter.summary(), memory=held_bytes(held_tensors(module, opt)),
+                  peak_state_bytes=peak_state_bytes(module, opt), world_size=n)
     return record
 
 

@@ -27,6 +27,14 @@ of Ψ̄ (2Ψ); stage 3 two all-gathers and a reduce-scatter (3Ψ); with the ring
 moves (N−1)/N of that (`lab.parallel.comm`). Gradients are scaled by 1/N before the reduce-scatter,
 so every shard receives the mean gradient, as in data parallelism.
 
+Memory. `held_tensors` is what a rank keeps *between* steps, the quantity of ZeRO's formulas. Within a
+step more is alive: the reduction builds a unit's full fp32 gradient (``flat``) while the unit's own
+gradients still exist, and stage 3 holds each unit gathered while it computes (the root unit, with the
+tied embedding, for the whole forward). ``peak_bytes`` meters that: the largest storage of parameters,
+gradients, optimizer state and reduction buffers alive at once, taken at every gather and reduction
+(activations not counted). Gradients are reduced in fp32 whatever the parameters' dtype, so for bf16
+parameters the reduce-scatter's payload is 4Ψ bytes where the all-gather's is 2Ψ.
+
 Communication is blocking here (DeepSpeed and FSDP overlap it with compute on side streams).
 Freeing uses ``untyped_storage().resize_(0)``: parameters stay the same tensor objects, so
 tensors autograd saved in forward see the re-gathered values in backward.
@@ -35,7 +43,7 @@ tensors autograd saved in forward see the re-gathered values in backward.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -43,6 +51,7 @@ from torch import nn
 
 from lab.core.checks import check_choice
 from lab.parallel import comm
+from lab.params.measured_memory import storage_bytes
 
 STAGES = (1, 2, 3)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -51,8 +60,9 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 class _Unit:
     """One flat buffer of parameters and this rank's shard of it."""
 
-    def __init__(self, params: list[nn.Parameter], stage: int, rank: int, world_size: int, group) -> None:
-        self.params, self.stage, self.group = params, stage, group
+    def __init__(self, params: list[nn.Parameter], stage: int, rank: int, world_size: int, group,
+                 meter: Callable[..., None]) -> None:
+        self.params, self.stage, self.group, self.meter = params, stage, group, meter
         dtypes = {p.dtype for p in params}
         if len(dtypes) != 1 or not dtypes <= set(DTYPES):
             raise ValueError(f"the parameters of one unit must share one dtype of {DTYPES}, got {sorted(map(str, dtypes))}")
@@ -87,6 +97,7 @@ class _Unit:
             if self.gathered:
                 return
             self.full.untyped_storage().resize_(self.full.numel() * self.full.element_size())
+            self.meter()
         with torch.no_grad():
             comm.all_gather(self.full, self.shard.detach().to(self.full.dtype, copy=True), group=self.group)
         self.gathered = True
@@ -94,11 +105,12 @@ class _Unit:
     def reduce_grads(self, world_size: int) -> None:
         """shard.grad += (1/N) Σ_ranks (this rank's slice of the flat fp32 gradient); frees the full gradients."""
         flat = torch.zeros(self.full.numel(), dtype=torch.float32, device=self.full.device)
+        out = torch.empty_like(self.shard)
+        self.meter(flat, out)                  # the unit's gradients and their fp32 copy, both alive
         for p, o in zip(self.params, self.offsets):
             if p.grad is not None:
                 torch.mul(p.grad.flatten(), 1.0 / world_size, out=flat[o: o + p.numel()])
             p.grad = None
-        out = torch.empty_like(self.shard)
         comm.reduce_scatter(out, flat, group=self.group)
         if self.stage == 1:  # keep the shard inside the flat buffer, which stage 1 holds anyway (gradients Ψ)
             lo = dist.get_rank(self.group) * self.shard_size
@@ -121,7 +133,7 @@ class ZeroOptimizer:
     hyper-parameters for every parameter). Use: forward, ``loss.backward()``, ``step()``,
     ``zero_grad()``. After ``step()`` the module's parameters hold the updated values
     (stages 1–2) or are gathered by the next forward (stage 3; `gathered_state_dict` gathers
-    them on demand).
+    them on demand). ``peak_bytes``: the most training-state bytes alive at once so far (module docstring).
     """
 
     def __init__(self, module: nn.Module, optimizer_cls: type[torch.optim.Optimizer], stage: int,
@@ -129,6 +141,7 @@ class ZeroOptimizer:
         check_choice("stage", stage, STAGES)
         self.module, self.stage, self.group = module, stage, group
         self.world_size, rank = dist.get_world_size(group), dist.get_rank(group)
+        self.peak_bytes, self.optimizer = 0, None
         unit_modules = list(getattr(module, "layers", []) if units is None else units)
         seen: set[int] = set()
         groups: list[tuple[nn.Module, list[nn.Parameter]]] = []
@@ -139,7 +152,7 @@ class ZeroOptimizer:
                 groups.append((m, params))
         if not groups:
             raise ValueError("module has no parameters to optimize")
-        self.units = [_Unit(params, stage, rank, self.world_size, group) for _, params in groups]
+        self.units = [_Unit(params, stage, rank, self.world_size, group, self._meter) for _, params in groups]
         self.optimizer = optimizer_cls([u.shard for u in self.units], **optimizer_kwargs)
         if stage > 1:
             for unit in self.units:
@@ -149,6 +162,12 @@ class ZeroOptimizer:
             for m, unit in zip((m for m, _ in groups), self.units):
                 m.register_forward_pre_hook(lambda *_, unit=unit: unit.gather())
                 m.register_forward_hook(lambda _m, _i, out, unit=unit: self._after_forward(unit, out))
+
+    def _meter(self, *buffers: torch.Tensor) -> None:
+        """peak_bytes ← max(peak_bytes, storage bytes of `held_tensors` and ``buffers``, each storage once)."""
+        if self.optimizer is not None:
+            alive = [t for tensors in self.held_tensors().values() for t in tensors]
+            self.peak_bytes = max(self.peak_bytes, storage_bytes(alive + list(buffers)))
 
     @property
     def param_groups(self) -> list[dict]:
@@ -203,7 +222,7 @@ class ZeroOptimizer:
         return out
 
     def held_tensors(self) -> dict[str, list[torch.Tensor]]:
-        """The tensors this rank holds between steps: parameters, gradients, optimizer state."""
+        """The tensors this rank holds now (between steps: parameters, gradients, optimizer state)."""
         params = [u.full for u in self.units] + ([u.shard for u in self.units] if self.stage == 3 else [])
         grads = [t for u in self.units for t in [u.shard.grad] + [p.grad for p in u.params] if t is not None]
         states = [v for s in self.optimizer.state.values() for v in s.values()

@@ -22,9 +22,17 @@ METRICS: dict[str, object] = {
         ("ddp", 2.467072), ("zero1", 4.934144), ("zero2", 4.934144), ("zero3", 7.401216),
         ("tp", 1.048576), ("pp", 2.359296))},
     "traffic_max_abs_diff_bytes": exactly(0),
+    # bytes each rank sends by the ring formula: ZeRO 1-2 as much as DDP, ZeRO 3 1.5 times (N = 2)
+    **{f"sent_MB_per_step_{s}": near(v, 1e-9) for s, v in (
+        ("ddp", 2.467072), ("zero1", 2.467072), ("zero2", 2.467072), ("zero3", 3.700608),
+        ("tp", 1.048576), ("pp", 2.228224))},
     **{f"memory_MB_stage{k}": near(v, 1e-9)
        for k, v in enumerate((9.868288, 7.401216, 6.16768, 4.934144))},
     "memory_max_abs_diff_bytes": exactly(0),
+    # peak of training state within a step (ZeroOptimizer.peak_bytes; DDP: held + bucket buffers), rank 0
+    **{f"peak_MB_stage{k}": near(v, 1e-9)
+       for k, v in enumerate((12.33536, 10.547328, 10.362496, 11.226368))},
+    "tiny_root_unit_share": near(524_352 / 616_768, 1e-12),
     "scaling_speedup_2": Timing(),                    # processes share 2 cores
     "scaling_speedup_4": Timing(),
     **{f"plan_{name}_GB": near(v, 1e-3) for name, v in (
@@ -33,11 +41,21 @@ METRICS: dict[str, object] = {
     **{f"plan_{name}_fits": Is(v) for name, v in (
         ("7b_dp8_zero0", False), ("7b_dp8_zero1", True), ("7b_dp64_zero1", True),
         ("70b_dp8_zero3", False), ("70b_tp8_dp8_zero1", True), ("70b_tp8_pp4_dp16", True))},
+    # step = compute at an HFU of 40% (bubble included) + tensor-parallel all-reduces + unhidden DP traffic
     **{f"plan_{name}_days_per_T": near(v, 1e-3) for name, v in (
-        ("7b_dp8_zero0", 197.19), ("7b_dp8_zero1", 197.19), ("7b_dp64_zero1", 24.649),
-        ("70b_dp8_zero3", 2018.15), ("70b_tp8_dp8_zero1", 252.27), ("70b_tp8_pp4_dp16", 33.012))},
+        ("7b_dp8_zero0", 197.19), ("7b_dp8_zero1", 197.19), ("7b_dp64_zero1", 24.958),
+        ("70b_dp8_zero3", 2018.15), ("70b_tp8_dp8_zero1", 296.70), ("70b_tp8_pp4_dp16", 38.602))},
     "plan_7b_dp64_zero1_compute_s": near(8.9325, 1e-3),
     "plan_7b_dp64_zero1_dp_comm_s": near(0.53078, 1e-3),
+    "plan_7b_dp64_zero1_dp_exposed_s": near(0.11206, 1e-3),
+    "plan_7b_dp64_zero1_micro_batches": exactly(16),
+    "plan_70b_tp8_pp4_dp16_compute_s": near(11.963, 1e-3),
+    "plan_70b_tp8_pp4_dp16_tp_comm_s": near(2.0043, 1e-3),
+    "plan_70b_tp8_pp4_dp16_step_s": near(13.989, 1e-3),
+    "plan_7b_dp8_zero1_mfu": near(0.3, 1e-9),                         # 0.75 · HFU 40%, no comm
+    "plan_70b_tp8_pp4_dp16_mfu": near(0.24507, 1e-3),                 # 6Ψ per token, PaLM's MFU
+    "plan_70b_tp8_pp4_dp16_hfu": near(0.32676, 1e-3),                 # 8Ψ: recomputation counted
+    "plan_70b_tp8_pp4_dp16_mfu_without_tp_comm": near(0.28605, 1e-3),
     "plan_70b_tp8_pp4_dp16_bubble": near(3 / 67, 1e-6),
     "plan_70b_tp8_pp4_dp16_micro_batches": exactly(64),
     "max_in_flight_gpipe": exactly(8),
@@ -62,15 +80,17 @@ METRICS: dict[str, object] = {
     "ex_interleaved_bubble_v2": near(3 / 19, 1e-9),
     "ex_interleaved_bubble_v4": near(3 / 35, 1e-9),
     "ex_interleaved_peak_stage0_v2": exactly(5.5),
-    # smallest_plans: Llama-2-70B, 2T tokens, 30 days
-    "ex_plan70b_gpus": exactly(1280),
-    "ex_plan70b_tp": exactly(8),
-    "ex_plan70b_pp": exactly(5),
-    "ex_plan70b_dp": exactly(32),
-    "ex_plan70b_zero": exactly(0),
-    "ex_plan70b_micro_batches": exactly(32),
-    "ex_plan70b_days": near(28.38021623272666, 1e-9),
-    "ex_plan70b_gpus_mfu30": exactly(2048),
-    "ex_plan70b_gpus_mfu50": exactly(1024),
+    # smallest_plans: Llama-2-70B, 2T tokens, 30 days, HFU 40% while computing (TP and unhidden DP comm added)
+    "ex_plan70b_gpus": exactly(2048),
+    "ex_plan70b_tp": exactly(4),
+    "ex_plan70b_pp": exactly(1),
+    "ex_plan70b_dp": exactly(512),
+    "ex_plan70b_zero": exactly(1),
+    "ex_plan70b_micro_batches": exactly(2),
+    "ex_plan70b_days": near(18.638497428413103, 1e-9),
+    "ex_plan70b_mfu": near(0.25377775525923907, 1e-9),
+    "ex_plan70b_gpus_hfu30": exactly(2048),
+    "ex_plan70b_gpus_hfu50": exactly(1280),
+    "ex_plan70b_1280_days": near(32.87734685320654, 1e-9),      # fewest by compute alone, with its TP comm: > 30 days
     "ex_plan70b_gpu_bound": near(1076.345978604152, 1e-9),
 }

@@ -45,6 +45,8 @@ def job_data_parallel(steps: int) -> dict:
         out[f"zero{stage}_comm"] = counter.summary()
         out[f"zero{stage}_memory"] = held_bytes(opt.held_tensors())
         out[f"zero{stage}_padded"] = sum(u.full.numel() for u in opt.units)
+        out[f"zero{stage}_peak"] = opt.peak_bytes
+        out[f"zero{stage}_largest_unit"] = max((u.n, u.full.numel()) for u in opt.units)
     return out
 
 

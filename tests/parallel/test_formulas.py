@@ -123,18 +123,43 @@ def test_interleaved_with_one_chunk_is_1f1b_and_bad_input_raises():
 
 
 def test_smallest_plans_meet_the_compute_bound():
-    # 7B, 10^12 tokens in 10 days at 40% of 989 TFLOP/s: N >= 8Ψ·tokens / (peak·mfu·10·86400) = 157.8 GPUs;
-    # N = N_t·N_p·N_d is a power of two here (L = 32, global batch 1024), so 256, with no pipeline bubble.
+    # 7B, 10^12 tokens in 10 days at an HFU of 40% of 989 TFLOP/s: N >= 8Ψ·tokens / (peak·hfu·10·86400) = 157.8
+    # GPUs; N = N_t·N_p·N_d is a power of two here (L = 32, global batch 1024), so 256, with no pipeline bubble.
+    # The step adds what communication cannot hide, so the days are at least the compute's.
     n_min = 8 * 6.74e9 * 1e12 / (989e12 * 0.4 * 10 * 86400)
     plans = smallest_plans(LLAMA2_7B, H100_SXM, 1e12, 10)
-    assert 128 < n_min < 256 and plans[0]["gpus"] == 256 and plans[0]["pp"] == 1
-    assert plans[0]["days"] == pytest.approx(n_min / 256 * 10)
+    best = plans[0]
+    assert 128 < n_min < 256 and best["gpus"] == 256 and best["pp"] == 1
+    assert best["days"] == pytest.approx(best["step_s"] * 1e12 / best["tokens_per_step"] / 86400)
+    assert best["days"] >= n_min / 256 * 10 * (1 - 1e-12)
+    assert best["step_s"] == pytest.approx(best["compute_s"] + best["tp_comm_s"] + best["dp_exposed_s"])
     assert all(plan["fits"] and plan["days"] <= 10 for plan in plans)
     assert [plan["gpus"] for plan in plans] == sorted(plan["gpus"] for plan in plans)
     with pytest.raises(ValueError, match="max_days=0"):
         smallest_plans(LLAMA2_7B, H100_SXM, 1e12, 0)
     with pytest.raises(ValueError, match="tp=16"):
         smallest_plans(LLAMA2_7B, H100_SXM, 1e12, 10, tps=(16,))
+
+
+def test_plan_utilisation_mfu_counts_6_psi_and_tp_comm_lengthens_the_step():
+    """MFU = 6Ψ·tokens / (GPUs·peak·step), HFU = 8Ψ·tokens / (same) with recomputation: without communication
+    and bubble MFU = 0.75·HFU = 0.75·hfu. Tensor-parallel all-reduces (6 per layer and micro-batch with
+    recomputation, 2(N_t−1)/N_t·B_μ·T·C·2 bytes each over NVLink) are added to the step."""
+    plan = parallel_plan(LLAMA2_7B, H100_SXM, 1, 1, 8, 1, 1, 4096, 1024)
+    assert plan["hfu"] == pytest.approx(0.4) and plan["mfu"] == pytest.approx(0.3)
+    tp = parallel_plan(LLAMA2_70B, H100_SXM, 8, 1, 8, 1, 1, 4096, 1024)
+    tp_bytes = 6 * 2 * 7 / 8 * 4096 * 8192 * 2 * 80 * 128            # 6 all-reduces × layers × micro-batches
+    assert tp["tp_comm_s"] == pytest.approx(tp_bytes / H100_SXM.intra_node_bw)
+    assert tp["step_s"] == pytest.approx(tp["compute_s"] + tp["tp_comm_s"] + tp["dp_exposed_s"])
+    assert tp["mfu"] < tp["mfu_without_tp_comm"] <= 0.3 + 1e-12
+    assert tp["hfu"] == pytest.approx(tp["mfu"] * 8 / 6)
+    no_ckpt = parallel_plan(LLAMA2_70B, H100_SXM, 8, 1, 8, 1, 1, 4096, 1024, checkpointing=False)
+    assert no_ckpt["tp_comm_s"] == pytest.approx(tp["tp_comm_s"] * 4 / 6)
+    # data-parallel traffic is hidden only behind the last micro-batch's backward (3/4 of its compute)
+    dp = parallel_plan(LLAMA2_7B, H100_SXM, 1, 1, 64, 1, 1, 4096, 1024)
+    assert dp["dp_exposed_s"] == pytest.approx(dp["dp_comm_s"] - 0.75 * dp["compute_s"] / 16)
+    with pytest.raises(ValueError, match="hfu=0"):
+        parallel_plan(LLAMA2_7B, H100_SXM, 1, 1, 8, 1, 1, 4096, 1024, hfu=0)
 
 
 def test_schedule_and_split_reject_bad_input():

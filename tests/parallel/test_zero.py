@@ -101,3 +101,14 @@ def test_zero_traffic_and_memory_match_formulas(dp_results, stage):
         memory = rank_out[f"zero{stage}_memory"]
         for part in ("params", "grads", "optimizer"):
             assert memory[part] == formula[part], part
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_peak_within_a_step_counts_the_reduction_transient(dp_results, stage):
+    """The formulas count what a rank holds between steps; within a step a unit's gradients and their fp32
+    copy (the reduce-scatter's input, padded) are alive together, beside the optimizer state."""
+    for rank_out in dp_results:
+        memory, peak = rank_out[f"zero{stage}_memory"], rank_out[f"zero{stage}_peak"]
+        n_unit, padded_unit = rank_out[f"zero{stage}_largest_unit"]
+        assert peak >= memory["total"]
+        assert peak >= memory["optimizer"] + 4 * (n_unit + padded_unit)
