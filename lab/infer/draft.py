@@ -8,7 +8,14 @@ it: a student that keeps the target's width, embeddings and head and every third
 (`lab.distill.gpt_student`, DistilBERT's initialisation), trained on the target's full distribution
 (`lab.distill.distill`, forward KL at τ = 1) over the corpus's train split. It shares the target's
 tokenizer, as speculative decoding requires. The checkpoint is stored like the target's
-(`transformers` Llama format, bf16) with a ``training_record.json``.
+(`transformers` Llama format, bf16) with a ``training_record.json``; its perplexities are measured on the
+evaluation sample (`lab.data.eval_sample`, ``--eval-tokens`` scored tokens). The committed record predates
+the sample: its perplexities are on the first 8,192 tokens of the test split, so the book measures the
+pair on the sample itself (`teacher_forced`).
+
+`teacher_forced` scores both models on the sample at once, per scored token t with target p_t and draft q_t:
+the losses −log p_t(x_t), −log q_t(x_t); the acceptance probability of speculative sampling at τ = 1,
+α_t = Σ_x min(p_t(x), q_t(x)) = 1 − TV(p_t, q_t); and whether the two argmaxes agree (greedy acceptance).
 """
 
 from __future__ import annotations
@@ -28,9 +35,10 @@ from lab.core.records import provenance
 from lab.core.runtime import get_device, seed_everything
 from lab.distill import KDLoss, TeacherCache, distill, gpt_student
 from lab.distill.experiments import lm_batches
+from lab.models.gpt import GPT
 from lab.models.loop import Optim
 from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, load_tokenizer, to_llama
-from lab.perplexity import perplexity
+from lab.perplexity import EvalSample
 
 DRAFT_DIR = LM_DIR.parent / "pydoc-gpt-draft"
 
@@ -38,6 +46,42 @@ DRAFT_DIR = LM_DIR.parent / "pydoc-gpt-draft"
 def load_draft(path: str | Path = DRAFT_DIR, dtype: torch.dtype = torch.float32):
     """The distilled draft as a lab `GPT` in eval mode."""
     return load_pretrained_lm("lab", path, dtype)
+
+
+def _logits(model: GPT, x: torch.Tensor) -> torch.Tensor:
+    return model(x.to(next(model.parameters()).device)[None])[0].float().cpu()
+
+
+@torch.no_grad()
+def teacher_forced(target: GPT, draft: GPT, sample: EvalSample,
+                   drafts: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Target and draft on every window of ``sample``, per scored token: (n,) float64 tensors aligned with
+    ``sample.tokens``: "target_nll", "draft_nll" (nats, as `EvalSample.token_losses`), "alpha" = Σ_x min(p, q),
+    "argmax_agree" = 1[argmax p = argmax q]. ``drafts`` {name: (n,) int64 one-hot drafts of the scored tokens,
+    −1 for none} adds "p_draft_<name>" = p(d) and "argmax_draft_<name>" = 1[d = argmax p], NaN where no draft.
+    """
+    n = len(sample.tokens)
+    for name, d in (drafts or {}).items():
+        if d.shape != (n,) or d.dtype != torch.int64:
+            raise ValueError(f"drafts[{name!r}] must be (n,) = ({n},) int64, got {tuple(d.shape)} {d.dtype}")
+    keys = ["target_nll", "draft_nll", "alpha", "argmax_agree"]
+    keys += [f"{kind}_{name}" for name in drafts or {} for kind in ("p_draft", "argmax_draft")]
+    out = {key: torch.full((n,), float("nan"), dtype=torch.float64) for key in keys}
+    start = 0
+    for x, c in zip(sample.inputs, sample.n_context):
+        logp = torch.log_softmax(_logits(target, x)[c - 1:-1], -1)      # p_t for the scored tokens x[c:]
+        logq = torch.log_softmax(_logits(draft, x)[c - 1:-1], -1)
+        rows, nxt = slice(start, start + len(x) - c), x[c:, None].cpu()
+        out["target_nll"][rows] = -logp.gather(-1, nxt)[:, 0].double()
+        out["draft_nll"][rows] = -logq.gather(-1, nxt)[:, 0].double()
+        out["alpha"][rows] = torch.minimum(logp.exp(), logq.exp()).sum(-1).double()
+        out["argmax_agree"][rows] = (logp.argmax(-1) == logq.argmax(-1)).double()
+        for name, d in (drafts or {}).items():
+            d_w, has = d[rows], d[rows] >= 0
+            out[f"p_draft_{name}"][rows][has] = logp[has].gather(-1, d_w[has, None])[:, 0].exp().double()
+            out[f"argmax_draft_{name}"][rows][has] = (logp[has].argmax(-1) == d_w[has]).double()
+        start = rows.stop
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -59,11 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     student = gpt_student(target, args.layers)
     batches = lm_batches(data.tokenize_split("train", tokenizer), args.steps, args.batch_size, args.seq_len,
                          seed=args.seed)
-    test = data.eval_tokens(tokenizer, args.eval_tokens).to(device)
+    sample = data.eval_sample(tokenizer, args.eval_tokens)
     teacher = TeacherCache(target, keep=False)     # keep=True would hold every batch's logits in memory
     history = distill(student, batches, args.steps, KDLoss(teacher, temperature=1.0, alpha=1.0),
                       optim=Optim(args.lr, warmup=max(1, args.steps // 20)), eval_every=args.steps // 4,
-                      eval_fn=lambda m: perplexity(m, test, stride=128), progress="distill draft")
+                      eval_fn=sample.perplexity, progress="distill draft")
     args.out.mkdir(parents=True, exist_ok=True)
     to_llama(student.float().cpu()).to(torch.bfloat16).save_pretrained(args.out)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -75,9 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
         "n_parameters": student.num_parameters(), "target_sha256": checkpoint_sha256(LM_DIR),
         "model_safetensors_sha256": checkpoint_sha256(args.out), "seconds": history["seconds"],
         "loss_every_10": history["loss"][::10], "eval_perplexity": history["eval"],
-        "eval_tokens": args.eval_tokens,
-        "target_eval_perplexity": perplexity(target, test, stride=128),
-        "draft_eval_perplexity_bf16_checkpoint": perplexity(load_draft(args.out).to(device), test, stride=128),
+        "eval_tokens": args.eval_tokens, "eval": "lab.data.eval_sample",
+        "target_eval_perplexity": sample.perplexity(target),
+        "draft_eval_perplexity_bf16_checkpoint": sample.perplexity(load_draft(args.out).to(device)),
     }
     atomic_write_json(args.out / "training_record.json", record)
     print(json.dumps({k: record[k] for k in ("n_parameters", "seconds", "eval_perplexity", "target_eval_perplexity",

@@ -1,15 +1,22 @@
 """Latencies measured on this device: the time of each decode step, and what speculative decoding costs and gains.
 
-Both time with `lab.core.timing.time_ms` (CUDA events on a GPU, ``perf_counter`` on the CPU) and are shared by
-chapter 6's notebook and its suite.
+`step_latencies` times each step with `lab.core.timing.time_ms` (CUDA events on a GPU, ``perf_counter`` on the
+CPU). The costs and speed-ups of speculative decoding are CPU timings taken in paired rounds
+(`lab.core.timing.time_interleaved`), their ratios by `lab.core.stats.paired_ratio`. Used by chapter 6's notebook.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections.abc import Callable, Mapping
+
+import numpy as np
 import torch
 
 from lab.core.checks import check_int
-from lab.core.timing import time_ms
+from lab.core.stats import paired_ratio, verdicts
+from lab.core.timing import time_interleaved, time_ms
 from lab.infer.generate import Decoder, generate
 from lab.infer.speculative import speculative_generate
 from lab.models.gpt import GPT
@@ -39,51 +46,106 @@ def step_latencies(model: GPT, ids: torch.Tensor, prompt_len: int, kv_cache: boo
     return [time_ms(lambda: step(t), ids.device, repeats) for t in range(prompt_len, T - chunk + 1, chunk)]
 
 
-@torch.no_grad()
-def speculative_speedup(target: GPT, draft: GPT, prompts: torch.Tensor, new_tokens: int, ks, ids: torch.Tensor,
-                        prompt_len: int, *, temperature: float = 1.0, seed: int = 0, repeats: int = 2,
-                        step_repeats: int = 3) -> dict:
-    """What speculative decoding costs and gains on this device, beside the inputs of its formula.
+def _sweep(model: GPT, ids: torch.Tensor, prompt_len: int, chunk: int) -> tuple[Callable[[], None], int]:
+    """A function that runs every KV-cache decode step of ``ids`` (1, T) from ``prompt_len`` on, ``chunk`` tokens
+    at a time (teacher forcing, after one prefill), and the number of steps it runs."""
+    decoder = Decoder(model, 1, ids.shape[1])
+    decoder.extend(ids[:, :prompt_len])
+    starts = range(prompt_len, ids.shape[1] - chunk + 1, chunk)
 
-    With t(m, n) the median time of a KV-cache decode step of model m fed n tokens at once
-    (`step_latencies` on ``ids`` (1, T) from position ``prompt_len`` to the end, ``step_repeats`` calls
-    per step, median over the steps):
+    def sweep() -> None:
+        for t in starts:
+            decoder.rewind(t)
+            decoder.extend(ids[:, t:t + chunk])
+
+    return sweep, len(starts)
+
+
+@torch.no_grad()
+def speculative_costs(target: GPT, draft: GPT, ids: torch.Tensor, prompt_len: int, ks, rounds: int = 4) -> dict:
+    """The inputs of the speed-up formula on this CPU, from paired rounds. With t(m, n) the time per step of a
+    sweep of KV-cache decode steps of model m fed n tokens at once over ``ids`` (1, T) from ``prompt_len`` on
+    (teacher forcing: the work does not depend on which tokens),
 
         c   = t(draft, 1) / t(target, 1)            the draft's step in target steps
         r_k = t(target, k + 1) / t(target, 1)       the verification pass over k + 1 tokens, in steps
-        speed-up_k = T_plain / T_spec(k)
 
-    where T_plain is the time to sample ``new_tokens`` tokens from each of ``prompts`` (P, T₀) with
-    `generate` and T_spec(k) the same with `speculative_generate` and k draft tokens (``temperature``,
-    ``seed`` for every prompt), each the median of ``repeats`` calls of `time_ms`. The formula's
-    speed-up (1 − α^{k+1}) / ((1 − α)(c·k + r_k)) (`lab.infer.speculative.expected_speedup`) takes c and
-    r_k from here and α from the accepted tokens.
-
-    Returns {"target_step_ms", "draft_step_ms", "c", "r": {k: r_k}, "plain_ms",
-    "speculative_ms": {k: ms}, "speedup": {k: speed-up_k}}.
+    for each k in ``ks``; the sweeps are timed in turn, ``rounds`` rounds (`lab.core.timing.time_interleaved`),
+    and each ratio is the geometric mean over the rounds (`lab.core.stats.paired_ratio`), so a load that comes
+    and goes falls on numerator and denominator alike. The formula (1 − α^{k+1}) / ((1 − α)(c·k + r_k)) is
+    `lab.infer.speculative.expected_speedup`. Returns {"target_step_ms", "draft_step_ms" (medians), "c",
+    "r": {k: r_k}}.
     """
+    ks = _draft_lengths(ks)
+    if ids.dim() != 2 or len(ids) != 1:
+        raise ValueError(f"ids must be (1, T) token ids, got shape {tuple(ids.shape)}")
+    if not 0 < prompt_len < ids.shape[1] - max(ks):
+        raise ValueError(f"prompt_len={prompt_len} must leave room for a step of {max(ks) + 1} tokens in "
+                         f"ids of length {ids.shape[1]}")
+    sweeps = {("target", 1): _sweep(target, ids, prompt_len, 1), ("draft", 1): _sweep(draft, ids, prompt_len, 1)}
+    sweeps |= {("target", k + 1): _sweep(target, ids, prompt_len, k + 1) for k in ks}
+    times = time_interleaved({key: fn for key, (fn, _) in sweeps.items()}, rounds)
+    per_step = {key: [ms / sweeps[key][1] for ms in times[key]] for key in sweeps}
+    base = per_step["target", 1]
+    return {"target_step_ms": statistics.median(base), "draft_step_ms": statistics.median(per_step["draft", 1]),
+            "c": paired_ratio(per_step["draft", 1], base)["ratio"],
+            "r": {k: paired_ratio(per_step["target", k + 1], base)["ratio"] for k in ks}}
+
+
+def _draft_lengths(ks) -> list[int]:
     ks = list(ks)
     if not ks:
         raise ValueError("ks must be a non-empty list of draft lengths, got []")
     for j, k in enumerate(ks):
         check_int(f"ks[{j}]", k)
+    return ks
+
+
+@torch.no_grad()
+def speculative_speedups(target: GPT, draft: GPT, prompts: torch.Tensor, new_tokens: int,
+                         runs: Mapping[str, tuple[int, float]], rounds: int = 8, seed: int = 0) -> dict[str, dict]:
+    """Measured speed-ups of speculative decoding over plain decoding, paired and interleaved (CPU).
+
+    ``runs`` {name: (k, τ)}: draft length k and temperature τ (0 = greedy). One call of a run generates
+    ``new_tokens`` tokens from each of ``prompts`` (P, T₀) with `speculative_generate` (seed ``seed``); its
+    plain counterpart does the same with `generate` at the same τ. All of them are timed in turn, round after
+    round (`lab.core.timing.time_interleaved`, ``rounds`` rounds), so a load on the machine falls on all
+    alike, and each speed-up is the geometric mean of plain / speculative within a round with its Student-t
+    95% interval (`lab.core.stats.paired_ratio`). Whole calls are timed: prefill and the draft's own
+    prefill included. The runs form one family: "p" is the paired t-test's two-sided p-value of log speed-up
+    = 0, and "verdict" the verb of `lab.core.stats.verdicts` on the log speed-ups (Holm across the runs):
+    "higher" (faster than plain decoding), "lower" (slower), "equivalent" (within ±1%) or "inconclusive".
+    Returns {name: {"ratio", "ci_low", "ci_high", "n", "p", "verdict", "plain_ms", "speculative_ms"}}
+    (the two medians over the rounds).
+    """
     if prompts.dim() != 2 or len(prompts) == 0:
         raise ValueError(f"prompts must be (P, T0) token ids with P >= 1, got shape {tuple(prompts.shape)}")
     check_int("new_tokens", new_tokens)
-    if ids.dim() != 2 or len(ids) != 1:
-        raise ValueError(f"ids must be (1, T) token ids, got shape {tuple(ids.shape)}")
-    device = prompts.device
+    if not runs:
+        raise ValueError("runs must name at least one (k, temperature) to time")
+    _draft_lengths(k for k, _ in runs.values())
+    fns = {f"plain, τ = {t:g}": (lambda t=t: [generate(target, x, new_tokens, temperature=t, seed=seed)
+                                              for x in prompts]) for _, t in runs.values()}
+    fns |= {name: (lambda k=k, t=t: [speculative_generate(target, draft, x, new_tokens, k=k, temperature=t,
+                                                          seed=seed) for x in prompts])
+            for name, (k, t) in runs.items()}
+    times = time_interleaved(fns, rounds)
+    out = {}
+    for name, (_, t) in runs.items():
+        plain = times[f"plain, τ = {t:g}"]
+        out[name] = {**paired_ratio(plain, times[name]), "p": _paired_t_p(plain, times[name]),
+                     "plain_ms": statistics.median(plain), "speculative_ms": statistics.median(times[name])}
+    logs = {name: {"ci_low": math.log(r["ci_low"]), "ci_high": math.log(r["ci_high"]), "p": r["p"]}
+            for name, r in out.items()}
+    for name, verb in verdicts(logs).items():
+        out[name]["verdict"] = verb
+    return out
 
-    def step_ms(model: GPT, chunk: int = 1) -> float:
-        times = step_latencies(model, ids, prompt_len, True, step_repeats, chunk)
-        return float(torch.tensor(times).median())
 
-    target_ms, draft_ms = step_ms(target), step_ms(draft)
-    r = {k: step_ms(target, k + 1) / target_ms for k in ks}
-    plain_ms = time_ms(lambda: [generate(target, x, new_tokens, temperature=temperature, seed=seed)
-                                for x in prompts], device, repeats)
-    spec_ms = {k: time_ms(lambda: [speculative_generate(target, draft, x, new_tokens, k=k, temperature=temperature,
-                                                        seed=seed) for x in prompts], device, repeats)
-               for k in ks}
-    return {"target_step_ms": target_ms, "draft_step_ms": draft_ms, "c": draft_ms / target_ms, "r": r,
-            "plain_ms": plain_ms, "speculative_ms": spec_ms, "speedup": {k: plain_ms / spec_ms[k] for k in ks}}
+def _paired_t_p(a: list[float], b: list[float]) -> float:
+    """Two-sided p-value of the paired t-test of mean log(a_i / b_i) = 0 (the test behind `paired_ratio`)."""
+    from scipy.stats import t as student_t
+
+    logs = np.log(np.asarray(a) / np.asarray(b))
+    se = logs.std(ddof=1) / math.sqrt(len(logs))
+    return 1.0 if se == 0 else float(2 * student_t.sf(abs(logs.mean()) / se, len(logs) - 1))

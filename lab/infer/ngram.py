@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from lab.core.checks import check_float_tensor, check_int, check_tensor
+from lab.perplexity import EvalSample
 
 
 def prompt_lookup_draft(ids: torch.Tensor, n: int = 2) -> torch.Tensor:
@@ -57,3 +58,14 @@ def one_hot_acceptance(p: torch.Tensor, drafts: torch.Tensor) -> dict[str, float
     return {"alpha": p_d.mean().item(),
             "greedy": (p[has].argmax(-1) == drafts[has]).double().mean().item(),
             "coverage": has.double().mean().item()}
+
+
+def sample_lookup_drafts(sample: EvalSample, n: int = 2) -> torch.Tensor:
+    """`prompt_lookup_draft` on every window of the evaluation ``sample``: (n_tokens,) int64, the draft of each
+    scored token (−1 if none), aligned with ``sample.tokens``; the lookup sees the window so far, its
+    context included (`lab.infer.draft.teacher_forced` scores the drafts)."""
+    check_int("n", n)
+    out = []
+    for x, c in zip(sample.inputs, sample.n_context):
+        out.append(prompt_lookup_draft(x[None].cpu(), n)[0, c - 1:-1])     # the drafts of x[c:]
+    return torch.cat(out)

@@ -9,6 +9,10 @@ with a KV cache, every cached key and value of every row:
 and produces B tokens. Ψ_bytes is what the weights occupy as stored: 2 bytes per bf16 parameter,
 ≈ 1 for int8, ≈ 0.5 + 2·2/g for int4 with group size g (codes + scales + zeros). Without a cache the
 step re-runs all S positions: FLOPs ≈ 2·N·B·S, and the step becomes compute bound once S is large.
+That is also the cost of a prefill of B prompts of S tokens: it reads the weights once for B·S tokens,
+so it is compute bound only when 2·N·B·S / peak ≥ Ψ_bytes / bandwidth, i.e. from about
+B·S ≈ Ψ_bytes·peak / (2·N·bandwidth) tokens (= peak / bandwidth for bf16, ≈ 295 on the H100 SXM5's
+datasheet figures); `prefill_crossover_tokens` finds it with the attention FLOPs included.
 
     t_min = max(bytes / bandwidth, FLOPs / peak),   tokens/s ≤ B / t_min.
 
@@ -136,3 +140,25 @@ def attainable_flops(intensity, bandwidth: float | None = None, peak_flops: floa
     if isinstance(intensity, torch.Tensor):
         return torch.clamp(intensity * bandwidth, max=peak_flops)
     return min(float(intensity) * bandwidth, peak_flops)
+
+
+def prefill_crossover_tokens(model: GPT, bandwidth: float | None = None, peak_flops: float | None = None,
+                             batch: int = 1, weights: int | None = None) -> int:
+    """The smallest prompt length S at which a prefill of ``batch`` prompts of S tokens is compute bound on the
+    roofline: FLOPs / peak ≥ bytes / bandwidth with `decode_step_cost`(model, batch, S, kv_cache=False)
+    (weights read once, activations not counted). ``bandwidth``, ``peak_flops``: None takes `device_ceilings()`'s;
+    ``weights``: bytes of weights (default `weight_bytes`). ValueError if no S ≤ the model's context is."""
+    bandwidth, peak_flops = _ceilings(bandwidth, peak_flops)
+    check_int("batch", batch)
+
+    def compute_bound(S: int) -> bool:
+        cost = decode_step_cost(model, batch, S, kv_cache=False, weights=weights)
+        return cost["flops"] / peak_flops >= cost["bytes"] / bandwidth
+
+    lo, hi = 1, model.config.context_length
+    if not compute_bound(hi):
+        raise ValueError(f"a prefill of {batch} x {hi} tokens (the model's context) is still memory bound")
+    while lo < hi:                                                  # FLOPs grow with S, bytes do not
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if compute_bound(mid) else (mid + 1, hi)
+    return lo

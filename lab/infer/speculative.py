@@ -10,7 +10,10 @@ Each step (Leviathan et al. 2023; Chen et al. 2023), with committed tokens x₁�
 
 Every step emits between 1 and k + 1 tokens, and each emitted token has exactly the target's
 distribution: P(emit x) = q(x)·min(1, p(x)/q(x)) + (1 − Σ_y min(p(y), q(y)))·r(x)
-= min(p, q)(x) + max(0, p − q)(x) = p(x). With acceptance rate α = E[Σ_x min(p(x), q(x))]
+= min(p, q)(x) + max(0, p − q)(x) = p(x). This holds for any draft distribution q, provided q is the
+one the draft token was sampled from: the output follows p, the target's distribution after the
+temperature and top-k/top-p filters that define it. Filtering or tempering the draft as well changes
+only how often its tokens are accepted, not what is emitted. With acceptance rate α = E[Σ_x min(p(x), q(x))]
 (one minus the total-variation distance between p and q), assumed the same at every position,
 
     E[tokens per step] = (1 − α^{k+1}) / (1 − α),
@@ -114,8 +117,9 @@ def speculative_generate(target: GPT, draft: GPT, prompt_ids: torch.Tensor, max_
     """Generate ``max_new_tokens`` tokens for one prompt (T₀,) or (1, T₀) with draft length ``k``.
 
     The emitted tokens are distributed exactly as `lab.infer.generate` with the same temperature,
-    top-k and top-p (the filters are applied to both p and q). Both models keep a static KV cache;
-    after a rejection the caches are rewound to the committed tokens.
+    top-k and top-p, because those define p. The draft samples from q with the same settings, which keeps
+    α high (exactness only needs the q it sampled from). Both models keep a static KV cache; after a
+    rejection the caches are rewound to the committed tokens.
     """
     ids = check_prompt(target, prompt_ids, max_new_tokens)
     check_sampling(temperature, top_k, top_p)

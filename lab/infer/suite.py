@@ -33,7 +33,7 @@ configuration's greedy tokens are compared with the KV-cache output of the same 
 Serving: static vs continuous batching (`lab.infer.serve`, paged cache) of a mixed-length trace of
 real prompts on the book's model.
 
-The book's model is prompted with windows of the evaluation text, so the corpus must be in ``.data/``
+The book's model is prompted with windows of the test split, so the corpus must be in ``.data/``
 (`python -m lab.data`; on an offline GPU machine, carry the folder).
 """
 
@@ -71,7 +71,8 @@ LLAMA2_7B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=4096,
 LLAMA2_70B_SHAPE = GPTConfig(vocab_size=32000, context_length=4096, d_model=8192, n_layer=80, n_head=64,
                              n_kv_head=8, d_ff=28672, tie_embeddings=False)
 
-# bench_paged_decode's Llama-7B-shaped decode: (query, kv) heads, batches, cached positions
+# bench_paged_decode's 7B-class decode, (query, kv) heads, D = 128: (32, 8) is Llama-3-8B's and Mistral-7B's
+# grouped-query layer, (32, 32) Llama-2-7B's; batches; cached positions
 PAGED_HEADS, PAGED_HEAD_DIM, PAGED_BATCHES, PAGED_CONTEXT = ((32, 8), (32, 32)), 128, (1, 8, 32), 2048
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def kernel_shapes() -> list[MatmulShapes | PagedShapes]:
     """What this suite runs on a GPU, for the ahead-of-time compile: the int8 / int4 decoder linears of the
     book's model and of `LLAMA2_7B_SHAPE` at decode (M = B) and prefill (M = B · T₀), full and short form;
     the serving run's paged decode (the book's model at `serve`'s block size, every table width up to its
-    context: a table grows one block at a time); and `bench_paged_decode`'s Llama-7B-shaped decode."""
+    context: a table grows one block at a time); and `bench_paged_decode`'s 7B-class decode (`PAGED_HEADS`)."""
     cuda, book = torch.device("cuda"), book_config()
     out = []
     for form in (setup(cuda, quick=False), setup(cuda, quick=False, short=True)):
@@ -173,13 +174,13 @@ def _models(device: torch.device, quick: bool, dtype: torch.dtype) -> dict[str, 
 
 
 def source_text(model: GPT) -> torch.Tensor:
-    """1-D int64 tokens that prompts and traces are cut from: the evaluation text for the book's model
-    (its vocabulary), 4096 random ids for any other model."""
+    """1-D int64 tokens that prompts and traces are cut from: the whole test split for the book's model (its
+    vocabulary; windows at random starts fall anywhere in its documents), 4096 random ids for any other model."""
     if model.config.vocab_size == 8192 and model.config.context_length == 256:
-        from lab.data import eval_tokens
+        from lab.data import tokenize_split
         from lab.models import load_tokenizer
 
-        return eval_tokens(load_tokenizer())
+        return tokenize_split("test", load_tokenizer())
     return torch.randint(0, model.config.vocab_size, (4096,), generator=torch.Generator().manual_seed(0))
 
 

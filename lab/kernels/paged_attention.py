@@ -16,8 +16,8 @@ one sequence's head; with few sequences and long contexts that is too little par
 
 v2 (`paged_attention_decode_v2`, flash-decoding: the sequence split; D and block_size at least 16) changes:
 
-* **Parallelism.** v1 runs B·H_kv programs: a handful at B = 1 (a Llama-2-7B-shaped layer has 8 kv heads)
-  on a GPU of 132 SMs. v2 splits each sequence's blocks into S contiguous ranges (`num_splits`: about 4
+* **Parallelism.** v1 runs B·H_kv programs: a handful at B = 1 (a grouped-query layer of Llama-3-8B's or
+  Mistral-7B's shape, 32 query and 8 kv heads, has 8; Llama-2-7B's has 32 kv heads) on a GPU of 132 SMs. v2 splits each sequence's blocks into S contiguous ranges (`num_splits`: about 4
   programs per SM, each range at least 4 blocks), so B·H_kv·S programs stream the cache.
 * **A second, small pass.** Program (b, j, s) folds its blocks into a running max m_s, normaliser ℓ_s and
   output a_s (FlashAttention's online rescaling, as in v1) and writes them (fp32) for its G query heads.

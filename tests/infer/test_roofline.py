@@ -1,8 +1,9 @@
-"""lab.infer.roofline.matmul_cost and attainable_flops: the roofline of one matmul.
+"""lab.infer.roofline.matmul_cost and attainable_flops: the roofline of one matmul; prefill_crossover_tokens.
 
 References: the closed forms (FLOPs 2·M·N·K; bytes of W, X and Y), the limits of the intensity
 (≈ M for a bf16 weight when M ≪ N, K; → the compute-bound N·K/(N + K) as M grows), and the ridge
-point peak / bandwidth where the two roofs meet; the default ceilings are `lab.core.ceilings`'s.
+point peak / bandwidth where the two roofs meet; the default ceilings are `lab.core.ceilings`'s. The prefill
+crossover against a scan of every prompt length and, for a bf16 model, the ridge point σ·peak / (2·bandwidth).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import pytest
 import torch
 
 from lab.core.ceilings import device_ceilings
-from lab.infer.roofline import attainable_flops, matmul_cost, speed_of_light_ms
+from lab.infer.roofline import (attainable_flops, decode_step_cost, matmul_cost, matmul_params,
+                                prefill_crossover_tokens, speed_of_light_ms, weight_bytes)
+from lab.infer.suite import LLAMA2_7B_SHAPE
+from lab.models import GPT
 
 
 def test_matmul_cost_closed_form():
@@ -76,3 +80,22 @@ def test_bad_ceilings_and_widths():
         attainable_flops(1.0, bandwidth=0)
     with pytest.raises(ValueError, match="peak_flops"):
         speed_of_light_ms({"bytes": 1.0, "flops": 1.0}, 1e12, -1.0)
+
+
+def test_prefill_crossover_is_the_first_compute_bound_prompt_length():
+    with torch.device("meta"):
+        model = GPT(LLAMA2_7B_SHAPE).to(torch.bfloat16)
+    bw, peak = 3.35e12, 989e12                                         # H100 SXM5 datasheet
+
+    def compute_bound(S: int, B: int = 1) -> bool:
+        cost = decode_step_cost(model, B, S, kv_cache=False)
+        return cost["flops"] / peak >= cost["bytes"] / bw
+
+    S = prefill_crossover_tokens(model, bw, peak)
+    assert compute_bound(S) and not compute_bound(S - 1)
+    ridge = weight_bytes(model) * peak / (2 * matmul_params(model) * bw)  # linears only: ≈ peak / bandwidth in bf16
+    assert ridge - 5 < S <= ridge + 1 and 280 < S < 300
+    S4 = prefill_crossover_tokens(model, bw, peak, batch=4)
+    assert compute_bound(S4, 4) and not compute_bound(S4 - 1, 4)
+    with pytest.raises(ValueError, match="still memory bound"):
+        prefill_crossover_tokens(model, bw * 1e-6, peak)

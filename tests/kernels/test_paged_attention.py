@@ -164,7 +164,7 @@ def test_v2_under_interpreter_matches_float64_and_v1(interpreted, monkeypatch, B
 
 
 def test_splits_fill_the_gpu_at_batch_one():
-    """A Llama-2-7B-shaped layer (8 kv heads) over 2,048 tokens in blocks of 16: ≥ 132 programs at B = 1."""
+    """A grouped-query layer of Llama-3-8B's shape (8 kv heads) over 2,048 tokens in blocks of 16: ≥ 132 programs at B = 1."""
     S = paged_module.num_splits(1, 8, 2048 // 16)
     assert 8 * S >= 132 and 2048 // 16 / S >= paged_module.MIN_BLOCKS_PER_SPLIT
     assert paged_module.num_splits(32, 8, 128) * 32 * 8 >= 4 * 132

@@ -67,7 +67,7 @@ def _int4_shape(M: int, N: int = 8192, K: int = 8192, g: int = 128) -> dict:
 def rows() -> list[Row]:
     """The shapes of the chapter's comparison: decode (M = 1, 4, 16) and prefill of an 8192 × 8192 layer
     (2:4 at M = 1, 16);
-    paged decode of a Llama-2-7B-shaped layer (32 query / 8 kv heads, head dim 128) over 2,048 cached
+    paged decode of a grouped-query layer of Llama-3-8B's shape (32 query / 8 kv heads, head dim 128) over 2,048 cached
     tokens at B = 1 and 32."""
     bf16 = torch.bfloat16
     out = []
