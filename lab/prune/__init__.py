@@ -5,11 +5,12 @@ from lab.prune.masks import keep_top_fraction, magnitude_mask, nm_mask, wanda_ma
 from lab.prune.obs import layer_hessian, obs_prune_row_bruteforce, obs_saliency, obs_update, reconstruction_error
 from lab.prune.sequential import layer_errors, layer_sensitivity, prune_model, sparsity_of
 from lab.prune.sparsegpt import sparsegpt_prune
-from lab.prune.structured import prune_structured_by_importance, structured_prune
+from lab.prune.structured import forward_flops, prune_structured_by_importance, speedup_against_bound, structured_prune
 
 __all__ = [
                            "compress",
                            "decompress",
+                           "forward_flops",
                            "keep_top_fraction",
                            "layer_errors",
                            "layer_hessian",
@@ -24,6 +25,7 @@ __all__ = [
                            "reconstruction_error",
                            "sparsegpt_prune",
                            "sparsity_of",
+                           "speedup_against_bound",
                            "structured_prune",
                            "wanda_mask",
 ]

@@ -129,7 +129,7 @@ def layer_sensitivity(model: nn.Module, tokens: torch.Tensor | None, method: str
 
     ``tokens``: (n_samples, seq_len) int64 calibration ids as for `prune_model`; ``model`` is
     left unchanged. Returns a list of L results of eval_fn (a perplexity, or the per-token losses
-    of `lab.perplexity.token_losses` for paired comparisons), entry i for layer i.
+    of `lab.perplexity.EvalSample.token_losses` for paired comparisons), entry i for layer i.
     """
     _check_args(model, method, sparsity, tokens, prune_kwargs.get("n"), prune_kwargs.get("m"))
     scores = []

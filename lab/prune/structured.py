@@ -18,15 +18,22 @@ columns and the removed channels' W_down columns set to zero.
 Per-layer sizes: `Attention` and `MLP` read their head counts and widths from their weights'
 shapes (the head dimension D stays that of the config), so shrinking the tensors is enough. A model with per-layer widths no longer fits one `transformers` LlamaConfig, so
 `lab.models.pretrained.to_llama` does not apply to it.
+
+Speed: `forward_flops` counts the FLOPs of a forward from the weights' shapes; F_dense / F_pruned is the
+speed-up the fewer FLOPs allow (the output head stays whole, so it is less than the parameter ratio of
+the layers), and `speedup_against_bound` judges a measured speed-up against it.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.core.checks import check_fraction, check_int
+from lab.core.checks import check_fraction, check_int, check_number
+from lab.core.stats import verdict
 
 
 def _sizes(attn: nn.Module) -> tuple[int, int, int]:
@@ -214,3 +221,43 @@ def prune_structured_by_importance(model: nn.Module, calib_tokens: torch.Tensor,
         channels[i] = sorted(chan_scores[i].argsort()[: int(channel_fraction * len(chan_scores[i]))].tolist())
     report = structured_prune(model, heads=heads, mlp_channels=channels)
     return {**report, "heads": heads, "mlp_channels": channels}
+
+
+def forward_flops(model: nn.Module, seq_len: int) -> int:
+    """FLOPs of the matrix products of one forward of a lab `GPT` on one sequence of T = ``seq_len`` tokens,
+    read from the shapes of its (possibly structurally pruned) weights:
+
+        F = Σ_layers [2T·(|W_q| + |W_k| + |W_v| + |W_o| + |W_gate| + |W_up| + |W_down|) + 4T²·H·D] + 2T·C·V
+
+    |W| is the number of entries of a weight (each takes one multiply and one add per token); H·D, the
+    rows of the layer's W_q, gives the two attention products q kᵀ and softmax(·) v over the full T×T
+    scores (as dense attention computes them, the causal mask applied after); 2T·C·V is the output head
+    (C = d_model, V = vocabulary), which structured pruning leaves whole. Elementwise work (norms, RoPE,
+    SiLU, softmax) and the embedding lookup are left out: O(T·C) against O(T·C²). If time were
+    proportional to F, removing units could speed the forward up by F_dense / F_pruned at most.
+    """
+    check_int("seq_len", seq_len, 1)
+    flops = 2 * seq_len * model.lm_head.weight.numel()
+    for block in model.layers:
+        linears = (block.attn.q_proj, block.attn.k_proj, block.attn.v_proj, block.attn.o_proj,
+                   block.mlp.gate_proj, block.mlp.up_proj, block.mlp.down_proj)
+        flops += 2 * seq_len * sum(lin.weight.numel() for lin in linears)
+        flops += 4 * seq_len ** 2 * block.attn.q_proj.out_features
+    return flops
+
+
+def speedup_against_bound(speedup: dict, bound: float) -> str:
+    """The verb a measured speed-up allows against its FLOP bound F_dense / F_pruned (`forward_flops`).
+
+    ``speedup``: a `lab.core.stats.paired_ratio` result (dense ms over pruned ms, with "ci_low" and
+    "ci_high" of its 95% interval); ``bound`` > 0. The interval of log(speed-up / bound) is judged by
+    `lab.core.stats.verdict`, a family of one: "higher" (the pruned model ran faster than its FLOPs
+    allow: a higher FLOP rate than the dense model's, e.g. from caches, or a load that fell on the dense
+    model's calls), "lower" (slower than its FLOPs allow: costs that do not shrink with the matrices),
+    "equivalent" (within ±1% of the bound) or "inconclusive" (the interval holds the bound).
+    """
+    bound = check_number("bound", bound, 0.0, closed=(False, True))
+    if not (isinstance(speedup, dict) and 0 < speedup.get("ci_low", 0) <= speedup.get("ci_high", 0)):
+        raise ValueError(f"speedup must be a lab.core.stats.paired_ratio result, got {speedup!r:.200}")
+    return verdict({"ci_low": math.log(speedup["ci_low"] / bound),
+                    "ci_high": math.log(speedup["ci_high"] / bound)})

@@ -11,14 +11,17 @@ import copy
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils import prune as torch_prune
+from torch.utils.flop_counter import FlopCounterMode
 
 from lab.data import tokenize_split
 from lab.layerwise import LINEARS
 from lab.models import GPT, load_pretrained_lm, load_tokenizer
 from lab.models.gpt import rope_cos_sin
 from lab.prune.sequential import layer_sensitivity, prune_model, sparsity_of
-from lab.prune.structured import channel_importance, head_importance, prune_structured_by_importance, structured_prune
+from lab.prune.structured import (channel_importance, forward_flops, head_importance, prune_structured_by_importance,
+                                  speedup_against_bound, structured_prune)
 from tests.tiny_models import tiny_gpt
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -271,6 +274,36 @@ def test_prune_structured_by_importance_removes_the_weakest_group_and_channels()
     assert report["params_removed"] == 2 * (2 * 32 * 8 * 2 + 2 * 32 * 8 + 3 * 32 * 12)
     with pytest.raises(ValueError, match=r"head_fraction=1 is out of range; allowed: a finite number in \[0.0, 1.0\)"):
         prune_structured_by_importance(model, ids, head_fraction=1, channel_fraction=0.0)
+
+
+def counted_flops(model: GPT, ids: torch.Tensor) -> int:
+    """FLOPs torch's own counter sees in one forward, attention through the math backend (two bmm)."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(ids)
+    return counter.get_total_flops()
+
+
+def test_forward_flops_equals_torch_flop_counter_before_and_after_structured_pruning():
+    model, ids = tiny_gpt(), calib(n=1, T=16)
+    dense = forward_flops(model, 16)
+    assert dense == counted_flops(model, ids)
+    structured_prune(model, heads={0: [0, 1], 1: [1, 3]}, mlp_channels={0: list(range(12))})
+    assert forward_flops(model, 16) == counted_flops(model, ids) < dense
+    with pytest.raises(ValueError, match=r"seq_len=0 is out of range"):
+        forward_flops(model, 0)
+
+
+@pytest.mark.parametrize("low, high, verb", [
+    (1.30, 1.40, "higher"), (1.00, 1.10, "lower"), (1.15, 1.25, "inconclusive"), (1.199, 1.201, "equivalent")])
+def test_speedup_against_bound_judges_the_interval_of_the_ratio(low, high, verb):
+    assert speedup_against_bound({"ratio": (low + high) / 2, "ci_low": low, "ci_high": high}, 1.2) == verb
+
+
+def test_speedup_against_bound_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"bound=0.0 is out of range"):
+        speedup_against_bound({"ci_low": 1.0, "ci_high": 1.1}, 0.0)
+    with pytest.raises(ValueError, match=r"speedup must be a lab.core.stats.paired_ratio result"):
+        speedup_against_bound({"ci_low": 1.2, "ci_high": 1.1}, 1.2)
 
 
 @pytest.mark.cuda
