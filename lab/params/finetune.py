@@ -9,29 +9,33 @@ The optimizer is built over the parameters with ``requires_grad`` only (after `a
 LoRA layer's A and B), so its state holds K bytes per *trainable* parameter. Adam-type optimizers
 use the loop's β = (0.9, 0.95); Adafactor keeps no first moment (β1 = None), its memory-saving form.
 
-A run ends with the per-token losses ℓ_t (nats) of the evaluation tokens (`lab.perplexity.token_losses`);
-two runs scored on the same tokens are paired by `lab.core.stats.compare`:
+A run ends with the per-token losses ℓ_t (nats) of an evaluation sample (`lab.perplexity.EvalSample`:
+the shared test sample `lab.data.eval_sample`, or `document_sample` of the task's held-out text);
+two runs scored on the same sample are paired by `lab.core.stats.compare`, which resamples its groups:
 
     Δ = (1/N) Σ_t (ℓ^b_t − ℓ^a_t) = log PPL_b − log PPL_a.
 
 `document_tokens` gives the tokens of one corpus document, the fine-tuning task of that page:
-a document of the validation split, which pretraining never trained on.
+a document of the validation split, which pretraining never trained on. `lr_sweep` checks a peak rate:
+one run per rate on the same batches, each scored on the same tokens.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from lab.core.checks import check_choice, check_number
-from lab.data import corpus_documents, split_of
+from lab.core.checks import check_choice, check_int, check_number
+from lab.data import EVAL_CONTEXT, EVAL_WINDOW, corpus_documents, split_of
 from lab.models.loop import BETAS, Optim, train
 from lab.models.next_token import lm_batch_loss
+from lab.params.lora import add_lora
 from lab.params.measured_memory import make_optimizer, optimizer_state_tensors, storage_bytes
 from lab.params.memory import OPTIMIZERS
-from lab.perplexity import token_losses
+from lab.perplexity import EvalSample
 
 _WITH_BETAS = ("adam", "adamw", "adam8bit")
 
@@ -53,7 +57,7 @@ def document_tokens(path: str, tokenizer) -> torch.Tensor:
 
 def finetune(model: nn.Module, batches: Sequence, optimizer: str = "adamw", *, lr: float, warmup: int = 3,
              weight_decay: float = 0.0, grad_clip: float | None = 1.0,
-             eval_tokens: torch.Tensor | None = None, progress: bool = False) -> dict:
+             sample: EvalSample | None = None, progress: bool = False) -> dict:
     """Train the parameters of ``model`` that require grad, in place, one step per batch of ``batches``.
 
     ``batches``: a sequence of (x, y) pairs, ids (B, T) and next-token targets (B, T), int64 (every run
@@ -65,8 +69,8 @@ def finetune(model: nn.Module, batches: Sequence, optimizer: str = "adamw", *, l
     ``trainable_parameters`` (numbers trained), ``optimizer_state_bytes`` (storage of the optimizer's
     state tensors after the last step, 0-dim step counters excluded, as
     `lab.params.measured_memory.measure_training_memory_cpu` counts them) and ``token_losses``: the trained
-    model's per-token NLL on ``eval_tokens`` (float64, (N−1,); windows of the model's context length
-    moved by half of it, 256 and 128 for the book's model), or None without them.
+    model's per-token NLL on ``sample`` (`EvalSample.token_losses`: float64 (N,), aligned with
+    ``sample.tokens``), or None without it.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -78,6 +82,9 @@ def finetune(model: nn.Module, batches: Sequence, optimizer: str = "adamw", *, l
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no parameter with requires_grad=True; nothing would be trained")
+    if sample is not None and not isinstance(sample, EvalSample):
+        raise TypeError(f"sample must be a lab.perplexity.EvalSample (lab.data.eval_sample, document_sample) "
+                        f"or None, got {type(sample).__name__}")
     extra = {"betas": BETAS} if optimizer in _WITH_BETAS else {}
     opt = make_optimizer(params, optimizer, lr=lr, weight_decay=weight_decay, **extra)
     record = train(model, batches, lm_batch_loss, len(batches), optim=Optim(lr, warmup, weight_decay, grad_clip),
@@ -86,8 +93,56 @@ def finetune(model: nn.Module, batches: Sequence, optimizer: str = "adamw", *, l
     record["trainable_parameters"] = sum(p.numel() for p in params)
     record["optimizer_state_bytes"] = storage_bytes(states)
     record["token_losses"] = None
-    if eval_tokens is not None:  # the book's windows: the context length (256), moved by half of it
-        context = getattr(getattr(model, "config", None), "context_length", 256)
-        record["token_losses"] = token_losses(model, eval_tokens, context_length=context, stride=context // 2)
+    if sample is not None:
+        record["token_losses"] = sample.token_losses(model)
     return record
 
+
+def document_sample(tokens: torch.Tensor, start: int, window: int = EVAL_WINDOW,
+                    context: int = EVAL_CONTEXT) -> EvalSample:
+    """Every token of ``tokens[start:]`` scored once: the held-out part of one document as an `EvalSample`.
+
+    ``tokens``: one document, 1-D int64 (n,); 1 <= ``start`` < n. The n − start positions are cut into
+    k = ⌈(n − start) / window⌉ consecutive windows of near-equal length (at most ``window``), each
+    scored after the up to ``context`` tokens before it, from the same document (the text before
+    ``start`` included), not scored, as `lab.data.eval_sample` scores the test documents.
+    ``documents`` (n − start,) holds each token's window index: with one document, the windows are the
+    units `lab.core.stats.compare` resamples, and its interval speaks of text like this document's.
+    """
+    if not (isinstance(tokens, torch.Tensor) and tokens.dim() == 1 and tokens.dtype == torch.int64):
+        raise TypeError(f"tokens must be a 1-D int64 tensor (one document), got {tokens!r:.80}")
+    check_int("start", start, 1, len(tokens) - 1)
+    check_int("window", window, 1)
+    check_int("context", context, 1)
+    k = -(-(len(tokens) - start) // window)
+    inputs, n_context, documents = [], [], []
+    for g, positions in enumerate(torch.arange(start, len(tokens)).tensor_split(k)):
+        begin, end = int(positions[0]), int(positions[-1]) + 1
+        c = min(context, begin)
+        inputs.append(tokens[begin - c:end])
+        n_context.append(c)
+        documents.append(torch.full((end - begin,), g, dtype=torch.int64))
+    return EvalSample(tuple(inputs), tuple(n_context), tokens[start:].clone(), torch.cat(documents))
+
+
+def lr_sweep(model: nn.Module, batches: Sequence, rates: Sequence[float], sample: EvalSample, *,
+             lora: dict | None = None) -> dict[float, torch.Tensor]:
+    """Fine-tune a copy of ``model`` with AdamW at each peak rate of ``rates`` on the same ``batches``;
+    return {rate: the trained copy's per-token NLL on ``sample``, float64 (N,)}, to compare the rates
+    paired on the same tokens (`lab.core.stats.compare` over ``sample.documents``).
+
+    ``lora``: None trains every parameter; else the keyword arguments of `lab.params.lora.add_lora`
+    ({"r", "alpha", "targets"}), applied to each copy before it trains (its A drawn from the global
+    generator). ``model`` itself is left unchanged.
+    """
+    if not isinstance(rates, Sequence) or not rates:
+        raise TypeError(f"rates must be a non-empty sequence of peak learning rates, got {rates!r:.80}")
+    if lora is not None and not isinstance(lora, dict):
+        raise TypeError(f"lora must be None or a dict of add_lora keyword arguments, got {type(lora).__name__}")
+    losses = {}
+    for lr in rates:
+        trial = copy.deepcopy(model)
+        if lora is not None:
+            add_lora(trial, **lora)
+        losses[lr] = finetune(trial, batches, "adamw", lr=lr, sample=sample)["token_losses"]
+    return losses

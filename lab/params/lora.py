@@ -5,8 +5,9 @@ A linear layer with weight W (d_out, d_in) and bias b becomes (Hu et al. 2021)
     y = W x + b + (α/r) · B A x,        A (r, d_in),  B (d_out, r),  1 ≤ r ≤ min(d_in, d_out)
 
 W and b are frozen; only A and B are trained: r·(d_in + d_out) numbers instead of d_in·d_out.
-A starts Kaiming-uniform (``kaiming_uniform_(A, a=√5)``, nn.Linear's and peft's choice) and B at 0,
-so the wrapped layer starts equal to the base one (B A = 0) while ∂L/∂B = (α/r)·(∂L/∂y)(A x)ᵀ ≠ 0.
+A starts Kaiming-uniform (``kaiming_uniform_(A, a=√5)``, nn.Linear's and peft's default; the paper draws
+A from a Gaussian) and B at 0, so the wrapped layer starts equal to the base one (B A = 0) while
+∂L/∂B = (α/r)·(∂L/∂y)(A x)ᵀ ≠ 0.
 The factor α/r keeps the size of the update comparable when r changes (α fixed while r is swept).
 After training, the update folds into the weight, W' = W + (α/r)·B A (`LoRALinear.merge`), and the
 merged model costs nothing extra at inference.

@@ -200,6 +200,40 @@ def training_peak_bytes(config: GPTConfig, batch: int, seq_len: int, optimizer: 
     return max(m["total"] - m["gradients"] + transient, m["total"] - m["activations"] + recompute)
 
 
+def gpt3_layer_activation_bytes(config: GPTConfig, batch: int, seq_len: int, dropout: bool = True) -> int:
+    """Korthikanti et al.'s count of the bytes one GPT-3 layer saves for backward in 16 bits (no tensor
+    parallelism, explicit attention; the layer's MLP is 4C wide with GeLU, whatever ``config.d_ff``):
+
+        with dropout:     B·T·C·(34 + 5·H·T/C)   (the masks: 1 byte per element; the dropped outputs: 2)
+        without dropout:  B·T·C·(32 + 2·H·T/C)   (two B·T·C masks fewer; of the T×T terms, the softmax output)
+
+    Only C = d_model and H = n_head are read from ``config``. Returns an int (bytes)."""
+    _check_config(config)
+    check_int("batch", batch)
+    check_int("seq_len", seq_len)
+    B, T, C, H = batch, seq_len, config.d_model, config.n_head
+    return B * T * C * 34 + 5 * B * H * T * T if dropout else B * T * C * 32 + 2 * B * H * T * T
+
+
+def llama_layer_activation_bytes(config: GPTConfig, batch: int, seq_len: int, fused_attention: bool = False) -> int:
+    """Bytes one Llama-style decoder layer of ``config`` (RMSNorm, RoPE, SwiGLU, no bias, no dropout) saves for
+    backward in pure 16-bit training (2 bytes per element), counted tensor by tensor:
+
+        2·B·T·(8·C + 4·F) + 2·B·H·T²      (explicit attention: the H·T×T softmax output is kept)
+        2·B·T·(8·C + 4·F) + 4·B·H·T       (fused attention: an fp32 log-sum-exp per head and position instead)
+
+    8·C: the inputs of the two norms and of the q/k/v and gate/up projections, q and k (after RoPE, repeated
+    to H heads), v, and W_o's input; 4·F: SwiGLU's gate output g, silu(g), up output u and their product.
+    The per-token 1/rms of the norms is left out, as the GPT-3 count leaves out LayerNorm's statistics.
+    Returns an int (bytes)."""
+    _check_config(config)
+    check_int("batch", batch)
+    check_int("seq_len", seq_len)
+    B, T, C, F_, H = batch, seq_len, config.d_model, config.d_ff, config.n_head
+    attention = 4 * B * H * T if fused_attention else 2 * B * H * T * T
+    return 2 * B * T * (8 * C + 4 * F_) + attention
+
+
 def kv_cache_bytes(config: GPTConfig, batch: int, seq_len: int, dtype=torch.bfloat16) -> int:
     """2·L·H_kv·D·T·B·b: one key and one value vector per layer, kv head, position and sequence."""
     _check_config(config)

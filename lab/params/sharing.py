@@ -21,6 +21,7 @@ from torch import nn
 
 from lab.models.gpt import GPT, GPTConfig
 from lab.params.counting import count_parameters
+from lab.perplexity import EvalSample
 
 
 def tie_weights(model: GPT) -> GPT:
@@ -68,40 +69,49 @@ def _variant(cfg: GPTConfig, name: str, n_groups: int) -> GPT:
     return share_layers(model, n_groups) if name == "albert" else model
 
 
-def _default_tokens(n_val: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from lab.data import tokenize_split
+def _default_data(train_tokens: torch.Tensor | None, sample: EvalSample | None,
+                  seq_len: int) -> tuple[torch.Tensor, EvalSample]:
+    """The corpus train split, and the shared evaluation sample in windows that fit ``seq_len``."""
+    from lab.data import EVAL_TOKENS, eval_sample, tokenize_split
     from lab.models.pretrained import load_tokenizer
 
     tokenizer = load_tokenizer()
-    return tokenize_split("train", tokenizer), tokenize_split("validation", tokenizer)[:n_val]
+    if train_tokens is None:
+        train_tokens = tokenize_split("train", tokenizer)
+    if sample is None:
+        sample = eval_sample(tokenizer, EVAL_TOKENS, window=seq_len // 2, context=seq_len // 2)
+    return train_tokens, sample
 
 
-def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None,
-                    val_tokens: torch.Tensor | None = None, *, variants: tuple[str, ...] = VARIANTS,
-                    n_groups: int = 1, steps: int = 300, batch_size: int = 16, seq_len: int = 128,
-                    lr: float = 3e-3, n_val: int = 16_384, seed: int = 0, device: str | torch.device = "cpu",
-                    progress: bool = True) -> list[dict]:
-    """Train each variant from the same seed for ``steps`` steps and measure validation perplexity.
+def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None, sample: EvalSample | None = None,
+                    *, variants: tuple[str, ...] = VARIANTS, n_groups: int = 1, steps: int = 300,
+                    batch_size: int = 16, seq_len: int = 128, lr: float = 3e-3, seed: int = 0,
+                    device: str | torch.device = "cpu", progress: bool = True) -> list[dict]:
+    """Train each variant from the same seed for ``steps`` steps and score it on an evaluation sample.
 
     Variants: "untied" (separate head), "tied" (head = embedding), "albert" (tied, and the L
-    layers share ``n_groups`` blocks). Tokens default to the corpus train split and the first
-    ``n_val`` tokens of the validation split (1-D int64). Returns one row per variant:
-    {variant, n_params (unique), val_ppl, first_loss, last_loss, val_losses} (losses: mean of the
-    first / last 10 training steps, nats per token; val_losses: the per-token NLL on the validation
-    tokens, float64, for paired comparisons between variants with `lab.core.stats.compare`).
+    layers share ``n_groups`` blocks). ``train_tokens`` (1-D int64) defaults to the corpus train split;
+    ``sample`` (`lab.perplexity.EvalSample`, windows no longer than cfg.context_length) to the shared
+    test sample `lab.data.eval_sample` in windows of seq_len/2 scored tokens after seq_len/2 of context
+    (the length the models train at). Returns one row per variant:
+    {variant, n_params (unique), ppl, first_loss, last_loss, losses} (first / last loss: mean training
+    loss of the first / last 10 steps, nats per token; losses: the per-token NLL on ``sample``, float64
+    (N,), for paired comparisons between variants with `lab.core.stats.compare` over ``sample.documents``).
     """
     from lab.core.runtime import seed_everything
     from lab.models.next_token import train_lm
-    from lab.perplexity import token_losses
 
     for v in variants:
         if v not in VARIANTS:
             raise ValueError(f"variant {v!r} is not allowed; use any of {VARIANTS}")
     _check_groups(cfg.n_layer, n_groups)
-    if (train_tokens is None) != (val_tokens is None):
-        raise ValueError("pass both train_tokens and val_tokens, or neither (to use the corpus)")
-    if train_tokens is None:
-        train_tokens, val_tokens = _default_tokens(n_val)
+    if sample is not None and not isinstance(sample, EvalSample):
+        raise TypeError(f"sample must be a lab.perplexity.EvalSample or None, got {type(sample).__name__}")
+    train_tokens, sample = _default_data(train_tokens, sample, seq_len)
+    longest = max(len(x) for x in sample.inputs)
+    if longest > cfg.context_length:
+        raise ValueError(f"sample has windows of {longest} tokens, more than cfg.context_length="
+                         f"{cfg.context_length}; build it with a smaller window and context")
     rows = []
     for name in variants:
         seed_everything(seed)
@@ -109,11 +119,11 @@ def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None,
         record = train_lm(model, train_tokens, steps=steps, batch_size=batch_size, seq_len=seq_len,
                           lr=lr, seed=seed, warmup=max(1, steps // 10), progress=progress)
         k = min(10, steps)
-        val_losses = token_losses(model, val_tokens, context_length=seq_len, stride=seq_len // 2)
+        losses = sample.token_losses(model)
         rows.append({"variant": name, "n_params": count_parameters(model)["total"],
-                     "val_ppl": math.exp(val_losses.mean().item()),
+                     "ppl": math.exp(losses.mean().item()),
                      "first_loss": sum(record["loss"][:k]) / k, "last_loss": sum(record["loss"][-k:]) / k,
-                     "val_losses": val_losses})
-        if not math.isfinite(rows[-1]["val_ppl"]):
-            raise RuntimeError(f"variant {name!r} diverged: validation perplexity {rows[-1]['val_ppl']}")
+                     "losses": losses})
+        if not math.isfinite(rows[-1]["ppl"]):
+            raise RuntimeError(f"variant {name!r} diverged: perplexity {rows[-1]['ppl']} on the sample")
     return rows

@@ -9,7 +9,7 @@ METRICS: dict[str, object] = {
     "n_parameters": exactly(6_524_160),
     "embedding_fraction": near(8192 * 256 / 6_524_160, 1e-9),
     "lab_vs_transformers_max_abs_logit_diff": Between(0.0, 1e-4),
-    "pretrained_perplexity": near(29.24, 0.02),  # first 8192 tokens of the evaluation slice
+    "pretrained_perplexity": near(58.71, 0.02),  # the evaluation sample: 8,192 tokens of 31 documents
     # memory model vs measurement (the issue asks for agreement within 10%)
     "adam_mixed_bytes_per_param": exactly(16),
     "training_memory_ratio_total": near(1.0, 0.10),
@@ -25,12 +25,21 @@ METRICS: dict[str, object] = {
     "sharing_untied_n_params": exactly(2_835_584),
     "sharing_tied_n_params": exactly(1_787_008),
     "sharing_albert_n_params": exactly(1_233_280),
-    "sharing_untied_val_ppl": near(746.6, 0.10),
-    "sharing_tied_val_ppl": near(672.0, 0.10),
-    "sharing_albert_val_ppl": near(975.0, 0.10),
-    "sharing_tied_vs_untied": Claim("lower"),      # paired on the validation tokens: -9.99%
-    "sharing_albert_vs_tied": Claim("any", 15.0, 70.0),   # +32% to +45% on the code paths
+    "sharing_untied_ppl": near(810.0, 0.10),       # on the evaluation sample, windows of 64 after 64
+    "sharing_tied_ppl": near(730.7, 0.10),
+    "sharing_albert_ppl": near(944.0, 0.10),
+    # one family, 31 documents resampled: -9.79% [-11.95, -7.47]; +29.19% [+24.23, +35.68] (the size moved
+    # +32% to +45% between the CPU code paths on the old slice: stated with no verb)
+    "sharing_tied_vs_untied": Claim("lower"),
+    "sharing_albert_vs_tied": Claim("any", 15.0, 70.0),
     # figures the chapter pages glue
+    # activations of a Llama-2-7B-shaped model, T = 4096, B = 1, 16 bits, 32 layers, against 16Ψ of model states
+    "states_7b_GB": near(16 * 6_738_415_616 / 1e9, 1e-12),
+    "act_7b_gpt3_dropout_GB": near(32 * 4096 * 4096 * (34 + 5 * 32 * 4096 / 4096) / 1e9, 1e-12),   # 104.2
+    "act_7b_gpt3_no_dropout_GB": near(32 * 4096 * 4096 * (32 + 2 * 32 * 4096 / 4096) / 1e9, 1e-12),  # 51.5
+    "act_7b_llama_GB": near(32 * 2 * 4096 * (8 * 4096 + 4 * 11008 + 32 * 4096) / 1e9, 1e-12),      # 54.5
+    "act_7b_llama_fused_GB": near(32 * (2 * 4096 * (8 * 4096 + 4 * 11008) + 4 * 32 * 4096) / 1e9, 1e-12),
+    "psi_layer": exactly(737_792),                     # one decoder layer of pydoc-gpt, norms included
     "kv_mha_outgrows_weights_T": near(3213.127, 1e-6),
     "kv_gqa_outgrows_weights_T": near(12852.508, 1e-6),
     "bf16_underflow_fraction_unscaled": exactly(0.0),

@@ -11,7 +11,8 @@ from lab.params.counting import (bytes_per_dtype, categorize, count_parameters, 
                                  model_bytes, parameter_table, plot_parameter_breakdown)
 from lab.params.measured_memory import (cache_nbytes, measure_decode_memory_cuda, measure_training_memory_cpu,
                                         measure_training_memory_cuda)
-from lab.params.memory import activation_bytes, inference_memory, kv_cache_bytes, training_memory, training_peak_bytes
+from lab.params.memory import (activation_bytes, gpt3_layer_activation_bytes, inference_memory, kv_cache_bytes,
+                               llama_layer_activation_bytes, training_memory, training_peak_bytes)
 
 CONFIGS = [
     GPTConfig(vocab_size=512, context_length=32, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=96),
@@ -180,6 +181,25 @@ def test_shaped_optimizer_state_equals_measured_storage(optimizer):
 
 
 # ---------------------------------------------------------------- inference memory
+def test_16bit_layer_activation_counts_of_a_7b_layer():
+    """Korthikanti et al.'s GPT-3 count, with and without dropout, and the Llama count, at C = 4096, H = 32,
+    T = 4096, B = 1 (the paper's worked size): 34 + 5·H·T/C = 194 bytes per token and channel."""
+    cfg = GPTConfig(vocab_size=32000, context_length=4096, d_model=4096, n_layer=32, n_head=32, n_kv_head=32,
+                    d_ff=11008, tie_embeddings=False)
+    assert gpt3_layer_activation_bytes(cfg, 1, 4096) == 4096 * 4096 * 194 == 3_254_779_904
+    assert gpt3_layer_activation_bytes(cfg, 1, 4096, dropout=False) == 4096 * 4096 * (32 + 2 * 32)
+    assert gpt3_layer_activation_bytes(cfg, 2, 4096) == 2 * gpt3_layer_activation_bytes(cfg, 1, 4096)
+    per_token = 2 * (8 * 4096 + 4 * 11008)                       # the eight C-wide and four F-wide tensors
+    explicit, fused = llama_layer_activation_bytes(cfg, 1, 4096), llama_layer_activation_bytes(cfg, 1, 4096, True)
+    assert explicit == 4096 * per_token + 2 * 32 * 4096 ** 2    # + the softmax output, H·T² elements
+    assert fused == 4096 * per_token + 4 * 32 * 4096             # + an fp32 log-sum-exp per head and position
+    assert llama_layer_activation_bytes(cfg, 3, 512, True) == 3 * llama_layer_activation_bytes(cfg, 1, 512, True)
+    with pytest.raises(TypeError, match="config must be a lab.models.gpt.GPTConfig"):
+        llama_layer_activation_bytes("7b", 1, 4096)
+    with pytest.raises(ValueError, match="seq_len=0 is out of range"):
+        gpt3_layer_activation_bytes(cfg, 1, 0)
+
+
 def test_kv_cache_against_a_hand_sized_tensor():
     cfg = CONFIGS[0]
     for dtype in (torch.float32, torch.bfloat16, "fp16"):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from lab.models.gpt import GPT, GPTConfig
 from lab.params.counting import block_param_count, count_parameters, gpt_param_count
+from lab.params.finetune import document_sample
 from lab.params.offload import MODES, OffloadedGPT, layer_nbytes, offload_nbytes
 from lab.params.sharing import VARIANTS, compare_sharing, share_layers, shared_gpt, tie_weights, untie_weights
 from tests.tiny_models import tiny_gpt as make_tiny_gpt
@@ -207,9 +208,12 @@ def test_sharing_bad_input():
     cfg = GPTConfig(**TINY)
     tokens = torch.arange(100)
     with pytest.raises(ValueError, match="variant 'lora' is not allowed"):
-        compare_sharing(cfg, tokens, tokens, variants=("lora",), progress=False)
-    with pytest.raises(ValueError, match="pass both train_tokens and val_tokens"):
-        compare_sharing(cfg, tokens, None, progress=False)
+        compare_sharing(cfg, tokens, variants=("lora",), progress=False)
+    with pytest.raises(TypeError, match="sample must be a lab.perplexity.EvalSample or None, got Tensor"):
+        compare_sharing(cfg, tokens, tokens, progress=False)
+    too_long = document_sample(tokens, 4, window=24, context=24)          # windows of 48 > 32
+    with pytest.raises(ValueError, match="sample has windows of 48 tokens, more than cfg.context_length=32"):
+        compare_sharing(cfg, tokens, too_long, progress=False)
 
 
 @pytest.fixture
@@ -222,13 +226,14 @@ def one_thread():
 
 
 def test_compare_sharing_short_training_on_corpus(one_thread):
-    from lab.data import tokenize_split
+    from lab.data import eval_sample, tokenize_split
     from lab.models.pretrained import load_tokenizer
 
-    tokens = tokenize_split("validation", load_tokenizer())
-    train, val = tokens[:-4096], tokens[-4096:]
+    tokenizer = load_tokenizer()
+    train = tokenize_split("validation", tokenizer)
+    sample = eval_sample(tokenizer, 4096, window=32, context=32)
     cfg = GPTConfig(vocab_size=8192, context_length=64, d_model=32, n_layer=4, n_head=4, n_kv_head=2, d_ff=64)
-    rows = compare_sharing(cfg, train, val, steps=60, batch_size=8, seq_len=32, lr=1e-2, progress=False)
+    rows = compare_sharing(cfg, train, sample, steps=60, batch_size=8, seq_len=32, lr=1e-2, progress=False)
     assert [r["variant"] for r in rows] == list(VARIANTS)
     by = {r["variant"]: r for r in rows}
     assert by["untied"]["n_params"] == gpt_param_count(GPTConfig(**{**cfg.to_dict(), "tie_embeddings": False}))
@@ -236,5 +241,5 @@ def test_compare_sharing_short_training_on_corpus(one_thread):
     assert by["albert"]["n_params"] == gpt_param_count(cfg, n_groups=1)
     for r in rows:
         assert r["last_loss"] < r["first_loss"] - 1.0, r  # it learned something
-        assert 1.0 < r["val_ppl"] < cfg.vocab_size, r  # better than a uniform guess
-        assert r["val_losses"].shape == (4095,) and r["val_ppl"] == pytest.approx(r["val_losses"].mean().exp().item())
+        assert 1.0 < r["ppl"] < cfg.vocab_size, r  # better than a uniform guess
+        assert r["losses"].shape == (4096,) and r["ppl"] == pytest.approx(r["losses"].mean().exp().item())

@@ -169,6 +169,26 @@ def test_quantize_blockwise_matches_float64_nearest_code(signed, B):
         assert 0.99 * a <= block.abs().max() <= a
 
 
+@pytest.mark.parametrize("signed", [True, False, None])
+def test_nearest_code_lookup_equals_bucketize_on_the_midpoints(signed):
+    if signed is None:     # a map with several midpoints in one cell of 2^-7: the table grows a column
+        code = torch.cat([torch.linspace(-1, 1, 253), torch.tensor([0.5001, 0.50015, 0.5002])]).sort().values
+    else:
+        code = dynamic_map(signed)
+    table = lab.params.adam8bit.nearest_code_table(code)
+    assert table[1].shape[1] == (1 if signed is not None else 3)
+    mid = (code[1:] + code[:-1]) / 2
+    inf = torch.tensor(math.inf)
+    cells = (torch.arange(65536, dtype=torch.int32) << 16).view(torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.cat([mid, torch.nextafter(mid, inf), torch.nextafter(mid, -inf), code, cells, -cells,
+                   torch.nextafter(cells, inf), torch.nextafter(cells, -inf), torch.tensor([0.0, -0.0]),
+                   torch.rand(100_000, generator=gen) * 2 - 1, torch.rand(100_000, generator=gen) ** 9])
+    x = x[x.abs() <= 1]                                    # the range of x / absmax
+    q = lab.params.adam8bit._nearest(x, table)
+    assert q.dtype == torch.int32 and torch.equal(q.long(), torch.bucketize(x, mid))
+
+
 def _state_like(signed: bool, n: int = 5000) -> torch.Tensor:
     """Values over 7 decades in random order (squared for the unsigned map), a block of zeros first."""
     gen = torch.Generator().manual_seed(0)
