@@ -99,17 +99,17 @@ class EvalSample:
         model.eval()
         starts = torch.cumsum(torch.tensor([0] + [len(x) - c for x, c in zip(self.inputs, self.n_context)]), 0)
         nll = torch.empty(int(starts[-1]), dtype=torch.float64)
-        groups: dict[int, list[int]] = {}  # equal-length windows batch together
-        for i, x in enumerate(self.inputs):
-            groups.setdefault(len(x), []).append(i)
-        batches = [ids[j:j + batch_size] for ids in groups.values() for j in range(0, len(ids), batch_size)]
+        order = sorted(range(len(self.inputs)), key=lambda i: -len(self.inputs[i]))   # similar lengths batch together
+        batches = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
         for batch in tqdm(batches, desc="perplexity", disable=not progress):
-            ids = torch.stack([self.inputs[i] for i in batch]).to(device)
-            logp = F.log_softmax(_logits(model, ids).float(), dim=-1)
-            token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
-            for row, i in zip(token_logp, batch):
-                c = self.n_context[i]
-                nll[starts[i]:starts[i + 1]] = -row[c - 1:]      # targets at window positions c..end−1
+            ids = torch.zeros(len(batch), len(self.inputs[batch[0]]), dtype=torch.int64)
+            for row, i in enumerate(batch):        # right padding: a causal model's earlier positions ignore it
+                ids[row, :len(self.inputs[i])] = self.inputs[i]
+            logp = F.log_softmax(_logits(model, ids.to(device)).float(), dim=-1)
+            for row, i in enumerate(batch):
+                c, end = self.n_context[i], len(self.inputs[i])
+                targets = self.inputs[i][c:, None].to(device)  # window positions c..end−1, predicted from c−1..end−2
+                nll[starts[i]:starts[i + 1]] = -logp[row, c - 1:end - 1].gather(-1, targets).squeeze(-1).double().cpu()
         model.train(was_training)
         return nll
 

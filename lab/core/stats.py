@@ -20,12 +20,19 @@ quantiles of (Δ* − Δ)/se*. With 31 documents of unequal length the percentil
 measured on synthetic losses with the test split's document lengths and per-document effects
 (sd 0.03 around 0.01; 1,000 trials, `tests/core/test_stats.py`): percentile 92.5%, bootstrap-t 95.1%.
 
-A method that depends on a seed (calibration sample, batch order, initialisation) is run at S seeds
-and gives losses of shape (S, N). A replicate then also draws S seeds with replacement and averages
-their D_g, so the interval carries the seed-to-seed variation as well as the documents'.
+A method that depends on a seed (calibration sample, batch order, initialisation) is run at S ≥ 3 seeds
+and gives losses of shape (S, N); Δ is then the mean of the seeds' Δ_s, and se² adds the seeds'
+variance of Δ_s over S to the documents' term. A replicate draws S seeds and G documents with
+replacement and computes both terms from them, so the interval carries the seed-to-seed variation
+as well as the documents'. Measured with a per-seed shift on top of the document effects (1,000
+trials each): with 3 seeds, 92.7% coverage for no shift, 91.4% for a shift of sd 0.03 (as large as the
+documents' effects) and 94.8% for sd 0.1; with 5 seeds and sd 0.03, 94.5%. Three seeds carry 2 degrees
+of freedom for their part of the variance, which no resampling can widen into a full 95%; with the
+documents' term alone the same intervals covered about 88%. Two seeds are refused.
 
 The two-sided p-value of Δ = 0 is the bootstrap-t tail, 2·min(P(t* ≥ Δ/se), P(t* ≤ Δ/se)), with
-(k + 1)/(n_boot + 1) for k replicates beyond; the 95% interval excludes 0 exactly when p < 0.05.
+(k + 1)/(n_boot + 1) for k replicates beyond; the 95% interval excludes 0 when p < 0.05, up to the
+quantiles' interpolation (within 1/n_boot at the boundary), and `verdict` asks for both.
 A table of m comparisons is one family: `holm` adjusts their p-values, and `verdict` gives
 "lower"/"higher" only when the adjusted p is below 0.05, "equivalent" only when the whole 95% interval
 lies inside ±margin (two one-sided tests at 2.5% each; the margin is fixed in advance,
@@ -93,6 +100,17 @@ def _ratio(sums: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return delta, np.sqrt(g / (g - 1) * (residual ** 2).sum(-1)) / total
 
 
+def _seeded_ratio(sums: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Δ and its standard error from per-seed document sums (..., S, G) and sizes (..., 1, G): Δ the mean over
+    seeds of ΣD_g/Σn_g, se² the documents' linearised variance of the seed-averaged sums plus, over S ≥ 3
+    seeds, the seeds' variance of their Δ_s over S."""
+    delta, se = _ratio(sums.mean(-2), sizes[..., 0, :])
+    if sums.shape[-2] > 1:
+        per_seed = sums.sum(-1) / sizes.sum(-1)
+        se = np.sqrt(se ** 2 + per_seed.var(-1, ddof=1) / sums.shape[-2])
+    return delta, se
+
+
 def compare(losses_a, losses_b, groups, n_boot: int = 4000, seed: int = 0) -> dict:
     """Paired comparison of two models' per-token losses on the same tokens, by document.
 
@@ -112,15 +130,18 @@ def compare(losses_a, losses_b, groups, n_boot: int = 4000, seed: int = 0) -> di
     check_int("seed", seed, minimum=0)
     labels = _groups(groups, a.shape[1])
     d = b - a                                                             # (S, N)
+    if len(d) == 2:
+        raise ValueError("losses from 2 seeds are too few to resample (the interval would cover far less than "
+                         "95%); give 1 seed, or 3 or more")
     n_groups = int(labels.max()) + 1
-    sums = np.stack([np.bincount(labels, row, minlength=n_groups) for row in d])   # (S, G)
+    sums = np.stack([np.bincount(labels, row, minlength=n_groups) for row in d])   # (S, G): D_g per seed
     sizes = np.bincount(labels, minlength=n_groups).astype(np.float64)             # (G,)
-    delta, se = _ratio(sums.mean(0), sizes)
+    delta, se = _seeded_ratio(sums, sizes[None])
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, len(sums), size=(n_boot, len(sums)))
     docs = rng.integers(0, n_groups, size=(n_boot, n_groups))
-    drawn = sums[seeds].mean(1)                                           # (n_boot, G): seed-averaged D_g
-    rep_delta, rep_se = _ratio(np.take_along_axis(drawn, docs, 1), sizes[docs])
+    drawn = np.take_along_axis(sums[seeds], docs[:, None, :], axis=2)     # (n_boot, S, G)
+    rep_delta, rep_se = _seeded_ratio(drawn, sizes[docs][:, None, :])
     t = (rep_delta - delta) / np.where(rep_se > 0, rep_se, np.inf)
     t_low, t_high = np.quantile(t, [ALPHA / 2, 1 - ALPHA / 2])
     low, high = delta - t_high * se, delta - t_low * se
