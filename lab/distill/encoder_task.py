@@ -58,27 +58,32 @@ def paragraph_dataset(n_train: int = 40, n_test: int = 20, min_chars: int = 100,
     """Balanced labelled paragraphs: ``n_train`` / ``n_test`` per class (label = index in ``classes``).
 
     A class is a path prefix of the corpus's documents. Returns {"train_texts", "train_labels",
-    "test_texts", "test_labels", "classes"}; ValueError if a class has too few paragraphs.
+    "train_documents", "test_texts", "test_labels", "test_documents", "classes"}, where ``<part>_documents``
+    is the path of the document each paragraph comes from (paragraphs of one page are not independent: a
+    comparison over them resamples the documents); ValueError if a class has too few paragraphs.
     """
     check_int("n_train", n_train)
     check_int("n_test", n_test)
     docs = [d for split in SPLITS for d in corpus_documents(split)]
     gen = torch.Generator().manual_seed(seed)
-    data: dict[str, list] = {"train_texts": [], "train_labels": [], "test_texts": [], "test_labels": [],
-                             "classes": list(classes)}
+    data: dict[str, list] = {f"{part}_{field}": [] for part in ("train", "test")
+                             for field in ("texts", "labels", "documents")}
+    data["classes"] = list(classes)
     for label, prefix in enumerate(classes):
         paths = sorted((p for p, _ in docs if p.startswith(prefix)),
                        key=lambda p: hashlib.sha256(p.encode()).hexdigest())
         test_docs, members = set(paths[::4]), set(paths)
-        pools: dict[str, list[str]] = {"train": [], "test": []}
+        pools: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}  # (path, paragraph)
         for path, text in docs:
             if path in members:
-                pools["test" if path in test_docs else "train"] += _prose_paragraphs(text, min_chars)
+                pools["test" if path in test_docs else "train"] += [(path, para) for para in
+                                                                    _prose_paragraphs(text, min_chars)]
         for part, n in (("train", n_train), ("test", n_test)):
             if len(pools[part]) < n:
                 raise ValueError(f"class {prefix!r} has only {len(pools[part])} {part} paragraphs, asked for {n}")
             pick = torch.randperm(len(pools[part]), generator=gen)[:n].tolist()
-            data[f"{part}_texts"] += [pools[part][i] for i in pick]
+            data[f"{part}_texts"] += [pools[part][i][1] for i in pick]
+            data[f"{part}_documents"] += [pools[part][i][0] for i in pick]
             data[f"{part}_labels"] += [label] * n
     return data
 
@@ -187,7 +192,9 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
     init, labels only), "kd-random" (KD from randomly initialised layers). Returns a JSON-ready
     dict with the data sizes, accuracies, the fraction of the teacher's accuracy each student
     retains, the parameter counts, and per test paragraph whether each model was right
-    (``teacher_correct``, ``student_<name>_correct``: lists of 0/1, for paired comparisons).
+    (``teacher_correct``, ``student_<name>_correct``: lists of 0/1, for paired comparisons) with the
+    document each test paragraph comes from (``test_documents``: index into the sorted test pages, ints;
+    the ``groups`` of `lab.core.stats.compare`, which then resamples whole pages).
     """
     from lab.distill.loop import KDLoss, TeacherCache, distill
 
@@ -200,7 +207,9 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
     teacher = EncoderClassifier(encoder, len(data["classes"])).to(device)
     fit_head(teacher, train, y_train)
     teacher_logits = predict(teacher, test)
+    pages = sorted(set(data["test_documents"]))
     result = {"classes": data["classes"], "n_train": len(y_train), "n_test": len(y_test), "max_length": max_length,
+              "test_documents": [pages.index(path) for path in data["test_documents"]],
               "teacher_accuracy": accuracy(teacher_logits, y_test),
               "teacher_correct": (teacher_logits.argmax(-1) == y_test).int().tolist(),
               "teacher_params": sum(p.numel() for p in teacher.parameters())}

@@ -24,12 +24,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lab.core.checks import check_choice
-from lab.core.timing import time_ms
+from lab.core.stats import paired_ratio
+from lab.core.timing import time_interleaved, time_ms
 from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.students import gpt_student
 from lab.models.loop import Optim
 from lab.models.next_token import random_batch
 from lab.perplexity import EvalSample
+from lab.prune import forward_flops, speedup_against_bound
 
 LOSSES = ("hard", "kd", "kd+hidden", "kd+minilm")
 INITS = ("teacher", "random")
@@ -93,6 +95,28 @@ def temperature_alpha_grid(cache: TeacherCache, batches: list, sample: EvalSampl
 def forward_ms(model: nn.Module, ids: torch.Tensor, repeats: int = 5) -> float:
     """Median time (ms) of ``model(ids)`` on ids' device (`lab.core.timing.time_ms`)."""
     return time_ms(lambda: model(ids), ids.device, repeats)
+
+
+@torch.no_grad()
+def cpu_speedups(teacher: nn.Module, students: dict[str, nn.Module], ids: torch.Tensor, rounds: int = 15) -> dict:
+    """Each student's CPU forward speed-up over the teacher, measured against its FLOP bound.
+
+    ``ids``: (B, T) int64 on the CPU. The teacher and the students run in turn, round after round
+    (`lab.core.timing.time_interleaved`), so each round's teacher-ms / student-ms ratio is paired;
+    "speedup" is their geometric mean with its Student-t 95% interval (`lab.core.stats.paired_ratio`).
+    "bound" = F_teacher / F_student, the FLOPs of the matrix products (`lab.prune.forward_flops`): the
+    speed-up if time were proportional to them. "verdict" (`lab.prune.speedup_against_bound`): "lower"
+    (costs that do not shrink with the layers), "higher", "equivalent" or "inconclusive" against the bound.
+    Returns {name: {"speedup": paired_ratio result, "bound": float, "verdict": str}}.
+    """
+    ms = time_interleaved({"teacher": lambda: teacher(ids)}
+                          | {name: (lambda m=model: m(ids)) for name, model in students.items()}, rounds=rounds)
+    out = {}
+    for name, model in students.items():
+        ratio = paired_ratio(ms["teacher"], ms[name])
+        bound = forward_flops(teacher, ids.shape[1]) / forward_flops(model, ids.shape[1])
+        out[name] = {"speedup": ratio, "bound": bound, "verdict": speedup_against_bound(ratio, bound)}
+    return out
 
 
 def encoder_unavailable() -> str | None:

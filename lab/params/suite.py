@@ -31,12 +31,12 @@ def offload_setup(device: torch.device, quick: bool) -> tuple[GPTConfig, torch.d
     """(config, dtype, batch, seq) of the offload benchmark.
 
     On a GPU, the book's 6.5M-parameter LM is useless here: a layer copies in microseconds and
-    computes in less, so every mode measures launch overhead. The GPU model uses Llama-7B-sized
-    layers (C = 4096, 32 query / 8 kv heads, F = 11008): 177M parameters = 354 MB in bf16 per
-    layer, ~7 ms at ~50 GB/s over PCIe 5.0. A batch of 8 × 2048 tokens costs 2·177M·16384 ≈ 5.8
-    TFLOP per layer, ~9 ms on an H100, so per-layer copy ≈ compute: the regime where prefetching
-    hides copies (ideal speed-up (copy + compute) / max(copy, compute) ≈ 1.8). Eight layers keep
-    the host model at 2.9 GB.
+    computes in less, so every mode measures launch overhead. The GPU model uses 7B-sized layers with
+    grouped-query attention (C = 4096, 32 query / 8 kv heads, F = 11008; neither Llama-2-7B, which has
+    32 kv heads, nor Llama-3-8B, whose F is 14336): 177M parameters = 354 MB in bf16 per layer, ~7 ms at
+    ~50 GB/s over PCIe 5.0. A batch of 8 × 2048 tokens costs 2·177M·16384 ≈ 5.8 TFLOP per layer, ~9 ms
+    on an H100, so per-layer copy ≈ compute: the regime where prefetching hides copies (ideal speed-up
+    (copy + compute) / max(copy, compute) ≈ 1.8). Eight layers keep the host model at 2.9 GB.
     """
     if quick:
         return GPTConfig(vocab_size=256, context_length=32, d_model=64, n_layer=3, n_head=4,

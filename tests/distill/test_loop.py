@@ -254,6 +254,11 @@ def test_paragraph_dataset_is_balanced_and_split_by_document():
     assert sorted(set(data["train_labels"])) == list(range(5))
     assert [data["test_labels"].count(k) for k in range(5)] == [3] * 5
     assert not set(data["train_texts"]) & set(data["test_texts"])
+    for part in ("train", "test"):  # each paragraph's page, of its label's class; no page in both parts
+        assert len(data[f"{part}_documents"]) == len(data[f"{part}_texts"])
+        assert all(path.startswith(data["classes"][label])
+                   for path, label in zip(data[f"{part}_documents"], data[f"{part}_labels"]))
+    assert not set(data["train_documents"]) & set(data["test_documents"])
     with pytest.raises(ValueError, match="paragraphs"):
         paragraph_dataset(10_000, 1)
 
@@ -275,3 +280,18 @@ def test_bert_student_and_classifier_outputs():
         classifier_outputs(student, inputs, attention=True)
     with pytest.raises(ValueError, match="n_layer"):
         bert_student(teacher, 7)
+
+
+def test_cpu_speedups_pairs_the_timings_and_judges_them_against_the_flop_bound():
+    from lab.distill.experiments import cpu_speedups
+    from lab.prune import forward_flops
+
+    teacher = tiny_gpt(n_layer=4)
+    students = {"2": gpt_student(teacher, 2), "4": gpt_student(teacher, 4)}
+    result = cpu_speedups(teacher, students, ids(2, 12), rounds=3)
+    assert set(result) == {"2", "4"}
+    assert result["2"]["bound"] == forward_flops(teacher, 12) / forward_flops(students["2"], 12) > 1
+    assert result["4"]["bound"] == 1.0   # all the teacher's layers: the same FLOPs
+    for r in result.values():
+        assert r["speedup"]["n"] == 3 and 0 < r["speedup"]["ci_low"] <= r["speedup"]["ratio"] <= r["speedup"]["ci_high"]
+        assert r["verdict"] in ("lower", "higher", "equivalent", "inconclusive")
