@@ -33,7 +33,8 @@ scale has shape (C_out, C_in / g)).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -183,6 +184,21 @@ def dequantize(qt: QuantizedTensor) -> torch.Tensor:
     scale = broadcast_param(qt.scale, qt.shape, qt.granularity, qt.axis, qt.group_size)
     zero_point = broadcast_param(qt.zero_point, qt.shape, qt.granularity, qt.axis, qt.group_size)
     return (qt.qdata.float() - zero_point) * scale
+
+
+def split_rows(qt: QuantizedTensor, sizes: Sequence[int]) -> list[QuantizedTensor]:
+    """A QuantizedTensor quantized along axis 0 ("channel" or "group": one grid per row) cut into blocks
+    of ``sizes`` consecutive rows, each with its rows of ``scale`` and ``zero_point``: the parts of weights
+    that were stacked, (Σ rows, C_in), to be quantized together."""
+    if not isinstance(qt, QuantizedTensor):
+        raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
+    if qt.granularity == "tensor" or qt.axis != 0:
+        raise ValueError(f"qt must have one grid per row (granularity 'channel' or 'group', axis 0), "
+                         f"got granularity={qt.granularity!r}, axis={qt.axis}")
+    if any(n < 1 for n in sizes) or sum(sizes) != qt.shape[0]:
+        raise ValueError(f"sizes must be positive and add up to qt's {qt.shape[0]} rows, got {list(sizes)}")
+    parts = zip(qt.qdata.split(list(sizes)), qt.scale.split(list(sizes)), qt.zero_point.split(list(sizes)))
+    return [replace(qt, qdata=q, scale=s, zero_point=z) for q, s, z in parts]
 
 
 class _RoundWithStraightThrough(torch.autograd.Function):

@@ -18,12 +18,18 @@ hold exactly these inverses, which turns O(d⁴) into O(d³) and is numerically 
 
 Grids: per output channel (``group_size=None``: one (s, z) per row from the min–max of the whole row),
 or per group of g columns: (s, z) of group G are computed when the sweep reaches its first column,
-from the *current* (already error-corrected) weights of the group, as in the reference (including the
-updates still pending from the current block, so the result does not depend on the blocksize). With
+from the *current* (already error-corrected) weights of the group, including the updates still
+pending from the current block, so that the result does not depend on the blocksize. Here the
+reference differs: it rounds inside a copy of the block (``W1 = W[:, i1:i2].clone()``) and takes the
+group's min–max from ``W``, which lacks the current block's updates until the block ends. The two
+agree when every group starts at a block boundary (g a multiple of the blocksize, as with the usual
+g = 128 and the default blocksize 128); for g < blocksize (the book's g = 64 with blocksize 128) the groups that start
+inside a block get, in the reference, a grid from weights without the corrections of the block's
+earlier columns, and its result then depends on the blocksize. With
 ``actorder`` the columns are visited in order of decreasing H_jj (the most active inputs first, while
 many free columns remain to absorb their error); the group grid is then fixed beforehand from the
-original weights ("static groups"), so that group G still covers the original columns G·g … G·g+g−1
-and the packed layout of `lab.formats.int4` applies unchanged.
+original weights ("static groups", the reference's ``static_groups``), so that group G still covers the
+original columns G·g … G·g+g−1 and the packed layout of `lab.formats.int4` applies unchanged.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 
 from lab.core.checks import check_divisor, check_int, check_matrix
 from lab.prune.obs import weight_and_inverse_hessian_cholesky
-from lab.quant.affine import QuantizedTensor, check_bits, grid, qparams, quantize_with
+from lab.quant.affine import QuantizedTensor, check_bits, grid, qparams
 
 
 def _check_gptq_args(weight: torch.Tensor, bits: int, group_size: int | None, blocksize: int) -> None:
@@ -73,23 +79,27 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
             cols = original if group_size is None else original[:, g * group_size:(g + 1) * group_size]
             scale[:, g], zero_point[:, g] = row_grid(cols)
 
+    order = perm.tolist()
+    current = None                                      # the group whose grid s, 1/s, z are at hand
     for i1 in range(0, d, blocksize):
         i2 = min(i1 + blocksize, d)
         W1, U1 = W[:, i1:i2], U[i1:i2, i1:i2]  # views: updated in place
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
-            j = int(perm[i1 + i])                       # the original column being rounded
+            j = order[i1 + i]                           # the original column being rounded
             g = 0 if group_size is None else j // group_size
             if group_size is not None and not actorder and j % group_size == 0:
                 cols = W[:, j:j + group_size].clone()
                 if j + group_size > i2:  # columns past the block still lack this block's pending update
                     cols[:, i2 - j:] -= Err1[:, :i] @ U[i1:i1 + i, i2:j + group_size]
                 scale[:, g], zero_point[:, g] = row_grid(cols)
-            q = quantize_with(W1[:, i], scale[:, g], zero_point[:, g], qmin, qmax)
+                current = None
+            if g != current:
+                current, s, inv_s, z = g, scale[:, g], 1.0 / scale[:, g], zero_point[:, g].float()
+            q = torch.clamp(torch.round(W1[:, i].float() * inv_s) + z, qmin, qmax)   # `quantize_with`
             codes[:, j] = q
-            q_hat = ((q.float() - zero_point[:, g]) * scale[:, g]).double()
-            err = (W1[:, i] - q_hat) / U1[i, i]
-            W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+            err = (W1[:, i] - ((q - z) * s).double()) / U1[i, i]
+            W1[:, i:] -= err[:, None] * U1[i, i:]
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
     if group_size is None:

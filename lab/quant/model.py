@@ -7,7 +7,8 @@ values Ŵ = s·(q − z) ("simulated" or fake quantization: the accuracy is that
 the integers themselves are returned for packing and for the kernels).
 
     rtn   — Ŵ = dequantize(quantize(W)): round every weight to the nearest grid point.
-    gptq  — `lab.quant.gptq.gptq_quantize` with H = (2/N)·G from the layer's calibration inputs.
+    gptq  — `lab.quant.gptq.gptq_quantize` with H = (2/N)·G from the layer's calibration inputs; the
+            linears that read one input (q/k/v, gate/up) share H and are swept together (`_gptq_layer`).
     awq   — per `lab.quant.scaling.SCALE_GROUPS`, search s by `awq_scale_search`, fold it into the
             producer and the linears, then round to nearest.
 
@@ -23,8 +24,8 @@ import torch
 from torch import nn
 
 from lab.core.checks import check_choice, check_divisor
-from lab.layerwise import LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
-from lab.quant.affine import check_bits, dequantize, rtn_quantize
+from lab.layerwise import INPUT_GROUPS, LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
+from lab.quant.affine import QuantizedTensor, check_bits, dequantize, rtn_quantize, split_rows
 from lab.quant.gptq import gptq_quantize
 from lab.quant.scaling import SCALE_GROUPS, awq_scale_search, fold_scales
 
@@ -45,6 +46,22 @@ def _check_args(model: nn.Module, method: str, bits: int, group_size: int | None
     if calib_tokens is None:
         raise ValueError(f"method={method!r} needs calib_tokens, got None")
     check_calib_tokens(model, calib_tokens)
+
+
+def _gptq_layer(block: nn.Module, stats: dict[str, InputStats], bits: int, group_size: int | None,
+                actorder: bool, percdamp: float, blocksize: int, symmetric: bool) -> dict[str, QuantizedTensor]:
+    """GPTQ of one decoder layer's linears, {name: QuantizedTensor}. The linears that read one input
+    (`lab.layerwise.INPUT_GROUPS`) share H = (2/N)·G, and GPTQ rounds every row of W on its own with the
+    same Cholesky rows, so their weights are stacked, (Σ rows, C_in), and swept once: the result of one
+    sweep per linear in fewer column steps (`gptq_quantize` for the other arguments)."""
+    qtensors = {}
+    for group in INPUT_GROUPS:
+        weights = [block.get_submodule(name).weight for name in group]
+        hessian = 2.0 / stats[group[0]].n_tokens * stats[group[0]].gram
+        stacked = gptq_quantize(torch.cat(weights), hessian, bits, group_size, actorder, percdamp, blocksize,
+                                symmetric)
+        qtensors.update(zip(group, split_rows(stacked, [w.shape[0] for w in weights])))
+    return qtensors
 
 
 @torch.no_grad()
@@ -77,13 +94,11 @@ def quantize_model(model: nn.Module, method: str, bits: int, group_size: int | N
                 fold_scales(block, producer, linears, s)
                 col_scale.update({n: s for n in linears})
                 alphas.update({n: alpha for n in linears})
+        gptq = _gptq_layer(block, stats, bits, group_size, actorder, percdamp, blocksize, symmetric) \
+            if method == "gptq" else {}
         for name in LINEARS:
             weight = block.get_submodule(name).weight
-            if method == "gptq":
-                qt = gptq_quantize(weight, 2.0 / stats[name].n_tokens * stats[name].gram, bits, group_size,
-                                   actorder, percdamp, blocksize, symmetric)
-            else:
-                qt = rtn_quantize(weight, bits, group_size, symmetric)
+            qt = gptq[name] if method == "gptq" else rtn_quantize(weight, bits, group_size, symmetric)
             weight.copy_(dequantize(qt).to(weight.dtype))
             entry = {"qtensor": qt, "error": None}
             if name in stats:

@@ -11,6 +11,7 @@ import torch
 
 from lab.quant import (ChannelAbsMaxObserver, MinMaxObserver, MSEObserver, PercentileObserver, QuantizedTensor,
                        dequantize, fake_quantize, fake_quantize_with, qparams, quantize)
+from lab.quant.affine import split_rows
 
 BITS = range(2, 9)
 
@@ -277,6 +278,11 @@ def _with(value: float) -> torch.Tensor:
     (lambda: quantize(X0, 4, granularity="row"), ValueError,
      r"granularity='row' is not allowed; use one of \('tensor', 'channel', 'group'\)"),
     (lambda: dequantize(X0), TypeError, r"qt must be a QuantizedTensor, got Tensor"),
+    (lambda: split_rows(X0, [2, 2]), TypeError, r"qt must be a QuantizedTensor, got Tensor"),
+    (lambda: split_rows(quantize(X0, 4), [2, 2]), ValueError, r"granularity 'channel' or 'group', axis 0"),
+    (lambda: split_rows(quantize(X0, 4, granularity="channel", axis=1), [2, 2]), ValueError, r"axis=1"),
+    (lambda: split_rows(quantize(X0, 4, granularity="channel"), [2, 1]), ValueError,
+     r"sizes must be positive and add up to qt's 4 rows, got \[2, 1\]"),
     (lambda: qparams(torch.tensor(-1.0), torch.tensor(1.0), 10, False), ValueError, r"bits=10"),
     (lambda: MinMaxObserver().range(), ValueError, r"seen no data"),
     (lambda: PercentileObserver().range(), ValueError, r"seen no data"),
@@ -306,3 +312,13 @@ def test_quantized_tensor_fields():
     assert qt.qdata.dtype == torch.int16 and qt.scale.dtype == torch.float32 and qt.zero_point.dtype == torch.int32
     assert qt.scale.shape == qt.zero_point.shape == (6, 4)
     assert quantize(x, 4, granularity="channel").group_size is None
+
+
+@pytest.mark.parametrize("granularity", ["channel", "group"])
+def test_split_rows_cuts_codes_and_grids_by_rows(granularity):
+    x = _data((7, 16), seed=51)
+    qt = quantize(x, 4, granularity=granularity, group_size=4)
+    parts = split_rows(qt, [3, 4])
+    assert [p.shape for p in parts] == [(3, 16), (4, 16)]
+    assert torch.equal(torch.cat([dequantize(p) for p in parts]), dequantize(qt))
+    assert all(p.granularity == granularity and p.bits == 4 for p in parts)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lab.quant import dequantize, gptq_quantize, rtn_quantize
+from lab.quant.affine import split_rows
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -152,6 +153,19 @@ def test_gptq_codes_lie_on_the_grid_and_dequantize_is_the_weight(bits, symmetric
     if symmetric:
         assert (qt.zero_point == 0).all()
     assert torch.equal(dequantize(qt), (qt.qdata.float() - z) * s)
+
+
+@pytest.mark.parametrize("group_size, actorder", [(None, False), (8, False), (8, True)])
+def test_stacked_linears_quantize_as_each_one_alone(group_size, actorder):
+    """Linears that read one input share H; GPTQ rounds every row on its own, so a sweep over their stacked
+    rows, cut back with `split_rows`, gives each linear's own result (what `lab.quant.model` relies on)."""
+    W_b = torch.randn(5, D, generator=_gen(3)) / D ** 0.5
+    stacked = gptq_quantize(torch.cat([W_CAL, W_b]), H_CAL, 3, group_size, actorder, blocksize=16)
+    for part, W in zip(split_rows(stacked, [ROWS, 5]), (W_CAL, W_b)):
+        alone = gptq_quantize(W, H_CAL, 3, group_size, actorder, blocksize=16)
+        assert torch.equal(part.qdata, alone.qdata) and part.granularity == alone.granularity
+        assert torch.equal(part.scale, alone.scale) and torch.equal(part.zero_point, alone.zero_point)
+        assert torch.equal(dequantize(part), dequantize(alone))
 
 
 def test_gptq_dead_inputs_are_quantized_to_zero():
