@@ -79,7 +79,7 @@ class Below:
 class Claim:
     """A comparison recorded by ``report.record_comparisons`` as [Δ%, low%, high%] with the verb of the
     sentence that states it: "lower" (high < 0), "higher" (low > 0), "equivalent" (the interval inside
-    the stated margin), "inconclusive", or "any" where the sentence states the size and no verb;
+    ±1, the margin in % or points), "inconclusive", or "any" where the sentence states the size and no verb;
     optionally the size Δ% within [lo, hi]. The notebook test also checks that the recorded verdict
     (``name_verdict``, after Holm's correction across the family) is this verb. A verb must not hang on
     the CPU: `make output-spread` lists the claims whose interval ends closer to 0 than MULTIPLE times
@@ -98,7 +98,7 @@ class Claim:
         if not (isinstance(value, list) and len(value) == 3 and all(map(math.isfinite, value))):
             return False
         mid, low, high = value
-        supported = {"lower": high < 0, "higher": low > 0, "equivalent": low < 0 < high,
+        supported = {"lower": high < 0, "higher": low > 0, "equivalent": -1.0 < low and high < 1.0,   # the ±1% margin
                      "inconclusive": True, "any": True}[self.verb]
         return supported and low <= mid <= high and self.lo <= mid <= self.hi
 

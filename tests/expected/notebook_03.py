@@ -5,49 +5,73 @@ from __future__ import annotations
 from tests.expected.matchers import Between, Claim, Is, exactly, near
 
 METRICS: dict[str, object] = {
-    "dense_perplexity": near(29.24, 0.02),
+    "dense_perplexity": near(58.71, 0.02),                # on the 8,192-token evaluation sample
     # the grid: bit-exact with PyTorch, |error| <= s/2 (up to float rounding), MSE = s²/12
     "fake_quantize_equals_torch": Is(True),
     "max_error_over_half_scale": Between(0.9, 1.0001),
     "mse_over_s2_12": Between(0.9, 1.1),                  # measured 0.996
     "group_over_tensor_mse_4bit": Between(0.1, 0.5),      # measured 0.244
-    "observer_mse_over_minmax_4bit": Between(0.1, 0.6),   # measured 0.280
-    # RTN vs GPTQ: GPTQ's layer error ~1/3 of RTN's everywhere; in perplexity (paired, GPTQ/AWQ at
-    # 3 bits g64 over 3 calibration seeds) a large gain at 2 bits, small or level at 3 and 4
+    "observer_mse_over_minmax_4bit": Between(0.1, 0.6),   # measured 0.265
+    # RTN vs GPTQ: GPTQ's layer error ~1/3 of RTN's everywhere. In perplexity one family of six (GPTQ at
+    # 4/3/2 bits in groups and 4/3 bits per channel, AWQ at 3 bits; Holm across it); the 3-bit rows in
+    # groups over 3 calibration seeds. "any": the text glues the verdict, which rests on an interval end
+    # near 0 (or, for "equivalent" with an interval that excludes 0, on Holm), so it may move with the CPU.
     "gptq_layer_error_below_rtn_everywhere": Is(True),
     "layer_error_gptq_over_rtn_4_group": Between(0.2, 0.45),   # measured 0.324
     "layer_error_gptq_over_rtn_3_channel": Between(0.2, 0.45),  # measured 0.329
-    "gptq_vs_rtn_2_group": Claim("lower", -8.0, -2.0),          # measured -4.34%
-    "gptq_vs_rtn_3_channel": Claim("any", -1.0, 1.0),   # -0.54% [-1.04, -0.01]; +0.02 on some paths
-    "gptq_vs_rtn_3_group": Claim("any", -1.0, 1.0),     # -0.45% [-1.01, +0.06]; the end moves 0.03
-    "gptq_vs_rtn_4_channel": Claim("level"),
-    "gptq_vs_rtn_4_group": Claim("level"),
-    "awq_vs_rtn_3_group": Claim("lower", -1.0, 0.0),            # measured -0.30%, every seed below
-    "rtn_group_vs_channel_4": Claim("higher", 0.0, 1.0),        # measured +0.34% [+0.00, +0.73]
-    "lm_w8a8_token_vs_dense": Claim("any", -0.5, 0.5),   # ends 0.02 from 0, moving 0.01
-    "lm_w8a8_tensor_vs_dense": Claim("any", -0.5, 0.5),  # ends 0.02 to 0.07 from 0, moving 0.05
-    "qat_vs_rtn": Claim("lower"),
-    "qat_vs_finetune_then_rtn": Claim("lower"),
-    "qat_vs_gptq": Claim("higher"),                 # "GPTQ is still ahead": measured +2.19%
+    "gptq_vs_rtn_2_group": Claim("inconclusive", -5.0, -1.0),  # -2.76% [-4.80, +2.40]
+    "gptq_vs_rtn_3_channel": Claim("any", -2.0, 0.0),   # -1.00% [-1.71, -0.10]: inconclusive after Holm
+    "gptq_vs_rtn_3_group": Claim("inconclusive", -2.0, 0.5),   # -0.79% [-1.44, +0.81], 3 seeds
+    "gptq_vs_rtn_4_channel": Claim("any", -1.0, 1.0),   # -0.26% [-0.48, -0.00]: equivalent
+    "gptq_vs_rtn_4_group": Claim("any", -1.0, 1.0),     # -0.24% [-0.49, +0.05]: equivalent
+    "awq_vs_rtn_3_group": Claim("equivalent", -1.0, 1.0),      # -0.11% [-0.42, +0.16], 3 seeds
+    "gptq_3_group_seed_min": Between(57.0, 61.0),       # GPTQ's perplexity over the 3 seeds: 59.08
+    "gptq_3_group_seed_max": Between(57.0, 61.0),       # to 59.16, within 0.5% of each other
+    "gptq_2_group_documents_lower": Between(20, 31),    # of 31 documents: 26
+    "gptq_2_group_higher_token_share": Between(0.05, 0.4),  # the other documents' tokens: 18%
+    # groups of 64 against one scale per channel: one family of four (the flagged claim "RTN in groups is
+    # worse" is now equivalent)
+    "rtn_group_vs_channel_4": Claim("equivalent", -1.0, 1.0),  # -0.20% [-0.41, +0.09]
+    "rtn_group_vs_channel_3": Claim("equivalent", -1.0, 1.0),  # -0.30% [-0.63, +0.15]
+    "gptq_group_vs_channel_4": Claim("any", -1.0, 1.0),        # -0.18% [-0.38, +0.01]: equivalent
+    "gptq_group_vs_channel_3": Claim("equivalent", -1.0, 1.0),  # -0.09% [-0.44, +0.23], 3 seeds
+    "lm_w8a8_token_vs_dense": Claim("any", -0.5, 0.5),   # -0.05% [-0.10, +0.01]: equivalent
+    "lm_w8a8_tensor_vs_dense": Claim("any", -0.5, 1.0),  # +0.35% [+0.16, +0.53]: higher; old spread 0.05
+    "qat_vs_rtn": Claim("lower", -4.0, -0.5),                  # -1.95% [-2.72, -1.00]
+    "qat_vs_finetune_then_rtn": Claim("lower", -5.0, -1.0),    # -2.56% [-3.20, -1.97]
+    "qat_vs_gptq": Claim("inconclusive", -2.0, 3.0),           # +0.84% [-3.58, +2.96]
     "ppl_ratio_rtn_8_group": Between(0.999, 1.002),
-    "ppl_ratio_rtn_3_channel": Between(1.005, 1.03),   # measured 1.014
+    "ppl_ratio_rtn_3_channel": Between(1.005, 1.03),   # measured 1.018
     "ppl_ratio_gptq_3_channel": Between(1.0, 1.015),   # measured 1.008
-    "ppl_ratio_rtn_2_group": Between(1.06, 1.15),      # measured 1.100
-    "ppl_ratio_gptq_2_group": Between(1.02, 1.08),     # measured 1.053
+    "ppl_ratio_rtn_2_group": Between(1.06, 1.15),      # measured 1.090
+    "ppl_ratio_gptq_2_group": Between(1.02, 1.08),     # measured 1.060
     "awq_layer_error_not_above_rtn": Is(True),
-    # activation outliers: the encoder has them, the LM does not; SmoothQuant helps W8A8
+    # activation outliers: the encoder has one channel; the LM none at its 256-wide inputs and a tail at
+    # the 704-wide down_proj inputs, less than half the encoder's spread; SmoothQuant helps W8A8
     "lm_activation_max_over_median": Between(1.5, 4.0),       # measured 2.45
+    "lm_down_proj_max_over_median": Between(4.0, 7.0),        # measured 6.45
     "encoder_outlier_max_over_median": Between(10.0, 20.0),   # measured 14.5
     "encoder_smoothed_max_over_median": Between(3.0, 8.0),    # measured 5.34
     "encoder_w8a8_tensor_error": Between(0.008, 0.03),        # measured 0.0168
     "encoder_w8a8_token_error": Between(0.001, 0.004),        # measured 0.0021
-    "smoothquant_gain_token": Between(1.2, 2.5),              # measured 1.72
-    "smoothquant_gain_tensor": Between(1.05, 2.0),            # measured 1.28
+    # ratios of geometric means of 1 − cos over the 48 test paragraphs (one family of three, Holm)
+    "encoder_tensor_vs_token": Claim("higher", 300.0, 1500.0),      # +700% [+649, +758]
+    "smoothquant_vs_none_token": Claim("lower", -70.0, -15.0),      # -41.4% [-45.1, -37.9]
+    "smoothquant_vs_none_tensor": Claim("lower", -50.0, -5.0),      # -21.5% [-25.6, -17.1]
+    "encoder_tensor_over_token": Between(4.0, 15.0),          # measured 8.00 [7.49, 8.58]
+    "encoder_tensor_over_token_low": Between(3.0, 15.0),
+    "encoder_tensor_over_token_high": Between(4.0, 20.0),
+    "smoothquant_gain_token": Between(1.2, 2.5),              # measured 1.71 [1.61, 1.82]
+    "smoothquant_gain_token_low": Between(1.05, 2.5),
+    "smoothquant_gain_token_high": Between(1.2, 3.0),
+    "smoothquant_gain_tensor": Between(1.05, 2.0),            # measured 1.27 [1.21, 1.34]
+    "smoothquant_gain_tensor_low": Between(1.01, 2.0),
+    "smoothquant_gain_tensor_high": Between(1.05, 2.5),
     "lm_w8a8_token_ppl_ratio": Between(0.999, 1.003),
-    "lm_w8a8_tensor_ppl_ratio": Between(0.999, 1.006),
+    "lm_w8a8_tensor_ppl_ratio": Between(0.999, 1.006),        # measured 1.0035
     # QAT at 2 bits beats RTN and the fine-tune-then-round control
-    "qat_over_rtn": Between(0.94, 0.995),                     # measured 0.978
-    "qat_over_finetune_then_rtn": Between(0.93, 0.995),       # measured 0.968
+    "qat_over_rtn": Between(0.94, 0.995),                     # measured 0.980
+    "qat_over_finetune_then_rtn": Between(0.93, 0.995),       # measured 0.974
     # packing: the packed int4 model computes the fake-quantized model's logits
     "int4_packed_logits_max_abs_diff": Between(0.0, 1e-4),
     "int4_disk_over_bf16": Between(0.45, 0.56),               # measured 0.514
@@ -81,8 +105,9 @@ METRICS: dict[str, object] = {
     "ex_group_bits_per_weight_3g64": near(3.5, 1e-12),
     "ex_group_bits_per_weight_4ch": near(4.105556, 1e-6),
     "ex_group_bits_bytes_3g64_over_4ch": near(3.5 / 4.105556, 1e-6),
-    "ex_group_bits_rtn_3g64_vs_4ch": Claim("higher", 0.0, 3.0),         # measured +1.14% [+0.68, +1.60]
-    "ex_group_bits_gptq_3g64_vs_4ch": Claim("any", 0.0, 3.0),   # +0.59% [+0.10, +1.08]; the end moves 0.07
+    # a family of two: each verdict hangs on the other's p (Holm) and GPTQ's low end moves with the CPU
+    "ex_group_bits_rtn_3g64_vs_4ch": Claim("any", 0.0, 3.0),    # +1.07% [+0.11, +1.70]: higher
+    "ex_group_bits_gptq_3g64_vs_4ch": Claim("any", 0.0, 3.0),   # +0.54% [+0.18, +1.01]: higher
     # exercise "Bytes and time of one decode step": 8192 x 8192, M = 1, H200 datasheet 4.8 TB/s
     "ex_decode_us_bf16": near(27.968853, 1e-6),
     "ex_decode_us_int4": near(7.43424, 1e-6),
