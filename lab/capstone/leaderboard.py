@@ -10,7 +10,7 @@ measured the same way, in one run:
 * ``read_bytes``: the bytes a decode step reads (every weight once per token): ``bytes``, except that a
   weight stored as bit-packed codes with no kernel (int3) runs dequantized and is read in bf16;
 * ``delta``: the paired comparison `lab.core.stats.compare` of its per-token losses against the dense
-  bf16 model's on the same evaluation sample (`lab.data.eval_sample`; the whole test split by default):
+  bf16 model's on the same evaluation sample (`lab.data.eval_sample`, 8,192 tokens as in the chapters):
   Δ = mean(ℓ_route − ℓ_dense) nats with its 95% interval, which resamples the documents and, for a
   route that depends on a seed (``Route.seeded``: calibration windows, a student's training), the
   seeds of ``Settings.seeds`` together; the perplexity change 100·(e^Δ − 1) %; and its ``verdict``,

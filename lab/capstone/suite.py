@@ -13,8 +13,8 @@ from lab.models import load_pretrained_lm, load_tokenizer
 
 
 def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
-    """The suite: the book's model, the evaluation sample (the whole test split unless ``settings.eval_tokens``
-    says otherwise), the train split, every route (`leaderboard`)."""
+    """The suite: the book's model, the evaluation sample (``settings.eval_tokens`` scored tokens; None: the whole
+    test split), the train split, every route (`leaderboard`)."""
     settings = QUICK if quick else Settings()
     tokenizer = load_tokenizer()
     rows = leaderboard(load_pretrained_lm("lab"), eval_sample(tokenizer, settings.eval_tokens),
