@@ -1,7 +1,9 @@
 """GPTQ (Frantar, Ashkboos, Hoefler & Alistarh 2023, "GPTQ: Accurate Post-Training Quantization for
 Generative Pre-trained Transformers"), written from the paper; the authors' code,
 github.com/IST-DASLab/gptq ``gptq.py`` (``GPTQ.fasterquant``), was read to match its conventions
-(damping, dead inputs, act-order, static groups).
+(damping, dead inputs, act-order, static groups). One convention differs: the reference's "symmetric"
+grid keeps all 2^b codes (s = 2·max|w| / (2^b − 1), zero point fixed at 2^(b−1)), while
+`lab.quant.quantize`'s symmetric grid is ±(2^(b−1) − 1), one code fewer (book chapter 3 explains this).
 
 Quantize W (rows, d) to minimise ‖WX − ŴX‖² with H = 2XXᵀ/N, the same objective as SparseGPT
 (`lab.prune.sparsegpt`) with "prune" replaced by "round to the grid". Columns are visited left to
