@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 from lab.core.checks import check_int
 
 
-def _logits(model, ids: torch.Tensor) -> torch.Tensor:
-    out = model(ids)
+def _logits(model, ids: torch.Tensor, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
+    """Logits of the positions ``logits_to_keep`` names (`transformers`' convention, which lab's `GPT` follows)."""
+    out = model(ids, logits_to_keep=logits_to_keep)
     return out.logits if hasattr(out, "logits") else out
 
 
@@ -60,8 +61,9 @@ def token_losses(model, tokens: torch.Tensor, context_length: int = 256, stride:
     batches = [ws[i:i + batch_size] for ws in groups.values() for i in range(0, len(ws), batch_size)]
     for batch in tqdm(batches, desc="perplexity", disable=not progress):
         ids = torch.stack([tokens[b:e] for b, e, _ in batch]).to(device)
-        logp = F.log_softmax(_logits(model, ids).float(), dim=-1)
-        token_logp = logp[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1).double().cpu()
+        keep = max(n_scored for _, _, n_scored in batch)  # the head runs on the last keep + 1 positions only
+        logp = F.log_softmax(_logits(model, ids, keep + 1).float(), dim=-1)
+        token_logp = logp[:, :-1].gather(-1, ids[:, -keep:, None]).squeeze(-1).double().cpu()
         for row, (b, e, n_scored) in zip(token_logp, batch):
             nll[e - 1 - n_scored: e - 1] = -row[-n_scored:]  # targets at positions b+1..e-1
     model.train(was_training)
@@ -105,11 +107,15 @@ class EvalSample:
             ids = torch.zeros(len(batch), len(self.inputs[batch[0]]), dtype=torch.int64)
             for row, i in enumerate(batch):        # right padding: a causal model's earlier positions ignore it
                 ids[row, :len(self.inputs[i])] = self.inputs[i]
-            logp = F.log_softmax(_logits(model, ids.to(device)).float(), dim=-1)
+            # window positions c..end−1 are predicted from c−1..end−2: the head runs on those positions only
+            first = min(self.n_context[i] for i in batch) - 1
+            last = max(len(self.inputs[i]) for i in batch) - 1
+            logits = _logits(model, ids.to(device), torch.arange(first, last, device=device))
             for row, i in enumerate(batch):
                 c, end = self.n_context[i], len(self.inputs[i])
-                targets = self.inputs[i][c:, None].to(device)  # window positions c..end−1, predicted from c−1..end−2
-                nll[starts[i]:starts[i + 1]] = -logp[row, c - 1:end - 1].gather(-1, targets).squeeze(-1).double().cpu()
+                logp = F.log_softmax(logits[row, c - 1 - first:end - 1 - first].float(), dim=-1)
+                targets = self.inputs[i][c:, None].to(device)
+                nll[starts[i]:starts[i + 1]] = -logp.gather(-1, targets).squeeze(-1).double().cpu()
         model.train(was_training)
         return nll
 

@@ -23,8 +23,9 @@ class UniformLM(torch.nn.Module):
         self.vocab_size = vocab_size
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the model a device
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(*idx.shape, self.vocab_size) + 0 * self.anchor
+    def forward(self, idx: torch.Tensor, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
+        positions = len(logits_to_keep) if torch.is_tensor(logits_to_keep) else logits_to_keep or idx.shape[1]
+        return torch.zeros(idx.shape[0], positions, self.vocab_size) + 0 * self.anchor
 
 
 def test_perplexity_equals_direct_cross_entropy_within_one_window():

@@ -10,7 +10,8 @@ measured the same way, in one run:
 * ``read_bytes``: the bytes a decode step reads (every weight once per token): ``bytes``, except that a
   weight stored as bit-packed codes with no kernel (int3) runs dequantized and is read in bf16;
 * ``delta``: the paired comparison `lab.core.stats.compare` of its per-token losses against the dense
-  bf16 model's on the same evaluation sample (`lab.data.eval_sample`, 8,192 tokens as in the chapters):
+  bf16 model's on the same evaluation tokens (`lab.data.eval_sample`; ``Settings.eval_tokens``, by default
+  every scorable token of the test split, where the chapters score an 8,192-token sample):
   Δ = mean(ℓ_route − ℓ_dense) nats with its 95% interval, which resamples the documents and, for a
   route that depends on a seed (``Route.seeded``: calibration windows, a student's training), the
   seeds of ``Settings.seeds`` together; the perplexity change 100·(e^Δ − 1) %; and its ``verdict``,
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 from lab.capstone.pareto import dominance
 from lab.capstone.routes import MATMUL_RATE, ROUTES, Route, Settings
 from lab.core.records import REPO_ROOT, device_name
+from lab.core.report import percent
 from lab.core.stats import compare, verdicts
 from lab.core.timing import time_ms
 from lab.formats.sparse24 import pack_bits
@@ -157,13 +159,13 @@ def measure(route: Route, ctxs: list[dict], sample: EvalSample) -> tuple[dict, t
         model, codes = build(route, ctx)
         losses.append(sample.token_losses(model))
     prompt = sample.tokens[:s.decode_prompt][None].to(device)            # the last seed's model is timed
-    row = {"route": route.name, "params": kept_weights(model, codes), "bytes": stored_bytes(stored_tensors(model, codes)),
-           "read_bytes": stored_bytes(stored_tensors(model, {})) if codes else None, "n_seeds": len(losses),
+    stored = stored_bytes(stored_tensors(model, codes))
+    row = {"route": route.name, "params": kept_weights(model, codes), "bytes": stored,
+           "read_bytes": stored_bytes(stored_tensors(model, {})) if codes else stored, "n_seeds": len(losses),
            "perplexity": math.exp(torch.stack(losses).mean().item()),
            "matmul_time_vs_dense": matmul_time(model) / ctxs[0]["dense_matmul_time"],
            "decode_ms_per_token": decode_ms_per_token(model, prompt, s.decode_tokens, device, s.repeats),
            "calibration": route.calibration, "training": route.training, "matmul": route.matmul}
-    row["read_bytes"] = row["read_bytes"] or row["bytes"]
     if device.type == "cuda":
         from lab.core.ceilings import device_ceilings
 
@@ -210,7 +212,7 @@ def leaderboard(dense: GPT, sample: EvalSample, train_ids: torch.Tensor, setting
     for row in rows:
         cmp = comparisons.get(row["route"], {"delta_log_ppl": 0.0, "ci_low": 0.0, "ci_high": 0.0, "p": 1.0})
         row["delta_log_ppl"] = [cmp["delta_log_ppl"], cmp["ci_low"], cmp["ci_high"]]
-        row["delta_ppl_pct"] = [100.0 * math.expm1(d) for d in row["delta_log_ppl"]]
+        row["delta_ppl_pct"] = [percent(d) for d in row["delta_log_ppl"]]
         row["p"], row["verdict"] = cmp["p"], verbs.get(row["route"], "reference")
         row["n_documents"] = int(sample.documents.unique().numel())
     for row, dominated_by in zip(rows, dominance(rows, losses, sample.documents)):

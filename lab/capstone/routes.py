@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from lab.data import EVAL_TOKENS
 from lab.distill.experiments import lm_batches
 from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.students import gpt_student
@@ -35,7 +34,7 @@ class Settings:
     and the seeds of every route that depends on one (calibration windows, the student's batches and
     initialisation): its losses at each seed enter its interval."""
 
-    eval_tokens: int | None = EVAL_TOKENS
+    eval_tokens: int | None = None
     calib_samples: int = 32
     calib_len: int = 128
     group_size: int = 64          # 128 does not divide the model's d_ff = 704

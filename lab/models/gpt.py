@@ -165,7 +165,9 @@ class GPT(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
+        """Logits (B, T′, V) of the positions ``logits_to_keep`` names, as in `transformers`: an int n keeps the
+        last n (0: all T), a 1-D int64 tensor the positions it lists. The head is applied to those rows only."""
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         T = idx.shape[1]
@@ -175,6 +177,13 @@ class GPT(nn.Module):
         x = self.embed_tokens(idx)
         for block in self.layers:
             x = block(x, cos, sin)
+        if torch.is_tensor(logits_to_keep):
+            if logits_to_keep.dim() != 1 or logits_to_keep.dtype != torch.int64:
+                raise ValueError(f"logits_to_keep must be an int or a 1-D int64 tensor, got shape "
+                                 f"{tuple(logits_to_keep.shape)}, {logits_to_keep.dtype}")
+            x = x[:, logits_to_keep]
+        elif check_int("logits_to_keep", logits_to_keep, 0, T):
+            x = x[:, -logits_to_keep:]
         return self.lm_head(self.norm(x))
 
     def num_parameters(self) -> int:

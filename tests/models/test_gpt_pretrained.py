@@ -32,6 +32,23 @@ def test_gpt_logits_equal_transformers_llama(n_head, kv_divisor, head_dim, n_lay
         torch.testing.assert_close(model(idx), hf(idx).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_logits_to_keep_selects_positions_as_transformers_does():
+    model = tiny_gpt(4)
+    hf = to_llama(model)
+    idx = torch.randint(0, model.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(idx)
+        for keep, positions in [(3, slice(6, 9)), (torch.tensor([0, 4, 5]), [0, 4, 5])]:
+            torch.testing.assert_close(model(idx, logits_to_keep=keep), full[:, positions], rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(model(idx, logits_to_keep=keep), hf(idx, logits_to_keep=keep).logits,
+                                       rtol=1e-5, atol=1e-5)
+    for keep, error, match in [(-1, ValueError, r"logits_to_keep=-1 is out of range; allowed: \[0, 9\]"),
+                               (True, TypeError, "logits_to_keep must be an int, got True"),
+                               (torch.tensor([[1]]), ValueError, r"1-D int64 tensor, got shape \(1, 1\)")]:
+        with pytest.raises(error, match=match):
+            model(idx, logits_to_keep=keep)
+
+
 def test_from_llama_round_trip_is_exact():
     model = tiny_gpt(3, tie_embeddings=False)
     back = from_llama(to_llama(model))
