@@ -17,30 +17,30 @@ METRICS: dict[str, object] = {
     "lb_2_4_int4_MB": near(6.153624, 1e-9),
     "lb_2_4_int4_bytes_ratio": near(0.4714056683675283, 1e-9),
     "lb_2_4_int4_read_MB": near(6.153624, 1e-9),
-    "lb_2_4_int4_vs_dense": Claim("higher"),   # +4.00% [+3.20, +4.77]
+    "lb_2_4_int4_vs_dense": Claim("higher"),   # +4.34% [+3.53, +4.87]
     "lb_budget_pct": near(10.0, 1e-9),
     "lb_dense_MB": near(13.053776, 1e-9),
-    "lb_dense_perplexity": near(58.71390331720696, 1e-9),
+    "lb_dense_perplexity": near(51.939661100825646, 1e-9),
     "lb_draft_2_layers_MB": near(7.147904, 1e-9),
     "lb_draft_2_layers_bytes_ratio": near(0.5475736675732753, 1e-9),
     "lb_draft_2_layers_read_MB": near(7.147904, 1e-9),
-    "lb_draft_2_layers_vs_dense": Claim("higher"),   # +16.29% [+14.13, +19.33]
+    "lb_draft_2_layers_vs_dense": Claim("higher"),   # +19.25% [+17.68, +20.81]
     "lb_draft_gptq_int4_MB": near(5.030888, 1e-9),
     "lb_draft_gptq_int4_bytes_ratio": near(0.3853971448567832, 1e-9),
     "lb_draft_gptq_int4_read_MB": near(5.030888, 1e-9),
-    "lb_draft_gptq_int4_vs_dense": Claim("higher"),   # +16.60% [+14.48, +19.58]
+    "lb_draft_gptq_int4_vs_dense": Claim("higher"),   # +19.56% [+17.98, +21.08]
     "lb_gptq_int3_g64_MB": near(6.081496, 1e-9),
     "lb_gptq_int3_g64_bytes_ratio": near(0.4658802173409441, 1e-9),
     "lb_gptq_int3_g64_read_MB": near(13.053776, 1e-9),
-    "lb_gptq_int3_g64_vs_dense": Claim("higher"),   # +0.69% [+0.41, +1.11]
+    "lb_gptq_int3_g64_vs_dense": Claim("higher"),   # +0.82% [+0.53, +1.75]
     "lb_gptq_int4_g64_MB": near(6.702688, 1e-9),
     "lb_gptq_int4_g64_bytes_ratio": near(0.5134673676030599, 1e-9),
     "lb_gptq_int4_g64_read_MB": near(6.702688, 1e-9),
-    "lb_gptq_int4_g64_vs_dense": Claim("equivalent"),   # +0.13% [-0.05, +0.32]
+    "lb_gptq_int4_g64_vs_dense": Claim("higher"),   # +0.15% [+0.05, +0.27]
     "lb_n_documents": exactly(31),
     "lb_n_routes": exactly(12),
     "lb_n_seeds": exactly(3),
-    "lb_pareto_front": {'dense bf16, RTN int4 g64, GPTQ int4 g64, GPTQ int3 g64, W8A8 SmoothQuant, draft + GPTQ int4'},
+    "lb_pareto_front": {'dense bf16, RTN int4 g64, GPTQ int4 g64, GPTQ int3 g64, W8A8 SmoothQuant, student + GPTQ int4, draft + GPTQ int4'},
     "lb_pick_batch_serving": {'W8A8 SmoothQuant'},
     "lb_pick_memory_bound_decode": {'2:4 + int4'},
     "lb_pick_no_calibration_data": {'RTN int4 g64'},
@@ -48,34 +48,36 @@ METRICS: dict[str, object] = {
     "lb_rtn_int4_g64_MB": near(6.702688, 1e-9),
     "lb_rtn_int4_g64_bytes_ratio": near(0.5134673676030599, 1e-9),
     "lb_rtn_int4_g64_read_MB": near(6.702688, 1e-9),
-    "lb_rtn_int4_g64_vs_dense": Claim("equivalent"),   # +0.21% [-0.08, +0.46]
+    "lb_rtn_int4_g64_vs_dense": Claim("higher"),   # +0.32% [+0.20, +0.41]
     "lb_sparsegpt_2_4_MB": near(9.186944, 1e-9),
     "lb_sparsegpt_2_4_bytes_ratio": near(0.7037767462839871, 1e-9),
     "lb_sparsegpt_2_4_read_MB": near(9.186944, 1e-9),
-    "lb_sparsegpt_2_4_vs_dense": Claim("higher"),   # +3.86% [+3.05, +4.65]
+    "lb_sparsegpt_2_4_vs_dense": Claim("higher"),   # +4.08% [+3.25, +4.63]
     "lb_sparsegpt_50_MB": near(13.053776, 1e-9),
     "lb_sparsegpt_50_bytes_ratio": near(1.0, 1e-9),
     "lb_sparsegpt_50_read_MB": near(13.053776, 1e-9),
-    "lb_sparsegpt_50_vs_dense": Claim("higher"),   # +1.56% [+1.18, +2.00]
+    "lb_sparsegpt_50_vs_dense": Claim("higher"),   # +1.76% [+1.13, +2.19]
     "lb_student_3_layers_MB": near(8.62436, 1e-9),
     "lb_student_3_layers_bytes_ratio": near(0.6606793314057174, 1e-9),
     "lb_student_3_layers_read_MB": near(8.62436, 1e-9),
-    "lb_student_3_layers_vs_dense": Claim("higher"),   # +23.28% [+18.68, +27.48]
+    "lb_student_3_layers_vs_dense": Claim("higher"),   # +23.70% [+16.90, +26.32]
     "lb_student_gptq_int4_MB": near(5.44884, 1e-9),
     "lb_student_gptq_int4_bytes_ratio": near(0.41741485375572557, 1e-9),
     "lb_student_gptq_int4_read_MB": near(5.44884, 1e-9),
-    "lb_student_gptq_int4_vs_dense": Claim("higher"),   # +23.42% [+18.88, +27.63]
+    "lb_student_gptq_int4_vs_dense": Claim("higher"),   # +23.93% [+17.17, +26.53]
     "lb_w8a8_smoothquant_MB": near(8.66304, 1e-9),
     "lb_w8a8_smoothquant_bytes_ratio": near(0.663642458703137, 1e-9),
     "lb_w8a8_smoothquant_read_MB": near(8.66304, 1e-9),
-    "lb_w8a8_smoothquant_vs_dense": Claim("equivalent"),   # -0.03% [-0.08, +0.02]
+    "lb_w8a8_smoothquant_vs_dense": Claim("higher"),   # +0.04% [+0.02, +0.05]
+    "lb_eval_size": {'every token of the test split'},
     "sample_covers_split": Is(True),
     "sample_equal_documents_ppl": near(35.09874073146216, 1e-4),
     "sample_ppl": near(58.71390331720696, 1e-4),
     "sample_ppl_high": near(87.61419475943686, 1e-4),
     "sample_ppl_low": near(41.27095309854719, 1e-4),
     "sample_tokens": exactly(8192),
-    "whole_split_ppl": near(51.939661100825646, 1e-4),
+    "sample_within_20pct_of_split": Is(True),
+    "whole_split_ppl": near(51.83960394037707, 1e-4),
     "lb_2_4_int4_dominated_by": {'GPTQ int3 g64'},
     "lb_dense_bf16_dominated_by": {'no route'},
     "lb_draft_2_layers_dominated_by": {'RTN int4 g64, GPTQ int4 g64, GPTQ int3 g64, 2:4 + int4'},
@@ -84,8 +86,8 @@ METRICS: dict[str, object] = {
     "lb_gptq_int4_g64_dominated_by": {'no route'},
     "lb_rtn_int4_g64_dominated_by": {'no route'},
     "lb_sparsegpt_2_4_dominated_by": {'RTN int4 g64, GPTQ int4 g64, GPTQ int3 g64, W8A8 SmoothQuant'},
-    "lb_sparsegpt_50_dominated_by": {'dense bf16, RTN int4 g64, GPTQ int4 g64, GPTQ int3 g64, W8A8 SmoothQuant'},
-    "lb_student_3_layers_dominated_by": {'RTN int4 g64, GPTQ int4 g64, GPTQ int3 g64, 2:4 + int4, draft 2 layers, draft + GPTQ int4'},
-    "lb_student_gptq_int4_dominated_by": {'draft + GPTQ int4'},
+    "lb_sparsegpt_50_dominated_by": {'dense bf16, RTN int4 g64, GPTQ int4 g64, W8A8 SmoothQuant'},
+    "lb_student_3_layers_dominated_by": {'RTN int4 g64, GPTQ int4 g64, GPTQ int3 g64, 2:4 + int4'},
+    "lb_student_gptq_int4_dominated_by": {'no route'},
     "lb_w8a8_smoothquant_dominated_by": {'no route'},
 }
