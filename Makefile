@@ -93,12 +93,11 @@ outputs: data
 output-spread: data
 	$(PY) -m tests.output_spread --again
 
-# CI (.ci/run) on 2 cores: the notebooks (two halves of equal stored time, each longest first), the kernel check and the
-# unit tests share the cores, each torch process on one thread (OMP_NUM_THREADS=1: no oversubscribed thread pools);
-# then the book is built from the stored outputs and opened in chromium.
+# CI (.ci/run) on 2 cores: the notebooks (two halves of equal stored time, each longest first), the kernel check, the
+# unit tests and the book (built from the stored outputs, opened in chromium) share the cores, each torch process on
+# one thread (OMP_NUM_THREADS=1: no oversubscribed thread pools).
 test:
-	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j2 --output-sync=target test-notebooks check-kernels test-unit
-	$(MAKE) --no-print-directory test-book
+	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j2 --output-sync=target test-notebooks check-kernels test-unit test-book
 
 test-unit: data
 	MPLBACKEND=Agg $(PY) -m pytest tests --ignore=tests/test_notebooks.py --ignore=tests/book --durations=5

