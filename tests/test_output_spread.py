@@ -45,8 +45,8 @@ def test_a_verb_whose_end_moves_near_zero_is_fragile(tmp_path):
     def run(folder: str, interval: list[float]) -> None:
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "03_quantization.metrics.json").write_text(
-            json.dumps({"qat_vs_rtn": interval, "gptq_vs_rtn_4_channel": [0.08, -0.22, 0.38]}))
+            json.dumps({"qat_vs_finetune_then_rtn": interval, "gptq_vs_rtn_4_channel": [0.08, -0.22, 0.38]}))
     run("a", [-1.3, -2.6, -0.10])
     run("b", [-1.2, -2.5, -0.08])           # high end 0.08 from 0, moved 0.02: 0.08 <= 5 × 0.02
     [row] = fragile_claims([tmp_path / "a", tmp_path / "b"])
-    assert "qat_vs_rtn 'lower': its high end 0.080 from 0, moved 0.020" in row
+    assert "qat_vs_finetune_then_rtn 'lower': its high end 0.080 from 0, moved 0.020" in row

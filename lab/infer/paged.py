@@ -15,23 +15,33 @@ block_size − 1 slots per sequence are wasted, and finished sequences return th
 no block is ever owned twice, every block comes back). `PagedKVCache` adds the pools,
 k and v (num_blocks, block_size, H_kv, D) per layer, and the ``attend`` of `forward_cached` for a
 batch of sequences: new keys and values are written at their slots; a single-token decode step on
-a GPU reads the blocks in place with the Triton kernel `lab.kernels.paged_attention`, every other
-call gathers each sequence's blocks into a padded (B, H_kv, S, D) tensor and uses the masked
-attention of `lab.infer.kv_cache`.
+a GPU (or under ``TRITON_INTERPRET=1``) reads the blocks in place with the kernel `paged_decode_kernel`
+picks from `lab.kernels.paged_attention` (v2, the split sequence, when the head dimension and the block
+size are at least 16; else v1), every other call gathers each sequence's blocks into a padded
+(B, H_kv, S, D) tensor and uses the masked attention of `lab.infer.kv_cache`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import os
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
 from lab.core.checks import check_int
 from lab.infer.kv_cache import Attend, causal_mask, masked_attention
-from lab.kernels.paged_attention import paged_attention_decode
+from lab.kernels.paged_attention import paged_attention_decode, paged_attention_decode_v2
 from lab.models.gpt import GPT
 
 BLOCK_SIZE = 16          # positions per block, the default of `PagedKVCache` and `lab.infer.serve`
+
+
+def paged_decode_kernel(head_dim: int, block_size: int) -> Callable[..., torch.Tensor]:
+    """The kernel a decode step of `PagedKVCache` launches: v2 (flash-decoding, tl.dot) when ``head_dim`` and
+    ``block_size`` are both at least 16, else v1."""
+    check_int("head_dim", head_dim)
+    check_int("block_size", block_size)
+    return paged_attention_decode_v2 if min(head_dim, block_size) >= 16 else paged_attention_decode
 
 
 class OutOfBlocksError(RuntimeError):
@@ -138,7 +148,8 @@ class PagedKVCache:
         tables = torch.tensor([alloc.tables[s] + [0] * (width - len(alloc.tables[s])) for s in seq_ids],
                               dtype=torch.int32, device=device)
         gather_index = tables.long()
-        decode_kernel = T == 1 and device.type == "cuda"
+        on_kernel = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+        decode_kernel = paged_decode_kernel(self.k[0].shape[3], alloc.block_size) if T == 1 and on_kernel else None
         mask = None if decode_kernel else causal_mask(positions, width * alloc.block_size)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -148,8 +159,7 @@ class PagedKVCache:
             v_pool.view(-1, H_kv, D)[slots] = v.transpose(1, 2).reshape(B * T, H_kv, D).to(v_pool.dtype)
             if decode_kernel:
                 # lengths come from this allocator's own tables: no range check (it would synchronise)
-                return paged_attention_decode(q[:, :, 0], k_pool, v_pool, tables, lengths,
-                                              check_lengths=False)[:, :, None]
+                return decode_kernel(q[:, :, 0], k_pool, v_pool, tables, lengths, check_lengths=False)[:, :, None]
             # gather: (B, blocks, block_size, H_kv, D) → (B, H_kv, S, D), S = width · block_size
             k_seq = k_pool[gather_index].flatten(1, 2).transpose(1, 2).to(q.dtype)
             v_seq = v_pool[gather_index].flatten(1, 2).transpose(1, 2).to(q.dtype)

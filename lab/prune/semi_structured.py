@@ -2,17 +2,22 @@
 PyTorch's own semi-structured tensors for the sparse tensor cores.
 
 `Sparse24Linear` keeps a 2:4-sparse weight compressed (values and 2-bit positions) and multiplies with
-`lab.kernels.sparse24.sparse24_matmul` (`lab.quant.linear.Sparse24Int4Linear` stores the values in int4).
+the kernel `sparse24_kernel` picks: v2 (`lab.kernels.sparse24.sparse24_matmul_v2`: coalesced vector loads,
+each value read once, any M) when the layer's inputs are a multiple of 32, else v1 (`sparse24_matmul`);
+`lab.quant.linear.Sparse24Int4Linear` stores the values in int4.
 `to_semi_structured_torch` hands the weight to PyTorch, which packs it in NVIDIA's reordered metadata
 layout for mma.sp (cuSPARSELt / CUTLASS); `sparse_linear_torch` multiplies with it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from lab.core.checks import check_int
 from lab.formats.sparse24 import compress
-from lab.kernels.sparse24 import sparse24_matmul
+from lab.kernels.sparse24 import sparse24_matmul, sparse24_matmul_v2
 
 
 def to_semi_structured_torch(weight: torch.Tensor) -> torch.Tensor:
@@ -35,9 +40,17 @@ def sparse_linear_torch(x: torch.Tensor, w_sparse: torch.Tensor) -> torch.Tensor
     return torch.nn.functional.linear(x, w_sparse)
 
 
+def sparse24_kernel(in_features: int) -> Callable[..., torch.Tensor]:
+    """The kernel a `Sparse24Linear` of ``in_features`` inputs launches, at every M: v2 when in_features is a
+    multiple of 32 (it reads the metadata as 32-bit words of 8 groups), else v1. Each dispatches: Triton on
+    CUDA tensors or under TRITON_INTERPRET=1, else the PyTorch path."""
+    check_int("in_features", in_features)
+    return sparse24_matmul_v2 if in_features % 32 == 0 else sparse24_matmul
+
+
 class Sparse24Linear(torch.nn.Module):
     """y = x Ŵᵀ (+ b) for a 2:4-sparse Ŵ (out, in) held compressed: ``meta`` (out, in/8) uint8 and
-    the kept values (out, in/2) in ``dtype``, by `lab.kernels.sparse24.sparse24_matmul` (Triton on a GPU,
+    the kept values (out, in/2) in ``dtype``, by the kernel of `sparse24_kernel` (Triton on a GPU,
     decompress + matmul on the CPU).
     """
 
@@ -62,6 +75,7 @@ class Sparse24Linear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
-        y = sparse24_matmul(x2, self.kept_values().to(x.dtype), self.meta, self.out_features, self.in_features)
+        y = sparse24_kernel(self.in_features)(x2, self.kept_values().to(x.dtype), self.meta, self.out_features,
+                                              self.in_features)
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)

@@ -15,8 +15,8 @@ METRICS: dict[str, object] = {
     "observer_mse_over_minmax_8bit": Between(0.2, 0.8),   # measured 0.474
     "observer_mse_over_minmax_4bit": Between(0.1, 0.6),   # measured 0.265
     # RTN vs GPTQ: GPTQ's layer error ~1/3 of RTN's everywhere. In perplexity one family of six (GPTQ at
-    # 4/3/2 bits in groups and 4/3 bits per channel, AWQ at 3 bits; Holm across it); the 3-bit rows in
-    # groups over 3 calibration seeds. "any": the text glues the verdict, which rests on an interval end
+    # 4/3/2 bits in groups and 4/3 bits per channel, AWQ at 3 bits; Holm across it); GPTQ and AWQ over
+    # 3 calibration seeds at every setting. "any": the text glues the verdict, which rests on an interval end
     # near 0 (or, for "equivalent" with an interval that excludes 0, on Holm), so it may move with the CPU.
     "gptq_layer_error_below_rtn_everywhere": Is(True),
     "layer_error_gptq_over_rtn_4_group": Between(0.2, 0.45),   # measured 0.324
@@ -29,7 +29,7 @@ METRICS: dict[str, object] = {
     "awq_vs_rtn_3_group": Claim("equivalent", -1.0, 1.0),      # -0.11% [-0.42, +0.16], 3 seeds
     "gptq_3_group_seed_min": Between(57.0, 61.0),       # GPTQ's perplexity over the 3 seeds: 59.08
     "gptq_3_group_seed_max": Between(57.0, 61.0),       # to 59.16, within 0.5% of each other
-    "gptq_2_group_documents_lower": Between(20, 31),    # of 31 documents: 26
+    "gptq_2_group_documents_lower": Between(20, 31),    # of 31 documents: 25
     "gptq_2_group_higher_token_share": Between(0.05, 0.4),  # the other documents' tokens: 18%
     # groups of 64 against one scale per channel: one family of four (the flagged claim "RTN in groups is
     # worse" is now equivalent)
@@ -39,14 +39,14 @@ METRICS: dict[str, object] = {
     "gptq_group_vs_channel_3": Claim("equivalent", -1.0, 1.0),  # -0.35% [-0.75, +0.08], 3 seeds
     "lm_w8a8_token_vs_dense": Claim("any", -0.5, 0.5),   # -0.05% [-0.10, +0.01]: equivalent
     "lm_w8a8_tensor_vs_dense": Claim("any", -0.5, 1.0),  # +0.44% [+0.25, +0.60]: higher; old spread 0.05
-    "qat_vs_rtn": Claim("inconclusive", -4.0, 0.0),            # -1.48% [-2.52, -0.05]: not after Holm
-    "qat_vs_finetune_then_rtn": Claim("lower", -5.0, -1.0),    # -2.54% [-3.10, -1.98]
-    "qat_vs_gptq": Claim("inconclusive", -2.0, 3.0),           # +1.68% [-0.44, +2.94]
+    "qat_vs_rtn": Claim("inconclusive", -3.0, 2.0),            # -0.45% [-1.32, +1.07]
+    "qat_vs_finetune_then_rtn": Claim("lower", -5.0, -1.0),    # -2.21% [-2.69, -1.66]
+    "qat_vs_gptq": Claim("higher", 0.0, 6.0),                  # +2.75% [+0.62, +3.86]
     "ppl_ratio_rtn_8_group": Between(0.999, 1.002),
     "ppl_ratio_rtn_3_channel": Between(1.005, 1.03),   # measured 1.018
     "ppl_ratio_gptq_3_channel": Between(1.0, 1.015),   # measured 1.008
     "ppl_ratio_rtn_2_group": Between(1.06, 1.15),      # measured 1.090
-    "ppl_ratio_gptq_2_group": Between(1.02, 1.08),     # measured 1.060
+    "ppl_ratio_gptq_2_group": Between(1.02, 1.08),     # measured 1.056
     "awq_layer_error_not_above_rtn": Is(True),
     # activation outliers: the encoder has one channel; the LM none at its 256-wide inputs and a tail at
     # the 704-wide down_proj inputs, less than half the encoder's spread; SmoothQuant helps W8A8
@@ -72,9 +72,9 @@ METRICS: dict[str, object] = {
     "smoothquant_gain_tensor_high": Between(1.05, 2.5),
     "lm_w8a8_token_ppl_ratio": Between(0.999, 1.003),
     "lm_w8a8_tensor_ppl_ratio": Between(0.999, 1.006),        # measured 1.0044
-    # QAT at 2 bits: lower than RTN and the fine-tune-then-round control (one training run)
-    "qat_over_rtn": Between(0.94, 0.995),                     # measured 0.985
-    "qat_over_finetune_then_rtn": Between(0.93, 0.995),       # measured 0.974
+    # QAT at 2 bits (30 steps of 4 × 128 tokens, three runs): lower than the fine-tune-then-round control
+    "qat_over_rtn": Between(0.97, 1.02),                      # measured 0.996
+    "qat_over_finetune_then_rtn": Between(0.93, 0.995),       # measured 0.978
     # packing: the packed int4 model computes the fake-quantized model's logits
     "int4_packed_logits_max_abs_diff": Between(0.0, 1e-4),
     "int4_disk_over_bf16": Between(0.45, 0.56),               # measured 0.514

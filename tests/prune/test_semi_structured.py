@@ -64,3 +64,28 @@ def test_sparse24_linear_rejects_bad_input():
         Sparse24Linear(torch.nn.Conv1d(4, 4, 1))
     with pytest.raises(ValueError, match="not 2:4 sparse"):
         Sparse24Linear(torch.nn.Linear(8, 4))
+
+
+@pytest.mark.parametrize("in_features, kernel", [(64, "sparse24_matmul_v2"), (48, "sparse24_matmul")])
+def test_sparse24_linear_reaches_its_kernel_under_the_interpreter(in_features, kernel, monkeypatch):
+    """v2 when the inputs are a multiple of 32, else v1; at a decode shape (M = 1) and a prefill one, the
+    interpreted Triton kernel agrees with the PyTorch path."""
+    import lab.kernels.sparse24 as sparse24_module
+    import lab.prune.semi_structured as layer_module
+    from tests.kernels.interpreted import reloaded
+
+    linear = torch.nn.Linear(in_features, 24, bias=True)
+    with torch.no_grad():
+        linear.weight.copy_(random_nm(24, in_features, 2, 4, seed=12))
+    layer = Sparse24Linear(linear, dtype=torch.float32)
+    launched = []
+    assert layer_module.sparse24_kernel(in_features).__name__ == kernel
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    original = getattr(layer_module, kernel)
+    monkeypatch.setattr(layer_module, kernel, lambda *args: launched.append(len(args[0])) or original(*args))
+    xs = [torch.randn(m, in_features, generator=torch.Generator().manual_seed(m)) for m in (1, 9)]
+    expected = [layer(x) for x in xs]                               # the PyTorch path
+    for _ in reloaded(sparse24_module):
+        for x, y in zip(xs, expected):
+            torch.testing.assert_close(layer(x), y, rtol=1e-5, atol=1e-5)
+    assert launched == [1, 9, 1, 9]
