@@ -167,3 +167,29 @@ def test_serve_rejects_bad_input(tiny, trace):
         serve(tiny, [Request(0, torch.zeros(0, dtype=torch.int64), 3)], 2)
     with pytest.raises(ValueError, match="prompt_lengths"):
         synthetic_trace(torch.zeros(10, dtype=torch.int64), 3, (5, 20), (1, 2))
+
+
+@pytest.mark.parametrize("block_size, kernel", [(16, "paged_attention_decode_v2"), (4, "paged_attention_decode")])
+def test_a_decode_step_reaches_its_kernel_under_the_interpreter(tiny_gpt, monkeypatch, block_size, kernel):
+    """Under TRITON_INTERPRET=1 a decode step (T = 1) of the cache runs the Triton kernel `paged_decode_kernel`
+    picks (v2 for head dimension and block size ≥ 16, else v1) and gives the logits of the full forward."""
+    import lab.infer.paged as paged
+    import lab.kernels.paged_attention as paged_module
+    from tests.kernels.interpreted import reloaded
+
+    model = tiny_gpt(**{**CFG.to_dict(), "d_model": 64})                       # head dimension 16
+    assert paged.paged_decode_kernel(model.config.head_dim, block_size).__name__ == kernel
+    prompt = torch.randint(0, 101, (21,), generator=torch.Generator().manual_seed(3))
+    launched = []
+    original = getattr(paged, kernel)
+    monkeypatch.setattr(paged, kernel, lambda *args, **kwargs: launched.append(1) or original(*args, **kwargs))
+    for _ in reloaded(paged_module):
+        cache = PagedKVCache(model, num_blocks=8, block_size=block_size)
+        cache.allocator.allocate(0, 20)
+        pos = torch.arange(20)[None]
+        forward_cached(model, prompt[None, :20], pos, cache.attention([0], pos))    # prefill: gather path
+        cache.allocator.append(0)
+        pos = torch.tensor([[20]])
+        logits = forward_cached(model, prompt[None, 20:], pos, cache.attention([0], pos))
+    assert len(launched) == model.config.n_layer                                 # one launch per layer
+    torch.testing.assert_close(logits[0, 0], model(prompt[None])[0, -1], rtol=1e-4, atol=1e-4)
