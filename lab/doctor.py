@@ -9,6 +9,8 @@ back to PyTorch, with the reason. Triton modes:
     unavailable  no GPU (or no Triton): every kernel's PyTorch path runs instead
 
 Each notebook's set-up cell prints `summary()`, one line, so a reader sees at once what ran where.
+`kernels()` lists, per layer and shape range, the kernel a CUDA device (or the interpreter) launches,
+from the layers' own selection functions.
 """
 
 from __future__ import annotations
@@ -21,6 +23,10 @@ import torch
 
 import lab
 from lab.core.runtime import get_device
+from lab.infer.paged import paged_decode_kernel
+from lab.kernels.int8 import candidates
+from lab.prune.semi_structured import sparse24_kernel
+from lab.quant.linear import int4_weight_only_matmul
 
 LIBRARIES = ("torch", "triton", "transformers", "tokenizers", "numpy")
 # lab path → what it needs beyond a CPU
@@ -73,6 +79,18 @@ def paths() -> dict[str, str]:
     return out
 
 
+def kernels() -> list[tuple[str, str, str]]:
+    """(layer, shapes, kernel) for each rule by which a layer picks its kernel on CUDA tensors."""
+    int8_tiles = " / ".join(f"{candidates(m)[0][:3]}" for m in (1, 64, 1024))
+    return [("Int4Linear", "any M", f"{int4_weight_only_matmul.__name__} (v1; v2 needs its own layout)"),
+            ("W8A8Linear", "M ≤ 16 / ≤ 128 / larger", f"int8_matmul, tiles {int8_tiles} (grouped order, tuned)"),
+            ("Sparse24Linear", "in_features a multiple of 32, any M", sparse24_kernel(32).__name__),
+            ("Sparse24Linear", "other in_features", sparse24_kernel(8).__name__),
+            ("PagedKVCache", "decode, head_dim and block_size ≥ 16", paged_decode_kernel(16, 16).__name__),
+            ("PagedKVCache", "decode, smaller heads or blocks", paged_decode_kernel(8, 16).__name__),
+            ("PagedKVCache", "prefill (T > 1)", "gathered blocks, masked attention (PyTorch)")]
+
+
 def summary() -> str:
     """One line: device, torch and triton versions, Triton mode, how many paths fall back."""
     v, device = versions(), get_device()
@@ -93,6 +111,8 @@ def report() -> str:
     lines.append(f"triton mode:    {mode} ({reason})")
     lines.append("paths:")
     lines += [f"  {name}: {status}" for name, status in paths().items()]
+    lines.append("kernels on a CUDA device:")
+    lines += [f"  {layer:<15} {shapes:<38} {kernel}" for layer, shapes, kernel in kernels()]
     return "\n".join(lines)
 
 

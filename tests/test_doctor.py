@@ -34,5 +34,14 @@ def test_the_interpreter_runs_the_triton_kernels_on_the_cpu(monkeypatch):
 def test_the_command_prints_versions_device_mode_and_paths():
     out = subprocess.run([sys.executable, "-m", "lab.doctor"], capture_output=True, text=True, check=True).stdout
     for fragment in ("versions:", f"torch         {doctor.versions()['torch']}", "device:", "triton mode:",
-                     "paths:", *doctor.ACCELERATED):
+                     "paths:", *doctor.ACCELERATED, "kernels on a CUDA device:"):
         assert fragment in out
+
+
+def test_the_kernel_list_follows_the_layers_rules():
+    rows = {(layer, shapes): kernel for layer, shapes, kernel in doctor.kernels()}
+    assert rows["Sparse24Linear", "in_features a multiple of 32, any M"] == "sparse24_matmul_v2"
+    assert rows["Sparse24Linear", "other in_features"] == "sparse24_matmul"
+    assert rows["PagedKVCache", "decode, head_dim and block_size ≥ 16"] == "paged_attention_decode_v2"
+    assert rows["PagedKVCache", "decode, smaller heads or blocks"] == "paged_attention_decode"
+    assert rows["Int4Linear", "any M"].startswith("int4_weight_only_matmul")

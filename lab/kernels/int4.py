@@ -46,7 +46,8 @@ and zeros in x's dtype), S = SPLIT_K:
     v1, S > 1: + 4·M·N (zeroing the fp32 buffer) + 8·S·M·N (atomic adds: read and write) + 4·M·N (the cast)
     v2, S > 1: + 8·S·M·N (the partials, written, then read by `_reduce_kernel`)
 
-`call_bytes` computes it (for e = 2 the weight's bytes are 1/4 + 1/g of a bf16 weight's 2·N·K).
+`call_bytes` computes it (for e = 2 the weight's bytes, codes plus scales and zeros, are 1/4 + 2/g of a bf16
+weight's 2·N·K).
 
 `int4_weight_only_matmul` and `int4_gemv_v2` dispatch: CUDA tensors → Triton; CPU tensors → the PyTorch
 reference unless ``TRITON_INTERPRET=1`` (Triton's interpreter: import or reload this module inside
