@@ -2,7 +2,8 @@
 
 `get_device()` picks CUDA when present (override with ``LAB_DEVICE=cpu|cuda``),
 `seed_everything` fixes every RNG the book uses, `has_triton_gpu()` says whether
-Triton kernels can be compiled for a GPU here, and `triton_interpret()` runs
+Triton kernels can be compiled for a GPU here, `runs_triton(device)` whether `lab`'s
+kernels take the Triton path for tensors on a device, and `triton_interpret()` runs
 Triton kernels on the CPU through Triton's interpreter for correctness tests.
 """
 
@@ -56,6 +57,12 @@ def has_triton_gpu() -> bool:
     except ImportError:
         return False
     return True
+
+
+def runs_triton(device: torch.device) -> bool:
+    """Whether `lab`'s kernels run their Triton path for tensors on ``device``: CUDA, or any device
+    under ``TRITON_INTERPRET=1`` (Triton's interpreter); otherwise they take their PyTorch path."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @contextlib.contextmanager

@@ -23,12 +23,12 @@ size are at least 16; else v1), every other call gathers each sequence's blocks 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
 from lab.core.checks import check_int
+from lab.core.runtime import runs_triton
 from lab.infer.kv_cache import Attend, causal_mask, masked_attention
 from lab.kernels.paged_attention import paged_attention_decode, paged_attention_decode_v2
 from lab.models.gpt import GPT
@@ -148,8 +148,8 @@ class PagedKVCache:
         tables = torch.tensor([alloc.tables[s] + [0] * (width - len(alloc.tables[s])) for s in seq_ids],
                               dtype=torch.int32, device=device)
         gather_index = tables.long()
-        on_kernel = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
-        decode_kernel = paged_decode_kernel(self.k[0].shape[3], alloc.block_size) if T == 1 and on_kernel else None
+        decode_kernel = (paged_decode_kernel(self.k[0].shape[3], alloc.block_size) if T == 1 and runs_triton(device)
+                         else None)
         mask = None if decode_kernel else causal_mask(positions, width * alloc.block_size)
 
         def attend(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

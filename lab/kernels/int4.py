@@ -64,6 +64,7 @@ import triton
 import triton.language as tl
 
 from lab.core.checks import check_choice, check_int, check_tensor
+from lab.core.runtime import runs_triton
 from lab.formats.int4 import dequantize_int4, unpack_int4_v2
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -383,7 +384,7 @@ def int4_weight_only_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch
                             group_size: int) -> torch.Tensor:
     """y (M, N) = x Ŵᵀ for a packed int4 weight; Triton on CUDA or under the interpreter, else PyTorch."""
     check_tensor("x", x)  # before reading its device: a list gets a TypeError that names it
-    if x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if runs_triton(x.device):
         return int4_weight_only_matmul_triton(x, packed, scales, zeros, group_size)
     return int4_weight_only_matmul_torch(x, packed, scales, zeros, group_size)
 
@@ -392,6 +393,6 @@ def int4_gemv_v2(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ze
                  group_size: int) -> torch.Tensor:
     """y (M, N) = x Ŵᵀ for a v2-packed int4 weight; Triton on CUDA or under the interpreter, else PyTorch."""
     check_tensor("x", x)
-    if x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if runs_triton(x.device):
         return int4_gemv_v2_triton(x, packed, scales, zeros, group_size)
     return int4_gemv_v2_torch(x, packed, scales, zeros, group_size)

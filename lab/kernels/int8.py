@@ -43,13 +43,12 @@ Triton's interpreter; import or reload this module inside `lab.core.runtime.trit
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from lab.core.checks import check_int, check_tensor
+from lab.core.runtime import runs_triton
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 MAX_K = 133_000  # 127² · K must stay below 2³¹
@@ -205,6 +204,6 @@ def int8_matmul(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale
                 out_dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
     """y (M, N) = (a bᵀ) ⊙ (a_scale b_scaleᵀ); Triton on CUDA or under the interpreter, else PyTorch."""
     check_tensor("a", a)  # before reading its device: a list gets a TypeError that names it
-    if a.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if runs_triton(a.device):
         return int8_matmul_triton(a, b, a_scale, b_scale, out_dtype)
     return int8_matmul_torch(a, b, a_scale, b_scale, out_dtype)

@@ -48,13 +48,13 @@ interpreter; import or reload this module inside `lab.core.runtime.triton_interp
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from lab.core.checks import check_choice, check_int, check_tensor
+from lab.core.runtime import runs_triton
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 PROGRAMS_TARGET = 4 * 132          # programs that keep every SM of an H100 / H200 busy (v2)
@@ -328,7 +328,7 @@ def paged_attention_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
                            lengths: torch.Tensor, check_lengths: bool = True) -> torch.Tensor:
     """o (B, H, D); Triton on CUDA or under the interpreter, else PyTorch."""
     check_tensor("q", q)  # before reading its device: a list gets a TypeError that names it
-    if q.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if runs_triton(q.device):
         return paged_attention_decode_triton(q, k_pool, v_pool, tables, lengths, check_lengths)
     return paged_attention_decode_torch(q, k_pool, v_pool, tables, lengths)
 
@@ -337,6 +337,6 @@ def paged_attention_decode_v2(q: torch.Tensor, k_pool: torch.Tensor, v_pool: tor
                               lengths: torch.Tensor, check_lengths: bool = True) -> torch.Tensor:
     """o (B, H, D); Triton on CUDA or under the interpreter, else the PyTorch reference."""
     check_tensor("q", q)
-    if q.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if runs_triton(q.device):
         return paged_attention_decode_v2_triton(q, k_pool, v_pool, tables, lengths, check_lengths)
     return paged_attention_decode_torch(q, k_pool, v_pool, tables, lengths)

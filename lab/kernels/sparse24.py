@@ -48,13 +48,12 @@ triton was first imported and are not interpretable unless triton itself was imp
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from lab.core.checks import check_int, check_tensor
+from lab.core.runtime import runs_triton
 from lab.formats.sparse24 import decompress, meta_shape
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -266,7 +265,7 @@ def sparse24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
     """y = x Wᵀ (M, out_features) for W in compressed 2:4 form; Triton on CUDA or under the
     interpreter (``TRITON_INTERPRET=1``), else the PyTorch path."""
     check_tensor("x", x)  # before reading its device: a list gets a TypeError that names it
-    if x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if runs_triton(x.device):
         return sparse24_matmul_triton(x, values, meta, out_features, in_features)
     return sparse24_matmul_torch(x, values, meta, out_features, in_features)
 
@@ -275,6 +274,6 @@ def sparse24_matmul_v2(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor
                        in_features: int) -> torch.Tensor:
     """y = x Wᵀ; Triton on CUDA or under the interpreter, else the PyTorch reference."""
     check_tensor("x", x)
-    if x.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if runs_triton(x.device):
         return sparse24_matmul_v2_triton(x, values, meta, out_features, in_features)
     return sparse24_matmul_torch(x, values, meta, out_features, in_features)

@@ -68,6 +68,15 @@ def test_has_triton_gpu_is_false_when_interpreting_or_without_gpu(monkeypatch):
         assert runtime.has_triton_gpu() is False
 
 
+def test_runs_triton_on_cuda_tensors_or_under_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert runtime.runs_triton(torch.device("cuda")) and not runtime.runs_triton(torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert runtime.runs_triton(torch.device("cpu"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not runtime.runs_triton(torch.device("cpu"))
+
+
 def test_triton_interpret_runs_a_kernel_on_cpu_and_restores_the_environment(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with runtime.triton_interpret():
