@@ -27,9 +27,11 @@ from lab.core.runtime import get_device
 # suite name → its module, each in its chapter, with `run(device, quick, progress) -> dict`
 SUITES = {
     "params": "lab.params.suite",
+    "params-seeds": "lab.params.seeds",
     "prune": "lab.prune.suite",
     "quant": "lab.quant.suite",
     "distill": "lab.distill.suite",
+    "distill-seeds": "lab.distill.seeds",
     "parallel": "lab.parallel.suite",
     "infer": "lab.infer.suite",
     "leaderboard": "lab.capstone.suite",

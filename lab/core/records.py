@@ -16,7 +16,10 @@ import platform
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from lab.core.stats import document_sums
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = REPO_ROOT / "results"
@@ -70,3 +73,56 @@ def load_results(pattern: str = "*.json", root: str | Path = RESULTS_DIR) -> lis
         raise FileNotFoundError(f"no results match pattern={pattern!r} under {root}; "
                                 "produce them with `python -m lab.bench ...`")
     return [{**json.loads(Path(p).read_text()), "_path": p} for p in paths]
+
+
+def add_seed(experiments: dict, results: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor]]) -> None:
+    """Append one seed's runs to a seeds record's ``experiments``, in place.
+
+    results: {experiment: ({run: per-token NLL (N,)}, groups (N,) int)}, one seed's runs of each experiment,
+    scored on the same tokens. experiments: {experiment: {"sizes": [n_g], "sums": {run: [one list per seed
+    of Σ ℓ_t over each group g]}}} (`lab.core.stats.document_sums`), what `seeded_sums` reads back.
+    """
+    for name, (losses, groups) in results.items():
+        entry = experiments.setdefault(name, {"sizes": None, "sums": {}})
+        for run, values in losses.items():
+            sums, sizes = document_sums(values, groups)
+            if entry["sizes"] not in (None, sizes.tolist()):
+                raise ValueError(f"run {run!r} of experiment {name!r} is scored on other groups than its other runs")
+            entry["sizes"] = sizes.tolist()
+            entry["sums"].setdefault(run, []).append(sums[0].tolist())
+
+
+def seeded_sums(record: dict, experiment: str, settings: dict, seed: int, losses: dict[str, torch.Tensor],
+                groups, tolerance: float = 0.005) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The per-seed document sums of ``experiment`` in a seeds record, once it is checked against this run.
+
+    record: a record of suite ``params-seeds`` or ``distill-seeds`` (`load_results`), {"seeds", "settings",
+    "experiments"}. settings: the values this run used; each must equal the record's. losses: {run: this
+    run's per-token NLL (N,)} at ``seed`` (one of the record's seeds), groups (N,): its groups. Every run's
+    log-perplexity must lie within ``tolerance`` nats of the record's row for ``seed``: float rounding on
+    another CPU moves most runs by less than 1e-4 (measured between torch's AVX-512 and AVX2 paths; a run
+    as sensitive as chapter 1's shared block, by 0.019: its notebook passes 0.05), a different experiment
+    (settings, code or data) by more.
+    Returns ({run: (S, G) float64 sums, one row per seed}, sizes (G,) int64), for
+    `lab.core.stats.compare_sums`.
+    """
+    for key, value in settings.items():
+        if json.loads(json.dumps(value)) != record["settings"].get(key):
+            raise ValueError(f"settings[{key!r}]={value!r}, but the record was run with "
+                             f"{record['settings'].get(key)!r}; run with the record's settings, or rebuild the "
+                             f"record ({record.get('command', 'python -m lab.bench ...')})")
+    if seed not in record["seeds"]:
+        raise ValueError(f"seed={seed!r} is not one of the record's seeds {record['seeds']}")
+    entry = record["experiments"][experiment]
+    sizes = np.asarray(entry["sizes"], dtype=np.int64)
+    row = record["seeds"].index(seed)
+    for run, values in losses.items():
+        sums, own_sizes = document_sums(values, groups)
+        if not np.array_equal(own_sizes, sizes):
+            raise ValueError(f"losses[{run!r}] is scored on other groups than the record's {experiment!r}")
+        gap = abs(sums.sum() - sum(entry["sums"][run][row])) / sizes.sum()
+        if gap > tolerance:
+            raise ValueError(f"run {run!r} of {experiment!r} differs from the record's seed {seed} by {gap:.4f} nats "
+                             f"per token (tolerance {tolerance}); the record is stale: rebuild it "
+                             f"({record.get('command', 'python -m lab.bench ...')})")
+    return {run: np.asarray(rows, dtype=np.float64) for run, rows in entry["sums"].items()}, sizes

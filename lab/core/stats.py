@@ -124,18 +124,60 @@ def compare(losses_a, losses_b, groups, n_boot: int = 4000, seed: int = 0) -> di
     a, b = _losses(losses_a, "losses_a"), _losses(losses_b, "losses_b")
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"losses_a and losses_b must score the same tokens, got {a.shape[1]} and {b.shape[1]}")
-    if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
-        raise ValueError(f"losses_a and losses_b must have the same seeds (rows), got {a.shape[0]} and {b.shape[0]}")
-    check_int("n_boot", n_boot, minimum=100)
-    check_int("seed", seed, minimum=0)
+    _check_seeds(a, b, "losses")
     labels = _groups(groups, a.shape[1])
     d = b - a                                                             # (S, N)
-    if len(d) == 2:
-        raise ValueError("losses from 2 seeds are too few to resample (the interval would cover far less than "
-                         "95%); give 1 seed, or 3 or more")
     n_groups = int(labels.max()) + 1
     sums = np.stack([np.bincount(labels, row, minlength=n_groups) for row in d])   # (S, G): D_g per seed
     sizes = np.bincount(labels, minlength=n_groups).astype(np.float64)             # (G,)
+    return _bootstrap(sums, sizes, n_boot, seed)
+
+
+def document_sums(losses, groups) -> tuple[np.ndarray, np.ndarray]:
+    """Per-document sums of per-token losses, what a record keeps of a model's scores.
+
+    losses: (N,) or (S, N) float, nats, as for `compare`; groups: (N,) int, the document of each token.
+    Returns (sums, sizes): sums (S, G) float64, Σ_{t in g} ℓ_t of each seed and document, and sizes
+    (G,) int64, the scored tokens n_g of each document, documents in the order of their sorted labels.
+    """
+    array = _losses(losses, "losses")
+    labels = _groups(groups, array.shape[1])
+    n_groups = int(labels.max()) + 1
+    return (np.stack([np.bincount(labels, row, minlength=n_groups) for row in array]),
+            np.bincount(labels, minlength=n_groups))
+
+
+def compare_sums(sums_a, sums_b, sizes, n_boot: int = 4000, seed: int = 0) -> dict:
+    """`compare` from per-document sums (`document_sums` of each model on the same tokens and groups).
+
+    sums_a, sums_b: (G,) or (S, G) float, Σ_{t in g} ℓ_t per document (and seed; a (G,) side is shared
+    by every seed); sizes: (G,) int >= 1, the tokens n_g of each document. D_g = sums_b − sums_a, and
+    the result is `compare`'s for the same tokens (equal up to the rounding of the sums' subtraction).
+    """
+    a, b = _losses(sums_a, "sums_a"), _losses(sums_b, "sums_b")
+    n = np.asarray(sizes)
+    if n.shape != (a.shape[1],) or a.shape[1] != b.shape[1] or not np.issubdtype(n.dtype, np.integer):
+        raise ValueError(f"sums_a, sums_b and sizes must cover the same G documents with integer sizes, got "
+                         f"shapes {a.shape}, {b.shape} and {n.shape} ({n.dtype})")
+    if n.min() < 1 or len(n) < 3:
+        raise ValueError(f"sizes must be >= 1 for each of at least 3 documents, got {n.tolist()[:10]}")
+    _check_seeds(a, b, "sums")
+    return _bootstrap(b - a, n.astype(np.float64), n_boot, seed)
+
+
+def _check_seeds(a: np.ndarray, b: np.ndarray, name: str) -> None:
+    if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
+        raise ValueError(f"{name}_a and {name}_b must have the same seeds (rows), got {a.shape[0]} and {b.shape[0]}")
+    if max(a.shape[0], b.shape[0]) == 2:
+        raise ValueError(f"{name} from 2 seeds are too few to resample (the interval would cover far less than "
+                         "95%); give 1 seed, or 3 or more")
+
+
+def _bootstrap(sums: np.ndarray, sizes: np.ndarray, n_boot: int, seed: int) -> dict:
+    """`compare`'s result from the per-seed document sums D_g (S, G) and the sizes n_g (G,)."""
+    check_int("n_boot", n_boot, minimum=100)
+    check_int("seed", seed, minimum=0)
+    n_groups = sums.shape[1]
     delta, se = _seeded_ratio(sums, sizes[None])
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, len(sums), size=(n_boot, len(sums)))
@@ -150,7 +192,7 @@ def compare(losses_a, losses_b, groups, n_boot: int = 4000, seed: int = 0) -> di
     p = 1.0 if delta == 0 and se == 0 else min(1.0, 2 * (tail + 1) / (n_boot + 1))
     return {"delta_log_ppl": float(delta), "ci_low": float(low), "ci_high": float(high), "se": float(se),
             "p": float(p), "ratio": math.exp(delta), "ratio_low": math.exp(low), "ratio_high": math.exp(high),
-            "n_tokens": a.shape[1], "n_documents": n_groups, "n_seeds": len(sums)}
+            "n_tokens": int(sizes.sum()), "n_documents": n_groups, "n_seeds": len(sums)}
 
 
 def holm(p_values: Sequence[float]) -> list[float]:

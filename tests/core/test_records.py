@@ -1,4 +1,5 @@
-"""lab.core.records: the fields every record starts with, shared by the bench records and the checkpoints."""
+"""lab.core.records: the fields every record starts with, shared by the bench records and the checkpoints; the
+seeds records' per-document sums, written and read back, and refused when they belong to another experiment."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import datetime as dt
 import json
 import platform
 
+import numpy as np
+import pytest
 import torch
 
 from lab.bench import bench_provenance
-from lab.core.records import device_kind, device_name, provenance
+from lab.core.records import add_seed, device_kind, device_name, provenance, seeded_sums
 
 FIELDS = {"device", "device_type", "torch", "triton", "python", "date", "command"}
 
@@ -37,3 +40,39 @@ def test_device_kind_is_a_file_name_slug(monkeypatch):
 def test_bench_records_name_their_command():
     rec = bench_provenance(torch.device("cpu"), ["quant", "--out", "a b"])
     assert set(rec) == FIELDS and rec["command"] == "python -m lab.bench quant --out 'a b'"
+
+
+def _seeds_record(rng, groups):
+    """A seeds record of one experiment: runs "a" (no seed) and "b" at seeds 0, 1, 2, and the losses of seed 0."""
+    experiments, first = {}, None
+    for seed in (0, 1, 2):
+        losses = {"a": torch.tensor(np.linspace(1.0, 3.0, len(groups))),
+                  "b": torch.tensor(rng.normal(2.0, 0.5, len(groups)))}
+        first = first or losses
+        add_seed(experiments, {"exp": (losses, groups)})
+    return {"seeds": [0, 1, 2], "settings": {"steps": 24, "targets": ["q", "k"]}, "experiments": experiments,
+            "command": "python -m lab.bench params-seeds"}, first
+
+
+def test_seeded_sums_reads_back_what_add_seed_kept():
+    groups = torch.arange(40) // 8                                      # 5 groups of 8 tokens
+    record, first = _seeds_record(np.random.default_rng(0), groups)
+    json.loads(json.dumps(record))                                      # a JSON record
+    sums, sizes = seeded_sums(record, "exp", {"steps": 24, "targets": ("q", "k")}, 0, first, groups)
+    assert sizes.tolist() == [8] * 5 and sums["a"].shape == sums["b"].shape == (3, 5)
+    assert np.allclose(sums["b"][0], first["b"].reshape(5, 8).sum(1).numpy())
+    assert np.array_equal(sums["a"][0], sums["a"][2]) and not np.array_equal(sums["b"][0], sums["b"][1])
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(settings={"steps": 48}), r"settings\['steps'\]=48, but the record was run with 24"),
+    (dict(seed=3), "seed=3 is not one of the record's seeds"),
+    (dict(shift=0.01), "differs from the record's seed 0 by 0.0100 nats"),
+    (dict(groups=torch.arange(40) // 10), "other groups than the record's 'exp'")])
+def test_seeded_sums_refuses_another_experiment(change, match):
+    groups = torch.arange(40) // 8
+    record, first = _seeds_record(np.random.default_rng(0), groups)
+    losses = {run: v + change.get("shift", 0.0) for run, v in first.items()}
+    with pytest.raises(ValueError, match=match):
+        seeded_sums(record, "exp", change.get("settings", {"steps": 24}), change.get("seed", 0), losses,
+                    change.get("groups", groups))

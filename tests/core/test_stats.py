@@ -11,7 +11,8 @@ import pytest
 import scipy.stats
 import torch
 
-from lab.core.stats import EQUIVALENCE_MARGIN, T_975, compare, holm, seed_spread, t_quantile_975, verdict, verdicts
+from lab.core.stats import (EQUIVALENCE_MARGIN, T_975, compare, compare_sums, document_sums, holm, seed_spread,
+                            t_quantile_975, verdict, verdicts)
 
 # scored tokens per test document in lab.data.eval_sample(tokenizer, 8192) (tests/test_data.py checks them)
 SAMPLE_SIZES = np.array([263, 100, 60, 47, 99, 109, 36, 426, 212, 395, 55, 53, 141, 84, 227, 556, 4, 204, 505,
@@ -24,6 +25,20 @@ def synthetic(rng, effect_sd: float = 0.03, effect: float = 0.01):
     per_document = rng.normal(effect, effect_sd, size=len(SAMPLE_SIZES))
     a = rng.gamma(2.0, 1.5, size=len(groups))
     return a, a + per_document[groups] + rng.normal(0.0, 0.3, size=len(groups)), groups
+
+
+def test_compare_sums_of_document_sums_is_compare():
+    rng = np.random.default_rng(3)
+    a, b, groups = synthetic(rng)
+    seeds = np.stack([b, b + rng.normal(0, 0.05, len(b)), b - 0.02])               # (3, N)
+    sums_a, sizes = document_sums(a, groups)
+    sums_b, sizes_b = document_sums(seeds, groups)
+    assert sums_a.shape == (1, 31) and sums_b.shape == (3, 31) and sizes.tolist() == SAMPLE_SIZES.tolist()
+    assert np.array_equal(sizes, sizes_b) and np.allclose(sums_b[1, 5], seeds[1][groups == 5].sum())
+    direct, from_sums = compare(a, seeds, groups, n_boot=500), compare_sums(sums_a[0], sums_b, sizes, n_boot=500)
+    assert from_sums.keys() == direct.keys()
+    for key, value in direct.items():
+        assert from_sums[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
 
 
 def test_compare_equals_a_direct_bootstrap_t():
@@ -147,6 +162,12 @@ def test_seed_spread_matches_a_t_interval():
     (lambda: compare(np.ones(4), np.ones(4), [0, 1, 2]), ValueError, "groups must be"),
     (lambda: compare(np.ones(4), np.ones(4), [0.0, 1.0, 2.0, 3.0]), ValueError, "integers"),
     (lambda: compare(np.ones(9), np.ones(9), np.arange(9), n_boot=10), ValueError, "n_boot=10"),
+    (lambda: compare_sums(np.ones(4), np.ones(4), [1, 2, 3]), ValueError, "same G documents"),
+    (lambda: compare_sums(np.ones(3), np.ones(3), [1.0, 2.0, 3.0]), ValueError, "integer sizes"),
+    (lambda: compare_sums(np.ones(3), np.ones(3), [1, 0, 3]), ValueError, "sizes must be >= 1"),
+    (lambda: compare_sums(np.ones((2, 3)), np.ones((2, 3)), [1, 2, 3]), ValueError, "2 seeds are too few"),
+    (lambda: compare_sums(np.ones((3, 3)), np.ones((4, 3)), [1, 2, 3]), ValueError, "same seeds"),
+    (lambda: document_sums(np.ones(4), [0, 1, 2]), ValueError, "groups must be"),
     (lambda: holm([0.5, 1.5]), ValueError, "p_values=1.5"),
     (lambda: verdict({"ci_low": 0.0, "ci_high": 1.0}, margin=0.0), ValueError, "margin=0.0"),
     (lambda: verdicts({}), ValueError, "at least one"),

@@ -1,0 +1,65 @@
+"""Suite ``distill-seeds`` of `lab.bench` (chapter 4): the language-model students at several seeds.
+
+A student's perplexity depends on its seed (the batch order and, from scratch, the initialisation), so a
+comparison of two students speaks of their losses only when its interval resamples seeds as well as
+documents. `notebooks/04_distillation` trains its seven students at one seed; this suite trains them,
+as the notebook does, at each seed of `SEEDS` and keeps their per-document loss sums on the evaluation
+sample (experiment ``lm``, runs named ``"{depth}_{loss}_{init}"``), which the notebook checks its own runs
+against (`lab.core.records.seeded_sums`) and compares with `lab.core.stats.compare_sums`.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from lab.core.records import add_seed
+from lab.data import eval_sample, tokenize_split
+from lab.distill.experiments import lm_batches, lm_run
+from lab.distill.loop import TeacherCache
+from lab.models import load_pretrained_lm, load_tokenizer
+
+SEEDS = (0, 1, 2)
+# The notebook's defaults (its parameters cell); the notebook checks them against the record's.
+SETTINGS = {"eval_tokens": 4096, "batch": 4, "seq": 64, "steps": 24, "temperature": 1.0, "alpha": 1.0,
+            "hidden_weight": 1.0,
+            "lm_runs": [[3, "hard", "teacher"], [3, "kd", "teacher"], [3, "kd+hidden", "teacher"],
+                        [3, "hard", "random"], [3, "kd", "random"], [2, "hard", "teacher"], [2, "kd", "teacher"]]}
+QUICK = {**SETTINGS, "eval_tokens": 512, "seq": 32, "steps": 2}
+
+
+def run_name(depth: int, loss: str, init: str) -> str:
+    """The record's name of a run: "3_kd_teacher" for depth 3, loss "kd", teacher init."""
+    return f"{depth}_{loss}_{init}"
+
+
+def student_losses(teacher, train_ids: torch.Tensor, sample, settings: dict,
+                   seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every student of ``settings["lm_runs"]`` trained at ``seed`` (its batches `lm_batches(..., seed=seed)`,
+    `lm_run(..., seed=seed)`): ({run name: per-token NLL on ``sample`` (N,) float64}, sample.documents)."""
+    s = settings
+    batches = lm_batches(train_ids, s["steps"], s["batch"], s["seq"], seed=seed)
+    cache = TeacherCache(teacher)
+    losses = {run_name(depth, loss, init): lm_run(
+        cache, batches, sample, depth, loss, init, steps=s["steps"], eval_every=0, temperature=s["temperature"],
+        alpha=s["alpha"], hidden_weight=s["hidden_weight"], seed=seed, progress=False)["token_losses"]
+        for depth, loss, init in s["lm_runs"]}
+    return losses, sample.documents
+
+
+def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """`student_losses` at each seed of `SEEDS`, on the CPU (the notebook's device: it checks its own runs
+    against the record). quick=True: `QUICK`'s tiny settings.
+    Returns {"seeds", "settings", "experiments": {"lm": {"sizes", "sums": {run: (S, G) nested lists}}}}."""
+    if device.type != "cpu":
+        raise ValueError(f"device={str(device)!r}: suite distill-seeds runs on the cpu, where the notebook that "
+                         "checks against its record runs")
+    settings = QUICK if quick else SETTINGS
+    tokenizer = load_tokenizer()
+    teacher = load_pretrained_lm("lab")
+    sample = eval_sample(tokenizer, settings["eval_tokens"])
+    train_ids = tokenize_split("train", tokenizer)
+    experiments: dict = {}
+    for seed in tqdm(SEEDS, desc="distill-seeds", disable=not progress):
+        add_seed(experiments, {"lm": student_losses(teacher, train_ids, sample, settings, seed)})
+    return {"seeds": list(SEEDS), "settings": settings, "experiments": experiments}
