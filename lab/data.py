@@ -238,8 +238,10 @@ def train_tokenizer(texts, vocab_size: int = 8192):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if vocab_size < 260:
-        raise ValueError(f"vocab_size must be >= 260 (256 bytes + specials), got {vocab_size}")
+    check_int("vocab_size", vocab_size, 260)                        # 256 bytes + specials
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("texts must be an iterable of strings (documents), got one string: training on its "
+                        "characters one by one is not what was meant; pass [text]")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -119,3 +119,10 @@ def test_token_cache_survives_parallel_writers(tokenizer, tmp_path, monkeypatch)
     assert all(torch.equal(r, results[0]) for r in results)
     assert [p.suffix for p in (tmp_path / "tokens").iterdir()] == [".pt"]  # no temporary file left
     assert torch.equal(data.tokenize_split("test", tokenizer), results[0])  # read back from the cache
+
+
+def test_train_tokenizer_refuses_one_string_and_a_small_vocabulary():
+    with pytest.raises(TypeError, match="texts must be an iterable of strings .* got one string"):
+        data.train_tokenizer("def f(x): return x", 300)
+    with pytest.raises(ValueError, match="vocab_size=100 is out of range"):
+        data.train_tokenizer(["def f(x): return x"], 100)

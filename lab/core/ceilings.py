@@ -145,7 +145,8 @@ def _usable(record: dict) -> bool:
     if record.get("quick") or record.get("dry_run") or not isinstance(ceilings, dict):
         return False
     values = (ceilings.get("bandwidth"), ceilings.get("peak_flops"))
-    return all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values)
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+               for v in values)                                   # JSON true is no bandwidth
 
 
 def _ceiling_records(root: Path) -> list[tuple[Path, dict]]:

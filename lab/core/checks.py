@@ -14,6 +14,7 @@ Python, but ``steps=True`` is a bug, not one step).
     check_tensor(name, value, dims=None, dtypes=None)        a tensor of given rank / dtypes
     check_float_tensor(name, value, dims=None, dtypes=None)  a floating tensor with no NaN/inf
     check_matrix(name, value, dtypes=None)                   a 2-D floating tensor with no NaN/inf
+    check_float_dtype(name, value)                           a floating-point torch dtype
 """
 
 from __future__ import annotations
@@ -53,8 +54,19 @@ def check_fraction(name: str, value, closed: tuple[bool, bool] = (True, True)) -
     return check_number(name, value, 0.0, 1.0, closed)
 
 
+def check_float_dtype(name: str, value) -> torch.dtype:
+    """``value`` as a floating-point torch dtype (an integer dtype would truncate what is stored in it)."""
+    if not isinstance(value, torch.dtype):
+        raise TypeError(f"{name} must be a torch dtype such as torch.bfloat16, got {value!r}")
+    if not value.is_floating_point:
+        raise ValueError(f"{name}={value} is not allowed; use a floating-point dtype (float32, bfloat16, float16)")
+    return value
+
+
 def check_choice(name: str, value, allowed: Collection) -> None:
-    """``value`` is one of ``allowed``."""
+    """``value`` is one of ``allowed`` (a bool only where ``allowed`` holds bools: True == 1 in Python)."""
+    if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed):
+        raise TypeError(f"{name} must be one of {tuple(allowed)}, got the bool {value!r}")
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; use one of {tuple(allowed)}")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lab.core.checks import check_int, check_number
 from lab.core.stats import document_sums
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -80,49 +81,75 @@ def add_seed(experiments: dict, results: dict[str, tuple[dict[str, torch.Tensor]
 
     results: {experiment: ({run: per-token NLL (N,)}, groups (N,) int)}, one seed's runs of each experiment,
     scored on the same tokens. experiments: {experiment: {"sizes": [n_g], "sums": {run: [one list per seed
-    of Σ ℓ_t over each group g]}}} (`lab.core.stats.document_sums`), what `seeded_sums` reads back.
+    of Σ ℓ_t over each group g]}}} (`lab.core.stats.document_sums`), what `seeded_sums` reads back. Every
+    run of an experiment must be given at every seed, on the same groups.
     """
     for name, (losses, groups) in results.items():
         entry = experiments.setdefault(name, {"sizes": None, "sums": {}})
+        if entry["sums"] and set(losses) != set(entry["sums"]):
+            raise ValueError(f"results[{name!r}] has runs {sorted(losses)}, but the earlier seeds have "
+                             f"{sorted(entry['sums'])}; give every run at every seed")
         for run, values in losses.items():
+            if not (isinstance(values, torch.Tensor) and values.dim() == 1):
+                raise ValueError(f"results[{name!r}][{run!r}] must be one seed's per-token losses, a 1-D tensor")
             sums, sizes = document_sums(values, groups)
             if entry["sizes"] not in (None, sizes.tolist()):
-                raise ValueError(f"run {run!r} of experiment {name!r} is scored on other groups than its other runs")
+                raise ValueError(f"run {run!r} of experiment {name!r} is scored on groups of sizes "
+                                 f"{sizes.tolist()[:8]}..., its other runs on {entry['sizes'][:8]}...")
             entry["sizes"] = sizes.tolist()
             entry["sums"].setdefault(run, []).append(sums[0].tolist())
 
 
+def _check_settings(record: dict, settings: dict) -> None:
+    """ValueError unless each of ``settings`` equals the record's value of the same name (after JSON)."""
+    for key, value in settings.items():
+        if key not in record["settings"]:
+            raise ValueError(f"settings[{key!r}]: the record has no such setting; it has {sorted(record['settings'])}")
+        try:
+            plain = json.loads(json.dumps(value))
+        except TypeError as error:
+            raise ValueError(f"settings[{key!r}]={value!r} is not a JSON value (numbers, strings, lists)") from error
+        if plain != record["settings"][key]:
+            raise ValueError(f"settings[{key!r}]={value!r}, but the record was run with {record['settings'][key]!r}; "
+                             f"run with the record's settings, or rebuild the record ({record['command']})")
+
+
 def seeded_sums(record: dict, experiment: str, settings: dict, seed: int, losses: dict[str, torch.Tensor],
                 groups, tolerance: float = 0.005) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The per-seed document sums of ``experiment`` in a seeds record, once it is checked against this run.
+    """The per-seed group sums of ``experiment`` in a seeds record, once it is checked against this run.
 
     record: a record of suite ``params-seeds`` or ``distill-seeds`` (`load_results`), {"seeds", "settings",
-    "experiments"}. settings: the values this run used; each must equal the record's. losses: {run: this
-    run's per-token NLL (N,)} at ``seed`` (one of the record's seeds), groups (N,): its groups. Every run's
-    log-perplexity must lie within ``tolerance`` nats of the record's row for ``seed``: float rounding on
-    another CPU moves most runs by less than 1e-4 (measured between torch's AVX-512 and AVX2 paths; a run
-    as sensitive as chapter 1's shared block, by 0.019: its notebook passes 0.05), a different experiment
-    (settings, code or data) by more.
+    "experiments", "command"}. settings: values this run used, each of which must equal the record's setting
+    of the same name. losses: {run: this run's per-token NLL (N,)} at ``seed`` (one of the record's seeds),
+    every run of the experiment; groups (N,): its groups. Each run's per-group sums must lie within
+    ``tolerance`` nats per token of the record's row for ``seed``, as Σ_g |S_g − S^rec_g| / N: float rounding
+    on another CPU moves most runs by less than 1e-4 (measured between torch's AVX-512 and AVX2 paths; the
+    runs of chapter 1 that train from scratch at a high rate by up to 0.02: its notebook passes 0.05), a
+    different experiment (settings, code or data) usually by more.
     Returns ({run: (S, G) float64 sums, one row per seed}, sizes (G,) int64), for
     `lab.core.stats.compare_sums`.
     """
-    for key, value in settings.items():
-        if json.loads(json.dumps(value)) != record["settings"].get(key):
-            raise ValueError(f"settings[{key!r}]={value!r}, but the record was run with "
-                             f"{record['settings'].get(key)!r}; run with the record's settings, or rebuild the "
-                             f"record ({record.get('command', 'python -m lab.bench ...')})")
+    _check_settings(record, settings)
+    check_int("seed", seed, minimum=0)
+    check_number("tolerance", tolerance, 0.0, closed=(False, True))
     if seed not in record["seeds"]:
         raise ValueError(f"seed={seed!r} is not one of the record's seeds {record['seeds']}")
+    if experiment not in record["experiments"]:
+        raise ValueError(f"experiment={experiment!r} is not in the record; it has {sorted(record['experiments'])}")
     entry = record["experiments"][experiment]
+    if set(losses) != set(entry["sums"]):
+        raise ValueError(f"losses has runs {sorted(losses)}; the record's {experiment!r} has {sorted(entry['sums'])}: "
+                         "give this run's losses of every one")
     sizes = np.asarray(entry["sizes"], dtype=np.int64)
     row = record["seeds"].index(seed)
     for run, values in losses.items():
         sums, own_sizes = document_sums(values, groups)
-        if not np.array_equal(own_sizes, sizes):
-            raise ValueError(f"losses[{run!r}] is scored on other groups than the record's {experiment!r}")
-        gap = abs(sums.sum() - sum(entry["sums"][run][row])) / sizes.sum()
-        if gap > tolerance:
+        if len(sums) != 1 or not np.array_equal(own_sizes, sizes):
+            raise ValueError(f"losses[{run!r}] must be one seed's losses (N,) on the groups of the record's "
+                             f"{experiment!r}, got {len(sums)} row(s) on groups of sizes {own_sizes.tolist()[:8]}...")
+        gap = np.abs(sums[0] - np.asarray(entry["sums"][run][row])).sum() / sizes.sum()
+        if not gap <= tolerance:
             raise ValueError(f"run {run!r} of {experiment!r} differs from the record's seed {seed} by {gap:.4f} nats "
                              f"per token (tolerance {tolerance}); the record is stale: rebuild it "
-                             f"({record.get('command', 'python -m lab.bench ...')})")
+                             f"({record['command']})")
     return {run: np.asarray(rows, dtype=np.float64) for run, rows in entry["sums"].items()}, sizes

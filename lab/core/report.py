@@ -38,6 +38,7 @@ DEFAULT_FILENAME = "lab.metrics.json"
 ENV_VAR = "LAB_REPORT_PATH"
 
 Value = int | float | str | bool | list
+COMPARISON_KEYS = {"delta_log_ppl", "ci_low", "ci_high", "p", "n_seeds", "n_documents"}   # of a compare result
 
 
 def report_path(path: str | os.PathLike | None = None) -> Path:
@@ -145,7 +146,7 @@ def record_comparisons(results: dict[str, dict], *, scale: str = "ppl", margin: 
     if not isinstance(results, dict) or not results:
         raise TypeError(f"results must be a non-empty dict of lab.core.stats.compare results, got {results!r:.200}")
     for name, r in results.items():
-        if not (isinstance(r, dict) and {"delta_log_ppl", "ci_low", "ci_high", "p", "n_seeds"} <= r.keys()):
+        if not (isinstance(r, dict) and COMPARISON_KEYS <= r.keys()):
             raise TypeError(f"results[{name!r}] must be a lab.core.stats.compare result, got {r!r:.200}")
     check_choice("scale", scale, ("ppl", "points"))
     if margin is None:

@@ -151,16 +151,16 @@ def compare_sums(sums_a, sums_b, sizes, n_boot: int = 4000, seed: int = 0) -> di
     """`compare` from per-document sums (`document_sums` of each model on the same tokens and groups).
 
     sums_a, sums_b: (G,) or (S, G) float, Σ_{t in g} ℓ_t per document (and seed; a (G,) side is shared
-    by every seed); sizes: (G,) int >= 1, the tokens n_g of each document. D_g = sums_b − sums_a, and
-    the result is `compare`'s for the same tokens (equal up to the rounding of the sums' subtraction).
+    by every seed); sizes: (G,) int >= 1, the tokens n_g of each of the G >= 3 documents. D_g = sums_b −
+    sums_a, and the result is `compare`'s for the same tokens (equal up to the rounding of the subtraction).
     """
-    a, b = _losses(sums_a, "sums_a"), _losses(sums_b, "sums_b")
     n = np.asarray(sizes)
-    if n.shape != (a.shape[1],) or a.shape[1] != b.shape[1] or not np.issubdtype(n.dtype, np.integer):
-        raise ValueError(f"sums_a, sums_b and sizes must cover the same G documents with integer sizes, got "
-                         f"shapes {a.shape}, {b.shape} and {n.shape} ({n.dtype})")
-    if n.min() < 1 or len(n) < 3:
-        raise ValueError(f"sizes must be >= 1 for each of at least 3 documents, got {n.tolist()[:10]}")
+    if n.ndim != 1 or len(n) < 3 or not np.issubdtype(n.dtype, np.integer) or n.min() < 1:
+        raise ValueError(f"sizes must be (G,) integers >= 1 for G >= 3 documents, got {n.tolist()!r:.80}")
+    a, b = _losses(sums_a, "sums_a"), _losses(sums_b, "sums_b")
+    if a.shape[1] != len(n) or b.shape[1] != len(n):
+        raise ValueError(f"sums_a, sums_b and sizes must cover the same G documents, got shapes {a.shape}, "
+                         f"{b.shape} and {n.shape}")
     _check_seeds(a, b, "sums")
     return _bootstrap(b - a, n.astype(np.float64), n_boot, seed)
 

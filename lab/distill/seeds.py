@@ -50,7 +50,8 @@ def student_losses(teacher, train_ids: torch.Tensor, sample, settings: dict,
 def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
     """`student_losses` at each seed of `SEEDS`, on the CPU (the notebook's device: it checks its own runs
     against the record). quick=True: `QUICK`'s tiny settings.
-    Returns {"seeds", "settings", "experiments": {"lm": {"sizes", "sums": {run: (S, G) nested lists}}}}."""
+    Returns {"seeds", "settings", "threads" (torch's CPU threads), "experiments": {"lm": {"sizes", "sums":
+    {run: (S, G) nested lists}}}}."""
     if device.type != "cpu":
         raise ValueError(f"device={str(device)!r}: suite distill-seeds runs on the cpu, where the notebook that "
                          "checks against its record runs")
@@ -62,4 +63,4 @@ def run(device: torch.device, quick: bool = False, progress: bool = True) -> dic
     experiments: dict = {}
     for seed in tqdm(SEEDS, desc="distill-seeds", disable=not progress):
         add_seed(experiments, {"lm": student_losses(teacher, train_ids, sample, settings, seed)})
-    return {"seeds": list(SEEDS), "settings": settings, "experiments": experiments}
+    return {"seeds": list(SEEDS), "settings": settings, "threads": torch.get_num_threads(), "experiments": experiments}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from lab.core.checks import check_float_tensor, check_int, check_tensor
+from lab.infer.sampling import check_distribution
 from lab.perplexity import EvalSample
 
 
@@ -47,6 +48,7 @@ def one_hot_acceptance(p: torch.Tensor, drafts: torch.Tensor) -> dict[str, float
     α and of the greedy rate). ValueError if no position has a draft.
     """
     check_float_tensor("p", p, 3)
+    check_distribution("p", p)
     check_tensor("drafts", drafts, 2, (torch.int64,))
     if drafts.shape != p.shape[:2]:
         raise ValueError(f"drafts must have shape {tuple(p.shape[:2])} (p without its vocabulary dim), "
@@ -54,6 +56,9 @@ def one_hot_acceptance(p: torch.Tensor, drafts: torch.Tensor) -> dict[str, float
     has = drafts >= 0
     if not has.any():
         raise ValueError("drafts has no draft (every entry is -1)")
+    if drafts.min() < -1 or drafts.max() >= p.shape[-1]:
+        raise ValueError(f"drafts must be token ids in [0, {p.shape[-1]}) or -1 (no draft), got values in "
+                         f"[{drafts.min().item()}, {drafts.max().item()}]")
     p_d = p[has].gather(-1, drafts[has][:, None])[:, 0]                   # p(d) at the drafted positions
     return {"alpha": p_d.mean().item(),
             "greedy": (p[has].argmax(-1) == drafts[has]).double().mean().item(),

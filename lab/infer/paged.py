@@ -27,7 +27,7 @@ from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-from lab.core.checks import check_int
+from lab.core.checks import check_float_dtype, check_int
 from lab.core.runtime import runs_triton
 from lab.infer.kv_cache import Attend, causal_mask, masked_attention
 from lab.kernels.paged_attention import paged_attention_decode, paged_attention_decode_v2
@@ -119,7 +119,8 @@ class PagedKVCache:
                  device: torch.device | str | None = None) -> None:
         self.allocator = BlockAllocator(num_blocks, block_size)
         param = next(model.parameters())
-        dtype = dtype or (param.dtype if param.is_floating_point() else torch.float32)
+        dtype = check_float_dtype("dtype", dtype) if dtype is not None else (
+            param.dtype if param.is_floating_point() else torch.float32)
         D = model.config.head_dim
         self.k = [torch.zeros(num_blocks, block_size, block.attn.k_proj.out_features // D, D, dtype=dtype,
                               device=device or param.device) for block in model.layers]

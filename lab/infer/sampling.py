@@ -55,10 +55,31 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return out
 
 
+def check_logits(logits) -> None:
+    """``logits`` is a floating tensor (…, V) with no NaN (−inf, a masked token, is allowed)."""
+    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.dim() >= 1):
+        raise TypeError(f"logits must be a floating-point tensor (..., V), got {logits!r:.80}")
+    if torch.isnan(logits).any():
+        raise ValueError(f"logits has {int(torch.isnan(logits).sum())} NaN entries; a NaN cannot be sampled from")
+
+
+def check_distribution(name: str, probs, tolerance: float = 1e-3) -> None:
+    """``probs`` (…, V) holds probability distributions: finite, >= 0, each row summing to 1 within
+    ``tolerance`` (logits or unnormalised scores are refused: they would be read as probabilities)."""
+    if not (isinstance(probs, torch.Tensor) and probs.is_floating_point() and probs.dim() >= 1):
+        raise TypeError(f"{name} must be a floating-point tensor of probabilities (..., V), got {probs!r:.80}")
+    sums = probs.sum(-1)
+    if not torch.isfinite(probs).all() or (probs < 0).any() or ((sums - 1).abs() > tolerance).any():
+        raise ValueError(f"{name} must hold probabilities: finite, >= 0, rows summing to 1; got entries in "
+                         f"[{probs.min().item():.3g}, {probs.max().item():.3g}] and row sums in "
+                         f"[{sums.min().item():.4g}, {sums.max().item():.4g}] (softmax the logits first)")
+
+
 def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None) -> torch.Tensor:
     """The sampling distribution p (…, V), float32, rows summing to 1; one-hot at argmax when τ = 0."""
     check_sampling(temperature, top_k, top_p)
+    check_logits(logits)
     if temperature == 0:
         return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     return torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
@@ -73,6 +94,7 @@ def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = N
            generator: torch.Generator | None = None) -> torch.Tensor:
     """Next tokens (B,) int64 for logits (B, V): argmax when τ = 0, else a draw from `next_token_probs`."""
     check_sampling(temperature, top_k, top_p)
+    check_logits(logits)
     if temperature == 0:
         return logits.argmax(-1)
     return sample_from(next_token_probs(logits, temperature, top_k, top_p), generator)

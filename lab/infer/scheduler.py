@@ -45,6 +45,14 @@ class Request:
     prompt: torch.Tensor
     max_new_tokens: int
 
+    def __post_init__(self) -> None:
+        check_int("id", self.id, minimum=None)
+        if not (torch.is_tensor(self.prompt) and self.prompt.dtype == torch.int64 and self.prompt.dim() == 1
+                and len(self.prompt)):
+            raise TypeError(f"request {self.id}: prompt must be a non-empty 1-D int64 tensor of token ids, got "
+                            f"{self.prompt!r:.80}")
+        check_int("max_new_tokens", self.max_new_tokens)
+
 
 @dataclass
 class _Row:
@@ -93,10 +101,14 @@ def _check_policy(max_batch: int, policy: str) -> None:
 def _check_requests(model: GPT, requests: Sequence[Request], capacity: int) -> None:
     if len({r.id for r in requests}) != len(requests):
         raise ValueError("request ids must be unique")
+    V = model.config.vocab_size
     for r in requests:
+        if not isinstance(r, Request):
+            raise TypeError(f"requests must hold lab.infer.scheduler.Request objects, got {type(r).__name__}")
         n = len(r.prompt) + r.max_new_tokens
-        if len(r.prompt) == 0 or r.max_new_tokens < 1:
-            raise ValueError(f"request {r.id}: needs a non-empty prompt and max_new_tokens >= 1")
+        if r.prompt.min() < 0 or r.prompt.max() >= V:
+            raise ValueError(f"request {r.id}: prompt token ids must lie in [0, vocab_size={V}), got values in "
+                             f"[{r.prompt.min()}, {r.prompt.max()}]")
         if n > min(model.config.context_length, capacity):
             raise ValueError(f"request {r.id}: prompt + max_new_tokens = {n} tokens exceeds the context "
                              f"({model.config.context_length}) or the cache ({capacity} slots)")
@@ -185,7 +197,9 @@ def serve(model: GPT, requests: Sequence[Request], max_batch: int, policy: str =
     cache (preempting the newest rows), and run one batched decode step.
     """
     _check_policy(max_batch, policy)
-    num_blocks = num_blocks or max_batch * -(-model.config.context_length // block_size)
+    check_int("block_size", block_size)
+    if num_blocks is None:
+        num_blocks = max_batch * -(-model.config.context_length // block_size)
     cache = PagedKVCache(model, num_blocks, block_size)          # checks num_blocks and block_size
     _check_requests(model, requests, num_blocks * block_size)
     q = _Queues(model, cache, deque(_Row(r, r.prompt.tolist()) for r in requests))
@@ -213,6 +227,7 @@ def synthetic_trace(tokens: torch.Tensor, n_requests: int, prompt_lengths: tuple
                     output_lengths: tuple[int, int], seed: int = 0) -> list[Request]:
     """``n_requests`` requests whose prompts are windows of real text ``tokens`` (1-D int64), with prompt
     and output lengths drawn uniformly from the inclusive ranges (a mixed-length offline workload)."""
+    check_int("n_requests", n_requests, minimum=0)
     (p_lo, p_hi), (o_lo, o_hi) = prompt_lengths, output_lengths
     if not (1 <= p_lo <= p_hi and 1 <= o_lo <= o_hi) or p_hi >= len(tokens):
         raise ValueError(f"need 1 <= lo <= hi for both ranges and prompts shorter than the text, got "

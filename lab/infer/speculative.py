@@ -33,7 +33,7 @@ import torch
 
 from lab.core.checks import check_fraction, check_int, check_number
 from lab.infer.generate import Decoder, check_prompt
-from lab.infer.sampling import check_sampling, next_token_probs, sample_from
+from lab.infer.sampling import check_distribution, check_sampling, next_token_probs, sample_from
 from lab.models.gpt import GPT
 
 
@@ -74,11 +74,19 @@ def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Ten
     u_i ~ U[0, 1); on rejection the next token is drawn from `residual_distribution`(p_i, q_i),
     else from p_{k+1}.
     """
+    check_distribution("p", p)
+    check_distribution("q", q)
     k = len(draft_tokens)
     if p.shape[0] != k + 1 or q.shape[0] != k or p.shape[1:] != q.shape[1:]:
         raise ValueError(f"need p (k+1, V) and q (k, V) for k={k} draft tokens, got {tuple(p.shape)}, {tuple(q.shape)}")
+    if k and (draft_tokens.min() < 0 or draft_tokens.max() >= p.shape[-1]):
+        raise ValueError(f"draft_tokens must be token ids in [0, {p.shape[-1]}), got {draft_tokens.tolist()}")
     idx = torch.arange(k, device=p.device)
-    ratio = p[idx, draft_tokens] / q[idx, draft_tokens]
+    q_d = q[idx, draft_tokens]
+    if (q_d <= 0).any():
+        raise ValueError(f"q gives draft token(s) {draft_tokens[q_d <= 0].tolist()} probability 0: a draft token "
+                         "must be drawn from q (the acceptance ratio p/q would be undefined)")
+    ratio = p[idx, draft_tokens] / q_d
     u = torch.rand(k, generator=generator, device=p.device)
     rejected = (u >= ratio).nonzero()
     if len(rejected) == 0:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from lab.core.checks import check_int, check_number
+
 _ACTIVE: list[CommCounter] = []
 
 
@@ -80,6 +82,8 @@ class CommCounter:
 
 def ring_sent_bytes(op: str, payload_bytes: float, n: int) -> float:
     """Bytes one rank sends for ``op`` on a payload of S bytes over N ranks (ring algorithms)."""
+    check_number("payload_bytes", payload_bytes, low=0)
+    check_int("n", n)
     factors = {"all_reduce": 2 * (n - 1) / n, "reduce_scatter": (n - 1) / n, "all_gather": (n - 1) / n,
                "broadcast": 1.0 if n > 1 else 0.0, "send": 1.0, "recv": 0.0}
     if op not in factors:

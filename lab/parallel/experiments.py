@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.distributed as dist
 
+from lab.core.checks import check_int
 from lab.models.gpt import GPTConfig
 from lab.parallel.formulas import bubble_fraction, zero_memory
 from lab.parallel.pipeline import CostStage, PipelineSchedule
@@ -109,6 +110,9 @@ def traffic_formula(strategy: str, config: GPTConfig, n: int, batch_size: int, s
     one way and their gradients the other, 2·B·T·C floats (sent or received: both are payload),
     plus the tied embedding all-reduce V·C on the first and last stage.
     """
+    for name, value in (("n", n), ("batch_size", batch_size), ("seq_len", seq_len)):
+        check_int(name, value)
+    check_int("rank", rank, 0, n - 1)
     psi = gpt_param_count(config)
     btc = batch_size * seq_len * config.d_model * 4
     if strategy in ("ddp", "torch_ddp"):

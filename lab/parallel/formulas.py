@@ -32,6 +32,8 @@ def zero_memory(psi: int, n: int, stage: int, param_bytes: int = 2, grad_bytes: 
     check_int("psi", psi)
     check_int("n", n)
     check_choice("stage", stage, STAGES)
+    for name, value in (("param_bytes", param_bytes), ("grad_bytes", grad_bytes), ("k", k)):
+        check_number(name, value, low=0)
     out = {"params": param_bytes * psi / (n if stage >= 3 else 1),
            "grads": grad_bytes * psi / (n if stage >= 2 else 1),
            "optimizer": k * psi / (n if stage >= 1 else 1)}
@@ -41,6 +43,7 @@ def zero_memory(psi: int, n: int, stage: int, param_bytes: int = 2, grad_bytes: 
 
 def zero_traffic_elements(psi: int, stage: int) -> int:
     """Elements one rank hands to collectives per step: 2Ψ (DP all-reduce, ZeRO 1–2: RS + AG), 3Ψ (ZeRO 3)."""
+    check_int("psi", psi)
     check_choice("stage", stage, STAGES)
     return (3 if stage == 3 else 2) * psi
 
@@ -68,6 +71,9 @@ def tp_allreduce_bytes_per_layer(micro_batch: int, seq_len: int, d_model: int, b
     """Payload of one training step's tensor-parallel all-reduces for one layer and micro-batch:
     2 forward + 2 backward, each of the (B_μ, T, C) activations, σ = ``bytes_per_element`` each:
     4·B_μ·T·C·σ bytes."""
+    for name, value in (("micro_batch", micro_batch), ("seq_len", seq_len), ("d_model", d_model),
+                        ("bytes_per_element", bytes_per_element)):
+        check_int(name, value)
     return 4 * micro_batch * seq_len * d_model * bytes_per_element
 
 
@@ -77,6 +83,11 @@ class ModelSpec:
     n_params: float  # Ψ
     n_layer: int     # L
     d_model: int     # C
+
+    def __post_init__(self) -> None:
+        check_number("n_params", self.n_params, low=0, closed=(False, True))
+        check_int("n_layer", self.n_layer)
+        check_int("d_model", self.d_model)
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,11 @@ class GPUSpec:
     inter_node_bw: float    # bytes/s one GPU sends across nodes (InfiniBand)
     gpus_per_node: int
     source: str             # where the figures come from (datasheets, not measurements)
+
+    def __post_init__(self) -> None:
+        for name in ("memory_bytes", "bf16_flops", "intra_node_bw", "inter_node_bw"):
+            check_number(name, getattr(self, name), low=0, closed=(False, True))
+        check_int("gpus_per_node", self.gpus_per_node)
 
 
 LLAMA2_7B = ModelSpec("Llama-2-7B", 6.74e9, 32, 4096)
@@ -134,6 +150,12 @@ def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zer
                         ("seq_len", seq_len), ("global_batch", global_batch)):
         check_int(name, value)
     check_number("hfu", hfu, low=0, high=1, closed=(False, True))
+    check_choice("zero_stage", zero_stage, STAGES)
+    if not isinstance(model, ModelSpec) or not isinstance(gpu, GPUSpec):
+        raise TypeError(f"model and gpu must be a ModelSpec and a GPUSpec, got {type(model).__name__} and "
+                        f"{type(gpu).__name__}")
+    if not isinstance(checkpointing, bool):
+        raise TypeError(f"checkpointing must be True or False, got {checkpointing!r}")
     if model.n_layer % pp:
         raise ValueError(f"pp={pp} does not divide n_layer={model.n_layer}")
     if tp > gpu.gpus_per_node:

@@ -133,12 +133,16 @@ def simulate_schedule(orders: list[list[tuple]], t_forward: float, t_backward: f
 
 def layer_split(n_layer: int, n_stages: int, layers_per_stage: list[int] | None = None) -> list[int]:
     """Layers per stage: ``layers_per_stage`` checked, or n_layer/p each (ValueError if p ∤ n_layer)."""
+    check_int("n_layer", n_layer)
     check_int("n_stages", n_stages)
     if layers_per_stage is None:
         if n_layer % n_stages:
             raise ValueError(f"n_layer={n_layer} is not divisible by the number of pipeline stages {n_stages}; "
                              "pass layers_per_stage to split unevenly")
         return [n_layer // n_stages] * n_stages
+    if isinstance(layers_per_stage, (str, bytes)) or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in layers_per_stage):
+        raise TypeError(f"layers_per_stage must be a list of ints, got {layers_per_stage!r}")
     if len(layers_per_stage) != n_stages or sum(layers_per_stage) != n_layer or min(layers_per_stage) < 0:
         raise ValueError(f"layers_per_stage={layers_per_stage} must be {n_stages} non-negative ints summing "
                          f"to n_layer={n_layer}")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import mmap as _mmap
 import struct
 from pathlib import Path
@@ -177,14 +178,14 @@ class SafetensorsFile:
         spans = []
         for name, e in header.items():
             ok = (isinstance(e, dict) and e.get("dtype") in DTYPES and isinstance(e.get("shape"), list)
-                  and all(isinstance(d, int) and d >= 0 for d in e["shape"])
+                  and all(type(d) is int and d >= 0 for d in e["shape"])          # JSON true is no dimension
                   and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
-                  and all(isinstance(o, int) for o in e["data_offsets"]))
+                  and all(type(o) is int for o in e["data_offsets"]))
             if not ok:
                 raise ValueError(f"{self.path}: header entry for tensor {name!r} is malformed: {e!r}; "
                                  f"need dtype in {list(DTYPES)}, shape [int>=0...], data_offsets [begin, end]")
             begin, end = e["data_offsets"]
-            nbytes = DTYPES[e["dtype"]].itemsize * torch.Size(e["shape"]).numel()
+            nbytes = DTYPES[e["dtype"]].itemsize * math.prod(e["shape"])     # exact: a huge shape cannot wrap
             if end - begin != nbytes:
                 raise ValueError(f"{self.path}: tensor {name!r} has data_offsets {[begin, end]} "
                                  f"({end - begin} bytes) but dtype/shape need {nbytes} bytes")

@@ -1,4 +1,4 @@
-"""Suite ``params-seeds`` of `lab.bench` (chapter 1): the training comparisons of chapter 1 at several seeds.
+"""Suite ``params-seeds`` of `lab.bench` (chapters 1 and 1b): their training comparisons at several seeds.
 
 A training run depends on its seed (initialisation, batch order, LoRA's initial A), so a comparison of
 two runs speaks of the method only when its interval resamples seeds as well as documents
@@ -64,7 +64,7 @@ def task_losses(lm, tokenizer, settings: dict, seed: int) -> dict[str, tuple[dic
 
     The batches come from one generator seeded with ``seed`` (the task's batches, then the sweep's);
     the global generator is seeded with ``seed`` before the sweep's LoRA copies and before LoRA and QLoRA
-    draw their A. ``lm`` is left unchanged. "sweep": {rate: NLL} on the task's 60–75%; "task": the
+    draw their A. ``lm`` is left unchanged. "sweep": {f"{rate:g}": NLL} on the task's 60–75%; "task": the
     pretrained model, each optimizer, the int4 base, LoRA and QLoRA on its held-out part; "forgetting":
     the pretrained model, full fine-tuning (AdamW) and LoRA on the shared sample `lab.data.eval_sample`.
     """
@@ -100,7 +100,8 @@ def task_losses(lm, tokenizer, settings: dict, seed: int) -> dict[str, tuple[dic
 def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
     """Every run of `sharing_losses` and `task_losses` at each seed of `SEEDS`, on the CPU (the notebooks'
     device: a notebook checks its own run against the record). quick=True: `QUICK`'s tiny settings.
-    Returns {"seeds", "settings", "experiments": {name: {"sizes", "sums": {run: (S, G) nested lists}}}}."""
+    Returns {"seeds", "settings", "threads" (torch's CPU threads: rounding, and so a chaotic run, depends on
+    them), "experiments": {name: {"sizes", "sums": {run: (S, G) nested lists}}}}."""
     if device.type != "cpu":
         raise ValueError(f"device={str(device)!r}: suite params-seeds runs on the cpu, where the notebooks that "
                          "check against its record run")
@@ -110,4 +111,4 @@ def run(device: torch.device, quick: bool = False, progress: bool = True) -> dic
     for seed in tqdm(SEEDS, desc="params-seeds", disable=not progress):
         add_seed(experiments, {"sharing": sharing_losses(tokenizer, settings, seed)})
         add_seed(experiments, task_losses(lm, tokenizer, settings, seed))
-    return {"seeds": list(SEEDS), "settings": settings, "experiments": experiments}
+    return {"seeds": list(SEEDS), "settings": settings, "threads": torch.get_num_threads(), "experiments": experiments}

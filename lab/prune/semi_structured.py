@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from lab.core.checks import check_int
+from lab.core.checks import check_float_dtype, check_int
 from lab.formats.sparse24 import compress
 from lab.kernels.sparse24 import sparse24_matmul, sparse24_matmul_v2
 
@@ -66,8 +66,8 @@ class Sparse24Linear(torch.nn.Module):
                                                                         requires_grad=False)
 
     def store_values(self, values: torch.Tensor, dtype: torch.dtype) -> None:
-        """Keep the kept values (out, in/2) float32 as the buffer ``values`` in ``dtype``."""
-        self.register_buffer("values", values.to(dtype))
+        """Keep the kept values (out, in/2) float32 as the buffer ``values`` in ``dtype`` (floating point)."""
+        self.register_buffer("values", values.to(check_float_dtype("dtype", dtype)))
 
     def kept_values(self) -> torch.Tensor:
         """The kept values (out, in/2) the matmul multiplies with."""

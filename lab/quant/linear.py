@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lab.core.checks import check_choice
+from lab.core.checks import check_choice, check_float_dtype
 from lab.formats.int4 import dequantize_int4
 from lab.kernels.int4 import int4_weight_only_matmul
 from lab.kernels.int8 import int8_matmul
@@ -46,6 +46,7 @@ class Int4Linear(nn.Module):
     def __init__(self, qtensor: QuantizedTensor, bias: torch.Tensor | None = None,
                  scale_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
+        check_float_dtype("scale_dtype", scale_dtype)               # an integer dtype would truncate the scales
         packed, scales, zeros, group_size = pack_quantized_weight(qtensor)
         self.out_features, self.in_features = qtensor.shape
         self.group_size = group_size

@@ -60,6 +60,7 @@ def test_no_measured_label_without_a_record(tmp_path):
                       {k: v for k, v in _record(H100).items() if k != "ceilings"} | {"status": "failed"})
     atomic_write_json(tmp_path / "kernels_sm90.json", {"device": "sm_90", "device_type": "cuda"})
     atomic_write_json(tmp_path / "quant_nvidia-h100-80gb-hbm3.json", _record(H100))            # not a ceiling record
+    atomic_write_json(tmp_path / "gpu_kernels_nvidia-h100-sxm.json", _record(H100, bandwidth=True))  # JSON true
     for device in ("h100-sxm5", H100):
         c = device_ceilings(device, root=tmp_path)
         assert c == datasheet_ceilings("h100-sxm5")

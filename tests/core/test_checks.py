@@ -38,6 +38,9 @@ def test_check_number_and_fraction():
 
 def test_check_choice_and_power_of_two():
     check_choice("kind", "forward", ("forward", "reverse"))
+    check_choice("flag", True, (True, False))
+    with pytest.raises(TypeError, match="stage must be one of .* got the bool True"):
+        check_choice("stage", True, (0, 1, 2, 3))                          # True == 1, but a bug
     with pytest.raises(ValueError, match=r"kind='sideways' is not allowed; use one of \('forward', 'reverse'\)"):
         check_choice("kind", "sideways", ("forward", "reverse"))
     assert [check_power_of_two("block", v) for v in (1, 2, 2048)] == [1, 2, 2048]

@@ -66,13 +66,40 @@ def test_seeded_sums_reads_back_what_add_seed_kept():
 
 @pytest.mark.parametrize("change, match", [
     (dict(settings={"steps": 48}), r"settings\['steps'\]=48, but the record was run with 24"),
+    (dict(settings={"lr": 0.1}), r"settings\['lr'\]: the record has no such setting"),
+    (dict(settings={"steps": np.int64(24)}), "is not a JSON value"),
     (dict(seed=3), "seed=3 is not one of the record's seeds"),
+    (dict(experiment="other"), "experiment='other' is not in the record"),
     (dict(shift=0.01), "differs from the record's seed 0 by 0.0100 nats"),
-    (dict(groups=torch.arange(40) // 10), "other groups than the record's 'exp'")])
+    (dict(swap=True), r"differs from the record's seed 0 by 0\.\d+ nats"),          # same total, other documents
+    (dict(tolerance=float("nan")), "tolerance"),
+    (dict(runs=["a"]), "losses has runs"),
+    (dict(groups=torch.arange(40) // 10), "on the groups of the record's 'exp'")])
 def test_seeded_sums_refuses_another_experiment(change, match):
     groups = torch.arange(40) // 8
     record, first = _seeds_record(np.random.default_rng(0), groups)
-    losses = {run: v + change.get("shift", 0.0) for run, v in first.items()}
+    losses = {run: v + change.get("shift", 0.0) for run, v in first.items() if run in change.get("runs", first)}
+    if change.get("swap"):
+        losses["b"] = losses["b"].flip(0)
     with pytest.raises(ValueError, match=match):
-        seeded_sums(record, "exp", change.get("settings", {"steps": 24}), change.get("seed", 0), losses,
-                    change.get("groups", groups))
+        seeded_sums(record, change.get("experiment", "exp"), change.get("settings", {"steps": 24}),
+                    change.get("seed", 0), losses, change.get("groups", groups), change.get("tolerance", 0.005))
+
+
+def test_seeded_sums_refuses_a_bool_seed():
+    groups = torch.arange(40) // 8
+    record, first = _seeds_record(np.random.default_rng(0), groups)
+    with pytest.raises(TypeError, match="seed must be an int, got True"):
+        seeded_sums(record, "exp", {}, True, first, groups)
+
+
+def test_add_seed_refuses_runs_that_would_misalign_the_rows():
+    groups, experiments = torch.arange(12) // 4, {}
+    add_seed(experiments, {"exp": ({"a": torch.ones(12), "b": torch.ones(12)}, groups)})
+    with pytest.raises(ValueError, match="earlier seeds have"):
+        add_seed(experiments, {"exp": ({"a": torch.ones(12)}, groups)})
+    with pytest.raises(ValueError, match="scored on groups of sizes"):
+        other = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2])                       # sizes 5, 3, 4
+        add_seed(experiments, {"exp": ({"a": torch.ones(12), "b": torch.ones(12)}, other)})
+    with pytest.raises(ValueError, match="1-D tensor"):
+        add_seed(experiments, {"exp": ({"a": torch.ones(2, 12), "b": torch.ones(12)}, groups)})

@@ -119,6 +119,10 @@ def test_record_comparison_refuses_what_is_not_a_comparison(tmp_path):
         report.record_comparisons({}, path=tmp_path / "m.json")
     with pytest.raises(TypeError, match="compare result"):
         report.record_comparison("x", {"delta": 1.0}, path=tmp_path / "m.json")
+    no_documents = {"delta_log_ppl": 0.1, "ci_low": 0.0, "ci_high": 0.2, "p": 0.01, "n_seeds": 1}
+    with pytest.raises(TypeError, match="compare result"):                    # refused before anything is written
+        report.record_comparison("y", no_documents, path=tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
 
 
 def test_record_spread_gives_the_t_interval_and_its_verdict(tmp_path):

@@ -57,3 +57,7 @@ def test_bad_input_raises():
         one_hot_acceptance(p, torch.zeros(1, 2, dtype=torch.int64))
     with pytest.raises(ValueError, match="no draft"):
         one_hot_acceptance(p, torch.full((1, 3), -1))
+    with pytest.raises(ValueError, match="p must hold probabilities"):               # logits, not probabilities
+        one_hot_acceptance(torch.randn(1, 3, 2), torch.zeros(1, 3, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"drafts must be token ids in \[0, 2\) or -1"):
+        one_hot_acceptance(p, torch.tensor([[0, 2, -1]]))

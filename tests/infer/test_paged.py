@@ -163,10 +163,26 @@ def test_serve_rejects_bad_input(tiny, trace):
         serve(tiny, [Request(0, torch.zeros(60, dtype=torch.int64), 10)], 2)
     with pytest.raises(ValueError, match="cache"):
         serve(tiny, [Request(0, torch.zeros(10, dtype=torch.int64), 10)], 2, num_blocks=2, block_size=4)
-    with pytest.raises(ValueError, match="non-empty prompt"):
-        serve(tiny, [Request(0, torch.zeros(0, dtype=torch.int64), 3)], 2)
+    with pytest.raises(TypeError, match="prompt must be a non-empty 1-D int64 tensor"):
+        Request(0, torch.zeros(0, dtype=torch.int64), 3)
+    with pytest.raises(TypeError, match="prompt must be a non-empty 1-D int64 tensor"):
+        Request(0, torch.zeros(4), 3)                                          # float ids
+    with pytest.raises(TypeError, match="prompt must be a non-empty 1-D int64 tensor"):
+        Request(0, torch.zeros(2, 4, dtype=torch.int64), 3)
+    with pytest.raises(TypeError, match="max_new_tokens must be an int, got 2.5"):
+        Request(0, torch.zeros(4, dtype=torch.int64), 2.5)
+    with pytest.raises(ValueError, match="max_new_tokens=0 is out of range"):
+        Request(0, torch.zeros(4, dtype=torch.int64), 0)
+    with pytest.raises(ValueError, match=r"prompt token ids must lie in \[0, vocab_size=101\)"):
+        serve(tiny, [Request(0, torch.tensor([1, 101]), 3)], 2)
+    with pytest.raises(ValueError, match="num_blocks=0 is out of range"):      # not silently the default
+        serve(tiny, trace, 2, num_blocks=0)
+    with pytest.raises(ValueError, match="block_size=0 is out of range"):
+        serve(tiny, trace, 2, block_size=0)
     with pytest.raises(ValueError, match="prompt_lengths"):
         synthetic_trace(torch.zeros(10, dtype=torch.int64), 3, (5, 20), (1, 2))
+    with pytest.raises(ValueError, match="n_requests=-1 is out of range"):
+        synthetic_trace(torch.zeros(100, dtype=torch.int64), -1, (5, 20), (1, 2))
 
 
 @pytest.mark.parametrize("block_size, kernel", [(16, "paged_attention_decode_v2"), (4, "paged_attention_decode")])
@@ -193,3 +209,8 @@ def test_a_decode_step_reaches_its_kernel_under_the_interpreter(tiny_gpt, monkey
         logits = forward_cached(model, prompt[None, 20:], pos, cache.attention([0], pos))
     assert len(launched) == model.config.n_layer                                 # one launch per layer
     torch.testing.assert_close(logits[0, 0], model(prompt[None])[0, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_paged_cache_refuses_an_integer_dtype(tiny):
+    with pytest.raises(ValueError, match="dtype=torch.int16 is not allowed; use a floating-point dtype"):
+        PagedKVCache(tiny, num_blocks=4, block_size=4, dtype=torch.int16)     # would truncate every k and v

@@ -223,3 +223,32 @@ def test_acceptance_rate_counts_tested_tokens_only():
     result = SpeculativeResult(torch.arange(20), accepted=[4, 1, 0, 2], drafted=[4, 4, 4, 2])
     assert result.acceptance_rate == 7 / (4 + 2 + 1 + 2)
     assert result.tokens_per_step == (7 + 4) / 4
+
+
+def _uniform(rows: int, V: int = 4) -> torch.Tensor:
+    return torch.full((rows, V), 1.0 / V)
+
+
+@pytest.mark.parametrize("p, q, drafts, match", [
+    # the drafted token has q = 0: it cannot have come from q, and 0/0 would accept a token p rules out
+    (torch.tensor([[0.0, 1.0, 0, 0], [0.25] * 4]), torch.tensor([[0.0, 1.0, 0, 0]]), [0],
+     r"q gives draft token\(s\) \[0\] probability 0"),
+    (torch.randn(2, 4), _uniform(1), [1], "p must hold probabilities"),             # logits, not probabilities
+    (_uniform(2), _uniform(1) * 2, [1], "q must hold probabilities"),
+    (_uniform(2), _uniform(1), [4], r"draft_tokens must be token ids in \[0, 4\)"),
+])
+def test_speculative_accept_refuses_what_is_not_a_draw_from_q(p, q, drafts, match):
+    with pytest.raises(ValueError, match=match):
+        speculative_accept(p, q, torch.tensor(drafts))
+
+
+def test_sampling_refuses_nan_logits():
+    from lab.infer.sampling import next_token_probs, sample
+
+    logits = torch.tensor([[0.0, float("nan"), 1.0]])
+    with pytest.raises(ValueError, match="logits has 1 NaN entries"):
+        sample(logits, temperature=1.0)
+    with pytest.raises(ValueError, match="logits has 1 NaN entries"):
+        next_token_probs(logits)
+    masked = torch.tensor([[0.0, float("-inf"), 1.0]])                    # a masked token is allowed
+    assert next_token_probs(masked)[0, 1] == 0

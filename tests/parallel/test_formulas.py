@@ -10,9 +10,11 @@ from __future__ import annotations
 import pytest
 
 from lab.parallel.comm import ring_sent_bytes
-from lab.parallel.experiments import max_in_flight, measured_bubble
-from lab.parallel.formulas import (H100_SXM, LLAMA2_7B, LLAMA2_70B, bubble_fraction, parallel_plan, ring_factor,
-                                   smallest_plans, tp_allreduce_bytes_per_layer, zero_memory, zero_traffic_elements)
+from lab.models.gpt import GPTConfig
+from lab.parallel.experiments import max_in_flight, measured_bubble, traffic_formula
+from lab.parallel.formulas import (H100_SXM, LLAMA2_7B, LLAMA2_70B, GPUSpec, ModelSpec, bubble_fraction, parallel_plan,
+                                   ring_factor, smallest_plans, tp_allreduce_bytes_per_layer, zero_memory,
+                                   zero_traffic_elements)
 from lab.parallel.launch import default_backend
 from lab.parallel.pipeline import interleaved_order, layer_split, schedule_order, simulate_schedule
 
@@ -31,6 +33,38 @@ def test_zero_memory_parts_and_traffic():
         zero_memory(10, 2, 4)
     with pytest.raises(ValueError, match="n=0"):
         zero_memory(10, 0, 1)
+
+
+PLAN = dict(tp=1, pp=1, dp=8, zero_stage=1, micro_batch=1, seq_len=4096, global_batch=64)
+SMALL = GPTConfig(vocab_size=64, context_length=16, d_model=16, n_layer=2, n_head=2, n_kv_head=1, d_ff=32)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: zero_memory(10, 2, True), TypeError, "stage must be one of"),
+    (lambda: zero_memory(10, 2, 1, param_bytes=-2), ValueError, "param_bytes=-2"),
+    (lambda: zero_memory(10, 2, 1, k=float("nan")), ValueError, "k=nan"),
+    (lambda: zero_memory(2.5, 2, 1), TypeError, "psi must be an int"),
+    (lambda: zero_traffic_elements(-10, 1), ValueError, "psi=-10"),
+    (lambda: tp_allreduce_bytes_per_layer(2, -3, 5), ValueError, "seq_len=-3"),
+    (lambda: tp_allreduce_bytes_per_layer(2, 3, 5, 1.5), TypeError, "bytes_per_element must be an int"),
+    (lambda: ring_sent_bytes("all_reduce", -1000, 4), ValueError, "payload_bytes=-1000"),
+    (lambda: ring_sent_bytes("all_reduce", 1000, 0), ValueError, "n=0"),
+    (lambda: ring_sent_bytes("all_reduce", 1000, 2.5), TypeError, "n must be an int"),
+    (lambda: layer_split(4, 2, [1.5, 2.5]), TypeError, "layers_per_stage must be a list of ints"),
+    (lambda: layer_split(-4, 2), ValueError, "n_layer=-4"),
+    (lambda: ModelSpec("m", -1.0, 32, 4096), ValueError, "n_params=-1.0"),
+    (lambda: ModelSpec("m", 7e9, 0, 4096), ValueError, "n_layer=0"),
+    (lambda: GPUSpec("g", 80e9, 0.0, 1e9, 1e9, 8, "x"), ValueError, "bf16_flops=0.0"),
+    (lambda: parallel_plan(LLAMA2_7B, H100_SXM, **{**PLAN, "zero_stage": 5}), ValueError, "zero_stage=5"),
+    (lambda: parallel_plan(LLAMA2_7B, H100_SXM, **PLAN, checkpointing=1), TypeError, "checkpointing must be"),
+    (lambda: parallel_plan("llama", H100_SXM, **PLAN), TypeError, "model and gpu must be"),
+    (lambda: traffic_formula("ddp", SMALL, 4, 2, 8, rank=4), ValueError, "rank=4"),
+    (lambda: traffic_formula("tp", SMALL, 0, 2, 8), ValueError, "n=0"),
+    (lambda: traffic_formula("tp", SMALL, 2, -2, 8), ValueError, "batch_size=-2"),
+])
+def test_formulas_refuse_bad_values_by_name(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
 
 
 def test_ring_volumes():

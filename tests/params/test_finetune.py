@@ -91,6 +91,10 @@ def test_bad_arguments_are_named(tiny_gpt):
         finetune("gpt", batches, lr=1e-3)
     with pytest.raises(TypeError, match="sample must be a lab.perplexity.EvalSample .* got Tensor"):
         finetune(model, batches, lr=1e-3, sample=torch.arange(10))
+    T = model.config.context_length
+    long = EvalSample((torch.arange(T + 1),), (1,), torch.arange(T), torch.zeros(T, dtype=torch.int64))
+    with pytest.raises(ValueError, match="more than the model's context_length"):   # before training, not after
+        finetune(model, batches, lr=1e-3, sample=long)
     model.requires_grad_(False)
     with pytest.raises(ValueError, match="no parameter with requires_grad=True"):
         finetune(model, batches, lr=1e-3)

@@ -177,6 +177,15 @@ def test_overlapping_and_inconsistent_offsets(tmp_path):
     write_raw(path, {"a": {"dtype": "C128", "shape": [1], "data_offsets": [0, 16]}}, bytes(16))
     with pytest.raises(ValueError, match=r"header entry for tensor 'a' is malformed"):
         load_safetensors(path)
+    write_raw(path, {"a": {"dtype": "U8", "shape": [True], "data_offsets": [0, 1]}}, bytes(1))   # JSON true
+    with pytest.raises(ValueError, match=r"header entry for tensor 'a' is malformed"):
+        load_safetensors(path)
+    write_raw(path, {"a": {"dtype": "U8", "shape": [1], "data_offsets": [False, True]}}, bytes(1))
+    with pytest.raises(ValueError, match=r"header entry for tensor 'a' is malformed"):
+        load_safetensors(path)
+    write_raw(path, {"a": {"dtype": "F32", "shape": [2**32, 2**32, 2**32], "data_offsets": [0, 8]}}, bytes(8))
+    with pytest.raises(ValueError, match=r"but dtype/shape need 316912650057057350374175801344 bytes"):
+        load_safetensors(path)                                               # 4·2^96: no int64 wrap-around
 
 
 def test_unaligned_file_from_another_writer(tmp_path):

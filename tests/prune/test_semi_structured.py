@@ -60,6 +60,13 @@ def test_sparse24_linear_equals_the_pruned_dense_linear(bias):
 
 
 def test_sparse24_linear_rejects_bad_input():
+    lin = torch.nn.Linear(8, 4)
+    with torch.no_grad():
+        lin.weight.mul_(torch.tensor([1.0, 1.0, 0.0, 0.0]).repeat(2))          # 2:4 in every row
+    with pytest.raises(ValueError, match="dtype=torch.int8 is not allowed; use a floating-point dtype"):
+        Sparse24Linear(lin, dtype=torch.int8)                                # would truncate the weights
+    with pytest.raises(TypeError, match="dtype must be a torch dtype"):
+        Sparse24Linear(lin, dtype="bfloat16")
     with pytest.raises(TypeError, match="linear must be an nn.Linear"):
         Sparse24Linear(torch.nn.Conv1d(4, 4, 1))
     with pytest.raises(ValueError, match="not 2:4 sparse"):

@@ -81,6 +81,8 @@ def test_int4_linear_rejects_other_grids():
         Int4Linear(rtn_quantize(W, 3, 32))
     with pytest.raises(ValueError, match=r"qmin=-8"):
         Int4Linear(rtn_quantize(W, 4, 32, symmetric=True))
+    with pytest.raises(ValueError, match=r"scale_dtype=torch.int8 is not allowed"):    # at construction, not forward
+        Int4Linear(rtn_quantize(W, 4, 32), scale_dtype=torch.int8)
 
 
 def _w8a8_reference(x: torch.Tensor, W: torch.Tensor, act_scale: torch.Tensor | None = None,
