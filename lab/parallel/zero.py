@@ -126,8 +126,10 @@ class ZeroOptimizer:
     """ZeRO stage 1, 2 or 3 around ``optimizer_cls`` (e.g. ``torch.optim.AdamW``).
 
     ``module``: the model, identical architecture on every rank (rank 0's values are
-    broadcast); every parameter must require grad, and the parameters of one unit share a dtype
-    of ``DTYPES`` (bf16/fp16 units get fp32 master shards). ``units``: the submodules
+    broadcast); the trained parameters of one unit share a dtype of ``DTYPES`` (bf16/fp16 units get
+    fp32 master shards). Parameters that do not require grad (a frozen base under LoRA) are left out
+    of the units: every rank keeps them whole, as rank 0 broadcast them, and no optimizer step
+    (weight decay included) touches them. ``units``: the submodules
     that form units (default ``module.layers``); the root unit takes all other parameters.
     ``optimizer_kwargs`` go to ``optimizer_cls`` (one parameter group, the same
     hyper-parameters for every parameter). Use: forward, ``loss.backward()``, ``step()``,
@@ -145,13 +147,18 @@ class ZeroOptimizer:
         unit_modules = list(getattr(module, "layers", []) if units is None else units)
         seen: set[int] = set()
         groups: list[tuple[nn.Module, list[nn.Parameter]]] = []
+        self.frozen: list[nn.Parameter] = []
         for m in unit_modules + [module]:
             params = [p for p in m.parameters() if id(p) not in seen]
             seen.update(id(p) for p in params)
-            if params:
-                groups.append((m, params))
+            self.frozen += [p for p in params if not p.requires_grad]
+            if any(p.requires_grad for p in params):
+                groups.append((m, [p for p in params if p.requires_grad]))
         if not groups:
-            raise ValueError("module has no parameters to optimize")
+            raise ValueError("module has no parameter that requires grad: nothing to optimize")
+        with torch.no_grad():
+            for p in self.frozen:
+                comm.broadcast(p.data, src=dist.get_global_rank(group, 0) if group else 0, group=group)
         self.units = [_Unit(params, stage, rank, self.world_size, group, self._meter) for _, params in groups]
         self.optimizer = optimizer_cls([u.shard for u in self.units], **optimizer_kwargs)
         if stage > 1:
@@ -208,9 +215,9 @@ class ZeroOptimizer:
 
     @torch.no_grad()
     def gathered_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full parameters by name (a collective: every rank must call it)."""
+        """Full parameters by name, the frozen ones included (a collective: every rank must call it)."""
         names = {id(p): n for n, p in self.module.named_parameters()}
-        out = {}
+        out = {names[id(p)]: p.detach().clone() for p in self.frozen}
         for unit in self.units:
             was_gathered = unit.gathered
             if self.stage == 3:

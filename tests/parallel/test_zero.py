@@ -14,9 +14,17 @@ from lab.params.counting import gpt_param_count
 from tests.parallel.test_strategies import CFG, B, N, batch, fresh_gpt
 
 
-def adamw_reference(steps: int) -> dict[str, torch.Tensor]:
-    model = fresh_gpt()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+def freeze_first_layer(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen part, as LoRA's base is: layer 0's parameters stop requiring grad."""
+    for p in model.layers[0].parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def adamw_reference(steps: int, frozen: bool = False) -> dict[str, torch.Tensor]:
+    model = freeze_first_layer(fresh_gpt()) if frozen else fresh_gpt()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.95),
+                            weight_decay=0.1)
     for step in range(steps):
         opt.zero_grad()
         xs, ys = batch(seed=10 + step)
@@ -41,6 +49,15 @@ def job_zero_accumulation(steps: int) -> dict:
             opt.step()
         out[f"zero{stage}"] = opt.gathered_state_dict()
         out[f"zero{stage}_grads_after_step"] = [p.grad is None for p in model.parameters()]
+    for stage in (1, 2, 3):                  # a frozen layer: out of the shards, untouched by weight decay
+        model = freeze_first_layer(fresh_gpt())
+        opt = ZeroOptimizer(model, torch.optim.AdamW, stage, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+        for step in range(steps):
+            opt.zero_grad()
+            xs, ys = batch(seed=10 + step)
+            lm_loss(model(xs[rows:rows + B // N]), ys[rows:rows + B // N]).backward()
+            opt.step()
+        out[f"frozen{stage}"] = opt.gathered_state_dict()
     bf16 = fresh_gpt().to(torch.bfloat16)
     opt = ZeroOptimizer(bf16, torch.optim.AdamW, 2, lr=1e-2)
     xs, ys = batch()
@@ -74,6 +91,21 @@ def test_zero_accumulates_gradients_over_backward_passes(results, stage):
         for name, p in ref.items():
             torch.testing.assert_close(got[name], p.detach(), rtol=1e-4, atol=1e-5, msg=name)
         assert all(rank_out[f"zero{stage}_grads_after_step"])
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_leaves_frozen_parameters_out_and_untouched(results, stage):
+    """A frozen layer (LoRA's base) is not sharded and not decayed: it keeps its initial values, and the
+    trained parameters equal one-process AdamW over the trained ones (stage 1 used to decay the frozen
+    weights; stage 2 failed registering a gradient hook on them)."""
+    ref, initial = adamw_reference(3, frozen=True), dict(fresh_gpt().named_parameters())
+    for rank_out in (r["acc"] for r in results):
+        got = rank_out[f"frozen{stage}"]
+        assert got.keys() == ref.keys()
+        for name, p in ref.items():
+            torch.testing.assert_close(got[name], p.detach(), rtol=1e-4, atol=1e-5, msg=name)
+            if name.startswith("layers.0."):
+                assert torch.equal(got[name], initial[name].detach()), name
 
 
 def test_zero_keeps_fp32_master_shards_for_bf16_parameters(results):
