@@ -15,6 +15,7 @@ Python, but ``steps=True`` is a bug, not one step).
     check_float_tensor(name, value, dims=None, dtypes=None)  a floating tensor with no NaN/inf
     check_matrix(name, value, dtypes=None)                   a 2-D floating tensor with no NaN/inf
     check_float_dtype(name, value)                           a floating-point torch dtype
+    check_block(name, value, fields, powers_of_two)          a kernel's tile: a tuple of positive ints
 """
 
 from __future__ import annotations
@@ -52,6 +53,19 @@ def check_number(name: str, value, low: float | None = None, high: float | None 
 def check_fraction(name: str, value, closed: tuple[bool, bool] = (True, True)) -> float:
     """``value`` as a float in [0, 1]; ``closed`` says whether 0 and 1 themselves are allowed."""
     return check_number(name, value, 0.0, 1.0, closed)
+
+
+def check_block(name: str, value, fields: tuple[str, ...], powers_of_two: Collection[str] = ()) -> tuple[int, ...]:
+    """``value`` as a kernel's tile: a tuple of one positive int per name of ``fields``, those named in
+    ``powers_of_two`` powers of two (a Triton block, tl.arange's length, or num_warps)."""
+    if not isinstance(value, (tuple, list)) or len(value) != len(fields):
+        raise TypeError(f"{name} must be a tuple ({', '.join(fields)}), got {value!r}")
+    for field, v in zip(fields, value):
+        if field in powers_of_two:
+            check_power_of_two(f"{name} {field}", v)
+        else:
+            check_int(f"{name} {field}", v)
+    return tuple(value)
 
 
 def check_float_dtype(name: str, value) -> torch.dtype:

@@ -63,7 +63,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.core.checks import check_choice, check_int, check_tensor
+from lab.core.checks import check_block, check_choice, check_int, check_tensor
 from lab.core.runtime import runs_triton
 from lab.formats.int4 import dequantize_int4, unpack_int4_v2
 
@@ -227,7 +227,9 @@ def int4_weight_only_matmul_triton(x: torch.Tensor, packed: torch.Tensor, scales
     _check_v1(x, packed, scales, zeros, group_size)
     M, K = x.shape
     N = packed.shape[1]
-    block_m, block_n, block_k, split_k, num_warps = block or block_sizes_v1(M, N, K, group_size, x.dtype)
+    block_m, block_n, block_k, split_k, num_warps = block_sizes_v1(M, N, K, group_size, x.dtype) if block is None \
+        else check_block("block", block, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps"),
+                         ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"))
     if (group_size // 2) % block_k:
         raise ValueError(f"BLOCK_K={block_k} must divide group_size/2 = {group_size // 2}")
     out_dtype = x.dtype if split_k == 1 else torch.float32
@@ -347,7 +349,8 @@ def int4_gemv_v2_triton(x: torch.Tensor, packed: torch.Tensor, scales: torch.Ten
     _check_v2(x, packed, scales, zeros, group_size)
     M, K = x.shape
     N = packed.shape[0]
-    block_n, split_k, num_warps = block or block_sizes_v2(M, N, K, group_size, x.dtype)
+    block_n, split_k, num_warps = block_sizes_v2(M, N, K, group_size, x.dtype) if block is None else check_block(
+        "block", block, ("BLOCK_N", "SPLIT_K", "num_warps"), ("BLOCK_N", "num_warps"))
     magic_bits, magic_value = MAGIC[x.dtype]
     asm = dequant_asm(magic_bits) if os.environ.get("TRITON_INTERPRET") != "1" else ("",) * 4
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)

@@ -47,7 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.core.checks import check_int, check_tensor
+from lab.core.checks import check_block, check_int, check_tensor
 from lab.core.runtime import runs_triton
 
 OUT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -179,7 +179,9 @@ def int8_matmul_triton(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, 
     _check(a, b, a_scale, b_scale, out_dtype)
     a_scale, b_scale = a_scale.contiguous(), b_scale.contiguous()  # the kernel reads them with stride 1
     block_m, block_n, block_k, group_m, num_warps, num_stages = (
-        block or tuned_block(a, b, a_scale, b_scale, out_dtype))
+        tuned_block(a, b, a_scale, b_scale, out_dtype) if block is None else check_block(
+            "block", block, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages"),
+            ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps")))
     M, K = a.shape
     N = b.shape[0]
     y = torch.empty(M, N, device=a.device, dtype=out_dtype)

@@ -196,6 +196,7 @@ def paged_attention_decode_triton(q: torch.Tensor, k_pool: torch.Tensor, v_pool:
     """
     _check(q, k_pool, v_pool, tables, lengths, check_lengths)
     check_kernel_layout(q, k_pool, v_pool)
+    tables, lengths = tables.contiguous(), lengths.contiguous()      # the kernel reads them with unit strides
     B, H, D = q.shape
     block_size, H_kv = k_pool.shape[1], k_pool.shape[2]
     G = H // H_kv
@@ -287,11 +288,12 @@ def paged_attention_decode_v2_triton(q: torch.Tensor, k_pool: torch.Tensor, v_po
     """The two Triton kernels; ``splits`` = S (default `num_splits`); ``check_lengths`` as in v1."""
     _check(q, k_pool, v_pool, tables, lengths, check_lengths)
     check_kernel_layout(q, k_pool, v_pool, 16, "the v2 kernel (tl.dot)")
+    tables, lengths = tables.contiguous(), lengths.contiguous()      # the kernels read them with unit strides
     B, H, D = q.shape
     block_size, H_kv = k_pool.shape[1], k_pool.shape[2]
     max_blocks = tables.shape[1]
     S = num_splits(B, H_kv, max_blocks) if splits is None else splits
-    if not isinstance(S, int) or not 1 <= S <= max(1, max_blocks):
+    if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= max(1, max_blocks):
         raise ValueError(f"splits={S!r} must be an int in [1, max_blocks={max_blocks}]")
     per_split = math.ceil(max_blocks / S)
     G = H // H_kv

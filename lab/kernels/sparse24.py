@@ -52,7 +52,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lab.core.checks import check_int, check_tensor
+from lab.core.checks import check_block, check_int, check_tensor
 from lab.core.runtime import runs_triton
 from lab.formats.sparse24 import decompress, meta_shape
 
@@ -150,7 +150,8 @@ def sparse24_matmul_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Te
     ``out``: optional (M, out_features) tensor of x's dtype and device to write y into.
     """
     _check(x, values, meta, out_features, in_features)
-    block_m, block_n, block_k, num_warps = block or block_sizes_v1(x.shape[0], x.dtype)
+    block_m, block_n, block_k, num_warps = block_sizes_v1(x.shape[0], x.dtype) if block is None else check_block(
+        "block", block, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"), ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"))
     if block_k % 8:
         raise ValueError(f"BLOCK_K={block_k} must be a multiple of 8")
     values, meta = values.contiguous(), meta.contiguous()
@@ -236,7 +237,8 @@ def sparse24_matmul_v2_triton(x: torch.Tensor, values: torch.Tensor, meta: torch
         raise ValueError(f"in_features={in_features} must be a multiple of 32 for the v2 kernel (it reads the "
                          "metadata as 32-bit words of 8 groups); use sparse24_matmul (v1)")
     M = x.shape[0]
-    block_m, block_n, block_k, num_warps = block or block_sizes_v2(M, x.dtype)
+    block_m, block_n, block_k, num_warps = block_sizes_v2(M, x.dtype) if block is None else check_block(
+        "block", block, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"), ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"))
     if block_k % 32:
         raise ValueError(f"BLOCK_K={block_k} must be a multiple of 32")
     y = torch.empty(M, out_features, device=x.device, dtype=x.dtype)

@@ -145,6 +145,28 @@ def test_int4_triton_rejects_block_k_not_dividing_the_half_group():
         int4_module.int4_weight_only_matmul_triton(X4, P4, S4, Z4, 32, block=(16, 64, 32, 1, 4))
 
 
+@pytest.mark.parametrize("block, match", [
+    ((16, 64, 16, 0, 4), "block SPLIT_K=0 is out of range"),              # would return uninitialised memory
+    ((16, 48, 16, 1, 4), "block BLOCK_N=48 is not allowed; use a positive power of two"),
+    ((16, 64, 16, 1, 3), "block num_warps=3 is not allowed"),
+    ((16, 64, 16, 1.0, 4), "block SPLIT_K must be an int"),
+])
+def test_int4_triton_refuses_bad_tiles_by_name(block, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        int4_module.int4_weight_only_matmul_triton(X4, P4, S4, Z4, 32, block=block)
+
+
+def test_int4_v2_and_int8_refuse_a_zero_split_or_a_bad_tile():
+    from lab.kernels import int8 as int8_module
+
+    with pytest.raises(ValueError, match="block SPLIT_K=0 is out of range"):
+        int4_module.int4_gemv_v2_triton(torch.zeros(1, 128), torch.zeros(8, 32, dtype=torch.int16),
+                                        torch.ones(2, 8), torch.zeros(2, 8), 64, block=(8, 0, 4))
+    a, b = torch.zeros(4, 32, dtype=torch.int8), torch.zeros(8, 32, dtype=torch.int8)
+    with pytest.raises(ValueError, match="block BLOCK_K=24 is not allowed"):
+        int8_module.int8_matmul_triton(a, b, torch.ones(4), torch.ones(8), block=(16, 16, 24, 1, 4, 2))
+
+
 # --- v1: the Triton kernel under the interpreter ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -63,8 +63,12 @@ def test_sparse24_matmul_rejects_bad_input():
         f(x, values, meta[:, :2], 8, 32)
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list"):
         f([[0.0] * 32] * 2, values, meta, 8, 32)
-    with pytest.raises(ValueError, match=r"BLOCK_K=12 must be a multiple of 8"):
+    with pytest.raises(ValueError, match=r"block BLOCK_K=12 is not allowed; use a positive power of two"):
         kernel_module.sparse24_matmul_triton(x, values, meta, 8, 32, block=(16, 16, 12, 4))
+    with pytest.raises(ValueError, match=r"BLOCK_K=4 must be a multiple of 8"):
+        kernel_module.sparse24_matmul_triton(x, values, meta, 8, 32, block=(16, 16, 4, 4))
+    with pytest.raises(TypeError, match=r"block must be a tuple \(BLOCK_M, BLOCK_N, BLOCK_K, num_warps\)"):
+        kernel_module.sparse24_matmul_triton(x, values, meta, 8, 32, block=(16, 16, 16))
 
 
 def _check_kernel(module, M: int, N: int, K: int, dtype: torch.dtype, seed: int, block=None,
