@@ -203,7 +203,7 @@ def test_v2_on_gpu_matches_float64_and_v1(dtype):
     assert (out - paged_module.paged_attention_decode(*cuda)).abs().max().item() < tol
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["torch", "v1", "v2"])
 def test_kernels_read_strided_tables_and_lengths_as_their_values(interpreted, version):
     """A block table and lengths passed as non-contiguous views (a transposed table, every other length) give
     the outputs of their contiguous copies: the kernels index them with unit inner strides."""
@@ -212,8 +212,8 @@ def test_kernels_read_strided_tables_and_lengths_as_their_values(interpreted, ve
     strided_tables = tables.T.contiguous().T                              # same values, strides (1, B)
     strided_lengths = torch.stack([lens, torch.zeros_like(lens)], 1)[:, 0]  # same values, stride 2
     assert not strided_tables.is_contiguous() and strided_lengths.stride(0) == 2
-    decode = (interpreted.paged_attention_decode if version == "v1"
-              else interpreted.paged_attention_decode_v2)
+    decode = {"torch": paged_module.paged_attention_decode_torch, "v1": interpreted.paged_attention_decode,
+              "v2": interpreted.paged_attention_decode_v2}[version]
     out = decode(q, k_pool, v_pool, strided_tables, strided_lengths)
     assert torch.equal(out, decode(q, k_pool, v_pool, tables, lens))
     assert (out.double() - _reference(q, k_pool, v_pool, tables, lens)).abs().max() < 1e-5

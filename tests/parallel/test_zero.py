@@ -10,19 +10,21 @@ import torch.distributed as dist
 from lab.parallel.formulas import zero_memory
 from lab.parallel.strategies import lm_loss
 from lab.parallel.zero import ZeroOptimizer
+from lab.params.lora import add_lora
 from lab.params.counting import gpt_param_count
 from tests.parallel.test_strategies import CFG, B, N, batch, fresh_gpt
 
 
-def freeze_first_layer(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen part, as LoRA's base is: layer 0's parameters stop requiring grad."""
-    for p in model.layers[0].parameters():
-        p.requires_grad_(False)
+def lora_gpt() -> torch.nn.Module:
+    """The test GPT with LoRA (r = 2) on q and v: a frozen base, A and B trained; A drawn from seed 1."""
+    model = fresh_gpt()
+    torch.manual_seed(1)
+    add_lora(model, r=2, alpha=4.0, targets=("q_proj", "v_proj"))
     return model
 
 
-def adamw_reference(steps: int, frozen: bool = False) -> dict[str, torch.Tensor]:
-    model = freeze_first_layer(fresh_gpt()) if frozen else fresh_gpt()
+def adamw_reference(steps: int, lora: bool = False) -> dict[str, torch.Tensor]:
+    model = lora_gpt() if lora else fresh_gpt()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.95),
                             weight_decay=0.1)
     for step in range(steps):
@@ -49,15 +51,15 @@ def job_zero_accumulation(steps: int) -> dict:
             opt.step()
         out[f"zero{stage}"] = opt.gathered_state_dict()
         out[f"zero{stage}_grads_after_step"] = [p.grad is None for p in model.parameters()]
-    for stage in (1, 2, 3):                  # a frozen layer: out of the shards, untouched by weight decay
-        model = freeze_first_layer(fresh_gpt())
+    for stage in (1, 2, 3):                  # LoRA: the frozen base out of the shards, untouched by weight decay
+        model = lora_gpt()
         opt = ZeroOptimizer(model, torch.optim.AdamW, stage, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
         for step in range(steps):
             opt.zero_grad()
             xs, ys = batch(seed=10 + step)
             lm_loss(model(xs[rows:rows + B // N]), ys[rows:rows + B // N]).backward()
             opt.step()
-        out[f"frozen{stage}"] = opt.gathered_state_dict()
+        out[f"lora{stage}"] = opt.gathered_state_dict()
     bf16 = fresh_gpt().to(torch.bfloat16)
     opt = ZeroOptimizer(bf16, torch.optim.AdamW, 2, lr=1e-2)
     xs, ys = batch()
@@ -94,18 +96,21 @@ def test_zero_accumulates_gradients_over_backward_passes(results, stage):
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
-def test_zero_leaves_frozen_parameters_out_and_untouched(results, stage):
-    """A frozen layer (LoRA's base) is not sharded and not decayed: it keeps its initial values, and the
-    trained parameters equal one-process AdamW over the trained ones (stage 1 used to decay the frozen
-    weights; stage 2 failed registering a gradient hook on them)."""
-    ref, initial = adamw_reference(3, frozen=True), dict(fresh_gpt().named_parameters())
+def test_zero_trains_lora_as_one_process_does(results, stage):
+    """LoRA under ZeRO: the frozen base is not sharded and not decayed (it keeps its initial values), and A and B
+    equal one-process AdamW over them (stage 1 used to decay the frozen weights; stage 2 failed registering a
+    gradient hook on them)."""
+    ref, initial = adamw_reference(3, lora=True), lora_gpt()
+    trained = {n for n, p in initial.named_parameters() if p.requires_grad}
+    assert trained and all(n.endswith((".A", ".B")) for n in trained)
     for rank_out in (r["acc"] for r in results):
-        got = rank_out[f"frozen{stage}"]
+        got = rank_out[f"lora{stage}"]
         assert got.keys() == ref.keys()
         for name, p in ref.items():
             torch.testing.assert_close(got[name], p.detach(), rtol=1e-4, atol=1e-5, msg=name)
-            if name.startswith("layers.0."):
-                assert torch.equal(got[name], initial[name].detach()), name
+        for name, p in initial.named_parameters():
+            if name not in trained:
+                assert torch.equal(got[name], p.detach()), name
 
 
 def test_zero_keeps_fp32_master_shards_for_bf16_parameters(results):
