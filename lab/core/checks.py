@@ -15,7 +15,7 @@ Python, but ``steps=True`` is a bug, not one step).
     check_float_tensor(name, value, dims=None, dtypes=None)  a floating tensor with no NaN/inf
     check_matrix(name, value, dtypes=None)                   a 2-D floating tensor with no NaN/inf
     check_float_dtype(name, value)                           a floating-point torch dtype
-    check_block(name, value, fields, powers_of_two)          a kernel's tile: a tuple of positive ints
+    check_block(name, value, fields, counts)                 a kernel's tile: powers of two (counts: ints)
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import math
 from collections.abc import Collection
 from numbers import Real
 
+import numpy as np
 import torch
 
 
@@ -55,16 +56,16 @@ def check_fraction(name: str, value, closed: tuple[bool, bool] = (True, True)) -
     return check_number(name, value, 0.0, 1.0, closed)
 
 
-def check_block(name: str, value, fields: tuple[str, ...], powers_of_two: Collection[str] = ()) -> tuple[int, ...]:
-    """``value`` as a kernel's tile: a tuple of one positive int per name of ``fields``, those named in
-    ``powers_of_two`` powers of two (a Triton block, tl.arange's length, or num_warps)."""
+def check_block(name: str, value, fields: tuple[str, ...], counts: Collection[str] = ()) -> tuple[int, ...]:
+    """``value`` as a kernel's tile: one power of two per name of ``fields`` (a Triton block is tl.arange's
+    length; num_warps), except the fields named in ``counts`` (split-K, GROUP_M, stages): positive ints."""
     if not isinstance(value, (tuple, list)) or len(value) != len(fields):
         raise TypeError(f"{name} must be a tuple ({', '.join(fields)}), got {value!r}")
     for field, v in zip(fields, value):
-        if field in powers_of_two:
-            check_power_of_two(f"{name} {field}", v)
-        else:
+        if field in counts:
             check_int(f"{name} {field}", v)
+        else:
+            check_power_of_two(f"{name} {field}", v)
     return tuple(value)
 
 
@@ -79,7 +80,7 @@ def check_float_dtype(name: str, value) -> torch.dtype:
 
 def check_choice(name: str, value, allowed: Collection) -> None:
     """``value`` is one of ``allowed`` (a bool only where ``allowed`` holds bools: True == 1 in Python)."""
-    if isinstance(value, bool) and not any(isinstance(a, bool) for a in allowed):
+    if isinstance(value, (bool, np.bool_)) and not any(isinstance(a, (bool, np.bool_)) for a in allowed):
         raise TypeError(f"{name} must be one of {tuple(allowed)}, got the bool {value!r}")
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; use one of {tuple(allowed)}")

@@ -185,7 +185,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test: int = 20, max_length: int = 32,
                      epochs: int = 3, batch_size: int = 32, lr: float = 3e-4, temperature: float = 2.0,
                      alpha: float = 1.0, n_layer: int = 2, students: tuple[str, ...] = ("kd", "hard"),
-                     seed: int = 0, progress: bool = True) -> dict:
+                     seed: int = 0, data_seed: int | None = None, progress: bool = True) -> dict:
     """Teacher (encoder + fitted head) vs ``n_layer``-layer students, test accuracy of each.
 
     students: "kd" (teacher-layer init, `kd_loss` with ``temperature``, ``alpha``), "hard" (same
@@ -194,12 +194,14 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
     retains, the parameter counts, and per test paragraph whether each model was right
     (``teacher_correct``, ``student_<name>_correct``: lists of 0/1, for paired comparisons) with the
     document each test paragraph comes from (``test_documents``: index into the sorted test pages, ints;
-    the ``groups`` of `lab.core.stats.compare`, which then resamples whole pages).
+    the ``groups`` of `lab.core.stats.compare`, which then resamples whole pages). ``data_seed`` draws the
+    paragraphs (default ``seed``); ``seed`` the heads' initialisation and the batch order, so that runs at
+    several seeds with one ``data_seed`` score the same test paragraphs.
     """
     from lab.distill.loop import KDLoss, TeacherCache, distill
 
     device = next(encoder.parameters()).device
-    data = paragraph_dataset(n_train, n_test, seed=seed)
+    data = paragraph_dataset(n_train, n_test, seed=seed if data_seed is None else data_seed)
     train, test = ({k: v.to(device) for k, v in encode(tokenizer, data[f"{part}_texts"], max_length).items()}
                    for part in ("train", "test"))
     y_train, y_test = (torch.tensor(data[f"{part}_labels"], device=device) for part in ("train", "test"))

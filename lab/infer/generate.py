@@ -125,7 +125,7 @@ def generate(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, kv_cache
     out = [ids]
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
     for step in range(max_new_tokens):
-        token = sample(logits, temperature, top_k, top_p, generator)
+        token = sample(logits, temperature, top_k, top_p, generator, check=step == 0)   # once: no sync per step
         if eos_token_id is not None:
             token = torch.where(finished, eos_token_id, token)
             finished |= token == eos_token_id

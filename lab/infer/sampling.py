@@ -58,7 +58,8 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 def check_logits(logits) -> None:
     """``logits`` is a floating tensor (…, V) with no NaN (−inf, a masked token, is allowed)."""
     if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.dim() >= 1):
-        raise TypeError(f"logits must be a floating-point tensor (..., V), got {logits!r:.80}")
+        got = f"{logits.dtype} of shape {tuple(logits.shape)}" if torch.is_tensor(logits) else type(logits).__name__
+        raise TypeError(f"logits must be a floating-point tensor (..., V), got {got}")
     if torch.isnan(logits).any():
         raise ValueError(f"logits has {int(torch.isnan(logits).sum())} NaN entries; a NaN cannot be sampled from")
 
@@ -67,8 +68,10 @@ def check_distribution(name: str, probs, tolerance: float = 1e-3) -> None:
     """``probs`` (…, V) holds probability distributions: finite, >= 0, each row summing to 1 within
     ``tolerance`` (logits or unnormalised scores are refused: they would be read as probabilities)."""
     if not (isinstance(probs, torch.Tensor) and probs.is_floating_point() and probs.dim() >= 1):
-        raise TypeError(f"{name} must be a floating-point tensor of probabilities (..., V), got {probs!r:.80}")
-    sums = probs.sum(-1)
+        got = f"{probs.dtype} of shape {tuple(probs.shape)}" if torch.is_tensor(probs) else type(probs).__name__
+        raise TypeError(f"{name} must be a floating-point tensor of probabilities (..., V), got {got}")
+    sums = probs.sum(-1, dtype=torch.float32)
+    tolerance = max(tolerance, torch.finfo(probs.dtype).eps)           # bf16 rows round to within its eps
     if not torch.isfinite(probs).all() or (probs < 0).any() or ((sums - 1).abs() > tolerance).any():
         raise ValueError(f"{name} must hold probabilities: finite, >= 0, rows summing to 1; got entries in "
                          f"[{probs.min().item():.3g}, {probs.max().item():.3g}] and row sums in "
@@ -76,10 +79,14 @@ def check_distribution(name: str, probs, tolerance: float = 1e-3) -> None:
 
 
 def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                     top_p: float | None = None) -> torch.Tensor:
-    """The sampling distribution p (…, V), float32, rows summing to 1; one-hot at argmax when τ = 0."""
-    check_sampling(temperature, top_k, top_p)
-    check_logits(logits)
+                     top_p: float | None = None, check: bool = True) -> torch.Tensor:
+    """The sampling distribution p (…, V), float32, rows summing to 1; one-hot at argmax when τ = 0.
+
+    ``check=False`` skips the arguments' checks: a decoding loop checks them once before its first step
+    (a NaN test reads the logits back from the device, a synchronisation per step)."""
+    if check:
+        check_sampling(temperature, top_k, top_p)
+        check_logits(logits)
     if temperature == 0:
         return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     return torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
@@ -91,10 +98,12 @@ def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-           generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next tokens (B,) int64 for logits (B, V): argmax when τ = 0, else a draw from `next_token_probs`."""
-    check_sampling(temperature, top_k, top_p)
-    check_logits(logits)
+           generator: torch.Generator | None = None, check: bool = True) -> torch.Tensor:
+    """Next tokens (B,) int64 for logits (B, V): argmax when τ = 0, else a draw from `next_token_probs`
+    (``check`` as there)."""
+    if check:
+        check_sampling(temperature, top_k, top_p)
+        check_logits(logits)
     if temperature == 0:
         return logits.argmax(-1)
-    return sample_from(next_token_probs(logits, temperature, top_k, top_p), generator)
+    return sample_from(next_token_probs(logits, temperature, top_k, top_p, check=False), generator)

@@ -47,10 +47,12 @@ class Request:
 
     def __post_init__(self) -> None:
         check_int("id", self.id, minimum=None)
-        if not (torch.is_tensor(self.prompt) and self.prompt.dtype == torch.int64 and self.prompt.dim() == 1
-                and len(self.prompt)):
-            raise TypeError(f"request {self.id}: prompt must be a non-empty 1-D int64 tensor of token ids, got "
-                            f"{self.prompt!r:.80}")
+        if not (torch.is_tensor(self.prompt) and self.prompt.dtype == torch.int64 and self.prompt.dim() == 1):
+            got = (f"{self.prompt.dtype} of shape {tuple(self.prompt.shape)}" if torch.is_tensor(self.prompt)
+                   else type(self.prompt).__name__)
+            raise TypeError(f"request {self.id}: prompt must be a 1-D int64 tensor of token ids, got {got}")
+        if not len(self.prompt):
+            raise ValueError(f"request {self.id}: prompt is empty; give at least one token")
         check_int("max_new_tokens", self.max_new_tokens)
 
 
@@ -99,12 +101,13 @@ def _check_policy(max_batch: int, policy: str) -> None:
 
 
 def _check_requests(model: GPT, requests: Sequence[Request], capacity: int) -> None:
+    for r in requests:
+        if not isinstance(r, Request):
+            raise TypeError(f"requests must hold lab.infer.scheduler.Request objects, got {type(r).__name__}")
     if len({r.id for r in requests}) != len(requests):
         raise ValueError("request ids must be unique")
     V = model.config.vocab_size
     for r in requests:
-        if not isinstance(r, Request):
-            raise TypeError(f"requests must hold lab.infer.scheduler.Request objects, got {type(r).__name__}")
         n = len(r.prompt) + r.max_new_tokens
         if r.prompt.min() < 0 or r.prompt.max() >= V:
             raise ValueError(f"request {r.id}: prompt token ids must lie in [0, vocab_size={V}), got values in "

@@ -65,28 +65,35 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, r / total.clamp(min=torch.finfo(r.dtype).tiny), p)
 
 
+def _check_step(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor) -> None:
+    """`speculative_accept`'s checks: p and q distributions, the draft tokens ids whose q is positive."""
+    check_distribution("p", p)
+    check_distribution("q", q)
+    if len(draft_tokens) and (draft_tokens.min() < 0 or draft_tokens.max() >= p.shape[-1]):
+        raise ValueError(f"draft_tokens must be token ids in [0, {p.shape[-1]}), got {draft_tokens.tolist()}")
+    q_d = q[torch.arange(len(draft_tokens), device=q.device), draft_tokens]
+    if (q_d <= 0).any():
+        raise ValueError(f"q gives draft token(s) {draft_tokens[q_d <= 0].tolist()} probability 0: a draft token "
+                         "must be drawn from q (the acceptance ratio p/q would be undefined)")
+
+
 def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor,
-                       generator: torch.Generator | None = None) -> tuple[int, int]:
+                       generator: torch.Generator | None = None, check: bool = True) -> tuple[int, int]:
     """The acceptance rule of one step: (number of accepted draft tokens a, the token emitted after them).
 
     p (k+1, V): target distributions at the k draft positions and one past them; q (k, V): the draft's
     distributions the draft tokens (k,) were drawn from. Accept d_i iff u_i < p_i(d_i) / q_i(d_i),
     u_i ~ U[0, 1); on rejection the next token is drawn from `residual_distribution`(p_i, q_i),
-    else from p_{k+1}.
+    else from p_{k+1}. ``check=False`` skips the checks of p, q and the draft tokens (`speculative_generate`
+    builds them itself; each check reads values back from the device).
     """
-    check_distribution("p", p)
-    check_distribution("q", q)
     k = len(draft_tokens)
     if p.shape[0] != k + 1 or q.shape[0] != k or p.shape[1:] != q.shape[1:]:
         raise ValueError(f"need p (k+1, V) and q (k, V) for k={k} draft tokens, got {tuple(p.shape)}, {tuple(q.shape)}")
-    if k and (draft_tokens.min() < 0 or draft_tokens.max() >= p.shape[-1]):
-        raise ValueError(f"draft_tokens must be token ids in [0, {p.shape[-1]}), got {draft_tokens.tolist()}")
+    if check:
+        _check_step(p, q, draft_tokens)
     idx = torch.arange(k, device=p.device)
-    q_d = q[idx, draft_tokens]
-    if (q_d <= 0).any():
-        raise ValueError(f"q gives draft token(s) {draft_tokens[q_d <= 0].tolist()} probability 0: a draft token "
-                         "must be drawn from q (the acceptance ratio p/q would be undefined)")
-    ratio = p[idx, draft_tokens] / q_d
+    ratio = p[idx, draft_tokens] / q[idx, draft_tokens]
     u = torch.rand(k, generator=generator, device=p.device)
     rejected = (u >= ratio).nonzero()
     if len(rejected) == 0:
@@ -147,8 +154,8 @@ def speculative_generate(target: GPT, draft: GPT, prompt_ids: torch.Tensor, max_
         tgt.extend(ids[:, :-1])
     accepted, drafted = [], []
 
-    def probs(logits: torch.Tensor) -> torch.Tensor:
-        return next_token_probs(logits, temperature, top_k, top_p)
+    def probs(logits: torch.Tensor) -> torch.Tensor:          # the arguments are checked above, once
+        return next_token_probs(logits, temperature, top_k, top_p, check=False)
 
     while len(tokens) < max_len:
         k_step = min(k, max_len - len(tokens) - 1)   # emit at most the tokens still wanted
@@ -162,7 +169,8 @@ def speculative_generate(target: GPT, draft: GPT, prompt_ids: torch.Tensor, max_
                 feed = torch.tensor([[proposal[-1]]], device=ids.device)
         p = probs(tgt.extend(torch.tensor([[tokens[-1]] + proposal], device=ids.device))[0])
         if k_step > 0:
-            a, nxt = speculative_accept(p, torch.stack(q), torch.tensor(proposal, device=ids.device), generator)
+            a, nxt = speculative_accept(p, torch.stack(q), torch.tensor(proposal, device=ids.device), generator,
+                                        check=False)             # drawn from q here: no read-back per step
         else:
             a, nxt = 0, int(sample_from(p[:1], generator))
         tokens += proposal[:a] + [nxt]

@@ -228,8 +228,7 @@ def int4_weight_only_matmul_triton(x: torch.Tensor, packed: torch.Tensor, scales
     M, K = x.shape
     N = packed.shape[1]
     block_m, block_n, block_k, split_k, num_warps = block_sizes_v1(M, N, K, group_size, x.dtype) if block is None \
-        else check_block("block", block, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps"),
-                         ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"))
+        else check_block("block", block, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "SPLIT_K", "num_warps"), ("SPLIT_K",))
     if (group_size // 2) % block_k:
         raise ValueError(f"BLOCK_K={block_k} must divide group_size/2 = {group_size // 2}")
     out_dtype = x.dtype if split_k == 1 else torch.float32
@@ -350,7 +349,7 @@ def int4_gemv_v2_triton(x: torch.Tensor, packed: torch.Tensor, scales: torch.Ten
     M, K = x.shape
     N = packed.shape[0]
     block_n, split_k, num_warps = block_sizes_v2(M, N, K, group_size, x.dtype) if block is None else check_block(
-        "block", block, ("BLOCK_N", "SPLIT_K", "num_warps"), ("BLOCK_N", "num_warps"))
+        "block", block, ("BLOCK_N", "SPLIT_K", "num_warps"), ("SPLIT_K",))
     magic_bits, magic_value = MAGIC[x.dtype]
     asm = dequant_asm(magic_bits) if os.environ.get("TRITON_INTERPRET") != "1" else ("",) * 4
     y = torch.empty(M, N, device=x.device, dtype=x.dtype)

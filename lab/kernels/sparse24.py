@@ -151,7 +151,7 @@ def sparse24_matmul_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Te
     """
     _check(x, values, meta, out_features, in_features)
     block_m, block_n, block_k, num_warps = block_sizes_v1(x.shape[0], x.dtype) if block is None else check_block(
-        "block", block, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"), ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"))
+        "block", block, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"))
     if block_k % 8:
         raise ValueError(f"BLOCK_K={block_k} must be a multiple of 8")
     values, meta = values.contiguous(), meta.contiguous()
@@ -238,7 +238,7 @@ def sparse24_matmul_v2_triton(x: torch.Tensor, values: torch.Tensor, meta: torch
                          "metadata as 32-bit words of 8 groups); use sparse24_matmul (v1)")
     M = x.shape[0]
     block_m, block_n, block_k, num_warps = block_sizes_v2(M, x.dtype) if block is None else check_block(
-        "block", block, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"), ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"))
+        "block", block, ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps"))
     if block_k % 32:
         raise ValueError(f"BLOCK_K={block_k} must be a multiple of 32")
     y = torch.empty(M, out_features, device=x.device, dtype=x.dtype)

@@ -158,7 +158,9 @@ class ZeroOptimizer:
             raise ValueError("module has no parameter that requires grad: nothing to optimize")
         with torch.no_grad():
             for p in self.frozen:
-                comm.broadcast(p.data, src=dist.get_global_rank(group, 0) if group else 0, group=group)
+                data = p.data.contiguous()                 # a collective needs contiguous memory
+                comm.broadcast(data, src=dist.get_global_rank(group, 0) if group else 0, group=group)
+                p.data.copy_(data)
         self.units = [_Unit(params, stage, rank, self.world_size, group, self._meter) for _, params in groups]
         self.optimizer = optimizer_cls([u.shard for u in self.units], **optimizer_kwargs)
         if stage > 1:
@@ -226,11 +228,12 @@ class ZeroOptimizer:
                 out[names[id(p)]] = p.detach().clone()
             if not was_gathered:
                 unit.free()
-        return out
+        return {name: out[name] for name in names.values() if name in out}   # in the module's order
 
     def held_tensors(self) -> dict[str, list[torch.Tensor]]:
         """The tensors this rank holds now (between steps: parameters, gradients, optimizer state)."""
-        params = [u.full for u in self.units] + ([u.shard for u in self.units] if self.stage == 3 else [])
+        params = [u.full for u in self.units] + ([u.shard for u in self.units] if self.stage == 3 else []) \
+            + [p.data for p in self.frozen]                # frozen parameters: whole on every rank
         grads = [t for u in self.units for t in [u.shard.grad] + [p.grad for p in u.params] if t is not None]
         states = [v for s in self.optimizer.state.values() for v in s.values()
                   if isinstance(v, torch.Tensor) and v.dim() > 0]

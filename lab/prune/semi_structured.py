@@ -58,6 +58,7 @@ class Sparse24Linear(torch.nn.Module):
         super().__init__()
         if not isinstance(linear, torch.nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        check_float_dtype("dtype", dtype)                 # before any work; an int dtype would truncate
         self.out_features, self.in_features = linear.out_features, linear.in_features
         values, meta = compress(linear.weight.detach().float())          # 2:4 check, named errors
         self.register_buffer("meta", meta)
@@ -66,8 +67,8 @@ class Sparse24Linear(torch.nn.Module):
                                                                         requires_grad=False)
 
     def store_values(self, values: torch.Tensor, dtype: torch.dtype) -> None:
-        """Keep the kept values (out, in/2) float32 as the buffer ``values`` in ``dtype`` (floating point)."""
-        self.register_buffer("values", values.to(check_float_dtype("dtype", dtype)))
+        """Keep the kept values (out, in/2) float32 as the buffer ``values`` in ``dtype``."""
+        self.register_buffer("values", values.to(dtype))
 
     def kept_values(self) -> torch.Tensor:
         """The kept values (out, in/2) the matmul multiplies with."""

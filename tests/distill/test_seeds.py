@@ -1,5 +1,5 @@
-"""lab.distill.seeds (suite distill-seeds): every student at each seed, kept as per-document sums that a run of
-the same students at one seed reads back (`lab.core.records.seeded_sums`)."""
+"""lab.distill.seeds (suite distill-seeds): every student (language model and encoder) at each seed, kept as
+per-document sums that a run of the same students at one seed reads back (`lab.core.records.seeded_sums`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from lab.core.records import seeded_sums
 from lab.data import eval_sample, tokenize_split
 from lab.distill import seeds
-from lab.models import load_pretrained_lm, load_tokenizer
+from lab.models import load_pretrained_encoder, load_pretrained_lm, load_tokenizer
 
 
 def test_record_holds_each_seed_and_matches_a_direct_run(monkeypatch):
@@ -29,6 +29,12 @@ def test_record_holds_each_seed_and_matches_a_direct_run(monkeypatch):
                                           settings, 1)
     sums, sizes = seeded_sums(record, "lm", {"steps": 2}, 1, losses, groups, tolerance=1e-9)
     assert sums["2_hard_teacher"].shape == (3, len(sizes))
+    encoder = record["experiments"]["encoder"]                         # the encoder students, same paragraphs
+    assert sorted(encoder["sums"]) == ["hard", "kd"] and len(encoder["sums"]["kd"]) == 3
+    errors, pages = seeds.encoder_errors(*load_pretrained_encoder(), settings, 2)
+    assert sum(encoder["sizes"]) == len(pages) and all(0 <= e <= n for row in encoder["sums"]["kd"]
+                                                       for e, n in zip(row, encoder["sizes"]))
+    seeded_sums(record, "encoder", {"encoder": settings["encoder"]}, 2, errors, pages, tolerance=1e-9)
 
 
 def test_runs_on_the_cpu_only():

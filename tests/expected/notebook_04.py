@@ -38,6 +38,8 @@ METRICS: dict[str, object] = {
     "grid_alpha_half_vs_one_tau8": Claim("lower"),                 # measured -6.6% (-11.0% to -3.0%)
     # error rate over 100 paragraphs from 11 test pages (pages resampled): measured -3.0 points (-20.3 to +1.8)
     "encoder_kd_vs_hard_error": Claim("inconclusive"),
+    # the same students at training seeds 0, 1, 2 on the same paragraphs (results/distill-seeds_cpu.json)
+    "encoder_kd_vs_hard_error_seeds": Claim("inconclusive", -1.5, -1.0),   # -1.33 points [-8.08, +1.96]
     "encoder_n_test_documents": exactly(11),
     "ppl_3_hard_teacher": near(115.25, 0.10),
     "ppl_3_kd_teacher": near(98.99, 0.10),

@@ -163,11 +163,11 @@ def test_serve_rejects_bad_input(tiny, trace):
         serve(tiny, [Request(0, torch.zeros(60, dtype=torch.int64), 10)], 2)
     with pytest.raises(ValueError, match="cache"):
         serve(tiny, [Request(0, torch.zeros(10, dtype=torch.int64), 10)], 2, num_blocks=2, block_size=4)
-    with pytest.raises(TypeError, match="prompt must be a non-empty 1-D int64 tensor"):
+    with pytest.raises(ValueError, match="prompt is empty"):
         Request(0, torch.zeros(0, dtype=torch.int64), 3)
-    with pytest.raises(TypeError, match="prompt must be a non-empty 1-D int64 tensor"):
+    with pytest.raises(TypeError, match=r"1-D int64 tensor of token ids, got torch.float32 of shape \(4,\)"):
         Request(0, torch.zeros(4), 3)                                          # float ids
-    with pytest.raises(TypeError, match="prompt must be a non-empty 1-D int64 tensor"):
+    with pytest.raises(TypeError, match=r"1-D int64 tensor of token ids, got torch.int64 of shape \(2, 4\)"):
         Request(0, torch.zeros(2, 4, dtype=torch.int64), 3)
     with pytest.raises(TypeError, match="max_new_tokens must be an int, got 2.5"):
         Request(0, torch.zeros(4, dtype=torch.int64), 2.5)

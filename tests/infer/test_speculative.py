@@ -194,7 +194,7 @@ def test_sampled_speculative_decoding_passes_the_pit_test_and_a_wrong_rule_fails
     assert ks_uniform_test(randomized_pit(*exact, torch.Generator().manual_seed(0)))[1] > 0.01
     assert log_likelihood_z_test(*exact)[1] > 0.01
 
-    def accept_everything(p, q, draft_tokens, generator):
+    def accept_everything(p, q, draft_tokens, generator, check=True):
         return len(draft_tokens), int(torch.multinomial(p[-1], 1, generator=generator))
 
     monkeypatch.setattr(speculative_module, "speculative_accept", accept_everything)
@@ -252,3 +252,21 @@ def test_sampling_refuses_nan_logits():
         next_token_probs(logits)
     masked = torch.tensor([[0.0, float("-inf"), 1.0]])                    # a masked token is allowed
     assert next_token_probs(masked)[0, 1] == 0
+
+
+def test_bf16_probabilities_are_probabilities():
+    from lab.infer.sampling import check_distribution
+
+    p = torch.softmax(torch.randn(512, 8192, generator=torch.Generator().manual_seed(0)), -1).bfloat16()
+    check_distribution("p", p)                       # rows off 1 by bf16 rounding (up to ~0.003) pass
+
+
+def test_generate_checks_its_logits_once_not_every_step(tiny_gpt, monkeypatch):
+    """A NaN test reads the logits back from the device: once per call, not once per decoding step."""
+    import lab.infer.sampling as sampling
+
+    calls = []
+    real = sampling.check_logits
+    monkeypatch.setattr(sampling, "check_logits", lambda logits: calls.append(1) or real(logits))
+    generate(tiny_gpt(), torch.zeros(1, 3, dtype=torch.int64), 6, temperature=1.0)
+    assert len(calls) == 1
