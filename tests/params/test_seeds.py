@@ -1,5 +1,5 @@
-"""lab.params.seeds (suite params-seeds): chapter 1's training runs at each seed, kept as per-document sums that
-a run at one seed reads back (`lab.core.records.seeded_sums`)."""
+"""lab.params.seeds (suite params-seeds): chapter 1 and 1b's training runs at one seed, as their notebooks run
+them, and the suite's record of every seed (with the runs stubbed: `lab.core.records` has the sums' own tests)."""
 
 from __future__ import annotations
 
@@ -8,30 +8,41 @@ import json
 import pytest
 import torch
 
-from lab.core.records import seeded_sums
 from lab.models import load_pretrained_lm, load_tokenizer
 from lab.params import seeds
 
-RUNS = {"sharing": ["untied", "tied", "albert"], "sweep": ["0.001", "0.003", "0.01"],
+RUNS = {"sweep": ["0.001", "0.003", "0.01"],
         "task": ["pretrained", "adamw", "adafactor", "adam8bit", "int4 base", "LoRA", "QLoRA"],
         "forgetting": ["pretrained", "adamw", "LoRA"]}
+TINY = {**seeds.QUICK, "eval_tokens": 256, "sharing_steps": 1, "steps": 1}
 
 
-def test_record_holds_every_run_at_each_seed_and_matches_a_direct_run(monkeypatch):
-    settings = {**seeds.QUICK, "eval_tokens": 256, "sharing_steps": 1, "steps": 1}
-    monkeypatch.setattr(seeds, "QUICK", settings)
-    record = json.loads(json.dumps(seeds.run(torch.device("cpu"), quick=True, progress=False)))
-    assert record["seeds"] == [0, 1, 2] and record["settings"] == settings
-    experiments = record["experiments"]
-    assert {name: list(e["sums"]) for name, e in experiments.items()} == RUNS
-    assert sum(experiments["forgetting"]["sizes"]) == 256                # tokens from the test documents
-    task = experiments["task"]["sums"]
-    assert task["pretrained"][0] == task["pretrained"][2] and task["adamw"][0] != task["adamw"][1]  # batch order
-    assert task["LoRA"][0] != task["LoRA"][1]
+def test_task_losses_runs_every_fine_tuning_of_chapter_1b_and_leaves_the_model_unchanged():
     lm, tokenizer = load_pretrained_lm("lab"), load_tokenizer()
-    for name, (losses, groups) in seeds.task_losses(lm, tokenizer, settings, 2).items():
-        sums, sizes = seeded_sums(record, name, {"lr": settings["lr"]}, 2, losses, groups, tolerance=1e-9)
-        assert sums["pretrained" if name != "sweep" else "0.003"].shape == (3, len(sizes))
+    before = {n: p.clone() for n, p in lm.state_dict().items()}
+    out = seeds.task_losses(lm, tokenizer, TINY, 1)
+    assert {name: list(losses) for name, (losses, _) in out.items()} == RUNS
+    for name, (losses, groups) in out.items():
+        assert all(v.shape == groups.shape and torch.isfinite(v).all() for v in losses.values()), name
+    assert len(out["forgetting"][1]) == 256 and out["forgetting"][1].unique().numel() > 3   # every test document
+    task = out["task"][0]
+    assert not torch.equal(task["adamw"], task["pretrained"]) and not torch.equal(task["LoRA"], task["QLoRA"])
+    assert all(torch.equal(before[n], p) for n, p in lm.state_dict().items())               # copies were trained
+    losses, groups = seeds.sharing_losses(tokenizer, TINY, 1)
+    assert list(losses) == ["untied", "tied", "albert"] and losses["tied"].shape == groups.shape == (256,)
+
+
+def test_record_holds_every_run_at_each_seed(monkeypatch):
+    def fake(seed):                                  # seed-dependent losses on 6 tokens of 3 groups
+        return {"a": torch.full((6,), 1.0 + seed, dtype=torch.float64)}, torch.arange(6) // 2
+
+    monkeypatch.setattr(seeds, "load_pretrained_lm", lambda name: None)
+    monkeypatch.setattr(seeds, "sharing_losses", lambda tokenizer, settings, seed: fake(seed))
+    monkeypatch.setattr(seeds, "task_losses", lambda lm, tokenizer, settings, seed: {"task": fake(seed)})
+    record = json.loads(json.dumps(seeds.run(torch.device("cpu"), quick=True, progress=False)))
+    assert record["seeds"] == [0, 1, 2] and record["settings"] == seeds.QUICK and record["threads"] >= 1
+    assert record["experiments"]["task"] == {"sizes": [2, 2, 2], "sums": {"a": [[2.0] * 3, [4.0] * 3, [6.0] * 3]}}
+    assert list(record["experiments"]) == ["sharing", "task"]
 
 
 def test_runs_on_the_cpu_only():
