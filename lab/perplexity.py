@@ -92,6 +92,13 @@ class EvalSample:
     tokens: torch.Tensor
     documents: torch.Tensor
 
+    def check_fits(self, context_length: int, name: str = "context_length") -> None:
+        """ValueError unless every window (context and scored tokens) fits ``context_length`` positions."""
+        longest = max(len(x) for x in self.inputs)
+        if longest > context_length:
+            raise ValueError(f"sample has windows of {longest} tokens, more than {name}={context_length}; build it "
+                             "with a smaller window and context")
+
     @torch.no_grad()
     def token_losses(self, model, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
         """Negative log-likelihood (nats, float64) of each scored token, shape (n,), aligned with ``tokens``."""

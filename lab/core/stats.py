@@ -125,12 +125,8 @@ def compare(losses_a, losses_b, groups, n_boot: int = 4000, seed: int = 0) -> di
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"losses_a and losses_b must score the same tokens, got {a.shape[1]} and {b.shape[1]}")
     _check_seeds(a, b, "losses")
-    labels = _groups(groups, a.shape[1])
-    d = b - a                                                             # (S, N)
-    n_groups = int(labels.max()) + 1
-    sums = np.stack([np.bincount(labels, row, minlength=n_groups) for row in d])   # (S, G): D_g per seed
-    sizes = np.bincount(labels, minlength=n_groups).astype(np.float64)             # (G,)
-    return _bootstrap(sums, sizes, n_boot, seed)
+    sums, sizes = document_sums(b - a, groups)                            # (S, G): D_g per seed, and n_g
+    return _bootstrap(sums, sizes.astype(np.float64), n_boot, seed)
 
 
 def document_sums(losses, groups) -> tuple[np.ndarray, np.ndarray]:

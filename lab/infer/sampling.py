@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from lab.core.checks import check_fraction, check_int, check_number
+from lab.core.checks import check_fraction, check_int, check_number, check_tensor
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -57,9 +57,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 def check_logits(logits) -> None:
     """``logits`` is a floating tensor (…, V) with no NaN (−inf, a masked token, is allowed)."""
-    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point() and logits.dim() >= 1):
-        got = f"{logits.dtype} of shape {tuple(logits.shape)}" if torch.is_tensor(logits) else type(logits).__name__
-        raise TypeError(f"logits must be a floating-point tensor (..., V), got {got}")
+    check_tensor("logits", logits)
+    if not logits.is_floating_point() or logits.dim() < 1:
+        raise TypeError(f"logits must be a floating-point tensor (..., V), got {logits.dtype} {tuple(logits.shape)}")
     if torch.isnan(logits).any():
         raise ValueError(f"logits has {int(torch.isnan(logits).sum())} NaN entries; a NaN cannot be sampled from")
 
@@ -67,9 +67,10 @@ def check_logits(logits) -> None:
 def check_distribution(name: str, probs, tolerance: float = 1e-3) -> None:
     """``probs`` (…, V) holds probability distributions: finite, >= 0, each row summing to 1 within
     ``tolerance`` (logits or unnormalised scores are refused: they would be read as probabilities)."""
-    if not (isinstance(probs, torch.Tensor) and probs.is_floating_point() and probs.dim() >= 1):
-        got = f"{probs.dtype} of shape {tuple(probs.shape)}" if torch.is_tensor(probs) else type(probs).__name__
-        raise TypeError(f"{name} must be a floating-point tensor of probabilities (..., V), got {got}")
+    check_tensor(name, probs)
+    if not probs.is_floating_point() or probs.dim() < 1:
+        raise TypeError(f"{name} must be a floating-point tensor of probabilities (..., V), got {probs.dtype} "
+                        f"{tuple(probs.shape)}")
     sums = probs.sum(-1, dtype=torch.float32)
     tolerance = max(tolerance, torch.finfo(probs.dtype).eps)           # bf16 rows round to within its eps
     if not torch.isfinite(probs).all() or (probs < 0).any() or ((sums - 1).abs() > tolerance).any():

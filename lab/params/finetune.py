@@ -86,9 +86,8 @@ def finetune(model: nn.Module, batches: Sequence, optimizer: str = "adamw", *, l
         raise TypeError(f"sample must be a lab.perplexity.EvalSample (lab.data.eval_sample, document_sample) "
                         f"or None, got {type(sample).__name__}")
     context = getattr(getattr(model, "config", None), "context_length", None)
-    if sample is not None and context is not None and max(len(x) for x in sample.inputs) > context:
-        raise ValueError(f"sample has windows of {max(len(x) for x in sample.inputs)} tokens, more than the model's "
-                         f"context_length={context}: it could not be scored after training; use shorter windows")
+    if sample is not None and context is not None:               # before training: it is scored after it
+        sample.check_fits(context, "the model's context_length")
     extra = {"betas": BETAS} if optimizer in _WITH_BETAS else {}
     opt = make_optimizer(params, optimizer, lr=lr, weight_decay=weight_decay, **extra)
     record = train(model, batches, lm_batch_loss, len(batches), optim=Optim(lr, warmup, weight_decay, grad_clip),

@@ -108,10 +108,7 @@ def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None, sa
     if sample is not None and not isinstance(sample, EvalSample):
         raise TypeError(f"sample must be a lab.perplexity.EvalSample or None, got {type(sample).__name__}")
     train_tokens, sample = _default_data(train_tokens, sample, seq_len)
-    longest = max(len(x) for x in sample.inputs)
-    if longest > cfg.context_length:
-        raise ValueError(f"sample has windows of {longest} tokens, more than cfg.context_length="
-                         f"{cfg.context_length}; build it with a smaller window and context")
+    sample.check_fits(cfg.context_length, "cfg.context_length")
     rows = []
     for name in variants:
         seed_everything(seed)
