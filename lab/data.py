@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -31,6 +32,11 @@ from lab.core.atomic import atomic_write, atomic_write_json
 from lab.core.checks import check_choice, check_int
 from lab.core.records import REPO_ROOT
 from lab.perplexity import EvalSample
+
+__all__ = [
+    "data_dir", "corpus_dir", "fetch_corpus", "corpus_manifest", "split_of", "corpus_documents", "load_corpus",
+    "tokenize_split", "test_documents", "eval_sample", "train_tokenizer",
+]
 
 CORPUS_PACKAGE = "python3.11-doc"
 CORPUS_VERSIONS = ("3.11.2-6+deb12u9", "3.11.2-6+deb12u8")  # tried in order, then any
@@ -73,6 +79,7 @@ def fetch_corpus(force: bool = False) -> Path:
     moves the folder into place with one rename, so a half-extracted corpus is never
     visible.
     """
+    check_choice("force", force, (True, False))
     target = corpus_dir()
     if (target / "MANIFEST.json").exists() and not force:
         return target / "_sources"
@@ -108,6 +115,8 @@ def corpus_manifest() -> dict:
 
 def split_of(path: str) -> str:
     """Which split a document belongs to, from the sha256 of its relative path."""
+    if not isinstance(path, str):
+        raise TypeError(f"path must be a str (a document's relative path), got {path!r} ({type(path).__name__})")
     bucket = int(hashlib.sha256(path.encode()).hexdigest(), 16) % 100
     for name, (lo, hi) in SPLITS.items():
         if lo <= bucket < hi:
@@ -117,6 +126,14 @@ def split_of(path: str) -> str:
 
 def _check_split(split: str) -> None:
     check_choice("split", split, SPLITS)
+
+
+def _check_tokenizer(tokenizer) -> None:
+    """A `transformers` tokenizer: callable on a list of texts, with a vocabulary and an int EOS id."""
+    if not callable(tokenizer) or not hasattr(tokenizer, "get_vocab") or not isinstance(
+            getattr(tokenizer, "eos_token_id", None), int):
+        raise TypeError(f"tokenizer must be a transformers tokenizer with get_vocab() and an int eos_token_id, got "
+                        f"{type(tokenizer).__name__}")
 
 
 def corpus_documents(split: str) -> list[tuple[str, str]]:
@@ -133,6 +150,7 @@ def corpus_documents(split: str) -> list[tuple[str, str]]:
 
 def load_corpus(split: str):
     """One split as a `datasets.Dataset` with string columns ``path`` and ``text``."""
+    _check_split(split)
     import datasets
 
     docs = corpus_documents(split)
@@ -146,6 +164,7 @@ def tokenize_split(split: str, tokenizer) -> torch.Tensor:
     `corpus_documents` (the order `load_corpus` uses), so it does not need the `datasets` package.
     """
     _check_split(split)
+    _check_tokenizer(tokenizer)
     vocab_key = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()[:12]
     cache = data_dir() / "tokens" / f"{split}-{vocab_key}.pt"
     if cache.exists():
@@ -208,9 +227,11 @@ def eval_sample(tokenizer, n_tokens: int | None = EVAL_TOKENS, window: int = EVA
     """
     check_int("window", window, 1)
     check_int("context", context, 1)
+    if n_tokens is not None:
+        check_int("n_tokens", n_tokens, 2)
     documents = test_documents(tokenizer)
     scorable = [len(d) - 1 for d in documents]
-    n_tokens = sum(scorable) if n_tokens is None else check_int("n_tokens", n_tokens, 2)
+    n_tokens = sum(scorable) if n_tokens is None else n_tokens
     if n_tokens > sum(scorable):
         raise ValueError(f"n_tokens={n_tokens} exceeds the test split's {sum(scorable)} scorable tokens")
     inputs, n_context, docs = [], [], []
@@ -235,13 +256,18 @@ def train_tokenizer(texts, vocab_size: int = 8192):
 
     Returns a `PreTrainedTokenizerFast` whose EOS token is ``<|endoftext|>``.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     check_int("vocab_size", vocab_size, 260)                        # 256 bytes + specials
     if isinstance(texts, (str, bytes)):
         raise TypeError("texts must be an iterable of strings (documents), got one string: training on its "
                         "characters one by one is not what was meant; pass [text]")
+    if not isinstance(texts, Iterable) or (isinstance(texts, Sequence) and not all(isinstance(t, str) for t in texts)):
+        raise TypeError(f"texts must be an iterable of strings (documents), got {type(texts).__name__} "
+                        f"{str(texts)[:60]}")
+    if isinstance(texts, Sequence) and not texts:
+        raise ValueError("texts is empty: there is nothing to train the tokenizer on")
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -28,6 +28,10 @@ from lab.kernels.int8 import candidates
 from lab.prune.semi_structured import sparse24_kernel
 from lab.quant.linear import int4_weight_only_matmul
 
+__all__ = [
+    "versions", "triton_mode", "paths", "kernels", "summary", "report",
+]
+
 LIBRARIES = ("torch", "triton", "transformers", "tokenizers", "numpy")
 # lab path → what it needs beyond a CPU
 ACCELERATED = {

@@ -18,14 +18,19 @@ code). The squared output error of replacing W by Ŵ follows from G without stor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.core.checks import check_tensor
+from lab.core.checks import check_choice, check_int, check_matrix, check_tensor
 from lab.models.gpt import rope_cos_sin
+
+__all__ = [
+    "InputStats", "output_error", "relative_output_error", "check_calib_tokens", "check_layers", "for_each_layer",
+    "capture_inputs",
+]
 
 # Linears of one decoder layer grouped by the input they read: the first name of a group hosts the hook.
 INPUT_GROUPS = (
@@ -69,34 +74,52 @@ class InputStats:
 
 def output_error(w: torch.Tensor, w_hat: torch.Tensor, gram: torch.Tensor) -> float:
     """‖WX − ŴX‖²_F = tr(ΔW G ΔWᵀ) in float64, for W, Ŵ (C_out, C_in) and G = X Xᵀ (C_in, C_in)."""
+    shape = check_matrix("w", w).shape           # a (1, C_in) Ŵ would broadcast silently
+    if check_matrix("w_hat", w_hat).shape != shape or check_matrix("gram", gram).shape != (shape[1], shape[1]):
+        raise ValueError(f"w_hat must have w's shape {tuple(shape)} and gram ({shape[1]}, {shape[1]}), got "
+                         f"{tuple(w_hat.shape)} and {tuple(gram.shape)}")
     delta = (w - w_hat).double()
-    return ((delta @ gram) * delta).sum().item()
+    return ((delta @ gram.double()) * delta).sum().item()
 
 
 def relative_output_error(w: torch.Tensor, w_hat: torch.Tensor, gram: torch.Tensor) -> float:
     """‖WX − ŴX‖² / ‖WX‖² = tr(ΔW G ΔWᵀ) / tr(W G Wᵀ)."""
-    return output_error(w, w_hat, gram) / output_error(w, torch.zeros_like(w), gram)
+    error, total = output_error(w, w_hat, gram), output_error(w, torch.zeros_like(w), gram)
+    if total == 0:
+        raise ValueError("w X is zero (w or gram is zero): the relative error is undefined")
+    return error / total
 
 
 def check_calib_tokens(model: nn.Module, calib_tokens: torch.Tensor) -> None:
-    """Raise ValueError unless ``calib_tokens`` is a non-empty int64 (n_samples, seq_len), seq_len ≤ context."""
-    if not isinstance(calib_tokens, torch.Tensor) or calib_tokens.dim() != 2 or calib_tokens.dtype != torch.int64:
-        got = (f"shape {tuple(calib_tokens.shape)}, {calib_tokens.dtype}" if isinstance(calib_tokens, torch.Tensor)
-               else type(calib_tokens).__name__)
-        raise ValueError(f"calib_tokens must be an int64 tensor of shape (n_samples, seq_len), got {got}")
+    """Raise ValueError unless ``calib_tokens`` is a non-empty int64 (n_samples, seq_len), seq_len ≤ context, of
+    ids in the vocabulary (TypeError when it is not a tensor)."""
+    check_tensor("calib_tokens", calib_tokens)
+    if calib_tokens.dim() != 2 or calib_tokens.dtype != torch.int64:
+        raise ValueError(f"calib_tokens must be an int64 tensor of shape (n_samples, seq_len), got shape "
+                         f"{tuple(calib_tokens.shape)}, {calib_tokens.dtype}")
     if calib_tokens.numel() == 0:
         raise ValueError(f"calib_tokens must not be empty, got shape {tuple(calib_tokens.shape)}")
     if calib_tokens.shape[1] > model.config.context_length:
         raise ValueError(f"calib_tokens seq_len={calib_tokens.shape[1]} exceeds "
                          f"context_length={model.config.context_length}")
+    low, high = int(calib_tokens.min()), int(calib_tokens.max())
+    if low < 0 or high >= model.config.vocab_size:
+        raise ValueError(f"calib_tokens must hold ids in [0, vocab_size={model.config.vocab_size}), got values in "
+                         f"[{low}, {high}]")
 
 
 def check_layers(model: nn.Module, layers: Sequence[int] | None) -> list[int]:
-    """Sorted distinct decoder-layer indices (all when None); ValueError outside [0, n_layer)."""
+    """Sorted distinct decoder-layer indices (all when None); ValueError outside [0, n_layer) or when empty,
+    TypeError unless a sequence of ints."""
     n_layer = len(model.layers)
+    if layers is not None:
+        items = list(layers) if isinstance(layers, Iterable) and not isinstance(layers, (str, bytes)) else [None]
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in items):
+            raise TypeError(f"layers must be a sequence of int layer indices, got {layers!r}")
+        layers = items
     selected = sorted(set(range(n_layer) if layers is None else layers))
-    if any(not isinstance(i, int) or not 0 <= i < n_layer for i in selected):
-        raise ValueError(f"layers must be indices in [0, {n_layer}), got {list(layers)}")
+    if not selected or any(not 0 <= i < n_layer for i in selected):
+        raise ValueError(f"layers must be indices in [0, {n_layer}) (at least one), got {layers}")
     return selected
 
 
@@ -119,6 +142,10 @@ def for_each_layer(model: nn.Module, calib_tokens: torch.Tensor | None,
     on X⁽ⁱ⁾; linears that share an input share one object. Layers not selected still propagate.
     """
     selected = check_layers(model, layers)
+    if not callable(process):
+        raise TypeError(f"process must be a callable process(i, block, stats), got {type(process).__name__}")
+    check_int("batch_size", batch_size)
+    check_choice("progress", progress, (True, False))
     if calib_tokens is not None:
         check_calib_tokens(model, calib_tokens)
     device = next(model.parameters()).device
@@ -168,7 +195,9 @@ def capture_inputs(model: nn.Module, module: nn.Module | str, inputs: torch.Tens
             module = model.get_submodule(module)
         except AttributeError:
             raise ValueError(f"module={module!r} is not a submodule of the model") from None
-    elif not isinstance(module, nn.Module) or not any(m is module for m in model.modules()):
+    elif not isinstance(module, nn.Module):
+        raise TypeError(f"module must be a submodule of model or its name, got {type(module).__name__}")
+    elif not any(m is module for m in model.modules()):
         raise ValueError(f"module must be a submodule of model (or its name), got {type(module).__name__}")
     check_tensor("inputs", inputs)
     seen: list[torch.Tensor] = []

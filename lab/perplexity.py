@@ -16,13 +16,24 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from lab.core.checks import check_int
+from lab.core.checks import check_choice, check_int, check_tensor
+
+__all__ = [
+    "token_losses", "perplexity", "EvalSample",
+]
 
 
 def _logits(model, ids: torch.Tensor, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
     """Logits of the positions ``logits_to_keep`` names (`transformers`' convention, which lab's `GPT` follows)."""
     out = model(ids, logits_to_keep=logits_to_keep)
     return out.logits if hasattr(out, "logits") else out
+
+
+def _check_model(model, progress) -> None:
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a lab GPT or a transformers causal LM), got "
+                        f"{type(model).__name__}")
+    check_choice("progress", progress, (True, False))
 
 
 def _windows(n: int, context_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -41,6 +52,10 @@ def _windows(n: int, context_length: int, stride: int) -> list[tuple[int, int, i
 def token_losses(model, tokens: torch.Tensor, context_length: int = 256, stride: int = 128,
                   batch_size: int = 8, progress: bool = False) -> torch.Tensor:
     """Negative log-likelihood (nats, float64) of tokens[1:], shape (N−1,), by sliding windows."""
+    _check_model(model, progress)
+    check_tensor("tokens", tokens)
+    for name, value in (("context_length", context_length), ("stride", stride), ("batch_size", batch_size)):
+        check_int(name, value, None)   # the type here; the ranges below
     if tokens.dim() != 1 or tokens.dtype != torch.int64:
         raise ValueError(f"tokens must be a 1-D int64 tensor, got shape {tuple(tokens.shape)}, {tokens.dtype}")
     if len(tokens) < 2:
@@ -92,8 +107,26 @@ class EvalSample:
     tokens: torch.Tensor
     documents: torch.Tensor
 
+    def __post_init__(self) -> None:
+        """Shapes and types (no scan of the ids): windows of ≥ 2 ids with 1 ≤ c_i < len, and n scored tokens."""
+        for name, value in (("inputs", self.inputs), ("n_context", self.n_context)):
+            if not isinstance(value, tuple) or not value:
+                raise (ValueError if isinstance(value, tuple) else TypeError)(
+                    f"{name} must be a non-empty tuple, got {type(value).__name__} {value!r:.60}")
+        if len(self.inputs) != len(self.n_context):
+            raise ValueError(f"inputs and n_context must have one entry per window, got {len(self.inputs)} and "
+                             f"{len(self.n_context)}")
+        for i, (x, c) in enumerate(zip(self.inputs, self.n_context)):
+            check_int(f"n_context[{i}]", c, 1, len(check_tensor(f"inputs[{i}]", x, 1, (torch.int64,))) - 1)
+        n = sum(len(x) - c for x, c in zip(self.inputs, self.n_context))
+        for name in ("tokens", "documents"):
+            if tuple(check_tensor(name, getattr(self, name), 1, (torch.int64,)).shape) != (n,):
+                raise ValueError(f"{name} must have shape ({n},) (the scored tokens of the windows), got "
+                                 f"{tuple(getattr(self, name).shape)}")
+
     def check_fits(self, context_length: int, name: str = "context_length") -> None:
         """ValueError unless every window (context and scored tokens) fits ``context_length`` positions."""
+        check_int(name, context_length)
         longest = max(len(x) for x in self.inputs)
         if longest > context_length:
             raise ValueError(f"sample has windows of {longest} tokens, more than {name}={context_length}; build it "
@@ -102,6 +135,7 @@ class EvalSample:
     @torch.no_grad()
     def token_losses(self, model, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
         """Negative log-likelihood (nats, float64) of each scored token, shape (n,), aligned with ``tokens``."""
+        _check_model(model, progress)
         check_int("batch_size", batch_size, 1)
         device = next(model.parameters()).device
         was_training = model.training

@@ -15,15 +15,25 @@ median, Δ, and the bar over their full range, [low, high]. `grid_heatmap` shows
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from lab.core.checks import check_number
 from lab.core.stats import VERDICTS
 
+__all__ = [
+    "interval_plot", "grid_heatmap", "static_model_figure", "pareto_plot",
+]
+
 COLORS = {"lower": "tab:green", "higher": "tab:red", "equivalent": "tab:blue", "inconclusive": "tab:gray"}
+
+
+def _check_ax(ax) -> None:
+    if ax is not None and not isinstance(ax, plt.Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
 
 
 def interval_plot(comparisons: Mapping[str, Sequence[float]], verdicts: Mapping[str, str],
@@ -31,16 +41,22 @@ def interval_plot(comparisons: Mapping[str, Sequence[float]], verdicts: Mapping[
                   ax: plt.Axes | None = None) -> plt.Axes:
     """One row per {label: [Δ, low, high]}: the point Δ and its interval, coloured by ``verdicts[label]``
     (the recorded verb, `lab.core.report.record_comparisons`)."""
+    _check_ax(ax)
+    for name, value in (("comparisons", comparisons), ("verdicts", verdicts)):
+        if not isinstance(value, Mapping):
+            raise TypeError(f"{name} must be a mapping {{label: ...}}, got {type(value).__name__}")
     if not comparisons:
         raise ValueError("comparisons is empty: nothing to plot")
     if set(verdicts) != set(comparisons) or not set(verdicts.values()) <= set(VERDICTS):
         raise ValueError(f"verdicts must give one of {VERDICTS} for each label of comparisons, got {dict(verdicts)}")
     rows = []
     for label, value in comparisons.items():
-        if len(value) != 3 or not value[1] <= value[0] <= value[2]:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
+            raise TypeError(f"comparisons[{label!r}] = {value!r}: expected a sequence [Δ, low, high]")
+        mid, low, high = (check_number(f"comparisons[{label!r}] entry", v) for v in value)
+        if not low <= mid <= high:
             raise ValueError(f"comparisons[{label!r}] = {value!r}: expected [Δ, low, high] "
                              f"with low <= Δ <= high")
-        mid, low, high = map(float, value)
         rows += [{"label": label, "value": v, "verdict": verdicts[label]} for v in (low, mid, high)]
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 0.45 * len(comparisons) + 1.2), layout="tight")
@@ -55,6 +71,14 @@ def interval_plot(comparisons: Mapping[str, Sequence[float]], verdicts: Mapping[
 def grid_heatmap(table: pd.DataFrame, fmt: str = ".1f", title: str | None = None,
                  ax: plt.Axes | None = None, **kwargs) -> plt.Axes:
     """``table`` (rows × columns of one value, e.g. a pivot_table) as an annotated heatmap."""
+    _check_ax(ax)
+    if not isinstance(table, pd.DataFrame) or table.empty:
+        raise (ValueError if isinstance(table, pd.DataFrame) else TypeError)(
+            f"table must be a non-empty pandas DataFrame, got {type(table).__name__} {getattr(table, 'shape', '')}")
+    try:
+        format(1.0, fmt)
+    except (TypeError, ValueError):
+        raise ValueError(f"fmt={fmt!r} is not a format specification for a number (e.g. '.1f')") from None
     if ax is None:
         _, ax = plt.subplots(figsize=(1.1 * table.shape[1] + 2, 0.6 * table.shape[0] + 1.2), layout="tight")
     sns.heatmap(table, annot=True, fmt=fmt, cmap="viridis_r", ax=ax, **kwargs)
@@ -66,6 +90,10 @@ def static_model_figure(record: dict) -> plt.Figure:
     """Left: v1's and v2's issue-bound µs per call at M = 1, 4, 16 beside the int4 and bf16 memory-bound
     times (H200); right: the main loop's instruction classes, in warp-instructions per KB of codes at M = 1.
     ``record``: results/kernels_sm90.json."""
+    if not isinstance(record, Mapping) or not {"ceilings", "rows"} <= record.keys():
+        raise (ValueError if isinstance(record, Mapping) else TypeError)(
+            f"record must be the dict of results/kernels_sm90.json (with 'ceilings' and 'rows'), got "
+            f"{type(record).__name__} {sorted(record) if isinstance(record, Mapping) else ''}")
     from lab.kernels.aot.model import LAYER, bf16_gemv_us, int4_rows
 
     int4, Ms, colors = int4_rows(record), [1, 4, 16], ("tab:red", "tab:green")
@@ -98,8 +126,15 @@ def pareto_plot(rows: Sequence[Mapping], front: Sequence[str], ax: plt.Axes | No
     """Each leaderboard row (`lab.capstone.leaderboard`) at (bytes in MB, Δ log-perplexity in nats) with its
     95% interval as a vertical bar, coloured by its verdict (Holm across the routes; the reference in black);
     the routes of ``front`` (`lab.capstone.pareto.pareto_front`: dominated by none) joined by a line."""
+    _check_ax(ax)
     if not rows:
         raise ValueError("rows is empty: nothing to plot")
+    if isinstance(front, str) or not isinstance(front, Collection):
+        raise TypeError(f"front must be a list of route names, got {front!r}")
+    for i, r in enumerate(rows):
+        if not isinstance(r, Mapping) or not {"route", "bytes", "delta_log_ppl", "verdict"} <= r.keys():
+            raise ValueError(f"rows[{i}] must be a leaderboard row with route, bytes, delta_log_ppl and verdict, "
+                             f"got {r!r:.100}")
     missing = set(front) - {r["route"] for r in rows}
     if missing:
         raise ValueError(f"front names routes that are not in rows: {sorted(missing)}")

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 # Set before any test imports transformers/datasets/matplotlib (the Makefile exports the same).
 for _name, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -11,6 +12,10 @@ for _name, _value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DA
     os.environ.setdefault(_name, _value)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Property-based tests draw the same examples on every run (a CI failure reproduces) and have no deadline.
+settings.register_profile("lab", deadline=None, derandomize=True)
+settings.load_profile("lab")
 
 
 @pytest.fixture(scope="session")

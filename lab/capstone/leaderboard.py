@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from lab.capstone.pareto import dominance
 from lab.capstone.routes import MATMUL_RATE, ROUTES, Route, Settings
+from lab.core.checks import check_choice, check_device, check_int, check_tensor
 from lab.core.records import REPO_ROOT, device_name
 from lab.core.report import percent
 from lab.core.stats import compare, verdicts
@@ -57,13 +58,42 @@ from lab.params.counting import unique_state_dict
 from lab.params.safetensors_io import save_safetensors
 from lab.perplexity import EvalSample
 from lab.prune.semi_structured import Sparse24Linear
-from lab.quant.affine import dequantize
+from lab.quant.affine import QuantizedTensor, dequantize
 from lab.quant.linear import Int4Linear, W8A8Linear
+
+CONTEXT_KEYS = ("dense", "train_ids", "settings", "device", "seed", "calib", "dense_matmul_time")   # `seed_contexts`
+
+
+def _check_codes(model: nn.Module, codes: dict) -> None:
+    """codes: {name of a parameter of model: its QuantizedTensor} (an unknown name would be dropped silently)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(codes, dict):
+        raise TypeError(f"codes must be a dict, got {type(codes).__name__}")
+    names = dict(model.named_parameters())
+    for name, qt in codes.items():
+        if name not in names or not isinstance(qt, QuantizedTensor):
+            raise ValueError(f"codes must map names of model's parameters to QuantizedTensors, got {name!r}: "
+                             f"{type(qt).__name__}")
+
+
+def _check_contexts(ctxs: list[dict], name: str = "ctxs") -> None:
+    """ctxs: a non-empty list of the build contexts `seed_contexts` makes (``name`` "ctx": one of them)."""
+    if not isinstance(ctxs, (list, tuple)) or not ctxs:
+        raise (ValueError if isinstance(ctxs, (list, tuple)) else TypeError)(
+            f"ctxs must be a non-empty list of build contexts (seed_contexts), got {type(ctxs).__name__}")
+    for i, ctx in enumerate(ctxs):
+        if not isinstance(ctx, dict) or set(CONTEXT_KEYS) - ctx.keys():
+            raise ValueError(f"{name if name == 'ctx' else f'{name}[{i}]'} must be a build context: a dict with the "
+                             f"keys {CONTEXT_KEYS} (seed_contexts), got "
+                             f"{sorted(ctx) if isinstance(ctx, dict) else type(ctx).__name__}")
 
 
 @torch.no_grad()
 def round_to_bf16(model: nn.Module) -> nn.Module:
     """Every float parameter and buffer rounded to the nearest bf16 value, in place (dtypes kept)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.is_floating_point():
             tensor.copy_(tensor.to(torch.bfloat16))
@@ -75,6 +105,7 @@ def stored_tensors(model: nn.Module, codes: dict) -> dict[str, torch.Tensor]:
     bf16, and each weight named in ``codes`` replaced by its b-bit codes packed LSB-first per row
     (``.codes``, uint8) with its scales (bf16) and zero points (uint8): `unique_state_dict` in bf16
     with the codes swapped in."""
+    _check_codes(model, codes)
     tensors = {}
     for name, t in unique_state_dict(model, torch.bfloat16).items():
         if name in codes:
@@ -89,6 +120,8 @@ def stored_tensors(model: nn.Module, codes: dict) -> dict[str, torch.Tensor]:
 
 def stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
     """Size in bytes of ``tensors`` written as one safetensors file (header included)."""
+    if not isinstance(tensors, dict):
+        raise TypeError(f"tensors must be a dict, got {type(tensors).__name__}")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.safetensors"
         save_safetensors(tensors, path, checksum=False)
@@ -99,6 +132,7 @@ def kept_weights(model: nn.Module, codes: dict) -> int:
     """Weights the stored form keeps: the nonzero float parameters (a shared tensor once; all of a
     weight stored as ``codes``) plus the codes of the `Int4Linear`/`W8A8Linear`s and the kept values
     of the `Sparse24Linear`s."""
+    _check_codes(model, codes)
     count, seen = sum(qt.qdata.numel() for qt in codes.values()), {model.get_parameter(n).data_ptr() for n in codes}
     for module in model.modules():
         if isinstance(module, (Int4Linear, W8A8Linear)):
@@ -115,6 +149,8 @@ def kept_weights(model: nn.Module, codes: dict) -> int:
 def matmul_time(model: nn.Module) -> float:
     """Σ over the linears (the head included) of out·in / rate, the rate of its tensor-core path
     (`MATMUL_RATE`: `W8A8Linear` int8, `Sparse24Linear` 2:4 sparse, every other linear bf16)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     rate = lambda m: MATMUL_RATE["int8" if isinstance(m, W8A8Linear) else
                                  "2:4 sparse" if isinstance(m, Sparse24Linear) else "bf16"]
     return sum(m.out_features * m.in_features / rate(m) for m in model.modules()
@@ -123,7 +159,11 @@ def matmul_time(model: nn.Module) -> float:
 
 def decode_ms_per_token(model: GPT, prompt: torch.Tensor, n: int, device: torch.device, repeats: int) -> float:
     """Median ms per generated token of greedy KV-cache decoding: (t(prompt + n) − t(prompt + 1)) / (n − 1)."""
-    if n < 2:
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_tensor("prompt", prompt, 2, (torch.int64,))
+    check_int("repeats", repeats)
+    if check_int("n", n, None) < 2:
         raise ValueError(f"n must be >= 2 (the first token comes with the prefill), got {n}")
     times = [time_ms(lambda k=k: generate(model, prompt, k), device, repeats) for k in (1, n)]
     return max(times[1] - times[0], 1e-9) / (n - 1)
@@ -142,6 +182,9 @@ def git_commit() -> str:
 def build(route: Route, ctx: dict) -> tuple[GPT, dict]:
     """The route's stored form on the context's device with every float rounded to bf16, and its codes
     (the weights of the codes loaded back from them, as from disk)."""
+    if not isinstance(route, Route):
+        raise TypeError(f"route must be a Route, got {type(route).__name__}")
+    _check_contexts([ctx], "ctx")
     model, codes = route.build(ctx)
     model = round_to_bf16(model.to(ctx["device"]).eval())
     with torch.no_grad():
@@ -153,6 +196,11 @@ def build(route: Route, ctx: dict) -> tuple[GPT, dict]:
 def measure(route: Route, ctxs: list[dict], sample: EvalSample) -> tuple[dict, torch.Tensor]:
     """One row of the leaderboard (see the module docstring) without its Δ, and the route's per-token
     losses, (S, n) float64: one row per seed context in ``ctxs`` (one for a route that is not seeded)."""
+    if not isinstance(route, Route):
+        raise TypeError(f"route must be a Route, got {type(route).__name__}")
+    _check_contexts(ctxs)
+    if not isinstance(sample, EvalSample):
+        raise TypeError(f"sample must be a lab.perplexity.EvalSample, got {type(sample).__name__}")
     s, device = ctxs[0]["settings"], ctxs[0]["device"]
     losses = []
     for ctx in ctxs if route.seeded else ctxs[:1]:
@@ -179,6 +227,20 @@ def measure(route: Route, ctxs: list[dict], sample: EvalSample) -> tuple[dict, t
 def seed_contexts(dense: GPT, train_ids: torch.Tensor, settings: Settings, device: torch.device) -> list[dict]:
     """One build context per seed of ``settings.seeds``: the bf16 dense model, the calibration windows drawn
     from ``train_ids`` with that seed, the settings; routes of one seed share it (a student is trained once)."""
+    if not isinstance(dense, GPT):
+        raise TypeError(f"dense must be a lab GPT, got {type(dense).__name__}")
+    if not isinstance(settings, Settings):
+        raise TypeError(f"settings must be a Settings, got {type(settings).__name__}")
+    cfg = dense.config
+    for name, length in (("calib_len", settings.calib_len), ("student_seq", settings.student_seq)):
+        if length > cfg.context_length:
+            raise ValueError(f"settings.{name}={length} exceeds the model's context_length={cfg.context_length}")
+    check_tensor("train_ids", train_ids, 1, (torch.int64,))
+    if len(train_ids) < max(settings.calib_len, settings.student_seq) + 2 or not (
+            0 <= int(train_ids.min()) and int(train_ids.max()) < cfg.vocab_size):
+        raise ValueError(f"train_ids must hold more than max(calib_len, student_seq) + 1 ids in [0, vocab_size="
+                         f"{cfg.vocab_size}), got {len(train_ids)} ids")
+    device = check_device("device", device)
     base = round_to_bf16(copy.deepcopy(dense).to(device).eval())
     shared = {"dense": base, "train_ids": train_ids, "settings": settings, "device": device,
               "dense_matmul_time": matmul_time(base)}
@@ -197,7 +259,17 @@ def leaderboard(dense: GPT, sample: EvalSample, train_ids: torch.Tensor, setting
     first route is the reference of every Δ (its own Δ is 0); each row's ``verdict`` is Holm-corrected
     across the other routes, and ``dominated_by`` lists the routes that dominate it (`pareto.dominance`).
     """
-    device = torch.device(device)
+    if not isinstance(dense, GPT):
+        raise TypeError(f"dense must be a lab GPT, got {type(dense).__name__}")
+    if not isinstance(sample, EvalSample):
+        raise TypeError(f"sample must be a lab.perplexity.EvalSample, got {type(sample).__name__}")
+    sample.check_fits(dense.config.context_length, "dense.config.context_length")
+    if not isinstance(routes, (tuple, list)) or not all(isinstance(r, Route) for r in routes):
+        raise TypeError(f"routes must be a tuple of Routes, got {routes!r:.80}")
+    if not routes:
+        raise ValueError("routes is empty: nothing to measure")
+    check_choice("progress", progress, (True, False))
+    device = check_device("device", device)
     ctxs = seed_contexts(dense, train_ids, settings, device)
     stamp = {"commit": git_commit(), "device": device_name(device),
              "command": "python -m lab.bench leaderboard --device " + device.type}
@@ -222,4 +294,6 @@ def leaderboard(dense: GPT, sample: EvalSample, train_ids: torch.Tensor, setting
 
 def slug(text: str) -> str:
     """A record-name form of a route or constraint: lower case, each run of other characters one "_"."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")

@@ -12,7 +12,18 @@ from __future__ import annotations
 
 import torch
 
+from lab.core.checks import check_number, check_tensor
 from lab.core.stats import compare, verdicts
+
+
+def _check_rows(rows: list[dict], keys: tuple[str, ...], name: str = "rows") -> None:
+    """rows: a list of leaderboard rows (dicts) that have ``keys``."""
+    if not isinstance(rows, (list, tuple)):
+        raise TypeError(f"{name} must be a list of leaderboard rows (dicts), got {type(rows).__name__}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or set(keys) - row.keys():
+            raise ValueError(f"{name}[{i}] must be a leaderboard row with the keys {keys}, got "
+                             f"{sorted(row) if isinstance(row, dict) else type(row).__name__}")
 
 
 def dominance(rows: list[dict], losses: list[torch.Tensor], documents: torch.Tensor) -> list[list[str]]:
@@ -21,6 +32,15 @@ def dominance(rows: list[dict], losses: list[torch.Tensor], documents: torch.Ten
     rows: leaderboard rows ("route", "bytes"); losses: per row, its (S, n) per-token losses on the sample;
     documents: (n,) the document of each token.
     """
+    _check_rows(rows, ("route", "bytes"))
+    check_tensor("documents", documents, 1)
+    if not isinstance(losses, (list, tuple)) or len(losses) != len(rows):
+        raise ValueError(f"losses must be a list of one (S, n) tensor per row ({len(rows)}), got "
+                         f"{len(losses) if isinstance(losses, (list, tuple)) else type(losses).__name__}")
+    for i, t in enumerate(losses):
+        if check_tensor(f"losses[{i}]", t, 2).shape[1] != len(documents):
+            raise ValueError(f"losses[{i}] must have shape (S, n = len(documents) = {len(documents)}), got "
+                             f"{tuple(t.shape)}")
     pairs = {(i, j): compare(losses[j], losses[i], documents, n_boot=20_000)          # Δ = a − b: a = i, b = j
              for i, a in enumerate(rows) for j, b in enumerate(rows) if i != j and a["bytes"] <= b["bytes"]}
     if not pairs:
@@ -32,6 +52,7 @@ def dominance(rows: list[dict], losses: list[torch.Tensor], documents: torch.Ten
 
 def pareto_front(rows: list[dict]) -> list[str]:
     """The routes nothing dominates (their ``dominated_by`` is empty), in the order of ``rows``."""
+    _check_rows(rows, ("route", "dominated_by"))
     return [r["route"] for r in rows if not r["dominated_by"]]
 
 
@@ -52,7 +73,9 @@ def constraint_table(rows: list[dict], budget_pct: float) -> list[dict]:
     {"constraint", "decided by", "route", "bytes", "read_bytes", "delta_ppl_pct", "matmul_time_vs_dense"};
     route None when none qualifies. A route that stores bit-packed codes without a kernel is read in
     bf16 at decode (``read_bytes``): that, not the stored size, decides a memory-bound pick."""
-    if not isinstance(budget_pct, (int, float)) or isinstance(budget_pct, bool) or not budget_pct >= 0:
+    _check_rows(rows, ("route", "bytes", "read_bytes", "calibration", "training", "delta_log_ppl", "delta_ppl_pct",
+                       "matmul_time_vs_dense"))
+    if not check_number("budget_pct", budget_pct) >= 0:
         raise ValueError(f"budget_pct must be a number >= 0 (percent), got {budget_pct!r}")
     table = []
     for constraint, decided_by, allowed in CONSTRAINTS:
@@ -73,6 +96,11 @@ def leaderboard_frame(rows: list[dict], gpu_rows: list[dict] = ()) -> "pd.DataFr
     "pending" where there is none."""
     import pandas as pd
 
+    _check_rows(rows, ("route", "params", "bytes", "read_bytes", "perplexity", "delta_ppl_pct", "verdict", "n_seeds",
+                       "matmul_time_vs_dense", "decode_ms_per_token"))
+    if not rows:
+        raise ValueError("rows is empty: no leaderboard to show")
+    _check_rows(gpu_rows, ("route", "tokens_per_s", "fraction_of_sol"), "gpu_rows")
     gpu = {r["route"]: r for r in gpu_rows}
     dense_bytes = rows[0]["bytes"]
     table = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from lab.core.checks import check_choice, check_int
 from lab.distill.experiments import lm_batches
 from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.students import gpt_student
@@ -47,6 +48,19 @@ class Settings:
     repeats: int = 3
     seeds: tuple[int, ...] = (0, 1, 2)
 
+    def __post_init__(self) -> None:
+        if self.eval_tokens is not None:
+            check_int("eval_tokens", self.eval_tokens, 2)
+        for name in ("calib_samples", "calib_len", "student_layers", "student_steps", "student_batch", "student_seq",
+                     "decode_prompt", "repeats"):
+            check_int(name, getattr(self, name))
+        check_int("group_size", self.group_size, 2)
+        check_int("decode_tokens", self.decode_tokens, 2)       # the first token comes with the prefill
+        if not isinstance(self.seeds, (tuple, list)) or not self.seeds:   # a record's JSON gives a list
+            raise TypeError(f"seeds must be a non-empty tuple of ints, got {self.seeds!r}")
+        for seed in self.seeds:
+            check_int("seeds entry", seed, 0)
+
 
 QUICK = Settings(eval_tokens=1024, calib_samples=4, calib_len=64, student_steps=4, student_batch=2,
                  student_seq=32, decode_prompt=8, decode_tokens=4, repeats=1, seeds=(0,))
@@ -67,6 +81,14 @@ class Route:
     training: bool
     matmul: str
     seeded: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not callable(self.build):
+            raise TypeError(f"name must be a str and build a callable build(ctx), got {self.name!r} and "
+                            f"{type(self.build).__name__}")
+        for flag in ("calibration", "training", "seeded"):
+            check_choice(flag, getattr(self, flag), (True, False))
+        check_choice("matmul", self.matmul, MATMUL_RATE)
 
 
 def _dense(ctx: dict) -> tuple[GPT, dict]:

@@ -28,11 +28,21 @@ from pathlib import Path
 
 import torch
 
+from lab.core.checks import check_choice, check_device, check_float_dtype, check_number, check_path
 from lab.core.records import RESULTS_DIR, device_name
 from lab.core.timing import time_ms
 
-__all__ = ["CEILING_RECORDS", "DATASHEETS", "DEFAULT_DEVICE", "Ceilings", "Datasheet", "datasheet_ceilings",
-           "datasheet_key", "device_ceilings", "measured_ceilings"]
+__all__ = ["CEILING_RECORDS", "DATASHEETS", "DEFAULT_DEVICE", "Ceilings", "Datasheet", "ceiling_sizes",
+           "datasheet_ceilings", "datasheet_key", "device_ceilings", "measure_ceilings", "measured_ceilings"]
+
+
+def _check_fields(record, texts: tuple[str, ...], rates: tuple[str, ...]) -> None:
+    """TypeError/ValueError unless the fields ``texts`` of ``record`` are strs and ``rates`` positive numbers."""
+    for field in texts:
+        if not isinstance(getattr(record, field), str):
+            raise TypeError(f"{field} must be a str, got {getattr(record, field)!r}")
+    for field in rates:
+        check_number(field, getattr(record, field), 0.0, closed=(False, True))
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,9 @@ class Datasheet:
     bf16_flops: float
     int8_ops: float
     url: str
+
+    def __post_init__(self):
+        _check_fields(self, ("name", "memory", "url"), ("bandwidth", "bf16_flops", "int8_ops"))
 
     @property
     def source(self) -> str:
@@ -86,6 +99,13 @@ class Ceilings:
     int8_ops: float | None = None
     int8_source: str | None = None
 
+    def __post_init__(self):
+        _check_fields(self, ("device", "source"), ("bandwidth", "peak_flops"))
+        if (self.int8_ops is None) != (self.int8_source is None):
+            raise ValueError(f"int8_ops={self.int8_ops!r} and int8_source={self.int8_source!r}: give both or neither")
+        if self.int8_ops is not None:
+            _check_fields(self, ("int8_source",), ("int8_ops",))
+
     @property
     def measured(self) -> bool:
         return self.source.startswith("measured")
@@ -111,6 +131,9 @@ def datasheet_key(device: str | torch.device) -> str | None:
     """
     if isinstance(device, torch.device):
         device = device_name(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a device name (str) or a torch.device, got {device!r} "
+                        f"({type(device).__name__})")
     name = device.lower()
     if name in DATASHEETS:
         return name
@@ -125,8 +148,10 @@ def datasheet_key(device: str | torch.device) -> str | None:
 
 def datasheet_ceilings(key: str = DEFAULT_DEVICE) -> Ceilings:
     """The datasheet ceilings of ``key`` (a `DATASHEETS` key), whatever ``results/`` holds."""
+    if not isinstance(key, str):
+        raise TypeError(f"key must be a str, one of {tuple(DATASHEETS)}, got {key!r}")
     if key not in DATASHEETS:
-        raise ValueError(f"no datasheet entry {key!r}; known: {', '.join(DATASHEETS)}")
+        raise ValueError(f"key={key!r} has no datasheet entry; known: {', '.join(DATASHEETS)}")
     sheet = DATASHEETS[key]
     return Ceilings(sheet.name, sheet.bandwidth, sheet.bf16_flops, sheet.source, sheet.int8_ops, sheet.source)
 
@@ -177,10 +202,10 @@ def measured_ceilings(device: str | torch.device = DEFAULT_DEVICE, root: str | P
     A record is of ``device`` when both map to the same `datasheet_key` (any H100 SXM record serves
     "h100-sxm5"), or, for a device without a datasheet entry, when its ``"device"`` equals the name.
     """
+    key, root = datasheet_key(device), check_path("root", root, folder=True)
     if isinstance(device, torch.device):
         device = device_name(device)
-    key = datasheet_key(device)
-    matches = [(path, record) for path, record in _ceiling_records(Path(root))
+    matches = [(path, record) for path, record in _ceiling_records(root)
                if (datasheet_key(str(record.get("device", ""))) == key if key else record.get("device") == device)]
     if not matches:
         return None
@@ -224,7 +249,8 @@ def ceiling_sizes(device: torch.device, quick: bool) -> tuple[int, int]:
     long enough for CUDA-event timing) and n = 8192; on the CPU 256 MiB and 2048, or 4 MiB and 256
     with ``quick``.
     """
-    if device.type == "cuda":
+    check_choice("quick", quick, (False, True))
+    if check_device("device", device).type == "cuda":
         return 2**30, 8192
     return (2**22, 256) if quick else (2**28, 2048)
 
@@ -232,6 +258,7 @@ def ceiling_sizes(device: torch.device, quick: bool) -> tuple[int, int]:
 def measure_ceilings(device: torch.device, dtype: torch.dtype, quick: bool = False) -> dict:
     """{"bandwidth": bytes/s of a device copy (read + write), "peak_flops": FLOP/s of an n×n×n matmul}, timed
     with `time_ms` (CUDA events on a GPU)."""
+    device, dtype = check_device("device", device), check_float_dtype("dtype", dtype)
     n_bytes, n = ceiling_sizes(device, quick)
     src = torch.empty(n_bytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lab.core.checks import check_int, check_number
+from lab.core.checks import check_device, check_int, check_number, check_path, check_tensor
 from lab.core.stats import document_sums
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +28,7 @@ RESULTS_DIR = REPO_ROOT / "results"
 
 def device_name(device: torch.device) -> str:
     """`torch.cuda.get_device_name` on CUDA, else the CPU model string from /proc/cpuinfo."""
+    device = check_device("device", device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     try:
@@ -41,6 +42,7 @@ def device_name(device: torch.device) -> str:
 
 def device_kind(device: torch.device) -> str:
     """File-name slug of the device: "cpu", or e.g. "nvidia-h100-80gb-hbm3"."""
+    device = check_device("device", device)
     if device.type != "cuda":
         return "cpu"
     return re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")
@@ -48,6 +50,10 @@ def device_kind(device: torch.device) -> str:
 
 def provenance(device: torch.device, command: str) -> dict:
     """Device name and type, torch / triton / Python versions, the ISO UTC date and ``command`` as given."""
+    device = check_device("device", device)
+    if not isinstance(command, str) or not command.strip():
+        raise (ValueError if isinstance(command, str) else TypeError)(
+            f"command must be the command line as one non-empty str, got {command!r:.200}")
     try:
         import triton
         triton_version = triton.__version__
@@ -60,8 +66,7 @@ def provenance(device: torch.device, command: str) -> dict:
 
 def check_out_dir(out: str | Path) -> None:
     """ValueError unless ``out`` (the ``--out`` folder of records) is a folder or does not exist yet."""
-    if Path(out).exists() and not Path(out).is_dir():
-        raise ValueError(f"--out={str(out)!r} is an existing file; give a folder (created if missing)")
+    check_path("--out", out, folder=True)
 
 
 def load_results(pattern: str = "*.json", root: str | Path = RESULTS_DIR) -> list[dict]:
@@ -69,11 +74,25 @@ def load_results(pattern: str = "*.json", root: str | Path = RESULTS_DIR) -> lis
 
     Each dict gets a ``"_path"`` key naming its file.
     """
-    paths = sorted(glob.glob(str(Path(root) / pattern)))
+    if not isinstance(pattern, str) or not pattern.strip() or Path(pattern).is_absolute():
+        raise (ValueError if isinstance(pattern, str) else TypeError)(
+            f"pattern must be a non-empty glob relative to root, e.g. 'infer_*.json', got {pattern!r}")
+    paths = sorted(glob.glob(str(check_path("root", root, folder=True) / pattern)))
     if not paths:
         raise FileNotFoundError(f"no results match pattern={pattern!r} under {root}; "
                                 "produce them with `python -m lab.bench ...`")
-    return [{**json.loads(Path(p).read_text()), "_path": p} for p in paths]
+    return [{**_record(p), "_path": p} for p in paths]
+
+
+def _record(path: str) -> dict:
+    """The JSON object of the record at ``path``; ValueError naming the file when it is not one."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a record (a JSON object): {error}") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} holds a JSON {type(record).__name__}, not a record (an object)")
+    return record
 
 
 def add_seed(experiments: dict, results: dict[str, tuple[dict[str, torch.Tensor], torch.Tensor]]) -> None:
@@ -82,22 +101,37 @@ def add_seed(experiments: dict, results: dict[str, tuple[dict[str, torch.Tensor]
     results: {experiment: ({run: per-token NLL (N,)}, groups (N,) int)}, one seed's runs of each experiment,
     scored on the same tokens. experiments: {experiment: {"sizes": [n_g], "sums": {run: [one list per seed
     of Σ ℓ_t over each group g]}}} (`lab.core.stats.document_sums`), what `seeded_sums` reads back. Every
-    run of an experiment must be given at every seed, on the same groups.
+    run of an experiment must be given at every seed, on the same groups. Every run is checked before
+    ``experiments`` changes: a refused call leaves it as it was.
     """
-    for name, (losses, groups) in results.items():
-        entry = experiments.setdefault(name, {"sizes": None, "sums": {}})
+    if not isinstance(experiments, dict) or not isinstance(results, dict):
+        raise TypeError(f"experiments and results must be dicts, got {type(experiments).__name__} and "
+                        f"{type(results).__name__}")
+    staged = {}
+    for name, pair in results.items():
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], dict)):
+            raise TypeError(f"results[{name!r}] must be a pair ({{run: losses}}, groups), got {pair!r:.200}")
+        (losses, groups), entry = pair, experiments.get(name, {"sizes": None, "sums": {}})
         if entry["sums"] and set(losses) != set(entry["sums"]):
             raise ValueError(f"results[{name!r}] has runs {sorted(losses)}, but the earlier seeds have "
                              f"{sorted(entry['sums'])}; give every run at every seed")
+        sizes, rows = entry["sizes"], {}
         for run, values in losses.items():
-            if not (isinstance(values, torch.Tensor) and values.dim() == 1):
-                raise ValueError(f"results[{name!r}][{run!r}] must be one seed's per-token losses, a 1-D tensor")
-            sums, sizes = document_sums(values, groups)
-            if entry["sizes"] not in (None, sizes.tolist()):
+            check_tensor(f"results[{name!r}][{run!r}] (one seed's per-token losses, a 1-D tensor)", values, 1)
+            try:
+                sums, own = document_sums(values, groups)
+            except ValueError as error:
+                raise ValueError(f"results[{name!r}][{run!r}]: {error}") from None
+            if sizes not in (None, own.tolist()):
                 raise ValueError(f"run {run!r} of experiment {name!r} is scored on groups of sizes "
-                                 f"{sizes.tolist()[:8]}..., its other runs on {entry['sizes'][:8]}...")
-            entry["sizes"] = sizes.tolist()
-            entry["sums"].setdefault(run, []).append(sums[0].tolist())
+                                 f"{own.tolist()[:8]}..., its other runs on {sizes[:8]}...")
+            sizes, rows[run] = own.tolist(), sums[0].tolist()
+        staged[name] = sizes, rows
+    for name, (sizes, rows) in staged.items():
+        entry = experiments.setdefault(name, {"sizes": None, "sums": {}})
+        entry["sizes"] = sizes
+        for run, row in rows.items():
+            entry["sums"].setdefault(run, []).append(row)
 
 
 def _check_settings(record: dict, settings: dict) -> None:
@@ -130,6 +164,14 @@ def seeded_sums(record: dict, experiment: str, settings: dict, seed: int, losses
     Returns ({run: (S, G) float64 sums, one row per seed}, sizes (G,) int64), for
     `lab.core.stats.compare_sums`.
     """
+    if not (isinstance(record, dict) and {"seeds", "settings", "experiments", "command"} <= record.keys()):
+        raise TypeError(f"record must be a seeds record (load_results) with 'seeds', 'settings', 'experiments' and "
+                        f"'command', got {record!r:.200}")
+    for arg, value in (("settings", settings), ("losses", losses)):
+        if not isinstance(value, dict):
+            raise TypeError(f"{arg} must be a dict, got {value!r:.200}")
+    if not isinstance(experiment, str):
+        raise TypeError(f"experiment must be a str, got {experiment!r}")
     _check_settings(record, settings)
     check_int("seed", seed, minimum=0)
     check_number("tolerance", tolerance, 0.0, closed=(False, True))

@@ -28,10 +28,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 from lab.core.atomic import atomic_write_json
-from lab.core.checks import check_choice, check_number
+from lab.core.checks import check_choice, check_int, check_number, check_path
 from lab.core.stats import EQUIVALENCE_MARGIN, seed_spread, verdict, verdicts
 
 DEFAULT_FILENAME = "lab.metrics.json"
@@ -39,14 +40,15 @@ ENV_VAR = "LAB_REPORT_PATH"
 
 Value = int | float | str | bool | list
 COMPARISON_KEYS = {"delta_log_ppl", "ci_low", "ci_high", "p", "n_seeds", "n_documents"}   # of a compare result
+MAX_LOG = math.log(sys.float_info.max)           # e^Δ beyond this overflows a float
 
 
 def report_path(path: str | os.PathLike | None = None) -> Path:
     """The metrics file: ``path``, else ``$LAB_REPORT_PATH``, else ``./lab.metrics.json``."""
     if path is not None:
-        return Path(path)
+        return check_path("path", path)
     env = os.environ.get(ENV_VAR, "").strip()
-    return Path(env) if env else Path.cwd() / DEFAULT_FILENAME
+    return check_path(ENV_VAR, env) if env else Path.cwd() / DEFAULT_FILENAME
 
 
 def _plain(value, name: str):
@@ -70,7 +72,13 @@ def read(path: str | os.PathLike | None = None) -> dict:
     file = report_path(path)
     if not file.exists():
         raise FileNotFoundError(f"no metrics file at {file}: nothing was recorded with lab.core.report.record")
-    return json.loads(file.read_text(encoding="utf-8"))
+    try:
+        metrics = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"path={str(file)!r} is not a metrics file (a JSON object): {error}") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"path={str(file)!r} holds a JSON {type(metrics).__name__}, not a metrics file (an object)")
+    return metrics
 
 
 def record(name: str, value: Value, *, path: str | os.PathLike | None = None) -> None:
@@ -79,16 +87,28 @@ def record(name: str, value: Value, *, path: str | os.PathLike | None = None) ->
     Raises TypeError/ValueError for an empty or non-string name, a value that is not an
     int/float/str/bool/list, or a NaN/infinite float.
     """
+    _store({name: value}, path)
+
+
+def _check_name(name, what: str = "name") -> None:
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__} {name!r}")
+        raise TypeError(f"{what} must be a str, got {type(name).__name__} {name!r}")
     if not name.strip():
-        raise ValueError(f"name must be a non-empty str, got {name!r}")
-    plain = _plain(value, name)
+        raise ValueError(f"{what} must be a non-empty str, got {name!r}")
+
+
+def _store(entries: dict, path: str | os.PathLike | None) -> None:
+    """Check every name and value of ``entries`` and the file, then write them all at once (or nothing)."""
+    plain = {}
+    for name, value in entries.items():
+        _check_name(name)
+        plain[name] = _plain(value, name)
     file = report_path(path)
     metrics = read(file) if file.exists() else {}
-    metrics[name] = plain
+    metrics.update(plain)
     atomic_write_json(file, dict(sorted(metrics.items())))
-    _glue(name, plain)
+    for name, value in plain.items():
+        _glue(name, value)
 
 
 def _glue(name: str, value: Value) -> None:
@@ -129,7 +149,7 @@ def below_text(value: float, bound: float) -> str:
 
 def percent(delta_log_ppl: float) -> float:
     """A log-perplexity difference Δ as a change of perplexity in percent, 100·(e^Δ − 1)."""
-    return 100.0 * math.expm1(delta_log_ppl)
+    return 100.0 * math.expm1(check_number("delta_log_ppl", delta_log_ppl, high=MAX_LOG))
 
 
 def record_comparisons(results: dict[str, dict], *, scale: str = "ppl", margin: float | None = None,
@@ -141,31 +161,41 @@ def record_comparisons(results: dict[str, dict], *, scale: str = "ppl", margin: 
     values are per-token losses and Δ is the change of perplexity in percent, 100·(e^Δ − 1); "points":
     they are rates (e.g. 1 − correct per example) and Δ is in percentage points, 100·Δ. ``margin``: the
     equivalence margin in the compared unit (log-perplexity or rate); default `EQUIVALENCE_MARGIN` for
-    "ppl" (±1% perplexity), 0.01 (one point) for "points". Returns {name: verdict}.
+    "ppl" (±1% perplexity), 0.01 (one point) for "points". Returns {name: verdict}. Everything is checked
+    before the file is written: a refused call leaves it as it was.
     """
     if not isinstance(results, dict) or not results:
         raise TypeError(f"results must be a non-empty dict of lab.core.stats.compare results, got {results!r:.200}")
     for name, r in results.items():
+        _check_name(name, "each name of results")
         if not (isinstance(r, dict) and COMPARISON_KEYS <= r.keys()):
             raise TypeError(f"results[{name!r}] must be a lab.core.stats.compare result, got {r!r:.200}")
     check_choice("scale", scale, ("ppl", "points"))
+    _check_name(unit_name, "unit_name")
     if margin is None:
         margin = EQUIVALENCE_MARGIN if scale == "ppl" else 0.01
     verbs = verdicts(results, margin)
     to_unit, unit = (percent, "%") if scale == "ppl" else ((lambda d: 100.0 * d), " points")
+    entries = {}
     for name, r in results.items():
-        mid, low, high = (to_unit(r[k]) for k in ("delta_log_ppl", "ci_low", "ci_high"))
-        seeds = f"{r['n_seeds']} seeds and " if r["n_seeds"] > 1 else ""
-        record(name, [mid, low, high], path=path)
-        record(f"{name}_text", f"{mid:+.2f}{unit} (95% CI {low:+.2f}{unit} to {high:+.2f}{unit}; "
-                               f"{seeds}{r['n_documents']} {unit_name} resampled)", path=path)
-        record(f"{name}_verdict", verbs[name], path=path)
+        mid, low, high = (to_unit(check_number(f"results[{name!r}][{k!r}]", r[k], high=MAX_LOG))
+                          for k in ("delta_log_ppl", "ci_low", "ci_high"))
+        n_seeds, n_documents = (check_int(f"results[{name!r}][{k!r}]", r[k]) for k in ("n_seeds", "n_documents"))
+        seeds = f"{n_seeds} seeds and " if n_seeds > 1 else ""
+        entries[name] = [mid, low, high]
+        entries[f"{name}_text"] = (f"{mid:+.2f}{unit} (95% CI {low:+.2f}{unit} to {high:+.2f}{unit}; "
+                                   f"{seeds}{n_documents} {unit_name} resampled)")
+        entries[f"{name}_verdict"] = verbs[name]
+    _store(entries, path)
     return verbs
 
 
 def record_comparison(name: str, result: dict, *, scale: str = "ppl", margin: float | None = None,
                       unit_name: str = "documents", path: str | os.PathLike | None = None) -> str:
     """`record_comparisons` for a family of one comparison; returns its verdict."""
+    _check_name(name)
+    if not (isinstance(result, dict) and COMPARISON_KEYS <= result.keys()):
+        raise TypeError(f"result must be a lab.core.stats.compare result, got {result!r:.200}")
     return record_comparisons({name: result}, scale=scale, margin=margin, unit_name=unit_name, path=path)[name]
 
 
@@ -174,10 +204,13 @@ def record_spread(name: str, values, unit: str = "%", margin: float = 1.0, *,
     """Record one result over seeds (`lab.core.stats.seed_spread`): ``name`` = [mean, ci_low, ci_high]
     (Student-t 95% interval of the mean), ``name_text`` and ``name_verdict`` (against 0, a family of
     one; "equivalent" when the interval lies inside ±``margin``, in ``unit``).
-    Returns [mean, ci_low, ci_high]."""
+    Returns [mean, ci_low, ci_high]. Everything is checked before the file is written."""
+    _check_name(name)
+    if not isinstance(unit, str):
+        raise TypeError(f"unit must be a str such as '%', got {unit!r}")
     s = seed_spread(values)
-    record(name, [s["mean"], s["ci_low"], s["ci_high"]], path=path)
-    record(f"{name}_text", f"{s['mean']:+.2f}{unit} (mean of {s['n']} seeds, sd {s['sd']:.2f}{unit}; "
-                           f"95% CI {s['ci_low']:+.2f}{unit} to {s['ci_high']:+.2f}{unit})", path=path)
-    record(f"{name}_verdict", verdict(s, margin=margin), path=path)
+    _store({name: [s["mean"], s["ci_low"], s["ci_high"]],
+            f"{name}_text": f"{s['mean']:+.2f}{unit} (mean of {s['n']} seeds, sd {s['sd']:.2f}{unit}; "
+                            f"95% CI {s['ci_low']:+.2f}{unit} to {s['ci_high']:+.2f}{unit})",
+            f"{name}_verdict": verdict(s, margin=margin)}, path)
     return [s["mean"], s["ci_low"], s["ci_high"]]

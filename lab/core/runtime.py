@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from lab.core.checks import check_choice, check_int
+from lab.core.checks import check_choice, check_device, check_int
 
 _DEVICES = ("cpu", "cuda")
 
@@ -62,7 +62,7 @@ def has_triton_gpu() -> bool:
 def runs_triton(device: torch.device) -> bool:
     """Whether `lab`'s kernels run their Triton path for tensors on ``device``: CUDA, or any device
     under ``TRITON_INTERPRET=1`` (Triton's interpreter); otherwise they take their PyTorch path."""
-    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return check_device("device", device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @contextlib.contextmanager

@@ -42,12 +42,11 @@ lies inside ±margin (two one-sided tests at 2.5% each; the margin is fixed in a
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 
-from lab.core.checks import check_int, check_number
+from lab.core.checks import check_int, check_number, check_numbers
 
 # Student-t 0.975 quantiles for df = 1..30 (scipy.stats.t.ppf(0.975, df); tests check them);
 # beyond 30 the normal quantile is within 2% of the t quantile.
@@ -64,9 +63,7 @@ VERDICTS = ("lower", "higher", "equivalent", "inconclusive")
 
 def _losses(values, name: str) -> np.ndarray:
     """``values`` as float64 (S, N): one row per seed (a 1-D input is one seed)."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().double().numpy()
-    array = np.asarray(values, dtype=np.float64)
+    array = check_numbers(name, values).astype(np.float64, copy=False)
     if array.ndim == 1:
         array = array[None]
     if array.ndim != 2 or array.shape[1] < 2:
@@ -79,9 +76,7 @@ def _losses(values, name: str) -> np.ndarray:
 
 def _groups(groups, n: int) -> np.ndarray:
     """Document (cluster) index of each of the n tokens, as dense labels 0..G−1."""
-    if isinstance(groups, torch.Tensor):
-        groups = groups.detach().cpu().numpy()
-    array = np.asarray(groups)
+    array = check_numbers("groups", groups)
     if array.shape != (n,) or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"groups must be (N,) = ({n},) integers (the document of each token), "
                          f"got shape {array.shape}, dtype {array.dtype}")
@@ -150,7 +145,7 @@ def compare_sums(sums_a, sums_b, sizes, n_boot: int = 4000, seed: int = 0) -> di
     by every seed); sizes: (G,) int >= 1, the tokens n_g of each of the G >= 3 documents. D_g = sums_b −
     sums_a, and the result is `compare`'s for the same tokens (equal up to the rounding of the subtraction).
     """
-    n = np.asarray(sizes)
+    n = check_numbers("sizes", sizes)
     if n.ndim != 1 or len(n) < 3 or not np.issubdtype(n.dtype, np.integer) or n.min() < 1:
         raise ValueError(f"sizes must be (G,) integers >= 1 for G >= 3 documents, got {n.tolist()!r:.80}")
     a, b = _losses(sums_a, "sums_a"), _losses(sums_b, "sums_b")
@@ -194,6 +189,7 @@ def _bootstrap(sums: np.ndarray, sizes: np.ndarray, n_boot: int, seed: int) -> d
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm's step-down adjustment of the m p-values of one family: sorted ascending, the i-th
     (from 0) becomes max over j <= i of min(1, (m − j)·p_(j)); reject where the adjusted p < α."""
+    check_numbers("p_values", p_values, 1)                     # a sequence of numbers, not one number or a str
     p = [check_number("p_values", v, 0.0, 1.0) for v in p_values]
     order = sorted(range(len(p)), key=p.__getitem__)
     adjusted, running = [0.0] * len(p), 0.0
@@ -209,7 +205,9 @@ def verdict(result: dict, p_adjusted: float | None = None, margin: float = EQUIV
     the interval excludes 0 and ``p_adjusted`` (Holm across its family; else the comparison's own p,
     if any) is below 0.05; "equivalent" when the interval lies inside (−margin, +margin), margin in the
     interval's unit; otherwise "inconclusive"."""
-    low, high = result["ci_low"], result["ci_high"]
+    if not (isinstance(result, Mapping) and {"ci_low", "ci_high"} <= result.keys()):
+        raise TypeError(f"result must be a compare result (a dict with 'ci_low' and 'ci_high'), got {result!r:.200}")
+    low, high = check_number("ci_low", result["ci_low"]), check_number("ci_high", result["ci_high"])
     if not low <= high:
         raise ValueError(f"need ci_low <= ci_high, got ci_low={low}, ci_high={high}")
     p = result.get("p", 0.0) if p_adjusted is None else p_adjusted
@@ -222,9 +220,14 @@ def verdict(result: dict, p_adjusted: float | None = None, margin: float = EQUIV
 
 def verdicts(results: dict[str, dict], margin: float = EQUIVALENCE_MARGIN) -> dict[str, str]:
     """The verb of each comparison of one family (a table or figure), Holm-corrected across it."""
+    if not isinstance(results, Mapping):
+        raise TypeError(f"results must be a dict of compare results, got {results!r:.200}")
     if not results:
         raise ValueError("results must hold at least one comparison")
-    adjusted = holm([r["p"] for r in results.values()])
+    for name, r in results.items():
+        if not (isinstance(r, Mapping) and "p" in r):
+            raise TypeError(f"results[{name!r}] must be a compare result (a dict with 'p'), got {r!r:.200}")
+    adjusted = holm([check_number(f"results[{name!r}]['p']", r["p"], 0.0, 1.0) for name, r in results.items()])
     return {name: verdict(r, p, margin) for (name, r), p in zip(results.items(), adjusted)}
 
 
@@ -237,14 +240,15 @@ def t_quantile_975(df: int) -> float:
 def seed_spread(values: Sequence[float]) -> dict:
     """Summary of one result over n >= 2 seeds: {"mean", "sd" (ddof 1), "n", "min", "max",
     "ci_low", "ci_high"} with the Student-t 95% interval mean ± t_{0.975, n−1}·sd/√n."""
-    if isinstance(values, (str, bytes)):
-        raise TypeError(f"values must be a sequence of numbers, got a {type(values).__name__}")
-    x = np.asarray([float(v) for v in values], dtype=np.float64)
-    if x.ndim != 1 or len(x) < 2:
+    x = check_numbers("values", values, 1).astype(np.float64)
+    if len(x) < 2:
         raise ValueError(f"values needs results from at least 2 seeds, got {len(x)}")
     if not np.isfinite(x).all():
         raise ValueError(f"values must be finite, got {x.tolist()}")
-    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    with np.errstate(over="ignore"):
+        mean, sd = float(x.mean()), float(x.std(ddof=1))
+    if not math.isfinite(mean + sd):
+        raise ValueError(f"values={x.tolist()!r:.200} overflow float64 in their mean or sd")
     half = t_quantile_975(len(x) - 1) * sd / math.sqrt(len(x))
     return {"mean": mean, "sd": sd, "n": len(x), "min": float(x.min()), "max": float(x.max()),
             "ci_low": mean - half, "ci_high": mean + half}
@@ -255,11 +259,14 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> dict:
     `lab.core.timing.time_interleaved`): the geometric mean of a_i / b_i with its Student-t 95% interval,
     exp(m ± t_{0.975, n−1}·s/√n) for m, s the mean and sd of log(a_i / b_i). Returns {"ratio", "ci_low",
     "ci_high", "n"}; a speed-up of b over a when a and b are times."""
-    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    x, y = (check_numbers(name, v).astype(np.float64) for name, v in (("a", a), ("b", b)))
     if x.ndim != 1 or x.shape != y.shape or len(x) < 2:
         raise ValueError(f"a and b must be paired 1-D measurements of equal length >= 2, got {x.shape} and {y.shape}")
     if not (np.isfinite(x).all() and np.isfinite(y).all() and (x > 0).all() and (y > 0).all()):
         raise ValueError("a and b must be finite positive measurements")
-    logs = np.log(x / y)
+    with np.errstate(over="ignore", divide="ignore"):
+        logs = np.log(x / y)
+    if not np.isfinite(logs).all():
+        raise ValueError("a and b differ by ratios beyond float64's range")
     mean, half = logs.mean(), t_quantile_975(len(x) - 1) * logs.std(ddof=1) / math.sqrt(len(x))
     return {"ratio": math.exp(mean), "ci_low": math.exp(mean - half), "ci_high": math.exp(mean + half), "n": len(x)}

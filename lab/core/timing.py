@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from lab.core.checks import check_int
+from lab.core.checks import check_device, check_float_tensor, check_int, check_number
 
 CUDA_WARMUP_MS = 100
 CUDA_REP_MS_PER_REPEAT = 50
@@ -32,8 +32,9 @@ CUDA_REP_MS_PER_REPEAT = 50
 
 def time_ms(fn: Callable[[], object], device: torch.device, repeats: int = 10) -> float:
     """Median time of one ``fn()`` call in ms on ``device`` (cpu or cuda); ``repeats`` ≥ 1 sets the sample size."""
+    _check_callable("fn", fn)
     check_int("repeats", repeats)
-    device = torch.device(device)
+    device = check_device("device", device)
     if device.type == "cuda":
         from triton.testing import do_bench
 
@@ -56,13 +57,23 @@ def check_then_time(fn: Callable[[], torch.Tensor], reference: torch.Tensor, tol
 
     Returns {"max_rel_err": max |fn() − reference| / max |reference|, "ms": `time_ms`} for a right path,
     and {"max_rel_err": that error or None, "ms": None, "wrong": why} for one whose error exceeds ``tol``,
-    is not finite, or that raises (a private PyTorch op missing from this release, an unsupported
-    dtype): a wrong path is recorded, never timed, and never stops the other paths.
+    is not finite, that raises (a private PyTorch op missing from this release, an unsupported
+    dtype) or returns no tensor of the reference's shape: a wrong path is recorded, never timed, and never
+    stops the other paths. ``reference`` must be a finite float64 tensor.
     """
+    _check_callable("fn", fn)
+    check_float_tensor("reference", reference, dtypes=(torch.float64,))
+    check_number("tol", tol, 0.0)
+    check_int("repeats", repeats)
+    check_device("device", device)
     try:
         out = fn()
     except Exception as error:  # noqa: BLE001 - e.g. a Triton CompilationError, a missing private op
         return {"max_rel_err": None, "ms": None, "wrong": f"raised {type(error).__name__}: {error}"[:2000]}
+    if not isinstance(out, torch.Tensor) or out.shape != reference.shape:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        return {"max_rel_err": None, "ms": None,
+                "wrong": f"returned {got}, not a tensor of the reference's shape {tuple(reference.shape)}"}
     err = ((out.double() - reference).abs().max() / reference.abs().max().clamp(min=1e-30)).item()
     if not math.isfinite(err):
         return {"max_rel_err": None, "ms": None, "wrong": "the output is not finite"}
@@ -78,8 +89,12 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 15) 
     the ratio of two of them within a round is paired. Returns {name: [ms of round 1, …, round ``rounds``]};
     `lab.core.stats.paired_ratio` turns two of them into a speed-up with its interval."""
     check_int("rounds", rounds, minimum=2)
+    if not isinstance(fns, Mapping):
+        raise TypeError(f"fns must be a dict {{name: function}}, got {type(fns).__name__}")
     if not fns:
         raise ValueError("fns must name at least one function to time")
+    for name, fn in fns.items():
+        _check_callable(f"fns[{name!r}]", fn)
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -89,3 +104,8 @@ def time_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 15) 
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
     return times
+
+
+def _check_callable(name: str, fn) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be a function of no arguments, got {fn!r:.80}")

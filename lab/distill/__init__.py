@@ -1,28 +1,41 @@
-"""Chapter 4, knowledge distillation: KD / hidden-state / self-attention losses, students, the training loop."""
+"""Chapter 4, knowledge distillation: KD / hidden-state / self-attention losses, students, the training loop, and
+the chapter's experiments (language-model and encoder students, forward vs reverse KL on a toy problem)."""
 
+from lab.distill.encoder_task import run_encoder_task
+from lab.distill.experiments import cpu_speedups, lm_batches, lm_run, retained, temperature_alpha_grid
 from lab.distill.features import Outputs, attention_log_probs, gpt_outputs, value_relation_log_probs
 from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.losses import (cross_entropy, hidden_state_loss, kd_loss, kl_divergence, log_softmax, minilm_loss,
                                 relation_kl)
+from lab.distill.modes import fit_gaussian_student
+from lab.distill.seeds import run_name
 from lab.distill.students import gpt_student, init_from_teacher, teacher_layer_indices, uniform_layer_map
 
 __all__ = [
-                                "KDLoss",
-                                "Outputs",
-                                "TeacherCache",
-                                "attention_log_probs",
-                                "cross_entropy",
-                                "distill",
-                                "gpt_outputs",
-                                "gpt_student",
-                                "hidden_state_loss",
-                                "init_from_teacher",
-                                "kd_loss",
-                                "kl_divergence",
-                                "log_softmax",
-                                "minilm_loss",
-                                "relation_kl",
-                                "teacher_layer_indices",
-                                "uniform_layer_map",
-                                "value_relation_log_probs",
+    "KDLoss",
+    "Outputs",
+    "TeacherCache",
+    "attention_log_probs",
+    "cpu_speedups",
+    "cross_entropy",
+    "distill",
+    "fit_gaussian_student",
+    "gpt_outputs",
+    "gpt_student",
+    "hidden_state_loss",
+    "init_from_teacher",
+    "kd_loss",
+    "kl_divergence",
+    "lm_batches",
+    "lm_run",
+    "log_softmax",
+    "minilm_loss",
+    "relation_kl",
+    "retained",
+    "run_encoder_task",
+    "run_name",
+    "teacher_layer_indices",
+    "temperature_alpha_grid",
+    "uniform_layer_map",
+    "value_relation_log_probs",
 ]

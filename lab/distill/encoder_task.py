@@ -25,13 +25,14 @@ import re
 import torch
 from torch import nn
 
-from lab.core.checks import check_choice, check_int
+from lab.core.checks import check_choice, check_fraction, check_int, check_number
 from lab.data import SPLITS, corpus_documents
 from lab.distill.features import Outputs
 from lab.distill.losses import cross_entropy
 from lab.distill.students import init_from_teacher
 from lab.models.loop import Optim
 
+STUDENTS = ("kd", "hard", "kd-random")         # `run_encoder_task`'s students
 CLASSES = ("library/asyncio", "library/email", "library/tkinter", "library/unittest", "library/logging")
 _ROLE = re.compile(r":[\w:.+-]+:`~?([^`<]*?)\s*(<[^>]*>)?`")   # :func:`len` → len
 _LINK = re.compile(r"`([^`<]*?)\s*<[^>]*>`_+")                 # `text <url>`_ → text
@@ -200,6 +201,9 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
     """
     from lab.distill.loop import KDLoss, TeacherCache, distill
 
+    _check_task_args(encoder, tokenizer, n_train=n_train, n_test=n_test, max_length=max_length, epochs=epochs,
+                     batch_size=batch_size, lr=lr, temperature=temperature, alpha=alpha, n_layer=n_layer,
+                     students=students, seed=seed, data_seed=data_seed, progress=progress)
     device = next(encoder.parameters()).device
     data = paragraph_dataset(n_train, n_test, seed=seed if data_seed is None else data_seed)
     train, test = ({k: v.to(device) for k, v in encode(tokenizer, data[f"{part}_texts"], max_length).items()}
@@ -221,7 +225,6 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
     cache = TeacherCache(teacher, classifier_outputs)
     settings = {"kd": (True, alpha), "hard": (True, 0.0), "kd-random": (False, alpha)}
     for name in students:
-        check_choice("students", name, settings)
         from_teacher, a = settings[name]
         student = bert_student(teacher, n_layer, from_teacher=from_teacher)
         kd = KDLoss(cache, temperature=temperature, alpha=a, outputs_fn=classifier_outputs)
@@ -234,3 +237,35 @@ def run_encoder_task(encoder: nn.Module, tokenizer, *, n_train: int = 40, n_test
         result[f"student_{name}_retained"] = acc / result["teacher_accuracy"]
         result["student_params"] = sum(p.numel() for p in student.parameters())
     return result
+
+
+
+def _check_task_args(encoder: nn.Module, tokenizer, *, n_train: int, n_test: int, max_length: int, epochs: int,
+                     batch_size: int, lr: float, temperature: float, alpha: float, n_layer: int,
+                     students: tuple[str, ...], seed: int, data_seed: int | None, progress: bool) -> None:
+    """`run_encoder_task`'s arguments, checked before the corpus is read or the teacher's head is fitted."""
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if not isinstance(encoder, nn.Module) or not hasattr(encoder, "config") or not isinstance(layers, nn.ModuleList):
+        raise TypeError("encoder must be a transformers BERT encoder (a BertModel, as `load_pretrained_encoder` "
+                        f"returns: .config, .encoder.layer), got {type(encoder).__name__}")
+    if next(encoder.parameters(), None) is None:
+        raise ValueError("encoder has no parameters (they give the device the task runs on)")
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be the encoder's tokenizer (callable on a list of texts), got "
+                        f"{tokenizer!r:.80} ({type(tokenizer).__name__})")
+    for name, value in (("n_train", n_train), ("n_test", n_test), ("epochs", epochs), ("batch_size", batch_size)):
+        check_int(name, value)
+    # [CLS] and [SEP] take two of the max_length positions: fewer than 3 leaves no room for the paragraph
+    check_int("max_length", max_length, 3, getattr(encoder.config, "max_position_embeddings", None))
+    check_number("lr", lr, 0.0, closed=(False, True))
+    check_number("temperature", temperature, 0.0, closed=(False, True))
+    check_fraction("alpha", alpha)
+    check_int("n_layer", n_layer, 1, len(layers))
+    if not isinstance(students, (tuple, list)):
+        raise TypeError(f"students must be a tuple of student names from {STUDENTS}, got {students!r:.80}")
+    for name in students:
+        check_choice("students", name, STUDENTS)
+    check_int("seed", seed, None)
+    if data_seed is not None:
+        check_int("data_seed", data_seed, None)
+    check_choice("progress", progress, (False, True))

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lab.distill.losses import log_softmax
+from lab.core.checks import check_choice, check_tensor
+from lab.distill.losses import FLOATS, _log_softmax
 from lab.models.gpt import GPT, Attention, apply_rope
 
 
@@ -36,6 +37,15 @@ class Outputs:
     hidden: list[torch.Tensor] | None = None
     attention: torch.Tensor | None = None
     value_relation: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        check_tensor("logits", self.logits, (2, 3), FLOATS)
+        if self.hidden is not None and not (isinstance(self.hidden, (list, tuple))
+                                            and all(isinstance(h, torch.Tensor) for h in self.hidden)):
+            raise TypeError(f"hidden must be a list of tensors (B, T, C) or None, got {type(self.hidden).__name__}")
+        for name in ("attention", "value_relation"):
+            if getattr(self, name) is not None:
+                check_tensor(name, getattr(self, name), 4, FLOATS)
 
     def to(self, device: torch.device) -> Outputs:
         hidden = None if self.hidden is None else [h.to(device) for h in self.hidden]
@@ -58,12 +68,29 @@ def _causal_log_softmax(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     T, D = a.shape[-2], a.shape[-1]
     scores = a.float() @ b.float().transpose(-1, -2) / math.sqrt(D)
     future = torch.ones(T, T, dtype=torch.bool, device=a.device).triu(1)
-    return log_softmax(scores.masked_fill(future, float("-inf")))
+    return _log_softmax(scores.masked_fill(future, float("-inf")))
+
+
+def _check_input(attn: Attention, x: torch.Tensor) -> None:
+    """``attn`` is a lab GPT attention module and x its input (B, T, C) float with C = its model width."""
+    if not isinstance(attn, Attention):
+        raise TypeError(f"attn must be a lab GPT Attention module (model.layers[i].attn), got {type(attn).__name__}")
+    check_tensor("x", x, 3, FLOATS)
+    if x.shape[-1] != attn.q_proj.in_features or x.numel() == 0:
+        raise ValueError(f"x must have shape (B, T, C) with C = d_model = {attn.q_proj.in_features} and B, T >= 1, "
+                         f"got {tuple(x.shape)}")
 
 
 def attention_log_probs(attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """log A = log softmax(q kᵀ / √D + causal mask), float32 (B, n_h, T, T), for the input x (B, T, C)
-    of ``attn``: rotary q and k, the n_kv key heads repeated to the n_h query heads."""
+    of ``attn``: rotary q and k, the n_kv key heads repeated to the n_h query heads; cos, sin (T, D) of
+    `lab.models.gpt.rope_cos_sin`."""
+    _check_input(attn, x)
+    want = (x.shape[1], attn.cfg.head_dim)
+    for name, table in (("cos", cos), ("sin", sin)):
+        check_tensor(name, table, dtypes=FLOATS)
+        if tuple(table.shape[-2:]) != want or table.dim() > 4:
+            raise ValueError(f"{name} must have shape (T, D) = {want} (rope_cos_sin), got {tuple(table.shape)}")
     q = apply_rope(_heads(attn, attn.q_proj, x), cos, sin)
     k = apply_rope(_heads(attn, attn.k_proj, x), cos, sin)
     return _causal_log_softmax(q, k.repeat_interleave(q.shape[1] // k.shape[1], dim=1))
@@ -72,6 +99,7 @@ def attention_log_probs(attn: Attention, x: torch.Tensor, cos: torch.Tensor, sin
 def value_relation_log_probs(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     """MiniLM's value relation log VR = log softmax(v vᵀ / √D + causal mask), float32 (B, n_h, T, T),
     for the input x (B, T, C) of ``attn``: the n_kv value heads repeated to the n_h query heads."""
+    _check_input(attn, x)
     v = _heads(attn, attn.v_proj, x)
     v = v.repeat_interleave(attn.q_proj.out_features // attn.v_proj.out_features, dim=1)
     return _causal_log_softmax(v, v)
@@ -80,6 +108,11 @@ def value_relation_log_probs(attn: Attention, x: torch.Tensor) -> torch.Tensor:
 def gpt_outputs(model: GPT, idx: torch.Tensor, hidden: bool = False, attention: bool = False) -> Outputs:
     """``model(idx)`` for ids (B, T) int64, with the hidden states and/or the last layer's log A and
     log VR if asked."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_tensor("idx", idx, 2, (torch.int64, torch.int32))
+    check_choice("hidden", hidden, (True, False))
+    check_choice("attention", attention, (True, False))
     states: list[torch.Tensor] = []
     maps: list[torch.Tensor] = []
     handles = []

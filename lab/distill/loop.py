@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lab.core.checks import check_choice, check_fraction, check_int, check_number
+from lab.core.checks import check_choice, check_fraction, check_int, check_number, check_tensor
 from lab.distill.features import Outputs, OutputsFn, gpt_outputs
-from lab.distill.losses import HIDDEN_KINDS, KINDS, cross_entropy, hidden_state_loss, kd_loss, minilm_loss
+from lab.distill.losses import HIDDEN_KINDS, KINDS, _check_pairs, cross_entropy, hidden_state_loss, kd_loss, minilm_loss
 from lab.models.loop import Optim, autocast, to_device, train
 
 Batch = tuple[object, torch.Tensor]  # (model inputs: ids (B, T) or a dict of tensors, labels)
@@ -38,6 +38,12 @@ class TeacherCache:
     """
 
     def __init__(self, teacher: nn.Module, outputs_fn: OutputsFn = gpt_outputs, keep: bool = True) -> None:
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
+        if next(teacher.parameters(), None) is None:
+            raise ValueError(f"teacher {type(teacher).__name__} has no parameters (they give the device it runs on)")
+        _check_callable("outputs_fn", outputs_fn)
+        check_choice("keep", keep, (True, False))
         self.teacher = teacher.eval()
         self.outputs_fn = outputs_fn
         self.keep = keep
@@ -85,6 +91,7 @@ class KDLoss:
     outputs_fn: OutputsFn = gpt_outputs
 
     def __post_init__(self) -> None:
+        _check_callable("outputs_fn", self.outputs_fn)
         if not isinstance(self.teacher, TeacherCache):
             object.__setattr__(self, "teacher", TeacherCache(self.teacher, self.outputs_fn))
         check_number("temperature", self.temperature, 0.0, closed=(False, True))
@@ -94,6 +101,11 @@ class KDLoss:
         check_choice("hidden_kind", self.hidden_kind, HIDDEN_KINDS)
         check_number("attention_weight", self.attention_weight, 0.0)
         check_int("ignore_index", self.ignore_index, None)
+        if self.hidden_map is not None:
+            _check_pairs(self.hidden_map, name="hidden_map")
+            if self.hidden_weight == 0:
+                raise ValueError(f"hidden_map={self.hidden_map!r} is set but hidden_weight=0.0 turns the hidden-state "
+                                 "loss off; set hidden_weight > 0 or leave hidden_map None")
 
     def __call__(self, student: nn.Module, batch: tuple[int, object, torch.Tensor]) -> torch.Tensor:
         index, inputs, y = batch
@@ -125,12 +137,35 @@ def distill(student: nn.Module, batches: Sequence[Batch], steps: int, loss: KDLo
     loop's plus ``examples_seen``. DistilBERT's initialisation is a separate step before:
     `init_from_teacher` (or `gpt_student`).
     """
+    if not isinstance(student, nn.Module):
+        raise TypeError(f"student must be an nn.Module, got {type(student).__name__}")
     check_int("steps", steps)
+    if not isinstance(batches, Sequence) or isinstance(batches, (str, bytes)):
+        raise TypeError(f"batches must be a list of (inputs, labels) pairs, got {type(batches).__name__}")
     if len(batches) == 0:
         raise ValueError("batches must hold at least one (inputs, labels) pair")
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise TypeError(f"batches[{i}] must be an (inputs, labels) pair, got {type(batch).__name__}")
+        check_tensor(f"batches[{i}] labels", batch[1], dtypes=(torch.int64, torch.int32))
+    _check_callable("loss", loss)
+    if not isinstance(optim, Optim):
+        raise TypeError(f"optim must be an Optim, got {type(optim).__name__}")
+    check_int("eval_every", eval_every, 0)
+    if eval_fn is not None:
+        _check_callable("eval_fn", eval_fn)
+    elif eval_every:
+        raise ValueError(f"eval_every={eval_every!r} needs an eval_fn to call; pass eval_fn or eval_every=0")
+    if not isinstance(progress, (bool, str)):
+        raise TypeError(f"progress must be a bool or a bar name (str), got {progress!r}")
     n = len(batches)
     numbered = ((t % n, *batches[t % n]) for t in range(steps))
     record = train(student, numbered, loss, steps, optim=optim, eval_every=eval_every, eval_fn=eval_fn,
                    progress="distill" if progress is True else progress)
     record["examples_seen"] = sum(len(batches[t % n][1]) for t in range(steps))
     return record
+
+
+def _check_callable(name: str, value) -> None:
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, got {value!r}")

@@ -25,46 +25,92 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from lab.core.checks import check_choice, check_fraction, check_number
+from lab.core.checks import check_choice, check_fraction, check_int, check_number, check_tensor
 
 KINDS = ("forward", "reverse")
 HIDDEN_KINDS = ("cosine", "mse")
+FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MASKS = (torch.bool, torch.uint8, torch.int32, torch.int64)   # True / nonzero = a position that counts
+
+
+def _check_floats(name: str, x, min_dims: int = 1) -> torch.Tensor:
+    """x is a non-empty floating-point tensor of at least ``min_dims`` dims (metadata only: no pass over x)."""
+    check_tensor(name, x, dtypes=FLOATS)
+    if x.dim() < min_dims or x.numel() == 0:
+        raise ValueError(f"{name} must have shape (..., V) with at least {min_dims} dims and no empty dim, "
+                         f"got {tuple(x.shape)}")
+    return x
+
+
+def _refuse_nan(loss: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+    """``loss`` unless it is NaN; then name the inputs with NaN or +inf entries (one scalar read otherwise)."""
+    if torch.isnan(loss).any():
+        bad = [name for name, x in inputs.items() if (x.isnan() | (x == float("inf"))).any()] or list(inputs)
+        raise ValueError(f"{' / '.join(bad)}: NaN, +inf or a row of only -inf entries at a position that counts "
+                         "make the result NaN; allowed: finite values (-inf only for an entry of probability 0)")
+    return loss
+
+
+def _log_softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    x = x.to(torch.promote_types(x.dtype, torch.float32)) / temperature
+    return x - torch.logsumexp(x, dim=-1, keepdim=True)
 
 
 def log_softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(x / τ) over the last dim, x/τ − logsumexp(x/τ), stable for any logit scale.
 
-    τ = ``temperature``. Computed in the wider of float32 and x's dtype (float64 stays float64),
+    τ = ``temperature`` > 0. Computed in the wider of float32 and x's dtype (float64 stays float64),
     and x is upcast before the division by τ, so bf16/fp16 logits lose nothing to a bf16 division.
+    x (..., V) float; −∞ entries (masked) are allowed, NaN, +∞ and rows of only −∞ are not.
     """
-    x = x.to(torch.promote_types(x.dtype, torch.float32)) / temperature
-    return x - torch.logsumexp(x, dim=-1, keepdim=True)
+    _check_floats("x", x)
+    check_number("temperature", temperature, low=0, closed=(False, True))
+    out = _log_softmax(x, temperature)
+    return _refuse_nan(out, x=x)
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    p = log_p.exp()
+    support = p != 0   # p > 0 but NaN stays in; select before subtracting, so that no −∞ − (−∞) reaches the graph
+    zero = torch.zeros_like(p)
+    return (p * (torch.where(support, log_p, zero) - torch.where(support, log_q, zero))).sum(-1)
 
 
 def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p ‖ q) = Σ_v p_v (log p_v − log q_v) over the last dim, from log-probabilities.
 
-    Entries with p_v = 0 contribute 0 (the limit of p log p), also where log q_v = −∞.
-    Returns a tensor of the leading shape of the inputs.
+    ``log_p`` and ``log_q``: float, the same shape (..., V), each row normalised (logsumexp = 0, up to
+    the dtype's rounding; −∞ for p_v = 0). Entries with p_v = 0 contribute 0 (the limit of p log p),
+    also where log q_v = −∞. Returns a tensor of the leading shape of the inputs.
     """
-    p = log_p.exp()
-    support = p > 0   # select before subtracting, so that no −∞ − (−∞) reaches the graph
-    zero = torch.zeros_like(p)
-    return (p * (torch.where(support, log_p, zero) - torch.where(support, log_q, zero))).sum(-1)
+    _check_floats("log_p", log_p)
+    _check_floats("log_q", log_q)
+    if log_p.shape != log_q.shape:
+        raise ValueError(f"log_p {tuple(log_p.shape)} and log_q {tuple(log_q.shape)} must have the same shape")
+    for name, x in (("log_p", log_p), ("log_q", log_q)):
+        tol = max(1e-3, 32 * torch.finfo(x.dtype).eps)
+        worst = torch.logsumexp(x.float(), dim=-1).abs().nan_to_num(float("inf")).max().item()
+        if not worst <= tol:
+            raise ValueError(f"{name} must hold log-probabilities: |logsumexp| over the last dim at most {tol:g}, "
+                             f"got {worst:.4g} (NaN counts as inf); pass log_softmax(logits), not logits")
+    return _kl(log_p, log_q)
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
     """CE(p_S, y) = −mean over positions with y ≠ ignore_index of log softmax(z_S)_y.
 
-    logits z_S (..., V), labels y (...).
+    logits z_S (..., V) float, labels y (...) int64/int32; NaN or +inf logits at a counted position are refused.
     """
+    _check_floats("logits", logits, 2)
     valid = _valid_mask(labels, logits.shape[:-1], logits.shape[-1], ignore_index, logits.device)
-    return -log_softmax(logits[valid]).gather(-1, labels[valid][:, None]).mean()
+    z = logits[valid]
+    return _refuse_nan(-_log_softmax(z).gather(-1, labels[valid][:, None]).mean(), logits=z)
 
 
 def _valid_mask(labels: torch.Tensor | None, lead_shape: torch.Size, vocab: int, ignore_index: int,
                 device: torch.device) -> torch.Tensor:
     """Boolean mask (lead_shape) of the positions that count; checks labels' shape, dtype and range."""
+    check_int("ignore_index", ignore_index, None)
     if labels is None:
         return torch.ones(lead_shape, dtype=torch.bool, device=device)
     if not isinstance(labels, torch.Tensor) or labels.dtype not in (torch.int64, torch.int32):
@@ -96,13 +142,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     each term the mean over the N positions with y ≠ ignore_index (all positions without labels).
     kind="reverse" uses the token-level KL(p_S^τ ‖ p_T^τ) instead (mode seeking). Without ``labels`` there is no
     hard-label term and L = τ²·KL (α is still checked but not used). The teacher gets no gradient.
+    NaN or +∞ logits at a counted position are refused (checked on the result: no extra pass over the logits).
     """
-    for name, logits in (("student_logits", student_logits), ("teacher_logits", teacher_logits)):
-        if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got "
-                            f"{getattr(logits, 'dtype', type(logits).__name__)}")
-    if student_logits.dim() < 2:
-        raise ValueError(f"logits must have shape (..., V) with at least 2 dims, got {tuple(student_logits.shape)}")
+    _check_floats("student_logits", student_logits, 2)
+    _check_floats("teacher_logits", teacher_logits, 2)
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise ValueError(f"vocabulary sizes differ: student V={student_logits.shape[-1]}, "
                          f"teacher V={teacher_logits.shape[-1]}")
@@ -116,26 +159,31 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     valid = _valid_mask(labels, student_logits.shape[:-1], V, ignore_index, student_logits.device)
     tau = temperature
     z_s, z_t = student_logits[valid], teacher_logits[valid].detach()       # (N, V)
-    log_ps, log_pt = log_softmax(z_s, tau), log_softmax(z_t, tau)
-    kl = kl_divergence(log_pt, log_ps) if kind == "forward" else kl_divergence(log_ps, log_pt)
-    soft = tau ** 2 * kl.mean()
+    log_ps, log_pt = _log_softmax(z_s, tau), _log_softmax(z_t, tau)
+    kl = _kl(log_pt, log_ps) if kind == "forward" else _kl(log_ps, log_pt)
+    soft = _refuse_nan(tau ** 2 * kl.mean(), student_logits=z_s, teacher_logits=z_t)
     if labels is None:
         return soft
     return alpha * soft + (1.0 - alpha) * cross_entropy(student_logits, labels, ignore_index)
 
 
-def _check_pairs(name: str, layer_map: Sequence[tuple[int, int]], n_student: int, n_teacher: int) -> None:
+def _check_pairs(layer_map: Sequence[tuple[int, int]], n_student: int | None = None, n_teacher: int | None = None,
+                 name: str = "layer_map") -> None:
+    """A non-empty list of (student, teacher) index pairs, each index an int in [0, n) (n None: unbounded)."""
+    if not isinstance(layer_map, (list, tuple)) or not all(isinstance(p, (list, tuple)) and len(p) == 2
+                                                            for p in layer_map):
+        raise TypeError(f"{name} must be a list of (student, teacher) index pairs, got {layer_map!r}")
     if len(layer_map) == 0:
-        raise ValueError(f"{name}: layer_map must name at least one (student, teacher) pair")
-    for pair in layer_map:
-        if len(pair) != 2 or not 0 <= pair[0] < n_student or not 0 <= pair[1] < n_teacher:
-            raise ValueError(f"{name}: layer_map pairs must be (i, j) with 0 <= i < {n_student} and "
-                             f"0 <= j < {n_teacher}, got {pair!r}")
+        raise ValueError(f"{name} must name at least one (student, teacher) pair, got {layer_map!r}")
+    for i, j in layer_map:
+        check_int(f"{name} student index", i, 0, None if n_student is None else n_student - 1)
+        check_int(f"{name} teacher index", j, 0, None if n_teacher is None else n_teacher - 1)
 
 
 def _token_mask(mask: torch.Tensor | None, lead_shape: torch.Size, device: torch.device) -> torch.Tensor:
     if mask is None:
         return torch.ones(lead_shape, dtype=torch.bool, device=device)
+    check_tensor("mask", mask, dtypes=MASKS)
     if mask.shape != lead_shape:
         raise ValueError(f"mask must have shape {tuple(lead_shape)}, got {tuple(mask.shape)}")
     if not mask.bool().any():
@@ -155,9 +203,16 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
     ``mask``: bool (B, T), True = a real token (padding excluded). Teacher states get no gradient.
     """
     check_choice("kind", kind, HIDDEN_KINDS)
-    _check_pairs("hidden_state_loss", layer_map, len(student_hidden), len(teacher_hidden))
-    losses = []
+    for name, states in (("student_hidden", student_hidden), ("teacher_hidden", teacher_hidden)):
+        if not isinstance(states, (list, tuple)):
+            raise TypeError(f"{name} must be a list of hidden states (B, T, C), got {type(states).__name__}")
+    _check_pairs(layer_map, len(student_hidden), len(teacher_hidden))
+    if projection is not None and not callable(projection):
+        raise TypeError(f"projection must be a callable (e.g. an nn.Linear) or None, got {type(projection).__name__}")
+    losses, used = [], {}
     for i, j in layer_map:
+        used[f"student_hidden[{i}]"] = _check_floats(f"student_hidden[{i}]", student_hidden[i], 2)
+        used[f"teacher_hidden[{j}]"] = _check_floats(f"teacher_hidden[{j}]", teacher_hidden[j], 2)
         h_s, h_t = student_hidden[i].float(), teacher_hidden[j].detach().float()
         if projection is not None:
             h_s = projection(h_s)
@@ -171,7 +226,7 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
             losses.append((1.0 - cos).mean())
         else:
             losses.append((h_s - h_t).pow(2).mean())
-    return torch.stack(losses).mean()
+    return _refuse_nan(torch.stack(losses).mean(), **used)
 
 
 def relation_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor,
@@ -182,13 +237,20 @@ def relation_kl(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor
     (an attention map, or a value relation), with −∞ where a key is masked (causal or padding).
     ``mask``: bool (B, T), True = a real query token. The teacher's map gets no gradient.
     """
-    log_s, log_t = student_log_probs.float(), teacher_log_probs.detach().float()
-    if log_s.dim() != 4 or log_s.shape != log_t.shape or log_s.shape[-1] != log_s.shape[-2]:
-        raise ValueError(f"student and teacher relations must have the same shape (B, n_h, T, T), got "
+    return _relation_kl(student_log_probs, teacher_log_probs, mask, ("student_log_probs", "teacher_log_probs"))
+
+
+def _relation_kl(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None,
+                 names: tuple[str, str]) -> torch.Tensor:
+    for name, x in zip(names, (student, teacher)):
+        check_tensor(name, x, dtypes=FLOATS)
+    log_s, log_t = student.float(), teacher.detach().float()
+    if log_s.dim() != 4 or log_s.shape != log_t.shape or log_s.shape[-1] != log_s.shape[-2] or log_s.numel() == 0:
+        raise ValueError(f"{names[0]} and {names[1]} must have the same shape (B, n_h, T, T), non-empty, got "
                          f"{tuple(log_s.shape)} and {tuple(log_t.shape)}")
-    kl = kl_divergence(log_t, log_s)                                        # (B, n_h, T)
+    kl = _kl(log_t, log_s)                                                  # (B, n_h, T)
     valid = _token_mask(mask, (log_s.shape[0], log_s.shape[2]), log_s.device)
-    return kl.transpose(1, 2)[valid].mean()                                 # (N, n_h) → mean
+    return _refuse_nan(kl.transpose(1, 2)[valid].mean(), **dict(zip(names, (log_s, log_t))))  # (N, n_h) → mean
 
 
 def minilm_loss(student_attention: torch.Tensor, teacher_attention: torch.Tensor,
@@ -203,5 +265,5 @@ def minilm_loss(student_attention: torch.Tensor, teacher_attention: torch.Tensor
     log VR of the teacher's and the student's *last* layer, each (B, n_h, T, T) (`lab.distill.features`).
     Student and teacher need the same number of heads n_h; their widths and depths are free.
     """
-    return (relation_kl(student_attention, teacher_attention, mask)
-            + relation_kl(student_values, teacher_values, mask))
+    return (_relation_kl(student_attention, teacher_attention, mask, ("student_attention", "teacher_attention"))
+            + _relation_kl(student_values, teacher_values, mask, ("student_values", "teacher_values")))

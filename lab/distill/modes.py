@@ -40,7 +40,8 @@ def fit_gaussian_student(teacher_logits: torch.Tensor, kind: str, mean: float, s
     the starting point; ``steps`` Adam steps of learning rate ``lr``. Returns {"mean": μ, "scale": σ,
     "probs": p_S (V,) float64, "loss": the final KL}. Deterministic (no randomness involved).
     """
-    check_float_tensor("teacher_logits", teacher_logits, 1)
+    if check_float_tensor("teacher_logits", teacher_logits, 1).shape[0] < 2:
+        raise ValueError(f"teacher_logits must hold V >= 2 bins, got shape {tuple(teacher_logits.shape)}")
     check_choice("kind", kind, KINDS)
     check_number("mean", mean)
     check_number("scale", scale, low=0, closed=(False, True))

@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from lab.core.checks import check_choice, check_int
 from lab.core.records import add_seed
 from lab.data import eval_sample, tokenize_split
 from lab.distill.encoder_task import run_encoder_task
-from lab.distill.experiments import encoder_unavailable, lm_batches, lm_run
+from lab.distill.experiments import INITS, LOSSES, encoder_unavailable, lm_batches, lm_run
 from lab.distill.loop import TeacherCache
 from lab.models import load_pretrained_encoder, load_pretrained_lm, load_tokenizer
 
@@ -36,7 +37,13 @@ DATA_SEED = 0                                    # the encoder's paragraphs, the
 
 
 def run_name(depth: int, loss: str, init: str) -> str:
-    """The record's name of a run: "3_kd_teacher" for depth 3, loss "kd", teacher init."""
+    """The record's name of a run: "3_kd_teacher" for depth 3, loss "kd", teacher init.
+
+    ``depth`` >= 1 (an int), ``loss`` in `lab.distill.experiments.LOSSES`, ``init`` in its ``INITS``.
+    """
+    check_int("depth", depth)
+    check_choice("loss", loss, LOSSES)
+    check_choice("init", init, INITS)
     return f"{depth}_{loss}_{init}"
 
 

@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from lab.core.checks import check_int
+from lab.core.checks import check_choice, check_int
 from lab.models.gpt import GPT
 
 # "layers.3.attn.q_proj.weight" (lab GPT) or "encoder.layer.3.attention..." (transformers BERT)
@@ -62,6 +62,9 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module) -> list[int]:
     ``layer.i.``); every non-layer tensor (embeddings, norms, head) is copied as is, student
     layer i from teacher layer ⌊i·L_T/L_S⌋.
     """
+    for name, model in (("student", student), ("teacher", teacher)):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{name} must be an nn.Module, got {type(model).__name__}")
     s_state, t_state = student.state_dict(), teacher.state_dict()
     indices = teacher_layer_indices(_n_layers(t_state), _n_layers(s_state))
     for key, value in s_state.items():
@@ -81,7 +84,9 @@ def gpt_student(teacher: GPT, n_layer: int, from_teacher: bool = True, seed: int
     """
     if not isinstance(teacher, GPT):
         raise TypeError(f"teacher must be a lab GPT, got {type(teacher).__name__}")
-    _check_depths(teacher.config.n_layer, n_layer)
+    check_int("n_layer", n_layer, 1, teacher.config.n_layer)
+    check_choice("from_teacher", from_teacher, (True, False))
+    check_int("seed", seed, 0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         student = GPT(replace(teacher.config, n_layer=n_layer))

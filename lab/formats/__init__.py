@@ -8,3 +8,12 @@
 A method (`lab.quant`, `lab.prune`) writes these layouts and a kernel (`lab.kernels`) reads them; this
 package imports nothing of `lab` but `lab.core`, so neither side imports the other to reach them.
 """
+
+from lab.formats.int4 import dequantize_int4, pack_int4, pack_int4_v2, unpack_int4, unpack_int4_v2
+from lab.formats.sparse24 import (check_nm, compress, compressed_nbytes, decompress, index_bits, meta_shape, pack_bits,
+                                  unpack_bits)
+
+__all__ = [
+    "dequantize_int4", "pack_int4", "pack_int4_v2", "unpack_int4", "unpack_int4_v2",
+    "check_nm", "compress", "compressed_nbytes", "decompress", "index_bits", "meta_shape", "pack_bits", "unpack_bits",
+]

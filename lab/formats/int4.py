@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from lab.core.checks import check_int
+from lab.core.checks import check_int, check_tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_group(K: int, group_size: int) -> None:
@@ -77,6 +79,10 @@ def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Ten
                     group_size: int) -> torch.Tensor:
     """Ŵ = s·(q − z), (N, K) float32, from packed codes (K/2, N) uint8 and scales, zeros (K/g, N)."""
     q = unpack_int4(packed, group_size).float()                              # (N, K)
+    for name, t in (("scales", scales), ("zeros", zeros)):                   # (K/g, 1) would broadcast silently
+        if tuple(check_tensor(name, t, 2, FLOAT_DTYPES).shape) != (q.shape[1] // group_size, q.shape[0]):
+            raise ValueError(f"{name} must have shape (K/g, N) = {(q.shape[1] // group_size, q.shape[0])}, "
+                             f"got {tuple(t.shape)}")
     s = scales.float().T.repeat_interleave(group_size, dim=1)
     z = zeros.float().T.repeat_interleave(group_size, dim=1)
     return (q - z) * s

@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import torch
 
-from lab.core.checks import check_divisor, check_int, check_tensor
+from lab.core.checks import check_divisor, check_float_dtype, check_int, check_tensor
+
+INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def check_nm(n: int, m: int, in_features: int | None = None) -> None:
@@ -46,18 +48,21 @@ def check_nm(n: int, m: int, in_features: int | None = None) -> None:
 
 def index_bits(m: int) -> int:
     """Bits b = max(1, ⌈log₂ m⌉) needed to store one position 0 … m−1."""
+    check_int("m", m)
     return max(1, (m - 1).bit_length())
 
 
 def meta_shape(out_features: int, in_features: int, n: int = 2, m: int = 4) -> tuple[int, int]:
     """Shape (out, ⌈in/m · n · b / 8⌉) of the uint8 metadata; (out, in/8) for 2:4 with 8 | in."""
+    check_int("out_features", out_features, 0)
+    check_nm(n, m, check_int("in_features", in_features))
     return out_features, -(-(in_features // m) * n * index_bits(m) // 8)
 
 
 def compressed_nbytes(out_features: int, in_features: int, dtype: torch.dtype,
                       n: int = 2, m: int = 4) -> dict[str, int]:
     """Bytes of the dense weight, of ``values`` (= n/m of dense) and of ``meta``, and their sum."""
-    elem = torch.empty((), dtype=dtype).element_size()
+    elem = torch.empty((), dtype=check_float_dtype("dtype", dtype)).element_size()
     dense = out_features * in_features * elem
     values = out_features * (in_features // m) * n * elem
     rows, cols = meta_shape(out_features, in_features, n, m)
@@ -66,7 +71,10 @@ def compressed_nbytes(out_features: int, in_features: int, dtype: torch.dtype,
 
 def pack_bits(idx: torch.Tensor, bits: int) -> torch.Tensor:
     """Indices (out, L) int64 < 2^bits → (out, ⌈L·bits/8⌉) uint8, LSB-first per row."""
-    out_features, length = idx.shape
+    out_features, length = check_tensor("idx", idx, 2, INT_DTYPES).shape
+    check_int("bits", bits, 1, 32)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= 1 << bits):   # else cut to their low bits
+        raise ValueError(f"idx must hold values in [0, 2^bits = {1 << bits}), got [{int(idx.min())}, {int(idx.max())}]")
     weights = 1 << torch.arange(bits, device=idx.device)
     stream = ((idx.unsqueeze(-1) & weights) != 0).reshape(out_features, length * bits).to(torch.int64)
     stream = torch.nn.functional.pad(stream, (0, -stream.shape[1] % 8))
@@ -75,6 +83,10 @@ def pack_bits(idx: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_bits(meta: torch.Tensor, bits: int, length: int) -> torch.Tensor:
     """Inverse of `pack_bits`: (out, bytes) uint8 → (out, length) int64."""
+    check_tensor("meta", meta, 2, (torch.uint8,))
+    if check_int("length", length, 0) * check_int("bits", bits, 1, 32) > 8 * meta.shape[1]:
+        raise ValueError(f"length={length} indices of bits={bits} need {length * bits} bits; meta's rows hold "
+                         f"{8 * meta.shape[1]}")
     stream = (meta.to(torch.int64).unsqueeze(-1) >> torch.arange(8, device=meta.device)) & 1
     stream = stream.reshape(meta.shape[0], -1)[:, : length * bits].view(meta.shape[0], length, bits)
     return (stream << torch.arange(bits, device=meta.device)).sum(-1)
@@ -113,18 +125,22 @@ def decompress(values: torch.Tensor, meta: torch.Tensor, in_features: int,
     """
     check_nm(n, m)
     check_int("in_features", in_features)
+    check_tensor("values", values)
+    check_tensor("meta", meta)
     if in_features % m:
         raise ValueError(f"in_features={in_features} is not allowed; use a multiple of m={m}")
     if values.dim() != 2 or values.shape[1] != in_features // m * n:
         raise ValueError(f"values must have shape (out, {in_features // m * n}) for in_features="
                          f"{in_features}, {n}:{m}; got {tuple(values.shape)}")
     expected = meta_shape(values.shape[0], in_features, n, m)
-    if meta.dtype != torch.uint8 or tuple(meta.shape) != expected:
-        raise ValueError(f"meta must be uint8 of shape {expected}, got {meta.dtype} {tuple(meta.shape)}")
+    if meta.dtype != torch.uint8:
+        raise TypeError(f"meta must be uint8 (its 2-bit positions packed), got {meta.dtype}")
+    if tuple(meta.shape) != expected:
+        raise ValueError(f"meta must have shape {expected}, got {tuple(meta.shape)}")
     out_features, groups = values.shape[0], in_features // m
     idx = unpack_bits(meta, index_bits(m), groups * n).view(out_features, groups, n)
     if (idx >= m).any() or (idx.diff(dim=-1) <= 0).any():
         raise ValueError(f"meta holds positions outside 0..{m - 1} or not increasing within a group")
     dense = values.new_zeros(out_features, groups, m)
-    dense.scatter_(-1, idx, values.view(out_features, groups, n))
+    dense.scatter_(-1, idx, values.reshape(out_features, groups, n))
     return dense.view(out_features, in_features)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from lab.infer.kv_cache import StaticKVCache, forward_cached
+from lab.core.checks import check_int, check_tensor
+from lab.infer.kv_cache import INDEX_DTYPES, StaticKVCache, check_model, forward_cached
 from lab.models.gpt import GPT
 
 
@@ -25,6 +26,13 @@ class GraphedDecodeStep:
     """Logits (B, V) of one new token per row at given positions, by replaying a captured CUDA graph."""
 
     def __init__(self, model: GPT, cache: StaticKVCache, warmup: int = 3) -> None:
+        check_model(model)
+        if not isinstance(cache, StaticKVCache):
+            raise TypeError(f"cache must be a lab.infer.StaticKVCache (fixed addresses), got {type(cache).__name__}")
+        if len(cache.k) != len(model.layers):
+            raise ValueError(f"cache holds {len(cache.k)} layers, the model has {len(model.layers)}: build the cache "
+                             "from this model")
+        check_int("warmup", warmup)             # at least one step before capture (compilation, allocations)
         device = cache.k[0].device
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model and cache on a CUDA device, got {device}")
@@ -54,6 +62,10 @@ class GraphedDecodeStep:
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """tokens, positions (B,) int64 → logits (B, V); the returned tensor is overwritten by the next call."""
+        for name, t in (("tokens", tokens), ("positions", positions)):   # shape and dtype only: no read-back
+            check_tensor(name, t, 1, INDEX_DTYPES)
+            if len(t) != self.cache.batch:                                # copy_ would broadcast one row to all
+                raise ValueError(f"{name} must have shape ({self.cache.batch},), got {tuple(t.shape)}")
         self.tokens.copy_(tokens.view(-1, 1))
         self.positions.copy_(positions.view(-1, 1))
         if self.graph is None:

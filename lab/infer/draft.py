@@ -25,16 +25,19 @@ import json
 import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from lab import data
 from lab.core.atomic import atomic_write_json
+from lab.core.checks import check_path, check_tensor
 from lab.core.records import provenance
 from lab.core.runtime import get_device, seed_everything
 from lab.distill import KDLoss, TeacherCache, distill, gpt_student
 from lab.distill.experiments import lm_batches
+from lab.infer.kv_cache import check_model, check_token_ids
 from lab.models.gpt import GPT
 from lab.models.loop import Optim
 from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, load_tokenizer, to_llama
@@ -45,11 +48,43 @@ DRAFT_DIR = LM_DIR.parent / "pydoc-gpt-draft"
 
 def load_draft(path: str | Path = DRAFT_DIR, dtype: torch.dtype = torch.float32):
     """The distilled draft as a lab `GPT` in eval mode."""
+    folder = check_path("path", path, folder=True)
+    missing = [name for name in ("config.json", "model.safetensors", "tokenizer.json") if not (folder / name).exists()]
+    if missing:
+        raise FileNotFoundError(f"draft checkpoint {folder} has no {missing[0]}; train it with "
+                                "`python -m lab.infer.draft`")
     return load_pretrained_lm("lab", path, dtype)
 
 
 def _logits(model: GPT, x: torch.Tensor) -> torch.Tensor:
     return model(x.to(next(model.parameters()).device)[None])[0].float().cpu()
+
+
+def _check_pair(target: GPT, draft: GPT, sample: EvalSample, drafts: Mapping[str, torch.Tensor] | None) -> None:
+    """`teacher_forced`'s checks: two GPTs of one vocabulary, a sample of their token ids that fits both contexts,
+    and drafts (n,) int64 on the CPU, token ids or -1."""
+    check_model(target, "target")
+    check_model(draft, "draft")
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(f"draft and target must share the vocabulary, got draft vocab_size="
+                         f"{draft.config.vocab_size} and target vocab_size={target.config.vocab_size}")
+    if not isinstance(sample, EvalSample):
+        raise TypeError(f"sample must be a lab.perplexity.EvalSample (lab.data.eval_sample builds one), got "
+                        f"{type(sample).__name__}")
+    for model, name in ((target, "target"), (draft, "draft")):
+        sample.check_fits(model.config.context_length, f"the {name}'s context_length")
+    check_token_ids("sample.inputs", torch.cat(sample.inputs), target, dims=1)
+    if drafts is not None and not isinstance(drafts, Mapping):
+        raise TypeError(f"drafts must be None or a dict {{name: (n,) int64 drafts}}, got {type(drafts).__name__}")
+    n, V = len(sample.tokens), target.config.vocab_size
+    for name, d in (drafts or {}).items():
+        check_tensor(f"drafts[{name!r}]", d, 1, (torch.int64,))
+        if d.shape != (n,) or d.device.type != "cpu":
+            raise ValueError(f"drafts[{name!r}] must be (n,) = ({n},) int64 on the CPU, got {tuple(d.shape)} on "
+                             f"{d.device}")
+        if n and (d.min() < -1 or d.max() >= V):
+            raise ValueError(f"drafts[{name!r}] must be token ids in [0, {V}) or -1 (no draft), got values in "
+                             f"[{d.min().item()}, {d.max().item()}]")
 
 
 @torch.no_grad()
@@ -60,10 +95,8 @@ def teacher_forced(target: GPT, draft: GPT, sample: EvalSample,
     "argmax_agree" = 1[argmax p = argmax q]. ``drafts`` {name: (n,) int64 one-hot drafts of the scored tokens,
     −1 for none} adds "p_draft_<name>" = p(d) and "argmax_draft_<name>" = 1[d = argmax p], NaN where no draft.
     """
+    _check_pair(target, draft, sample, drafts)
     n = len(sample.tokens)
-    for name, d in (drafts or {}).items():
-        if d.shape != (n,) or d.dtype != torch.int64:
-            raise ValueError(f"drafts[{name!r}] must be (n,) = ({n},) int64, got {tuple(d.shape)} {d.dtype}")
     keys = ["target_nll", "draft_nll", "alpha", "argmax_agree"]
     keys += [f"{kind}_{name}" for name in drafts or {} for kind in ("p_draft", "argmax_draft")]
     out = {key: torch.full((n,), float("nan"), dtype=torch.float64) for key in keys}

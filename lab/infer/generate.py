@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import torch
 
-from lab.core.checks import check_int
+from lab.core.checks import check_choice, check_int, check_tensor
 from lab.infer.cuda_graph import GraphedDecodeStep
-from lab.infer.kv_cache import StaticKVCache, forward_cached
+from lab.infer.kv_cache import INDEX_DTYPES, StaticKVCache, check_model, forward_cached
 from lab.infer.sampling import check_sampling, sample
 from lab.models.gpt import GPT
 
@@ -32,19 +32,23 @@ class Decoder:
 
     def __init__(self, model: GPT, batch: int, max_len: int, kv_cache: bool = True,
                  cuda_graph: bool = False) -> None:
-        if not isinstance(model, GPT):
-            raise TypeError(f"model must be a lab.models.GPT, got {type(model).__name__}")
+        check_model(model)
+        check_int("batch", batch)
         check_int("max_len", max_len, 1, model.config.context_length)  # at most the context length
+        check_flags(kv_cache=kv_cache, cuda_graph=cuda_graph)
         if cuda_graph and not kv_cache:
             raise ValueError("cuda_graph=True needs kv_cache=True (the graph replays a cached decode step)")
         device = next(model.parameters()).device
-        self.model, self.batch, self.max_len, self.length = model, batch, max_len, 0
+        self.model, self.batch, self.max_len, self.length, self.device = model, batch, max_len, 0, device
         self.cache = StaticKVCache(model, batch, max_len) if kv_cache else None
         self.ids = None if kv_cache else torch.zeros(batch, max_len, dtype=torch.int64, device=device)
         self.graph = GraphedDecodeStep(model, self.cache) if cuda_graph else None
 
     @torch.no_grad()
     def extend(self, ids: torch.Tensor) -> torch.Tensor:
+        check_tensor("ids", ids, 2, INDEX_DTYPES)      # ids < vocab_size not checked: a read-back per step
+        if ids.device != self.device:
+            raise ValueError(f"ids is on {ids.device} but the model on {self.device}")
         B, T = ids.shape
         start = self.length
         if B != self.batch or not 0 < T <= self.max_len - start:
@@ -62,16 +66,20 @@ class Decoder:
         return logits
 
     def rewind(self, length: int) -> None:
-        if not 0 <= length <= self.length:
-            raise ValueError(f"can only rewind to a length in [0, {self.length}], got {length}")
+        if not 0 <= check_int("length", length, minimum=None) <= self.length:
+            raise ValueError(f"can only rewind to a length in [0, {self.length}], got length={length}")
         self.length = length
 
 
-def check_model(model: GPT) -> None:
-    """TypeError unless ``model`` is a `lab.models.GPT` (the cached decoder walks its modules)."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab.models.GPT, got {type(model).__name__}; convert a transformers "
-                        "Llama model with lab.models.pretrained.from_llama(model)")
+def check_flags(**flags: bool) -> None:
+    """TypeError/ValueError unless every flag is True or False (a string such as "no" would read as True)."""
+    for name, value in flags.items():
+        check_choice(name, value, (True, False))
+
+
+def check_seed(seed: int) -> None:
+    """``seed`` of a ``torch.Generator``: an int in [0, 2⁶⁴)."""
+    check_int("seed", seed, 0, 2**64 - 1)
 
 
 def check_eos(model: GPT, eos_token_id: int | None) -> None:
@@ -88,6 +96,9 @@ def check_prompt(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int) -> t
                else type(prompt_ids).__name__)
         raise TypeError(f"prompt_ids must be an int64 tensor of shape (T,) or (B, T), got {got}")
     ids = prompt_ids if prompt_ids.dim() == 2 else prompt_ids[None]
+    device = next(model.parameters()).device
+    if ids.device != device:
+        raise ValueError(f"prompt_ids is on {ids.device} but the model on {device}; move it with .to({str(device)!r})")
     if ids.numel() == 0:
         raise ValueError(f"prompt_ids is empty (shape {tuple(prompt_ids.shape)}): give at least one token per row")
     V, context = model.config.vocab_size, model.config.context_length
@@ -116,6 +127,8 @@ def generate(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int, kv_cache
     ids = check_prompt(model, prompt_ids, max_new_tokens)
     check_sampling(temperature, top_k, top_p)
     check_eos(model, eos_token_id)
+    check_seed(seed)
+    check_flags(kv_cache=kv_cache, cuda_graph=cuda_graph)
     B, T0 = ids.shape
     if max_new_tokens == 0:
         return prompt_ids.clone()

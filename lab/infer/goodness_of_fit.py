@@ -19,13 +19,29 @@ import math
 
 import torch
 
-from lab.core.checks import check_int
+from lab.core.checks import check_float_tensor, check_int, check_tensor
+from lab.infer.kv_cache import INDEX_DTYPES, check_model, check_token_ids
+from lab.infer.sampling import check_distribution, check_generator, check_sampling, next_token_probs
+
+
+def _check_draws(probs: torch.Tensor, tokens: torch.Tensor) -> None:
+    """probs (N, V) distributions (not logits) and tokens (N,) ids in [0, V) on the same device."""
+    check_tensor("probs", probs, 2)
+    check_tensor("tokens", tokens, 1, INDEX_DTYPES)
+    if tokens.shape != (probs.shape[0],):
+        raise ValueError(f"need probs (N, V) and tokens (N,), got {tuple(probs.shape)} and {tuple(tokens.shape)}")
+    if tokens.device != probs.device:
+        raise ValueError(f"tokens is on {tokens.device} but probs on {probs.device}")
+    check_distribution("probs", probs)
+    if len(tokens) and (tokens.min() < 0 or tokens.max() >= probs.shape[1]):
+        raise ValueError(f"tokens must be token ids in [0, {probs.shape[1]}), got values in "
+                         f"[{tokens.min().item()}, {tokens.max().item()}]")
 
 
 def randomized_pit(probs: torch.Tensor, tokens: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """u (N,) float64 in [0, 1) for tokens (N,) drawn from the rows of probs (N, V)."""
-    if probs.dim() != 2 or tokens.shape != (probs.shape[0],):
-        raise ValueError(f"need probs (N, V) and tokens (N,), got {tuple(probs.shape)} and {tuple(tokens.shape)}")
+    _check_draws(probs, tokens)
+    check_generator(generator)
     p = probs.double()
     p_x = p.gather(1, tokens[:, None])[:, 0]
     below = torch.cumsum(p, dim=-1).gather(1, tokens[:, None])[:, 0] - p_x                 # F(x⁻)
@@ -43,8 +59,12 @@ def kolmogorov_sf(x: float, terms: int = 100) -> float:
 
 def ks_uniform_test(u: torch.Tensor) -> tuple[float, float]:
     """(D, p-value) of the one-sample Kolmogorov–Smirnov test of u against U[0, 1] (asymptotic p)."""
+    check_float_tensor("u", u)                                  # NaN would sort anywhere and poison D
     if u.dim() != 1 or len(u) < 1:
         raise ValueError(f"u must be a non-empty 1-D tensor, got shape {tuple(u.shape)}")
+    if u.min() < 0 or u.max() > 1:
+        raise ValueError(f"u must lie in [0, 1] (randomized_pit's values), got values in "
+                         f"[{u.min().item():.4g}, {u.max().item():.4g}]")
     x = torch.sort(u.double().cpu()).values
     n = len(x)
     i = torch.arange(1, n + 1, dtype=torch.float64)
@@ -74,12 +94,16 @@ def log_likelihood_z_test(probs: torch.Tensor, tokens: torch.Tensor) -> tuple[fl
     from another distribution q shift the mean of ℓ_i to −H(q_i, p_i), the cross-entropy, and z drifts
     with √N: a far more powerful test than the PIT's KS against a q close to p.
     """
-    if probs.dim() != 2 or tokens.shape != (probs.shape[0],):
-        raise ValueError(f"need probs (N, V) and tokens (N,), got {tuple(probs.shape)} and {tuple(tokens.shape)}")
+    _check_draws(probs, tokens)
+    if not len(tokens):
+        raise ValueError("tokens is empty: the score test needs at least one token")
     p = probs.double()
     log_p = torch.log(p.clamp(min=torch.finfo(torch.float64).tiny))
     entropy = -(p * log_p).sum(-1)
     variance = (p * log_p**2).sum(-1) - entropy**2
+    if variance.sum() <= 0:                                  # z = 0 / 0
+        raise ValueError("probs are one-hot in every row (greedy decoding?): every token is certain and the score "
+                         "test is undefined")
     z = ((log_p.gather(1, tokens[:, None])[:, 0] + entropy).sum() / variance.sum().sqrt()).item()
     return z, math.erfc(abs(z) / math.sqrt(2))
 
@@ -90,9 +114,15 @@ def generated_token_probs(model, sequences: torch.Tensor, prompt_len: int, tempe
     """(probs (N·(T − T₀), V), tokens (N·(T − T₀),)): every generated token of ``sequences`` (N, T) (prompt_len
     prompt tokens each) with the model's own sampling distribution p(· | prefix) for it, under the given
     temperature and filters; the inputs of `randomized_pit` and `log_likelihood_z_test`."""
-    from lab.infer.sampling import next_token_probs
-
+    check_model(model)
+    check_token_ids("sequences", sequences, model)
+    if sequences.device != (device := next(model.parameters()).device):
+        raise ValueError(f"sequences is on {sequences.device} but the model on {device}")
+    if sequences.shape[1] - 1 > model.config.context_length:
+        raise ValueError(f"sequences of {sequences.shape[1]} tokens need {sequences.shape[1] - 1} positions, more "
+                         f"than the model's context_length={model.config.context_length}")
     check_int("prompt_len", prompt_len, 1, sequences.shape[1] - 1)
+    check_sampling(temperature, top_k, top_p)
     logits = model(sequences[:, :-1])[:, prompt_len - 1:]                 # predicts tokens prompt_len … T−1
     probs = next_token_probs(logits, temperature, top_k, top_p).flatten(0, 1)
     return probs, sequences[:, prompt_len:].flatten()

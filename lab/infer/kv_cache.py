@@ -26,10 +26,35 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from lab.core.checks import check_int
+from lab.core.checks import check_float_dtype, check_int, check_tensor
 from lab.models.gpt import GPT, apply_rope, rope_cos_sin_at
 
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+INDEX_DTYPES = (torch.int64, torch.int32)        # token ids and positions (checked by dtype only: no read-back)
+
+
+def check_model(model: GPT, name: str = "model") -> None:
+    """TypeError unless ``model`` (named ``name``) is a `lab.models.GPT` (the cached decoder walks its modules)."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"{name} must be a lab.models.GPT, got {type(model).__name__}; convert a transformers "
+                        "Llama model with lab.models.pretrained.from_llama(model)")
+
+
+def check_positions(positions: torch.Tensor, shape: tuple[int, ...] | None = None, name: str = "positions") -> None:
+    """``positions`` is a (B, T) integer tensor (of ``shape`` if given); shape and dtype only, no read-back."""
+    check_tensor(name, positions, 2, INDEX_DTYPES)
+    if shape is not None and tuple(positions.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(positions.shape)}")
+
+
+def check_token_ids(name: str, ids: torch.Tensor, model: GPT, dims: int = 2) -> None:
+    """``ids`` is an int64/int32 tensor of ``dims`` dimensions holding token ids of ``model``'s vocabulary,
+    [0, V) (an id past it would index the embedding out of range). Reads the range back: call it once, at entry."""
+    check_tensor(name, ids, dims, INDEX_DTYPES)
+    V = model.config.vocab_size
+    if ids.numel() and (ids.min() < 0 or ids.max() >= V):
+        raise ValueError(f"{name} must be token ids in [0, vocab_size={V}), got values in "
+                         f"[{ids.min().item()}, {ids.max().item()}]")
 
 
 def causal_mask(positions: torch.Tensor, n_keys: int) -> torch.Tensor:
@@ -45,6 +70,23 @@ def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     heads of one kv head are folded into its rows, q → (B, n_kv, G·T, D), so each cached key is
     read once per kv head instead of G times.
     """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, t, 4)
+    if not q.is_floating_point() or not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k and v must share one floating dtype, got q {q.dtype}, k {k.dtype}, v {v.dtype}")
+    check_tensor("mask", mask, 3, (torch.bool,))            # a float mask would be added to the scores
+    B, n_h, T, D = q.shape
+    n_kv, S = k.shape[1], k.shape[2]
+    if v.shape != k.shape or k.shape[0] != B or k.shape[3] != D or n_kv == 0 or n_h % n_kv:
+        raise ValueError(f"k and v must have shape (B, n_kv, S, D) with n_kv dividing n_h, for q (B, n_h, T, D) = "
+                         f"{tuple(q.shape)}; got k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if mask.shape[0] not in (1, B) or mask.shape[1:] != (T, S):
+        raise ValueError(f"mask must have shape (B, T, S) = ({B}, {T}, {S}) (or batch 1), got {tuple(mask.shape)}")
+    return unchecked_attention(q, k, v, mask)
+
+
+def unchecked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`masked_attention` without its checks: the caches call it in every layer with tensors they built."""
     B, n_h, T, D = q.shape
     n_kv, S = k.shape[1], k.shape[2]
     G = n_h // n_kv
@@ -59,6 +101,11 @@ def forward_cached(model: GPT, idx: torch.Tensor, positions: torch.Tensor, atten
     The layer computation is `lab.models.gpt.Block`'s: pre-norm attention and SwiGLU MLP, rotary
     embeddings at each token's own position.
     """
+    check_model(model)
+    check_tensor("idx", idx, 2, INDEX_DTYPES)
+    check_positions(positions, idx.shape)
+    if not callable(attend):
+        raise TypeError(f"attend must be callable (layer, q, k, v) -> attention output, got {type(attend).__name__}")
     B, T = idx.shape
     D = model.config.head_dim
     cos, sin = rope_cos_sin_at(positions, D, model.config.rope_theta)
@@ -90,10 +137,12 @@ class StaticKVCache:
 
     def __init__(self, model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
+        check_model(model)
         check_int("batch", batch)
-        check_int("max_len", max_len)
+        check_int("max_len", max_len, 1, model.config.context_length)      # at most the context length
         param = next(model.parameters())
-        dtype = dtype or (param.dtype if param.is_floating_point() else torch.float32)
+        dtype = check_float_dtype("dtype", dtype) if dtype is not None else (
+            param.dtype if param.is_floating_point() else torch.float32)
         D = model.config.head_dim
         self.batch, self.max_len = batch, max_len
         self.k = [torch.zeros(batch, block.attn.k_proj.out_features // D, max_len, D, dtype=dtype,
@@ -104,6 +153,11 @@ class StaticKVCache:
         return sum(t.nbytes for t in self.k + self.v)
 
     def attention(self, positions: torch.Tensor, n_keys: int | None = None) -> Attend:
+        """The ``attend`` of a forward whose new tokens sit at ``positions`` (batch, T), integers < ``n_keys``
+        (not checked: it would read them back at every step)."""
+        check_positions(positions)
+        if len(positions) != self.batch:
+            raise ValueError(f"positions must have one row per cache row ({self.batch}), got {tuple(positions.shape)}")
         if n_keys is not None:
             check_int("n_keys", n_keys, 1, self.max_len)
         n_keys = self.max_len if n_keys is None else n_keys
@@ -114,6 +168,6 @@ class StaticKVCache:
             self.k[layer].scatter_(2, index, k.to(self.k[layer].dtype))
             self.v[layer].scatter_(2, index, v.to(self.v[layer].dtype))
             k_all, v_all = self.k[layer][:, :, :n_keys], self.v[layer][:, :, :n_keys]
-            return masked_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), mask)
+            return unchecked_attention(q, k_all.to(q.dtype), v_all.to(q.dtype), mask)
 
         return attend

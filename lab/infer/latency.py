@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
-from lab.core.checks import check_int
+from lab.core.checks import check_int, check_number, check_tensor
 from lab.core.stats import paired_ratio, verdicts
 from lab.core.timing import time_interleaved, time_ms
-from lab.infer.generate import Decoder, generate
+from lab.infer.generate import Decoder, check_seed, generate
+from lab.infer.kv_cache import check_model, check_token_ids
 from lab.infer.speculative import speculative_generate
 from lab.models.gpt import GPT
 
@@ -33,9 +34,11 @@ def step_latencies(model: GPT, ids: torch.Tensor, prompt_len: int, kv_cache: boo
     Each step is timed by `time_ms` (median of ``repeats`` calls after a warm-up): one call rewinds the
     decoder to the step's start and feeds its chunk, the same keys and values rewritten, the same work.
     """
+    check_model(model)
+    check_token_ids("ids", ids, model)
     B, T = ids.shape
-    if not 0 < prompt_len < T or chunk < 1:
-        raise ValueError(f"need prompt_len in [1, {T - 1}] and chunk >= 1, got prompt_len={prompt_len}, chunk={chunk}")
+    check_int("prompt_len", prompt_len, 1, T - 1)
+    check_int("chunk", chunk, 1, T - prompt_len)                 # a longer chunk would time no step at all
     decoder = Decoder(model, B, T, kv_cache=kv_cache)
     decoder.extend(ids[:, :prompt_len])
 
@@ -76,9 +79,14 @@ def speculative_costs(target: GPT, draft: GPT, ids: torch.Tensor, prompt_len: in
     `lab.infer.speculative.expected_speedup`. Returns {"target_step_ms", "draft_step_ms" (medians), "c",
     "r": {k: r_k}}.
     """
+    check_model(target, "target")
+    check_model(draft, "draft")
     ks = _draft_lengths(ks)
-    if ids.dim() != 2 or len(ids) != 1:
+    check_token_ids("ids", ids, target)
+    check_token_ids("ids", ids, draft)
+    if len(ids) != 1:
         raise ValueError(f"ids must be (1, T) token ids, got shape {tuple(ids.shape)}")
+    check_int("prompt_len", prompt_len)
     if not 0 < prompt_len < ids.shape[1] - max(ks):
         raise ValueError(f"prompt_len={prompt_len} must leave room for a step of {max(ks) + 1} tokens in "
                          f"ids of length {ids.shape[1]}")
@@ -93,6 +101,8 @@ def speculative_costs(target: GPT, draft: GPT, ids: torch.Tensor, prompt_len: in
 
 
 def _draft_lengths(ks) -> list[int]:
+    if isinstance(ks, (str, bytes, torch.Tensor)) or not isinstance(ks, Iterable):
+        raise TypeError(f"ks must be a list of draft lengths (ints >= 1), got {ks!r:.80} ({type(ks).__name__})")
     ks = list(ks)
     if not ks:
         raise ValueError("ks must be a non-empty list of draft lengths, got []")
@@ -118,12 +128,12 @@ def speculative_speedups(target: GPT, draft: GPT, prompts: torch.Tensor, new_tok
     Returns {name: {"ratio", "ci_low", "ci_high", "n", "p", "verdict", "plain_ms", "speculative_ms"}}
     (the two medians over the rounds).
     """
-    if prompts.dim() != 2 or len(prompts) == 0:
-        raise ValueError(f"prompts must be (P, T0) token ids with P >= 1, got shape {tuple(prompts.shape)}")
+    check_model(target, "target")
+    check_model(draft, "draft")
     check_int("new_tokens", new_tokens)
-    if not runs:
-        raise ValueError("runs must name at least one (k, temperature) to time")
-    _draft_lengths(k for k, _ in runs.values())
+    _check_prompts(target, draft, prompts, new_tokens)
+    _check_runs(runs)
+    check_seed(seed)
     fns = {f"plain, τ = {t:g}": (lambda t=t: [generate(target, x, new_tokens, temperature=t, seed=seed)
                                               for x in prompts]) for _, t in runs.values()}
     fns |= {name: (lambda k=k, t=t: [speculative_generate(target, draft, x, new_tokens, k=k, temperature=t,
@@ -140,6 +150,33 @@ def speculative_speedups(target: GPT, draft: GPT, prompts: torch.Tensor, new_tok
     for name, verb in verdicts(logs).items():
         out[name]["verdict"] = verb
     return out
+
+
+def _check_prompts(target: GPT, draft: GPT, prompts: torch.Tensor, new_tokens: int) -> None:
+    """``prompts`` (P >= 1, T₀) int64 token ids of both models, with room for ``new_tokens`` in both contexts."""
+    check_tensor("prompts", prompts, dtypes=(torch.int64,))              # as `generate` takes them
+    if prompts.dim() != 2 or len(prompts) == 0:
+        raise ValueError(f"prompts must be (P, T0) token ids with P >= 1, got shape {tuple(prompts.shape)}")
+    for model, name in ((target, "target"), (draft, "draft")):
+        check_token_ids("prompts", prompts, model)
+        if prompts.shape[1] + new_tokens > model.config.context_length:
+            raise ValueError(f"prompts of {prompts.shape[1]} tokens + new_tokens={new_tokens} exceed the {name}'s "
+                             f"context_length={model.config.context_length}")
+
+
+def _check_runs(runs: Mapping[str, tuple[int, float]]) -> None:
+    """``runs`` {name: (k, τ)}: draft lengths k >= 1, temperatures τ >= 0, names apart from the plain runs'."""
+    if not isinstance(runs, Mapping):
+        raise TypeError(f"runs must be a dict {{name: (k, temperature)}}, got {type(runs).__name__}")
+    if not runs:
+        raise ValueError("runs must name at least one (k, temperature) to time")
+    for name, run in runs.items():
+        if not isinstance(run, (tuple, list)) or len(run) != 2:
+            raise TypeError(f"runs[{name!r}] must be a pair (k, temperature), got {run!r:.80}")
+        check_number(f"runs[{name!r}] temperature", run[1], low=0)
+        if isinstance(name, str) and name.startswith("plain, τ = "):     # would overwrite a plain run's timing
+            raise ValueError(f"runs[{name!r}]: names starting with 'plain, τ = ' are taken by the plain runs")
+    _draft_lengths(k for k, _ in runs.values())
 
 
 def _paired_t_p(a: list[float], b: list[float]) -> float:

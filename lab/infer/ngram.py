@@ -69,6 +69,9 @@ def sample_lookup_drafts(sample: EvalSample, n: int = 2) -> torch.Tensor:
     """`prompt_lookup_draft` on every window of the evaluation ``sample``: (n_tokens,) int64, the draft of each
     scored token (−1 if none), aligned with ``sample.tokens``; the lookup sees the window so far, its
     context included (`lab.infer.draft.teacher_forced` scores the drafts)."""
+    if not isinstance(sample, EvalSample):
+        raise TypeError(f"sample must be a lab.perplexity.EvalSample (lab.data.eval_sample builds one), got "
+                        f"{type(sample).__name__}")
     check_int("n", n)
     out = []
     for x, c in zip(sample.inputs, sample.n_context):

@@ -29,7 +29,7 @@ import torch
 
 from lab.core.checks import check_float_dtype, check_int
 from lab.core.runtime import runs_triton
-from lab.infer.kv_cache import Attend, causal_mask, masked_attention
+from lab.infer.kv_cache import Attend, causal_mask, check_model, check_positions, unchecked_attention
 from lab.kernels.paged_attention import paged_attention_decode, paged_attention_decode_v2
 from lab.models.gpt import GPT
 
@@ -61,18 +61,23 @@ class BlockAllocator:
 
     def blocks_for(self, n_tokens: int) -> int:
         """⌈n_tokens / block_size⌉."""
-        return -(-n_tokens // self.block_size)
+        return -(-check_int("n_tokens", n_tokens, 0) // self.block_size)
 
     def can_allocate(self, n_tokens: int) -> bool:
         return self.blocks_for(n_tokens) <= len(self.free)
 
     def _owned(self, seq_id: Hashable) -> list[int]:
+        """The block table of ``seq_id`` (TypeError if it is unhashable, ValueError if it holds no blocks)."""
+        if not isinstance(seq_id, Hashable):
+            raise TypeError(f"seq_id must be hashable (an int or a str), got {type(seq_id).__name__}")
         if seq_id not in self.tables:
-            raise KeyError(f"sequence {seq_id!r} holds no blocks")
+            raise ValueError(f"seq_id={seq_id!r} holds no blocks (never allocated, or released already)")
         return self.tables[seq_id]
 
     def allocate(self, seq_id: Hashable, n_tokens: int) -> list[int]:
         """Blocks for a new sequence of ``n_tokens`` ≥ 1 tokens; returns its block table."""
+        if not isinstance(seq_id, Hashable):
+            raise TypeError(f"seq_id must be hashable (an int or a str), got {type(seq_id).__name__}")
         if seq_id in self.tables:
             raise ValueError(f"sequence {seq_id!r} already holds blocks")
         check_int("n_tokens", n_tokens)
@@ -85,7 +90,7 @@ class BlockAllocator:
 
     def needs_block(self, seq_id: Hashable) -> bool:
         """Whether appending one token to the sequence takes a new block."""
-        return self.lengths[seq_id] == len(self._owned(seq_id)) * self.block_size
+        return len(self._owned(seq_id)) * self.block_size == self.lengths[seq_id]
 
     def append(self, seq_id: Hashable) -> None:
         """Grow the sequence by one token, taking a new block when it crosses a block boundary."""
@@ -98,16 +103,15 @@ class BlockAllocator:
 
     def release(self, seq_id: Hashable) -> None:
         """Return every block of the sequence to the free list (ValueError if it holds none, e.g. released twice)."""
-        if seq_id not in self.tables:
-            raise ValueError(f"seq_id={seq_id!r} holds no blocks (never allocated, or released already)")
         self.free.extend(reversed(self._owned(seq_id)))
         del self.tables[seq_id], self.lengths[seq_id]
 
     def slot(self, seq_id: Hashable, position: int) -> int:
-        """The pool slot of the sequence's token at ``position``."""
-        if not 0 <= position < self.lengths.get(seq_id, 0):
-            raise IndexError(f"position {position} is outside sequence {seq_id!r} "
-                             f"of length {self.lengths.get(seq_id, 0)}")
+        """The pool slot of the sequence's token at ``position`` (IndexError outside the sequence)."""
+        self._owned(seq_id)
+        check_int("position", position, minimum=None)
+        if not 0 <= position < self.lengths[seq_id]:
+            raise IndexError(f"position {position} is outside sequence {seq_id!r} of length {self.lengths[seq_id]}")
         block, offset = divmod(position, self.block_size)
         return self.tables[seq_id][block] * self.block_size + offset
 
@@ -117,6 +121,7 @@ class PagedKVCache:
 
     def __init__(self, model: GPT, num_blocks: int, block_size: int = BLOCK_SIZE, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
+        check_model(model)
         self.allocator = BlockAllocator(num_blocks, block_size)
         param = next(model.parameters())
         dtype = check_float_dtype("dtype", dtype) if dtype is not None else (
@@ -139,6 +144,9 @@ class PagedKVCache:
         Every position must already be allocated (`BlockAllocator.allocate` / ``append``).
         """
         alloc, device = self.allocator, self.k[0].device
+        if isinstance(seq_ids, str) or not isinstance(seq_ids, Sequence):
+            raise TypeError(f"seq_ids must be a list of sequence ids, one per row, got {seq_ids!r}")
+        check_positions(positions)
         B, T = positions.shape
         if len(seq_ids) != B:
             raise ValueError(f"{len(seq_ids)} seq_ids for {B} rows of positions")
@@ -164,6 +172,6 @@ class PagedKVCache:
             # gather: (B, blocks, block_size, H_kv, D) → (B, H_kv, S, D), S = width · block_size
             k_seq = k_pool[gather_index].flatten(1, 2).transpose(1, 2).to(q.dtype)
             v_seq = v_pool[gather_index].flatten(1, 2).transpose(1, 2).to(q.dtype)
-            return masked_attention(q, k_seq, v_seq, mask)
+            return unchecked_attention(q, k_seq, v_seq, mask)
 
         return attend

@@ -34,11 +34,14 @@ bound above it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
 from lab.core.ceilings import device_ceilings
-from lab.core.checks import check_int, check_number
+from lab.core.checks import check_choice, check_int, check_number
+from lab.infer.kv_cache import check_model
 from lab.models.gpt import GPT
 
 
@@ -57,6 +60,7 @@ def weight_bytes(model: GPT) -> int:
     """Bytes of weights a decode step reads: every parameter and buffer as stored (int4/int8 layers
     included), the tied embedding once (it is the LM head); an untied input embedding only gives one
     row per token, so it is left out. Works on a model on the ``meta`` device (sizes without storage)."""
+    check_model(model)
     total = sum(t.nbytes for t in list(model.parameters()) + list(model.buffers()))   # each tensor once
     if model.embed_tokens.weight is not model.lm_head.weight:
         total -= model.embed_tokens.weight.nbytes
@@ -67,6 +71,8 @@ def decoder_linear_bytes_at(model: GPT, bits_per_weight: float) -> int:
     """`weight_bytes` if the decoder linears were stored at ``bits_per_weight`` bits per weight (the rest as
     it is): 16 for bf16, 8 + 32/C_in for int8 with fp32 row scales ≈ 8, 4 + 32/g for int4 with 16-bit scale and
     zero per group of g, 9 for 2:4 sparse bf16 (half the values + 4 bits of metadata per group of 4)."""
+    check_model(model)
+    check_number("bits_per_weight", bits_per_weight, low=0, closed=(False, True))
     linears = [m for name, m in model.named_modules() if name.startswith("layers.") and isinstance(m, nn.Linear)]
     stored = sum(m.weight.nbytes for m in linears)
     return weight_bytes(model) - stored + round(sum(m.weight.numel() for m in linears) * bits_per_weight / 8)
@@ -82,7 +88,10 @@ def matmul_params(model: GPT) -> int:
 
 
 def kv_bytes_per_position(model: GPT, dtype_bytes: int) -> int:
-    """2 · Σ_l H_kv,l · D · b_kv: the keys and values one position adds to the cache."""
+    """2 · Σ_l H_kv,l · D · b_kv: the keys and values one position adds to the cache (``dtype_bytes`` = b_kv:
+    2 for bf16, 1 for fp8/int8)."""
+    check_model(model)
+    check_number("dtype_bytes", dtype_bytes, low=0, closed=(False, True))
     return 2 * sum(block.attn.k_proj.out_features for block in model.layers) * dtype_bytes  # H_kv,l · D each
 
 
@@ -93,8 +102,15 @@ def decode_step_cost(model: GPT, batch: int, context: int, kv_cache: bool = True
     ``weights``: bytes of weights read per step (default `weight_bytes`(model); pass
     `decoder_linear_bytes_at` to price another storage format without building it).
     """
+    check_model(model)
+    check_int("batch", batch, minimum=None)
+    check_int("context", context, minimum=None)
     if batch < 1 or context < 1:
-        raise ValueError(f"batch and context must be >= 1, got {batch}, {context}")
+        raise ValueError(f"batch and context must be >= 1, got batch={batch}, context={context}")
+    check_choice("kv_cache", kv_cache, (True, False))
+    check_number("kv_dtype_bytes", kv_dtype_bytes, low=0, closed=(False, True))
+    if weights is not None:
+        check_number("weights", weights, low=0)
     cfg = model.config
     weights = weight_bytes(model) if weights is None else weights
     attention_flops = 4 * cfg.n_layer * cfg.n_head * cfg.head_dim * context * batch
@@ -110,6 +126,10 @@ def speed_of_light_ms(cost: dict[str, float], bandwidth: float | None = None,
 
     ``bandwidth`` (bytes/s) and ``peak_flops`` (FLOP/s): None takes `device_ceilings()`'s (module docstring).
     """
+    if not isinstance(cost, Mapping) or not {"bytes", "flops"} <= set(cost):
+        raise TypeError(f"cost must be a dict with 'bytes' and 'flops' (decode_step_cost's), got {cost!r}")
+    for key in ("bytes", "flops"):
+        check_number(f"cost[{key!r}]", cost[key], low=0)
     bandwidth, peak_flops = _ceilings(bandwidth, peak_flops)
     memory_ms, compute_ms = cost["bytes"] / bandwidth * 1e3, cost["flops"] / peak_flops * 1e3
     return {"memory_ms": memory_ms, "compute_ms": compute_ms, "ms": max(memory_ms, compute_ms)}
@@ -138,7 +158,13 @@ def attainable_flops(intensity, bandwidth: float | None = None, peak_flops: floa
     """
     bandwidth, peak_flops = _ceilings(bandwidth, peak_flops)
     if isinstance(intensity, torch.Tensor):
+        if intensity.dtype == torch.bool or intensity.is_complex():
+            raise TypeError(f"intensity must be a tensor of real numbers (FLOP/byte), got {intensity.dtype}")
+        if intensity.numel() and (not torch.isfinite(intensity).all() or (intensity < 0).any()):
+            raise ValueError(f"intensity must be finite and >= 0 (FLOP/byte), got values in "
+                             f"[{intensity.min().item():.4g}, {intensity.max().item():.4g}]")
         return torch.clamp(intensity * bandwidth, max=peak_flops)
+    check_number("intensity", intensity, low=0)
     return min(float(intensity) * bandwidth, peak_flops)
 
 
@@ -148,6 +174,7 @@ def prefill_crossover_tokens(model: GPT, bandwidth: float | None = None, peak_fl
     roofline: FLOPs / peak ≥ bytes / bandwidth with `decode_step_cost`(model, batch, S, kv_cache=False)
     (weights read once, activations not counted). ``bandwidth``, ``peak_flops``: None takes `device_ceilings()`'s;
     ``weights``: bytes of weights (default `weight_bytes`). ValueError if no S ≤ the model's context is."""
+    check_model(model)
     bandwidth, peak_flops = _ceilings(bandwidth, peak_flops)
     check_int("batch", batch)
 

@@ -25,6 +25,11 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
     """TypeError/ValueError unless τ ≥ 0 is finite (0 = greedy), top_k is None or an int ≥ 1 and top_p is
     None or in (0, 1]."""
     check_number("temperature", temperature, low=0)
+    check_filters(top_k, top_p)
+
+
+def check_filters(top_k: int | None, top_p: float | None) -> None:
+    """TypeError/ValueError unless top_k is None or an int >= 1 and top_p is None or in (0, 1]."""
     if top_k is not None:
         check_int("top_k", top_k)
     if top_p is not None:
@@ -40,6 +45,13 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     the one the sort puts first; `transformers`' ``TopPLogitsWarper`` (ascending sort, drop where the
     cumulative mass is ≤ 1 − p_top) can keep both.
     """
+    check_filters(top_k, top_p)
+    check_logits(logits)
+    return _filter(logits, top_k, top_p)
+
+
+def _filter(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """`filter_logits` without its checks (a decoding loop checks once, before its first step)."""
     out = logits
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
@@ -90,7 +102,13 @@ def next_token_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: int 
         check_logits(logits)
     if temperature == 0:
         return torch.zeros_like(logits, dtype=torch.float32).scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
-    return torch.softmax(filter_logits(logits.float() / temperature, top_k, top_p), dim=-1)
+    return torch.softmax(_filter(logits.float() / temperature, top_k, top_p), dim=-1)
+
+
+def check_generator(generator: torch.Generator | None) -> None:
+    """TypeError unless ``generator`` is None or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -100,11 +118,13 @@ def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            generator: torch.Generator | None = None, check: bool = True) -> torch.Tensor:
-    """Next tokens (B,) int64 for logits (B, V): argmax when τ = 0, else a draw from `next_token_probs`
-    (``check`` as there)."""
+    """Next tokens (B,) int64 for logits (B, V) (a 0-d token for (V,)): argmax when τ = 0, else a draw from
+    `next_token_probs` (``check`` as there)."""
     if check:
         check_sampling(temperature, top_k, top_p)
         check_logits(logits)
+        check_tensor("logits", logits, (1, 2))          # (B, V) or (V,): multinomial takes no more dimensions
+        check_generator(generator)
     if temperature == 0:
         return logits.argmax(-1)
     return sample_from(next_token_probs(logits, temperature, top_k, top_p, check=False), generator)

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from lab.core.checks import check_choice, check_int
-from lab.infer.kv_cache import forward_cached
+from lab.core.checks import check_choice, check_int, check_tensor
+from lab.infer.generate import check_seed
+from lab.infer.kv_cache import check_model, forward_cached
 from lab.infer.paged import BLOCK_SIZE, PagedKVCache
 from lab.models.gpt import GPT
 
@@ -101,6 +102,9 @@ def _check_policy(max_batch: int, policy: str) -> None:
 
 
 def _check_requests(model: GPT, requests: Sequence[Request], capacity: int) -> None:
+    if isinstance(requests, str) or not isinstance(requests, Sequence):      # a generator would be used up here
+        raise TypeError(f"requests must be a list of lab.infer.scheduler.Request objects, got "
+                        f"{type(requests).__name__}")
     for r in requests:
         if not isinstance(r, Request):
             raise TypeError(f"requests must hold lab.infer.scheduler.Request objects, got {type(r).__name__}")
@@ -199,7 +203,9 @@ def serve(model: GPT, requests: Sequence[Request], max_batch: int, policy: str =
     requests (continuous: into any free row; static: once the batch has drained), make room in the
     cache (preempting the newest rows), and run one batched decode step.
     """
+    check_model(model)
     _check_policy(max_batch, policy)
+    check_choice("progress", progress, (True, False))
     check_int("block_size", block_size)
     if num_blocks is None:
         num_blocks = max_batch * -(-model.config.context_length // block_size)
@@ -230,7 +236,14 @@ def synthetic_trace(tokens: torch.Tensor, n_requests: int, prompt_lengths: tuple
                     output_lengths: tuple[int, int], seed: int = 0) -> list[Request]:
     """``n_requests`` requests whose prompts are windows of real text ``tokens`` (1-D int64), with prompt
     and output lengths drawn uniformly from the inclusive ranges (a mixed-length offline workload)."""
+    check_tensor("tokens", tokens, 1, (torch.int64,))
     check_int("n_requests", n_requests, minimum=0)
+    for name, pair in (("prompt_lengths", prompt_lengths), ("output_lengths", output_lengths)):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise TypeError(f"{name} must be a pair (lo, hi) of ints, got {pair!r:.80}")
+        for end, value in zip(("lo", "hi"), pair):
+            check_int(f"{name} {end}", value)
+    check_seed(seed)
     (p_lo, p_hi), (o_lo, o_hi) = prompt_lengths, output_lengths
     if not (1 <= p_lo <= p_hi and 1 <= o_lo <= o_hi) or p_hi >= len(tokens):
         raise ValueError(f"need 1 <= lo <= hi for both ranges and prompts shorter than the text, got "

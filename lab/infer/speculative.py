@@ -20,9 +20,9 @@ only how often its tokens are accepted, not what is emitted. With acceptance rat
 
 and with c = (cost of a draft step) / (cost of a target step) the expected speed-up over plain
 decoding is (1 − α^{k+1}) / ((1 − α)(c·k + 1)), if the target's pass over k + 1 tokens costs what its
-one-token step costs (memory-bound decoding; `expected_speedup` takes the measured ratio r otherwise). Greedy decoding (τ = 0) is the special case of
-one-hot p and q: a draft token is kept iff it is the target's argmax, so the output equals the
-target's greedy output exactly.
+one-token step costs (memory-bound decoding; `expected_speedup` takes the measured ratio r otherwise).
+Greedy decoding (τ = 0) is the special case of one-hot p and q: a draft token is kept iff it is the target's
+argmax, so the output equals the target's greedy output exactly.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from dataclasses import dataclass
 
 import torch
 
-from lab.core.checks import check_fraction, check_int, check_number
-from lab.infer.generate import Decoder, check_prompt
-from lab.infer.sampling import check_distribution, check_sampling, next_token_probs, sample_from
+from lab.core.checks import check_fraction, check_int, check_number, check_tensor
+from lab.infer.generate import Decoder, check_flags, check_prompt, check_seed
+from lab.infer.kv_cache import INDEX_DTYPES, check_model
+from lab.infer.sampling import check_distribution, check_generator, check_sampling, next_token_probs, sample_from
 from lab.models.gpt import GPT
 
 
@@ -87,6 +88,10 @@ def speculative_accept(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Ten
     else from p_{k+1}. ``check=False`` skips the checks of p, q and the draft tokens (`speculative_generate`
     builds them itself; each check reads values back from the device).
     """
+    check_tensor("p", p, 2)
+    check_tensor("q", q, 2)
+    check_tensor("draft_tokens", draft_tokens, 1, INDEX_DTYPES)         # shapes and dtypes: no read-back
+    check_generator(generator)
     k = len(draft_tokens)
     if p.shape[0] != k + 1 or q.shape[0] != k or p.shape[1:] != q.shape[1:]:
         raise ValueError(f"need p (k+1, V) and q (k, V) for k={k} draft tokens, got {tuple(p.shape)}, {tuple(q.shape)}")
@@ -107,6 +112,19 @@ class SpeculativeResult:
     tokens: torch.Tensor        # prompt + generated, (T₀ + n,) int64
     accepted: list[int]         # draft tokens accepted in each step
     drafted: list[int]          # draft tokens proposed in each step (k, fewer near the end)
+
+    def __post_init__(self) -> None:
+        """One count of each per step, 0 <= accepted <= drafted (a notebook pools several runs into one)."""
+        check_tensor("tokens", self.tokens, 1)
+        for name in ("accepted", "drafted"):
+            if not isinstance(value := getattr(self, name), (list, tuple)):
+                raise TypeError(f"{name} must be a list of ints, one per step, got {type(value).__name__}")
+        if len(self.accepted) != len(self.drafted):
+            raise ValueError(f"accepted and drafted must have one entry per step, got {len(self.accepted)} and "
+                             f"{len(self.drafted)}")
+        for i, (a, k) in enumerate(zip(self.accepted, self.drafted)):
+            check_int(f"drafted[{i}]", k, 0)
+            check_int(f"accepted[{i}]", a, 0, k)
 
     @property
     def steps(self) -> int:
@@ -136,13 +154,18 @@ def speculative_generate(target: GPT, draft: GPT, prompt_ids: torch.Tensor, max_
     α high (exactness only needs the q it sampled from). Both models keep a static KV cache; after a
     rejection the caches are rewound to the committed tokens.
     """
+    check_model(target, "target")
+    check_model(draft, "draft")
     ids = check_prompt(target, prompt_ids, max_new_tokens)
     check_sampling(temperature, top_k, top_p)
     check_draft_length(k)
+    check_seed(seed)
+    check_flags(cuda_graph=cuda_graph)
     if ids.shape[0] != 1:
         raise ValueError(f"speculative_generate takes one prompt, got a batch of {ids.shape[0]}")
     if draft.config.vocab_size != target.config.vocab_size:
-        raise ValueError("draft and target must share the vocabulary")
+        raise ValueError(f"draft and target must share the vocabulary, got draft vocab_size="
+                         f"{draft.config.vocab_size} and target vocab_size={target.config.vocab_size}")
     check_prompt(draft, prompt_ids, max_new_tokens)
     T0 = ids.shape[1]
     generator = torch.Generator(device=ids.device).manual_seed(seed)

@@ -67,8 +67,7 @@ from lab.core.checks import check_block, check_choice, check_int, check_tensor
 from lab.core.runtime import runs_triton
 from lab.formats.int4 import dequantize_int4, unpack_int4_v2
 
-X_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+X_DTYPES = SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_M = 16                        # the v2 GEMV's largest M
 # (bit pattern OR-ed onto a code, the value c it adds) per x dtype: fp16 1024 + q, bf16 128 + q
 MAGIC = {torch.float16: (0x6400, 1024.0), torch.bfloat16: (0x4300, 128.0), torch.float32: (0, 0.0)}
@@ -84,8 +83,10 @@ def check_scales(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, ze
                  expected: tuple[int, int]) -> None:
     """scales and zeros: float tensors of shape ``expected`` (K/g, N) with equal strides, on x's device."""
     for name, t in (("scales", scales), ("zeros", zeros)):
-        if not torch.is_tensor(t) or t.dtype not in SCALE_DTYPES or tuple(t.shape) != expected:
-            raise TypeError(f"{name} must be a float tensor of shape {expected} (K/g, N), got {_describe(t)}")
+        if not torch.is_tensor(t) or t.dtype not in SCALE_DTYPES:
+            raise TypeError(f"{name} must be a float tensor (K/g, N) = {expected}, got {_describe(t)}")
+        if tuple(t.shape) != expected:
+            raise ValueError(f"{name} must have shape {expected} (K/g, N), got {tuple(t.shape)}")
     if scales.stride() != zeros.stride():
         raise ValueError("scales and zeros must have the same strides")
     if len({x.device, packed.device, scales.device, zeros.device}) != 1:
@@ -100,10 +101,8 @@ def _check_v1(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros
         raise TypeError(f"packed must be a 2-D uint8 tensor (K/2, N), got {_describe(packed)}")
     if not packed.is_contiguous():
         raise ValueError("packed must be contiguous (K/2, N) row-major, as pack_int4 returns it")
-    K = x.shape[1]
-    if packed.shape[0] * 2 != K:
-        raise ValueError(f"packed has {packed.shape[0]} rows; it must have K/2 = {K // 2} rows for x of shape "
-                         f"{tuple(x.shape)}")
+    if packed.shape[0] * 2 != (K := x.shape[1]):
+        raise ValueError(f"packed has {packed.shape[0]} rows; it must have K/2 = {K // 2} for x {tuple(x.shape)}")
     check_int("group_size", group_size)
     if group_size < 32 or group_size % 32 or K % group_size:
         raise ValueError(f"group_size={group_size!r} must be a multiple of 32 dividing K={K} (the kernel's tiles "
@@ -143,7 +142,7 @@ def int4_weight_only_matmul_torch(x: torch.Tensor, packed: torch.Tensor, scales:
                                   group_size: int) -> torch.Tensor:
     """The PyTorch path: Ŵ = s·(q − z) from the unpacked codes, then x Ŵᵀ in fp32, returned in x's dtype."""
     _check_v1(x, packed, scales, zeros, group_size)
-    return (x.float() @ dequantize_int4(packed, scales, zeros, group_size).T).to(x.dtype)
+    return (x.float().contiguous() @ dequantize_int4(packed, scales, zeros, group_size).T).to(x.dtype)
 
 
 def int4_gemv_v2_torch(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
@@ -153,7 +152,7 @@ def int4_gemv_v2_torch(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tens
     q = unpack_int4_v2(packed, group_size).float()                     # (N, K)
     s = scales.float().T.repeat_interleave(group_size, dim=1)
     z = zeros.float().T.repeat_interleave(group_size, dim=1)
-    return (x.float() @ ((q - z) * s).T).to(x.dtype)
+    return (x.float().contiguous() @ ((q - z) * s).T).to(x.dtype)
 
 
 # --- v1: any M, split-K by atomic adds -------------------------------------------------------------------
@@ -394,7 +393,7 @@ def int4_weight_only_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch
 def int4_gemv_v2(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                  group_size: int) -> torch.Tensor:
     """y (M, N) = x Ŵᵀ for a v2-packed int4 weight; Triton on CUDA or under the interpreter, else PyTorch."""
-    check_tensor("x", x)
+    x = check_tensor("x", x).contiguous()                  # a strided view of x (M ≤ 16 rows): copied, not refused
     if runs_triton(x.device):
         return int4_gemv_v2_triton(x, packed, scales, zeros, group_size)
     return int4_gemv_v2_torch(x, packed, scales, zeros, group_size)

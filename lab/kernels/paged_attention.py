@@ -80,11 +80,16 @@ def _check(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, tables: 
         raise TypeError(f"q must be a (B, H, D) tensor of dtype in {DTYPES}, got "
                         f"{f'{q.dtype} {tuple(q.shape)}' if torch.is_tensor(q) else type(q).__name__}")
     B, H, D = q.shape
+    for name, t in (("k_pool", k_pool), ("v_pool", v_pool), ("tables", tables), ("lengths", lengths)):
+        check_tensor(name, t)
+    check_choice("check_lengths", check_lengths, (True, False))
     if k_pool.dim() != 4 or k_pool.shape != v_pool.shape or k_pool.shape[3] != D or k_pool.dtype != v_pool.dtype:
         raise ValueError(f"k_pool and v_pool must both have shape (num_blocks, block_size, H_kv, D={D}), "
                          f"got {tuple(k_pool.shape)} and {tuple(v_pool.shape)}")
-    if H % k_pool.shape[2]:
-        raise ValueError(f"H={H} query heads must be a multiple of H_kv={k_pool.shape[2]}")
+    check_tensor("k_pool", k_pool, dtypes=DTYPES)
+    if not k_pool.shape[2] or H % k_pool.shape[2]:
+        raise ValueError(f"k_pool has H_kv={k_pool.shape[2]} kv heads (dim 2); q's H={H} query heads must be a "
+                         f"multiple of H_kv={k_pool.shape[2]} (at least 1)")
     if tables.dtype != torch.int32 or tables.dim() != 2 or tables.shape[0] != B:
         raise TypeError(f"tables must be int32 (B={B}, max_blocks), got {tables.dtype} {tuple(tables.shape)}")
     if lengths.dtype != torch.int32 or tuple(lengths.shape) != (B,):
@@ -292,8 +297,8 @@ def paged_attention_decode_v2_triton(q: torch.Tensor, k_pool: torch.Tensor, v_po
     B, H, D = q.shape
     block_size, H_kv = k_pool.shape[1], k_pool.shape[2]
     max_blocks = tables.shape[1]
-    S = num_splits(B, H_kv, max_blocks) if splits is None else splits
-    if isinstance(S, bool) or not isinstance(S, int) or not 1 <= S <= max(1, max_blocks):
+    S = num_splits(B, H_kv, max_blocks) if splits is None else check_int("splits", splits, None)
+    if not 1 <= S <= max(1, max_blocks):
         raise ValueError(f"splits={S!r} must be an int in [1, max_blocks={max_blocks}]")
     per_split = math.ceil(max_blocks / S)
     G = H // H_kv
@@ -330,6 +335,7 @@ def paged_attention_decode(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
                            lengths: torch.Tensor, check_lengths: bool = True) -> torch.Tensor:
     """o (B, H, D); Triton on CUDA or under the interpreter, else PyTorch."""
     check_tensor("q", q)  # before reading its device: a list gets a TypeError that names it
+    check_choice("check_lengths", check_lengths, (True, False))
     if runs_triton(q.device):
         return paged_attention_decode_triton(q, k_pool, v_pool, tables, lengths, check_lengths)
     return paged_attention_decode_torch(q, k_pool, v_pool, tables, lengths)
@@ -339,6 +345,7 @@ def paged_attention_decode_v2(q: torch.Tensor, k_pool: torch.Tensor, v_pool: tor
                               lengths: torch.Tensor, check_lengths: bool = True) -> torch.Tensor:
     """o (B, H, D); Triton on CUDA or under the interpreter, else the PyTorch reference."""
     check_tensor("q", q)
+    check_choice("check_lengths", check_lengths, (True, False))
     if runs_triton(q.device):
         return paged_attention_decode_v2_triton(q, k_pool, v_pool, tables, lengths, check_lengths)
     return paged_attention_decode_torch(q, k_pool, v_pool, tables, lengths)

@@ -63,6 +63,8 @@ def _check(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, out_featur
            in_features: int) -> None:
     for name, t in (("x", x), ("values", values), ("meta", meta)):
         check_tensor(name, t)
+    check_int("out_features", out_features)
+    check_int("in_features", in_features)
     if x.dim() != 2 or x.shape[1] != in_features:
         raise ValueError(f"x must have shape (M, in_features={in_features}), got {tuple(x.shape)}")
     if x.dtype not in DTYPES or values.dtype != x.dtype:
@@ -72,8 +74,10 @@ def _check(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, out_featur
     if tuple(values.shape) != (out_features, in_features // 2):
         raise ValueError(f"values must have shape {(out_features, in_features // 2)}, got {tuple(values.shape)}")
     expected = meta_shape(out_features, in_features, 2, 4)
-    if meta.dtype != torch.uint8 or tuple(meta.shape) != expected:
-        raise ValueError(f"meta must be uint8 of shape {expected}, got {meta.dtype} {tuple(meta.shape)}")
+    if meta.dtype != torch.uint8:
+        raise TypeError(f"meta must be uint8 (its 2-bit positions packed), got {meta.dtype}")
+    if tuple(meta.shape) != expected:
+        raise ValueError(f"meta must have shape {expected}, got {tuple(meta.shape)}")
     if not (x.device == values.device == meta.device):
         raise ValueError(f"x, values, meta must be on one device, got {x.device}, {values.device}, {meta.device}")
 
@@ -84,7 +88,7 @@ def sparse24_matmul_torch(x: torch.Tensor, values: torch.Tensor, meta: torch.Ten
                           out_features: int, in_features: int) -> torch.Tensor:
     """The PyTorch path: y = x · decompress(values, meta)ᵀ, (M, out_features) in x's dtype."""
     _check(x, values, meta, out_features, in_features)
-    return x @ decompress(values, meta, in_features).t()
+    return x.contiguous() @ decompress(values, meta, in_features).t()   # a view of x: the same bits as x
 
 
 # --- v1: the dense Wᵀ tile gathered element by element ---------------------------------------------------
@@ -156,7 +160,7 @@ def sparse24_matmul_triton(x: torch.Tensor, values: torch.Tensor, meta: torch.Te
         raise ValueError(f"BLOCK_K={block_k} must be a multiple of 8")
     values, meta = values.contiguous(), meta.contiguous()
     M = x.shape[0]
-    y = torch.empty(M, out_features, device=x.device, dtype=x.dtype) if out is None else out
+    y = torch.empty(M, out_features, device=x.device, dtype=x.dtype) if out is None else check_tensor("out", out)
     if y.shape != (M, out_features) or y.dtype != x.dtype or y.device != x.device:
         raise ValueError(f"out must be {x.dtype} of shape {(M, out_features)} on {x.device}, "
                          f"got {y.dtype} {tuple(y.shape)} on {y.device}")
@@ -274,8 +278,8 @@ def sparse24_matmul(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor,
 
 def sparse24_matmul_v2(x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, out_features: int,
                        in_features: int) -> torch.Tensor:
-    """y = x Wᵀ; Triton on CUDA or under the interpreter, else the PyTorch reference."""
+    """y = x Wᵀ; Triton on CUDA or under the interpreter, else the PyTorch reference (a strided x is copied)."""
     check_tensor("x", x)
     if runs_triton(x.device):
-        return sparse24_matmul_v2_triton(x, values, meta, out_features, in_features)
+        return sparse24_matmul_v2_triton(x.contiguous(), values, meta, out_features, in_features)
     return sparse24_matmul_torch(x, values, meta, out_features, in_features)

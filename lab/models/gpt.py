@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.core.checks import check_int
+from lab.core.checks import check_choice, check_int, check_number, check_tensor
 
 
 @dataclass
@@ -42,6 +42,9 @@ class GPTConfig:
         for name in ("vocab_size", "context_length", "d_model", "n_layer", "n_head", "n_kv_head", "d_ff"):
             value = getattr(self, name)
             check_int(f"GPTConfig.{name}", value)
+        check_number("GPTConfig.rope_theta", self.rope_theta, 0.0, closed=(False, True))
+        check_number("GPTConfig.norm_eps", self.norm_eps, 0.0)
+        check_choice("GPTConfig.tie_embeddings", self.tie_embeddings, (False, True))
         if self.d_model % self.n_head:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if self.n_head % self.n_kv_head:
@@ -148,6 +151,8 @@ class GPT(nn.Module):
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
+        if not isinstance(cfg, GPTConfig):
+            raise TypeError(f"cfg must be a GPTConfig, got {type(cfg).__name__}")
         self.config = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -168,6 +173,7 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, logits_to_keep: int | torch.Tensor = 0) -> torch.Tensor:
         """Logits (B, T′, V) of the positions ``logits_to_keep`` names, as in `transformers`: an int n keeps the
         last n (0: all T), a 1-D int64 tensor the positions it lists. The head is applied to those rows only."""
+        check_tensor("idx", idx, dtypes=(torch.int64, torch.int32))  # token ids (embedding indices)
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         T = idx.shape[1]

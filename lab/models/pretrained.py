@@ -18,12 +18,14 @@ import functools
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
+from lab.core.checks import check_choice, check_float_dtype, check_number, check_path
 from lab.models.gpt import GPT, GPTConfig
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,6 +83,15 @@ def book_config(path: str | Path = LM_DIR) -> GPTConfig:
 
 def to_llama(model: GPT):
     """Copy a lab `GPT` into an equivalent `transformers.LlamaForCausalLM` (float32)."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    cfg = model.config
+    widths = (cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.d_ff)
+    odd = [i for i, b in enumerate(model.layers)
+           if (b.attn.q_proj.out_features, b.attn.k_proj.out_features, b.mlp.up_proj.out_features) != widths]
+    if odd:
+        raise ValueError(f"model has layers {odd} narrower than its config gives (structurally pruned): "
+                         "per-layer widths fit no LlamaConfig")
     from transformers import LlamaForCausalLM
 
     hf = LlamaForCausalLM(llama_config(model.config))
@@ -95,9 +106,22 @@ def to_llama(model: GPT):
 
 def from_llama(hf) -> GPT:
     """Copy a `transformers.LlamaForCausalLM` into a lab `GPT` (float32)."""
-    model = GPT(gpt_config_from_llama(hf.config))
+    transformers = sys.modules.get("transformers")  # imported already if hf is one of its models
+    if transformers is None or not isinstance(hf, transformers.LlamaForCausalLM):
+        raise TypeError(f"hf must be a transformers LlamaForCausalLM, got {type(hf).__name__}")
+    cfg = hf.config
+    rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}).get("rope_type")
+    H = cfg.num_attention_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    if cfg.hidden_act != "silu" or rope not in (None, "default") or D * H != cfg.hidden_size:
+        raise ValueError(f"hf must be a plain Llama (lab.models.GPT's layout: silu MLP, default RoPE, head_dim = "
+                         f"hidden_size / heads), got hidden_act={cfg.hidden_act!r}, rope_type={rope!r}, head_dim={D}")
+    model = GPT(gpt_config_from_llama(cfg))
     lab_names = {lab_to_hf_name(k): k for k in model.state_dict()}
-    state = {lab_names[k]: v.float() for k, v in hf.state_dict().items() if k in lab_names}
+    extra = [k for k in hf.state_dict() if k not in lab_names]
+    if extra:
+        raise ValueError(f"hf has weights lab.models.GPT has no place for (biases?): {extra[:3]}")
+    state = {lab_names[k]: v.float() for k, v in hf.state_dict().items()}
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -112,7 +136,7 @@ def checkpoint_sha256(path: str | Path = LM_DIR) -> str:
 def training_record(path: str | Path = LM_DIR) -> dict:
     """The ``training_record.json`` of the checkpoint in ``path``, as `lab.models.pretrain` and
     `lab.infer.draft` wrote it (command, device, versions, loss curve, perplexities, SHA-256)."""
-    file = Path(path) / "training_record.json"
+    file = check_path("path", path, folder=True) / "training_record.json"
     if not file.exists():
         raise FileNotFoundError(f"checkpoint {path} has no training_record.json (written by "
                                 "`python -m lab.models.pretrain` or `python -m lab.infer.draft`)")
@@ -134,10 +158,12 @@ def training_figures(lm: dict, draft: dict) -> dict[str, float | int]:
     ``draft_ppl_before``: the draft's perplexity at step 0, before distillation; ``draft_ppl``: the
     stored bf16 draft's on its ``draft_eval_tokens`` evaluation tokens.
     """
-    for name, record, keys in (("lm", lm, _LM_RECORD_KEYS), ("draft", draft, _DRAFT_RECORD_KEYS)):
-        missing = [k for k in keys if k not in record]
-        if missing:
-            raise ValueError(f"{name} is not a training record of its kind: it lacks {missing}")
+    _check_training_record("lm", lm, _LM_RECORD_KEYS, "val_perplexity")
+    _check_training_record("draft", draft, _DRAFT_RECORD_KEYS, "eval_perplexity")
+    check_number("lm['train_tokens']", lm["train_tokens"], 0.0, closed=(False, True))
+    if not isinstance(draft["config"], dict) or not {"vocab_size", "d_model"} <= set(draft["config"]):
+        raise ValueError(f"draft['config'] must be the draft's GPTConfig as a dict (vocab_size, d_model, ...), "
+                         f"got {draft['config']!r:.80}")
     if draft["eval_perplexity"][0][0] != 0:
         raise ValueError(f"draft['eval_perplexity'] starts at step {draft['eval_perplexity'][0][0]}, "
                          "not 0: it holds no perplexity before distillation")
@@ -155,8 +181,22 @@ def training_figures(lm: dict, draft: dict) -> dict[str, float | int]:
             "draft_eval_tokens": draft["eval_tokens"]}
 
 
+def _check_training_record(name: str, record, keys: tuple[str, ...], curve: str) -> None:
+    """``record`` is a dict with ``keys``, its ``curve`` a non-empty list of (step, perplexity) pairs."""
+    if not isinstance(record, dict):
+        raise TypeError(f"{name} must be a training record (the dict `training_record` reads), got "
+                        f"{record!r:.80} ({type(record).__name__})")
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise ValueError(f"{name} is not a training record of its kind: it lacks {missing}")
+    pairs = record[curve]
+    if (not isinstance(pairs, (list, tuple)) or not pairs
+            or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in pairs)):
+        raise ValueError(f"{name}[{curve!r}] must be a non-empty list of (step, perplexity) pairs, got {pairs!r:.80}")
+
+
 def _check_lm_dir(path: Path) -> Path:
-    path = Path(path)
+    path = check_path("path", path, folder=True)
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (path / name).exists():
             raise FileNotFoundError(f"pretrained LM checkpoint {path} has no {name}; "
@@ -184,20 +224,22 @@ def load_pretrained_lm(impl: str = "transformers", path: str | Path = LM_DIR, dt
     impl="transformers": a `LlamaForCausalLM` loaded with ``from_pretrained`` (the reference);
     impl="lab": the same weights in the from-scratch `GPT`.
     """
+    check_choice("impl", impl, ("transformers", "lab"))
+    check_float_dtype("dtype", dtype)
+    path = _check_lm_dir(path)  # all checked before anything loads
     from transformers import LlamaForCausalLM
 
-    if impl not in ("transformers", "lab"):
-        raise ValueError(f"impl={impl!r} is not allowed; use 'transformers' or 'lab'")
     with _no_loading_bar():
-        hf = LlamaForCausalLM.from_pretrained(_check_lm_dir(path), dtype=dtype).eval()
+        hf = LlamaForCausalLM.from_pretrained(path, dtype=dtype).eval()
     return hf if impl == "transformers" else from_llama(hf).to(dtype)
 
 
 def load_tokenizer(path: str | Path = LM_DIR):
     """The LM's byte-level BPE tokenizer (``<|endoftext|>`` is EOS), via `AutoTokenizer`."""
+    path = _check_lm_dir(path)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_check_lm_dir(path))
+    return AutoTokenizer.from_pretrained(path)
 
 
 def encoder_dir() -> Path:

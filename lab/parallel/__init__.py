@@ -15,5 +15,16 @@ __all__ = [
     "CommCounter", "DataParallel", "bubble_fraction", "parallel_plan", "smallest_plans", "zero_memory",
     "zero_traffic_elements", "launch", "CostStage", "PipelineSchedule", "gpt_stage", "interleaved_order",
     "schedule_order", "simulate_schedule", "ColumnParallelLinear",
-    "RowParallelLinear", "tensor_parallel_block", "tensor_parallel_gpt", "ZeroOptimizer",
+    "RowParallelLinear", "tensor_parallel_block", "tensor_parallel_gpt", "ZeroOptimizer", "train",
 ]
+
+
+def __getattr__(name: str):
+    """``train`` (`lab.parallel.strategies.train`), imported on first use: importing it here eagerly would put
+    `lab.parallel.strategies` in sys.modules before ``python -m lab.parallel.strategies`` runs it (runpy's
+    RuntimeWarning, and two copies of the module)."""
+    if name == "train":
+        from lab.parallel.strategies import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lab.core.checks import check_number
+from lab.core.checks import check_group, check_number
 from lab.parallel import comm
 
 
@@ -46,8 +46,10 @@ class DataParallel(nn.Module):
 
     def __init__(self, module: nn.Module, bucket_cap_mb: float = 25.0, group=None) -> None:
         super().__init__()
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
         check_number("bucket_cap_mb", bucket_cap_mb, low=0, closed=(False, True))
-        self.module, self.group = module, group
+        self.module, self.group = module, check_group("group", group)
         self.world_size = dist.get_world_size(group)
         params = [p for p in module.parameters() if p.requires_grad]
         with torch.no_grad():

@@ -120,6 +120,12 @@ H100_SXM = GPUSpec(_H100.name, memory_bytes=float(_H100.memory.split(" GB")[0]) 
                    gpus_per_node=8, source=f"{_H100.source}; {H100_LINKS_SOURCE}")
 
 
+def _check_specs(model, gpu) -> None:
+    if not isinstance(model, ModelSpec) or not isinstance(gpu, GPUSpec):
+        raise TypeError(f"model and gpu must be a ModelSpec and a GPUSpec, got {type(model).__name__} and "
+                        f"{type(gpu).__name__}")
+
+
 def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zero_stage: int,
                   micro_batch: int, seq_len: int, global_batch: int, checkpointing: bool = True,
                   hfu: float = 0.4) -> dict:
@@ -151,9 +157,7 @@ def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zer
         check_int(name, value)
     check_number("hfu", hfu, low=0, high=1, closed=(False, True))
     check_choice("zero_stage", zero_stage, STAGES)
-    if not isinstance(model, ModelSpec) or not isinstance(gpu, GPUSpec):
-        raise TypeError(f"model and gpu must be a ModelSpec and a GPUSpec, got {type(model).__name__} and "
-                        f"{type(gpu).__name__}")
+    _check_specs(model, gpu)
     if not isinstance(checkpointing, bool):
         raise TypeError(f"checkpointing must be True or False, got {checkpointing!r}")
     if model.n_layer % pp:
@@ -200,8 +204,8 @@ def smallest_plans(model: ModelSpec, gpu: GPUSpec, tokens: float, max_days: floa
     Searched: N_t in ``tps``, N_p every divisor of L, N_d every divisor of ``global_batch`` / B_μ, each ZeRO
     stage in ``zero_stages``; the rest as in `parallel_plan` (``hfu``: its hardware FLOPs utilisation while
     computing). Each plan gains "days" = its step time for ``tokens`` (bubble, tensor-parallel all-reduces and
-    the data-parallel traffic not hidden behind the last backward included). Sorted by GPUs, then days, then the ZeRO stage (the
-    lowest communicates least), then GB per GPU.
+    the data-parallel traffic not hidden behind the last backward included). Sorted by GPUs, then days, then the
+    ZeRO stage (the lowest communicates least), then GB per GPU.
     """
     check_number("tokens", tokens, low=0, closed=(False, True))
     check_number("max_days", max_days, low=0, closed=(False, True))
@@ -209,8 +213,16 @@ def smallest_plans(model: ModelSpec, gpu: GPUSpec, tokens: float, max_days: floa
     check_int("micro_batch", micro_batch)
     if global_batch % micro_batch:
         raise ValueError(f"micro_batch={micro_batch} must divide global_batch={global_batch}")
+    _check_specs(model, gpu)
+    for name, values in (("tps", tps), ("zero_stages", zero_stages)):
+        if not isinstance(values, (tuple, list)):
+            raise TypeError(f"{name} must be a tuple of ints, got {values!r}")
+        if not values:
+            raise ValueError(f"{name}={values!r} is empty; give at least one value to search")
     for tp in tps:
         check_int("tp", tp, 1, gpu.gpus_per_node)
+    for zero in zero_stages:
+        check_choice("zero_stage", zero, STAGES)
     plans = []
     sequences = global_batch // micro_batch
     for tp in tps:

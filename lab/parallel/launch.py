@@ -91,6 +91,27 @@ def _worker(rank: int, fn: Callable, args: tuple, world_size: int, port: int, ba
             dist.destroy_process_group()
 
 
+def _check_launch(fn: Callable[..., Any], world_size: int, args: tuple, backend: str | None, timeout: float,
+                  threads: int) -> str:
+    """`launch`'s arguments, checked before any process starts; returns the backend."""
+    if not callable(fn):
+        raise TypeError(f"fn must be a function, got {fn!r}")
+    check_int("world_size", world_size)
+    check_int("threads", threads)
+    backend = default_backend(world_size) if backend is None else backend
+    check_choice("backend", backend, BACKENDS)
+    gpus = torch.cuda.device_count() if backend == "nccl" and dist.is_nccl_available() else 0
+    if backend == "nccl" and gpus < world_size:
+        raise ValueError(f"backend='nccl' needs one CUDA GPU per rank, world_size={world_size}, found {gpus}")
+    check_number("timeout", timeout, low=0, closed=(False, True))  # seconds
+    try:  # spawned processes receive fn and args by pickle: a lambda or a local function cannot travel
+        pickle.dumps((fn, args))
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        raise TypeError(f"fn={getattr(fn, '__qualname__', fn)!r} and its args must be picklable (a function "
+                        f"defined at the top level of an importable module): {error}") from None
+    return backend
+
+
 def launch(fn: Callable[..., Any], world_size: int, *args, backend: str | None = None,
            timeout: float = 60.0, threads: int = 1) -> list:
     """Run ``fn(*args)`` on ``world_size`` new processes; return ``[result of rank 0, ...]``.
@@ -100,16 +121,7 @@ def launch(fn: Callable[..., Any], world_size: int, *args, backend: str | None =
     Raises ValueError for a bad world size, backend or timeout, and RuntimeError (with the
     failing rank's traceback) when a rank raises.
     """
-    check_int("world_size", world_size)
-    check_int("threads", threads)
-    backend = backend or default_backend(world_size)
-    check_choice("backend", backend, BACKENDS)
-    check_number("timeout", timeout, low=0, closed=(False, True))  # seconds
-    try:  # spawned processes receive fn and args by pickle: a lambda or a local function cannot travel
-        pickle.dumps((fn, args))
-    except (pickle.PicklingError, AttributeError, TypeError) as error:
-        raise TypeError(f"fn={getattr(fn, '__qualname__', fn)!r} and its args must be picklable (a function "
-                        f"defined at the top level of an importable module): {error}") from None
+    backend = _check_launch(fn, world_size, args, backend, timeout, threads)
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     procs = mp.start_processes(_worker, args=(fn, args, world_size, free_port(), backend, timeout, threads,

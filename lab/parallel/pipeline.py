@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lab.core.checks import check_choice, check_int, check_number
+from lab.core.checks import check_choice, check_float_dtype, check_group, check_int, check_number, check_tensor
 from lab.models.gpt import GPT, rope_cos_sin
 from lab.parallel import comm
 
@@ -89,6 +89,12 @@ def interleaved_order(n_stages: int, stage: int, n_micro: int, n_chunks: int) ->
     return order + [entry("B", k) for k in range(total - warmup, total)]
 
 
+def _step(e) -> tuple:
+    """A step of an order as (kind, chunk, micro-batch): (kind, j) is chunk 0."""
+    e = tuple(e) if isinstance(e, (tuple, list)) else e
+    return (e[0], 0, e[1]) if isinstance(e, tuple) and len(e) == 2 else e
+
+
 def simulate_schedule(orders: list[list[tuple]], t_forward: float, t_backward: float) -> list[dict]:
     """Run per-stage orders on an ideal pipeline: each step starts once its stage is free and its input is ready.
 
@@ -101,9 +107,18 @@ def simulate_schedule(orders: list[list[tuple]], t_forward: float, t_backward: f
     """
     check_number("t_forward", t_forward, low=0, closed=(False, True))
     check_number("t_backward", t_backward, low=0, closed=(False, True))
-    p = len(orders)
-    check_int("len(orders)", p)
-    steps = [[(e[0], 0, e[1]) if len(e) == 2 else tuple(e) for e in order] for order in orders]
+    if not isinstance(orders, (list, tuple)) or not all(isinstance(order, (list, tuple)) for order in orders):
+        raise TypeError(f"orders must be a list of per-stage lists of steps, got {orders!r}")
+    p = check_int("len(orders)", len(orders))
+    steps = [[_step(e) for e in order] for order in orders]
+    for e in (e for order in steps for e in order):
+        if not (isinstance(e, tuple) and len(e) == 3):
+            raise TypeError(f"orders must hold steps (kind, j) or (kind, chunk, j), got {e!r}")
+        check_choice("orders' kind", e[0], ("F", "B"))
+        check_int("orders' chunk", e[1], 0)
+        check_int("orders' micro-batch", e[2], 0)
+    if not any(steps):
+        raise ValueError(f"orders={orders!r} holds no step")
     v = 1 + max(c for order in steps for _, c, _ in order)
     done: dict[tuple[str, int, int], float] = {}
     clock, pos, events = [0.0] * p, [0] * p, []
@@ -187,7 +202,9 @@ class GPTStage(nn.Module):
 
 def gpt_stage(model: GPT, group=None, layers_per_stage: list[int] | None = None) -> GPTStage:
     """This rank's stage of ``model`` (p = group size). A collective: every rank must call it."""
-    p, s = dist.get_world_size(group), dist.get_rank(group)
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    p, s = dist.get_world_size(check_group("group", group)), dist.get_rank(group)
     split = layer_split(model.config.n_layer, p, layers_per_stage)
     bounds = torch.tensor([0] + split).cumsum(0).tolist()
     tied_group = None
@@ -216,10 +233,15 @@ class CostStage(nn.Module):
 
     def __init__(self, width: int, t_forward: float, t_backward: float) -> None:
         super().__init__()
+        check_int("width", width)
+        check_number("t_forward", t_forward, low=0)
+        check_number("t_backward", t_backward, low=0)
         self.weight = nn.Parameter(torch.ones(width))
         self.t_forward, self.t_backward = t_forward, t_backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if check_tensor("x", x).dim() == 0 or x.shape[-1] != self.weight.numel():
+            raise ValueError(f"x has shape {tuple(x.shape)}; CostStage(width={self.weight.numel()}) takes (…, width)")
         return _Sleep.apply(x * self.weight, self.t_forward, self.t_backward)
 
 
@@ -238,8 +260,18 @@ class PipelineSchedule:
                  act_dtype: torch.dtype = torch.float32, group=None) -> None:
         check_int("n_micro", n_micro)
         check_choice("schedule", schedule, SCHEDULES)
+        check_group("group", group)
+        if not isinstance(stage, nn.Module):
+            raise TypeError(f"stage must be an nn.Module, got {type(stage).__name__}")
         if not any(p.requires_grad for p in stage.parameters()):
             raise ValueError("stage has no parameters that require grad: every pipeline stage needs some")
+        if not isinstance(act_shape, (tuple, list)):
+            raise TypeError(f"act_shape must be a tuple of ints, got {act_shape!r}")
+        for size in act_shape:
+            check_int("act_shape's size", size)
+        check_float_dtype("act_dtype", act_dtype)
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be a function (output, target) -> loss, got {loss_fn!r}")
         self.stage, self.n_micro, self.schedule, self.group = stage, n_micro, schedule, group
         self.act_shape, self.act_dtype, self.loss_fn = tuple(act_shape), act_dtype, loss_fn
         self.p, self.s = dist.get_world_size(group), dist.get_rank(group)
@@ -247,6 +279,15 @@ class PipelineSchedule:
 
     def _peer(self, stage: int) -> int:
         return dist.get_global_rank(self.group, stage) if self.group else stage
+
+    def _check_batch(self, inputs: torch.Tensor | None, targets: torch.Tensor | None) -> None:
+        first, last, m = self.s == 0, self.s == self.p - 1, self.n_micro
+        for name, tensor, needed in (("inputs", inputs, first), ("targets", targets, last)):
+            if needed and (check_tensor(name, tensor).dim() == 0 or tensor.shape[0] % m):
+                raise ValueError(f"{name} must be a tensor whose batch size is divisible by n_micro={m} "
+                                 f"on this stage, got shape {tuple(tensor.shape)}")
+        if last and self.loss_fn is None:
+            raise ValueError("loss_fn=None, but the last stage applies it: pass PipelineSchedule a loss_fn")
 
     def run(self, inputs: torch.Tensor | None = None, targets: torch.Tensor | None = None) -> float | None:
         """Forward and backward of one batch; return the mean loss on the last stage, else None.
@@ -256,10 +297,7 @@ class PipelineSchedule:
         the stage's parameters.
         """
         first, last, m = self.s == 0, self.s == self.p - 1, self.n_micro
-        for name, tensor, needed in (("inputs", inputs, first), ("targets", targets, last)):
-            if needed and (tensor is None or tensor.shape[0] % m):
-                raise ValueError(f"{name} must be a tensor whose batch size is divisible by n_micro={m} "
-                                 f"on this stage, got {None if tensor is None else tuple(tensor.shape)}")
+        self._check_batch(inputs, targets)
         micro_in = inputs.chunk(m) if first else None
         micro_tg = targets.chunk(m) if last else None
         device = next(self.stage.parameters()).device
@@ -281,6 +319,9 @@ class PipelineSchedule:
                     losses.append(y.detach())
                 end = time.perf_counter()
                 if not last:
+                    if y.shape != self.act_shape or y.dtype != self.act_dtype:
+                        raise ValueError(f"stage {self.s} outputs {tuple(y.shape)} {y.dtype}; the next stage receives "
+                                         f"act_shape={self.act_shape}, act_dtype={self.act_dtype}")
                     out = y.detach().contiguous()
                     sends.append((comm.isend(out, self._peer(self.s + 1), group=self.group), out))
                 saved[j] = (x, y)

@@ -36,15 +36,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lab.core.checks import check_choice, check_int
+from lab.core.checks import check_choice, check_divisor, check_int, check_number, check_tensor
 from lab.models.gpt import GPT, GPTConfig
 from lab.models.loop import BETAS, LossFn, Optim
 from lab.models.loop import train as train_loop
-from lab.models.next_token import lm_batch_loss, lm_loss, random_batch
+from lab.models.next_token import _lm_batch_loss, _random_batch, lm_loss
 from lab.parallel.comm import CommCounter
 from lab.parallel.ddp import DataParallel
 from lab.parallel.launch import init_from_env, launch, rank_device
-from lab.parallel.pipeline import PipelineSchedule, gpt_stage
+from lab.parallel.pipeline import SCHEDULES, PipelineSchedule, gpt_stage
 from lab.parallel.tensor_parallel import tensor_parallel_gpt
 from lab.parallel.zero import ZeroOptimizer
 from lab.params.measured_memory import storage_bytes
@@ -89,7 +89,7 @@ def _zero(stage: int) -> Callable[[nn.Module, Setup], ZeroOptimizer]:
 
 
 def _lm_loss_fn(module: nn.Module, setup: Setup) -> LossFn:
-    return lm_batch_loss
+    return _lm_batch_loss
 
 
 def _pipeline_loss_fn(stage: nn.Module, setup: Setup) -> LossFn:
@@ -188,9 +188,8 @@ def train(strategy: str, config: GPTConfig, tokens: torch.Tensor, steps: int, ba
     (`CommCounter` summary of all steps), ``memory`` (`held_bytes` of this rank after the last
     step: what it keeps between steps), ``peak_state_bytes`` (`peak_state_bytes`) and ``world_size``.
     """
-    check_choice("strategy", strategy, STRATEGIES)
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)):
-        check_int(name, value)
+    _check_train_args(strategy, config, tokens, steps, batch_size, seq_len, seed, n_micro, schedule, bucket_cap_mb)
+    optim = Optim(lr, warmup, weight_decay, grad_clip=None)
     row = TABLE[strategy]
     if row.needs_group and not dist.is_initialized():
         raise ValueError(f"strategy={strategy!r} needs a process group: run it under torchrun or "
@@ -198,7 +197,6 @@ def train(strategy: str, config: GPTConfig, tokens: torch.Tensor, steps: int, ba
     n, rank = (dist.get_world_size(), dist.get_rank()) if row.needs_group else (1, 0)
     if row.shards_batch and batch_size % n:
         raise ValueError(f"batch_size={batch_size} must be divisible by the world size {n}")
-    optim = Optim(lr, warmup, weight_decay, grad_clip=None)
     setup = Setup(config, batch_size, seq_len, n_micro, schedule, bucket_cap_mb,
                   dict(lr=lr, betas=BETAS, weight_decay=weight_decay))
     torch.manual_seed(seed)
@@ -207,13 +205,35 @@ def train(strategy: str, config: GPTConfig, tokens: torch.Tensor, steps: int, ba
     loss_fn = row.loss_fn(module, setup)
     rows = slice(rank * batch_size // n, (rank + 1) * batch_size // n) if row.shards_batch else slice(None)
     gen = torch.Generator().manual_seed(seed + 1)
-    batches = ((x[rows], y[rows]) for x, y in (random_batch(tokens, batch_size, seq_len, gen) for _ in range(steps)))
+    batches = ((x[rows], y[rows]) for x, y in (_random_batch(tokens, batch_size, seq_len, gen) for _ in range(steps)))
     with CommCounter() as counter:
         record = train_loop(module, batches, loss_fn, steps, optim=optim, optimizer=opt, backward=row.backward,
                             log_loss=row.log_loss, progress=False)
     record.update(comm=counter.summary(), memory=held_bytes(held_tensors(module, opt)),
                   peak_state_bytes=peak_state_bytes(module, opt), world_size=n)
     return record
+
+
+def _check_train_args(strategy: str, config: GPTConfig, tokens: torch.Tensor, steps: int, batch_size: int,
+                      seq_len: int, seed: int, n_micro: int, schedule: str, bucket_cap_mb: float) -> None:
+    """`train`'s arguments, all checked before any process group is looked at."""
+    check_choice("strategy", strategy, STRATEGIES)
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config must be a GPTConfig, got {config!r:.80} ({type(config).__name__})")
+    for name, value in (("steps", steps), ("batch_size", batch_size), ("seq_len", seq_len)):
+        check_int(name, value)
+    check_int("seq_len", seq_len, 1, config.context_length)
+    check_int("seed", seed, None)
+    check_int("n_micro", n_micro)
+    if strategy == "pp":
+        check_divisor("n_micro", n_micro, batch_size, "batch_size")
+    check_choice("schedule", schedule, SCHEDULES)
+    check_number("bucket_cap_mb", bucket_cap_mb, 0.0, closed=(False, True))
+    if len(check_tensor("tokens", tokens, 1, (torch.int64,))) < seq_len + 2:
+        raise ValueError(f"tokens has {len(tokens)} entries; need more than seq_len+1={seq_len + 1}")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= config.vocab_size:
+        raise ValueError(f"tokens must hold ids in [0, {config.vocab_size}) (config.vocab_size), got [{low}, {high}]")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from lab.core.checks import check_group, check_tensor
 from lab.models.gpt import GPT, Block
 from lab.parallel import comm
 
@@ -74,10 +75,21 @@ class CopyToTensorParallel(nn.Module):
 
     def __init__(self, group=None) -> None:
         super().__init__()
-        self.group = group
+        self.group = check_group("group", group)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return copy_to_tensor_parallel(x, self.group)
+
+
+def _check_linear(linear) -> None:
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+
+
+def _check_input(x: torch.Tensor, in_features: int) -> None:
+    """x must be (…, in_features); for a row-parallel layer that is this rank's slice of the input."""
+    if check_tensor("x", x).dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"x has shape {tuple(x.shape)}; this rank's layer takes (…, in_features={in_features})")
 
 
 def _shard_rows(t: torch.Tensor, name: str, group) -> torch.Tensor:
@@ -99,13 +111,17 @@ class ColumnParallelLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, copy_input: bool = True, group=None) -> None:
         super().__init__()
-        self.group, self.copy_input = group, copy_input
+        _check_linear(linear)
+        if not isinstance(copy_input, bool):
+            raise TypeError(f"copy_input must be True or False, got {copy_input!r}")
+        self.group, self.copy_input = check_group("group", group), copy_input
         self.in_features = linear.in_features
         self.weight = nn.Parameter(_shard_rows(linear.weight, "out_features", group))
         self.out_features = self.weight.shape[0]
         self.bias = None if linear.bias is None else nn.Parameter(_shard_rows(linear.bias, "out_features", group))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_features)
         if self.copy_input:
             x = copy_to_tensor_parallel(x, self.group)
         return F.linear(x, self.weight, self.bias)
@@ -120,13 +136,15 @@ class RowParallelLinear(nn.Module):
 
     def __init__(self, linear: nn.Linear, group=None) -> None:
         super().__init__()
-        self.group = group
+        _check_linear(linear)
+        self.group = check_group("group", group)
         self.out_features = linear.out_features
         self.weight = nn.Parameter(_shard_rows(linear.weight.T, "in_features", group).T.contiguous())
         self.in_features = self.weight.shape[1]
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_features)
         y = reduce_from_tensor_parallel(F.linear(x, self.weight), self.group)
         return y if self.bias is None else y + self.bias
 
@@ -139,7 +157,9 @@ def tensor_parallel_block(block: Block, group=None) -> Block:
     ``forward`` runs unchanged: ``Attention`` reads its local head counts from the layer widths.
     Raises ValueError if N does not divide H, H_kv or F.
     """
-    n = dist.get_world_size(group)
+    if not isinstance(block, Block):
+        raise TypeError(f"block must be a lab GPT Block, got {type(block).__name__}")
+    n = dist.get_world_size(check_group("group", group))
     cfg = block.attn.cfg
     for name, value in (("n_head", cfg.n_head), ("n_kv_head", cfg.n_kv_head), ("d_ff", cfg.d_ff)):
         if value % n:
@@ -157,6 +177,9 @@ def tensor_parallel_block(block: Block, group=None) -> Block:
 
 def tensor_parallel_gpt(model: GPT, group=None) -> GPT:
     """A copy of ``model`` whose blocks are `tensor_parallel_block`s; embedding and head replicated."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_group("group", group)
     tp = copy.deepcopy(model)
     tp.layers = nn.ModuleList(tensor_parallel_block(b, group) for b in model.layers)
     return tp

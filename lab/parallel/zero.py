@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from lab.core.checks import check_choice
+from lab.core.checks import check_choice, check_group
 from lab.parallel import comm
 from lab.params.measured_memory import storage_bytes
 
@@ -63,9 +63,6 @@ class _Unit:
     def __init__(self, params: list[nn.Parameter], stage: int, rank: int, world_size: int, group,
                  meter: Callable[..., None]) -> None:
         self.params, self.stage, self.group, self.meter = params, stage, group, meter
-        dtypes = {p.dtype for p in params}
-        if len(dtypes) != 1 or not dtypes <= set(DTYPES):
-            raise ValueError(f"the parameters of one unit must share one dtype of {DTYPES}, got {sorted(map(str, dtypes))}")
         self.n = sum(p.numel() for p in params)
         self.shard_size = math.ceil(self.n / world_size)
         p0 = params[0]
@@ -141,8 +138,20 @@ class ZeroOptimizer:
     def __init__(self, module: nn.Module, optimizer_cls: type[torch.optim.Optimizer], stage: int,
                  units: Sequence[nn.Module] | None = None, group=None, **optimizer_kwargs) -> None:
         check_choice("stage", stage, STAGES)
+        check_group("group", group)
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+        if not callable(optimizer_cls):
+            raise TypeError(f"optimizer_cls must be an optimizer class such as torch.optim.AdamW (not an instance), "
+                            f"got {type(optimizer_cls).__name__}")
+        if units is not None and (not isinstance(units, (list, tuple, nn.ModuleList))
+                                  or not all(isinstance(u, nn.Module) for u in units)):
+            raise TypeError(f"units must be a list of submodules of module, got {type(units).__name__}")
+        inside = {id(m) for m in module.modules()}
+        outside = [i for i, u in enumerate(units or []) if id(u) not in inside]
+        if outside:
+            raise ValueError(f"units[{outside[0]}] is not a submodule of module: it would be trained outside the model")
         self.module, self.stage, self.group = module, stage, group
-        self.world_size, rank = dist.get_world_size(group), dist.get_rank(group)
         self.peak_bytes, self.optimizer = 0, None
         unit_modules = list(getattr(module, "layers", []) if units is None else units)
         seen: set[int] = set()
@@ -156,6 +165,11 @@ class ZeroOptimizer:
                 groups.append((m, [p for p in params if p.requires_grad]))
         if not groups:
             raise ValueError("module has no parameter that requires grad: nothing to optimize")
+        for _, params in groups:
+            if len({p.dtype for p in params}) != 1 or params[0].dtype not in DTYPES:
+                raise ValueError(f"module: the trained parameters of one unit must share one dtype of {DTYPES}, "
+                                 f"got {sorted({str(p.dtype) for p in params})}")
+        self.world_size, rank = dist.get_world_size(group), dist.get_rank(group)
         with torch.no_grad():
             for p in self.frozen:
                 data = p.data.contiguous()                 # a collective needs contiguous memory

@@ -61,6 +61,9 @@ class Adafactor(torch.optim.Optimizer):
                  clip_threshold: float = 1.0, decay_rate: float = -0.8, beta1: float | None = None,
                  weight_decay: float = 0.0, scale_parameter: bool = True, relative_step: bool = True,
                  warmup_init: bool = False):
+        if isinstance(params, nn.Module):
+            raise TypeError(f"params must be an iterable of parameters or param groups such as model.parameters(), "
+                            f"got the module {type(params).__name__}")
         for name, flag in (("scale_parameter", scale_parameter), ("relative_step", relative_step),
                            ("warmup_init", warmup_init)):
             if not isinstance(flag, bool):
@@ -153,14 +156,16 @@ def max_param_diff_vs_transformers(model: nn.Module, batches: Sequence, **kwargs
     stepped once per batch of ``batches`` ((x, y) pairs, ids and next-token targets (B, T) int64) on
     the next-token loss. ``model`` is not changed.
     """
-    from transformers.optimization import Adafactor as TransformersAdafactor
-
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(batches, Sequence):
         raise TypeError(f"batches must be a sequence (a list) of (x, y) pairs, got {type(batches).__name__}")
     if not len(batches):
         raise ValueError("batches=[] is empty; allowed: one or more (x, y) pairs")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"model ({type(model).__name__}) has no parameter with requires_grad=True; nothing to train")
+    from transformers.optimization import Adafactor as TransformersAdafactor
+
     trained = []
     for optimizer_class in (Adafactor, TransformersAdafactor):
         copied = copy.deepcopy(model)
@@ -181,11 +186,16 @@ def adafactor_state_bytes(shapes: Iterable[tuple[int, ...]], beta1: float | None
     (its 0-dim v is not counted); plus numel (the momentum m) for ≥ 1 dims when ``beta1`` is given.
     ``dtype_bytes``: bytes per state element (the gradient's dtype; 4 for fp16/bf16 parameters).
     """
+    if isinstance(shapes, (str, bytes)) or not isinstance(shapes, Iterable):
+        raise TypeError(f"shapes must be an iterable of parameter shapes such as [(4096, 4096), (4096,)], "
+                        f"got {shapes!r:.80}")
     check_int("dtype_bytes", dtype_bytes)
     if beta1 is not None:
         check_number("beta1", beta1, 0.0, 1.0, closed=(True, False))
     elements = 0
     for i, shape in enumerate(shapes):
+        if not isinstance(shape, (tuple, list)):                  # torch.Size is a tuple
+            raise TypeError(f"shapes[{i}] must be a shape (a tuple of ints), got {shape!r:.80}")
         shape = tuple(check_int(f"shapes[{i}][{j}]", d, 0) for j, d in enumerate(shape))
         if len(shape) >= 2:
             elements += math.prod(shape[:-1]) + math.prod(shape[:-2] + shape[-1:])

@@ -162,9 +162,16 @@ def blockwise_error_vs_float64(x: torch.Tensor, signed: bool, block_size: int = 
                       the chosen code is than the nearest one (0 when it is a nearest one, up to rounding)
         "dequantize": max |x̂ − a·code₆₄[q]| / a for the chosen codes q: dequantization's rounding
 
-    x̂ is the float32 result; elements of an all-zero block count 0 in both.
+    x̂ is the float32 result; elements of an all-zero block count 0 in both. ``x``: a non-empty floating
+    tensor with finite entries, ≥ 0 for the unsigned map (``signed=False``, the map of v = g²).
     """
     code = dynamic_map(signed)
+    check_float_tensor("x", x)
+    if not x.numel():
+        raise ValueError(f"x is empty (shape {tuple(x.shape)}); give at least one element")
+    if not signed and bool((x < 0).any()):
+        raise ValueError(f"x has negative entries (min {x.min().item():g}), which the unsigned map (signed=False) "
+                         "cannot hold; use signed=True or x ≥ 0 (such as g²)")
     q, absmax = quantize_blockwise(x, code, block_size)
     x_hat = dequantize_blockwise(q, absmax, code, block_size, x.shape).reshape(-1).double()
     flat, code64 = x.detach().reshape(-1).double(), dynamic_map(signed, torch.float64).to(x.device)
@@ -188,6 +195,9 @@ class Adam8bit(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0, block_size: int = 2048):
+        if isinstance(params, torch.nn.Module):
+            raise TypeError(f"params must be an iterable of parameters or param groups such as model.parameters(), "
+                            f"got the module {type(params).__name__}")
         check_number("lr", lr, 0.0)
         if not (isinstance(betas, tuple) and len(betas) == 2):
             raise TypeError(f"betas must be a tuple (beta1, beta2), got {betas!r}")

@@ -110,6 +110,8 @@ def _check_step(model: GPT, batch: int, seq_len: int, every: int) -> torch.Tenso
     check_int("batch", batch)
     check_int("seq_len", seq_len, 1, model.config.context_length)
     check_int("every", every)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model has no parameter with requires_grad=True; there is no gradient to compute")
     gen = torch.Generator().manual_seed(0)
     idx = torch.randint(0, model.config.vocab_size, (batch, seq_len), generator=gen)
     return idx.to(next(model.parameters()).device)

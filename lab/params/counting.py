@@ -23,6 +23,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from lab.core.checks import check_choice, check_divisor, check_float_dtype
 from lab.models.gpt import GPTConfig
 
 BY = ("module", "category", "dtype", "tensor")
@@ -101,8 +102,7 @@ def count_parameters(model: nn.Module, by: str = "module") -> dict:
     "shared": {alias: original}}; a tied parameter counts once, under its first name.
     "module" groups by the owning module's qualified name, "tensor" by parameter name.
     """
-    if by not in BY:
-        raise ValueError(f"by={by!r} is not allowed; use one of {BY}")
+    check_choice("by", by, BY)
     unique, shared = unique_parameters(model)
     counts: dict[str, int] = defaultdict(int)
     nbytes: dict[str, int] = defaultdict(int)
@@ -118,6 +118,8 @@ def count_parameters(model: nn.Module, by: str = "module") -> dict:
 def parameter_table(model: nn.Module, by: str = "category") -> list[dict]:
     """Rows {group, params, bytes, fraction} sorted by size, for rendering as a table."""
     c = count_parameters(model, by)
+    if not c["total"]:
+        raise ValueError(f"model ({type(model).__name__}) has no parameters to tabulate (0 in total)")
     rows = [{by: k, "params": n, "bytes": c["bytes"][k], "fraction": n / c["total"]}
             for k, n in c["counts"].items()]
     return sorted(rows, key=lambda r: -r["params"])
@@ -138,8 +140,8 @@ def unique_state_dict(model: nn.Module, dtype: torch.dtype | None = None) -> dic
     integer tensors (int4/int8 codes) are never cast.
     """
     _check_model(model)
-    if dtype is not None and not isinstance(dtype, torch.dtype):
-        raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
+    if dtype is not None:
+        check_float_dtype("dtype", dtype)   # an integer dtype would truncate the weights
     tensors, seen = {}, set()
     for name, t in model.state_dict().items():
         key = _storage_key(t)
@@ -185,7 +187,7 @@ def gpt_param_count(config: GPTConfig, n_groups: int | None = None) -> int:
     the L·(block) term becomes G·(block). Default: G = L, no sharing.
     """
     block = block_param_count(config)  # also checks that config is a GPTConfig
-    G = config.n_layer if n_groups is None else n_groups
+    G = config.n_layer if n_groups is None else check_divisor("n_groups", n_groups, config.n_layer, "n_layer")
     V, C = config.vocab_size, config.d_model
     return V * C + G * block + C + (0 if config.tie_embeddings else V * C)
 
@@ -194,6 +196,8 @@ def plot_parameter_breakdown(model: nn.Module, by: str = "category", ax=None):
     """Horizontal bar chart of parameters per group (millions, with % labels); returns the Axes."""
     import matplotlib.pyplot as plt
 
+    if ax is not None and not isinstance(ax, plt.Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     rows = parameter_table(model, by)[::-1]
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1))

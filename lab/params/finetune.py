@@ -45,6 +45,9 @@ def document_tokens(path: str, tokenizer) -> torch.Tensor:
     "library/sqlite3.rst.txt"): a 1-D int64 tensor, no EOS, tokenized as `lab.data.tokenize_split` does."""
     if not isinstance(path, str):
         raise TypeError(f"path must be a str such as 'library/sqlite3.rst.txt', got {type(path).__name__}")
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be a transformers tokenizer (callable on a text), got "
+                        f"{type(tokenizer).__name__}")
     split = split_of(path)
     documents = dict(corpus_documents(split))
     if path not in documents:
@@ -79,6 +82,7 @@ def finetune(model: nn.Module, batches: Sequence, optimizer: str = "adamw", *, l
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_number("lr", lr, 0.0, closed=(False, True))
     check_number("weight_decay", weight_decay, 0.0)
+    check_choice("progress", progress, (False, True))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no parameter with requires_grad=True; nothing would be trained")
@@ -114,6 +118,10 @@ def document_sample(tokens: torch.Tensor, start: int, window: int = EVAL_WINDOW,
     """
     if not (isinstance(tokens, torch.Tensor) and tokens.dim() == 1 and tokens.dtype == torch.int64):
         raise TypeError(f"tokens must be a 1-D int64 tensor (one document), got {tokens!r:.80}")
+    if len(tokens) < 2:
+        raise ValueError(f"tokens has {len(tokens)} token(s); a document to split needs at least 2")
+    if bool((tokens < 0).any()):
+        raise ValueError(f"tokens must hold token ids ≥ 0, got a minimum of {tokens.min().item()}")
     check_int("start", start, 1, len(tokens) - 1)
     check_int("window", window, 1)
     check_int("context", context, 1)
@@ -138,8 +146,17 @@ def lr_sweep(model: nn.Module, batches: Sequence, rates: Sequence[float], sample
     ({"r", "alpha", "targets"}), applied to each copy before it trains (its A drawn from the global
     generator). ``model`` itself is left unchanged.
     """
-    if not isinstance(rates, Sequence) or not rates:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(rates, str) or not isinstance(rates, Sequence) or not rates:
         raise TypeError(f"rates must be a non-empty sequence of peak learning rates, got {rates!r:.80}")
+    for i, lr in enumerate(rates):                       # all of them before the first run trains
+        check_number(f"rates[{i}]", lr, 0.0, closed=(False, True))
+    if len(set(rates)) < len(rates):
+        raise ValueError(f"rates={list(rates)!r} repeats a rate; each rate keys one result, give it once")
+    if not isinstance(sample, EvalSample):
+        raise TypeError(f"sample must be a lab.perplexity.EvalSample (document_sample, lab.data.eval_sample), "
+                        f"got {type(sample).__name__}")
     if lora is not None and not isinstance(lora, dict):
         raise TypeError(f"lora must be None or a dict of add_lora keyword arguments, got {type(lora).__name__}")
     losses = {}

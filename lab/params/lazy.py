@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lab.core.checks import check_choice, check_device, check_float_dtype, check_path
 from lab.models.gpt import GPT, GPTConfig
 from lab.models.pretrained import lab_to_hf_name
 from lab.params.safetensors_io import SafetensorsFile
@@ -32,14 +33,30 @@ from lab.params.sharded import INDEX_NAME, open_shards
 MODES = ("baseline", "eager", "lazy")
 
 
+def _check_config(config) -> GPTConfig:
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config must be a lab.models.gpt.GPTConfig, got {type(config).__name__}")
+    return config
+
+
+def _check_load(config, device, dtype) -> None:
+    """The arguments `load_lazy` and `load_eager` share: a GPTConfig, a device (str or torch.device), a float dtype."""
+    _check_config(config)
+    check_device("device", device)
+    check_float_dtype("dtype", dtype)
+
+
 def build_on_meta(config: GPTConfig) -> GPT:
     """A `GPT` whose parameters live on the meta device: right shapes and dtypes, zero bytes."""
+    _check_config(config)
     with torch.device("meta"):
         return GPT(config)
 
 
 def untied_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model.state_dict()`` with each shared parameter under its first name only (savable)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     keep = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
     return {k: v for k, v in model.state_dict().items() if k in keep}
 
@@ -47,7 +64,7 @@ def untied_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def open_checkpoint(checkpoint: str | Path, mmap: bool = True) -> dict[str, SafetensorsFile]:
     """Tensor name → open file, for a ``.safetensors`` file, a sharded directory, or a directory
     holding ``model.safetensors``."""
-    path = Path(checkpoint)
+    path = check_path("checkpoint", checkpoint, folder=None)
     if path.is_dir() and (path / INDEX_NAME).exists():
         return open_shards(path, mmap=mmap)
     if path.is_dir():
@@ -96,6 +113,7 @@ def _layer_of(name: str) -> str:
 def load_lazy(config: GPTConfig, checkpoint: str | Path, device: str | torch.device = "cpu",
               dtype: torch.dtype = torch.float32, verify: bool = True, progress: bool = True) -> GPT:
     """A `GPT` in eval mode with ``checkpoint``'s weights, materialised one layer at a time."""
+    _check_load(config, device, dtype)
     files = open_checkpoint(checkpoint, mmap=True)
     model = build_on_meta(config)
     units: dict[str, list[tuple[list[str], str]]] = {}
@@ -116,6 +134,7 @@ def load_lazy(config: GPTConfig, checkpoint: str | Path, device: str | torch.dev
 def load_eager(config: GPTConfig, checkpoint: str | Path, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32, verify: bool = True) -> GPT:
     """The baseline: read the whole checkpoint into memory, build a full `GPT`, ``load_state_dict``."""
+    _check_load(config, device, dtype)
     files = open_checkpoint(checkpoint, mmap=False)
     model = GPT(config)
     state = {name: files[key].tensor(key, verify=verify)
@@ -156,9 +175,9 @@ def measure_load_peak_rss(mode: str, checkpoint: str | Path, config: GPTConfig) 
     first runs one meta-device op: its first use imports torch's Python meta kernels (~150 MB of
     modules, independent of model size), which would otherwise hide the tensor memory being compared.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode={mode!r} is not allowed; use one of {MODES}")
-    if not Path(checkpoint).exists():
+    check_choice("mode", mode, MODES)
+    _check_config(config)
+    if not check_path("checkpoint", checkpoint, folder=None).exists():
         raise FileNotFoundError(f"checkpoint={str(checkpoint)!r} does not exist")
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}

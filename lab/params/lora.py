@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.core.checks import check_choice, check_divisor, check_int, check_number
+from lab.core.checks import check_choice, check_divisor, check_int, check_number, check_tensor
 from lab.formats.int4 import dequantize_int4
 from lab.models.gpt import GPTConfig
 from lab.params.counting import gpt_param_count, unique_parameters, unique_state_dict
@@ -113,6 +113,10 @@ class LoRALinear(nn.Module):
         return self.alpha / self.r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not check_tensor("x", x).is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have shape (..., {self.in_features}), got {tuple(x.shape)}")
         y = self.base(x)
         return y + (self.scaling * F.linear(F.linear(x.float(), self.A), self.B)).to(y.dtype)
 
@@ -194,7 +198,15 @@ def merge_lora(model: nn.Module) -> list[str]:
 
 def merge_logit_error(model: nn.Module, idx: torch.Tensor) -> float:
     """max |model(idx) − merged(idx)| with merged a copy of ``model`` after `merge_lora`: how far folding
-    (α/r)·B A into W moves the output (float32 rounding only). ``model`` is not changed."""
+    (α/r)·B A into W moves the output (float32 rounding only). ``model`` is not changed.
+    ``idx``: token ids (B, T), int64 or int32, in [0, vocab_size) when ``model.config`` gives one."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_tensor("idx", idx, 2, (torch.int64, torch.int32))
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < vocab):
+        raise ValueError(f"idx must hold token ids in [0, vocab_size={vocab}), got values in "
+                         f"[{int(idx.min())}, {int(idx.max())}]")
     merged = copy.deepcopy(model)
     merge_lora(merged)
     with torch.no_grad():

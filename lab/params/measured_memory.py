@@ -9,7 +9,7 @@ optimizer state and activations; `measure_decode_memory_cuda` does the same for 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +38,24 @@ def make_optimizer(params, optimizer: str = "adamw", lr: float = 1e-3, **kwargs)
 
 def optimizer_state_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     """The optimizer's state tensors (m, v, codes, row/column statistics, …), 0-dim step counters excluded."""
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"opt must be a torch.optim.Optimizer, got {type(opt).__name__}")
     return [t for state in opt.state.values() for t in state.values() if torch.is_tensor(t) and t.dim() > 0]
 
 
 def storage_bytes(tensors) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (tied or viewed tensors count once)."""
+    """Bytes of the distinct storages behind ``tensors`` (tied or viewed tensors count once): an iterable of
+    tensors with storage (not on the meta device), or one tensor."""
+    if torch.is_tensor(tensors):
+        tensors = [tensors]
+    elif isinstance(tensors, (str, bytes, dict)) or not isinstance(tensors, Iterable):
+        raise TypeError(f"tensors must be an iterable of tensors (a dict: pass its .values()), got {tensors!r:.80}")
     seen = {}
-    for t in tensors:
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tensors[{i}] must be a torch.Tensor, got {t!r:.80} ({type(t).__name__})")
+        if t.is_meta:                                          # no storage: every data_ptr is 0
+            raise ValueError(f"tensors[{i}] is on the meta device and has no storage to count")
         seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     return sum(seen.values())
 
@@ -75,10 +86,16 @@ def measure_training_memory_cpu(model: GPT, batch: int, seq_len: int, optimizer:
     if not isinstance(model, GPT):
         raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
     check_int("batch", batch)
-    check_int("seq_len", seq_len)
+    check_int("seq_len", seq_len, 1, model.config.context_length)
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_choice("precision", precision, ("fp32", "bf16-mixed"))
     params = [p for _, p in unique_parameters(model)[0]]
+    devices = sorted({str(p.device) for p in params})
+    if devices != ["cpu"]:
+        raise ValueError(f"model must be on the CPU, its parameters are on {devices}; "
+                         "use measure_training_memory_cuda for a GPU")
+    if not any(p.requires_grad for p in params):
+        raise ValueError("model has no parameter with requires_grad=True; there is no training step to measure")
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
     saved: dict[int, int] = {}
 
@@ -203,9 +220,16 @@ def cublas_workspace_bytes(warm_up: Callable[[], object]) -> int:
 
 
 def cache_nbytes(cache) -> int:
-    """Bytes of the key and value tensors in a `transformers` cache (DynamicCache or legacy tuples)."""
+    """Bytes of the key and value tensors in a `transformers` cache (DynamicCache or legacy tuples: one
+    (key, value) pair of tensors per layer)."""
     if hasattr(cache, "layers"):
         pairs = [(layer.keys, layer.values) for layer in cache.layers]
+    elif isinstance(cache, (str, bytes)) or not isinstance(cache, Iterable):
+        raise TypeError(f"cache must be a transformers cache (DynamicCache) or (key, value) pairs per layer, "
+                        f"got {type(cache).__name__}")
     else:
         pairs = list(cache)
+    for i, pair in enumerate(pairs):
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(torch.is_tensor(t) for t in pair)):
+            raise TypeError(f"cache layer {i} must be a (key, value) pair of tensors, got {pair!r:.80}")
     return sum(k.nbytes + v.nbytes for k, v in pairs)

@@ -51,6 +51,7 @@ Inference: weights Ψ·b and the KV cache 2·L·H_kv·D·T·B·b bytes (b = byte
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -81,6 +82,8 @@ def as_dtype(dtype) -> torch.dtype:
     """``dtype`` as a torch.dtype: a torch.dtype as given, or one of the names of `_DTYPES` ("bf16", "float32", …)."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if not isinstance(dtype, str):
+        raise TypeError(f"dtype must be a torch.dtype or one of {tuple(_DTYPES)}, got {dtype!r}")
     if dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f"dtype={dtype!r} is not allowed; use a torch.dtype or one of {tuple(_DTYPES)}")
@@ -169,12 +172,20 @@ def optimizer_state_bytes(optimizer: str, n_params: int, state_bytes: int = 4,
     """Bytes of the optimizer's state: n_states·state_bytes·Ψ for adam/adamw/sgd/sgd-momentum, or,
     from the parameter ``shapes``, `adafactor_state_bytes` / `adam8bit_state_bytes` (blocks of 2,048)."""
     check_choice("optimizer", optimizer, OPTIMIZERS)
+    check_int("n_params", n_params, 0)
+    check_int("state_bytes", state_bytes)
     if optimizer not in SHAPED_OPTIMIZERS:
         return _N_STATES[optimizer] * state_bytes * n_params
     if shapes is None:
         raise ValueError(f"optimizer={optimizer!r} needs the parameter shapes (shapes=[p.shape for p in "
                          "params]): its state size depends on them, not only on n_params")
-    shapes = [tuple(shape) for shape in shapes]
+    if isinstance(shapes, str) or not isinstance(shapes, Iterable):
+        raise TypeError(f"shapes must be a list of parameter shapes such as [(4096, 4096), (4096,)], got {shapes!r}")
+    shapes = list(shapes)
+    for i, shape in enumerate(shapes):
+        if not isinstance(shape, (tuple, list, torch.Size)):
+            raise TypeError(f"shapes[{i}] must be a shape (a tuple of ints), got {shape!r}")
+        shapes[i] = tuple(check_int(f"shapes[{i}][{j}]", d, 0) for j, d in enumerate(shape))
     numel = sum(math.prod(shape) for shape in shapes)
     if numel != n_params:
         raise ValueError(f"shapes hold {numel} parameters but n_params={n_params}; they must agree")
@@ -211,6 +222,7 @@ def gpt3_layer_activation_bytes(config: GPTConfig, batch: int, seq_len: int, dro
     _check_config(config)
     check_int("batch", batch)
     check_int("seq_len", seq_len)
+    check_choice("dropout", dropout, (False, True))
     B, T, C, H = batch, seq_len, config.d_model, config.n_head
     return B * T * C * 34 + 5 * B * H * T * T if dropout else B * T * C * 32 + 2 * B * H * T * T
 
@@ -229,6 +241,7 @@ def llama_layer_activation_bytes(config: GPTConfig, batch: int, seq_len: int, fu
     _check_config(config)
     check_int("batch", batch)
     check_int("seq_len", seq_len)
+    check_choice("fused_attention", fused_attention, (False, True))
     B, T, C, F_, H = batch, seq_len, config.d_model, config.d_ff, config.n_head
     attention = 4 * B * H * T if fused_attention else 2 * B * H * T * T
     return 2 * B * T * (8 * C + 4 * F_) + attention

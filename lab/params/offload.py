@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from lab.core.checks import check_choice, check_device, check_tensor
 from lab.models.gpt import GPT, rope_cos_sin
 
 MODES = ("resident", "naive", "prefetch")
@@ -62,7 +63,10 @@ def layer_nbytes(block: nn.Module) -> int:
 
 
 def offload_nbytes(model: GPT) -> int:
-    """Bytes copied host→device by one offloaded forward: S = Σ_i layer_nbytes(layer i)."""
+    """Bytes copied host→device by one offloaded forward: S = Σ_i layer_nbytes(layer i) (``model``: a lab GPT,
+    or the `OffloadedGPT` running it)."""
+    if not isinstance(model, (GPT, OffloadedGPT)):
+        raise TypeError(f"model must be a lab GPT (or an OffloadedGPT), got {type(model).__name__}")
     return sum(layer_nbytes(block) for block in model.layers)
 
 
@@ -98,7 +102,7 @@ class OffloadedGPT:
     def __init__(self, model: GPT, device: str | torch.device = "cpu") -> None:
         if not isinstance(model, GPT):
             raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
-        self.device = torch.device(device)
+        self.device = check_device("device", device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"device={str(device)!r} is not allowed; use 'cpu' or 'cuda'")
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -141,14 +145,18 @@ class OffloadedGPT:
     @torch.no_grad()
     def forward(self, idx: torch.Tensor, mode: str = "prefetch", trace: bool = False) -> torch.Tensor:
         """Logits (B, T, V) for ids (B, T); ``trace=True`` fills `self.trace` with `TraceEvent`s."""
-        if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not allowed; use one of {MODES}")
+        check_choice("mode", mode, MODES)
+        check_tensor("idx", idx)
         if idx.dim() != 2 or idx.dtype != torch.int64:
             raise ValueError(f"idx must be (B, T) int64, got shape {tuple(idx.shape)}, {idx.dtype}")
         cfg = self.model.config
         T = idx.shape[1]
         if T > cfg.context_length:
-            raise ValueError(f"sequence length {T} exceeds context_length={cfg.context_length}")
+            raise ValueError(f"idx has sequence length {T}, which exceeds context_length={cfg.context_length}")
+        # ids on the host are range-checked; a device idx is not (reading its min and max would sync every forward)
+        if idx.device.type == "cpu" and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= cfg.vocab_size):
+            raise ValueError(f"idx must hold token ids in [0, vocab_size={cfg.vocab_size}), got values in "
+                             f"[{int(idx.min())}, {int(idx.max())}]")
         idx = idx.to(self.device)
         cos, sin = rope_cos_sin(T, cfg.head_dim, cfg.rope_theta, self.device)
         x = self.model.embed_tokens(idx)

@@ -20,13 +20,14 @@ from collections.abc import Iterable
 
 import torch
 
-from lab.core.checks import check_fraction, check_int, check_number
+from lab.core.checks import check_float_dtype, check_float_tensor, check_fraction, check_int, check_number, check_tensor
 
 # (exponent bits e, mantissa bits m); total bits = 1 + e + m
 FORMATS = {torch.float64: (11, 52), torch.float32: (8, 23), torch.bfloat16: (8, 7), torch.float16: (5, 10)}
 
 
 def _layout(dtype) -> tuple[int, int]:
+    check_float_dtype("dtype", dtype)
     if dtype not in FORMATS:
         allowed = tuple(str(d).removeprefix("torch.") for d in FORMATS)
         raise ValueError(f"dtype={dtype!r} is not allowed; use one of torch.{{{', '.join(allowed)}}}")
@@ -44,19 +45,28 @@ def float_format_info(dtype: torch.dtype) -> dict:
             "eps": 2.0**-m}
 
 
+def _check_real(x) -> torch.Tensor:
+    """``x`` is a tensor of real numbers: floating or integer, not complex, not bool."""
+    check_tensor("x", x)
+    if x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"x must hold real numbers (a floating or integer tensor), got {x.dtype}")
+    return x
+
+
 def round_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """x rounded to the nearest ``dtype`` number (round-half-to-even, by casting), returned as float64."""
     _layout(dtype)
-    if not torch.is_tensor(x):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_real(x)
     return x.to(dtype).to(torch.float64)
 
 
 def spacing(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """ULP of ``dtype`` at x: 2^(max(⌊log2|x|⌋, 1−β) − m), float64 (x = 0 gives the smallest subnormal)."""
+    """ULP of ``dtype`` at x: 2^(max(⌊log2|x|⌋, 1−β) − m), float64 (x = 0 gives the smallest subnormal;
+    x finite, real)."""
     e, m = _layout(dtype)
-    if not torch.is_tensor(x):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_real(x)
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError("x contains NaN or infinite entries, which have no spacing")
     bias = 2 ** (e - 1) - 1
     x64 = x.to(torch.float64)
     _, exp = torch.frexp(x64.abs())  # |x| = f·2^exp, f in [0.5, 1) → ⌊log2|x|⌋ = exp − 1
@@ -66,11 +76,18 @@ def spacing(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def underflow_fraction(grads: Iterable[torch.Tensor], dtype: torch.dtype = torch.float16,
                        scale: float = 1.0) -> float:
-    """Fraction of the nonzero gradient values g for which round_to(g·scale, dtype) is 0."""
+    """Fraction of the nonzero gradient values g for which round_to(g·scale, dtype) is 0.
+
+    ``grads``: an iterable of floating tensors with finite entries (or one tensor)."""
     _layout(dtype)
     check_number("scale", scale, low=0, closed=(False, True))
+    if torch.is_tensor(grads):
+        grads = [grads]
+    elif isinstance(grads, (str, bytes)) or not isinstance(grads, Iterable):
+        raise TypeError(f"grads must be an iterable of gradient tensors, got {grads!r:.80}")
     nonzero = zero = 0
-    for g in grads:
+    for i, g in enumerate(grads):
+        check_float_tensor(f"grads[{i}]", g)
         g = g.detach().to(torch.float64).flatten()
         g = g[g != 0]
         nonzero += g.numel()
@@ -84,6 +101,8 @@ def plot_format_ranges(ax=None):
     """Bar per format from log2(smallest subnormal) to log2(max), normal range darker; returns the Axes."""
     import matplotlib.pyplot as plt
 
+    if ax is not None and not isinstance(ax, plt.Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 2.5))
     for i, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16)):
@@ -103,6 +122,12 @@ def plot_rounding(x: torch.Tensor | None = None, ax=None):
     """Relative rounding error |round_to(x) − x|/|x| and ULP/|x| for fp32, bf16, fp16 over x; returns the Axes."""
     import matplotlib.pyplot as plt
 
+    if x is not None:
+        _check_real(check_tensor("x", x, 1))
+        if not (x.numel() and bool((x > 0).all()) and bool(torch.isfinite(x).all())):
+            raise ValueError(f"x must hold positive finite numbers (a log axis), got {x!r:.80}")
+    if ax is not None and not isinstance(ax, plt.Axes):
+        raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     x = torch.logspace(-8, 5, 2000, dtype=torch.float64) if x is None else x.to(torch.float64)
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
@@ -153,9 +178,10 @@ class DynamicLossScaler:
             grads = [p.grad for group in optimizer_or_grads.param_groups for p in group["params"]
                      if p.grad is not None]
         else:
-            grads = list(optimizer_or_grads)
+            grads = list(optimizer_or_grads) if isinstance(optimizer_or_grads, Iterable) else [None]
             if not all(torch.is_tensor(g) for g in grads):
-                raise TypeError("optimizer_or_grads must be a torch.optim.Optimizer or an iterable of tensors")
+                raise TypeError("optimizer_or_grads must be a torch.optim.Optimizer or an iterable of tensors, "
+                                f"got {type(optimizer_or_grads).__name__}")
         inv_scale = self._scale.double().reciprocal().float()
         found_inf = False
         for g in grads:

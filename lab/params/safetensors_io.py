@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from lab.core.atomic import atomic_write
+from lab.core.checks import check_device, check_path
 
 # Rank order of the reference library's dtype enum (lowest first).
 DTYPES: dict[str, torch.dtype] = {
@@ -55,24 +56,32 @@ CHECKSUM_PREFIX = "lab.sha256."
 MAX_HEADER_BYTES = 100_000_000  # the reference library's limit
 
 
-def validate(tensors: dict, metadata: dict | None = None) -> None:
-    """Raise TypeError/ValueError unless ``tensors`` and ``metadata`` can be saved (nothing is copied)."""
+def _extent(t: torch.Tensor) -> int:
+    """Bytes from a non-empty tensor's first element to the end of its last: numel·itemsize when it is
+    contiguous, more for a strided view (whose elements may interleave with another tensor's)."""
+    return t.element_size() * (1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())))
+
+
+def validate(tensors: dict, metadata: dict | None = None, arg: str = "tensors") -> None:
+    """Raise TypeError/ValueError unless ``tensors`` and ``metadata`` can be saved (nothing is copied);
+    ``arg`` is the name of the caller's argument in the messages."""
     if not isinstance(tensors, dict):
-        raise TypeError(f"tensors must be a dict str -> torch.Tensor, got {type(tensors).__name__}")
+        raise TypeError(f"{arg} must be a dict str -> torch.Tensor, got {type(tensors).__name__}")
+    where = "tensors" if arg == "tensors" else f"{arg}: tensors"
     for name, t in tensors.items():
         if not isinstance(name, str) or name == "__metadata__":
-            raise TypeError(f"tensor name {name!r} is not allowed; names are str other than '__metadata__'")
+            raise TypeError(f"{where}: tensor name {name!r} is not allowed; names are str other than '__metadata__'")
         if not isinstance(t, torch.Tensor):
-            raise TypeError(f"tensors[{name!r}] is a {type(t).__name__}; only torch.Tensor values are allowed")
+            raise TypeError(f"{where}[{name!r}] is a {type(t).__name__}; only torch.Tensor values are allowed")
         if t.dtype not in _DTYPE_NAME:
-            raise ValueError(f"tensors[{name!r}] has dtype {t.dtype}; allowed: {sorted(_DTYPE_NAME.values(), key=str)}")
+            raise ValueError(f"{where}[{name!r}] has dtype {t.dtype}; allowed: {sorted(_DTYPE_NAME.values(), key=str)}")
         if t.layout != torch.strided or t.device.type == "meta":
-            raise ValueError(f"tensors[{name!r}] is {t.layout} on {t.device}; only dense tensors with data are allowed")
-    spans = sorted((str(t.device), t.data_ptr(), t.data_ptr() + t.nbytes, name)
+            raise ValueError(f"{where}[{name!r}] is {t.layout} on {t.device}; only dense tensors with data are allowed")
+    spans = sorted((str(t.device), t.data_ptr(), t.data_ptr() + _extent(t), name)
                    for name, t in tensors.items() if t.numel())
     for (dev_a, _, end_a, a), (dev_b, start_b, _, b) in zip(spans, spans[1:]):
         if dev_a == dev_b and start_b < end_a:
-            raise ValueError(f"tensors {a!r} and {b!r} share memory (tied weights); a file cannot store "
+            raise ValueError(f"{where} {a!r} and {b!r} share memory (tied weights); a file cannot store "
                              "the aliasing, so pass only one of them")
     if metadata is None:
         return
@@ -84,8 +93,9 @@ def validate(tensors: dict, metadata: dict | None = None) -> None:
 
 
 def _raw(t: torch.Tensor) -> memoryview:
-    """The tensor's bytes (contiguous CPU tensor), without copying."""
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    """The tensor's bytes (contiguous CPU tensor), without copying (as_strided: a one-element view may keep any
+    stride, even when contiguous, and ``view(torch.uint8)`` needs stride 1)."""
+    return memoryview(t.as_strided((t.numel(),), (1,)).view(torch.uint8).numpy())
 
 
 def _sha256(data: memoryview) -> str:
@@ -120,7 +130,7 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
     Non-contiguous or non-CPU tensors are copied to contiguous CPU memory first. ``metadata`` maps
     str → str; ``checksum`` adds one ``lab.sha256.<name>`` entry per tensor.
     """
-    path = Path(path)
+    path = check_path("path", path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"path={str(path)!r}: directory {str(path.parent)!r} does not exist")
     validate(tensors, metadata)
@@ -141,7 +151,7 @@ class SafetensorsFile:
     """
 
     def __init__(self, path: str | Path, mmap: bool = True) -> None:
-        self.path = Path(path)
+        self.path = check_path("path", path)
         if not self.path.is_file():
             raise FileNotFoundError(f"path={str(self.path)!r} does not exist or is not a file; "
                                     "expected a .safetensors file")
@@ -256,5 +266,6 @@ def load_safetensors(path: str | Path, device: str | torch.device = "cpu", mmap:
     On CPU with ``mmap=True`` they are zero-copy views of the memory-mapped file. ``verify`` checks the
     stored SHA-256 of each tensor (which reads every byte once, but copies nothing).
     """
+    check_device("device", device)
     f = SafetensorsFile(path, mmap=mmap)
     return {name: f.tensor(name, verify=verify).to(device) for name in f.names}

@@ -24,8 +24,8 @@ import copy
 import torch
 from tqdm.auto import tqdm
 
-from lab.core.runtime import seed_everything
 from lab.core.records import add_seed
+from lab.core.runtime import seed_everything
 from lab.data import eval_sample
 from lab.models import load_pretrained_lm, load_tokenizer
 from lab.models.gpt import GPTConfig

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from lab.core.atomic import atomic_write_json
-from lab.core.checks import check_int
+from lab.core.checks import check_device, check_int, check_path
 from lab.params.safetensors_io import SafetensorsFile, save_safetensors, validate
 
 INDEX_NAME = "model.safetensors.index.json"
@@ -47,7 +47,7 @@ def plan_shards(sizes: dict[str, int], max_shard_bytes: int) -> list[list[str]]:
 
 def read_index(directory: str | Path) -> dict[str, Path]:
     """Validated ``weight_map`` of a sharded checkpoint: tensor name → shard path (which exists)."""
-    directory = Path(directory)
+    directory = check_path("directory", directory, folder=True)
     index = directory / INDEX_NAME
     if not index.is_file():
         raise FileNotFoundError(f"directory={str(directory)!r} has no {INDEX_NAME}; expected a sharded "
@@ -75,8 +75,8 @@ def save_sharded(state_dict: dict[str, torch.Tensor], directory: str | Path, max
     ``metadata`` (str → str) is stored in every shard. Shards of an earlier save that the new index no
     longer names are deleted once the new index is in place.
     """
-    directory = Path(directory)
-    validate(state_dict, metadata)  # everything is checked before anything is written
+    directory = check_path("directory", directory, folder=True)
+    validate(state_dict, metadata, "state_dict")  # everything is checked before anything is written
     groups = plan_shards({k: v.nbytes for k, v in state_dict.items()}, max_shard_bytes)
     directory.mkdir(parents=True, exist_ok=True)
     index = directory / INDEX_NAME
@@ -115,4 +115,5 @@ def open_shards(directory: str | Path, mmap: bool = True) -> dict[str, Safetenso
 def load_sharded(directory: str | Path, device: str | torch.device = "cpu", mmap: bool = True,
                  verify: bool = True) -> dict[str, torch.Tensor]:
     """All tensors of a sharded checkpoint (index order), checksums verified, moved to ``device``."""
+    check_device("device", device)
     return {name: f.tensor(name, verify=verify).to(device) for name, f in open_shards(directory, mmap).items()}

@@ -19,13 +19,21 @@ import math
 import torch
 from torch import nn
 
+from lab.core.checks import check_int, check_number, check_tensor
 from lab.models.gpt import GPT, GPTConfig
 from lab.params.counting import count_parameters
 from lab.perplexity import EvalSample
 
 
+def _check_model(model) -> GPT:
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab.models.gpt.GPT, got {type(model).__name__}")
+    return model
+
+
 def tie_weights(model: GPT) -> GPT:
     """Make the output head use the embedding matrix (one tensor, two uses); returns ``model``."""
+    _check_model(model)
     model.lm_head.weight = model.embed_tokens.weight
     model.config.tie_embeddings = True
     return model
@@ -33,13 +41,14 @@ def tie_weights(model: GPT) -> GPT:
 
 def untie_weights(model: GPT) -> GPT:
     """Give the output head its own copy of the (possibly tied) embedding matrix; returns ``model``."""
+    _check_model(model)
     model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone())
     model.config.tie_embeddings = False
     return model
 
 
 def _check_groups(n_layer: int, n_groups: int) -> None:
-    if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups <= 0 or n_layer % n_groups:
+    if n_layer % check_int("n_groups", n_groups):
         raise ValueError(f"n_groups={n_groups!r} must be a positive int dividing n_layer={n_layer}")
 
 
@@ -49,7 +58,7 @@ def share_layers(model: GPT, n_groups: int = 1) -> GPT:
     ``n_groups=1`` shares one block across all L layers. The unused blocks are dropped, so the
     model's `parameters()` and `count_parameters` count G blocks; returns ``model``.
     """
-    L = len(model.layers)
+    L = len(_check_model(model).layers)
     _check_groups(L, n_groups)
     size = L // n_groups
     model.layers = nn.ModuleList(model.layers[(l // size) * size] for l in range(L))
@@ -101,14 +110,27 @@ def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None, sa
     from lab.core.runtime import seed_everything
     from lab.models.next_token import train_lm
 
+    if not isinstance(cfg, GPTConfig):
+        raise TypeError(f"cfg must be a lab.models.gpt.GPTConfig, got {type(cfg).__name__}")
+    if not isinstance(variants, (tuple, list)):
+        raise TypeError(f"variants must be a tuple of names from {VARIANTS}, got {variants!r}")
     for v in variants:
         if v not in VARIANTS:
-            raise ValueError(f"variant {v!r} is not allowed; use any of {VARIANTS}")
+            raise ValueError(f"variants={variants!r}: variant {v!r} is not allowed; use one or more of {VARIANTS}")
+    if not variants:
+        raise ValueError(f"variants={variants!r} is empty; use one or more of {VARIANTS}")
     _check_groups(cfg.n_layer, n_groups)
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
+    check_int("seq_len", seq_len)
+    check_number("lr", lr, 0.0, closed=(False, True))
+    if train_tokens is not None:
+        check_tensor("train_tokens", train_tokens, 1, (torch.int64,))
     if sample is not None and not isinstance(sample, EvalSample):
         raise TypeError(f"sample must be a lab.perplexity.EvalSample or None, got {type(sample).__name__}")
     train_tokens, sample = _default_data(train_tokens, sample, seq_len)
     sample.check_fits(cfg.context_length, "cfg.context_length")
+    check_int("seq_len", seq_len, 1, cfg.context_length)
     rows = []
     for name in variants:
         seed_everything(seed)

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from lab.core.checks import check_float_tensor, check_fraction, check_matrix
+from lab.core.checks import check_choice, check_float_tensor, check_fraction, check_matrix
 from lab.formats.sparse24 import check_nm
 
 
@@ -61,6 +61,7 @@ def keep_top_fraction(score: torch.Tensor, sparsity: float, per_row: bool = Fals
     """
     check_matrix("score", score)
     sparsity = check_fraction("sparsity", sparsity, closed=(True, False))
+    check_choice("per_row", per_row, (False, True))
     groups = score if per_row else score.reshape(1, -1)
     n_prune = round(sparsity * groups.shape[1])
     return keep_largest(groups, n_prune).reshape(score.shape)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from lab.core.checks import check_float_dtype, check_int
+from lab.core.checks import check_float_dtype, check_int, check_tensor
 from lab.formats.sparse24 import compress
 from lab.kernels.sparse24 import sparse24_matmul, sparse24_matmul_v2
 
@@ -26,7 +26,7 @@ def to_semi_structured_torch(weight: torch.Tensor) -> torch.Tensor:
     The speed path: PyTorch packs values + its own (reordered) metadata for cuSPARSELt / CUTLASS
     sparse tensor cores. Raises ValueError on CPU tensors or a weight that is not 2:4 sparse.
     """
-    if weight.device.type != "cuda":
+    if check_tensor("weight", weight, 2).device.type != "cuda":
         raise ValueError(f"to_semi_structured_torch needs a CUDA tensor (sparse tensor cores), got "
                          f"device={weight.device}; use compress/decompress on the CPU")
     compress(weight, 2, 4)  # validates the 2:4 pattern with a clear error
@@ -75,6 +75,10 @@ class Sparse24Linear(torch.nn.Module):
         return self.values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not check_tensor("x", x).is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+        if x.shape[-1:] != (self.in_features,):
+            raise ValueError(f"x must have shape (..., in_features={self.in_features}), got {tuple(x.shape)}")
         x2 = x.reshape(-1, self.in_features)
         y = sparse24_kernel(self.in_features)(x2, self.kept_values().to(x.dtype), self.meta, self.out_features,
                                               self.in_features)

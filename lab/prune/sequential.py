@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.core.checks import check_choice
-from lab.layerwise import LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
+from lab.core.checks import check_choice, check_int, check_matrix, check_number
+from lab.layerwise import LINEARS, InputStats, check_calib_tokens, check_layers, for_each_layer, relative_output_error
+from lab.models.gpt import GPT
 from lab.prune.masks import check_nm_sparsity, magnitude_mask, nm_mask, wanda_mask
 from lab.prune.obs import layer_hessian, reconstruction_error
 from lab.prune.sparsegpt import sparsegpt_prune
@@ -45,17 +46,36 @@ def layer_errors(W: torch.Tensor, X: torch.Tensor, sparsity: float, n: int | Non
     exactly n of each m consecutive weights of a row: magnitude by |W_ij| (``nm_mask``), Wanda by
     |W_ij|·‖X_j‖₂, SparseGPT by its OBS saliency. A ValueError names a bad sparsity, n or m.
     """
+    check_matrix("W", W)
+    if check_matrix("X", X).shape[0] != W.shape[1]:
+        raise ValueError(f"X must have shape (d_in, N) = ({W.shape[1]}, N) for W of shape {tuple(W.shape)}, "
+                         f"got {tuple(X.shape)}")
     use_nm = check_nm_sparsity(sparsity, n, m, W.shape[1])
+    base = (W @ X).pow(2).sum().item()
+    if base == 0:
+        raise ValueError("W @ X is zero (W or X is all zeros): the relative errors would divide by 0")
     hats = {"magnitude": W * (nm_mask(W, n, m) if use_nm else magnitude_mask(W, sparsity)),
             "wanda": W * wanda_mask(W, X.norm(dim=1), sparsity, n=n, m=m),
             "sparsegpt": sparsegpt_prune(W, layer_hessian(X), sparsity, n=n, m=m)[0]}
-    base = (W @ X).pow(2).sum().item()
     return {method: reconstruction_error(W, W_hat, X) / base for method, W_hat in hats.items()}
 
 
+def check_gpt(model: nn.Module) -> GPT:
+    """``model`` is a lab `GPT` (the decoder layers, linears and config these functions read)."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab GPT (lab.models.GPT), got {type(model).__name__}")
+    return model
+
+
 def _check_args(model: nn.Module, method: str, sparsity: float, calib_tokens: torch.Tensor | None,
-                n: int | None, m: int | None) -> None:
+                n: int | None = None, m: int | None = None, blocksize: int = 128, percdamp: float = 0.01,
+                layers: Sequence[int] | None = None, batch_size: int = 8) -> None:
+    check_gpt(model)
     check_choice("method", method, METHODS)
+    check_int("blocksize", blocksize)
+    check_number("percdamp", percdamp, low=0)
+    check_int("batch_size", batch_size)
+    check_layers(model, layers)
     for d_in in {lin.in_features for lin in model.modules() if isinstance(lin, nn.Linear)}:
         check_nm_sparsity(sparsity, n, m, d_in)  # the masks' own check, for every input width
     if calib_tokens is None:
@@ -96,7 +116,7 @@ def prune_model(model: nn.Module, method: str, sparsity: float, calib_tokens: to
     Returns ``{"layers.{i}.attn.q_proj": {"sparsity": fraction of zero weights,
     "error": ‖WX − ŴX‖² / ‖WX‖² on the calibration inputs (None without calibration)}, …}``.
     """
-    _check_args(model, method, sparsity, calib_tokens, n, m)
+    _check_args(model, method, sparsity, calib_tokens, n, m, blocksize, percdamp, layers, batch_size)
     report: dict[str, dict[str, float | None]] = {}
 
     def prune_layer(i: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
@@ -114,6 +134,7 @@ def prune_model(model: nn.Module, method: str, sparsity: float, calib_tokens: to
 
 def sparsity_of(model: nn.Module) -> float:
     """Fraction of exactly-zero weights over all decoder-layer linears of a lab `GPT`."""
+    check_gpt(model)
     zeros = total = 0
     for block in model.layers:
         for name in LINEARS:
@@ -123,18 +144,23 @@ def sparsity_of(model: nn.Module) -> float:
     return zeros / total
 
 
-def layer_sensitivity(model: nn.Module, tokens: torch.Tensor | None, method: str, sparsity: float,
+def layer_sensitivity(model: nn.Module, calib_tokens: torch.Tensor | None, method: str, sparsity: float,
                       eval_fn: Callable[[nn.Module], Any], progress: bool = True, **prune_kwargs) -> list:
     """eval_fn (e.g. perplexity) of a copy of ``model`` with only decoder layer i pruned, for each i.
 
-    ``tokens``: (n_samples, seq_len) int64 calibration ids as for `prune_model`; ``model`` is
+    ``calib_tokens``: (n_samples, seq_len) int64 calibration ids as for `prune_model`; ``model`` is
     left unchanged. Returns a list of L results of eval_fn (a perplexity, or the per-token losses
     of `lab.perplexity.EvalSample.token_losses` for paired comparisons), entry i for layer i.
     """
-    _check_args(model, method, sparsity, tokens, prune_kwargs.get("n"), prune_kwargs.get("m"))
+    unknown = sorted(set(prune_kwargs) - {"n", "m", "blocksize", "percdamp", "batch_size"})
+    if unknown:
+        raise TypeError(f"prune_kwargs {unknown} are not allowed; use n, m, blocksize, percdamp, batch_size")
+    if not callable(eval_fn):
+        raise TypeError(f"eval_fn must be callable (model → result), got {eval_fn!r}")
+    _check_args(model, method, sparsity, calib_tokens, **prune_kwargs)
     scores = []
     for i in tqdm(range(len(model.layers)), desc="layer sensitivity", disable=not progress):
         pruned = copy.deepcopy(model)
-        prune_model(pruned, method, sparsity, tokens, progress=False, layers=[i], **prune_kwargs)
+        prune_model(pruned, method, sparsity, calib_tokens, progress=False, layers=[i], **prune_kwargs)
         scores.append(eval_fn(pruned))
     return scores

@@ -16,8 +16,8 @@ rows), 3·C per MLP channel. The result equals the unpruned model with the remov
 columns and the removed channels' W_down columns set to zero.
 
 Per-layer sizes: `Attention` and `MLP` read their head counts and widths from their weights'
-shapes (the head dimension D stays that of the config), so shrinking the tensors is enough. A model with per-layer widths no longer fits one `transformers` LlamaConfig, so
-`lab.models.pretrained.to_llama` does not apply to it.
+shapes (the head dimension D stays that of the config), so shrinking the tensors is enough. A model with
+per-layer widths no longer fits one `transformers` LlamaConfig, so `lab.models.pretrained.to_llama` refuses it.
 
 Speed: `forward_flops` counts the FLOPs of a forward from the weights' shapes; F_dense / F_pruned is the
 speed-up the fewer FLOPs allow (the output head stays whole, so it is less than the parameter ratio of
@@ -34,6 +34,8 @@ from tqdm.auto import tqdm
 
 from lab.core.checks import check_fraction, check_int, check_number
 from lab.core.stats import verdict
+from lab.layerwise import check_calib_tokens
+from lab.prune.sequential import check_gpt
 
 
 def _sizes(attn: nn.Module) -> tuple[int, int, int]:
@@ -59,6 +61,8 @@ def _units(indices: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _check_indices(what: str, layer: int, indices, limit: int) -> list[int]:
+    if not isinstance(indices, (list, tuple, range, set)):
+        raise TypeError(f"{what}[{layer}] must be a list of indices, got {indices!r}")
     idx = list(indices)
     for j, i in enumerate(idx):
         check_int(f"{what}[{layer}][{j}]", i, 0, limit - 1)
@@ -70,7 +74,7 @@ def _check_indices(what: str, layer: int, indices, limit: int) -> list[int]:
 
 
 def _check_layers(what: str, spec: dict | None, n_layer: int) -> dict:
-    spec = spec or {}
+    spec = {} if spec is None else spec
     if not isinstance(spec, dict):
         raise TypeError(f"{what} must be a dict {{layer index: [indices]}} or None, got {type(spec).__name__}")
     for i in spec:
@@ -119,7 +123,7 @@ def structured_prune(model: nn.Module, heads: dict[int, list[int]] | None = None
     anything changes. Returns {"params_before", "params_after", "params_removed",
     "layers": [{"n_head", "n_kv_head", "d_ff"} per layer]}.
     """
-    n_layer = len(model.layers)
+    n_layer = len(check_gpt(model).layers)
     heads = _check_layers("heads", heads, n_layer)
     mlp_channels = _check_layers("mlp_channels", mlp_channels, n_layer)
     heads = {i: _check_indices("heads", i, v, _sizes(model.layers[i].attn)[0]) for i, v in heads.items()}
@@ -148,10 +152,8 @@ def _contribution_norms(model: nn.Module, calib_tokens: torch.Tensor, batch_size
     W_down. The head norm² is tr(W_o,h G_h W_o,hᵀ) with G_h = Y_hᵀ Y_h; the channel norm is
     ‖a_c‖₂·‖w_down,c‖₂ (a rank-one product).
     """
-    if not isinstance(calib_tokens, torch.Tensor) or calib_tokens.dim() != 2 or calib_tokens.dtype != torch.int64:
-        got = (f"shape {tuple(calib_tokens.shape)}, {calib_tokens.dtype}" if isinstance(calib_tokens, torch.Tensor)
-               else type(calib_tokens).__name__)
-        raise ValueError(f"calib_tokens must be an int64 tensor of shape (n_samples, seq_len), got {got}")
+    check_calib_tokens(check_gpt(model), calib_tokens)
+    check_int("batch_size", batch_size)
     head_gram: list = [None] * len(model.layers)
     chan_sq: list = [None] * len(model.layers)
 
@@ -236,6 +238,7 @@ def forward_flops(model: nn.Module, seq_len: int) -> int:
     SiLU, softmax) and the embedding lookup are left out: O(T·C) against O(T·C²). If time were
     proportional to F, removing units could speed the forward up by F_dense / F_pruned at most.
     """
+    check_gpt(model)
     check_int("seq_len", seq_len, 1)
     flops = 2 * seq_len * model.lm_head.weight.numel()
     for block in model.layers:
@@ -257,7 +260,10 @@ def speedup_against_bound(speedup: dict, bound: float) -> str:
     "equivalent" (within ±1% of the bound) or "inconclusive" (the interval holds the bound).
     """
     bound = check_number("bound", bound, 0.0, closed=(False, True))
-    if not (isinstance(speedup, dict) and 0 < speedup.get("ci_low", 0) <= speedup.get("ci_high", 0)):
+    if not isinstance(speedup, dict):
+        raise TypeError(f"speedup must be a lab.core.stats.paired_ratio result (a dict), got {speedup!r:.200}")
+    low, high = (check_number(f"speedup[{k!r}]", speedup.get(k), 0.0, closed=(False, True))
+                 for k in ("ci_low", "ci_high"))
+    if low > high:
         raise ValueError(f"speedup must be a lab.core.stats.paired_ratio result, got {speedup!r:.200}")
-    return verdict({"ci_low": math.log(speedup["ci_low"] / bound),
-                    "ci_high": math.log(speedup["ci_high"] / bound)})
+    return verdict({"ci_low": math.log(low / bound), "ci_high": math.log(high / bound)})

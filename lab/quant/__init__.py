@@ -2,20 +2,21 @@
 
 from lab.formats.int4 import pack_int4, pack_int4_v2, unpack_int4, unpack_int4_v2
 from lab.quant.affine import (QuantizedTensor, dequantize, fake_quantize, fake_quantize_with, qparams, quantize,
-                              rtn_quantize)
+                              quantize_with, rtn_quantize)
 from lab.quant.gptq import gptq_quantize
 from lab.quant.linear import Int4Linear, W8A8Linear, int4_model, w8a8_quantize_model
 from lab.quant.model import quantize_model, rtn_quantize_model
 from lab.quant.observers import ChannelAbsMaxObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from lab.quant.packing import pack_quantized_weight
+from lab.quant.qat import finish_qat, prepare_qat
 from lab.quant.scaling import (activation_abs_max, awq_scale_search, group_smoothing_factors, smoothing_factors,
                                smoothquant)
 
 __all__ = [
-    "QuantizedTensor", "dequantize", "fake_quantize", "fake_quantize_with", "qparams", "quantize", "gptq_quantize",
-    "Int4Linear", "W8A8Linear", "int4_model", "w8a8_quantize_model", "quantize_model", "rtn_quantize",
+    "QuantizedTensor", "dequantize", "fake_quantize", "fake_quantize_with", "qparams", "quantize", "quantize_with",
+    "gptq_quantize", "Int4Linear", "W8A8Linear", "int4_model", "w8a8_quantize_model", "quantize_model", "rtn_quantize",
     "rtn_quantize_model", "ChannelAbsMaxObserver", "MinMaxObserver", "MSEObserver", "PercentileObserver",
     "pack_int4", "pack_int4_v2", "pack_quantized_weight", "unpack_int4", "unpack_int4_v2", "activation_abs_max",
     "awq_scale_search",
-    "group_smoothing_factors", "smoothing_factors", "smoothquant",
+    "group_smoothing_factors", "smoothing_factors", "smoothquant", "prepare_qat", "finish_qat",
 ]

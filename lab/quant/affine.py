@@ -15,7 +15,8 @@ Symmetric (signed grid qmin = −2ᵇ⁻¹, qmax = 2ᵇ⁻¹ − 1, z = 0), from
     s = m / qmax
 
 (the code −2ᵇ⁻¹ is never produced by rounding, only by clamping: the grid is symmetric about 0).
-A range of width 0 (an all-zero slice) gets s = 1, so that the zero slice stays exactly zero.
+A range of width 0 (an all-zero slice) gets s = 1, so that the zero slice stays exactly zero; so does a range
+so narrow (< 2ᵇ·1e-38) that s would be subnormal and 1/s overflow to inf.
 
 Inside the range the rounding error is |x − x̂| ≤ s/2 (uniform over (−s/2, s/2] for smooth data:
 mean-squared error s²/12); outside it, x̂ is clipped to s·(qmin − z) or s·(qmax − z).
@@ -38,9 +39,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from lab.core.checks import check_choice, check_divisor, check_float_tensor, check_int
+from lab.core.checks import (check_choice, check_divisor, check_float_dtype, check_float_tensor, check_int,
+                             check_number, check_tensor)
 
 GRANULARITIES = ("tensor", "channel", "group")
+INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,29 @@ class QuantizedTensor:
     axis: int
     group_size: int | None
 
+    def __post_init__(self) -> None:
+        check_tensor("qdata", self.qdata, dtypes=INT_DTYPES)
+        check_tensor("zero_point", self.zero_point, dtypes=INT_DTYPES)
+        check_float_dtype("scale.dtype", check_tensor("scale", self.scale).dtype)
+        check_bits(self.bits)
+        if (self.qmin, self.qmax) not in (grid(self.bits, False), grid(self.bits, True)):
+            raise ValueError(f"qmin={self.qmin!r}, qmax={self.qmax!r} is not a {self.bits}-bit grid; allowed: "
+                             f"{grid(self.bits, False)} or {grid(self.bits, True)}")
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_int("axis", self.axis, 0, max(self.qdata.dim() - 1, 0))
+        if self.granularity != "group" and self.group_size is not None:
+            raise ValueError(f"group_size={self.group_size!r} is not allowed with granularity="
+                             f"{self.granularity!r}; use None")
+        shape = {"tensor": (), "channel": tuple(self.shape[self.axis:self.axis + 1])}.get(self.granularity)
+        if shape is None:                               # "group": a 2-D tensor, one (s, z) per row and group
+            check_tensor("qdata", self.qdata, 2)
+            other = 1 - self.axis
+            check_divisor("group_size", self.group_size, self.shape[other], f"qdata.shape[{other}]")
+            shape = tuple(n // self.group_size if d == other else n for d, n in enumerate(self.shape))
+        if self.scale.shape != shape or self.zero_point.shape != shape:
+            raise ValueError(f"scale and zero_point must have shape {shape} for granularity={self.granularity!r}, "
+                             f"got {tuple(self.scale.shape)} and {tuple(self.zero_point.shape)}")
+
     @property
     def shape(self) -> torch.Size:
         return self.qdata.shape
@@ -81,6 +107,12 @@ def grid(bits: int, symmetric: bool) -> tuple[int, int]:
 def check_bits(bits: int) -> None:
     """``bits`` is an int in [2, 8]."""
     check_int("bits", bits, 2, 8)
+
+
+def check_grid(bits: int, symmetric: bool) -> None:
+    """``bits`` is an int in [2, 8] and ``symmetric`` a bool."""
+    check_bits(bits)
+    check_choice("symmetric", symmetric, (False, True))
 
 
 def check_quant_input(x: torch.Tensor, name: str = "x") -> None:
@@ -124,7 +156,20 @@ def value_range(x: torch.Tensor, granularity: str, group_size: int, axis: int) -
 
 
 def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale float32, zero_point int32) of the module-docstring formulas for ranges [lo, hi] (any shape)."""
+    """(scale float32, zero_point int32) of the module-docstring formulas for ranges [lo, hi]: finite floats or
+    float tensors of one shape, lo ≤ hi."""
+    check_grid(bits, symmetric)
+    for name, value in (("lo", lo), ("hi", hi)):
+        check_float_tensor(name, value) if torch.is_tensor(value) else check_number(name, value)
+    low, high = torch.as_tensor(lo, dtype=torch.float64), torch.as_tensor(hi, dtype=torch.float64)
+    if low.shape != high.shape or (low > high).any():
+        raise ValueError(f"lo and hi must be ranges of one shape with lo <= hi, got lo={lo}, hi={hi}")
+    return range_qparams(lo, hi, bits, symmetric)
+
+
+def range_qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int,
+                  symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`qparams` without its argument checks, for ranges that `lab` computed itself (no read-back)."""
     qmin, qmax = grid(bits, symmetric)
     lo = torch.clamp(torch.as_tensor(lo, dtype=torch.float32), max=0.0)
     hi = torch.clamp(torch.as_tensor(hi, dtype=torch.float32), min=0.0)
@@ -133,7 +178,7 @@ def qparams(lo: torch.Tensor, hi: torch.Tensor, bits: int, symmetric: bool) -> t
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
     else:
         scale = (hi - lo) / (qmax - qmin)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    scale = torch.where(scale >= torch.finfo(torch.float32).tiny, scale, torch.ones_like(scale))
     if not symmetric:
         zero_point = torch.clamp(torch.round(-lo / scale), qmin, qmax).to(torch.int32)
     return scale, zero_point
@@ -153,7 +198,19 @@ def broadcast_param(p: torch.Tensor, shape: torch.Size, granularity: str, axis: 
 
 def quantize_with(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
                   qmax: int) -> torch.Tensor:
-    """q = clamp(round(x · (1/s)) + z, qmin, qmax) as int16; s, z broadcast against x."""
+    """q = clamp(round(x · (1/s)) + z, qmin, qmax) as int16 for a float x with finite entries; s > 0 (float) and
+    z (integer) are numbers or tensors that broadcast against x, qmin < qmax ints within int16's range."""
+    check_float_tensor("x", x)
+    _check_grid_params(x, scale, zero_point, qmin, qmax)
+    if qmin < -2 ** 15 or qmax >= 2 ** 15:
+        raise ValueError(f"qmin={qmin}, qmax={qmax} do not fit the int16 the codes are stored in; allowed: "
+                         f"[{-2 ** 15}, {2 ** 15 - 1}]")
+    return _quantize_with(x, scale, zero_point, qmin, qmax)
+
+
+def _quantize_with(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+                   qmax: int) -> torch.Tensor:
+    """`quantize_with` without its argument checks, for the grids `lab` computed itself."""
     q = torch.round(x.float() * (1.0 / scale)) + zero_point
     return torch.clamp(q, qmin, qmax).to(torch.int16)
 
@@ -166,13 +223,13 @@ def quantize(x: torch.Tensor, bits: int, symmetric: bool = False, granularity: s
     the dimension other than ``axis``). Formulas in the module docstring.
     """
     check_quant_input(x)
-    check_bits(bits)
+    check_grid(bits, symmetric)
     axis = _check_layout(x, granularity, group_size, axis)
     lo, hi = value_range(x, granularity, group_size, axis)
-    scale, zero_point = qparams(lo, hi, bits, symmetric)
+    scale, zero_point = range_qparams(lo, hi, bits, symmetric)
     qmin, qmax = grid(bits, symmetric)
     group = group_size if granularity == "group" else None
-    q = quantize_with(x, broadcast_param(scale, x.shape, granularity, axis, group),
+    q = _quantize_with(x, broadcast_param(scale, x.shape, granularity, axis, group),
                       broadcast_param(zero_point, x.shape, granularity, axis, group), qmin, qmax)
     return QuantizedTensor(q, scale, zero_point, qmin, qmax, bits, granularity, axis, group)
 
@@ -217,10 +274,38 @@ class _RoundWithStraightThrough(torch.autograd.Function):
         return grad * inside, None, None, None, None
 
 
+def _broadcasts(shape: torch.Size, target: torch.Size) -> bool:
+    """A tensor of ``shape`` broadcasts against one of ``target`` without changing target's shape."""
+    try:
+        return torch.broadcast_shapes(shape, target) == target
+    except RuntimeError:
+        return False
+
+
 def fake_quantize_with(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
                        qmax: int) -> torch.Tensor:
-    """x̂ = s·(q − z) in x's dtype with the straight-through gradient; s, z broadcast against x."""
+    """x̂ = s·(q − z) in x's dtype with the straight-through gradient; s > 0 (float) and z (integer) are numbers
+    or tensors that broadcast against x, qmin < qmax ints."""
+    check_float_dtype("x.dtype", check_tensor("x", x).dtype)
+    _check_grid_params(x, scale, zero_point, qmin, qmax)
     return _RoundWithStraightThrough.apply(x, scale, zero_point, qmin, qmax)
+
+
+def _check_grid_params(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> None:
+    """s > 0 (a number or float tensor) and z (an int or integer tensor) broadcast against x; qmin < qmax ints."""
+    check_int("qmin", qmin, None)
+    check_int("qmax", qmax, qmin + 1)
+    if not torch.is_tensor(scale):
+        check_number("scale", scale, low=0, closed=(False, True))
+    elif (check_float_tensor("scale", scale) <= 0).any():
+        raise ValueError(f"scale must hold positive scales, got {scale}")
+    if torch.is_tensor(zero_point):
+        check_tensor("zero_point", zero_point, dtypes=INT_DTYPES)
+    else:
+        check_int("zero_point", zero_point, None)
+    for name, p in (("scale", scale), ("zero_point", zero_point)):
+        if torch.is_tensor(p) and not _broadcasts(p.shape, x.shape):
+            raise ValueError(f"{name} of shape {tuple(p.shape)} must broadcast against x of shape {tuple(x.shape)}")
 
 
 def fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = False, granularity: str = "tensor",
@@ -231,16 +316,21 @@ def fake_quantize(x: torch.Tensor, bits: int, symmetric: bool = False, granulari
     by autograd); the gradient is the straight-through estimator of `fake_quantize_with`.
     """
     check_quant_input(x)
-    check_bits(bits)
+    check_grid(bits, symmetric)
     axis = _check_layout(x, granularity, group_size, axis)
-    scale, zero_point = qparams(*value_range(x, granularity, group_size, axis), bits, symmetric)
+    scale, zero_point = range_qparams(*value_range(x, granularity, group_size, axis), bits, symmetric)
     group = group_size if granularity == "group" else None
-    return fake_quantize_with(x, broadcast_param(scale, x.shape, granularity, axis, group),
-                              broadcast_param(zero_point, x.shape, granularity, axis, group), *grid(bits, symmetric))
+    return _RoundWithStraightThrough.apply(x, broadcast_param(scale, x.shape, granularity, axis, group),
+                                           broadcast_param(zero_point, x.shape, granularity, axis, group),
+                                           *grid(bits, symmetric))
 
 
 def rtn_quantize(weight: torch.Tensor, bits: int, group_size: int | None = None,
                  symmetric: bool = False) -> QuantizedTensor:
     """Round-to-nearest of W (C_out, C_in) per output channel, or per group of ``group_size`` columns."""
+    check_tensor("weight", weight, 2)
+    check_quant_input(weight, "weight")
+    if group_size is not None:
+        check_int("group_size", group_size)
     granularity = "channel" if group_size is None else "group"
     return quantize(weight.detach(), bits, symmetric, granularity, group_size or 1, axis=0)

@@ -38,14 +38,19 @@ from __future__ import annotations
 
 import torch
 
-from lab.core.checks import check_divisor, check_int, check_matrix
+from lab.core.checks import check_choice, check_divisor, check_int, check_matrix
 from lab.prune.obs import weight_and_inverse_hessian_cholesky
-from lab.quant.affine import QuantizedTensor, check_bits, grid, qparams
+from lab.quant.affine import QuantizedTensor, check_grid, grid, range_qparams
 
 
-def _check_gptq_args(weight: torch.Tensor, bits: int, group_size: int | None, blocksize: int) -> None:
+def _check_gptq_args(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None,
+                     actorder: bool, blocksize: int, symmetric: bool) -> None:
     check_matrix("weight", weight)
-    check_bits(bits)
+    if check_matrix("hessian", hessian).shape != (weight.shape[1],) * 2:  # before act-order reads its diagonal
+        raise ValueError(f"hessian must have shape (in_features, in_features) = {(weight.shape[1],) * 2}, "
+                         f"got {tuple(hessian.shape)}")
+    check_grid(bits, symmetric)
+    check_choice("actorder", actorder, (False, True))
     if group_size is not None:  # None: one group per output channel
         check_divisor("group_size", group_size, weight.shape[1], "in_features")
     check_int("blocksize", blocksize)
@@ -60,7 +65,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
     decreasing H_jj (static groups); ``percdamp`` ≥ 0: λ = percdamp·mean(diag H); ``blocksize`` ≥ 1
     columns per lazy-update block. Arithmetic in float64; `dequantize` of the result is Ŵ.
     """
-    _check_gptq_args(weight, bits, group_size, blocksize)
+    _check_gptq_args(weight, hessian, bits, group_size, actorder, blocksize, symmetric)
     rows, d = weight.shape
     qmin, qmax = grid(bits, symmetric)
     perm = torch.argsort(torch.as_tensor(hessian).diagonal(), descending=True, stable=True) if actorder \
@@ -70,7 +75,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
     codes = torch.zeros(rows, d, dtype=torch.int16, device=W.device)
 
     def row_grid(columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return qparams(columns.amin(1).float(), columns.amax(1).float(), bits, symmetric)
+        return range_qparams(columns.amin(1).float(), columns.amax(1).float(), bits, symmetric)
 
     n_groups = 1 if group_size is None else d // group_size
     scale = torch.zeros(rows, n_groups, device=W.device)

@@ -26,18 +26,25 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lab.core.checks import check_choice, check_float_dtype
+from lab.core.checks import check_choice, check_float_dtype, check_float_tensor, check_number, check_tensor
 from lab.formats.int4 import dequantize_int4
-from lab.kernels.int4 import int4_weight_only_matmul
-from lab.kernels.int8 import int8_matmul
+from lab.kernels.int4 import X_DTYPES, int4_weight_only_matmul
+from lab.kernels.int8 import OUT_DTYPES, int8_matmul
 from lab.layerwise import LINEARS
 from lab.models.gpt import GPT, GPTConfig
 from lab.prune.semi_structured import Sparse24Linear
-from lab.quant.affine import QuantizedTensor, check_bits, grid, qparams, quantize_with, rtn_quantize
+from lab.quant.affine import QuantizedTensor, _quantize_with, check_bits, grid, range_qparams, rtn_quantize
 from lab.quant.observers import MinMaxObserver
 from lab.quant.packing import pack_quantized_weight
 
 ACT_MODES = ("token", "tensor")
+
+
+def _check_input(x: torch.Tensor, in_features: int, dtypes: tuple[torch.dtype, ...]) -> None:
+    """x (…, in_features) of a float dtype the kernel reads (shape and dtype only: no read-back)."""
+    check_tensor("x", x, dtypes=dtypes)
+    if x.dim() == 0 or x.shape[-1] != in_features:
+        raise ValueError(f"x must have shape (..., in_features={in_features}), got {tuple(x.shape)}")
 
 
 class Int4Linear(nn.Module):
@@ -49,6 +56,8 @@ class Int4Linear(nn.Module):
         check_float_dtype("scale_dtype", scale_dtype)               # an integer dtype would truncate the scales
         packed, scales, zeros, group_size = pack_quantized_weight(qtensor)
         self.out_features, self.in_features = qtensor.shape
+        if bias is not None and check_float_tensor("bias", bias, 1).shape != (self.out_features,):
+            raise ValueError(f"bias must have shape (out_features,) = ({self.out_features},), got {tuple(bias.shape)}")
         self.group_size = group_size
         self.register_buffer("packed", packed)
         self.register_buffer("scales", scales.to(scale_dtype))
@@ -56,8 +65,10 @@ class Int4Linear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = int4_weight_only_matmul(x.reshape(-1, self.in_features), self.packed, self.scales, self.zeros,
-                                    self.group_size).reshape(*x.shape[:-1], self.out_features)
+        _check_input(x, self.in_features, X_DTYPES)
+        x2 = x.reshape(-1, self.in_features).contiguous()     # a strided x: the rows' values, summed in one order
+        y = int4_weight_only_matmul(x2, self.packed, self.scales, self.zeros, self.group_size)
+        y = y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
 
@@ -65,8 +76,8 @@ def quantize_rows_symmetric(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tenso
     """Per-row symmetric quantization of x (M, K): (codes int8 (M, K), scales float32 (M,)), s_m = max|x_m|/qmax."""
     qmin, qmax = grid(bits, symmetric=True)
     abs_max = x.detach().abs().amax(1).float()
-    scale, _ = qparams(-abs_max, abs_max, bits, True)
-    return quantize_with(x, scale[:, None], 0, qmin, qmax).to(torch.int8), scale
+    scale, _ = range_qparams(-abs_max, abs_max, bits, True)
+    return _quantize_with(x, scale[:, None], 0, qmin, qmax).to(torch.int8), scale
 
 
 class W8A8Linear(nn.Module):
@@ -75,11 +86,17 @@ class W8A8Linear(nn.Module):
     def __init__(self, linear: nn.Linear, act: str = "token", act_scale: torch.Tensor | None = None,
                  act_bits: int = 8, smooth: torch.Tensor | None = None) -> None:
         super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         check_choice("act", act, ACT_MODES)
         check_bits(act_bits)
         if (act == "tensor") != (act_scale is not None):
             raise ValueError("act='tensor' needs a static act_scale (from an observer); act='token' takes none")
-        if smooth is not None and (smooth.shape != (linear.in_features,) or not (smooth > 0).all()):
+        if act_scale is not None:  # one positive scale: a number or a one-element tensor
+            check_number("act_scale", act_scale.item() if torch.is_tensor(act_scale) and act_scale.numel() == 1
+                         else act_scale, low=0, closed=(False, True))
+        if smooth is not None and (check_float_tensor("smooth", smooth).shape != (linear.in_features,)
+                                   or not (smooth > 0).all()):
             raise ValueError(f"smooth must hold {linear.in_features} positive factors, got shape {tuple(smooth.shape)}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.act, self.act_bits = act, act_bits
@@ -92,6 +109,7 @@ class W8A8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_features, OUT_DTYPES)
         x2 = x.reshape(-1, self.in_features)
         if self.smooth is not None:
             x2 = x2 / self.smooth.to(x2.dtype)
@@ -99,7 +117,7 @@ class W8A8Linear(nn.Module):
             x_q, x_scale = quantize_rows_symmetric(x2, self.act_bits)
         else:
             qmin, qmax = grid(self.act_bits, symmetric=True)
-            x_q = quantize_with(x2, self.act_scale, 0, qmin, qmax).to(torch.int8)
+            x_q = _quantize_with(x2, self.act_scale, 0, qmin, qmax).to(torch.int8)
             x_scale = self.act_scale.expand(x2.shape[0]).contiguous()
         y = int8_matmul(x_q, self.w_q, x_scale, self.w_scale, x.dtype).reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
@@ -126,8 +144,11 @@ class Sparse24Int4Linear(Sparse24Linear):
         """s·(q − z) (out, in/2) from the int4 codes, in the scales' dtype."""
         return dequantize_int4(self.packed, self.scales, self.zeros, self.group_size).to(self.scales.dtype)
 
+
 def decoder_linear_names(model: nn.Module) -> list[str]:
     """The decoder linears of a lab `GPT`: "layers.{i}.{name}" for name in `lab.layerwise.LINEARS`."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
     return [f"layers.{i}.{name}" for i in range(len(model.layers)) for name in LINEARS]
 
 
@@ -139,7 +160,12 @@ def decoder_linear_shapes(config: GPTConfig) -> tuple[tuple[int, int], ...]:
                          for lin in (model.get_submodule(name) for name in decoder_linear_names(model))}))
 
 
-def _check_names(model: nn.Module, names: list[str]) -> None:
+def check_linear_names(model: nn.Module, names: list[str]) -> None:
+    """``names`` is a list (not a str) of dotted names of nn.Linear submodules of ``model``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+        raise TypeError(f"names must be a list of the linears' dotted names, got {names!r}")
     for name in names:
         try:
             module = model.get_submodule(name)
@@ -151,7 +177,7 @@ def _check_names(model: nn.Module, names: list[str]) -> None:
 
 def replace_linears(model: nn.Module, names: list[str], make: Callable[[str, nn.Linear], nn.Module]) -> None:
     """Replace each linear ``names[i]`` of the model by ``make(name, linear)``, in place."""
-    _check_names(model, names)
+    check_linear_names(model, names)
     for name in names:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -164,7 +190,7 @@ def observe_linear_inputs(model: nn.Module, names: list[str], forward: Callable[
                           smooth: dict[str, torch.Tensor] | None = None) -> dict[str, object]:
     """One observer per linear in ``names``, updated with that linear's input (divided by ``smooth[name]``
     when given) while ``forward()`` runs the calibration data through the model."""
-    _check_names(model, names)
+    check_linear_names(model, names)
     smooth = smooth or {}
     observers, handles = {}, []
     for name in names:
@@ -197,15 +223,26 @@ def w8a8_quantize_model(model: nn.Module, act: str = "token", act_bits: int = 8,
     """
     check_choice("act", act, ACT_MODES)
     check_bits(act_bits)
-    names = decoder_linear_names(model) if names is None else list(names)
-    smooth = smooth or {}
+    names = decoder_linear_names(model) if names is None else names
+    check_linear_names(model, names)
+    smooth = {} if smooth is None else smooth
+    if not isinstance(smooth, dict):
+        raise TypeError(f"smooth must be a dict {{linear name: factors}}, got {type(smooth).__name__}")
+    if set(smooth) - set(names):
+        raise ValueError(f"smooth has factors for {sorted(set(smooth) - set(names))[:3]}, not among the linears to "
+                         "quantize (names)")
+    if not callable(make_observer) or not (calib_forward is None or callable(calib_forward)):
+        raise TypeError(f"calib_forward (or None) and make_observer must be callables, got calib_forward="
+                        f"{calib_forward!r}, make_observer={make_observer!r}")
     scales = {}
     if act == "tensor":
         if calib_forward is None:
             raise ValueError("act='tensor' needs calib_forward, a callable running the calibration data")
         for name, observer in observe_linear_inputs(model, names, calib_forward, make_observer, smooth).items():
             scales[name] = observer.qparams(act_bits, symmetric=True)[0]
-    replace_linears(model, names, lambda name, lin: W8A8Linear(lin, act, scales.get(name), act_bits, smooth.get(name)))
+    layers = {name: W8A8Linear(model.get_submodule(name), act, scales.get(name), act_bits, smooth.get(name))
+              for name in names}                                                # all built before any is swapped in
+    replace_linears(model, names, lambda name, lin: layers[name])
     return model
 
 
@@ -213,8 +250,13 @@ def int4_model(model: nn.Module, report: dict[str, dict], scale_dtype: torch.dty
     """Swap every decoder linear of a lab `GPT` for an `Int4Linear` built from the QuantizedTensors of a
     `lab.quant.model.quantize_model` report (4-bit, asymmetric), in place; returns the model."""
     names = decoder_linear_names(model)
-    missing = [name for name in names if name not in report]
+    check_float_dtype("scale_dtype", scale_dtype)
+    if not isinstance(report, dict):
+        raise TypeError(f"report must be the dict quantize_model returns, got {type(report).__name__}")
+    missing = [name for name in names if not isinstance(report.get(name), dict) or "qtensor" not in report[name]]
     if missing:
         raise ValueError(f"report has no quantized weight for {missing[:3]}; run quantize_model(model, …, bits=4) first")
-    replace_linears(model, names, lambda name, lin: Int4Linear(report[name]["qtensor"], lin.bias, scale_dtype))
+    layers = {name: Int4Linear(report[name]["qtensor"], model.get_submodule(name).bias, scale_dtype)
+              for name in names}                                                # all built before any is swapped in
+    replace_linears(model, names, lambda name, lin: layers[name])
     return model

@@ -23,8 +23,9 @@ import math
 import torch
 from torch import nn
 
-from lab.core.checks import check_choice, check_divisor
+from lab.core.checks import check_choice, check_divisor, check_int, check_number
 from lab.layerwise import INPUT_GROUPS, LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
+from lab.models.gpt import GPT
 from lab.quant.affine import QuantizedTensor, check_bits, dequantize, rtn_quantize, split_rows
 from lab.quant.gptq import gptq_quantize
 from lab.quant.scaling import SCALE_GROUPS, awq_scale_search, fold_scales
@@ -34,6 +35,8 @@ METHODS = ("rtn", "gptq", "awq")
 
 def _check_args(model: nn.Module, method: str, bits: int, group_size: int | None,
                 calib_tokens: torch.Tensor | None) -> None:
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
     check_choice("method", method, METHODS)
     check_bits(bits)
     if group_size is not None:  # it must divide every input width, i.e. their gcd
@@ -78,6 +81,11 @@ def quantize_model(model: nn.Module, method: str, bits: int, group_size: int | N
     mapped back (Q(W diag s) diag s⁻¹).
     """
     _check_args(model, method, bits, group_size, calib_tokens)
+    for name, value in dict(symmetric=symmetric, actorder=actorder, progress=progress).items():
+        check_choice(name, value, (False, True))
+    check_number("percdamp", percdamp, low=0)
+    for name, value in dict(blocksize=blocksize, awq_grid=awq_grid, batch_size=batch_size).items():
+        check_int(name, value)
     report: dict[str, dict] = {}
 
     def round_weight(w: torch.Tensor) -> torch.Tensor:

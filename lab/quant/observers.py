@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from lab.core.checks import check_fraction, check_int, check_number
-from lab.quant.affine import check_bits, check_quant_input, grid, qparams, quantize_with
+from lab.quant.affine import _quantize_with, check_grid, check_quant_input, grid, qparams, range_qparams
 
 
 class MinMaxObserver:
@@ -44,13 +44,14 @@ class MinMaxObserver:
         self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
 
     def range(self, bits: int = 8, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        check_grid(bits, symmetric)
         if self.lo is None:
             raise ValueError("the observer has seen no data; call update(x) on calibration batches first")
         return self.lo, self.hi
 
     def qparams(self, bits: int, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, zero_point) for the observed range, see `lab.quant.affine.qparams`."""
-        check_bits(bits)
+        check_grid(bits, symmetric)
         return qparams(*self.range(bits, symmetric), bits, symmetric)
 
 
@@ -60,6 +61,7 @@ class _SampleObserver(MinMaxObserver):
     def __init__(self, max_samples: int = 65536, seed: int = 0) -> None:
         super().__init__()
         check_int("max_samples", max_samples)
+        check_int("seed", seed, 0, 2 ** 64 - 1)
         self.max_samples = max_samples
         self.generator = torch.Generator().manual_seed(seed)
         self.samples: list[torch.Tensor] = []
@@ -85,6 +87,7 @@ class PercentileObserver(_SampleObserver):
         self.percentile = check_number("percentile", percentile, 50, 100, closed=(False, True))
 
     def range(self, bits: int = 8, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        check_grid(bits, symmetric)
         values = self._values()
         p = torch.tensor([1 - self.percentile / 100, self.percentile / 100])
         lo, hi = torch.quantile(values, p)
@@ -102,12 +105,13 @@ class MSEObserver(_SampleObserver):
         self.ratios = torch.linspace(1.0, min_ratio, n_grid)
 
     def range(self, bits: int = 8, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        check_grid(bits, symmetric)
         values = self._values()
         qmin, qmax = grid(bits, symmetric)
         best, best_err = self.ratios[0], float("inf")
         for c in self.ratios:
-            scale, zero_point = qparams(c * self.lo, c * self.hi, bits, symmetric)
-            x_hat = (quantize_with(values, scale, zero_point, qmin, qmax).float() - zero_point) * scale
+            scale, zero_point = range_qparams(c * self.lo, c * self.hi, bits, symmetric)
+            x_hat = (_quantize_with(values, scale, zero_point, qmin, qmax).float() - zero_point) * scale
             err = (values - x_hat).square().sum().item()
             if err < best_err:
                 best, best_err = c, err
@@ -122,5 +126,8 @@ class ChannelAbsMaxObserver:
 
     def update(self, x: torch.Tensor) -> None:
         check_quant_input(x)
+        if x.dim() == 0 or (self.abs_max is not None and x.shape[-1] != self.abs_max.shape[0]):
+            raise ValueError(f"x must have shape (..., C) with C the width seen so far "
+                             f"({None if self.abs_max is None else self.abs_max.shape[0]}), got {tuple(x.shape)}")
         current = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float().cpu()
         self.abs_max = current if self.abs_max is None else torch.maximum(self.abs_max, current)

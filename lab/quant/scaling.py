@@ -33,9 +33,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lab.core.checks import check_fraction, check_int
+from lab.core.checks import check_float_tensor, check_fraction, check_int, check_matrix
 from lab.layerwise import InputStats, output_error
-from lab.quant.linear import decoder_linear_names, observe_linear_inputs
+from lab.models.gpt import GPT
+from lab.quant.linear import check_linear_names, decoder_linear_names, observe_linear_inputs
 from lab.quant.observers import ChannelAbsMaxObserver
 
 # (module producing the input, the linears reading it) inside one decoder layer
@@ -61,9 +62,25 @@ def fold_scales(block: nn.Module, producer: str, linears: tuple[str, ...], s: to
         weight.mul_(s.to(weight)[None, :])
 
 
+def _check_weights(weights: list[torch.Tensor], in_features: int, source: str) -> None:
+    """``weights``: a non-empty list of finite float matrices (C_out, ``in_features``) reading one input whose
+    width ``source`` gives."""
+    if not isinstance(weights, (list, tuple)):
+        raise TypeError(f"weights must be a list of weight matrices (C_out, C_in), got {type(weights).__name__}")
+    if not weights:
+        raise ValueError("weights must hold at least one weight matrix, got an empty list")
+    for i, w in enumerate(weights):
+        if check_matrix(f"weights[{i}]", w).shape[1] != in_features:
+            raise ValueError(f"weights[{i}] has shape {tuple(w.shape)}; it must have {in_features} input columns, "
+                             f"as {source}")
+
+
 def smoothing_factors(act_abs_max: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:
     """s_j = max|X_j|^α / max|W_{:, j}|^(1−α) (C_in,) float32; maxima clamped below at 1e-5."""
     check_fraction("alpha", alpha)
+    if (check_float_tensor("act_abs_max", act_abs_max, 1) < 0).any():
+        raise ValueError("act_abs_max must hold maxima of |x_j|, got negative entries")
+    _check_weights(weights, act_abs_max.shape[0], f"act_abs_max has {act_abs_max.shape[0]} entries")
     w_max = torch.stack([w.detach().abs().amax(0).float() for w in weights]).amax(0).clamp(min=1e-5)
     return act_abs_max.float().clamp(min=1e-5).pow(alpha) / w_max.pow(1 - alpha)
 
@@ -73,8 +90,14 @@ def activation_abs_max(model: nn.Module, forward: Callable[[], object],
                        names: list[str] | None = None) -> dict[str, torch.Tensor]:
     """max over the calibration tokens of |x_j| (C_in,) at the input of each linear in ``names`` (default: a lab
     `GPT`'s decoder linears) while ``forward()`` runs the calibration data: {"layers.0.attn.q_proj": …}."""
+    if not callable(forward):
+        raise TypeError(f"forward must be a callable running the calibration data, got {forward!r}")
     names = decoder_linear_names(model) if names is None else names
     observers = observe_linear_inputs(model, names, forward, ChannelAbsMaxObserver)
+    unseen = [name for name, observer in observers.items() if observer.abs_max is None]
+    if unseen:
+        raise ValueError(f"forward() ran no input through {unseen[:3]}; it must run the calibration data through the "
+                         "model")
     return {name: observer.abs_max for name, observer in observers.items()}
 
 
@@ -82,6 +105,11 @@ def group_smoothing_factors(model: nn.Module, act_stats: dict[str, torch.Tensor]
                             alpha: float = 0.5) -> dict[str, torch.Tensor]:
     """SmoothQuant factors s for each group of linears reading one input (one s per group, from the
     group's activation maxima and the maxima over all its weights): {linear name: s}."""
+    check_fraction("alpha", alpha)
+    if not isinstance(groups, (list, tuple)) or not all(isinstance(g, (list, tuple)) and g for g in groups):
+        raise TypeError(f"groups must be a list of non-empty lists of linear names, got {groups!r}")
+    check_linear_names(model, [name for group in groups for name in group])
+    _check_act_stats(act_stats, [group[0] for group in groups])
     factors = {}
     for group in groups:
         s = smoothing_factors(act_stats[group[0]], [model.get_submodule(n).weight for n in group], alpha)
@@ -96,16 +124,26 @@ def smoothquant(model: nn.Module, act_stats: dict[str, torch.Tensor], alpha: flo
     ``act_stats``: `activation_abs_max` of the model; α ∈ [0, 1]. Returns the factors s per group,
     keyed "layers.i.attn_norm" / "layers.i.mlp_norm".
     """
-    factors = {}
-    for i, block in enumerate(model.layers):
+    if not isinstance(model, GPT):
+        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_fraction("alpha", alpha)
+    _check_act_stats(act_stats, [f"layers.{i}.{linears[0]}" for i in range(len(model.layers))
+                                 for _, linears in SMOOTHQUANT_GROUPS])
+    factors = {f"layers.{i}.{producer}": smoothing_factors(act_stats[f"layers.{i}.{linears[0]}"],
+                                                           [block.get_submodule(n).weight for n in linears], alpha)
+               for i, block in enumerate(model.layers) for producer, linears in SMOOTHQUANT_GROUPS}
+    for i, block in enumerate(model.layers):     # every factor is computed (and checked) before any is folded
         for producer, linears in SMOOTHQUANT_GROUPS:
-            key = f"layers.{i}.{linears[0]}"
-            if key not in act_stats:
-                raise ValueError(f"act_stats has no entry {key!r}; compute it with activation_abs_max(model, forward)")
-            s = smoothing_factors(act_stats[key], [block.get_submodule(n).weight for n in linears], alpha)
-            fold_scales(block, producer, linears, s)
-            factors[f"layers.{i}.{producer}"] = s
+            fold_scales(block, producer, linears, factors[f"layers.{i}.{producer}"])
     return factors
+
+
+def _check_act_stats(act_stats: dict[str, torch.Tensor], keys: list[str]) -> None:
+    if not isinstance(act_stats, dict):
+        raise TypeError(f"act_stats must be the dict activation_abs_max returns, got {type(act_stats).__name__}")
+    for key in keys:
+        if key not in act_stats:
+            raise ValueError(f"act_stats has no entry {key!r}; compute it with activation_abs_max(model, forward)")
 
 
 def awq_scale_search(weights: list[torch.Tensor], stats: InputStats,
@@ -123,6 +161,13 @@ def awq_scale_search(weights: list[torch.Tensor], stats: InputStats,
     sequentially (layer i+1 sees the quantized layer i). The book's chapter 3 says so.
     """
     check_int("n_grid", n_grid)
+    if not isinstance(stats, InputStats):
+        raise TypeError(f"stats must be the InputStats of the input, got {type(stats).__name__}")
+    if stats.gram is None:
+        raise ValueError("stats has seen no input (stats.gram is None); run the calibration data through it first")
+    _check_weights(weights, stats.gram.shape[0], f"stats.gram is {tuple(stats.gram.shape)}")
+    if not callable(quantize_weight):
+        raise TypeError(f"quantize_weight must be a callable W -> Ŵ, got {quantize_weight!r}")
     x_mean = stats.abs_mean.clamp(min=1e-8)
     errors, best = [], (float("inf"), None, 0.0)
     for k in range(n_grid):

@@ -37,7 +37,7 @@ def test_datasheet_figures_and_labels():
         assert not c.measured and "measured" not in c.source + c.label and c.int8_source == c.source
     assert h100.ridge == pytest.approx(295.2, abs=0.1)
     assert h100.label == "3.35 TB/s, 989 TFLOP/s (datasheet: NVIDIA H100 SXM5)"
-    with pytest.raises(ValueError, match="no datasheet entry 'a100'"):
+    with pytest.raises(ValueError, match="key='a100' has no datasheet entry"):
         datasheet_ceilings("a100")
 
 

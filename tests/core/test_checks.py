@@ -1,12 +1,14 @@
 """lab.core.checks: every validator accepts what it allows, and names the argument, the value and the rule otherwise."""
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from lab.core.checks import (check_choice, check_divisor, check_float_tensor, check_fraction, check_int, check_matrix,
-                             check_number, check_power_of_two, check_tensor)
+from lab.core.checks import (check_choice, check_device, check_divisor, check_float_tensor, check_fraction, check_int,
+                             check_matrix, check_number, check_numbers, check_path, check_power_of_two, check_tensor)
 
 
 def test_check_int():
@@ -83,3 +85,24 @@ def test_check_tensor_and_matrix():
         check_float_tensor("x", torch.tensor([math.inf]))
     with pytest.raises(TypeError, match=r"ids must have a dtype in \(torch.int64,\), got torch.float32"):
         check_tensor("ids", torch.zeros(2), dtypes=(torch.int64,))
+
+
+def test_check_choice_accepts_its_members_of_the_same_kind():
+    check_choice("stage", np.int64(2), (1, 2, 3))                           # a NumPy int is an int
+    check_choice("kind", np.str_("a"), ("a", "b"))
+    check_choice("flag", np.bool_(True), (False, True))
+    check_choice("scale", 0.5, (0.5, 1.0))
+    check_choice("dtype", torch.float32, (torch.float32, torch.bfloat16))
+
+
+def test_check_numbers_device_and_path_return_what_they_checked(tmp_path):
+    bf16 = torch.tensor([1.5, 2.0], dtype=torch.bfloat16)
+    assert check_numbers("x", bf16).dtype == np.float64 and check_numbers("x", bf16).tolist() == [1.5, 2.0]
+    strided = torch.arange(12.0).view(3, 4).t()[::2]
+    assert np.array_equal(check_numbers("x", strided, 2), strided.contiguous().numpy())
+    assert check_numbers("x", [torch.tensor(1.0), torch.tensor(2.0)], 1).tolist() == [1.0, 2.0]
+    assert check_numbers("x", range(3), 1).tolist() == [0, 1, 2]
+    assert check_device("device", "cpu") == torch.device("cpu")
+    assert check_device("device", torch.device("cuda", 1)) == torch.device("cuda", 1)    # no GPU needed to name one
+    assert check_path("path", "a/b.json") == Path("a/b.json")
+    assert check_path("out", tmp_path, folder=True) == tmp_path and check_path("out", tmp_path / "new", True)

@@ -54,3 +54,10 @@ def test_time_interleaved_runs_the_functions_in_turn():
     assert set(times) == {"a", "b"} and all(len(v) == 3 and min(v) >= 0 for v in times.values())
     with pytest.raises(ValueError, match="rounds=1"):
         time_interleaved({"a": lambda: None}, rounds=1)
+
+
+def test_check_then_time_records_an_output_of_another_shape_as_wrong():
+    ref = torch.ones(3, dtype=torch.float64)
+    for out, got in ((torch.ones(1), "shape (1,)"), (torch.ones(3, 1), "shape (3, 1)"), ([1.0] * 3, "a list")):
+        entry = check_then_time(lambda: out, ref, 1e-2, torch.device("cpu"), 2)   # broadcasting would hide it
+        assert entry["ms"] is None and entry["wrong"].startswith(f"returned {got}, not a tensor of the reference")

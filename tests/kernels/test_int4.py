@@ -122,14 +122,14 @@ P4 = pack_int4(Q4, 32)
     (lambda f: f(X4[None], P4, S4, Z4, 32), TypeError, r"x must be a 2-D tensor"),
     (lambda f: f(X4, P4.to(torch.int8), S4, Z4, 32), TypeError, r"packed must be a 2-D uint8 tensor \(K/2, N\)"),
     (lambda f: f(X4, P4.T.contiguous().T, S4, Z4, 32), ValueError, r"packed must be contiguous"),
-    (lambda f: f(X4, P4[:16], S4[:1], Z4[:1], 32), ValueError, r"packed has 16 rows; it must have K/2 = 32 rows"),
+    (lambda f: f(X4, P4[:16], S4[:1], Z4[:1], 32), ValueError, r"packed has 16 rows; it must have K/2 = 32 for x"),
     (lambda f: f(torch.randn(3, 128), P4, S4, Z4, 32), ValueError, r"packed has 32 rows; .*K/2 = 64"),
     (lambda f: f(X4, P4, torch.ones(4, 24), torch.ones(4, 24), 16), ValueError,
      r"group_size=16 must be a multiple of 32 dividing K=64"),
     (lambda f: f(X4, P4, S4, Z4, 48), ValueError, r"group_size=48 must be a multiple of 32"),
     (lambda f: f(torch.randn(3, 128), pack_int4(torch.zeros(24, 128, dtype=torch.int64), 2), torch.ones(1, 24),
                  torch.ones(1, 24), 96), ValueError, r"group_size=96 must be a multiple of 32 dividing K=128"),
-    (lambda f: f(X4, P4, S4[:1], Z4, 32), TypeError, r"scales must be a float tensor of shape \(2, 24\)"),
+    (lambda f: f(X4, P4, S4[:1], Z4, 32), ValueError, r"scales must have shape \(2, 24\) \(K/g, N\), got \(1, 24\)"),
     (lambda f: f(X4, P4, S4, Z4.to(torch.int32), 32), TypeError, r"zeros must be a float tensor"),
     (lambda f: f(X4, P4, S4, Z4.T.contiguous().T, 32), ValueError, r"scales and zeros must have the same strides"),
 ])
@@ -338,8 +338,8 @@ X = torch.randn(2, 128)
     (lambda f: f(X, P2.T.contiguous().T, S, Z, 64), ValueError, r"packed must be contiguous"),
     (lambda f: f(torch.randn(2, 64), P2, S, Z, 64), ValueError, r"packed has 32 columns; it must have K/4 = 16"),
     (lambda f: f(X, P2, S, Z, 32), ValueError, r"group_size=32 must be a multiple of 64 dividing K=128"),
-    (lambda f: f(X, P2, S[:1], Z, 64), TypeError, r"scales must be a float tensor of shape \(2, 16\)"),
-    (lambda f: f(X, P2, S, Z.long(), 64), TypeError, r"zeros must be a float tensor of shape \(2, 16\)"),
+    (lambda f: f(X, P2, S[:1], Z, 64), ValueError, r"scales must have shape \(2, 16\)"),
+    (lambda f: f(X, P2, S, Z.long(), 64), TypeError, r"zeros must be a float tensor \(K/g, N\) = \(2, 16\)"),
 ])
 @pytest.mark.parametrize("path", ["torch", "triton"])
 def test_v2_bad_input(call, error, match, path):

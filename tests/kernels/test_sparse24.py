@@ -59,7 +59,7 @@ def test_sparse24_matmul_rejects_bad_input():
         f(x.half(), values, meta, 8, 32)
     with pytest.raises(ValueError, match=r"values must have shape \(4, 16\)"):
         f(x, values, meta, 4, 32)
-    with pytest.raises(ValueError, match=r"meta must be uint8 of shape \(8, 4\)"):
+    with pytest.raises(ValueError, match=r"meta must have shape \(8, 4\), got \(8, 2\)"):
         f(x, values, meta[:, :2], 8, 32)
     with pytest.raises(TypeError, match=r"x must be a torch.Tensor, got list"):
         f([[0.0] * 32] * 2, values, meta, 8, 32)
@@ -153,7 +153,7 @@ def test_block_sizes_keep_about_one_program_per_sm_at_decode():
      r"in_features=48 must be a multiple of 32"),
     (lambda a: (a[0].T.contiguous().T, *a[1:]), ValueError, r"x contiguous along K"),
     (lambda a: (a[0], a[1].half(), *a[2:]), TypeError, r"x and values must share one dtype"),
-    (lambda a: (*a[:2], a[2][:, :4], *a[3:]), ValueError, r"meta must be uint8 of shape \(16, 8\)"),
+    (lambda a: (*a[:2], a[2][:, :4], *a[3:]), ValueError, r"meta must have shape \(16, 8\)"),
 ])
 def test_v2_rejects_bad_input(change, error, match):
     x, values, meta, _ = _case(4, 16, 64, torch.float32, seed=2)

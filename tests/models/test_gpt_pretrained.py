@@ -58,6 +58,37 @@ def test_from_llama_round_trip_is_exact():
     assert all(torch.equal(original[k], copied[k]) for k in original)
 
 
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(change=st.sampled_from(["gelu", "linear rope", "head_dim", "bias"]))
+def test_from_llama_refuses_a_llama_the_gpt_cannot_hold(change):
+    """A Llama whose MLP, RoPE, head size or biases lab's GPT lacks is refused, not silently copied without them."""
+    from transformers import LlamaForCausalLM
+
+    from lab.models.pretrained import llama_config
+
+    cfg = llama_config(tiny_config())
+    if change == "gelu":
+        cfg.hidden_act = "gelu"
+    elif change == "linear rope":
+        cfg.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10_000.0}
+    elif change == "head_dim":
+        cfg.head_dim = 16
+    else:
+        cfg.attention_bias = True
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=r"^hf (must be a plain Llama|has weights lab\.models\.GPT has no place for)"):
+        from_llama(LlamaForCausalLM(cfg))
+
+
+def test_to_llama_refuses_a_structurally_pruned_gpt():
+    from lab.prune import structured_prune
+
+    model = tiny_gpt()
+    structured_prune(model, mlp_channels={1: [0, 5]})
+    with pytest.raises(ValueError, match=r"^model has layers \[1\] narrower than its config gives"):
+        to_llama(model)
+
+
 @pytest.mark.parametrize("overrides, error, match", [
     ({"d_model": 0}, ValueError, r"GPTConfig.d_model=0 is out of range; allowed: \[1, inf\)"),
     ({"n_layer": 2.0}, TypeError, r"GPTConfig.n_layer must be an int, got 2.0"),
