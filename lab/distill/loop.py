@@ -108,6 +108,8 @@ class KDLoss:
                                  "loss off; set hidden_weight > 0 or leave hidden_map None")
 
     def __call__(self, student: nn.Module, batch: tuple[int, object, torch.Tensor]) -> torch.Tensor:
+        if not (isinstance(batch, tuple) and len(batch) == 3):      # `distill` builds it; a direct call may not
+            raise TypeError(f"batch must be a tuple (index, inputs, labels), got {batch!r:.80}")
         index, inputs, y = batch
         use_hidden, use_attention = self.hidden_weight > 0, self.attention_weight > 0
         out = self.outputs_fn(student, inputs, use_hidden, use_attention)

@@ -71,7 +71,7 @@ def log_softmax(x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     p = log_p.exp()
-    support = p != 0   # p > 0 but NaN stays in; select before subtracting, so that no −∞ − (−∞) reaches the graph
+    support = p != 0   # p > 0, but NaN stays in; select before subtracting: no −∞ − (−∞) reaches the graph
     zero = torch.zeros_like(p)
     return (p * (torch.where(support, log_p, zero) - torch.where(support, log_q, zero))).sum(-1)
 
@@ -147,8 +147,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     _check_floats("student_logits", student_logits, 2)
     _check_floats("teacher_logits", teacher_logits, 2)
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
-        raise ValueError(f"vocabulary sizes differ: student V={student_logits.shape[-1]}, "
-                         f"teacher V={teacher_logits.shape[-1]}")
+        raise ValueError(f"student_logits and teacher_logits must share the vocabulary: student V="
+                         f"{student_logits.shape[-1]}, teacher V={teacher_logits.shape[-1]}")
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
                          f"{tuple(teacher_logits.shape)} must have the same shape")
@@ -217,8 +217,8 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
         if projection is not None:
             h_s = projection(h_s)
         if h_s.shape != h_t.shape:
-            raise ValueError(f"hidden states of student layer {i} {tuple(h_s.shape)} and teacher layer {j} "
-                             f"{tuple(h_t.shape)} differ in shape; pass a projection")
+            raise ValueError(f"student_hidden[{i}] {tuple(h_s.shape)} and teacher_hidden[{j}] {tuple(h_t.shape)} "
+                             "differ in shape; pass a projection")
         valid = _token_mask(mask, h_s.shape[:-1], h_s.device)
         h_s, h_t = h_s[valid], h_t[valid]                                   # (N, C)
         if kind == "cosine":

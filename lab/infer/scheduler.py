@@ -108,8 +108,8 @@ def _check_requests(model: GPT, requests: Sequence[Request], capacity: int) -> N
     for r in requests:
         if not isinstance(r, Request):
             raise TypeError(f"requests must hold lab.infer.scheduler.Request objects, got {type(r).__name__}")
-    if len({r.id for r in requests}) != len(requests):
-        raise ValueError("request ids must be unique")
+    if len(ids := [r.id for r in requests]) != len(set(ids)):
+        raise ValueError(f"requests must have unique ids, got {sorted({i for i in ids if ids.count(i) > 1})} twice")
     V = model.config.vocab_size
     for r in requests:
         n = len(r.prompt) + r.max_new_tokens

@@ -162,7 +162,7 @@ def speculative_generate(target: GPT, draft: GPT, prompt_ids: torch.Tensor, max_
     check_seed(seed)
     check_flags(cuda_graph=cuda_graph)
     if ids.shape[0] != 1:
-        raise ValueError(f"speculative_generate takes one prompt, got a batch of {ids.shape[0]}")
+        raise ValueError(f"prompt_ids must be one sequence (T,) or (1, T), got a batch of {ids.shape[0]}")
     if draft.config.vocab_size != target.config.vocab_size:
         raise ValueError(f"draft and target must share the vocabulary, got draft vocab_size="
                          f"{draft.config.vocab_size} and target vocab_size={target.config.vocab_size}")

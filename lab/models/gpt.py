@@ -178,7 +178,7 @@ class GPT(nn.Module):
             raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
         T = idx.shape[1]
         if T > self.config.context_length:
-            raise ValueError(f"sequence length {T} exceeds context_length={self.config.context_length}")
+            raise ValueError(f"idx has sequence length {T}, which exceeds context_length={self.config.context_length}")
         cos, sin = rope_cos_sin(T, self.config.head_dim, self.config.rope_theta, idx.device)
         x = self.embed_tokens(idx)
         for block in self.layers:

@@ -219,10 +219,10 @@ def smallest_plans(model: ModelSpec, gpu: GPUSpec, tokens: float, max_days: floa
             raise TypeError(f"{name} must be a tuple of ints, got {values!r}")
         if not values:
             raise ValueError(f"{name}={values!r} is empty; give at least one value to search")
-    for tp in tps:
-        check_int("tp", tp, 1, gpu.gpus_per_node)
-    for zero in zero_stages:
-        check_choice("zero_stage", zero, STAGES)
+    for i, tp in enumerate(tps):
+        check_int(f"tps[{i}]", tp, 1, gpu.gpus_per_node)
+    for i, zero in enumerate(zero_stages):
+        check_choice(f"zero_stages[{i}]", zero, STAGES)
     plans = []
     sequences = global_batch // micro_batch
     for tp in tps:

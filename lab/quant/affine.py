@@ -104,9 +104,9 @@ def grid(bits: int, symmetric: bool) -> tuple[int, int]:
     return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if symmetric else (0, 2 ** bits - 1)
 
 
-def check_bits(bits: int) -> None:
-    """``bits`` is an int in [2, 8]."""
-    check_int("bits", bits, 2, 8)
+def check_bits(bits: int, name: str = "bits") -> None:
+    """``bits`` (the argument ``name``) is an int in [2, 8]."""
+    check_int(name, bits, 2, 8)
 
 
 def check_grid(bits: int, symmetric: bool) -> None:

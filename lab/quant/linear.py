@@ -54,7 +54,7 @@ class Int4Linear(nn.Module):
                  scale_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         check_float_dtype("scale_dtype", scale_dtype)               # an integer dtype would truncate the scales
-        packed, scales, zeros, group_size = pack_quantized_weight(qtensor)
+        packed, scales, zeros, group_size = pack_quantized_weight(qtensor, "qtensor")
         self.out_features, self.in_features = qtensor.shape
         if bias is not None and check_float_tensor("bias", bias, 1).shape != (self.out_features,):
             raise ValueError(f"bias must have shape (out_features,) = ({self.out_features},), got {tuple(bias.shape)}")
@@ -89,7 +89,7 @@ class W8A8Linear(nn.Module):
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         check_choice("act", act, ACT_MODES)
-        check_bits(act_bits)
+        check_bits(act_bits, "act_bits")
         if (act == "tensor") != (act_scale is not None):
             raise ValueError("act='tensor' needs a static act_scale (from an observer); act='token' takes none")
         if act_scale is not None:  # one positive scale: a number or a one-element tensor
@@ -222,7 +222,7 @@ def w8a8_quantize_model(model: nn.Module, act: str = "token", act_bits: int = 8,
     SmoothQuant factors per linear name (for models where they cannot be folded).
     """
     check_choice("act", act, ACT_MODES)
-    check_bits(act_bits)
+    check_bits(act_bits, "act_bits")
     names = decoder_linear_names(model) if names is None else names
     check_linear_names(model, names)
     smooth = {} if smooth is None else smooth

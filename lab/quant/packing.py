@@ -13,14 +13,15 @@ from lab.formats.int4 import pack_int4
 from lab.quant.affine import QuantizedTensor
 
 
-def pack_quantized_weight(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def pack_quantized_weight(qt: QuantizedTensor,
+                          name: str = "qt") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """A 4-bit asymmetric per-channel or group-wise (axis 0) QuantizedTensor of W (N, K) →
-    (packed (K/2, N) uint8, scales (K/g, N) float32, zeros (K/g, N) float32, g)."""
+    (packed (K/2, N) uint8, scales (K/g, N) float32, zeros (K/g, N) float32, g); ``name``: the caller's argument."""
     if not isinstance(qt, QuantizedTensor):
-        raise TypeError(f"qt must be a QuantizedTensor, got {type(qt).__name__}")
+        raise TypeError(f"{name} must be a QuantizedTensor, got {type(qt).__name__}")
     if qt.bits != 4 or qt.qmin != 0 or qt.axis != 0 or qt.granularity not in ("channel", "group") \
             or len(qt.shape) != 2:
-        raise ValueError("pack_quantized_weight needs a 2-D, 4-bit, asymmetric (qmin = 0) tensor quantized per "
+        raise ValueError(f"{name} must be a 2-D, 4-bit, asymmetric (qmin = 0) tensor quantized per "
                          f"channel or group along axis 0; got bits={qt.bits}, qmin={qt.qmin}, "
                          f"granularity={qt.granularity!r}, axis={qt.axis}, shape={tuple(qt.shape)}")
     N, K = qt.shape

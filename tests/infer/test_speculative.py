@@ -206,7 +206,7 @@ def test_sampled_speculative_decoding_passes_the_pit_test_and_a_wrong_rule_fails
 def test_speculative_rejects_bad_input(target, draft):
     with pytest.raises(ValueError, match=r"k=0 is out of range; allowed: \[1, inf\)"):
         speculative_generate(target, draft, torch.arange(3), 5, k=0)
-    with pytest.raises(ValueError, match="one prompt"):
+    with pytest.raises(ValueError, match="prompt_ids must be one sequence"):
         speculative_generate(target, draft, torch.zeros(2, 3, dtype=torch.int64), 5)
     with pytest.raises(ValueError, match="empty"):
         speculative_generate(target, draft, torch.zeros(0, dtype=torch.int64), 5)

@@ -171,7 +171,7 @@ def test_smallest_plans_meet_the_compute_bound():
     assert [plan["gpus"] for plan in plans] == sorted(plan["gpus"] for plan in plans)
     with pytest.raises(ValueError, match="max_days=0"):
         smallest_plans(LLAMA2_7B, H100_SXM, 1e12, 0)
-    with pytest.raises(ValueError, match="tp=16"):
+    with pytest.raises(ValueError, match=r"tps\[0\]=16"):
         smallest_plans(LLAMA2_7B, H100_SXM, 1e12, 10, tps=(16,))
 
 

@@ -146,8 +146,8 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: gptq_quantize(W[0], H, 4), ValueError, r"weight must have 2 dimensions"),
     ],
     "Int4Linear": [
-        Bad(lambda: Int4Linear(W64), TypeError, r"qt must be a QuantizedTensor"),
-        Bad(lambda: Int4Linear(rtn_quantize(W64, 3, 32)), ValueError, r"bits=3"),
+        Bad(lambda: Int4Linear(W64), TypeError, r"qtensor must be a QuantizedTensor"),
+        Bad(lambda: Int4Linear(rtn_quantize(W64, 3, 32)), ValueError, r"qtensor must be a 2-D, 4-bit.*bits=3"),
         Bad(lambda: Int4Linear(_qt(), torch.zeros(3)), ValueError, r"bias must have shape \(out_features,\)"),
         Bad(lambda: Int4Linear(_qt(), [0.0] * 8), TypeError, r"bias must be a torch.Tensor"),
         Bad(lambda: Int4Linear(_qt(), scale_dtype=torch.int8), ValueError, r"scale_dtype=torch.int8"),
@@ -161,7 +161,7 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: W8A8Linear(_linear(), "tensor", float("nan")), ValueError, r"act_scale=nan"),
         Bad(lambda: W8A8Linear(_linear(), "tensor", torch.ones(16)), TypeError, r"act_scale must be a real number"),
         Bad(lambda: W8A8Linear(_linear(), "channel"), ValueError, r"act='channel'"),
-        Bad(lambda: W8A8Linear(_linear(), act_bits=True), TypeError, r"bits must be an int, got True"),
+        Bad(lambda: W8A8Linear(_linear(), act_bits=True), TypeError, r"act_bits must be an int, got True"),
         Bad(lambda: W8A8Linear(_linear(), smooth=[1.0] * 16), TypeError, r"smooth must be a torch.Tensor"),
         Bad(lambda: W8A8Linear(_linear(), smooth=torch.full((16,), float("inf"))), ValueError, r"smooth contains"),
         Bad(lambda: W8A8Linear(_linear(), smooth=torch.ones(8)), ValueError, r"smooth must hold 16"),
@@ -186,7 +186,7 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: w8a8_quantize_model(tiny_gpt(), smooth={"layers.0.q_proj": torch.ones(32)}), ValueError,
             r"smooth has factors for \['layers.0.q_proj'\]"),
         Bad(lambda: w8a8_quantize_model(tiny_gpt(), smooth=[torch.ones(32)]), TypeError, r"smooth must be a dict"),
-        Bad(lambda: w8a8_quantize_model(tiny_gpt(), act_bits=1), ValueError, r"bits=1"),
+        Bad(lambda: w8a8_quantize_model(tiny_gpt(), act_bits=1), ValueError, r"act_bits=1"),
     ],
     "quantize_model": [
         Bad(lambda: quantize_model(_linear(), "rtn", 4), TypeError, r"model must be a lab GPT"),
