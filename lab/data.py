@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from lab.core.atomic import atomic_write, atomic_write_json
-from lab.core.checks import check_choice, check_int
+from lab.core.checks import check_choice, check_int, check_path
 from lab.core.records import REPO_ROOT
 from lab.perplexity import EvalSample
 
@@ -49,7 +49,7 @@ EVAL_CONTEXT = 128   # tokens of own-document context before each window (not sc
 
 def data_dir() -> Path:
     """Directory holding downloaded packages and caches (``$LAB_DATA_DIR`` or ``<repo>/.data``)."""
-    return Path(os.environ.get("LAB_DATA_DIR", REPO_ROOT / ".data"))
+    return check_path("LAB_DATA_DIR", os.environ.get("LAB_DATA_DIR", REPO_ROOT / ".data"), folder=True)
 
 
 def corpus_dir() -> Path:

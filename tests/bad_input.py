@@ -12,8 +12,10 @@ name at least; `lab.core.checks` adds the value and what is allowed).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from unittest import mock
 
 import pytest
 
@@ -35,6 +37,11 @@ def T(call, match: str) -> Bad:
 def V(call, match: str) -> Bad:
     """A call refused with ValueError (the right type, a wrong value) whose message matches ``match``."""
     return Bad(call, ValueError, match)
+
+
+def with_env(name: str, value: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """The call ``fn()`` with the environment variable ``name`` set to ``value`` (restored afterwards)."""
+    return lambda: mock.patch.dict(os.environ, {name: value})(fn)()
 
 
 def merged(*tables: dict[str, list[Bad]]) -> dict[str, list[Bad]]:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab import data
-from tests.bad_input import Bad
+from tests.bad_input import Bad, V, with_env
 
 CASES: dict[str, list[Bad]] = {
+    "data_dir": [V(with_env("LAB_DATA_DIR", "", data.data_dir), r"LAB_DATA_DIR='' is not allowed"),
+                 V(with_env("LAB_DATA_DIR", __file__, data.data_dir), r"LAB_DATA_DIR='.*' is an existing file")],
+    "corpus_dir": [V(with_env("LAB_DATA_DIR", __file__, data.corpus_dir), r"LAB_DATA_DIR='.*' is an existing file")],
     "fetch_corpus": [Bad(lambda: data.fetch_corpus("yes"), TypeError, r"force must be one of \(True, False\)")],
     "split_of": [Bad(lambda: data.split_of(Path("library/os.rst.txt")), TypeError, r"path must be a str")],
     "corpus_documents": [Bad(lambda: data.corpus_documents("dev"), ValueError, r"split='dev' is not allowed"),
@@ -36,7 +39,5 @@ CASES: dict[str, list[Bad]] = {
 }
 
 NO_INPUT: dict[str, str] = {
-    "data_dir": "takes no argument (reads $LAB_DATA_DIR)",
-    "corpus_dir": "takes no argument",
     "corpus_manifest": "takes no argument: the manifest fetch_corpus wrote",
 }

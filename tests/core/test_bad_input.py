@@ -6,11 +6,9 @@ from __future__ import annotations
 import atexit
 import functools
 import math
-import os
 import shutil
 import tempfile
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -21,7 +19,7 @@ from lab.core import (Ceilings, Datasheet, add_seed, atomic_write, atomic_write_
                       measure_ceilings, measured_ceilings, paired_ratio, percent, provenance, read, record,
                       record_comparison, record_comparisons, record_spread, report_path, runs_triton, seed_everything,
                       seed_spread, seeded_sums, t_quantile_975, time_interleaved, time_ms, verdict, verdicts)
-from tests.bad_input import Bad, T, V, merged
+from tests.bad_input import Bad, T, V, merged, with_env
 from tests.core.bad_checks import CHECKS
 
 CPU = torch.device("cpu")
@@ -54,11 +52,6 @@ def _seeded(**change):
     args = dict(record=_seeds_record(), experiment="exp", settings={"steps": 3}, seed=0, losses={"a": LA.double()},
                 groups=G) | change
     return lambda: seeded_sums(**args)
-
-
-def _with_env(name: str, value: str, fn):
-    """A call of ``fn()`` with the environment variable ``name`` set to ``value`` (restored afterwards)."""
-    return lambda: mock.patch.dict(os.environ, {name: value})(fn)()
 
 
 def _metrics() -> Path:
@@ -119,7 +112,7 @@ CASES: dict[str, list[Bad]] = merged(CHECKS, {  # the validators themselves (tes
         V(_seeded(tolerance=math.nan), r"tolerance=nan"), V(_seeded(settings={"steps": 4}), r"settings\['steps'\]=4"),
     ],
     # runtime
-    "get_device": [V(_with_env("LAB_DEVICE", "tpu", get_device), r"LAB_DEVICE='tpu' is not allowed")],
+    "get_device": [V(with_env("LAB_DEVICE", "tpu", get_device), r"LAB_DEVICE='tpu' is not allowed")],
     "seed_everything": [
         T(lambda: seed_everything(True), r"seed must be an int, got True"),
         T(lambda: seed_everything(1.5), r"seed must be an int, got 1\.5"),
@@ -261,7 +254,7 @@ CASES: dict[str, list[Bad]] = merged(CHECKS, {  # the validators themselves (tes
     "report_path": [
         T(lambda: report_path(5), r"path must be a path"),
         V(lambda: report_path(_dir()), r"path='.*' is an existing folder"),
-        V(_with_env("LAB_REPORT_PATH", tempfile.gettempdir(), report_path), r"LAB_REPORT_PATH='.*' is an existing"),
+        V(with_env("LAB_REPORT_PATH", tempfile.gettempdir(), report_path), r"LAB_REPORT_PATH='.*' is an existing"),
     ],
     "read": [
         V(lambda: read(_dir() / "list.json"), r"path='.*list\.json' holds a JSON list"),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from lab.parallel.comm import ring_sent_bytes
 from lab.models.gpt import GPTConfig
+from lab.parallel.comm import ring_sent_bytes
 from lab.parallel.experiments import max_in_flight, measured_bubble, traffic_formula
 from lab.parallel.formulas import (H100_SXM, LLAMA2_7B, LLAMA2_70B, GPUSpec, ModelSpec, bubble_fraction, parallel_plan,
                                    ring_factor, smallest_plans, tp_allreduce_bytes_per_layer, zero_memory,
