@@ -14,8 +14,8 @@ from lab.core.atomic import atomic_write, atomic_write_json
 from lab.core.ceilings import (Ceilings, Datasheet, ceiling_sizes, datasheet_ceilings, datasheet_key, device_ceilings,
                                measure_ceilings, measured_ceilings)
 from lab.core.checks import (check_block, check_choice, check_device, check_divisor, check_float_dtype,
-                             check_float_tensor, check_fraction, check_group, check_int, check_matrix, check_number,
-                             check_numbers, check_path, check_power_of_two, check_tensor)
+                             check_float_tensor, check_fraction, check_group, check_int, check_list, check_matrix,
+                             check_number, check_numbers, check_path, check_power_of_two, check_tensor)
 from lab.core.records import add_seed, check_out_dir, device_kind, device_name, load_results, provenance, seeded_sums
 from lab.core.report import (below_text, percent, read, record, record_comparison, record_comparisons, record_spread,
                              report_path)
@@ -29,7 +29,7 @@ __all__ = [
     "Ceilings", "Datasheet", "ceiling_sizes", "datasheet_ceilings", "datasheet_key", "device_ceilings",
     "measure_ceilings", "measured_ceilings",
     "check_block", "check_choice", "check_device", "check_divisor", "check_float_dtype", "check_float_tensor",
-    "check_fraction", "check_group", "check_int", "check_matrix", "check_number", "check_numbers", "check_path",
+    "check_fraction", "check_group", "check_int", "check_list", "check_matrix", "check_number", "check_numbers", "check_path",
     "check_power_of_two", "check_tensor",
     "add_seed", "check_out_dir", "device_kind", "device_name", "load_results", "provenance", "seeded_sums",
     "below_text", "percent", "read", "record", "record_comparison", "record_comparisons", "record_spread",

@@ -20,13 +20,14 @@ Python, but ``steps=True`` is a bug, not one step).
     check_device(name, value)                                a torch.device, or a str naming one ("cuda:0")
     check_path(name, value, folder=False)                    a file path (folder=True: a folder; None: either)
     check_group(name, value)                                 None (the default group) or a ProcessGroup
+    check_list(name, value, item=None)                       a non-empty list or tuple, each element checked
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -200,6 +201,19 @@ def check_path(name: str, value, folder: bool | None = False) -> Path:
     if folder is False and path.is_dir():
         raise ValueError(f"{name}={str(value)!r} is an existing folder; give a file path")
     return path
+
+
+def check_list(name: str, value, item: Callable[[str, object], object] | None = None) -> list:
+    """``value`` as a non-empty list: a list or tuple (a str is neither), each element checked by
+    ``item(f"{name}[{i}]", element)`` (e.g. `check_int`), all before the caller does any work."""
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list or tuple, got {value!r:.80} ({type(value).__name__})")
+    if not value:
+        raise ValueError(f"{name}={value!r} is empty; give at least one value")
+    if item is not None:
+        for i, element in enumerate(value):
+            item(f"{name}[{i}]", element)
+    return list(value)
 
 
 def check_group(name: str, value):

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.core.checks import check_choice, check_fraction, check_int, check_number, check_tensor
+from lab.core.checks import check_choice, check_fraction, check_int, check_list, check_number, check_tensor
 from lab.core.stats import paired_ratio
 from lab.core.timing import time_interleaved, time_ms
 from lab.distill.loop import KDLoss, TeacherCache, distill
@@ -102,15 +102,8 @@ def temperature_alpha_grid(cache: TeacherCache, batches: list, sample: EvalSampl
     ``temperatures``: τ > 0 each, ``alphas``: α in [0, 1] each (lists, checked before the first student trains).
     """
     _check_cache_and_sample(cache, sample)
-    for name, values in (("temperatures", temperatures), ("alphas", alphas)):
-        if not isinstance(values, (list, tuple)):
-            raise TypeError(f"{name} must be a list of numbers, got {values!r:.80} ({type(values).__name__})")
-        if not values:
-            raise ValueError(f"{name} must hold at least one value, got {values!r}")
-    for i, tau in enumerate(temperatures):
-        check_number(f"temperatures[{i}]", tau, 0.0, closed=(False, True))
-    for i, a in enumerate(alphas):
-        check_fraction(f"alphas[{i}]", a)
+    check_list("temperatures", temperatures, lambda name, tau: check_number(name, tau, 0.0, closed=(False, True)))
+    check_list("alphas", alphas, check_fraction)
     check_int("steps", steps)
     check_number("lr", lr, 0.0, closed=(False, True))
     check_choice("progress", progress, (False, True))

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.core.ceilings import DATASHEETS
-from lab.core.checks import check_choice, check_int, check_number
+from lab.core.checks import check_choice, check_int, check_list, check_number
 
 STAGES = (0, 1, 2, 3)
 
@@ -214,15 +214,8 @@ def smallest_plans(model: ModelSpec, gpu: GPUSpec, tokens: float, max_days: floa
     if global_batch % micro_batch:
         raise ValueError(f"micro_batch={micro_batch} must divide global_batch={global_batch}")
     _check_specs(model, gpu)
-    for name, values in (("tps", tps), ("zero_stages", zero_stages)):
-        if not isinstance(values, (tuple, list)):
-            raise TypeError(f"{name} must be a tuple of ints, got {values!r}")
-        if not values:
-            raise ValueError(f"{name}={values!r} is empty; give at least one value to search")
-    for i, tp in enumerate(tps):
-        check_int(f"tps[{i}]", tp, 1, gpu.gpus_per_node)
-    for i, zero in enumerate(zero_stages):
-        check_choice(f"zero_stages[{i}]", zero, STAGES)
+    check_list("tps", tps, lambda name, tp: check_int(name, tp, 1, gpu.gpus_per_node))
+    check_list("zero_stages", zero_stages, lambda name, zero: check_choice(name, zero, STAGES))
     plans = []
     sequences = global_batch // micro_batch
     for tp in tps:

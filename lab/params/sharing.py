@@ -19,7 +19,7 @@ import math
 import torch
 from torch import nn
 
-from lab.core.checks import check_int, check_number, check_tensor
+from lab.core.checks import check_choice, check_int, check_list, check_number, check_tensor
 from lab.models.gpt import GPT, GPTConfig
 from lab.params.counting import count_parameters
 from lab.perplexity import EvalSample
@@ -112,13 +112,7 @@ def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None, sa
 
     if not isinstance(cfg, GPTConfig):
         raise TypeError(f"cfg must be a lab.models.gpt.GPTConfig, got {type(cfg).__name__}")
-    if not isinstance(variants, (tuple, list)):
-        raise TypeError(f"variants must be a tuple of names from {VARIANTS}, got {variants!r}")
-    for v in variants:
-        if v not in VARIANTS:
-            raise ValueError(f"variants={variants!r}: variant {v!r} is not allowed; use one or more of {VARIANTS}")
-    if not variants:
-        raise ValueError(f"variants={variants!r} is empty; use one or more of {VARIANTS}")
+    check_list("variants", variants, lambda name, v: check_choice(name, v, VARIANTS))
     _check_groups(cfg.n_layer, n_groups)
     check_int("steps", steps)
     check_int("batch_size", batch_size)

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from lab.core import (check_block, check_choice, check_device, check_divisor, check_float_dtype, check_float_tensor,
-                      check_fraction, check_group, check_int, check_matrix, check_number, check_numbers, check_path,
-                      check_power_of_two, check_tensor)
+                      check_fraction, check_group, check_int, check_list, check_matrix, check_number, check_numbers,
+                      check_path, check_power_of_two, check_tensor)
 from tests.bad_input import Bad, T, V
 
 
@@ -109,6 +109,11 @@ CHECKS: dict[str, list[Bad]] = {
         V(lambda: check_path("path", ""), r"path='' is not allowed"),
         V(lambda: check_path("path", _dir()), r"path='.*' is an existing folder"),
         V(lambda: check_path("out", _dir() / "file.txt", folder=True), r"out='.*' is an existing file"),
+    ],
+    "check_list": [
+        T(lambda: check_list("rates", "1e-3"), r"rates must be a list or tuple, got '1e-3' \(str\)"),
+        V(lambda: check_list("rates", []), r"rates=\[\] is empty; give at least one value"),
+        V(lambda: check_list("rates", [1, 0], check_int), r"rates\[1\]=0 is out of range"),
     ],
     "check_group": [
         T(lambda: check_group("group", 2), r"group must be None \(the default group\) or a .*ProcessGroup, got 2"),

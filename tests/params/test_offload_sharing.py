@@ -207,7 +207,7 @@ def test_sharing_bad_input():
         shared_gpt(GPTConfig(**TINY), 0)
     cfg = GPTConfig(**TINY)
     tokens = torch.arange(100)
-    with pytest.raises(ValueError, match="variant 'lora' is not allowed"):
+    with pytest.raises(ValueError, match=r"variants\[0\]='lora' is not allowed"):
         compare_sharing(cfg, tokens, variants=("lora",), progress=False)
     with pytest.raises(TypeError, match="sample must be a lab.perplexity.EvalSample or None, got Tensor"):
         compare_sharing(cfg, tokens, tokens, progress=False)
