@@ -19,6 +19,8 @@ from unittest import mock
 
 import pytest
 
+NOT_GPT = r"must be a lab GPT \(lab\.models\.GPT\)"      # `lab.models.gpt.check_gpt`'s message
+
 
 @dataclass(frozen=True)
 class Bad:

@@ -52,7 +52,7 @@ from lab.core.stats import compare, verdicts
 from lab.core.timing import time_ms
 from lab.formats.sparse24 import pack_bits
 from lab.infer.generate import generate
-from lab.models.gpt import GPT
+from lab.models.gpt import GPT, check_gpt
 from lab.models.next_token import random_batch
 from lab.params.counting import unique_state_dict
 from lab.params.safetensors_io import save_safetensors
@@ -159,8 +159,7 @@ def matmul_time(model: nn.Module) -> float:
 
 def decode_ms_per_token(model: GPT, prompt: torch.Tensor, n: int, device: torch.device, repeats: int) -> float:
     """Median ms per generated token of greedy KV-cache decoding: (t(prompt + n) − t(prompt + 1)) / (n − 1)."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     check_tensor("prompt", prompt, 2, (torch.int64,))
     check_int("repeats", repeats)
     if check_int("n", n, None) < 2:
@@ -227,8 +226,7 @@ def measure(route: Route, ctxs: list[dict], sample: EvalSample) -> tuple[dict, t
 def seed_contexts(dense: GPT, train_ids: torch.Tensor, settings: Settings, device: torch.device) -> list[dict]:
     """One build context per seed of ``settings.seeds``: the bf16 dense model, the calibration windows drawn
     from ``train_ids`` with that seed, the settings; routes of one seed share it (a student is trained once)."""
-    if not isinstance(dense, GPT):
-        raise TypeError(f"dense must be a lab GPT, got {type(dense).__name__}")
+    check_gpt("dense", dense)
     if not isinstance(settings, Settings):
         raise TypeError(f"settings must be a Settings, got {type(settings).__name__}")
     cfg = dense.config
@@ -259,8 +257,7 @@ def leaderboard(dense: GPT, sample: EvalSample, train_ids: torch.Tensor, setting
     first route is the reference of every Δ (its own Δ is 0); each row's ``verdict`` is Holm-corrected
     across the other routes, and ``dominated_by`` lists the routes that dominate it (`pareto.dominance`).
     """
-    if not isinstance(dense, GPT):
-        raise TypeError(f"dense must be a lab GPT, got {type(dense).__name__}")
+    check_gpt("dense", dense)
     if not isinstance(sample, EvalSample):
         raise TypeError(f"sample must be a lab.perplexity.EvalSample, got {type(sample).__name__}")
     sample.check_fits(dense.config.context_length, "dense.config.context_length")

@@ -25,7 +25,7 @@ from torch import nn
 
 from lab.core.checks import check_choice, check_tensor
 from lab.distill.losses import FLOATS, _log_softmax
-from lab.models.gpt import GPT, Attention, apply_rope
+from lab.models.gpt import GPT, Attention, apply_rope, check_gpt
 
 
 @dataclass
@@ -108,8 +108,7 @@ def value_relation_log_probs(attn: Attention, x: torch.Tensor) -> torch.Tensor:
 def gpt_outputs(model: GPT, idx: torch.Tensor, hidden: bool = False, attention: bool = False) -> Outputs:
     """``model(idx)`` for ids (B, T) int64, with the hidden states and/or the last layer's log A and
     log VR if asked."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     check_tensor("idx", idx, 2, (torch.int64, torch.int32))
     check_choice("hidden", hidden, (True, False))
     check_choice("attention", attention, (True, False))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from lab.core.checks import check_choice, check_int
-from lab.models.gpt import GPT
+from lab.models.gpt import GPT, check_gpt
 
 # "layers.3.attn.q_proj.weight" (lab GPT) or "encoder.layer.3.attention..." (transformers BERT)
 _LAYER_KEY = re.compile(r"(^|\.)(layers|layer)\.(\d+)\.")
@@ -82,8 +82,7 @@ def gpt_student(teacher: GPT, n_layer: int, from_teacher: bool = True, seed: int
     from_teacher=True: DistilBERT's initialisation (`init_from_teacher`); else the GPT's own
     random initialisation, seeded by ``seed``.
     """
-    if not isinstance(teacher, GPT):
-        raise TypeError(f"teacher must be a lab GPT, got {type(teacher).__name__}")
+    check_gpt("teacher", teacher)
     check_int("n_layer", n_layer, 1, teacher.config.n_layer)
     check_choice("from_teacher", from_teacher, (True, False))
     check_int("seed", seed, 0)

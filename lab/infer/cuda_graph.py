@@ -18,15 +18,15 @@ from __future__ import annotations
 import torch
 
 from lab.core.checks import check_int, check_tensor
-from lab.infer.kv_cache import INDEX_DTYPES, StaticKVCache, check_model, forward_cached
-from lab.models.gpt import GPT
+from lab.infer.kv_cache import INDEX_DTYPES, StaticKVCache, forward_cached
+from lab.models.gpt import GPT, check_gpt
 
 
 class GraphedDecodeStep:
     """Logits (B, V) of one new token per row at given positions, by replaying a captured CUDA graph."""
 
     def __init__(self, model: GPT, cache: StaticKVCache, warmup: int = 3) -> None:
-        check_model(model)
+        check_gpt("model", model)
         if not isinstance(cache, StaticKVCache):
             raise TypeError(f"cache must be a lab.infer.StaticKVCache (fixed addresses), got {type(cache).__name__}")
         if len(cache.k) != len(model.layers):

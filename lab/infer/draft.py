@@ -37,8 +37,8 @@ from lab.core.records import provenance
 from lab.core.runtime import get_device, seed_everything
 from lab.distill import KDLoss, TeacherCache, distill, gpt_student
 from lab.distill.experiments import lm_batches
-from lab.infer.kv_cache import check_model, check_token_ids
-from lab.models.gpt import GPT
+from lab.infer.kv_cache import check_token_ids
+from lab.models.gpt import GPT, check_gpt
 from lab.models.loop import Optim
 from lab.models.pretrained import LM_DIR, checkpoint_sha256, load_pretrained_lm, load_tokenizer, to_llama
 from lab.perplexity import EvalSample
@@ -63,8 +63,8 @@ def _logits(model: GPT, x: torch.Tensor) -> torch.Tensor:
 def _check_pair(target: GPT, draft: GPT, sample: EvalSample, drafts: Mapping[str, torch.Tensor] | None) -> None:
     """`teacher_forced`'s checks: two GPTs of one vocabulary, a sample of their token ids that fits both contexts,
     and drafts (n,) int64 on the CPU, token ids or -1."""
-    check_model(target, "target")
-    check_model(draft, "draft")
+    check_gpt("target", target)
+    check_gpt("draft", draft)
     if draft.config.vocab_size != target.config.vocab_size:
         raise ValueError(f"draft and target must share the vocabulary, got draft vocab_size="
                          f"{draft.config.vocab_size} and target vocab_size={target.config.vocab_size}")

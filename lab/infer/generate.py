@@ -17,9 +17,9 @@ import torch
 
 from lab.core.checks import check_choice, check_int, check_tensor
 from lab.infer.cuda_graph import GraphedDecodeStep
-from lab.infer.kv_cache import INDEX_DTYPES, StaticKVCache, check_model, forward_cached
+from lab.infer.kv_cache import INDEX_DTYPES, StaticKVCache, forward_cached
 from lab.infer.sampling import check_sampling, sample
-from lab.models.gpt import GPT
+from lab.models.gpt import GPT, check_gpt
 
 
 class Decoder:
@@ -32,7 +32,7 @@ class Decoder:
 
     def __init__(self, model: GPT, batch: int, max_len: int, kv_cache: bool = True,
                  cuda_graph: bool = False) -> None:
-        check_model(model)
+        check_gpt("model", model)
         check_int("batch", batch)
         check_int("max_len", max_len, 1, model.config.context_length)  # at most the context length
         check_flags(kv_cache=kv_cache, cuda_graph=cuda_graph)
@@ -90,7 +90,7 @@ def check_eos(model: GPT, eos_token_id: int | None) -> None:
 
 def check_prompt(model: GPT, prompt_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """The prompt as (B, T₀) int64 after checking it; ValueError/TypeError naming what is wrong."""
-    check_model(model)
+    check_gpt("model", model)
     if not torch.is_tensor(prompt_ids) or prompt_ids.dtype != torch.int64 or prompt_ids.dim() not in (1, 2):
         got = (f"{prompt_ids.dtype} {tuple(prompt_ids.shape)}" if torch.is_tensor(prompt_ids)
                else type(prompt_ids).__name__)

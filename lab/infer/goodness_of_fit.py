@@ -20,8 +20,9 @@ import math
 import torch
 
 from lab.core.checks import check_float_tensor, check_int, check_tensor
-from lab.infer.kv_cache import INDEX_DTYPES, check_model, check_token_ids
+from lab.infer.kv_cache import INDEX_DTYPES, check_token_ids
 from lab.infer.sampling import check_distribution, check_generator, check_sampling, next_token_probs
+from lab.models.gpt import check_gpt
 
 
 def _check_draws(probs: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -114,7 +115,7 @@ def generated_token_probs(model, sequences: torch.Tensor, prompt_len: int, tempe
     """(probs (N·(T − T₀), V), tokens (N·(T − T₀),)): every generated token of ``sequences`` (N, T) (prompt_len
     prompt tokens each) with the model's own sampling distribution p(· | prefix) for it, under the given
     temperature and filters; the inputs of `randomized_pit` and `log_likelihood_z_test`."""
-    check_model(model)
+    check_gpt("model", model)
     check_token_ids("sequences", sequences, model)
     if sequences.device != (device := next(model.parameters()).device):
         raise ValueError(f"sequences is on {sequences.device} but the model on {device}")

@@ -27,17 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from lab.core.checks import check_float_dtype, check_int, check_tensor
-from lab.models.gpt import GPT, apply_rope, rope_cos_sin_at
+from lab.models.gpt import GPT, apply_rope, check_gpt, rope_cos_sin_at
 
 Attend = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 INDEX_DTYPES = (torch.int64, torch.int32)        # token ids and positions (checked by dtype only: no read-back)
-
-
-def check_model(model: GPT, name: str = "model") -> None:
-    """TypeError unless ``model`` (named ``name``) is a `lab.models.GPT` (the cached decoder walks its modules)."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"{name} must be a lab.models.GPT, got {type(model).__name__}; convert a transformers "
-                        "Llama model with lab.models.pretrained.from_llama(model)")
 
 
 def check_positions(positions: torch.Tensor, shape: tuple[int, ...] | None = None, name: str = "positions") -> None:
@@ -101,7 +94,7 @@ def forward_cached(model: GPT, idx: torch.Tensor, positions: torch.Tensor, atten
     The layer computation is `lab.models.gpt.Block`'s: pre-norm attention and SwiGLU MLP, rotary
     embeddings at each token's own position.
     """
-    check_model(model)
+    check_gpt("model", model)
     check_tensor("idx", idx, 2, INDEX_DTYPES)
     check_positions(positions, idx.shape)
     if not callable(attend):
@@ -137,7 +130,7 @@ class StaticKVCache:
 
     def __init__(self, model: GPT, batch: int, max_len: int, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
-        check_model(model)
+        check_gpt("model", model)
         check_int("batch", batch)
         check_int("max_len", max_len, 1, model.config.context_length)      # at most the context length
         param = next(model.parameters())

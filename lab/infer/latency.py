@@ -18,9 +18,9 @@ from lab.core.checks import check_int, check_number, check_tensor
 from lab.core.stats import paired_ratio, verdicts
 from lab.core.timing import time_interleaved, time_ms
 from lab.infer.generate import Decoder, check_seed, generate
-from lab.infer.kv_cache import check_model, check_token_ids
+from lab.infer.kv_cache import check_token_ids
 from lab.infer.speculative import speculative_generate
-from lab.models.gpt import GPT
+from lab.models.gpt import GPT, check_gpt
 
 
 @torch.no_grad()
@@ -34,7 +34,7 @@ def step_latencies(model: GPT, ids: torch.Tensor, prompt_len: int, kv_cache: boo
     Each step is timed by `time_ms` (median of ``repeats`` calls after a warm-up): one call rewinds the
     decoder to the step's start and feeds its chunk, the same keys and values rewritten, the same work.
     """
-    check_model(model)
+    check_gpt("model", model)
     check_token_ids("ids", ids, model)
     B, T = ids.shape
     check_int("prompt_len", prompt_len, 1, T - 1)
@@ -79,8 +79,8 @@ def speculative_costs(target: GPT, draft: GPT, ids: torch.Tensor, prompt_len: in
     `lab.infer.speculative.expected_speedup`. Returns {"target_step_ms", "draft_step_ms" (medians), "c",
     "r": {k: r_k}}.
     """
-    check_model(target, "target")
-    check_model(draft, "draft")
+    check_gpt("target", target)
+    check_gpt("draft", draft)
     ks = _draft_lengths(ks)
     check_token_ids("ids", ids, target)
     check_token_ids("ids", ids, draft)
@@ -128,8 +128,8 @@ def speculative_speedups(target: GPT, draft: GPT, prompts: torch.Tensor, new_tok
     Returns {name: {"ratio", "ci_low", "ci_high", "n", "p", "verdict", "plain_ms", "speculative_ms"}}
     (the two medians over the rounds).
     """
-    check_model(target, "target")
-    check_model(draft, "draft")
+    check_gpt("target", target)
+    check_gpt("draft", draft)
     check_int("new_tokens", new_tokens)
     _check_prompts(target, draft, prompts, new_tokens)
     _check_runs(runs)

@@ -29,9 +29,9 @@ import torch
 
 from lab.core.checks import check_float_dtype, check_int
 from lab.core.runtime import runs_triton
-from lab.infer.kv_cache import Attend, causal_mask, check_model, check_positions, unchecked_attention
+from lab.infer.kv_cache import Attend, causal_mask, check_positions, unchecked_attention
 from lab.kernels.paged_attention import paged_attention_decode, paged_attention_decode_v2
-from lab.models.gpt import GPT
+from lab.models.gpt import GPT, check_gpt
 
 BLOCK_SIZE = 16          # positions per block, the default of `PagedKVCache` and `lab.infer.serve`
 
@@ -121,7 +121,7 @@ class PagedKVCache:
 
     def __init__(self, model: GPT, num_blocks: int, block_size: int = BLOCK_SIZE, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:
-        check_model(model)
+        check_gpt("model", model)
         self.allocator = BlockAllocator(num_blocks, block_size)
         param = next(model.parameters())
         dtype = check_float_dtype("dtype", dtype) if dtype is not None else (

@@ -41,8 +41,7 @@ from torch import nn
 
 from lab.core.ceilings import device_ceilings
 from lab.core.checks import check_choice, check_int, check_number
-from lab.infer.kv_cache import check_model
-from lab.models.gpt import GPT
+from lab.models.gpt import GPT, check_gpt
 
 
 def _ceilings(bandwidth: float | None, peak_flops: float | None) -> tuple[float, float]:
@@ -60,7 +59,7 @@ def weight_bytes(model: GPT) -> int:
     """Bytes of weights a decode step reads: every parameter and buffer as stored (int4/int8 layers
     included), the tied embedding once (it is the LM head); an untied input embedding only gives one
     row per token, so it is left out. Works on a model on the ``meta`` device (sizes without storage)."""
-    check_model(model)
+    check_gpt("model", model)
     total = sum(t.nbytes for t in list(model.parameters()) + list(model.buffers()))   # each tensor once
     if model.embed_tokens.weight is not model.lm_head.weight:
         total -= model.embed_tokens.weight.nbytes
@@ -71,7 +70,7 @@ def decoder_linear_bytes_at(model: GPT, bits_per_weight: float) -> int:
     """`weight_bytes` if the decoder linears were stored at ``bits_per_weight`` bits per weight (the rest as
     it is): 16 for bf16, 8 + 32/C_in for int8 with fp32 row scales ≈ 8, 4 + 32/g for int4 with 16-bit scale and
     zero per group of g, 9 for 2:4 sparse bf16 (half the values + 4 bits of metadata per group of 4)."""
-    check_model(model)
+    check_gpt("model", model)
     check_number("bits_per_weight", bits_per_weight, low=0, closed=(False, True))
     linears = [m for name, m in model.named_modules() if name.startswith("layers.") and isinstance(m, nn.Linear)]
     stored = sum(m.weight.nbytes for m in linears)
@@ -90,7 +89,7 @@ def matmul_params(model: GPT) -> int:
 def kv_bytes_per_position(model: GPT, dtype_bytes: int) -> int:
     """2 · Σ_l H_kv,l · D · b_kv: the keys and values one position adds to the cache (``dtype_bytes`` = b_kv:
     2 for bf16, 1 for fp8/int8)."""
-    check_model(model)
+    check_gpt("model", model)
     check_number("dtype_bytes", dtype_bytes, low=0, closed=(False, True))
     return 2 * sum(block.attn.k_proj.out_features for block in model.layers) * dtype_bytes  # H_kv,l · D each
 
@@ -102,7 +101,7 @@ def decode_step_cost(model: GPT, batch: int, context: int, kv_cache: bool = True
     ``weights``: bytes of weights read per step (default `weight_bytes`(model); pass
     `decoder_linear_bytes_at` to price another storage format without building it).
     """
-    check_model(model)
+    check_gpt("model", model)
     check_int("batch", batch, minimum=None)
     check_int("context", context, minimum=None)
     if batch < 1 or context < 1:
@@ -174,7 +173,7 @@ def prefill_crossover_tokens(model: GPT, bandwidth: float | None = None, peak_fl
     roofline: FLOPs / peak ≥ bytes / bandwidth with `decode_step_cost`(model, batch, S, kv_cache=False)
     (weights read once, activations not counted). ``bandwidth``, ``peak_flops``: None takes `device_ceilings()`'s;
     ``weights``: bytes of weights (default `weight_bytes`). ValueError if no S ≤ the model's context is."""
-    check_model(model)
+    check_gpt("model", model)
     bandwidth, peak_flops = _ceilings(bandwidth, peak_flops)
     check_int("batch", batch)
 

@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 
 from lab.core.checks import check_choice, check_int, check_tensor
 from lab.infer.generate import check_seed
-from lab.infer.kv_cache import check_model, forward_cached
+from lab.infer.kv_cache import forward_cached
 from lab.infer.paged import BLOCK_SIZE, PagedKVCache
-from lab.models.gpt import GPT
+from lab.models.gpt import GPT, check_gpt
 
 POLICIES = ("static", "continuous")
 
@@ -203,7 +203,7 @@ def serve(model: GPT, requests: Sequence[Request], max_batch: int, policy: str =
     requests (continuous: into any free row; static: once the batch has drained), make room in the
     cache (preempting the newest rows), and run one batched decode step.
     """
-    check_model(model)
+    check_gpt("model", model)
     _check_policy(max_batch, policy)
     check_choice("progress", progress, (True, False))
     check_int("block_size", block_size)

@@ -33,9 +33,9 @@ import torch
 
 from lab.core.checks import check_fraction, check_int, check_number, check_tensor
 from lab.infer.generate import Decoder, check_flags, check_prompt, check_seed
-from lab.infer.kv_cache import INDEX_DTYPES, check_model
+from lab.infer.kv_cache import INDEX_DTYPES
 from lab.infer.sampling import check_distribution, check_generator, check_sampling, next_token_probs, sample_from
-from lab.models.gpt import GPT
+from lab.models.gpt import GPT, check_gpt
 
 
 def check_draft_length(k: int) -> None:
@@ -154,8 +154,8 @@ def speculative_generate(target: GPT, draft: GPT, prompt_ids: torch.Tensor, max_
     α high (exactness only needs the q it sampled from). Both models keep a static KV cache; after a
     rejection the caches are rewound to the committed tokens.
     """
-    check_model(target, "target")
-    check_model(draft, "draft")
+    check_gpt("target", target)
+    check_gpt("draft", draft)
     ids = check_prompt(target, prompt_ids, max_new_tokens)
     check_sampling(temperature, top_k, top_p)
     check_draft_length(k)

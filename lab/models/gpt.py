@@ -195,3 +195,12 @@ class GPT(nn.Module):
     def num_parameters(self) -> int:
         """Unique parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def check_gpt(name: str, value) -> GPT:
+    """``value`` (the argument ``name``) as a lab `GPT`: the one check of every function that reads its layers,
+    linears or config."""
+    if not isinstance(value, GPT):
+        raise TypeError(f"{name} must be a lab GPT (lab.models.GPT), got {type(value).__name__}; a transformers "
+                        "Llama converts with lab.models.from_llama")
+    return value

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import torch
 
 from lab.core.checks import check_choice, check_float_dtype, check_number, check_path
-from lab.models.gpt import GPT, GPTConfig
+from lab.models.gpt import GPT, GPTConfig, check_gpt
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 LM_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "pydoc-gpt"
@@ -83,8 +83,7 @@ def book_config(path: str | Path = LM_DIR) -> GPTConfig:
 
 def to_llama(model: GPT):
     """Copy a lab `GPT` into an equivalent `transformers.LlamaForCausalLM` (float32)."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     cfg = model.config
     widths = (cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim, cfg.d_ff)
     odd = [i for i, b in enumerate(model.layers)

@@ -39,7 +39,7 @@ import torch.distributed as dist
 from torch import nn
 
 from lab.core.checks import check_choice, check_float_dtype, check_group, check_int, check_number, check_tensor
-from lab.models.gpt import GPT, rope_cos_sin
+from lab.models.gpt import GPT, check_gpt, rope_cos_sin
 from lab.parallel import comm
 
 SCHEDULES = ("gpipe", "1f1b")
@@ -202,8 +202,7 @@ class GPTStage(nn.Module):
 
 def gpt_stage(model: GPT, group=None, layers_per_stage: list[int] | None = None) -> GPTStage:
     """This rank's stage of ``model`` (p = group size). A collective: every rank must call it."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     p, s = dist.get_world_size(check_group("group", group)), dist.get_rank(group)
     split = layer_split(model.config.n_layer, p, layers_per_stage)
     bounds = torch.tensor([0] + split).cumsum(0).tolist()

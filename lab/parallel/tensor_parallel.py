@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lab.core.checks import check_group, check_tensor
-from lab.models.gpt import GPT, Block
+from lab.models.gpt import GPT, Block, check_gpt
 from lab.parallel import comm
 
 
@@ -177,8 +177,7 @@ def tensor_parallel_block(block: Block, group=None) -> Block:
 
 def tensor_parallel_gpt(model: GPT, group=None) -> GPT:
     """A copy of ``model`` whose blocks are `tensor_parallel_block`s; embedding and head replicated."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     check_group("group", group)
     tp = copy.deepcopy(model)
     tp.layers = nn.ModuleList(tensor_parallel_block(b, group) for b in model.layers)

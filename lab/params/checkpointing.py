@@ -33,7 +33,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lab.core.checks import check_int
 from lab.core.timing import time_ms
-from lab.models.gpt import GPT, Block, rope_cos_sin
+from lab.models.gpt import GPT, Block, check_gpt, rope_cos_sin
 
 
 class _Recompute(torch.autograd.Function):
@@ -86,8 +86,7 @@ def checkpoint_layers(model: GPT, every: int | None) -> GPT:
     A block shared by several layers (`lab.params.sharing.share_layers`) must be chosen at all of
     them or at none (every=1 or None).
     """
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab.models.gpt.GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     if every is not None:
         check_int("every", every)
     picked = [every is not None and i % every == 0 for i in range(len(model.layers))]
@@ -105,8 +104,7 @@ def checkpoint_layers(model: GPT, every: int | None) -> GPT:
 
 def _check_step(model: GPT, batch: int, seq_len: int, every: int) -> torch.Tensor:
     """(batch, seq_len) int64 random token ids (seed 0) on the model's device, after checking the arguments."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab.models.gpt.GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     check_int("batch", batch)
     check_int("seq_len", seq_len, 1, model.config.context_length)
     check_int("every", every)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from lab.core.checks import check_choice, check_int
-from lab.models.gpt import GPT
+from lab.models.gpt import GPT, check_gpt
 from lab.params.adafactor import Adafactor
 from lab.params.adam8bit import Adam8bit
 from lab.params.counting import unique_parameters
@@ -83,8 +83,7 @@ def measure_training_memory_cpu(model: GPT, batch: int, seq_len: int, optimizer:
     optimizer's state tensors after ``optimizer.step()`` (0-dim step counters excluded).
     precision "fp32" or "bf16-mixed" (CPU autocast; weights and grads stay fp32 there).
     """
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     check_int("batch", batch)
     check_int("seq_len", seq_len, 1, model.config.context_length)
     check_choice("optimizer", optimizer, OPTIMIZERS)

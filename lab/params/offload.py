@@ -42,7 +42,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lab.core.checks import check_choice, check_device, check_tensor
-from lab.models.gpt import GPT, rope_cos_sin
+from lab.models.gpt import GPT, check_gpt, rope_cos_sin
 
 MODES = ("resident", "naive", "prefetch")
 
@@ -100,8 +100,7 @@ class OffloadedGPT:
     """
 
     def __init__(self, model: GPT, device: str | torch.device = "cpu") -> None:
-        if not isinstance(model, GPT):
-            raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+        check_gpt("model", model)
         self.device = check_device("device", device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"device={str(device)!r} is not allowed; use 'cpu' or 'cuda'")

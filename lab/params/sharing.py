@@ -20,20 +20,14 @@ import torch
 from torch import nn
 
 from lab.core.checks import check_choice, check_int, check_list, check_number, check_tensor
-from lab.models.gpt import GPT, GPTConfig
+from lab.models.gpt import GPT, GPTConfig, check_gpt
 from lab.params.counting import count_parameters
 from lab.perplexity import EvalSample
 
 
-def _check_model(model) -> GPT:
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab.models.gpt.GPT, got {type(model).__name__}")
-    return model
-
-
 def tie_weights(model: GPT) -> GPT:
     """Make the output head use the embedding matrix (one tensor, two uses); returns ``model``."""
-    _check_model(model)
+    check_gpt("model", model)
     model.lm_head.weight = model.embed_tokens.weight
     model.config.tie_embeddings = True
     return model
@@ -41,7 +35,7 @@ def tie_weights(model: GPT) -> GPT:
 
 def untie_weights(model: GPT) -> GPT:
     """Give the output head its own copy of the (possibly tied) embedding matrix; returns ``model``."""
-    _check_model(model)
+    check_gpt("model", model)
     model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone())
     model.config.tie_embeddings = False
     return model
@@ -58,7 +52,7 @@ def share_layers(model: GPT, n_groups: int = 1) -> GPT:
     ``n_groups=1`` shares one block across all L layers. The unused blocks are dropped, so the
     model's `parameters()` and `count_parameters` count G blocks; returns ``model``.
     """
-    L = len(_check_model(model).layers)
+    L = len(check_gpt("model", model).layers)
     _check_groups(L, n_groups)
     size = L // n_groups
     model.layers = nn.ModuleList(model.layers[(l // size) * size] for l in range(L))

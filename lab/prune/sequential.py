@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from lab.core.checks import check_choice, check_int, check_matrix, check_number
 from lab.layerwise import LINEARS, InputStats, check_calib_tokens, check_layers, for_each_layer, relative_output_error
-from lab.models.gpt import GPT
+from lab.models.gpt import check_gpt
 from lab.prune.masks import check_nm_sparsity, magnitude_mask, nm_mask, wanda_mask
 from lab.prune.obs import layer_hessian, reconstruction_error
 from lab.prune.sparsegpt import sparsegpt_prune
@@ -60,17 +60,10 @@ def layer_errors(W: torch.Tensor, X: torch.Tensor, sparsity: float, n: int | Non
     return {method: reconstruction_error(W, W_hat, X) / base for method, W_hat in hats.items()}
 
 
-def check_gpt(model: nn.Module) -> GPT:
-    """``model`` is a lab `GPT` (the decoder layers, linears and config these functions read)."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab GPT (lab.models.GPT), got {type(model).__name__}")
-    return model
-
-
 def _check_args(model: nn.Module, method: str, sparsity: float, calib_tokens: torch.Tensor | None,
                 n: int | None = None, m: int | None = None, blocksize: int = 128, percdamp: float = 0.01,
                 layers: Sequence[int] | None = None, batch_size: int = 8) -> None:
-    check_gpt(model)
+    check_gpt("model", model)
     check_choice("method", method, METHODS)
     check_int("blocksize", blocksize)
     check_number("percdamp", percdamp, low=0)
@@ -134,7 +127,7 @@ def prune_model(model: nn.Module, method: str, sparsity: float, calib_tokens: to
 
 def sparsity_of(model: nn.Module) -> float:
     """Fraction of exactly-zero weights over all decoder-layer linears of a lab `GPT`."""
-    check_gpt(model)
+    check_gpt("model", model)
     zeros = total = 0
     for block in model.layers:
         for name in LINEARS:

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from lab.core.checks import check_fraction, check_int, check_number
 from lab.core.stats import verdict
 from lab.layerwise import check_calib_tokens
-from lab.prune.sequential import check_gpt
+from lab.models.gpt import check_gpt
 
 
 def _sizes(attn: nn.Module) -> tuple[int, int, int]:
@@ -123,7 +123,7 @@ def structured_prune(model: nn.Module, heads: dict[int, list[int]] | None = None
     anything changes. Returns {"params_before", "params_after", "params_removed",
     "layers": [{"n_head", "n_kv_head", "d_ff"} per layer]}.
     """
-    n_layer = len(check_gpt(model).layers)
+    n_layer = len(check_gpt("model", model).layers)
     heads = _check_layers("heads", heads, n_layer)
     mlp_channels = _check_layers("mlp_channels", mlp_channels, n_layer)
     heads = {i: _check_indices("heads", i, v, _sizes(model.layers[i].attn)[0]) for i, v in heads.items()}
@@ -152,7 +152,7 @@ def _contribution_norms(model: nn.Module, calib_tokens: torch.Tensor, batch_size
     W_down. The head norm² is tr(W_o,h G_h W_o,hᵀ) with G_h = Y_hᵀ Y_h; the channel norm is
     ‖a_c‖₂·‖w_down,c‖₂ (a rank-one product).
     """
-    check_calib_tokens(check_gpt(model), calib_tokens)
+    check_calib_tokens(check_gpt("model", model), calib_tokens)
     check_int("batch_size", batch_size)
     head_gram: list = [None] * len(model.layers)
     chan_sq: list = [None] * len(model.layers)
@@ -238,7 +238,7 @@ def forward_flops(model: nn.Module, seq_len: int) -> int:
     SiLU, softmax) and the embedding lookup are left out: O(T·C) against O(T·C²). If time were
     proportional to F, removing units could speed the forward up by F_dense / F_pruned at most.
     """
-    check_gpt(model)
+    check_gpt("model", model)
     check_int("seq_len", seq_len, 1)
     flops = 2 * seq_len * model.lm_head.weight.numel()
     for block in model.layers:

@@ -31,7 +31,7 @@ from lab.formats.int4 import dequantize_int4
 from lab.kernels.int4 import X_DTYPES, int4_weight_only_matmul
 from lab.kernels.int8 import OUT_DTYPES, int8_matmul
 from lab.layerwise import LINEARS
-from lab.models.gpt import GPT, GPTConfig
+from lab.models.gpt import GPT, GPTConfig, check_gpt
 from lab.prune.semi_structured import Sparse24Linear
 from lab.quant.affine import QuantizedTensor, _quantize_with, check_bits, grid, range_qparams, rtn_quantize
 from lab.quant.observers import MinMaxObserver
@@ -147,8 +147,7 @@ class Sparse24Int4Linear(Sparse24Linear):
 
 def decoder_linear_names(model: nn.Module) -> list[str]:
     """The decoder linears of a lab `GPT`: "layers.{i}.{name}" for name in `lab.layerwise.LINEARS`."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     return [f"layers.{i}.{name}" for i in range(len(model.layers)) for name in LINEARS]
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from lab.core.checks import check_choice, check_divisor, check_int, check_number
 from lab.layerwise import INPUT_GROUPS, LINEARS, InputStats, check_calib_tokens, for_each_layer, relative_output_error
-from lab.models.gpt import GPT
+from lab.models.gpt import check_gpt
 from lab.quant.affine import QuantizedTensor, check_bits, dequantize, rtn_quantize, split_rows
 from lab.quant.gptq import gptq_quantize
 from lab.quant.scaling import SCALE_GROUPS, awq_scale_search, fold_scales
@@ -35,8 +35,7 @@ METHODS = ("rtn", "gptq", "awq")
 
 def _check_args(model: nn.Module, method: str, bits: int, group_size: int | None,
                 calib_tokens: torch.Tensor | None) -> None:
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     check_choice("method", method, METHODS)
     check_bits(bits)
     if group_size is not None:  # it must divide every input width, i.e. their gcd

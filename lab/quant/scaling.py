@@ -35,7 +35,7 @@ from torch import nn
 
 from lab.core.checks import check_float_tensor, check_fraction, check_int, check_matrix
 from lab.layerwise import InputStats, output_error
-from lab.models.gpt import GPT
+from lab.models.gpt import check_gpt
 from lab.quant.linear import check_linear_names, decoder_linear_names, observe_linear_inputs
 from lab.quant.observers import ChannelAbsMaxObserver
 
@@ -124,8 +124,7 @@ def smoothquant(model: nn.Module, act_stats: dict[str, torch.Tensor], alpha: flo
     ``act_stats``: `activation_abs_max` of the model; α ∈ [0, 1]. Returns the factors s per group,
     keyed "layers.i.attn_norm" / "layers.i.mlp_norm".
     """
-    if not isinstance(model, GPT):
-        raise TypeError(f"model must be a lab GPT, got {type(model).__name__}")
+    check_gpt("model", model)
     check_fraction("alpha", alpha)
     _check_act_stats(act_stats, [f"layers.{i}.{linears[0]}" for i in range(len(model.layers))
                                  for _, linears in SMOOTHQUANT_GROUPS])

@@ -14,7 +14,7 @@ from lab.capstone import (Route, Settings, build, constraint_table, decode_ms_pe
 from lab.capstone.routes import ROUTES
 from lab.perplexity import EvalSample
 from lab.quant.affine import rtn_quantize
-from tests.bad_input import Bad
+from tests.bad_input import NOT_GPT, Bad
 from tests.tiny_models import tiny_gpt
 
 SAMPLE = EvalSample((torch.arange(10),), (2,), torch.arange(2, 10), torch.zeros(8, dtype=torch.int64))
@@ -55,7 +55,7 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: decode_ms_per_token(model(), torch.zeros(1, 2), 3, "cpu", 1), TypeError,
             r"prompt must have a dtype in"),
         Bad(lambda: decode_ms_per_token("gpt", torch.zeros(1, 2, dtype=torch.int64), 3, "cpu", 1), TypeError,
-            r"model must be a lab GPT, got str"),
+            rf"model {NOT_GPT}, got str"),
     ],
     "kept_weights": [
         Bad(lambda: kept_weights(model(), codes("layers.0.mlp.up")), ValueError,
@@ -63,7 +63,7 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: kept_weights(model(), list(codes())), TypeError, r"codes must be a dict, got list"),
     ],
     "leaderboard": [
-        Bad(lambda: leaderboard("gpt", SAMPLE, TRAIN, SMALL), TypeError, r"dense must be a lab GPT, got str"),
+        Bad(lambda: leaderboard("gpt", SAMPLE, TRAIN, SMALL), TypeError, rf"dense {NOT_GPT}, got str"),
         Bad(lambda: leaderboard(model(), SAMPLE.tokens, TRAIN, SMALL), TypeError, r"sample must be a lab\.perplexity"),
         Bad(lambda: leaderboard(model(), LONG, TRAIN, SMALL), ValueError,
             r"sample has windows of 40 tokens, more than dense\.config\.context_length=16"),

@@ -18,7 +18,7 @@ from lab.infer import (SpeculativeResult, attainable_flops, decoder_linear_bytes
                        prefill_crossover_tokens, randomized_pit, sample_lookup_drafts, speculative_costs,
                        speculative_speedups, step_latencies, synthetic_trace, teacher_forced)
 from lab.perplexity import EvalSample
-from tests.bad_input import Bad
+from tests.bad_input import NOT_GPT, Bad
 from tests.tiny_models import tiny_gpt
 
 gpt = functools.cache(tiny_gpt)
@@ -69,7 +69,7 @@ ANALYSIS = {
         Bad(lambda: load_draft(__file__), ValueError, r"path=.*bad_analysis\.py' is an existing file"),
     ],
     "teacher_forced": [
-        Bad(forced(target=lambda: nn.Linear(2, 2)), TypeError, r"target must be a lab\.models\.GPT, got Linear"),
+        Bad(forced(target=lambda: nn.Linear(2, 2)), TypeError, rf"target {NOT_GPT}, got Linear"),
         Bad(forced(draft=lambda: tiny_gpt(vocab_size=50)), ValueError, r"draft vocab_size=50 and target vocab_size=61"),
         Bad(forced(sample=[WINDOW]), TypeError, r"sample must be a lab\.perplexity\.EvalSample .* got list"),
         Bad(forced(sample=EvalSample((torch.arange(20),), (2,), torch.arange(2, 20), torch.zeros(18).long())),
@@ -84,7 +84,7 @@ ANALYSIS = {
         Bad(forced(drafts={"n1": torch.full((6,), 61)}), ValueError, r"drafts\['n1'\] must be token ids in \[0, 61\)"),
     ],
     "generated_token_probs": [
-        Bad(gtp(model=lambda: nn.Linear(2, 2)), TypeError, r"model must be a lab\.models\.GPT, got Linear"),
+        Bad(gtp(model=lambda: nn.Linear(2, 2)), TypeError, rf"model {NOT_GPT}, got Linear"),
         Bad(gtp(sequences=IDS[0]), ValueError, r"sequences must have 2 dimensions, got shape \(8,\)"),
         Bad(gtp(sequences=IDS.tolist()), TypeError, r"sequences must be a torch\.Tensor, got list"),
         Bad(gtp(sequences=IDS + 60), ValueError, r"sequences must be token ids in \[0, vocab_size=61\)"),
@@ -122,7 +122,7 @@ ANALYSIS = {
         Bad(lambda: log_likelihood_z_test(PROBS[0], TOKENS), ValueError, r"probs must have 2 dimensions"),
     ],
     "step_latencies": [
-        Bad(latencies(model=lambda: None), TypeError, r"model must be a lab\.models\.GPT, got NoneType"),
+        Bad(latencies(model=lambda: None), TypeError, rf"model {NOT_GPT}, got NoneType"),
         Bad(latencies(ids=IDS[0]), ValueError, r"ids must have 2 dimensions, got shape \(8,\)"),
         Bad(latencies(ids=IDS.float()), TypeError, r"ids must have a dtype in"),
         Bad(latencies(ids=IDS + 60), ValueError, r"ids must be token ids in \[0, vocab_size=61\)"),
@@ -134,7 +134,7 @@ ANALYSIS = {
         Bad(latencies(repeats=0), ValueError, r"repeats=0 is out of range"),
     ],
     "speculative_costs": [
-        Bad(costs(target=lambda: None), TypeError, r"target must be a lab\.models\.GPT, got NoneType"),
+        Bad(costs(target=lambda: None), TypeError, rf"target {NOT_GPT}, got NoneType"),
         Bad(costs(ks=2), TypeError, r"ks must be a list of draft lengths .*got 2 \(int\)"),
         Bad(costs(ks="12"), TypeError, r"ks must be a list of draft lengths"),
         Bad(costs(ks=[True]), TypeError, r"ks\[0\] must be an int, got True"),
@@ -146,7 +146,7 @@ ANALYSIS = {
         Bad(costs(rounds=1), ValueError, r"rounds=1 is out of range; allowed: \[2, inf\)"),
     ],
     "speculative_speedups": [
-        Bad(speedups(target=lambda: None), TypeError, r"target must be a lab\.models\.GPT, got NoneType"),
+        Bad(speedups(target=lambda: None), TypeError, rf"target {NOT_GPT}, got NoneType"),
         Bad(speedups(prompts=IDS.tolist()), TypeError, r"prompts must be a torch\.Tensor, got list"),
         Bad(speedups(prompts=IDS.int()), TypeError, r"prompts must have a dtype in \(torch\.int64,\)"),
         Bad(speedups(prompts=IDS[0]), ValueError, r"prompts must be \(P, T0\) token ids"),
@@ -176,13 +176,13 @@ ANALYSIS = {
         Bad(lambda: attainable_flops(10.0, bandwidth=0), ValueError, r"bandwidth=0 is out of range"),
     ],
     "decoder_linear_bytes_at": [
-        Bad(lambda: decoder_linear_bytes_at(None, 4), TypeError, r"model must be a lab\.models\.GPT, got NoneType"),
+        Bad(lambda: decoder_linear_bytes_at(None, 4), TypeError, rf"model {NOT_GPT}, got NoneType"),
         Bad(lambda: decoder_linear_bytes_at(gpt(), -4), ValueError, r"bits_per_weight=-4 is out of range"),   # < 0
         Bad(lambda: decoder_linear_bytes_at(gpt(), "4"), TypeError, r"bits_per_weight must be a real number"),
         Bad(lambda: decoder_linear_bytes_at(gpt(), True), TypeError, r"bits_per_weight must be a real number"),
     ],
     "kv_bytes_per_position": [
-        Bad(lambda: kv_bytes_per_position(None, 2), TypeError, r"model must be a lab\.models\.GPT, got NoneType"),
+        Bad(lambda: kv_bytes_per_position(None, 2), TypeError, rf"model {NOT_GPT}, got NoneType"),
         Bad(lambda: kv_bytes_per_position(gpt(), 0), ValueError, r"dtype_bytes=0 is out of range"),           # was 0
         Bad(lambda: kv_bytes_per_position(gpt(), torch.bfloat16), TypeError,
             r"dtype_bytes must be a real number, got torch\.bfloat16"),
@@ -195,7 +195,7 @@ ANALYSIS = {
         Bad(lambda: matmul_cost(1, 8, 8, act_bytes=True), TypeError, r"act_bytes must be a real number, got True"),
     ],
     "prefill_crossover_tokens": [
-        Bad(lambda: prefill_crossover_tokens(None, 1e12, 1e15), TypeError, r"model must be a lab\.models\.GPT"),
+        Bad(lambda: prefill_crossover_tokens(None, 1e12, 1e15), TypeError, rf"model {NOT_GPT}"),
         Bad(lambda: prefill_crossover_tokens(gpt(), -1.0, 1e15), ValueError, r"bandwidth=-1\.0 is out of range"),
         Bad(lambda: prefill_crossover_tokens(gpt(), 1e12, 1e15, batch=0), ValueError, r"batch=0 is out of range"),
         Bad(lambda: prefill_crossover_tokens(gpt(), 1e12, 1e15, weights="1"), TypeError,

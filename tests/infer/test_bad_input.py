@@ -17,7 +17,7 @@ from lab.infer import (BlockAllocator, Decoder, GraphedDecodeStep, PagedKVCache,
                        decode_step_cost, expected_speedup, expected_tokens_per_step, filter_logits, forward_cached,
                        generate, masked_attention, next_token_probs, sample, serve, speculative_accept,
                        speculative_generate, speed_of_light_ms, weight_bytes)
-from tests.bad_input import Bad, merged
+from tests.bad_input import NOT_GPT, Bad, merged
 from tests.infer.bad_analysis import ANALYSIS
 from tests.tiny_models import tiny_gpt
 
@@ -107,7 +107,7 @@ def spec(draft=None, prompt=IDS[0], **kwargs):
 
 CASES = merged({
     "GraphedDecodeStep": [
-        Bad(lambda: GraphedDecodeStep(None, StaticKVCache(gpt(), 1, 8)), TypeError, r"model must be a lab\.models"),
+        Bad(lambda: GraphedDecodeStep(None, StaticKVCache(gpt(), 1, 8)), TypeError, rf"model {NOT_GPT}"),
         Bad(lambda: GraphedDecodeStep(gpt(), None), TypeError, r"cache must be a lab\.infer\.StaticKVCache"),
         Bad(lambda: GraphedDecodeStep(gpt(), StaticKVCache(gpt(), 1, 8), warmup=0), ValueError, r"warmup=0"),
         Bad(lambda: GraphedDecodeStep(gpt(), StaticKVCache(gpt(), 1, 8), warmup=True), TypeError,
@@ -116,7 +116,7 @@ CASES = merged({
             r"cache holds 1 layers, the model has 2"),
     ],
     "Decoder": [
-        Bad(decoder(model="gpt"), TypeError, r"model must be a lab\.models\.GPT, got str"),
+        Bad(decoder(model="gpt"), TypeError, rf"model {NOT_GPT}, got str"),
         Bad(decoder(batch=0, kv_cache=False), ValueError, r"batch=0 is out of range"),
         Bad(decoder(batch=True), TypeError, r"batch must be an int, got True"),
         Bad(decoder(max_len=17), ValueError, r"max_len=17 is out of range; allowed: \[1, 16\]"),
@@ -144,7 +144,7 @@ CASES = merged({
         Bad(gen(eos_token_id=61), ValueError, r"eos_token_id=61 is out of range"),
     ],
     "StaticKVCache": [
-        Bad(static(model=None), TypeError, r"model must be a lab\.models\.GPT"),
+        Bad(static(model=None), TypeError, rf"model {NOT_GPT}"),
         Bad(static(dtype=torch.int16), ValueError, r"dtype=torch\.int16 is not allowed"),   # would truncate k, v
         Bad(static(dtype="float16"), TypeError, r"dtype must be a torch dtype"),
         Bad(static(batch=True), TypeError, r"batch must be an int, got True"),
@@ -157,7 +157,7 @@ CASES = merged({
         Bad(lambda: StaticKVCache(gpt(), 1, 8).attention(POS, n_keys=9), ValueError, r"n_keys=9 is out of range"),
     ],
     "forward_cached": [
-        Bad(cached(model=nn.Linear(2, 2)), TypeError, r"model must be a lab\.models\.GPT, got Linear"),
+        Bad(cached(model=nn.Linear(2, 2)), TypeError, rf"model {NOT_GPT}, got Linear"),
         Bad(cached(idx=IDS[0]), ValueError, r"idx must have 2 dimensions"),
         Bad(cached(idx=IDS.float()), TypeError, r"idx must have a dtype in"),
         Bad(cached(positions=POS[:, :3]), ValueError, r"positions must have shape \(1, 4\), got \(1, 3\)"),
@@ -188,7 +188,7 @@ CASES = merged({
         Bad(allocator(lambda a: (a.release("a"), a.release("a"))), ValueError, r"seq_id='a' holds no blocks"),
     ],
     "PagedKVCache": [
-        Bad(paged(model=None), TypeError, r"model must be a lab\.models\.GPT"),
+        Bad(paged(model=None), TypeError, rf"model {NOT_GPT}"),
         Bad(paged(dtype=torch.int16), ValueError, r"dtype=torch\.int16 is not allowed"),
         Bad(paged(num_blocks=0), ValueError, r"num_blocks=0 is out of range"),
         Bad(paged(block_size=True), TypeError, r"block_size must be an int, got True"),
@@ -200,7 +200,7 @@ CASES = merged({
         Bad(paged(positions=POS[0]), ValueError, r"positions must have 2 dimensions"),
     ],
     "decode_step_cost": [
-        Bad(cost(model=None), TypeError, r"model must be a lab\.models\.GPT"),
+        Bad(cost(model=None), TypeError, rf"model {NOT_GPT}"),
         Bad(cost(batch=2.5), TypeError, r"batch must be an int, got 2\.5"),
         Bad(cost(batch=True), TypeError, r"batch must be an int, got True"),
         Bad(cost(batch=0), ValueError, r"batch=0"),
@@ -218,8 +218,8 @@ CASES = merged({
         Bad(lambda: speed_of_light_ms(COST, peak_flops="1e15"), TypeError, r"peak_flops must be a real number"),
     ],
     "weight_bytes": [
-        Bad(lambda: weight_bytes(None), TypeError, r"model must be a lab\.models\.GPT, got NoneType"),
-        Bad(lambda: weight_bytes(nn.Linear(2, 2)), TypeError, r"model must be a lab\.models\.GPT, got Linear"),
+        Bad(lambda: weight_bytes(None), TypeError, rf"model {NOT_GPT}, got NoneType"),
+        Bad(lambda: weight_bytes(nn.Linear(2, 2)), TypeError, rf"model {NOT_GPT}, got Linear"),
     ],
     "filter_logits": [
         Bad(lambda: filter_logits(Z, top_k=0), ValueError, r"top_k=0 is out of range"),
@@ -250,7 +250,7 @@ CASES = merged({
         Bad(lambda: Request(0, IDS[0], 0), ValueError, r"max_new_tokens=0 is out of range"),
     ],
     "serve": [
-        Bad(served(model=None), TypeError, r"model must be a lab\.models\.GPT"),
+        Bad(served(model=None), TypeError, rf"model {NOT_GPT}"),
         Bad(served(requests=(r for r in [request()])), TypeError, r"requests must be a list .* got generator"),
         Bad(lambda: serve(gpt(), request(), 2), TypeError, r"requests must be a list .* got Request"),
         Bad(served(requests="abc"), TypeError, r"requests must be a list .* got str"),
@@ -286,8 +286,8 @@ CASES = merged({
         Bad(accept(generator="seed"), TypeError, r"generator must be a torch\.Generator or None, got str"),
     ],
     "speculative_generate": [
-        Bad(spec(draft=nn.Linear(2, 2)), TypeError, r"draft must be a lab\.models\.GPT, got Linear"),
-        Bad(lambda: speculative_generate(None, gpt(), IDS[0], 3), TypeError, r"target must be a lab\.models\.GPT"),
+        Bad(spec(draft=nn.Linear(2, 2)), TypeError, rf"draft {NOT_GPT}, got Linear"),
+        Bad(lambda: speculative_generate(None, gpt(), IDS[0], 3), TypeError, rf"target {NOT_GPT}"),
         Bad(spec(draft=tiny_gpt(vocab_size=50)), ValueError, r"draft vocab_size=50 and target vocab_size=61"),
         Bad(spec(prompt=IDS.expand(2, 4)), ValueError, r"prompt_ids must be one sequence .*, got a batch of 2"),
         Bad(spec(k=0), ValueError, r"k=0 is out of range"),

@@ -13,7 +13,7 @@ from lab.models import (GPT, GPTConfig, from_llama, lm_batch_loss, load_pretrain
                         to_llama, train_lm, training_figures, training_record)
 from lab.models.pretrained import LM_DIR
 from lab.prune import structured_prune
-from tests.bad_input import Bad, T, V
+from tests.bad_input import NOT_GPT, Bad, T, V
 from tests.tiny_models import tiny_config, tiny_gpt
 
 TOKENS = torch.arange(200) % 61
@@ -136,7 +136,7 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: load_tokenizer(__file__), ValueError, r"path=.*test_bad_input\.py' is an existing file"),
     ],
     "to_llama": [
-        Bad(lambda: to_llama(torch.nn.Linear(2, 2)), TypeError, r"model must be a lab GPT, got Linear"),
+        Bad(lambda: to_llama(torch.nn.Linear(2, 2)), TypeError, rf"model {NOT_GPT}, got Linear"),
         Bad(lambda: to_llama(_pruned()), ValueError, r"model has layers \[0\] narrower than its config gives"),
     ],
     "from_llama": [

@@ -14,7 +14,7 @@ from lab.params import (activation_bytes, adafactor_state_bytes, add_lora, block
                         optimizer_state_tensors, plot_format_ranges, plot_parameter_breakdown, plot_rounding,
                         recompute_time_ratio, round_to, share_layers, spacing, state_bytes, storage_bytes,
                         underflow_fraction, unique_parameters, untied_state_dict)
-from tests.bad_input import Bad
+from tests.bad_input import NOT_GPT, Bad
 from tests.tiny_models import tiny_config, tiny_gpt
 
 CFG = tiny_config()   # 2 layers, d_model 32, context 16, vocab 61
@@ -83,7 +83,7 @@ NOTEBOOK: dict[str, list[Bad]] = {
         T(lambda: cache_nbytes([torch.ones(2), torch.ones(2)]), r"cache layer 0 must be a \(key, value\) pair"),
     ],
     "checkpoint_gradient_error": [
-        T(lambda: checkpoint_gradient_error(nn.Linear(2, 2), 1, 1, 4), r"model must be a lab\.models\.gpt\.GPT"),
+        T(lambda: checkpoint_gradient_error(nn.Linear(2, 2), 1, 1, 4), rf"model {NOT_GPT}"),
         V(lambda: checkpoint_gradient_error(tiny_gpt(), 0, 1, 4), r"every=0 is out of range"),
         V(lambda: checkpoint_gradient_error(tiny_gpt(), 1, 1, 17), r"seq_len=17 is out of range; allowed: \[1, 16\]"),
         V(lambda: checkpoint_gradient_error(share_layers(tiny_gpt(), 1), 2, 1, 4), r"every=2 is not allowed"),
@@ -153,7 +153,7 @@ NOTEBOOK: dict[str, list[Bad]] = {
         V(lambda: max_param_diff_vs_transformers(tiny_gpt(), BATCHES, lr=1e-3), r"lr=0\.001 is not allowed"),
     ],
     "measure_training_memory_cpu": [
-        T(lambda: measure_training_memory_cpu(nn.Linear(2, 2), 1, 4), r"model must be a lab GPT, got Linear"),
+        T(lambda: measure_training_memory_cpu(nn.Linear(2, 2), 1, 4), rf"model {NOT_GPT}, got Linear"),
         V(lambda: measure_training_memory_cpu(tiny_gpt(), 1, 17), r"seq_len=17 is out of range; allowed: \[1, 16\]"),
         V(lambda: measure_training_memory_cpu(tiny_gpt(), 1, 4, "lion"), r"optimizer='lion' is not allowed"),
         V(lambda: measure_training_memory_cpu(tiny_gpt(), 1, 4, precision="bf16"), r"precision='bf16' is not"),
@@ -194,7 +194,7 @@ NOTEBOOK: dict[str, list[Bad]] = {
         T(lambda: plot_rounding(ax=3), r"ax must be a matplotlib Axes or None, got int"),
     ],
     "recompute_time_ratio": [
-        T(lambda: recompute_time_ratio(nn.Linear(2, 2), 1, 4, 1), r"model must be a lab\.models\.gpt\.GPT"),
+        T(lambda: recompute_time_ratio(nn.Linear(2, 2), 1, 4, 1), rf"model {NOT_GPT}"),
         V(lambda: recompute_time_ratio(tiny_gpt(), 1, 4, 1, repeats=0), r"repeats=0 is out of range"),
         T(lambda: recompute_time_ratio(tiny_gpt(), 1, 4, None), r"every must be an int, got None"),
         V(lambda: recompute_time_ratio(tiny_gpt(), 0, 4, 1), r"batch=0 is out of range"),

@@ -15,7 +15,7 @@ from lab.params import (Adafactor, Adam8bit, DynamicLossScaler, LoRALinear, Offl
                         lora_memory, measure_load_peak_rss, merge_lora, model_bytes, parameter_table, save_safetensors,
                         save_sharded, share_layers, tie_weights, training_memory, untie_weights)
 from lab.params.lazy import untied_state_dict
-from tests.bad_input import Bad, merged
+from tests.bad_input import NOT_GPT, Bad, merged
 from tests.params.bad_notebook import NOTEBOOK
 from tests.tiny_models import tiny_config, tiny_gpt
 
@@ -110,7 +110,7 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
         Bad(lambda: LoRALinear(nn.Linear(4, 4), 2, 4.0)([1.0] * 4), TypeError, r"x must be a torch\.Tensor"),
     ],
     "OffloadedGPT": [
-        Bad(lambda: OffloadedGPT(nn.Linear(2, 2)), TypeError, r"model must be a lab GPT, got Linear"),
+        Bad(lambda: OffloadedGPT(nn.Linear(2, 2)), TypeError, rf"model {NOT_GPT}, got Linear"),
         Bad(lambda: OffloadedGPT(tiny_gpt(), None), TypeError, r"device must be a torch\.device or a str"),
         Bad(lambda: OffloadedGPT(tiny_gpt(), "gpu"), ValueError, r"device='gpu' is not a device"),
         Bad(lambda: OffloadedGPT(tiny_gpt(), "mps"), ValueError, r"device='mps' is not allowed"),
@@ -140,7 +140,7 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
         Bad(lambda: build_on_meta({"d_model": 8}), TypeError, r"config must be a .*GPTConfig, got dict"),
     ],
     "checkpoint_layers": [
-        Bad(lambda: checkpoint_layers(nn.Linear(2, 2), 1), TypeError, r"model must be a lab\.models\.gpt\.GPT"),
+        Bad(lambda: checkpoint_layers(nn.Linear(2, 2), 1), TypeError, rf"model {NOT_GPT}"),
         Bad(lambda: checkpoint_layers(tiny_gpt(), 0), ValueError, r"every=0 is out of range"),
         Bad(lambda: checkpoint_layers(tiny_gpt(), True), TypeError, r"every must be an int, got True"),
         Bad(lambda: checkpoint_layers(tiny_gpt(), 1.0), TypeError, r"every must be an int, got 1\.0"),
@@ -266,14 +266,14 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
             r"state_dict: tensors 'col' and 'last' share memory"),
     ],
     "share_layers": [
-        Bad(lambda: share_layers("model"), TypeError, r"model must be a lab\.models\.gpt\.GPT, got str"),
+        Bad(lambda: share_layers("model"), TypeError, rf"model {NOT_GPT}, got str"),
         Bad(lambda: share_layers(tiny_gpt(), 3), ValueError, r"n_groups=3 must be a positive int dividing n_layer=2"),
         Bad(lambda: share_layers(tiny_gpt(), 0), ValueError, r"n_groups=0 is out of range"),
         Bad(lambda: share_layers(tiny_gpt(), True), TypeError, r"n_groups must be an int, got True"),
         Bad(lambda: share_layers(tiny_gpt(), 1.0), TypeError, r"n_groups must be an int, got 1\.0"),
     ],
     "tie_weights": [
-        Bad(lambda: tie_weights(nn.Linear(2, 2)), TypeError, r"model must be a lab\.models\.gpt\.GPT, got Linear"),
+        Bad(lambda: tie_weights(nn.Linear(2, 2)), TypeError, rf"model {NOT_GPT}, got Linear"),
     ],
     "training_memory": [
         Bad(lambda: training_memory(-1), ValueError, r"n_params=-1 is out of range"),
@@ -295,7 +295,7 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
         Bad(lambda: training_memory(7, "adafactor", shapes=[(2, 3)]), ValueError, r"shapes hold 6 .* n_params=7"),
     ],
     "untie_weights": [
-        Bad(lambda: untie_weights("model"), TypeError, r"model must be a lab\.models\.gpt\.GPT, got str"),
+        Bad(lambda: untie_weights("model"), TypeError, rf"model {NOT_GPT}, got str"),
     ],
 })
 

@@ -16,7 +16,7 @@ from lab.quant import (ChannelAbsMaxObserver, Int4Linear, MinMaxObserver, MSEObs
                        pack_int4_v2, pack_quantized_weight, prepare_qat, qparams, quantize, quantize_model,
                        quantize_with, rtn_quantize, rtn_quantize_model, smoothing_factors, smoothquant, unpack_int4,
                        unpack_int4_v2, w8a8_quantize_model)
-from tests.bad_input import Bad, T, V
+from tests.bad_input import NOT_GPT, Bad, T, V
 from tests.tiny_models import tiny_gpt
 
 W = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
@@ -105,7 +105,7 @@ CASES: dict[str, list[Bad]] = {
         V(lambda: quantize_with(W, 0.1, 0, 0, 2 ** 16 - 1), r"qmin=0, qmax=65535 do not fit the int16"),
     ],
     "prepare_qat": [
-        T(lambda: prepare_qat(nn.Linear(2, 2), 4), r"model must be a lab GPT, got Linear"),
+        T(lambda: prepare_qat(nn.Linear(2, 2), 4), rf"model {NOT_GPT}, got Linear"),
         V(lambda: prepare_qat(tiny_gpt(), 1), r"bits=1 is out of range; allowed: \[2, 8\]"),
         V(lambda: prepare_qat(tiny_gpt(), 4, 0), r"group_size=0 is out of range"),
         T(lambda: prepare_qat(tiny_gpt(), 4, 8.0), r"group_size must be an int, got 8\.0"),
@@ -115,7 +115,7 @@ CASES: dict[str, list[Bad]] = {
         T(lambda: prepare_qat(_swapped(), 4), r"layers\.0\.attn\.q_proj must be an nn\.Linear .*got Identity"),
     ],
     "finish_qat": [
-        T(lambda: finish_qat("model"), r"model must be a lab GPT, got str"),
+        T(lambda: finish_qat("model"), rf"model {NOT_GPT}, got str"),
         V(lambda: finish_qat(tiny_gpt()), r"model has no fake-quantized weight to finish: prepare it with prepare_qat"),
     ],
     "qparams": [
