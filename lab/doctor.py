@@ -24,9 +24,10 @@ import torch
 import lab
 from lab.core.runtime import get_device
 from lab.infer.paged import paged_decode_kernel
+from lab.kernels.int4 import MAX_M, int4_gemv_v2, int4_weight_only_matmul
 from lab.kernels.int8 import candidates
 from lab.prune.semi_structured import sparse24_kernel
-from lab.quant.linear import int4_weight_only_matmul
+from lab.quant.linear import CHUNKED_MAX_M, V2_GROUP_SIZES, int4_path
 
 __all__ = [
     "versions", "triton_mode", "paths", "kernels", "summary", "report",
@@ -86,7 +87,14 @@ def paths() -> dict[str, str]:
 def kernels() -> list[tuple[str, str, str]]:
     """(layer, shapes, kernel) for each rule by which a layer picks its kernel on CUDA tensors."""
     int8_tiles = " / ".join(f"{candidates(m)[0][:3]}" for m in (1, 64, 1024))
-    return [("Int4Linear", "any M", f"{int4_weight_only_matmul.__name__} (v1; v2 needs its own layout)"),
+    cuda, g = torch.device("cuda"), f"g in {V2_GROUP_SIZES}"
+    int4 = {"v1": int4_weight_only_matmul.__name__, "v2": int4_gemv_v2.__name__,
+            "v2 chunks": f"{int4_gemv_v2.__name__} on chunks of {MAX_M} rows",
+            "dequantize + dense": "dequantize_int4 once, then a dense matmul"}
+    return [("Int4Linear", f"{g}, M ≤ {MAX_M}", int4[int4_path(MAX_M, "v2", cuda)]),
+            ("Int4Linear", f"{g}, {MAX_M} < M ≤ {CHUNKED_MAX_M}", int4[int4_path(CHUNKED_MAX_M, "v2", cuda)]),
+            ("Int4Linear", f"{g}, M > {CHUNKED_MAX_M}", int4[int4_path(CHUNKED_MAX_M + 1, "v2", cuda)]),
+            ("Int4Linear", "other g, any M", int4[int4_path(1, "v1", cuda)]),
             ("W8A8Linear", "M ≤ 16 / ≤ 128 / larger", f"int8_matmul, tiles {int8_tiles} (grouped order, tuned)"),
             ("Sparse24Linear", "in_features a multiple of 32, any M", sparse24_kernel(32).__name__),
             ("Sparse24Linear", "other in_features", sparse24_kernel(8).__name__),

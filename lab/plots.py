@@ -87,38 +87,40 @@ def grid_heatmap(table: pd.DataFrame, fmt: str = ".1f", title: str | None = None
 
 
 def static_model_figure(record: dict) -> plt.Figure:
-    """Left: v1's and v2's issue-bound µs per call at M = 1, 4, 16 beside the int4 and bf16 memory-bound
-    times (H200); right: the main loop's instruction classes, in warp-instructions per KB of codes at M = 1.
-    ``record``: results/kernels_sm90.json."""
+    """Left: the predicted µs per call (H200) of int4 v1, v2 and the dense bf16 kernel at M = 1, 4, 16 beside
+    int4's memory-bound time; right: the terms of v1 and v2 at M = 1 (issue, each pipe, latency, memory), the
+    largest of which bounds each kernel. ``record``: results/kernels_sm90.json (all predicted)."""
     if not isinstance(record, Mapping) or not {"ceilings", "rows"} <= record.keys():
         raise (ValueError if isinstance(record, Mapping) else TypeError)(
             f"record must be the dict of results/kernels_sm90.json (with 'ceilings' and 'rows'), got "
             f"{type(record).__name__} {sorted(record) if isinstance(record, Mapping) else ''}")
-    from lab.kernels.aot.model import LAYER, bf16_gemv_us, int4_rows
+    from lab.kernels.aot.reading import LAYER, dense_us, int4_rows
 
-    int4, Ms, colors = int4_rows(record), [1, 4, 16], ("tab:red", "tab:green")
+    int4, Ms = int4_rows(record), [1, 4, 16]
+    colors = {"v1": "tab:red", "v2": "tab:green", "dense": "tab:blue"}
     bandwidth = record["ceilings"]["h200"]["bandwidth_bytes_per_s"]
-    fig, (ax, mix) = plt.subplots(1, 2, figsize=(13, 3.8), layout="tight")
-    mid = [j + 0.2 for j in range(len(Ms))]
-    for i, v in enumerate(("v1", "v2")):
-        ax.bar([j + 0.4 * i for j in range(len(Ms))], [int4[v, M]["issue_bound_us"] for M in Ms], width=0.38,
-               label=f"{v}: issue-bound", color=colors[i])
-    ax.plot(mid, [int4["v2", M]["memory_bound_us_h200"] for M in Ms], "k_", markersize=40, mew=2,
-            label=f"int4 memory-bound (H200, {bandwidth / 1e12:.1f} TB/s)")
-    ax.plot(mid, [bf16_gemv_us(record, M) for M in Ms], "b_", markersize=40, mew=2, label="bf16 GEMV, memory-bound")
-    ax.set(xticks=mid, xticklabels=[f"M = {M}" for M in Ms], ylim=(0, 40), ylabel="µs per call (predicted)",
-           title=f"int4 {LAYER} × {LAYER}, g = 128 (static model)")
+    fig, (ax, terms) = plt.subplots(1, 2, figsize=(13, 3.8), layout="tight")
+    for i, v in enumerate(("v1", "v2", "dense")):
+        ax.bar([j + 0.27 * i for j in range(len(Ms))],
+               [dense_us(record, M) if v == "dense" else int4[v, M]["predicted_us_h200"] for M in Ms],
+               width=0.25, color=colors[v], label=f"{'dense bf16 kernel' if v == 'dense' else 'int4 ' + v}")
+    mid = [j + 0.27 for j in range(len(Ms))]
+    ax.plot([j + 0.27 for j in range(len(Ms))], [int4["v2", M]["memory_bound_us_h200"] for M in Ms], "k_",
+            markersize=24, mew=2, label=f"int4 memory-bound ({bandwidth / 1e12:.1f} TB/s)")
+    top = max(p.get_height() for p in ax.patches)
+    ax.set(xticks=mid, xticklabels=[f"M = {M}" for M in Ms], ylabel="µs per call (predicted, H200)",
+           title=f"{LAYER} × {LAYER}, g = 128 (static model)", ylim=(0, 1.45 * top))
     ax.legend(fontsize=8, loc="upper center", ncol=2)
-    classes = ["memory", "conversion", "fma_mma", "shared", "other"]
+    names = ["issue", *sorted({p for v in ("v1", "v2") for p in int4[v, 1]["pipe_us"]}), "latency", "memory"]
     for i, v in enumerate(("v1", "v2")):
-        k = int4[v, 1]["kernels"][0]
-        per_kb = k["warps"] * k["iterations"] / (LAYER * LAYER / 2 / 1024)     # main-loop passes per KB
-        mix.barh([j + 0.4 * i for j in range(len(classes))], [k["main_loop_classes"][c] * per_kb for c in classes],
-                 height=0.38, color=colors[i],
-                 label=f"{v}: {k['loop_instructions']} per thread and iteration, {k['warps']} warps")
-    mix.set(yticks=[j + 0.2 for j in range(len(classes))], yticklabels=classes,
-            xlabel="main-loop warp-instructions per KB of codes (M = 1)", title="what the compiler made of it")
-    mix.legend(fontsize=8)
+        r = int4[v, 1]
+        values = {"issue": r["issue_us"], **r["pipe_us"], "latency": r["latency_us"],
+                  "memory": r["memory_bound_us_h200"]}
+        terms.barh([j + 0.4 * i for j in range(len(names))], [values.get(n, 0.0) for n in names], height=0.38,
+                   color=colors[v], label=f"int4 {v}: {r['predicted_us_h200']:.1f} µs predicted")
+    terms.set(yticks=[j + 0.2 for j in range(len(names))], yticklabels=names, xlabel="µs per call at M = 1 (H200)",
+              title="the terms of each call: the largest bounds it")
+    terms.legend(fontsize=8)
     return fig
 
 

@@ -44,4 +44,7 @@ def test_the_kernel_list_follows_the_layers_rules():
     assert rows["Sparse24Linear", "other in_features"] == "sparse24_matmul"
     assert rows["PagedKVCache", "decode, head_dim and block_size ≥ 16"] == "paged_attention_decode_v2"
     assert rows["PagedKVCache", "decode, smaller heads or blocks"] == "paged_attention_decode"
-    assert rows["Int4Linear", "any M"].startswith("int4_weight_only_matmul")
+    assert rows["Int4Linear", "g in (64, 128), M ≤ 16"] == "int4_gemv_v2"
+    assert rows["Int4Linear", "g in (64, 128), 16 < M ≤ 128"] == "int4_gemv_v2 on chunks of 16 rows"
+    assert rows["Int4Linear", "g in (64, 128), M > 128"].startswith("dequantize_int4")
+    assert rows["Int4Linear", "other g, any M"] == "int4_weight_only_matmul"

@@ -54,15 +54,21 @@ def test_grid_heatmap_annotates_every_cell():
     assert sorted(t.get_text() for t in ax.texts) == ["1", "2", "3", "4"]
 
 
-def test_static_model_figure_draws_both_versions_at_each_batch(repo_root):
+def test_static_model_figure_draws_the_predicted_times_and_the_terms(repo_root):
     import json
 
     record = json.loads((repo_root / "results" / "kernels_sm90.json").read_text())
-    bars, mix = static_model_figure(record).axes
+    bars, terms = static_model_figure(record).axes
     heights = [p.get_height() for p in bars.patches]
-    rows = {(r["version"], r["shape"]["M"]): r["issue_bound_us"] for r in record["rows"] if r["kernel"].startswith("int4")}
-    assert heights == pytest.approx([rows[v, M] for v in ("v1", "v2") for M in (1, 4, 16)])
-    assert [t.get_text() for t in mix.get_yticklabels()] == ["memory", "conversion", "fma_mma", "shared", "other"]
+    rows = {(r["version"], r["shape"]["M"]): r["predicted_us_h200"] for r in record["rows"]
+            if r["kernel"].startswith(("int4", "dense"))}
+    assert heights == pytest.approx([rows[v, M] for v in ("v1", "v2", "dense") for M in (1, 4, 16)])
+    labels = [t.get_text() for t in terms.get_yticklabels()]
+    assert labels[0] == "issue" and labels[-2:] == ["latency", "memory"] and "conversion" in labels
+    v1_terms = [p.get_width() for p in terms.patches[:len(labels)]]
+    v1 = record["rows"][0]
+    assert (v1["version"], v1["kernel"], v1["shape"]["M"]) == ("v1", "int4_matmul", 1)
+    assert max(v1_terms) == pytest.approx(v1["predicted_us_h200"])       # one kernel: its largest term
 
 
 def test_pareto_plot_draws_every_row_with_its_interval_and_the_front():

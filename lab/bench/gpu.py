@@ -5,9 +5,11 @@ command ≤ 10 minutes), so the GPU-only measurements run as one command of stag
 
     stage          estimated GPU s   what
     cuda_tests      90   ``pytest -m cuda`` on the test files that hold CUDA tests (JUnit XML: counts, failures)
-    kernels        100   int4 (8192², g = 128, M = 1…32) vs bf16 and ``torch._weight_int4pack_mm``; W8A8
-                         (M = 4096, N = K = 8192) vs bf16 and ``torch._int_mm``; 2:4 vs dense and semi-structured;
-                         paged decode attention vs the copy ceiling; the copy and bf16 matmul ceilings
+    kernels        100   int4 v1, v2 and the path `Int4Linear` takes (8192², g = 128, M = 1…32) vs the dense
+                         Triton kernel, bf16 cuBLAS and ``torch._weight_int4pack_mm``; W8A8 (M = 4096, N = K =
+                         8192) vs bf16 and ``torch._int_mm``; 2:4 vs dense and semi-structured; paged decode
+                         attention vs the copy ceiling; the copy and bf16 matmul ceilings; each timed path
+                         beside the static model's prediction for it (``measured_over_predicted``)
     params          45   suite ``params``: memory model vs measured, offload naive / prefetch / resident
     quant_decode    30   suite ``quant``'s one-token decode per format
     infer          120   suite ``infer``, short form (batches 1 and 8, 32 new tokens)

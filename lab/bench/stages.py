@@ -22,9 +22,10 @@ from pathlib import Path
 
 import torch
 
-from lab.core.records import REPO_ROOT
+from lab.core.records import REPO_ROOT, device_name, load_results
 from lab.kernels.aot.shapes import MatmulShapes, PagedShapes
 
+STATIC_RECORD = "kernels_sm90.json"      # the static model's record in results/ (`python -m lab.bench static`)
 _CUDA_MARK = re.compile(r"^\s*@pytest\.mark\.cuda\b", re.MULTILINE)
 
 
@@ -105,10 +106,10 @@ def kernel_shapes() -> list[MatmulShapes | PagedShapes]:
     from lab.infer.suite import paged_decode_shapes
 
     gpu = KERNEL_SHAPES["gpu"]
-    out: list[MatmulShapes | PagedShapes] = [
-        MatmulShapes("gpu run kernels stage", (kind,), tuple(gpu[kind]["batches"]),
+    out: list[MatmulShapes | PagedShapes] = [      # the int4 part times the dense baseline beside int4
+        MatmulShapes("gpu run kernels stage", kinds, tuple(gpu[kind]["batches"]),
                      ((gpu[kind]["size"], gpu[kind]["size"]),), gpu[kind].get("group_size", 0))
-        for kind in ("int4", "int8")]
+        for kind, kinds in (("int4", ("int4", "dense")), ("int8", ("int8",)))]
     out.append(MatmulShapes("gpu run kernels stage sparse24", ("sparse24",), tuple(gpu["sparse24"]["batches"]),
                             tuple(gpu["sparse24"]["shapes"])))
     return out + paged_decode_shapes("gpu run kernels stage paged", **gpu["paged"])
@@ -128,8 +129,59 @@ def _run_parts(parts: dict[str, Callable[[], object]]) -> dict:
     return result
 
 
+# a path of the kernels stage → (version, kernel) of its row in the static model's record
+STATIC_PATHS = {"int4_lab": ("v1", "int4_matmul"), "int4_lab_v2": ("v2", "int4_gemv_v2"),
+                "int4_layer": ("v2", "int4_gemv_v2"),           # Int4Linear at M ≤ 16 (the rows the record has)
+                "dense_triton": ("dense", "dense_matmul"), "int8_lab": ("v2", "int8_matmul"),
+                "triton_24": ("v1", "sparse24_matmul"), "triton_24_v2": ("v2", "sparse24_matmul_v2"),
+                "v1": ("v1", "paged_attention"), "v2": ("v2", "paged_attention_v2")}
+
+
+def _measured(result: dict) -> list[tuple[str, dict, dict, dict]]:
+    """(path, the static row's shape, the dict its ms is in, the dict to add the prediction to) of every timed
+    bf16 path of the kernels stage's ``result`` (`lab.quant.suite`'s int4 and int8 rows, `lab.prune.suite`'s 2:4
+    rows, `lab.infer.suite`'s paged decode rows)."""
+    def rows(part: str) -> list[dict]:                     # a part that raised holds {"error", "traceback"}
+        return result[part] if isinstance(result.get(part), list) else []
+
+    out = []
+    for row in rows("int4") + rows("int8"):
+        for name, entry in row["paths"].items():
+            g = {"g": row["group_size"]} if name.startswith("int4") else {}
+            out.append((name, {"M": row["M"], "N": row["N"], "K": row["K"], **g}, entry, entry))
+    for row in (r for r in rows("sparse24") if r["dtype"] == "bfloat16"):
+        for name in row["ms"]:
+            shape = {"M": row["batch"], "N": row["out_features"], "K": row["in_features"]}
+            out.append((name, shape, {"ms": row["ms"][name]}, row.setdefault("predicted", {}).setdefault(name, {})))
+    for row in (r for r in rows("paged_decode") if r["dtype"] == "bfloat16"):
+        shape = {k: row[k] for k in ("B", "H", "H_kv", "D", "block_size", "context")}
+        out.append((row["version"], shape, row, row))
+    return out
+
+
+def beside_predictions(result: dict, record: dict, device_name: str) -> int:
+    """Add to each timed bf16 path of the kernels stage's ``result`` the static model's prediction for its kernel
+    at that shape on this GPU (``record``: results/kernels_sm90.json; its H100 or H200 figures by
+    ``device_name``): ``predicted_us`` and ``measured_over_predicted``, the model's error as a number. Returns
+    how many paths got one (none on another GPU, or where the record has no row of that kernel and shape)."""
+    device = next((d for d in ("h200", "h100") if d in device_name.lower()), None)
+    rows = {(r["version"], r["kernel"], tuple(sorted(r["shape"].items()))): r for r in record.get("rows", [])}
+    added = 0
+    for name, shape, timed, into in _measured(result) if device else []:
+        static = rows.get((*STATIC_PATHS.get(name, (None, None)), tuple(sorted(shape.items()))))
+        if static and timed.get("ms"):
+            into["predicted_us"] = static[f"predicted_us_{device}"]
+            into["measured_over_predicted"] = timed["ms"] * 1e3 / into["predicted_us"]
+            added += 1
+    for row in result["sparse24"] if isinstance(result.get("sparse24"), list) else []:   # unpredicted paths dropped
+        row["predicted"] = {name: p for name, p in row.get("predicted", {}).items() if p}
+    return added
+
+
 def kernels(device: torch.device, quick: bool, progress: bool) -> dict:
-    """Kernel microbenchmarks at the goal shapes, each beside its PyTorch baseline, and the two ceilings."""
+    """Kernel microbenchmarks at the goal shapes, each beside its PyTorch baseline, and the two ceilings; every
+    timed path with a row in the static model's record beside that prediction (`beside_predictions`; the count
+    in ``static_predictions``)."""
     from lab.core.ceilings import measure_ceilings
     from lab.infer.suite import bench_paged_decode
     from lab.prune.suite import bench_prune_linear
@@ -138,14 +190,23 @@ def kernels(device: torch.device, quick: bool, progress: bool) -> dict:
     shapes = KERNEL_SHAPES["dry" if quick else "gpu"]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     ceilings = measure_ceilings(device, dtype, quick)
-    return {"shapes": {k: {n: ([str(d).removeprefix("torch.") for d in v] if n == "dtypes" else v)
-                           for n, v in part.items()} for k, part in shapes.items()},
-            "ceilings": ceilings, **_run_parts({
-                "int4": lambda: bench_int4(device, quick, progress, **shapes["int4"]),
-                "int8": lambda: bench_int8(device, quick, progress, **shapes["int8"]),
-                "sparse24": lambda: bench_prune_linear(device, quick, progress, **shapes["sparse24"]),
-                "paged_decode": lambda: bench_paged_decode(device, quick, progress, **shapes["paged"],
-                                                           bandwidth=ceilings["bandwidth"])})}
+    result = {"shapes": {k: {n: ([str(d).removeprefix("torch.") for d in v] if n == "dtypes" else v)
+                             for n, v in part.items()} for k, part in shapes.items()},
+              "ceilings": ceilings}
+    parts = {"int4": lambda: bench_int4(device, quick, progress, **shapes["int4"]),
+             "int8": lambda: bench_int8(device, quick, progress, **shapes["int8"]),
+             "sparse24": lambda: bench_prune_linear(device, quick, progress, **shapes["sparse24"]),
+             "paged_decode": lambda: bench_paged_decode(device, quick, progress, **shapes["paged"],
+                                                        bandwidth=ceilings["bandwidth"])}
+    try:
+        result.update(_run_parts(parts))
+    except StageFailed as failed:                      # the parts that ran still get their predictions
+        result.update(failed.result)
+        raise StageFailed(str(failed), result) from failed
+    finally:
+        result["static_predictions"] = beside_predictions(result, load_results(STATIC_RECORD)[0],
+                                                          device_name(device))
+    return result
 
 
 def params(device: torch.device, quick: bool, progress: bool) -> dict:

@@ -52,6 +52,10 @@ CUDA_TEST_SHAPES: dict[str, Shapes] = {
     "test_cuda_quantized_models_match_the_cpu_path": [   # 3 × 16 tokens of a tiny GPT, int4 with g = 32
         MatmulShapes("test cuda quantized models (tiny gpt)", ("int4", "int8"), (3 * TINY_TEST_GPT.context_length,),
                      decoder_linear_shapes(TINY_TEST_GPT), 32)],
+    "test_cuda_int4_linear_paths_match_the_cpu_path": [   # v2 GEMV, chunks of 16 rows, dequantize + dense
+        MatmulShapes("test cuda int4 linear paths", ("int4",), (3, 48, 144), ((192, 256),), g) for g in (64, 128)],
+    "test_cuda_dense_kernel_matches_float64": [
+        MatmulShapes("test cuda dense kernel", ("dense",), (1, 5, 16, 33, 300), ((1024, 2048), (1000, 1024)))],
     "test_torch_semi_structured_linear_matches_float64": [
         MatmulShapes("test cuda semi-structured", ("sparse24",), (10,), ((256, 512),))],
     "test_paged_decode_kernel_on_gpu": [                # lengths up to 513 tokens, one spare block per row

@@ -55,8 +55,9 @@ def check_then_time(fn: Callable[[], torch.Tensor], reference: torch.Tensor, tol
                     repeats: int = 10) -> dict:
     """Check one path against a float64 ``reference``, then time it only if it is right.
 
-    Returns {"max_rel_err": max |fn() − reference| / max |reference|, "ms": `time_ms`} for a right path,
-    and {"max_rel_err": that error or None, "ms": None, "wrong": why} for one whose error exceeds ``tol``,
+    Returns {"max_rel_err": max |fn() − reference| / max |reference|, "agreement": the fraction of outputs equal
+    to the reference rounded to the output's dtype (1.0: every element correctly rounded; a bf16 kernel that
+    accumulates in another order agrees on most elements, not all), "ms": `time_ms`} for a right path, and {"max_rel_err": that error or None, "ms": None, "wrong": why} for one whose error exceeds ``tol``,
     is not finite, that raises (a private PyTorch op missing from this release, an unsupported
     dtype) or returns no tensor of the reference's shape: a wrong path is recorded, never timed, and never
     stops the other paths. ``reference`` must be a finite float64 tensor.
@@ -80,7 +81,8 @@ def check_then_time(fn: Callable[[], torch.Tensor], reference: torch.Tensor, tol
     if not err <= tol:
         return {"max_rel_err": err, "ms": None,
                 "wrong": f"max relative error {err:.3g} vs float64 exceeds {tol:g}"}
-    return {"max_rel_err": err, "ms": time_ms(fn, device, repeats)}
+    agreement = (out == reference.to(out.dtype)).double().mean().item() if out.numel() else 1.0
+    return {"max_rel_err": err, "agreement": agreement, "ms": time_ms(fn, device, repeats)}
 
 
 def time_interleaved(fns: Mapping[str, Callable[[], object]], rounds: int = 15) -> dict[str, list[float]]:

@@ -75,19 +75,6 @@ def unpack_int4(packed: torch.Tensor, group_size: int) -> torch.Tensor:
     return torch.cat([rows & 0xF, rows >> 4], dim=2).reshape(N, 2 * half_k)
 
 
-def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                    group_size: int) -> torch.Tensor:
-    """Ŵ = s·(q − z), (N, K) float32, from packed codes (K/2, N) uint8 and scales, zeros (K/g, N)."""
-    q = unpack_int4(packed, group_size).float()                              # (N, K)
-    for name, t in (("scales", scales), ("zeros", zeros)):                   # (K/g, 1) would broadcast silently
-        if tuple(check_tensor(name, t, 2, FLOAT_DTYPES).shape) != (q.shape[1] // group_size, q.shape[0]):
-            raise ValueError(f"{name} must have shape (K/g, N) = {(q.shape[1] // group_size, q.shape[0])}, "
-                             f"got {tuple(t.shape)}")
-    s = scales.float().T.repeat_interleave(group_size, dim=1)
-    z = zeros.float().T.repeat_interleave(group_size, dim=1)
-    return (q - z) * s
-
-
 def pack_int4_v2(q: torch.Tensor, group_size: int) -> torch.Tensor:
     """Codes q (N, K) in [0, 15] → (N, K/4) int16 in the v2 layout (module docstring)."""
     _check_codes(q, group_size)
@@ -106,3 +93,21 @@ def unpack_int4_v2(packed: torch.Tensor, group_size: int) -> torch.Tensor:
     _check_group(4 * quarter_k, group_size)
     words = packed.to(torch.int32).reshape(N, 4 * quarter_k // group_size, 1, group_size // 4) & 0xFFFF
     return torch.cat([(words >> (4 * p)) & 0xF for p in range(4)], dim=2).reshape(N, 4 * quarter_k).to(torch.uint8)
+
+
+def dequantize_int4(packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                    group_size: int) -> torch.Tensor:
+    """Ŵ = s·(q − z), (N, K) float32, from packed codes in either layout — v1 (K/2, N) uint8 or v2 (N, K/4)
+    int16, told apart by the dtype — and scales, zeros (K/g, N)."""
+    if not (torch.is_tensor(packed) and packed.dtype in (torch.uint8, torch.int16)):
+        raise TypeError("packed must be a uint8 (K/2, N) tensor of pack_int4 or an int16 (N, K/4) tensor of "
+                        f"pack_int4_v2, got {packed.dtype if torch.is_tensor(packed) else type(packed).__name__}")
+    unpack = unpack_int4_v2 if packed.dtype == torch.int16 else unpack_int4
+    q = unpack(packed, group_size).float()                                   # (N, K)
+    for name, t in (("scales", scales), ("zeros", zeros)):                   # (K/g, 1) would broadcast silently
+        if tuple(check_tensor(name, t, 2, FLOAT_DTYPES).shape) != (q.shape[1] // group_size, q.shape[0]):
+            raise ValueError(f"{name} must have shape (K/g, N) = {(q.shape[1] // group_size, q.shape[0])}, "
+                             f"got {tuple(t.shape)}")
+    s = scales.float().T.repeat_interleave(group_size, dim=1)
+    z = zeros.float().T.repeat_interleave(group_size, dim=1)
+    return (q - z) * s

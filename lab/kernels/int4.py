@@ -29,9 +29,9 @@ v2 (`int4_gemv_v2`, decode: M ≤ `MAX_M`), the same product built to Hopper's i
   Σ_{k∈G} x_k·s(q_k − z) = s·(Σ x_k (c + q_k) − (c + z)·X_G), c the magic constant (1024, 128, or 0
   for fp32 x). The tensor cores compute Σ x_k (c + q_k) in fp32 (the products are exact); the
   correction is 2 FMAs per output and group, 2·BLOCK_M / g per weight.
-* **Operands swapped** (yᵀ = Ŵ xᵀ): the weight tile is the dot's left operand (BLOCK_N rows, from
-  registers into Hopper's wgmma), the ≤ 16 rows of x its right one, padded to 8 (M ≤ 8) or 16; the
-  result is stored transposed.
+* **Operands swapped** (yᵀ = Ŵ xᵀ): the weight tile is the dot's left operand (BLOCK_N rows), the ≤ 16 rows
+  of x its right one, padded to 8 (M ≤ 8) or 16 (compiled by Triton 3.6 for sm_90: mma.sync at 8 rows,
+  Hopper's wgmma at 16); the result is stored transposed.
 * **Split-K without atomics or memsets**: program (n, k) owns BLOCK_N outputs and every SPLIT_K-th
   group; with SPLIT_K > 1 it writes its fp32 partial sums to slot k of a (SPLIT_K, M, N) buffer that
   `_reduce_kernel` sums and casts. v1 zeroes an fp32 buffer, adds atomically and casts: 2 extra kernels.
@@ -65,7 +65,8 @@ import triton.language as tl
 
 from lab.core.checks import check_block, check_choice, check_int, check_tensor
 from lab.core.runtime import runs_triton
-from lab.formats.int4 import dequantize_int4, unpack_int4_v2
+from lab.formats.int4 import dequantize_int4
+from lab.kernels.split import balanced_split
 
 X_DTYPES = SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_M = 16                        # the v2 GEMV's largest M
@@ -111,11 +112,11 @@ def _check_v1(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros
 
 
 def _check_v2(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-              group_size: int) -> None:
+              group_size: int, max_m: int | None = MAX_M) -> None:
     if not torch.is_tensor(x) or x.dtype not in X_DTYPES or x.dim() != 2:
         raise TypeError(f"x must be a 2-D tensor of dtype in {X_DTYPES}, got {_describe(x)}")
     M, K = x.shape
-    if not 1 <= M <= MAX_M:
+    if max_m is not None and not 1 <= M <= max_m:
         raise ValueError(f"x has M={M} rows; the v2 GEMV takes 1 to {MAX_M} (larger M: "
                          "int4_weight_only_matmul, v1)")
     if x.stride(1) != 1:
@@ -147,12 +148,9 @@ def int4_weight_only_matmul_torch(x: torch.Tensor, packed: torch.Tensor, scales:
 
 def int4_gemv_v2_torch(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
                        group_size: int) -> torch.Tensor:
-    """The PyTorch path: Ŵ = s·(q − z) from the v2 codes, then x Ŵᵀ in fp32, returned in x's dtype."""
-    _check_v2(x, packed, scales, zeros, group_size)
-    q = unpack_int4_v2(packed, group_size).float()                     # (N, K)
-    s = scales.float().T.repeat_interleave(group_size, dim=1)
-    z = zeros.float().T.repeat_interleave(group_size, dim=1)
-    return (x.float().contiguous() @ ((q - z) * s).T).to(x.dtype)
+    """The PyTorch path: Ŵ = s·(q − z) from the v2 codes, then x Ŵᵀ in fp32, returned in x's dtype (any M)."""
+    _check_v2(x, packed, scales, zeros, group_size, max_m=None)
+    return (x.float().contiguous() @ dequantize_int4(packed, scales, zeros, group_size).T).to(x.dtype)
 
 
 # --- v1: any M, split-K by atomic adds -------------------------------------------------------------------
@@ -330,15 +328,15 @@ def block_sizes_v2(M: int, N: int, K: int, group_size: int,
     """(BLOCK_N, SPLIT_K, num_warps): 256 outputs per program and 8 warps (of 64 / 128 / 256 outputs with
     4 or 8 warps, the fewest instructions per weight in the sm_90 static model, `lab.kernels.aot.model`); fp32 x
     (an FMA dot, no tensor cores) 64 outputs and 4 warps: the wider tile spills registers on sm_90.
-    SPLIT_K aims at 4 programs per SM of 132, is capped so that the fp32 partials (written, then read:
-    8·SPLIT_K·M·N bytes) stay under `PARTIAL_BYTES_FRACTION` of the weight's N·K/2 bytes, but is at least
-    enough for one program per SM (at M = 16 on an 8192 × 8192 layer that floor wins), and never more than
-    the groups."""
+    SPLIT_K balances the SMs (`lab.kernels.split.balanced_split` over the K/g groups), at most the larger of
+    a cap that keeps the fp32 partials (written, then read: 8·SPLIT_K·M·N bytes) under
+    `PARTIAL_BYTES_FRACTION` of the weight's N·K/2 bytes and the split that gives one program per SM."""
+    check_int("M", M)
     block_n, num_warps = (64, 4) if dtype == torch.float32 else (256, 8)
     n_tiles = triton.cdiv(N, block_n)
     cap = int(PARTIAL_BYTES_FRACTION * K / (16 * M))
-    split_k = max(min(math.ceil(4 * 132 / n_tiles), cap), math.ceil(132 / n_tiles))
-    return block_n, max(1, min(K // group_size, split_k)), num_warps
+    most = max(cap, math.ceil(132 / n_tiles))
+    return block_n, balanced_split(n_tiles, max(1, K // group_size), most), num_warps
 
 
 def int4_gemv_v2_triton(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,

@@ -94,20 +94,23 @@ def int8_matmul_torch(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b
 
 # M is not specialised (no separate compilation for M = 1 or M divisible by 16): decode and prefill
 # shapes share one compilation per block size, on the GPU and in the static check.
+@triton.jit
+def grouped_tile(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """The output tile (pid_m, pid_n) of program ``pid`` in grouped order: GROUP_M rows of tiles walked column
+    by column (the last group may be shorter); also the dense baseline's (`lab.kernels.dense`)."""
+    tiles_m = (M + BLOCK_M - 1) // BLOCK_M
+    tiles_n = (N + BLOCK_N - 1) // BLOCK_N
+    first_m = pid // (GROUP_M * tiles_n) * GROUP_M
+    rows = min(tiles_m - first_m, GROUP_M)
+    return first_m + (pid % (GROUP_M * tiles_n)) % rows, (pid % (GROUP_M * tiles_n)) // rows
+
+
 @triton.jit(do_not_specialize=["M"])
 def _int8_matmul_kernel(a_ptr, b_ptr, a_scale_ptr, b_scale_ptr, y_ptr, M, N, K,
                         stride_am, stride_ak, stride_bn, stride_bk, stride_ym, stride_yn,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                         GROUP_M: tl.constexpr):
-    # grouped order: program p covers tile (pid_m, pid_n), GROUP_M tile rows walked column by column
-    pid = tl.program_id(0)
-    tiles_m = (M + BLOCK_M - 1) // BLOCK_M
-    tiles_n = (N + BLOCK_N - 1) // BLOCK_N
-    group = pid // (GROUP_M * tiles_n)
-    first_m = group * GROUP_M
-    rows = min(tiles_m - first_m, GROUP_M)        # the last group may be shorter
-    pid_m = first_m + (pid % (GROUP_M * tiles_n)) % rows
-    pid_n = (pid % (GROUP_M * tiles_n)) // rows
+    pid_m, pid_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M

@@ -22,7 +22,8 @@ v2 (`paged_attention_decode_v2`, flash-decoding: the sequence split; D and block
 * **A second, small pass.** Program (b, j, s) folds its blocks into a running max m_s, normaliser ℓ_s and
   output a_s (FlashAttention's online rescaling, as in v1) and writes them (fp32) for its G query heads.
   `_combine_kernel` merges the S partials of each (b, h): m = max_s m_s, w_s = e^{m_s − m},
-  o = Σ_s w_s a_s / Σ_s w_s ℓ_s.
+  o = Σ_s w_s a_s / Σ_s w_s ℓ_s, loading `COMBINE_CHUNK` splits at once (a (16, D) tile: their loads are in
+  flight together, where a loop over single splits waits for each in turn).
 * **Tensor cores.** v1 forms q Kᵀ and P V with broadcast products and tl.reduce: FMA instructions. v2
   calls tl.dot for both (the G query heads of a kv head padded to 16 rows, P rounded to the cache's dtype
   as FlashAttention does). Chapter 6 counts the instructions of both with the sm_90 static model
@@ -59,6 +60,7 @@ from lab.core.runtime import runs_triton
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 PROGRAMS_TARGET = 4 * 132          # programs that keep every SM of an H100 / H200 busy (v2)
 MIN_BLOCKS_PER_SPLIT = 4
+COMBINE_CHUNK = 16                 # splits the combine pass loads at once (v2)
 
 
 # Reductions through tl.reduce with combine functions of this module: tl.sum / tl.max are @triton.jit
@@ -258,26 +260,32 @@ def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, table_ptr, len_ptr, m_ptr, l
 
 
 @triton.jit(do_not_specialize=["n_splits"])
-def _combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, stride_ob, stride_oh, n_splits, D: tl.constexpr):
-    """o[b, h] = Σ_s e^{m_s − m} a_s / Σ_s e^{m_s − m} ℓ_s over the splits of (b, h), in one online pass.
+def _combine_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, stride_ob, stride_oh, n_splits, D: tl.constexpr,
+                    CHUNK: tl.constexpr):
+    """o[b, h] = Σ_s e^{m_s − m} a_s / Σ_s e^{m_s − m} ℓ_s over the splits of (b, h), CHUNK splits at a time
+    (their loads in flight together), merged online.
 
     Split 0 always holds a block (lengths ≥ 1) and only trailing splits can be empty (m_s = −∞, ℓ_s = 0,
-    a_s = 0), so the running maximum is finite from the first split on."""
+    a_s = 0; masked splits load the same), so the running maximum is finite from the first chunk on and an
+    empty split's weight e^{−∞} is 0."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_d = tl.arange(0, D)
-    one = tl.arange(0, 1)
     base = (b * tl.num_programs(1) + h) * n_splits
     m = tl.full((1,), float("-inf"), tl.float32)
     norm = tl.full((1,), 0.0, tl.float32)
     out = tl.full((D,), 0.0, tl.float32)
-    for s in range(n_splits):
-        m_s = tl.load(m_ptr + base + s + one)
-        m_new = tl.maximum(m, m_s)
+    for first in range(0, n_splits, CHUNK):
+        offs_s = first + tl.arange(0, CHUNK)
+        ok = offs_s < n_splits
+        m_c = tl.load(m_ptr + base + offs_s, mask=ok, other=float("-inf"))              # (CHUNK,)
+        l_c = tl.load(l_ptr + base + offs_s, mask=ok, other=0.0)
+        a_c = tl.load(acc_ptr + (base + offs_s)[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0)
+        m_new = tl.maximum(m, tl.reduce(m_c, 0, _max))
         alpha = tl.exp(m - m_new)
-        beta = tl.exp(m_s - m_new)
-        norm = norm * alpha + tl.load(l_ptr + base + s + one) * beta
-        out = out * alpha + tl.load(acc_ptr + (base + s) * D + offs_d) * beta
+        beta = tl.exp(m_c - m_new)                                                      # (CHUNK,)
+        norm = norm * alpha + tl.reduce(l_c * beta, 0, _add)
+        out = out * alpha + tl.reduce(a_c * beta[:, None], 0, _add)
         m = m_new
     tl.store(o_ptr + b * stride_ob + h * stride_oh + offs_d, (out / norm).to(o_ptr.dtype.element_ty))
 
@@ -311,7 +319,8 @@ def paged_attention_decode_v2_triton(q: torch.Tensor, k_pool: torch.Tensor, v_po
         k_pool.stride(1), k_pool.stride(2), tables.stride(0), per_split, S, 1.0 / math.sqrt(D),
         G=G, G_PAD=max(16, triton.next_power_of_2(G)), D=D, BLOCK_SIZE=block_size,
         INPUT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_warps=4)
-    _combine_kernel[(B, H)](m, norm, acc, out, out.stride(0), out.stride(1), S, D=D, num_warps=1)
+    _combine_kernel[(B, H)](m, norm, acc, out, out.stride(0), out.stride(1), S, D=D, CHUNK=COMBINE_CHUNK,
+                            num_warps=4)
     return out
 
 

@@ -1,8 +1,23 @@
 """Quantized linear layers that run on the integer kernels, and swapping them into a model.
 
 `Int4Linear` — weight-only int4: W (N, K) stored packed (K/2 bytes per output row, plus a scale and
-a zero point per group of g columns, `lab.formats.int4`); y = x Ŵᵀ by
-`lab.kernels.int4.int4_weight_only_matmul` (Triton on a GPU, PyTorch on the CPU).
+a zero point per group of g columns, `lab.formats.int4`), in v2's layout when g is one of
+`V2_GROUP_SIZES` (else v1's); y = x Ŵᵀ by `int4_matmul`, whose path `int4_path` picks from M, the layout and
+the device:
+
+    CPU tensor (no TRITON_INTERPRET)  the PyTorch reference: Ŵ dequantized in fp32, x Ŵᵀ (any M, either layout)
+    v1 layout                         the v1 kernel (`lab.kernels.int4.int4_weight_only_matmul`), any M
+    v2 layout, M ≤ 16                 the v2 decode GEMV (`lab.kernels.int4.int4_gemv_v2`)
+    v2 layout, 16 < M ≤ 128           the v2 GEMV on chunks of 16 rows (the weight read once per chunk)
+    v2 layout, M > 128                Ŵ dequantized once into x's dtype (`lab.kernels.int4_dequant`), then a
+                                      dense matmul (tensor cores)
+
+Where the chunks stop (`CHUNKED_MAX_M`) is a byte count: c chunks read the weight's (1/4 + 2/g)·2NK bytes
+(16-bit x, scales and zeros, as the GPU runs store them) c times; dequantizing reads them once and writes then
+reads a dense Ŵ, 2·2NK bytes more, so chunks move fewer bytes while c·(1/4 + 2/g) < 1/4 + 2/g + 2, i.e. c ≤ 8
+for g = 64 and 128 (the test checks it with the kernels' own ``call_bytes``). With fp32 scales and zeros (the
+layer's default) and g = 64 the break-even is 7 chunks: the 8th moves about 8% more bytes than dequantizing. For M above it the product is compute-bound and the dense path runs the tensor
+cores at their full rate (vLLM's AWQ layer makes the same switch, at 256 tokens).
 
 `W8A8Linear` — weights and activations in int8: W quantized symmetrically per output channel
 (s_n = max_k |W_nk| / 127), the activation x quantized symmetrically at run time, either per token
@@ -26,9 +41,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lab.core.checks import check_choice, check_float_dtype, check_float_tensor, check_number, check_tensor
+from lab.core.checks import check_choice, check_float_dtype, check_float_tensor, check_int, check_number, check_tensor
+from lab.core.runtime import runs_triton
 from lab.formats.int4 import dequantize_int4
-from lab.kernels.int4 import X_DTYPES, int4_weight_only_matmul
+from lab.kernels.int4 import MAX_M, X_DTYPES, int4_gemv_v2, int4_gemv_v2_torch, int4_weight_only_matmul
+from lab.kernels.int4_dequant import dequantize_int4_v2
 from lab.kernels.int8 import OUT_DTYPES, int8_matmul
 from lab.layerwise import LINEARS
 from lab.models.gpt import GPT, GPTConfig, check_gpt
@@ -38,6 +55,9 @@ from lab.quant.observers import MinMaxObserver
 from lab.quant.packing import pack_quantized_weight
 
 ACT_MODES = ("token", "tensor")
+V2_GROUP_SIZES = (64, 128)        # g stored in v2's layout (the sm_90 compile checks the v2 kernel at both)
+CHUNKED_MAX_M = 8 * MAX_M         # v2 on chunks of 16 rows up to this M (module docstring)
+INT4_PATHS = ("torch", "v1", "v2", "v2 chunks", "dequantize + dense")
 
 
 def _check_input(x: torch.Tensor, in_features: int, dtypes: tuple[torch.dtype, ...]) -> None:
@@ -47,14 +67,47 @@ def _check_input(x: torch.Tensor, in_features: int, dtypes: tuple[torch.dtype, .
         raise ValueError(f"x must have shape (..., in_features={in_features}), got {tuple(x.shape)}")
 
 
+def int4_path(M: int, layout: str, device: torch.device) -> str:
+    """The path of `INT4_PATHS` an `Int4Linear` product of M rows takes (module docstring's table)."""
+    check_int("M", M)
+    check_choice("layout", layout, ("v1", "v2"))
+    if not runs_triton(device):
+        return "torch"
+    if layout == "v1":
+        return "v1"
+    return "v2" if M <= MAX_M else "v2 chunks" if M <= CHUNKED_MAX_M else "dequantize + dense"
+
+
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+                group_size: int) -> torch.Tensor:
+    """y (M, N) = x Ŵᵀ for x (M, K) and Ŵ packed in v1's (uint8) or v2's (int16) layout, by `int4_path`."""
+    layout = "v2" if check_tensor("packed", packed).dtype == torch.int16 else "v1"
+    x = check_tensor("x", x, 2).contiguous()
+    if x.shape[0] == 0:                                                     # no rows: no kernel
+        return x.new_empty(0, packed.shape[0] if layout == "v2" else packed.shape[1])
+    path = int4_path(x.shape[0], layout, x.device)
+    if path == "torch" and layout == "v2":
+        return int4_gemv_v2_torch(x, packed, scales, zeros, group_size)
+    if path in ("torch", "v1"):
+        return int4_weight_only_matmul(x, packed, scales, zeros, group_size)
+    if path == "v2":
+        return int4_gemv_v2(x, packed, scales, zeros, group_size)
+    if path == "v2 chunks":
+        return torch.cat([int4_gemv_v2(rows, packed, scales, zeros, group_size) for rows in x.split(MAX_M)])
+    return x @ dequantize_int4_v2(packed, scales, zeros, group_size, x.dtype).T
+
+
 class Int4Linear(nn.Module):
-    """y = x Ŵᵀ (+ b) with Ŵ held as packed int4 codes, scales and zeros (bias kept in float)."""
+    """y = x Ŵᵀ (+ b) with Ŵ held as packed int4 codes (``layout`` "v2" when g is in `V2_GROUP_SIZES`, else
+    "v1"), scales and zeros (bias kept in float)."""
 
     def __init__(self, qtensor: QuantizedTensor, bias: torch.Tensor | None = None,
                  scale_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         check_float_dtype("scale_dtype", scale_dtype)               # an integer dtype would truncate the scales
-        packed, scales, zeros, group_size = pack_quantized_weight(qtensor, "qtensor")
+        g = (qtensor.group_size or qtensor.shape[-1]) if isinstance(qtensor, QuantizedTensor) else None
+        self.layout = "v2" if g in V2_GROUP_SIZES else "v1"
+        packed, scales, zeros, group_size = pack_quantized_weight(qtensor, "qtensor", self.layout)
         self.out_features, self.in_features = qtensor.shape
         if bias is not None and check_float_tensor("bias", bias, 1).shape != (self.out_features,):
             raise ValueError(f"bias must have shape (out_features,) = ({self.out_features},), got {tuple(bias.shape)}")
@@ -67,7 +120,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_features, X_DTYPES)
         x2 = x.reshape(-1, self.in_features).contiguous()     # a strided x: the rows' values, summed in one order
-        y = int4_weight_only_matmul(x2, self.packed, self.scales, self.zeros, self.group_size)
+        y = int4_matmul(x2, self.packed, self.scales, self.zeros, self.group_size)
         y = y.reshape(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 

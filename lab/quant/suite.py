@@ -1,9 +1,11 @@
 """Suite ``quant`` of `lab.bench` (chapter 3): the integer kernels against bf16 cuBLAS and PyTorch's own.
 
 * int4: y = x Ŵᵀ for an 8192 × 8192 weight quantized to 4 bits in groups of 128, batch M in
-  (1, 4, 16, 64, 256, 4096): bf16 ``torch.matmul`` vs `int4_weight_only_matmul` (Triton, v1) vs
-  `int4_gemv_v2` (Triton, v2, M ≤ 16) vs ``torch._weight_int4pack_mm``; bytes moved (weight + scales/zeros + x + y), GB/s, TFLOP/s and the
-  arithmetic intensity 2MNK / bytes for the roofline.
+  (1, 4, 16, 64, 256, 4096): bf16 ``torch.matmul`` (cuBLAS) vs the dense Triton kernel (`lab.kernels.dense`) vs
+  `int4_weight_only_matmul` (Triton, v1) vs `int4_gemv_v2` (Triton, v2, M ≤ 16) vs what `Int4Linear` runs
+  (`lab.quant.linear.int4_matmul`) vs ``torch._weight_int4pack_mm``; bytes moved (weight + scales/zeros + x + y),
+  GB/s, TFLOP/s and the arithmetic intensity 2MNK / bytes for the roofline; each path's agreement with the
+  float64 product rounded to x's dtype.
 * int8: (M, K) × (K, N) with M = 4096, N = K = 8192 (and the same batch sweep): bf16 ``torch.matmul``
   vs `int8_matmul` (Triton, scales fused) vs ``torch._int_mm`` followed by separate scaling.
 * decode: one-token forward of the book's model (bf16 vs W8A8 vs int4 weight-only), tokens/s.
@@ -25,12 +27,14 @@ from lab.core.runtime import seed_everything
 from lab.core.timing import check_then_time, time_ms
 from lab.formats.int4 import pack_int4_v2
 from lab.kernels.aot.shapes import MatmulShapes
+from lab.kernels.dense import dense_matmul
 from lab.kernels.int4 import MAX_M as V2_MAX_M
 from lab.kernels.int4 import int4_gemv_v2, int4_weight_only_matmul
 from lab.kernels.int8 import int8_matmul, tuned_block
 from lab.models.pretrained import book_config
 from lab.quant.affine import dequantize, quantize
-from lab.quant.linear import decoder_linear_shapes, int4_model, quantize_rows_symmetric, w8a8_quantize_model
+from lab.quant.linear import (decoder_linear_shapes, int4_matmul, int4_model, quantize_rows_symmetric,
+                              w8a8_quantize_model)
 from lab.quant.model import quantize_model
 from lab.quant.packing import pack_quantized_weight
 
@@ -71,9 +75,12 @@ def bench_int4(device: torch.device, quick: bool = False, progress: bool = True,
     w_dense = w_hat.to(dtype)
     int4_bytes = N * K // 2 + 2 * (N * K // group_size) * scales_e.element_size()
     packed_v2 = pack_int4_v2(qt.qdata, group_size)                 # the v2 layout, once
-    paths = {"bf16_matmul" if cuda else "fp32_matmul": (lambda x: x @ w_dense.T, 2 * N * K if cuda else 4 * N * K),
+    dense_bytes = N * K * w_dense.element_size()
+    paths = {"bf16_matmul" if cuda else "fp32_matmul": (lambda x: x @ w_dense.T, dense_bytes),
+             "dense_triton": (lambda x: dense_matmul(x, w_dense), dense_bytes),
              "int4_lab": (lambda x: int4_weight_only_matmul(x, packed, scales_e, zeros_e, group_size), int4_bytes),
-             "int4_lab_v2": (lambda x: int4_gemv_v2(x, packed_v2, scales_e, zeros_e, group_size), int4_bytes)}
+             "int4_lab_v2": (lambda x: int4_gemv_v2(x, packed_v2, scales_e, zeros_e, group_size), int4_bytes),
+             "int4_layer": (lambda x: int4_matmul(x, packed_v2, scales_e, zeros_e, group_size), int4_bytes)}
     if cuda:
         try:
             paths["int4_torch"] = (_torch_int4pack(qt.qdata.int(), scales, zeros, group_size),
@@ -160,7 +167,7 @@ def kernel_shapes() -> list[MatmulShapes]:
     """The int4 / int8 matmuls this suite runs on a GPU, for the ahead-of-time compile (`lab.kernels.aot.shapes`):
     the sweep at N = K = 8192 and the one-token decode of the book's model (its decoder linears at M = 1)."""
     size = weight_size(torch.device("cuda"), quick=False)
-    return [MatmulShapes("quant bench matmul", ("int4", "int8"), BATCHES, ((size, size),), GROUP_SIZE),
+    return [MatmulShapes("quant bench matmul", ("int4", "int8", "dense"), BATCHES, ((size, size),), GROUP_SIZE),
             MatmulShapes("quant bench decode (book model)", ("int4", "int8"), (1,), decoder_linear_shapes(book_config()),
                          DECODE_GROUP_SIZE)]
 

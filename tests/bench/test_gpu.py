@@ -194,3 +194,41 @@ def test_gpu_stages_do_not_need_datasets(tmp_path, monkeypatch):
             "assert 'datasets' not in sys.modules, 'datasets was imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_measured_paths_get_their_static_prediction_beside_them():
+    """On an H200 (or H100) each timed bf16 path of the kernels stage with a row in the static model's record
+    gets that row's prediction and measured / predicted; on another device, or with no matching row, nothing."""
+    record = json.loads((REPO_ROOT / "results" / "kernels_sm90.json").read_text())
+
+    def row_of(kernel: str, **shape) -> dict:
+        return next(r for r in record["rows"] if r["kernel"] == kernel and shape.items() <= r["shape"].items())
+
+    def result() -> dict:
+        int4 = [{"M": 1, "N": 8192, "K": 8192, "group_size": 128,
+                 "paths": {"int4_lab_v2": {"ms": 0.01}, "dense_triton": {"ms": 0.03}, "bf16_matmul": {"ms": 0.03},
+                           "int4_lab": {"ms": None, "wrong": "x"}}},
+                {"M": 2, "N": 8192, "K": 8192, "group_size": 128, "paths": {"int4_lab_v2": {"ms": 0.01}}}]
+        sparse = [{"dtype": "bfloat16", "batch": 16, "out_features": 8192, "in_features": 8192,
+                   "ms": {"dense": 0.03, "triton_24_v2": 0.04}}]
+        paged = [{"version": "v2", "dtype": "bfloat16", "B": 1, "H": 32, "H_kv": 8, "D": 128, "block_size": 16,
+                  "context": 2048, "ms": 0.005}]
+        return {"int4": int4, "int8": {"error": "RuntimeError: a part that raised"}, "sparse24": sparse,
+                "paged_decode": paged}
+
+    measured = result()
+    assert stages.beside_predictions(measured, record, "NVIDIA H200") == 4
+    v2, paths = row_of("int4_gemv_v2", M=1), measured["int4"][0]["paths"]
+    assert paths["int4_lab_v2"]["predicted_us"] == v2["predicted_us_h200"]
+    assert paths["int4_lab_v2"]["measured_over_predicted"] == pytest.approx(10.0 / v2["predicted_us_h200"])
+    assert paths["dense_triton"]["predicted_us"] == row_of("dense_matmul", M=1)["predicted_us_h200"]
+    assert "predicted_us" not in paths["bf16_matmul"] | paths["int4_lab"]
+    assert "predicted_us" not in measured["int4"][1]["paths"]["int4_lab_v2"]            # M = 2: no row
+    assert measured["sparse24"][0]["predicted"] == {"triton_24_v2": {
+        "predicted_us": row_of("sparse24_matmul_v2", M=16)["predicted_us_h200"],
+        "measured_over_predicted": pytest.approx(40.0 / row_of("sparse24_matmul_v2", M=16)["predicted_us_h200"])}}
+    assert measured["paged_decode"][0]["predicted_us"] == row_of("paged_attention_v2", B=1)["predicted_us_h200"]
+    h100 = result()
+    assert stages.beside_predictions(h100, record, "NVIDIA H100 80GB HBM3") == 4
+    assert h100["int4"][0]["paths"]["int4_lab_v2"]["predicted_us"] == v2["predicted_us_h100"]
+    assert stages.beside_predictions(result(), record, "NVIDIA A100-SXM4-80GB") == 0

@@ -13,6 +13,7 @@ import lab.kernels.aot.compile as aot_compile
 from lab.bench import static
 from lab.bench.__main__ import main
 from lab.kernels.aot import model as static_model
+from lab.kernels.aot import reading
 from lab.kernels.aot.compile import failures
 from lab.kernels.aot.sass import INSTRUCTION_CLASSES
 from lab.kernels.aot.shapes import MatmulShapes, PagedShapes
@@ -115,9 +116,39 @@ def test_the_committed_record_covers_the_rows_with_provenance(committed):
         assert r["memory_bound_us_h200"] == pytest.approx(r["bytes"] / bandwidth * 1e6)
         assert r["issue_bound_us"] >= r["warp_instructions"] / static_model.ISSUE_RATE * 1e6 * (1 - 1e-12)
         assert r["predicted_us_h200"] >= max(r["issue_bound_us"], r["memory_bound_us_h200"])
-    v1, v2 = ([r for r in committed["rows"] if r["version"] == v and r["kernel"].startswith("int4")
-               and r["shape"]["M"] == 1][0] for v in ("v1", "v2"))
-    assert v2["issue_bound_us"] <= 0.8 * v2["memory_bound_us_h200"] < v1["issue_bound_us"]
+
+
+def test_the_v2_kernels_meet_their_static_targets_in_the_committed_record(committed):
+    """Under triton 3.6.0 (the GPU machine's; CI's check-kernels recompiles every configuration with it), on
+    8192 × 8192, g = 128: int4 v2's issue term at most 0.8 of its memory-bound time at M = 1 (the H200's
+    4.8 TB/s) and its predicted time at M = 16 within 1.3× that at M = 1, its main loop on the tensor cores with
+    no int → float conversion; the paged v2 decode at B = 1 (2,048 tokens, 32 / 8 heads, head dim 128) at least
+    132 programs, its blocks loaded asynchronously, within 1.3× of its memory-bound time; every global load in
+    the main loop of the 2:4 v2 kernel a vector of at least 8 bytes per thread."""
+    int4, paged = reading.int4_rows(committed), reading.rows_by(committed, "paged", "B")
+    m1, m16 = int4["v2", 1], int4["v2", 16]
+    assert m1["issue_us"] <= 0.8 * m1["memory_bound_us_h200"] < int4["v1", 1]["issue_us"]
+    assert m16["predicted_us_h200"] <= 1.3 * m1["predicted_us_h200"]
+    mnemonics = m1["kernels"][0]["main_loop_mnemonics"]
+    assert {"HGMMA", "HMMA"} & set(mnemonics) and "I2F" not in mnemonics
+    assert paged["v2", 1]["programs"] >= 132 and "LDGSTS" in paged["v2", 1]["kernels"][0]["main_loop_mnemonics"]
+    assert paged["v2", 1]["predicted_us_h200"] <= 1.3 * paged["v2", 1]["memory_bound_us_h200"]
+    for sparse in (r for r in committed["rows"] if r["kernel"] == "sparse24_matmul_v2"):
+        widths = sparse["kernels"][0]["global_load_bytes"]
+        assert widths and min(widths) >= 8, (sparse["shape"], widths)
+
+
+def test_headline_and_table_rows_read_the_record(committed):
+    h = reading.headline(committed)
+    int4 = reading.int4_rows(committed)
+    assert h["static_v2_issue_over_memory_m1"] == int4["v2", 1]["issue_us"] / int4["v2", 1]["memory_bound_us_h200"]
+    assert h["static_v1_warp_instr_per_kb"] == int4["v1", 1]["warp_instructions"] / (8192 * 8192 / 2 / 1024)
+    dense = next(r for r in committed["rows"] if r["kernel"] == "dense_matmul" and r["shape"]["M"] == 1)
+    assert h["static_dense_over_v2_m1"] == dense["predicted_us_h200"] / int4["v2", 1]["predicted_us_h200"]
+    assert h["static_paged_programs_b1"] == 8 and h["static_paged_v2_programs_b1"] >= 132
+    rows = reading.table_rows(committed)
+    assert len(rows) == len(committed["rows"]) and rows[0]["warp-instr / weight"] > 0
+    assert next(r for r in rows if r["kernel"] == "paged_attention")["warp-instr / weight"] is None
 
 
 def test_the_cuda_tests_run_the_shapes_declared_for_them(repo_root):

@@ -30,7 +30,10 @@ def test_time_ms_on_the_cpu_is_the_median_after_one_warm_up():
 def test_check_then_time_times_only_right_paths():
     ref = torch.arange(1.0, 5.0, dtype=torch.float64)
     right = check_then_time(lambda: ref.float(), ref, 1e-6, torch.device("cpu"), 2)
-    assert right["max_rel_err"] == 0.0 and right["ms"] > 0 and "wrong" not in right
+    assert right["max_rel_err"] == 0.0 and right["agreement"] == 1.0 and right["ms"] > 0 and "wrong" not in right
+    half = check_then_time(lambda: ref.float() + torch.tensor([0.0, 0.0, 1e-3, 1e-3]), ref, 1e-2,
+                           torch.device("cpu"), 2)
+    assert half["agreement"] == 0.5                           # 2 of 4 outputs are the correctly rounded ones
     timed = []
     wrong = check_then_time(lambda: timed.append(1) or ref * 1.1, ref, 1e-2, torch.device("cpu"), 2)
     assert wrong["ms"] is None and wrong["max_rel_err"] == pytest.approx(0.1) and "exceeds" in wrong["wrong"]

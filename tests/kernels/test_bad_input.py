@@ -8,12 +8,13 @@ from __future__ import annotations
 import torch
 
 from lab.formats import compress, pack_int4, pack_int4_v2
-from lab.kernels import (int4_gemv_v2, int4_gemv_v2_torch, int4_gemv_v2_triton, int4_weight_only_matmul,
-                         int4_weight_only_matmul_torch, int4_weight_only_matmul_triton, int8_matmul, int8_matmul_torch,
-                         int8_matmul_triton, paged_attention_decode, paged_attention_decode_torch,
-                         paged_attention_decode_triton, paged_attention_decode_v2, paged_attention_decode_v2_triton,
-                         sparse24_matmul, sparse24_matmul_torch, sparse24_matmul_triton, sparse24_matmul_v2,
-                         sparse24_matmul_v2_triton)
+from lab.kernels import (dense_matmul, dense_matmul_torch, dense_matmul_triton, dequantize_int4_v2,
+                         dequantize_int4_v2_torch, dequantize_int4_v2_triton, int4_gemv_v2, int4_gemv_v2_torch,
+                         int4_gemv_v2_triton, int4_weight_only_matmul, int4_weight_only_matmul_torch,
+                         int4_weight_only_matmul_triton, int8_matmul, int8_matmul_torch, int8_matmul_triton,
+                         paged_attention_decode, paged_attention_decode_torch, paged_attention_decode_triton,
+                         paged_attention_decode_v2, paged_attention_decode_v2_triton, sparse24_matmul,
+                         sparse24_matmul_torch, sparse24_matmul_triton, sparse24_matmul_v2, sparse24_matmul_v2_triton)
 from tests.bad_input import Bad
 
 _g = torch.Generator().manual_seed(0)
@@ -30,6 +31,8 @@ VALUES, META = compress(torch.tensor([[1.0, 0, 2, 0] * 8] * 4))
 # paged decode: q (B, H, D) = (2, 4, 16), pools (6 blocks of 16, H_kv = 2, D), tables (2, 3), lengths (2,)
 QP, KP, VP = torch.randn(2, 4, 16, generator=_g), torch.randn(6, 16, 2, 16, generator=_g), torch.randn(6, 16, 2, 16)
 TABLES, LENGTHS = torch.arange(6, dtype=torch.int32).view(2, 3), torch.tensor([20, 3], dtype=torch.int32)
+# dense: x (2, 16), W (4, 16)
+XD, WD = torch.randn(2, 16, generator=_g), torch.randn(4, 16, generator=_g)
 
 
 def _int4(f, v2=False) -> list[Bad]:
@@ -39,6 +42,30 @@ def _int4(f, v2=False) -> list[Bad]:
             Bad(lambda: f(X4, P, S[:, :1], Z, 64), ValueError, r"scales must have shape \(2, 8\)"),
             Bad(lambda: f(X4, P, S, Z.long(), 64), TypeError, r"zeros must be a float tensor"),
             Bad(lambda: f(X4, P.tolist(), S, Z, 64), TypeError, r"packed must be a 2-D")]
+
+
+def _dequantize(f) -> list[Bad]:
+    bf16 = torch.bfloat16
+    return [Bad(lambda: f(P1, S, Z, 64, bf16), TypeError, r"packed must have a dtype in \(torch\.int16,\)"),
+            Bad(lambda: f(P2.tolist(), S, Z, 64, bf16), TypeError, r"packed must be a torch\.Tensor, got list"),
+            Bad(lambda: f(P2, S, Z, 32, bf16), ValueError, r"group_size=32 must be a multiple of 64 dividing K=128"),
+            Bad(lambda: f(P2, S, Z, True, bf16), TypeError, r"group_size must be an int, got True"),
+            Bad(lambda: f(P2, S, Z, 64, torch.int8), ValueError, r"dtype=torch\.int8 is not allowed"),
+            Bad(lambda: f(P2, S[:, :1], Z, 64, bf16), ValueError, r"scales must have shape \(2, 8\)"),
+            Bad(lambda: f(P2, S, Z.long(), 64, bf16), TypeError, r"zeros must be a float tensor"),
+            Bad(lambda: f(P2, S.T.contiguous().T, Z.T.contiguous().T, 64, bf16), ValueError,
+                r"scales and zeros must be contiguous along N")]
+
+
+def _dense(f) -> list[Bad]:
+    return [Bad(lambda: f(XD.tolist(), WD), TypeError, r"x must be a torch\.Tensor, got list"),
+            Bad(lambda: f(XD, WD.tolist()), TypeError, r"w must be a torch\.Tensor, got list"),
+            Bad(lambda: f(XD.long(), WD), TypeError, r"x must have a dtype in .*, got torch\.int64"),
+            Bad(lambda: f(XD[None], WD), ValueError, r"x must have 2 dimensions, got shape \(1, 2, 16\)"),
+            Bad(lambda: f(XD, WD.half()), TypeError, r"w must have x's dtype torch\.float32, got torch\.float16"),
+            Bad(lambda: f(XD, WD.T), ValueError, r"w has 4 columns; it must have x's K=16"),
+            Bad(lambda: f(XD[:0], WD), ValueError, r"x \(M, K\) and w \(N, K\) must be non-empty, got x \(0, 16\)"),
+            Bad(lambda: f(XD, WD.to("meta")), ValueError, r"x and w must be on one device, got cpu and meta")]
 
 
 def _int8(f) -> list[Bad]:
@@ -74,6 +101,14 @@ def _paged_flag(f) -> list[Bad]:
 
 
 CASES: dict[str, list[Bad]] = {
+    "dense_matmul": _dense(dense_matmul),
+    "dense_matmul_torch": _dense(dense_matmul_torch),
+    "dense_matmul_triton": _dense(dense_matmul_triton) + [
+        Bad(lambda: dense_matmul_triton(XD, WD, block=(8, 16, 16, 0, 4)), ValueError,
+            r"block SPLIT_K=0 is out of range"),
+        Bad(lambda: dense_matmul_triton(XD, WD, block=(8, 16, 8, 1, 4)), ValueError,
+            r"\(BLOCK_M, BLOCK_N, BLOCK_K\) = \(8, 16, 8\) is not allowed: tl\.dot needs"),
+        Bad(lambda: dense_matmul_triton(XD, WD, block="big"), TypeError, r"block must be a tuple")],
     "int4_weight_only_matmul": _int4(int4_weight_only_matmul),
     "int4_weight_only_matmul_torch": _int4(int4_weight_only_matmul_torch),
     "int4_weight_only_matmul_triton": _int4(int4_weight_only_matmul_triton) + [
@@ -82,11 +117,14 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: int4_weight_only_matmul_triton(X4, P1, S, Z, 64, block="big"), TypeError,
             r"block must be a tuple")],
     "int4_gemv_v2": _int4(int4_gemv_v2, v2=True),
-    "int4_gemv_v2_torch": _int4(int4_gemv_v2_torch, v2=True) + [
-        Bad(lambda: int4_gemv_v2_torch(torch.randn(17, 128), P2, S, Z, 64), ValueError, r"x has M=17 rows")],
+    "int4_gemv_v2_torch": _int4(int4_gemv_v2_torch, v2=True),                 # any M: the reference
     "int4_gemv_v2_triton": _int4(int4_gemv_v2_triton, v2=True) + [
+        Bad(lambda: int4_gemv_v2_triton(torch.randn(17, 128), P2, S, Z, 64), ValueError, r"x has M=17 rows"),
         Bad(lambda: int4_gemv_v2_triton(X4, P2, S, Z, 64, block=(64, 1.5, 4)), TypeError,
             r"block SPLIT_K must be an int")],
+    "dequantize_int4_v2": _dequantize(dequantize_int4_v2),
+    "dequantize_int4_v2_torch": _dequantize(dequantize_int4_v2_torch),
+    "dequantize_int4_v2_triton": _dequantize(dequantize_int4_v2_triton),
     "int8_matmul": _int8(int8_matmul),
     "int8_matmul_torch": _int8(int8_matmul_torch),
     "int8_matmul_triton": _int8(int8_matmul_triton) + [

@@ -12,6 +12,7 @@ kernel owns must then be written.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -311,15 +312,16 @@ def test_v2_torch_path_matches_float64(dtype, monkeypatch):
     _assert_close(y, x.double() @ dequantized_weight(q, scales, zeros, 64).T, dtype)
 
 
-def test_block_sizes_fill_the_gpu_and_bound_the_partials():
-    """8192 × 8192, g = 128: ≥ 4 programs per SM at M = 1 with partials ≤ 5 % of the weight's bytes;
-    at M = 16 at least one program per SM."""
-    for M in (1, 16):
+def test_block_sizes_balance_the_sms_and_bound_the_partials():
+    """8192 × 8192, g = 128 (32 tiles of 256 outputs, 64 groups): at M = 1, 4 and 16 the busiest of 132 SMs runs
+    ⌈32 · 64 / 132⌉ = 16 group-iterations, an even share (a split of 17 would put 5 programs of 4 groups on
+    some SMs: 20); at M = 1 at least one program per SM, partials ≤ 5 % of the weight's bytes."""
+    for M in (1, 4, 16):
         block_n, split_k, warps = int4_module.block_sizes_v2(M, 8192, 8192, 128)
-        programs = 8192 // block_n * split_k
-        assert programs >= (4 * 132 if M == 1 else 132) and split_k <= 8192 // 128
+        tiles, groups = 8192 // block_n, 8192 // 128
+        assert math.ceil(tiles * split_k / 132) * math.ceil(groups / split_k) == math.ceil(tiles * groups / 132)
         if M == 1:
-            assert 8 * split_k * M * 8192 <= 0.05 * 8192 * 8192 / 2
+            assert tiles * split_k >= 132 and 8 * split_k * M * 8192 <= 0.05 * 8192 * 8192 / 2
 
 
 # --- v2: bad input ---------------------------------------------------------------------------------------------
@@ -331,7 +333,6 @@ X = torch.randn(2, 128)
 
 @pytest.mark.parametrize("call, error, match", [
     (lambda f: f(X.long(), P2, S, Z, 64), TypeError, r"x must be a 2-D tensor of dtype in"),
-    (lambda f: f(torch.randn(17, 128), P2, S, Z, 64), ValueError, r"x has M=17 rows; the v2 GEMV takes 1 to 16"),
     (lambda f: f(torch.randn(128, 2).T, P2, S, Z, 64), ValueError, r"x must be contiguous along K"),
     (lambda f: f(X, pack_int4(Q, 64), S, Z, 64), TypeError, r"packed must be a 2-D int16 tensor \(N, K/4\) from "
                                                             r"pack_int4_v2, got torch\.uint8 \(64, 16\)"),
@@ -345,6 +346,14 @@ X = torch.randn(2, 128)
 def test_v2_bad_input(call, error, match, path):
     with pytest.raises(error, match=match):
         call(getattr(int4_module, f"int4_gemv_v2_{path}"))
+
+
+def test_v2_kernel_takes_at_most_16_rows_and_the_reference_any():
+    with pytest.raises(ValueError, match=r"x has M=17 rows; the v2 GEMV takes 1 to 16"):
+        int4_module.int4_gemv_v2_triton(torch.randn(17, 128), P2, S, Z, 64)
+    x = torch.randn(17, 128, generator=_gen(3))
+    assert torch.equal(int4_module.int4_gemv_v2_torch(x, P2, S, Z, 64),
+                       int4_module.int4_weight_only_matmul_torch(x, pack_int4(Q, 64), S, Z, 64))
 
 
 def test_v2_dispatch_names_a_non_tensor():

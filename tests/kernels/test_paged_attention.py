@@ -147,7 +147,8 @@ V2_CASES = [  # B, H, H_kv, D, block_size, lengths, splits, dtype
     (2, 6, 2, 16, 16, [64, 9], 1, F16),            # one split = v1's order of operations
     (2, 10, 2, 16, 16, [100, 33], None, F16),      # G = 5 query heads per kv head (padded to 16 rows)
     (1, 4, 2, 16, 32, [300], 10, F32),             # as many splits as blocks
-]
+    (2, 4, 2, 16, 16, [700, 20], 40, F32),         # 40 splits: the combine's chunks of 16 (the second row's
+]                                                  # last chunks all empty)
 
 
 @pytest.mark.parametrize("B, H, H_kv, D, block_size, lengths, splits, dtype", V2_CASES)

@@ -1,5 +1,5 @@
-"""Properties of lab.kernels' entry checks: strided and transposed views of x, the weights, block tables and
-lengths give the contiguous result (the PyTorch paths; for a few tiny cases the Triton kernels under the
+"""Properties of lab.kernels' entry checks: strided and transposed views of x, the weights (dense ones too), block
+tables and lengths give the contiguous result (the PyTorch paths; for a few tiny cases the Triton kernels under the
 interpreter), bad sizes are refused by name, and the byte counts are non-negative ints."""
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from lab.formats import compress, pack_int4, pack_int4_v2
+from lab.kernels import dense as dense_module
+from lab.kernels import dense_matmul
 from lab.kernels import int4 as int4_module
 from lab.kernels import int4_gemv_v2, int4_weight_only_matmul
 from lab.kernels import int8 as int8_module
@@ -58,6 +60,13 @@ def test_int4_torch_paths_of_views_equal_the_contiguous_result(seed, M, N, group
     v2 = pack_int4_v2(q, 64)                              # v2: x copied if strided; scales unit stride along N
     y2 = int4_gemv_v2(x, v2, scales, zeros, 64)
     assert torch.equal(int4_gemv_v2(view(x, how), v2, view(scales, "rows"), view(zeros, "rows"), 64), y2)
+
+
+@FAST
+@given(seed=SEEDS, M=st.integers(1, 5), N=st.integers(1, 6), K=st.integers(1, 40), how=VIEWS)
+def test_dense_torch_path_of_views_equals_the_contiguous_result(seed, M, N, K, how):
+    x, w = torch.randn(M, K, generator=generator(seed)), torch.randn(N, K, generator=generator(seed + 1))
+    assert torch.equal(dense_matmul(view(x, how), view(w, how)), dense_matmul(x, w))
 
 
 @FAST
@@ -117,6 +126,8 @@ def test_call_bytes_are_non_negative_ints_at_least_the_operands(M, N, K, e, spli
               paged_module.call_bytes(M, 8, 2, 16, 16, K, e, version, split_k)):
         assert isinstance(n, int) and n > 0
     assert int8_module.call_bytes(M, N, K, e) >= M * K + N * K
+    if e > 1:                                                            # the dense baseline: 16- or 32-bit elements
+        assert dense_module.call_bytes(M, N, K, e, split_k) >= e * (N * K + M * K + M * N)
     with pytest.raises(TypeError, match=r"split_k must be an int, got True"):
         int4_module.call_bytes(M, N, K, g, e, version, True)
 
@@ -126,7 +137,7 @@ def test_call_bytes_are_non_negative_ints_at_least_the_operands(M, N, K, e, spli
 @pytest.fixture(scope="module")
 def interpreted():
     """The kernel modules re-imported under TRITON_INTERPRET=1 (and restored afterwards)."""
-    yield from reloaded(int4_module, int8_module, paged_module, sparse24_module)
+    yield from reloaded(int4_module, int8_module, paged_module, sparse24_module, dense_module)   # int4 before bf16
 
 
 @INTERPRETED
@@ -143,7 +154,7 @@ def test_paged_kernel_reads_strided_tables_and_lengths_as_their_values(interpret
 @INTERPRETED
 @given(seed=SEEDS, M=st.integers(1, 3), N=st.integers(1, 5), how=VIEWS)
 def test_matmul_kernels_read_views_as_their_values(interpreted, seed, M, N, how):
-    int4, int8, _, sparse24 = interpreted
+    int4, int8, _, sparse24, _ = interpreted
     x, values, meta = _sparse24(seed, M, N, 16)
     y = sparse24.sparse24_matmul(x, values, meta, N, 16)
     assert torch.equal(sparse24.sparse24_matmul(view(x, how), view(values, how), view(meta, how), N, 16), y)
@@ -158,9 +169,18 @@ def test_matmul_kernels_read_views_as_their_values(interpreted, seed, M, N, how)
 
 
 @INTERPRETED
+@given(seed=SEEDS, M=st.sampled_from([1, 17]), N=st.integers(1, 5), how=VIEWS)
+def test_dense_kernel_reads_views_as_their_values(interpreted, seed, M, N, how):
+    """Decode (split K, operands swapped) and the tiled GEMM read strided x and W through their strides."""
+    dense = interpreted[4]
+    x, w = torch.randn(M, 40, generator=generator(seed)), torch.randn(N, 40, generator=generator(seed + 1))
+    assert torch.equal(dense.dense_matmul(view(x, how), view(w, how)), dense.dense_matmul(x, w))
+
+
+@INTERPRETED
 @given(seed=SEEDS, M=st.integers(1, 3), N=st.integers(1, 5), how=VIEWS)
 def test_v2_kernels_copy_a_strided_x(interpreted, seed, M, N, how):
-    int4, _, _, sparse24 = interpreted
+    int4, _, _, sparse24, _ = interpreted
     q, x, scales, zeros = _int4(seed, M, N, 1, 64)
     v2 = pack_int4_v2(q, 64)
     assert torch.equal(int4.int4_gemv_v2(view(x, how), v2, scales, zeros, 64),

@@ -258,6 +258,8 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: pack_quantized_weight(W), TypeError, r"qt must be a QuantizedTensor"),
         Bad(lambda: pack_quantized_weight(rtn_quantize(W, 4, symmetric=True)), ValueError, r"qmin=-8"),
         Bad(lambda: pack_quantized_weight(quantize(W, 4)), ValueError, r"granularity='tensor'"),
+        Bad(lambda: pack_quantized_weight(rtn_quantize(W, 4, 8), layout="v3"), ValueError,
+            r"layout='v3' is not allowed"),
     ],
     "unpack_int4": [
         Bad(lambda: unpack_int4(W, 8), TypeError, r"packed must be a 2-D uint8 tensor"),

@@ -15,11 +15,14 @@ import torch
 
 from lab.formats.sparse24 import compress, decompress
 from lab.kernels import int4 as int4_module
+from lab.kernels import int4_dequant as dequant_module
 from lab.kernels import sparse24 as sparse24_module
+from lab.kernels.int4 import call_bytes, int4_weight_only_matmul_torch
 from lab.models import GPT
-from lab.quant import (Int4Linear, W8A8Linear, dequantize, gptq_quantize, int4_model, quantize_model, rtn_quantize,
-                       w8a8_quantize_model)
-from lab.quant.linear import Sparse24Int4Linear, decoder_linear_names
+from lab.quant import (Int4Linear, W8A8Linear, dequantize, gptq_quantize, int4_model, pack_quantized_weight,
+                       quantize_model, rtn_quantize, w8a8_quantize_model)
+from lab.quant.linear import (CHUNKED_MAX_M, V2_GROUP_SIZES, Sparse24Int4Linear, decoder_linear_names, int4_matmul,
+                              int4_path)
 from tests.formats.test_sparse24 import random_nm
 from tests.kernels.interpreted import reloaded
 from tests.kernels.test_int4 import NO_CUDA, _assert_close, _gen
@@ -28,8 +31,8 @@ from tests.tiny_models import tiny_gpt as make_tiny_gpt
 
 @pytest.fixture(scope="module")
 def interpreted():
-    """The int4 and 2:4 kernel modules re-imported under TRITON_INTERPRET=1 (and restored afterwards)."""
-    yield from reloaded(int4_module, sparse24_module)
+    """The int4, int4 dequantize and 2:4 kernel modules re-imported under TRITON_INTERPRET=1 (then restored)."""
+    yield from reloaded(int4_module, dequant_module, sparse24_module)
 
 
 def _linear(in_features: int, out_features: int, bias: bool, seed: int) -> torch.nn.Linear:
@@ -45,7 +48,9 @@ def test_int4_linear_matches_the_dequantized_float_layer(group_size, bias, dtype
     lin = _linear(64, 40, bias, seed=9)
     qt = rtn_quantize(lin.weight, 4, group_size)
     layer = Int4Linear(qt, lin.bias)
-    assert layer.packed.shape == (32, 40) and layer.group_size == (group_size or 64)
+    layout = "v1" if group_size == 32 else "v2"                          # g = K = 64 per channel: v2
+    assert layer.layout == layout and layer.group_size == (group_size or 64)
+    assert layer.packed.shape == ((32, 40) if layout == "v1" else (40, 16)) and layer.packed.nbytes == 40 * 32
     x = torch.randn(2, 3, 64, generator=_gen(10)).to(dtype)
     y = layer(x)
     ref = x.double() @ dequantize(qt).double().T + (lin.bias.double() if bias else 0.0)
@@ -73,6 +78,83 @@ def test_int4_linear_under_interpreter(interpreted):
     x = torch.randn(3, 64, generator=_gen(15))
     ref = x.double() @ dequantize(qt).double().T + lin.bias.double()
     _assert_close(Int4Linear(qt, lin.bias)(x), ref, torch.float32)
+
+
+def test_int4_linear_on_the_cpu_gives_the_same_bits_in_either_layout(monkeypatch):
+    """The v2 layout changes where the codes lie, not Ŵ: the CPU path is the fp32 reference of both (the
+    notebooks' stored outputs do not move)."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    qt = rtn_quantize(torch.randn(48, 256, generator=_gen(30)), 4, 128)
+    layer = Int4Linear(qt)
+    v1_packed, scales, zeros, g = pack_quantized_weight(qt)
+    for M in (1, 16, 40, 200):
+        x = torch.randn(M, 256, generator=_gen(M)).to(torch.bfloat16)
+        assert torch.equal(layer(x), int4_weight_only_matmul_torch(x, v1_packed, scales, zeros, g))
+
+
+@pytest.mark.parametrize("g", [32, 64])
+def test_int4_matmul_takes_no_rows_and_strided_rows(monkeypatch, g):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    layer = Int4Linear(rtn_quantize(torch.randn(24, 128, generator=_gen(33)), 4, g))
+    assert int4_matmul(torch.empty(0, 128), layer.packed, layer.scales, layer.zeros, g).shape == (0, 24)
+    x = torch.randn(128, 3, generator=_gen(34))
+    assert torch.equal(int4_matmul(x.T, layer.packed, layer.scales, layer.zeros, g),
+                       int4_matmul(x.T.contiguous(), layer.packed, layer.scales, layer.zeros, g))
+
+
+def test_int4_path_table(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert {int4_path(M, v, cpu) for M in (1, 500) for v in ("v1", "v2")} == {"torch"}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert [int4_path(M, "v2", cpu) for M in (1, 16, 17, CHUNKED_MAX_M, CHUNKED_MAX_M + 1)] == [
+        "v2", "v2", "v2 chunks", "v2 chunks", "dequantize + dense"]
+    assert int4_path(4096, "v1", cpu) == "v1" and CHUNKED_MAX_M == 128
+    with pytest.raises(ValueError, match=r"layout='v3' is not allowed"):
+        int4_path(1, "v3", cpu)
+
+
+@pytest.mark.parametrize("g", V2_GROUP_SIZES)
+def test_chunks_stop_where_dequantizing_moves_fewer_bytes(g):
+    """c chunks of 16 rows read the weight c times; dequantize + dense reads it once and writes and reads a dense
+    bf16 Ŵ (2·2NK bytes): chunks pay up to CHUNKED_MAX_M = 8 · 16 rows, not one chunk more."""
+    N = K = 8192
+    def chunked(c: int) -> int:
+        return c * call_bytes(16, N, K, g, 2, "v2", 1)
+
+    dense = call_bytes(16, N, K, g, 2, "v2", 1) + 2 * 2 * N * K
+    c = CHUNKED_MAX_M // 16
+    assert chunked(c) < dense < chunked(c + 1)
+
+
+class _Counting:
+    """A @triton.jit kernel with its launches counted (``kernel[grid](...)`` passes through)."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@pytest.mark.parametrize("M, g, launches", [(1, 64, (1, 0, 0)), (16, 64, (1, 0, 0)), (40, 64, (3, 0, 0)),
+                                             (CHUNKED_MAX_M + 1, 64, (0, 0, 1)), (5, 32, (0, 1, 0))])
+def test_int4_linear_reaches_its_kernel_under_the_interpreter(interpreted, monkeypatch, M, g, launches):
+    """Under TRITON_INTERPRET=1 (launches of v2, v1, dequantize): decode shapes launch the v2 GEMV (g = 64),
+    16 < M ≤ 128 one per chunk of 16 rows, larger M the dequantize kernel (then a dense matmul), g = 32 the v1
+    kernel; each equals the float64 product."""
+    kernels = [(int4_module, "_int4_gemv_v2_kernel"), (int4_module, "_int4_matmul_kernel"),
+               (dequant_module, "_dequantize_kernel")]
+    counters = [_Counting(getattr(module, name)) for module, name in kernels]
+    for (module, name), counter in zip(kernels, counters):
+        monkeypatch.setattr(module, name, counter)
+    lin = _linear(128, 72, True, seed=31)
+    qt = rtn_quantize(lin.weight, 4, g)
+    x = torch.randn(M, 128, generator=_gen(32))
+    _assert_close(Int4Linear(qt, lin.bias)(x), x.double() @ dequantize(qt).double().T + lin.bias.double(),
+                  torch.float32)
+    assert tuple(c.launches for c in counters) == launches
 
 
 def test_int4_linear_rejects_other_grids():
@@ -237,3 +319,17 @@ def test_cuda_quantized_models_match_the_cpu_path():
     ref = cpu_w8a8(TOKENS)
     torch.testing.assert_close(gpu_w8a8(TOKENS.cuda()).float().cpu(), ref.float(), rtol=2e-2,
                                atol=2e-2 * ref.abs().max().item())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(NO_CUDA, reason="the compiled Triton kernels need a CUDA GPU")
+@torch.no_grad()
+def test_cuda_int4_linear_paths_match_the_cpu_path():
+    """v2's layout on a GPU: 3 rows in one GEMV, 48 in chunks of 16, 144 dequantized once, then dense (bf16)."""
+    lin = _linear(256, 192, True, seed=40)
+    for g in (64, 128):
+        layer = Int4Linear(rtn_quantize(lin.weight, 4, g), lin.bias, scale_dtype=torch.bfloat16)  # as declared
+        for M in (3, 48, 144):
+            x = torch.randn(M, 256, generator=_gen(M)).to(torch.bfloat16)
+            torch.testing.assert_close(layer.cuda()(x.cuda()).cpu().float(), layer.cpu()(x).float(), rtol=2e-2,
+                                       atol=2e-2)

@@ -1,7 +1,7 @@
 """The launches the kernel wrappers make, recorded instead of run.
 
 The wrappers are called with ``meta`` tensors while their module's kernels are replaced by recorders (the
-main kernel and its `COMPANIONS`, the v2 kernels' second passes): block sizes, warps, split-K,
+main kernel and its `COMPANIONS`, the second passes): block sizes, warps, split-K,
 INPUT_PRECISION, G / G_PAD / D / BLOCK_SIZE and every stride come from the wrapper's own code (its
 ``block_sizes``), so a change there changes what is compiled.
 """
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from lab.formats.sparse24 import meta_shape
-from lab.kernels import int4, int8, paged_attention, sparse24
+from lab.kernels import dense, int4, int4_dequant, int8, paged_attention, sparse24
 
 # kernel name → (module, attribute of the @triton.jit kernel); the names are the records' keys
 KERNELS = {
@@ -29,9 +29,14 @@ KERNELS = {
     "paged_attention_v2": ("lab.kernels.paged_attention", "_paged_decode_split_kernel"),
     "paged_attention_v2_combine": ("lab.kernels.paged_attention", "_combine_kernel"),
     "sparse24_matmul_v2": ("lab.kernels.sparse24", "_sparse24_v2_kernel"),
+    "dense_matmul": ("lab.kernels.dense", "_dense_matmul_kernel"),
+    "dense_matmul_reduce": ("lab.kernels.int4", "_reduce_kernel"),     # int4's split-K reduction, reused
+    "int4_dequantize": ("lab.kernels.int4_dequant", "_dequantize_kernel"),
 }
-# kernels a wrapper launches after its main kernel (recorded with it): the v2 kernels' second passes
-COMPANIONS = {"int4_gemv_v2": ("int4_gemv_v2_reduce",), "paged_attention_v2": ("paged_attention_v2_combine",)}
+# kernels a wrapper launches after its main kernel (recorded with it): the second passes of the v2 kernels and
+# of the dense baseline's split-K
+COMPANIONS = {"int4_gemv_v2": ("int4_gemv_v2_reduce",), "paged_attention_v2": ("paged_attention_v2_combine",),
+              "dense_matmul": ("dense_matmul_reduce",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,10 +110,22 @@ def launch_int4(M: int, N: int, K: int, group_size: int, dtype: torch.dtype, sca
     wrapper(_meta(M, K, dtype=dtype), packed, scales, torch.empty_like(scales), group_size)
 
 
+def launch_int4_dequantize(N: int, K: int, group_size: int, dtype: torch.dtype, scale_dtype: torch.dtype) -> None:
+    """Ŵ (N, K) in ``dtype`` from v2-packed codes (N, K/4) int16 (`lab.kernels.int4_dequant`)."""
+    scales = _meta(K // group_size, N, dtype=scale_dtype)
+    int4_dequant.dequantize_int4_v2_triton(_meta(N, K // 4, dtype=torch.int16), scales, torch.empty_like(scales),
+                                           group_size, dtype)
+
+
 def launch_int8(M: int, N: int, K: int, out_dtype: torch.dtype, block: tuple | None = None) -> None:
     """``block`` None: the default (`lab.kernels.int8.block_sizes`; what a meta tensor gets from `tuned_block`)."""
     int8.int8_matmul_triton(_meta(M, K, dtype=torch.int8), _meta(N, K, dtype=torch.int8),
                             _meta(M, dtype=torch.float32), _meta(N, dtype=torch.float32), out_dtype, block)
+
+
+def launch_dense(M: int, N: int, K: int, dtype: torch.dtype) -> None:
+    """x (M, K) and W (N, K) row-major of one dtype (the dense baseline; with its split-K reduction at decode)."""
+    dense.dense_matmul_triton(_meta(M, K, dtype=dtype), _meta(N, K, dtype=dtype))
 
 
 def launch_sparse24(M: int, out_features: int, in_features: int, dtype: torch.dtype, version: str = "v1") -> None:

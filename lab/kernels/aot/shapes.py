@@ -5,7 +5,10 @@ staged GPU run, the CUDA tests) declares the shapes it runs as `MatmulShapes` / 
 ``python -m lab.bench static`` hands their union to `launches`. Every shape is compiled for every dtype the
 wrapper accepts on a GPU (x / q in bf16, fp16 and fp32; int4 scales in x's dtype, as every caller passes
 them; the int8 kernel's three out dtypes, each with every block of its tuning set: a GPU may pick any).
-int4 v2 takes the shapes with M ≤ `lab.kernels.int4.MAX_M` and g a multiple of 64.
+int4 v2 takes the shapes with g a multiple of 64, at M ≤ `lab.kernels.int4.MAX_M` and, for a larger M, at the
+rows of its chunks (16, and M mod 16: `lab.quant.linear.Int4Linear` runs v2 on chunks of 16 rows); the int4
+dequantize kernel (whose launch does not depend on M) every weight of those shapes. ``"dense"`` shapes compile
+the dense baseline (`lab.kernels.dense`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from lab.kernels import int4, int8, paged_attention, sparse24
-from lab.kernels.aot.launches import (Launch, dtype_label, launch_int4, launch_int8, launch_paged, launch_sparse24,
-                                      recording_with_companions)
+from lab.kernels import dense, int4, int8, paged_attention, sparse24
+from lab.kernels.aot.launches import (Launch, dtype_label, launch_dense, launch_int4, launch_int4_dequantize,
+                                      launch_int8, launch_paged, launch_sparse24, recording_with_companions)
 
 
 @dataclass(frozen=True)
@@ -24,7 +27,7 @@ class MatmulShapes:
     """A caller's matmuls: every M of ``batches`` with every weight (N, K) = (out_features, in_features)."""
 
     label: str
-    kernels: tuple[str, ...]                    # ⊆ ("int4", "int8", "sparse24")
+    kernels: tuple[str, ...]                    # ⊆ ("int4", "int8", "sparse24", "dense")
     batches: tuple[int, ...]
     weights: tuple[tuple[int, int], ...]
     group_size: int = 0                         # int4's g
@@ -52,15 +55,34 @@ def _matmuls(shapes: Sequence, kernel: str) -> Iterator[MatmulShapes]:
     return (s for s in shapes if isinstance(s, MatmulShapes) and kernel in s.kernels)
 
 
+def _chunk_rows(M: int) -> set[int]:
+    """The row counts of M rows cut into chunks of at most `lab.kernels.int4.MAX_M`."""
+    return {min(M, int4.MAX_M), M % int4.MAX_M} - {0}
+
+
 def int4_cases(shapes: Sequence, version: str = "v1") -> Iterator[Case]:
     for s in _matmuls(shapes, "int4"):
         if version == "v2" and s.group_size % 64:
             continue
-        Ms = [M for M in s.batches if version == "v1" or M <= int4.MAX_M]
+        Ms = list(s.batches) if version == "v1" else sorted({m for M in s.batches for m in _chunk_rows(M)})
         for M, (N, K), dtype in itertools.product(Ms, s.weights, int4.X_DTYPES):
             yield (f"{s.label}: M={M} N={N} K={K} g={s.group_size} x,scales={dtype_label(dtype)}"
                    f"{' (v2)' * (version == 'v2')}",
                    lambda M=M, N=N, K=K, g=s.group_size, dtype=dtype: launch_int4(M, N, K, g, dtype, dtype, version))
+
+
+def int4_dequantize_cases(shapes: Sequence) -> Iterator[Case]:
+    for s in (s for s in _matmuls(shapes, "int4") if s.group_size % 64 == 0):
+        for (N, K), dtype in itertools.product(s.weights, int4.X_DTYPES):
+            yield (f"{s.label}: N={N} K={K} g={s.group_size} {dtype_label(dtype)} (dequantize)",
+                   lambda N=N, K=K, g=s.group_size, dtype=dtype: launch_int4_dequantize(N, K, g, dtype, dtype))
+
+
+def dense_cases(shapes: Sequence) -> Iterator[Case]:
+    for s in _matmuls(shapes, "dense"):
+        for M, (N, K), dtype in itertools.product(s.batches, s.weights, dense.DTYPES):
+            yield (f"{s.label}: M={M} N={N} K={K} {dtype_label(dtype)} (dense)",
+                   lambda M=M, N=N, K=K, dtype=dtype: launch_dense(M, N, K, dtype))
 
 
 def int8_cases(shapes: Sequence) -> Iterator[Case]:
@@ -91,7 +113,8 @@ def paged_cases(shapes: Sequence, version: str = "v1") -> Iterator[Case]:
 CASES = {"int4_matmul": int4_cases, "int8_matmul": int8_cases, "sparse24_matmul": sparse24_cases,
          "paged_attention": paged_cases, "int4_gemv_v2": lambda shapes: int4_cases(shapes, "v2"),
          "paged_attention_v2": lambda shapes: paged_cases(shapes, "v2"),
-         "sparse24_matmul_v2": lambda shapes: sparse24_cases(shapes, "v2")}
+         "sparse24_matmul_v2": lambda shapes: sparse24_cases(shapes, "v2"), "int4_dequantize": int4_dequantize_cases,
+         "dense_matmul": dense_cases}
 
 
 def launches(shapes: Sequence[MatmulShapes | PagedShapes]) -> list[tuple[str, Launch]]:

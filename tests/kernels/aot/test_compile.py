@@ -127,7 +127,8 @@ def test_representatives_compile_without_spills_within_the_limits(records):
         assert 0 < r["registers"] <= 255
         assert 0 <= r["shared_memory"]["total"] <= SHARED_PER_BLOCK_MAX
         assert r["occupancy"]["ctas_per_sm"] >= 1
-        assert r["main_loop"] is not None and r["main_loop"]["instructions"] > 0
+        if r["kernel"] != "int4_dequantize":                             # one group per program: no loop
+            assert r["main_loop"] is not None and r["main_loop"]["instructions"] > 0
 
 
 def test_int8_kernel_compiles_onto_the_integer_tensor_cores(records):
@@ -139,7 +140,7 @@ def test_int8_kernel_compiles_onto_the_integer_tensor_cores(records):
         assert not {"HMMA", "HGMMA"} & set(mnemonics)
 
 
-@pytest.mark.parametrize("kernel", ["int4_matmul", "sparse24_matmul", "int4_gemv_v2"])
+@pytest.mark.parametrize("kernel", ["int4_matmul", "sparse24_matmul", "int4_gemv_v2", "dense_matmul"])
 def test_float_matmuls_use_the_fp16_tensor_cores(records, kernel):
     for r in by_kernel(records, kernel):
         mnemonics = r["main_loop"]["mnemonics"]
