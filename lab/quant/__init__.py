@@ -9,8 +9,8 @@ from lab.quant.model import quantize_model, rtn_quantize_model
 from lab.quant.observers import ChannelAbsMaxObserver, MinMaxObserver, MSEObserver, PercentileObserver
 from lab.quant.packing import pack_quantized_weight
 from lab.quant.qat import finish_qat, prepare_qat
-from lab.quant.scaling import (activation_abs_max, awq_scale_search, group_smoothing_factors, smoothing_factors,
-                               smoothquant)
+from lab.quant.scaling import (activation_abs_max, awq_scale_search, group_smoothing_factors, plant_outliers,
+                               smoothing_factors, smoothquant)
 
 __all__ = [
     "QuantizedTensor", "dequantize", "fake_quantize", "fake_quantize_with", "qparams", "quantize", "quantize_with",
@@ -18,5 +18,5 @@ __all__ = [
     "rtn_quantize_model", "ChannelAbsMaxObserver", "MinMaxObserver", "MSEObserver", "PercentileObserver",
     "pack_int4", "pack_int4_v2", "pack_quantized_weight", "unpack_int4", "unpack_int4_v2", "activation_abs_max",
     "awq_scale_search",
-    "group_smoothing_factors", "smoothing_factors", "smoothquant", "prepare_qat", "finish_qat",
+    "group_smoothing_factors", "smoothing_factors", "smoothquant", "plant_outliers", "prepare_qat", "finish_qat",
 ]

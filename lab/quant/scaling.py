@@ -18,6 +18,12 @@ per-channel maxima over calibration data, and α ∈ [0, 1] the migration streng
 (max over tokens for X, over the rows of every linear of the group for W), which equalises the two
 ranges at α = 0.5. The paper smooths the norm-fed groups only (q/k/v and the first MLP layer).
 
+`plant_outliers` runs the same equivalence backwards to give a small model the activation outliers of a large
+one: with s_j = 1/α on a few channels j of each norm-fed group (and 1 elsewhere), the norm's gain γ_j becomes
+α·γ_j, so channel j of every input of q/k/v (or gate/up) is α times larger, and column j of those linears is
+divided by α: the products x_j W_{:, j} and so the function are unchanged (up to rounding), while per-tensor
+activation quantization now meets the few large channels that large LLMs show (Dettmers et al. 2022).
+
 AWQ (Lin et al. 2024) protects the weights of salient input channels in weight-only quantization:
 s_j = mean|X_j|^α, normalised by sqrt(max s · min s), with α on a grid in [0, 1) chosen to minimise
 the output error of the quantized group, Σ_W ‖WX − Q(W diag s) diag(s)⁻¹ X‖², computed exactly from
@@ -33,7 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from lab.core.checks import check_float_tensor, check_fraction, check_int, check_matrix
+from lab.core.checks import check_float_tensor, check_fraction, check_int, check_matrix, check_number
 from lab.layerwise import InputStats, output_error
 from lab.models.gpt import check_gpt
 from lab.quant.linear import check_linear_names, decoder_linear_names, observe_linear_inputs
@@ -135,6 +141,30 @@ def smoothquant(model: nn.Module, act_stats: dict[str, torch.Tensor], alpha: flo
         for producer, linears in SMOOTHQUANT_GROUPS:
             fold_scales(block, producer, linears, factors[f"layers.{i}.{producer}"])
     return factors
+
+
+@torch.no_grad()
+def plant_outliers(model: nn.Module, factor: float, n_channels: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Multiply the gain of ``n_channels`` channels of every norm of a lab `GPT`'s decoder layers by ``factor``
+    (α > 1) and divide the matching input columns of the linears that read the norm by it, in place: the
+    function is preserved (module docstring), the inputs of q/k/v and gate/up get α-times larger channels.
+    The channels are drawn without replacement, per norm, from a generator seeded with ``seed``. Returns them,
+    int64 (n_channels,), keyed "layers.i.attn_norm" / "layers.i.mlp_norm"."""
+    check_gpt("model", model)
+    factor = check_number("factor", factor, 0, closed=(False, True))
+    d_model = model.layers[0].attn_norm.weight.shape[0]
+    check_int("n_channels", n_channels, 1, d_model)
+    check_int("seed", seed, 0)
+    generator = torch.Generator().manual_seed(seed)
+    planted = {}
+    for i, block in enumerate(model.layers):
+        for producer, linears in SMOOTHQUANT_GROUPS:
+            channels = torch.randperm(d_model, generator=generator)[:n_channels].sort().values
+            s = torch.ones(d_model, dtype=torch.float64)
+            s[channels] = 1.0 / factor
+            fold_scales(block, producer, linears, s)
+            planted[f"layers.{i}.{producer}"] = channels
+    return planted
 
 
 def _check_act_stats(act_stats: dict[str, torch.Tensor], keys: list[str]) -> None:

@@ -13,9 +13,9 @@ from lab.layerwise import InputStats
 from lab.quant import (ChannelAbsMaxObserver, Int4Linear, MinMaxObserver, MSEObserver, PercentileObserver,
                        QuantizedTensor, W8A8Linear, activation_abs_max, awq_scale_search, dequantize, fake_quantize,
                        fake_quantize_with, finish_qat, gptq_quantize, group_smoothing_factors, int4_model, pack_int4,
-                       pack_int4_v2, pack_quantized_weight, prepare_qat, qparams, quantize, quantize_model,
-                       quantize_with, rtn_quantize, rtn_quantize_model, smoothing_factors, smoothquant, unpack_int4,
-                       unpack_int4_v2, w8a8_quantize_model)
+                       pack_int4_v2, pack_quantized_weight, plant_outliers, prepare_qat, qparams, quantize,
+                       quantize_model, quantize_with, rtn_quantize, rtn_quantize_model, smoothing_factors, smoothquant,
+                       unpack_int4, unpack_int4_v2, w8a8_quantize_model)
 from tests.bad_input import NOT_GPT, Bad, T, V
 from tests.tiny_models import tiny_gpt
 
@@ -305,6 +305,13 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: smoothing_factors(torch.ones(16), [W, W[:, :8]], 0.5), ValueError, r"weights\[1\] has shape"),
         Bad(lambda: smoothing_factors(torch.ones(16), [W], 1.5), ValueError, r"alpha=1.5"),
     ],
+    "plant_outliers": [
+        Bad(lambda: plant_outliers(torch.nn.Linear(4, 4), 50.0, 2), TypeError, r"model must be a lab GPT"),
+        Bad(lambda: plant_outliers(tiny_gpt(), 0.0, 2), ValueError, r"factor=0\.0 is out of range"),
+        Bad(lambda: plant_outliers(tiny_gpt(), True, 2), TypeError, r"factor must be a real number, got True"),
+        Bad(lambda: plant_outliers(tiny_gpt(), 50.0, 0), ValueError, r"n_channels=0 is out of range"),
+        Bad(lambda: plant_outliers(tiny_gpt(), 50.0, 10_000), ValueError, r"n_channels=10000 is out of range"),
+        Bad(lambda: plant_outliers(tiny_gpt(), 50.0, 2, seed=-1), ValueError, r"seed=-1 is out of range")],
     "smoothquant": [
         Bad(lambda: smoothquant(tiny_gpt(), []), TypeError, r"act_stats must be the dict"),
         Bad(lambda: smoothquant(tiny_gpt(), {}), ValueError, r"act_stats has no entry 'layers.0.attn.q_proj'"),

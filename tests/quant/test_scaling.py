@@ -10,7 +10,8 @@ import torch
 
 from lab.layerwise import InputStats
 from lab.models import GPT
-from lab.quant import activation_abs_max, awq_scale_search, dequantize, rtn_quantize, smoothing_factors, smoothquant
+from lab.quant import (activation_abs_max, awq_scale_search, dequantize, plant_outliers, rtn_quantize, smoothing_factors,
+                       smoothquant)
 from lab.quant.scaling import SCALE_GROUPS, fold_scales
 from tests.quant.test_gptq import W0, _error, _gen
 from tests.quant.test_model import CALIB, _captured_inputs, _linears
@@ -177,3 +178,31 @@ def test_smoothquant_bad_input():
         smoothing_factors(torch.ones(4), [torch.ones(2, 4)], -0.1)
     with pytest.raises(ValueError, match=r"act_stats has no entry 'layers\.0\.attn\.q_proj'"):
         smoothquant(model, {}, 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# planted outliers
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def test_planted_outliers_preserve_the_function_and_enlarge_their_channels():
+    """α = 50 on 2 channels per norm: the logits move only by rounding; the planted channels of the inputs of
+    q_proj and gate_proj are about 50× their unplanted values, the others unchanged; the draw is the seed's."""
+    model = tiny_gpt()
+    planted_model = copy.deepcopy(model)
+    before = activation_abs_max(model, lambda: model(CALIB))
+    channels = plant_outliers(planted_model, 50.0, 2, seed=3)
+    torch.testing.assert_close(planted_model(CALIB), model(CALIB), rtol=1e-4, atol=1e-4)
+    after = activation_abs_max(planted_model, lambda: planted_model(CALIB))
+    assert sorted(channels) == [f"layers.{i}.{n}" for i in range(len(model.layers)) for n in ("attn_norm", "mlp_norm")]
+    for i in range(len(model.layers)):
+        for norm, linear in (("attn_norm", "attn.q_proj"), ("mlp_norm", "mlp.gate_proj")):
+            c = channels[f"layers.{i}.{norm}"]
+            assert c.shape == (2,) and c.unique().numel() == 2
+            key = f"layers.{i}.{linear}"
+            others = torch.ones_like(before[key], dtype=torch.bool)
+            others[c] = False
+            torch.testing.assert_close(after[key][c], 50.0 * before[key][c], rtol=1e-3, atol=0)
+            torch.testing.assert_close(after[key][others], before[key][others], rtol=1e-4, atol=1e-6)
+    again = plant_outliers(copy.deepcopy(model), 50.0, 2, seed=3)
+    assert all(torch.equal(again[k], channels[k]) for k in channels)
