@@ -25,6 +25,7 @@ import lab
 from lab.core.runtime import get_device
 from lab.infer.paged import paged_decode_kernel
 from lab.kernels.int4 import MAX_M, int4_gemv_v2, int4_weight_only_matmul
+from lab.kernels.int4_dequant import dequantize_int4_v2
 from lab.kernels.int8 import candidates
 from lab.prune.semi_structured import sparse24_kernel
 from lab.quant.linear import CHUNKED_MAX_M, V2_GROUP_SIZES, int4_path
@@ -90,7 +91,7 @@ def kernels() -> list[tuple[str, str, str]]:
     cuda, g = torch.device("cuda"), f"g in {V2_GROUP_SIZES}"
     int4 = {"v1": int4_weight_only_matmul.__name__, "v2": int4_gemv_v2.__name__,
             "v2 chunks": f"{int4_gemv_v2.__name__} on chunks of {MAX_M} rows",
-            "dequantize + dense": "dequantize_int4 once, then a dense matmul"}
+            "dequantize + dense": f"{dequantize_int4_v2.__name__} once, then a dense matmul"}
     return [("Int4Linear", f"{g}, M ≤ {MAX_M}", int4[int4_path(MAX_M, "v2", cuda)]),
             ("Int4Linear", f"{g}, {MAX_M} < M ≤ {CHUNKED_MAX_M}", int4[int4_path(CHUNKED_MAX_M, "v2", cuda)]),
             ("Int4Linear", f"{g}, M > {CHUNKED_MAX_M}", int4[int4_path(CHUNKED_MAX_M + 1, "v2", cuda)]),

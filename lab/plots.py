@@ -105,8 +105,8 @@ def static_model_figure(record: dict) -> plt.Figure:
                [dense_us(record, M) if v == "dense" else int4[v, M]["predicted_us_h200"] for M in Ms],
                width=0.25, color=colors[v], label=f"{'dense bf16 kernel' if v == 'dense' else 'int4 ' + v}")
     mid = [j + 0.27 for j in range(len(Ms))]
-    ax.plot([j + 0.27 for j in range(len(Ms))], [int4["v2", M]["memory_bound_us_h200"] for M in Ms], "k_",
-            markersize=24, mew=2, label=f"int4 memory-bound ({bandwidth / 1e12:.1f} TB/s)")
+    ax.plot(mid, [int4["v2", M]["memory_bound_us_h200"] for M in Ms], "k_", markersize=24, mew=2,
+            label=f"int4 memory-bound ({bandwidth / 1e12:.1f} TB/s)")
     top = max(p.get_height() for p in ax.patches)
     ax.set(xticks=mid, xticklabels=[f"M = {M}" for M in Ms], ylabel="µs per call (predicted, H200)",
            title=f"{LAYER} × {LAYER}, g = 128 (static model)", ylim=(0, 1.45 * top))

@@ -57,7 +57,8 @@ def check_then_time(fn: Callable[[], torch.Tensor], reference: torch.Tensor, tol
 
     Returns {"max_rel_err": max |fn() − reference| / max |reference|, "agreement": the fraction of outputs equal
     to the reference rounded to the output's dtype (1.0: every element correctly rounded; a bf16 kernel that
-    accumulates in another order agrees on most elements, not all), "ms": `time_ms`} for a right path, and {"max_rel_err": that error or None, "ms": None, "wrong": why} for one whose error exceeds ``tol``,
+    accumulates in another order agrees on most elements, not all), "ms": `time_ms`} for a right path, and
+    {"max_rel_err": that error or None, "ms": None, "wrong": why} for one whose error exceeds ``tol``,
     is not finite, that raises (a private PyTorch op missing from this release, an unsupported
     dtype) or returns no tensor of the reference's shape: a wrong path is recorded, never timed, and never
     stops the other paths. ``reference`` must be a finite float64 tensor.

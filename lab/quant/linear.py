@@ -16,8 +16,9 @@ Where the chunks stop (`CHUNKED_MAX_M`) is a byte count: c chunks read the weigh
 (16-bit x, scales and zeros, as the GPU runs store them) c times; dequantizing reads them once and writes then
 reads a dense Ŵ, 2·2NK bytes more, so chunks move fewer bytes while c·(1/4 + 2/g) < 1/4 + 2/g + 2, i.e. c ≤ 8
 for g = 64 and 128 (the test checks it with the kernels' own ``call_bytes``). With fp32 scales and zeros (the
-layer's default) and g = 64 the break-even is 7 chunks: the 8th moves about 8% more bytes than dequantizing. For M above it the product is compute-bound and the dense path runs the tensor
-cores at their full rate (vLLM's AWQ layer makes the same switch, at 256 tokens).
+layer's default) and g = 64 the break-even is 7 chunks: the 8th moves about 8% more bytes than dequantizing.
+For M above it the product is compute-bound and the dense path runs the tensor cores at their full rate
+(vLLM's AWQ layer makes the same switch, at 256 tokens).
 
 `W8A8Linear` — weights and activations in int8: W quantized symmetrically per output channel
 (s_n = max_k |W_nk| / 127), the activation x quantized symmetrically at run time, either per token
@@ -57,7 +58,6 @@ from lab.quant.packing import pack_quantized_weight
 ACT_MODES = ("token", "tensor")
 V2_GROUP_SIZES = (64, 128)        # g stored in v2's layout (the sm_90 compile checks the v2 kernel at both)
 CHUNKED_MAX_M = 8 * MAX_M         # v2 on chunks of 16 rows up to this M (module docstring)
-INT4_PATHS = ("torch", "v1", "v2", "v2 chunks", "dequantize + dense")
 
 
 def _check_input(x: torch.Tensor, in_features: int, dtypes: tuple[torch.dtype, ...]) -> None:
@@ -68,7 +68,8 @@ def _check_input(x: torch.Tensor, in_features: int, dtypes: tuple[torch.dtype, .
 
 
 def int4_path(M: int, layout: str, device: torch.device) -> str:
-    """The path of `INT4_PATHS` an `Int4Linear` product of M rows takes (module docstring's table)."""
+    """The path an `Int4Linear` product of M rows takes (module docstring's table): "torch", "v1", "v2",
+    "v2 chunks" or "dequantize + dense"."""
     check_int("M", M)
     check_choice("layout", layout, ("v1", "v2"))
     if not runs_triton(device):

@@ -2,7 +2,8 @@
 
 The quantizer (`lab.quant.affine`, RTN or GPTQ) gives the codes q (N, K) and one (s, z) per output row and
 group of g input columns, s and z of shape (N, K/g); the storage is the packed codes — (K/2, N) uint8 in the v1
-layout, (N, K/4) int16 in the v2 layout — and scales, zeros transposed to (K/g, N) float32, so that Ŵ = s·(q − z) (`lab.formats.int4.dequantize_int4`).
+layout, (N, K/4) int16 in the v2 layout — and scales, zeros transposed to (K/g, N) float32, so that
+Ŵ = s·(q − z) (`lab.formats.int4.dequantize_int4`).
 """
 
 from __future__ import annotations

@@ -46,10 +46,11 @@ list (https://docs.nvidia.com/nsight-compute/ProfilingGuide: IMAD issues to the 
 the integer ALU instructions to "alu"); the FP32 instructions that share that half are not charged to it, so
 a loop heavy in both IMAD and FFMA is bound a little higher than the model says. The other integer rows share
 the alu pipe, as do the float compare / select / min / max (FSETP, FSEL, FMNMX) and the select and
-bit-manipulation instructions the table does not list (SEL, PRMT, SGXT, LEA, VIADD, PLOP3); F2FP (two fp32 packed to a 16-bit pair) is a conversion at the table's 16. The load / store
-unit is not in the table: 32 LD/ST units per SM (8 per sub-partition in the Hopper SM diagram of Luo et al.,
-arXiv:2402.13499, Fig. 1), one warp-instruction per clock whatever its width; warp shuffles (the table's 32
-per clock) share it, as the same profiling guide's lsu pipe lists them. Tensor-core instructions (HMMA,
+bit-manipulation instructions the table does not list (SEL, PRMT, SGXT, LEA, VIADD, PLOP3); F2FP (two fp32
+packed to a 16-bit pair) is a conversion at the table's 16. The load / store unit is not in the table: 32 LD/ST
+units per SM (8 per sub-partition in the Hopper SM diagram of Luo et al., arXiv:2402.13499, Fig. 1), one
+warp-instruction per clock whatever its width; warp shuffles (the table's 32 per clock) share it, as the same
+profiling guide's lsu pipe lists them. Tensor-core instructions (HMMA,
 HGMMA, IMMA, IGMMA) are left to the compute term (FLOPs / the datasheet rate); branches, barriers, moves,
 predicates and the uniform datapath count at the issue rate only.
 
