@@ -35,6 +35,8 @@ SUITES = {
     "parallel": "lab.parallel.suite",
     "infer": "lab.infer.suite",
     "leaderboard": "lab.capstone.suite",
+    "planted": "lab.quant.planted",
+    "calibration": "lab.quant.calibration",
 }
 NESTED = {"parallel": "full"}  # suites whose result has keys of its own that a record uses ("device_type")
 

@@ -6,12 +6,15 @@ One module per idea; the most used functions are re-exported here.
 
 from lab.params.adafactor import Adafactor, adafactor_state_bytes, max_param_diff_vs_transformers
 from lab.params.adam8bit import Adam8bit, blockwise_error_vs_float64
-from lab.params.checkpointing import checkpoint_gradient_error, checkpoint_layers, recompute_time_ratio
+from lab.params.checkpointing import (checkpoint_gradient_error, checkpoint_layers, checkpoint_segments,
+                                      measure_activation_peak_cpu, optimal_segments, recompute_time_ratio,
+                                      segment_checkpoint_bytes, segment_gradient_error, segment_time_ratio)
 from lab.params.counting import (block_param_count, count_parameters, gpt_param_count, model_bytes, parameter_table,
                                  plot_parameter_breakdown, state_bytes, unique_parameters)
 from lab.params.finetune import document_sample, document_tokens, finetune, lr_sweep
 from lab.params.lazy import build_on_meta, load_eager, load_lazy, measure_load_peak_rss, untied_state_dict
-from lab.params.lora import LoRALinear, add_lora, lora_memory, lora_training_memory, merge_logit_error, merge_lora
+from lab.params.lora import (LoRALinear, add_lora, lora_memory, lora_training_memory, merge_logit_error, merge_lora,
+                             qlora_model)
 from lab.params.measured_memory import cache_nbytes, measure_training_memory_cpu, optimizer_state_tensors, storage_bytes
 from lab.params.memory import (activation_bytes, gpt3_layer_activation_bytes, inference_memory, kv_cache_bytes,
                                llama_layer_activation_bytes, matmul_param_count, optimizer_state_bytes, training_memory)
@@ -21,6 +24,7 @@ from lab.params.precision import (DynamicLossScaler, float_format_info, plot_for
 from lab.params.safetensors_io import load_safetensors, save_safetensors
 from lab.params.sharded import load_sharded, save_sharded
 from lab.params.sharing import compare_sharing, share_layers, tie_weights, untie_weights
+from lab.params.stable_embedding import StableEmbedding, adam8bit_param_groups, stable_embedding
 
 __all__ = [
     "Adafactor",
@@ -28,8 +32,10 @@ __all__ = [
     "DynamicLossScaler",
     "LoRALinear",
     "OffloadedGPT",
+    "StableEmbedding",
     "activation_bytes",
     "adafactor_state_bytes",
+    "adam8bit_param_groups",
     "add_lora",
     "block_param_count",
     "blockwise_error_vs_float64",
@@ -37,6 +43,7 @@ __all__ = [
     "cache_nbytes",
     "checkpoint_gradient_error",
     "checkpoint_layers",
+    "checkpoint_segments",
     "compare_sharing",
     "count_parameters",
     "document_sample",
@@ -57,24 +64,31 @@ __all__ = [
     "lr_sweep",
     "matmul_param_count",
     "max_param_diff_vs_transformers",
+    "measure_activation_peak_cpu",
     "measure_load_peak_rss",
     "measure_training_memory_cpu",
     "merge_logit_error",
     "merge_lora",
     "model_bytes",
     "offload_nbytes",
+    "optimal_segments",
     "optimizer_state_bytes",
     "optimizer_state_tensors",
     "parameter_table",
     "plot_format_ranges",
     "plot_parameter_breakdown",
     "plot_rounding",
+    "qlora_model",
     "recompute_time_ratio",
     "round_to",
     "save_safetensors",
     "save_sharded",
+    "segment_checkpoint_bytes",
+    "segment_gradient_error",
+    "segment_time_ratio",
     "share_layers",
     "spacing",
+    "stable_embedding",
     "state_bytes",
     "storage_bytes",
     "tie_weights",

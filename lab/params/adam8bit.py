@@ -1,29 +1,16 @@
 """8-bit AdamW: m and v stored as block-wise dynamic 8-bit codes (Dettmers et al. 2022).
 
-Block-wise quantization. A state tensor x is flattened and cut into blocks of B elements (B =
-block_size = 2048, a power of two; the last block may be shorter). Each block keeps its absmax
-a = max|x| in fp32 and each element one byte q, the index of the map value nearest to x / a:
+Block-wise quantization (`lab.formats.blockwise`, where the map and the quantizer are defined). A state
+tensor x is flattened and cut into blocks of B elements (B = block_size = 2048); each block keeps its absmax
+a = max|x| in fp32 and each element one byte q, the index of the dynamic map value nearest to x / a,
 
-    q = argmin_k |x / a − code[k]|,        x̂ = a · code[q]          (a = 0: q = index of 0, x̂ = 0)
+    q = argmin_k |x / a − code[k]|,        x̂ = a · code[q],
 
-An outlier spoils the precision of its own block only, not of the whole tensor. The nearest code is
-found without a search over the map: a lookup on the top 16 bits of the float32 x / a (`nearest_code_table`)
-gives the same index as ``torch.bucketize`` on the 255 midpoints between neighbouring codes, five times
-faster on a CPU.
-
-Dynamic (tree) map, 256 values in [−1, 1]. Read the 8 bits as: a sign bit, then E zero bits (the
-decimal exponent, value scale 10^−E), then an indicator bit 1, then the remaining F bits a linear
-fraction: the 2^F midpoints of 2^F equal intervals of [0.1, 1],
-
-    value = ± 10^−E · (0.1 + 0.9·(j + ½) / 2^F),    j = 0 … 2^F − 1,   E = 0 … 6,   F = 6 − E
-
-(127 magnitudes per sign; all-zero bits = 0; the pattern of "−0" is spent on +1.0, so a block's
-largest positive value is stored exactly). The exponent trades precision for range: values in
-[0.1, 1] get 6 fraction bits (64 levels), those near 10^−6 none, and the map spans 7 decades. The
-unsigned map (for v ≥ 0) spends the sign bit on the fraction, F = 7 − E: 254 positive values, 0, 1.0.
-This is bitsandbytes' ``create_dynamic_map`` (signed for m, unsigned for v). The optimizer keeps
-the map in float32; `blockwise_error_vs_float64` measures its quantizer against the same steps in
-float64.
+so an outlier spoils the precision of its own block only. The dynamic (tree) map spends a sign bit, a
+decimal exponent E written as E zero bits and an indicator bit, and a linear fraction of the remaining
+F = 6 − E bits: 256 values in [−1, 1] over 7 decades (`dynamic_map`, bitsandbytes' ``create_dynamic_map``,
+signed for m, unsigned for v). The optimizer keeps the map in float32; `blockwise_error_vs_float64`
+measures its quantizer against the same steps in float64.
 
 AdamW step t (g gradient, λ weight decay, all in fp32; only the stored m, v are 8-bit):
 
@@ -32,11 +19,13 @@ AdamW step t (g gradient, λ weight decay, all in fp32; only the stored m, v are
     W ← W·(1 − lr·λ) − lr · (m / (1 − β1^t)) / (√(v / (1 − β2^t)) + ε)
     stored m, v ← quantize(m, v)          (the update used the fp32 m, v of this step)
 
-weight_decay = 0 is Adam. Unlike bitsandbytes (which keeps tensors under 4,096 elements in 32 bit),
-every parameter's state here is 8-bit.
+weight_decay = 0 is Adam. As in bitsandbytes, a tensor of fewer than ``min_8bit_size`` = 4,096 elements,
+and any parameter of a group with "optim_bits": 32, keeps fp32 m and v and takes AdamW's own step
+(`Adam8bit`'s 32-bit rule).
 
-State per parameter of N elements, K = ⌈N / B⌉ blocks: "m_codes", "v_codes" uint8 (N,) and
-"m_absmax", "v_absmax" fp32 (K,): 2·N + 8·K bytes (AdamW fp32: 8·N). The step t is a Python int
+State per 8-bit parameter of N elements, K = ⌈N / B⌉ blocks: "m_codes", "v_codes" uint8 (N,) and
+"m_absmax", "v_absmax" fp32 (K,): 2·N + 8·K bytes (AdamW fp32: 8·N; a 32-bit one: "m", "v" fp32 (N,),
+8·N). The step t is a Python int
 (no tensor). The two maps (2 × 256 fp32 = 2 KiB) are kept once on the optimizer, not per parameter,
 and are not part of ``optimizer.state``; `adam8bit_state_bytes` does not count them.
 """
@@ -48,110 +37,9 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from lab.core.checks import check_float_tensor, check_int, check_number, check_power_of_two, check_tensor
-
-
-def dynamic_map(signed: bool, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The 256 sorted values of the dynamic tree map (module docstring): (256,) of ``dtype``
-    (float32, the optimizer's; float64 for a reference)."""
-    if not isinstance(signed, bool):
-        raise TypeError(f"signed must be a bool, got {signed!r} ({type(signed).__name__})")
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype={dtype!r} is not allowed; allowed: torch.float32, torch.float64")
-    values = [0.0, 1.0]
-    for E in range(7):
-        n_fraction = 2 ** (6 - E + (0 if signed else 1))
-        for j in range(n_fraction):
-            value = 10.0 ** -E * (0.1 + 0.9 * (j + 0.5) / n_fraction)
-            values += [value, -value] if signed else [value]
-    return torch.tensor(sorted(values), dtype=dtype)
-
-
-def _check_code(code) -> torch.Tensor:
-    check_float_tensor("code", code, 1, (torch.float32,))
-    if code.numel() != 256 or not bool((code[1:] > code[:-1]).all()):
-        raise ValueError(f"code must hold 256 increasing values (a dynamic_map), got shape {tuple(code.shape)}")
-    return code
-
-
-def nearest_code_table(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lookup tables of the nearest-code search over ``code`` (256 increasing float32 values):
-    (below (65536,) int32, inside (65536, K) float32).
-
-    Cell c holds the float32 numbers whose top 16 bits (sign, exponent, 7 mantissa bits) are c: an
-    interval of relative width 2⁻⁷. below[c] counts the midpoints μ_k = (code[k] + code[k+1]) / 2 under
-    the cell, inside[c] lists those in it, padded with +inf (K = 1 for both dynamic maps: their
-    midpoints lie farther apart than a cell is wide). For x in cell c,
-
-        q = below[c] + Σ_k [inside[c, k] < x] = #{k : μ_k < x},
-
-    ``torch.bucketize(x, μ)``: the nearest code, ties to the lower one.
-    """
-    mid = (code[1:] + code[:-1]) / 2
-    patterns = torch.arange(65536, dtype=torch.int32, device=code.device) << 16
-    ends = torch.stack([patterns.view(torch.float32), (patterns | 0xFFFF).view(torch.float32)])
-    low, high = ends.amin(0), ends.amax(0)                  # a negative cell runs downwards
-    below = torch.bucketize(low, mid)
-    n_inside = torch.bucketize(high, mid, right=True) - below
-    K = max(1, int(n_inside[torch.isfinite(low) & torch.isfinite(high)].max()))
-    inside = torch.full((65536, K), math.inf, device=code.device)
-    for k in range(K):
-        inside[:, k] = torch.where(k < n_inside, mid[(below + k).clamp(max=mid.numel() - 1)], math.inf)
-    return below.to(torch.int32), inside
-
-
-def _nearest(scaled: torch.Tensor, table: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """`nearest_code_table`'s lookup: the code index of each float32 element, int32 of its shape."""
-    below, inside = (t.to(scaled.device) for t in table)
-    cell = (scaled.view(torch.int32) >> 16) & 0xFFFF
-    q = below.index_select(0, cell.reshape(-1)).view(scaled.shape)
-    for k in range(inside.shape[1]):
-        q += inside[:, k].index_select(0, cell.reshape(-1)).view(scaled.shape) < scaled
-    return q
-
-
-def quantize_blockwise(x: torch.Tensor, code: torch.Tensor,
-                       block_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest-code block-wise quantization of x (any shape, floating).
-
-    Returns codes uint8 (N,) (x flattened, N = numel) and absmax float32 (⌈N / B⌉,).
-    Ties between two codes go to the lower one.
-    """
-    check_float_tensor("x", x)
-    _check_code(code)
-    check_power_of_two("block_size", block_size)
-    return _quantize(x, code, block_size)
-
-
-def _quantize(x: torch.Tensor, code: torch.Tensor, B: int,
-              table: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    flat = x.detach().reshape(-1).float()
-    n = flat.numel()
-    blocks = torch.nn.functional.pad(flat, (0, -n % B)).view(-1, B)
-    absmax = blocks.abs().amax(dim=1)
-    scaled = blocks / torch.where(absmax > 0, absmax, 1.0).unsqueeze(1)
-    q = _nearest(scaled, nearest_code_table(code.to(x.device)) if table is None else table)
-    return q.reshape(-1)[:n].to(torch.uint8), absmax
-
-
-def dequantize_blockwise(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, block_size: int,
-                         shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-    """x̂ = absmax[block] · code[codes], float32 of ``shape`` (the inverse of `quantize_blockwise`)."""
-    check_tensor("codes", codes, 1, (torch.uint8,))
-    check_tensor("absmax", absmax, 1, (torch.float32,))
-    _check_code(code)
-    check_power_of_two("block_size", block_size)
-    n = codes.numel()
-    if math.prod(shape) != n or absmax.numel() != -(-n // block_size):
-        raise ValueError(f"shape={tuple(shape)} and absmax ({absmax.numel()} blocks) do not match codes "
-                         f"({n} elements, block_size={block_size})")
-    return _dequantize(codes, absmax, code, block_size, shape)
-
-
-def _dequantize(codes: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, B: int,
-                shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
-    values = code.to(codes.device)[codes.long()]
-    return (values * absmax.repeat_interleave(B)[:codes.numel()]).view(shape)
+from lab.core.checks import check_float_tensor, check_int, check_number, check_power_of_two
+from lab.formats.blockwise import (_dequantize, _quantize, dequantize_blockwise, dynamic_map, nearest_code_table,
+                                   quantize_blockwise)
 
 
 def blockwise_error_vs_float64(x: torch.Tensor, signed: bool, block_size: int = 2048) -> dict[str, float]:
@@ -187,14 +75,33 @@ def blockwise_error_vs_float64(x: torch.Tensor, signed: bool, block_size: int = 
 
 
 class Adam8bit(torch.optim.Optimizer):
-    """AdamW with 8-bit block-wise dynamic m and v (module docstring).
+    """AdamW with 8-bit block-wise dynamic m and v (module docstring), small tensors and opted-out groups in fp32.
 
     ``lr`` ≥ 0, ``betas`` (β1, β2) in [0, 1), ``eps`` ε > 0, ``weight_decay`` λ ≥ 0 (decoupled, as
-    AdamW; 0 = Adam), ``block_size`` B a positive power of two.
+    AdamW; 0 = Adam), ``block_size`` B a positive power of two, ``min_8bit_size`` an int ≥ 0 (0: every
+    tensor 8-bit). A param group may also set "optim_bits": 8 (the default) or 32, and its own
+    "min_8bit_size" (`lab.params.stable_embedding.adam8bit_param_groups` builds such groups).
+
+    32-bit rule. A parameter p of N = p.numel() elements keeps "m", "v" as fp32 (N,), flat as the codes
+    are (8·N bytes, as AdamW) when
+
+        N < min_8bit_size        or        its group's "optim_bits" is 32,
+
+    decided once, at its first step; every other parameter keeps 8-bit codes. An fp32 parameter with fp32
+    state takes `torch.optim.AdamW`'s step (its single-tensor loop, the CPU default: the same operations in
+    the same order), so its trajectory is bit-identical to AdamW's; a bf16 one is updated through an fp32 copy.
+    This is bitsandbytes' rule: ``Optimizer2State.init_state`` (bitsandbytes/optim/optimizer.py, lines
+    492–503 at tag 0.50.1, the same on main) switches to fp32 state when ``p.numel() <
+    config["min_8bit_size"]``, strictly less, per parameter tensor, default 4,096, and reads ``optim_bits``
+    from a per-parameter override (``get_config``, lines 343–366) such as the one ``StableEmbedding``
+    registers for its weight. Its reason (docs/source/optimizers.mdx, line 23): a small tensor saves little
+    memory, and small tensors are the biases and the norm gains, which vary a lot or need precision. In a
+    block of 2,048 (here B; bitsandbytes has used 256 since 0.44.0) a norm's gain vector is one block or
+    two, and 8 bits are 6 bytes per element saved on a sliver of the model (`adam8bit_state_bytes`).
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, block_size: int = 2048):
+                 eps: float = 1e-8, weight_decay: float = 0.0, block_size: int = 2048, min_8bit_size: int = 4096):
         if isinstance(params, torch.nn.Module):
             raise TypeError(f"params must be an iterable of parameters or param groups such as model.parameters(), "
                             f"got the module {type(params).__name__}")
@@ -206,54 +113,107 @@ class Adam8bit(torch.optim.Optimizer):
         check_number("eps", eps, 0.0, closed=(False, True))
         check_number("weight_decay", weight_decay, 0.0)
         check_power_of_two("block_size", block_size)
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "block_size": block_size}
+        check_int("min_8bit_size", min_8bit_size, 0)
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "block_size": block_size,
+                    "min_8bit_size": min_8bit_size, "optim_bits": 8}
         super().__init__(params, defaults)
         self.code_m, self.code_v = dynamic_map(signed=True), dynamic_map(signed=False)
         self.table_m, self.table_v = nearest_code_table(self.code_m), nearest_code_table(self.code_v)
 
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's, after checking the group's "optim_bits" (8 or 32) and "min_8bit_size" (an int ≥ 0), its own
+        or the defaults'."""
+        if isinstance(param_group, dict):
+            bits = param_group.get("optim_bits", self.defaults["optim_bits"])
+            if check_int("optim_bits", bits, None) not in (8, 32):
+                raise ValueError(f"optim_bits={bits} is not allowed; use 8 (block-wise codes) or 32 (fp32 state)")
+            check_int("min_8bit_size", param_group.get("min_8bit_size", self.defaults["min_8bit_size"]), 0)
+        super().add_param_group(param_group)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        """One AdamW update of every parameter that has a gradient; m, v re-quantized after it."""
+        """One AdamW update of every parameter that has a gradient: fp32 m, v in place (the 32-bit rule), or
+        8-bit m, v dequantized, updated and re-quantized."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, (beta1, beta2), eps, wd, B = (group[k] for k in ("lr", "betas", "eps", "weight_decay", "block_size"))
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("Adam8bit does not support sparse gradients")
-                g, state = p.grad.float(), self.state[p]
+                state = self.state[p]
                 if not state:
-                    state["step"] = 0
-                    zeros = torch.zeros_like(g)
-                    state["m_codes"], state["m_absmax"] = _quantize(zeros, self.code_m, B, self.table_m)
-                    state["v_codes"], state["v_absmax"] = _quantize(zeros, self.code_v, B, self.table_v)
+                    self._init_state(p, state, group)
                 state["step"] += 1
-                t = state["step"]
-                m = _dequantize(state["m_codes"], state["m_absmax"], self.code_m, B, g.shape)
-                v = _dequantize(state["v_codes"], state["v_absmax"], self.code_v, B, g.shape)
-                m.mul_(beta1).add_(g, alpha=1.0 - beta1)
-                v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-                denom = (v.sqrt() / math.sqrt(1.0 - beta2 ** t)).add_(eps)
-                p.mul_(1.0 - lr * wd)
-                p.sub_((m / denom).mul_(lr / (1.0 - beta1 ** t)).to(p.dtype))
-                state["m_codes"], state["m_absmax"] = _quantize(m, self.code_m, B, self.table_m)
-                state["v_codes"], state["v_absmax"] = _quantize(v, self.code_v, B, self.table_v)
+                if "m" in state:
+                    _adamw_fp32(p, state, group)
+                else:
+                    self._adamw_8bit(p, state, group)
         return loss
 
+    def _init_state(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        """Zero m, v: fp32 "m", "v" (N,) under the 32-bit rule, else "m_codes", "m_absmax", "v_codes",
+        "v_absmax" (module docstring)."""
+        state["step"] = 0
+        zeros = torch.zeros(p.numel(), dtype=torch.float32, device=p.device)
+        if group["optim_bits"] == 32 or p.numel() < group["min_8bit_size"]:
+            state["m"], state["v"] = zeros, zeros.clone()
+            return
+        B = group["block_size"]
+        state["m_codes"], state["m_absmax"] = _quantize(zeros, self.code_m, B, self.table_m)
+        state["v_codes"], state["v_absmax"] = _quantize(zeros, self.code_v, B, self.table_v)
 
-def adam8bit_state_bytes(shapes: Iterable[tuple[int, ...]], block_size: int = 2048) -> int:
-    """Bytes of `Adam8bit`'s state tensors for parameters of these shapes: Σ 2·N + 8·⌈N / B⌉.
+    def _adamw_8bit(self, p: torch.Tensor, state: dict, group: dict) -> None:
+        """The module docstring's step t on the 8-bit state of p."""
+        lr, (beta1, beta2), eps, wd, B = (group[k] for k in ("lr", "betas", "eps", "weight_decay", "block_size"))
+        g, t = p.grad.float(), state["step"]
+        m = _dequantize(state["m_codes"], state["m_absmax"], self.code_m, B, g.shape)
+        v = _dequantize(state["v_codes"], state["v_absmax"], self.code_v, B, g.shape)
+        m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+        denom = (v.sqrt() / math.sqrt(1.0 - beta2 ** t)).add_(eps)
+        p.mul_(1.0 - lr * wd)
+        p.sub_((m / denom).mul_(lr / (1.0 - beta1 ** t)).to(p.dtype))
+        state["m_codes"], state["m_absmax"] = _quantize(m, self.code_m, B, self.table_m)
+        state["v_codes"], state["v_absmax"] = _quantize(v, self.code_v, B, self.table_v)
 
-    N = numel (1 for a 0-dim parameter, whose codes are stored flat as (1,)); the two shared maps
-    are not in ``optimizer.state`` and not counted.
+
+def _adamw_fp32(p: torch.Tensor, state: dict, group: dict) -> None:
+    """AdamW step t on the fp32 "m", "v" of p (any floating dtype, updated through fp32), written as
+    `torch.optim.AdamW`'s single-tensor loop writes it (torch 2.13, torch/optim/adam.py):
+
+        W ← W·(1 − lr·λ) (λ ≠ 0),   m ← lerp(m, g, 1 − β1),   v ← β2·v + (1 − β2)·g²,
+        W ← W − (lr / (1 − β1^t)) · m / (√v / (1 − β2^t)^½ + ε)
+    """
+    lr, (beta1, beta2), eps, wd = (group[k] for k in ("lr", "betas", "eps", "weight_decay"))
+    t, m, v = state["step"], state["m"].view(p.shape), state["v"].view(p.shape)
+    w, g = p.float(), p.grad.float()              # p itself and its grad when p is fp32
+    if wd != 0:
+        w.mul_(1 - lr * wd)
+    m.lerp_(g, 1 - beta1)
+    v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    denom = (v.sqrt() / (1 - beta2 ** t) ** 0.5).add_(eps)
+    w.addcdiv_(m, denom, value=-(lr / (1 - beta1 ** t)))
+    if w is not p:
+        p.copy_(w)
+
+
+def adam8bit_state_bytes(shapes: Iterable[tuple[int, ...]], block_size: int = 2048, min_8bit_size: int = 4096) -> int:
+    """Bytes of `Adam8bit`'s state tensors for parameters of these shapes (all in "optim_bits" 8 groups):
+
+        Σ  8·N                  if N < min_8bit_size   (fp32 m and v: `Adam8bit`'s 32-bit rule)
+           2·N + 8·⌈N / B⌉      otherwise               (uint8 codes and an fp32 absmax per block, for m and v)
+
+    N = numel (1 for a 0-dim parameter, whose codes are stored flat as (1,)); a parameter of an "optim_bits"
+    32 group counts 8·N, as AdamW's; the two shared maps are not in ``optimizer.state`` and not counted.
     """
     check_power_of_two("block_size", block_size)
+    check_int("min_8bit_size", min_8bit_size, 0)
     total = 0
     for i, shape in enumerate(shapes):
         n = math.prod(check_int(f"shapes[{i}][{j}]", d, 0) for j, d in enumerate(shape))
-        total += 2 * n + 8 * -(-n // block_size)
+        total += 8 * n if n < min_8bit_size else 2 * n + 8 * -(-n // block_size)
     return total

@@ -20,8 +20,14 @@ codes, so neither the module nor the autograd graph keeps a float copy of W. The
 the packed codes + scales + zeros + A and B. `add_lora` gives every int4 linear of the model that
 backward (`FrozenInt4Linear`), the ones it does not wrap too (the MLP's, with LoRA on attention):
 without it the PyTorch path would save its dequantized Ŵ for backward, and the Triton kernel, which
-has no backward, would cut the gradient through them. (The paper's NF4 codes and double-quantized
-scales are replaced here by chapter 3's affine int4 grid.)
+has no backward, would cut the gradient through them. (This int4 QLoRA replaces the paper's NF4 codes and
+double-quantized scales by chapter 3's affine int4 grid.)
+
+QLoRA as published (`qlora_model`): every decoder linear (q, k, v, o, gate, up, down) becomes a
+`lab.quant.nf4_linear.NF4Linear`, NF4 codes in blocks of 64 with double-quantized absmax (≈ 4.127 bits
+per weight, `lab.formats.nf4`) that computes in bf16 and recomputes Ŵ in its own backward, and LoRA
+wraps every one of them (``targets="all-linear"``, peft's name for it). The paper keeps A and B in bf16
+too; here they stay in float32, as for every base (below).
 
 A and B are float32, whatever the dtype of the base: they are the weights the optimizer updates, and
 a bf16 copy would round small updates away. The LoRA term is computed in float32 and cast to x's dtype.
@@ -44,11 +50,14 @@ from torch import nn
 
 from lab.core.checks import check_choice, check_divisor, check_int, check_number, check_tensor
 from lab.formats.int4 import dequantize_int4
+from lab.layerwise import LINEARS
 from lab.models.gpt import GPTConfig
 from lab.params.counting import gpt_param_count, unique_parameters, unique_state_dict
-from lab.quant.linear import Int4Linear
+from lab.quant.linear import Int4Linear, decoder_linear_names
+from lab.quant.nf4_linear import NF4Linear, nf4_model
 
-BASES = (nn.Linear, Int4Linear)
+BASES = (nn.Linear, Int4Linear, NF4Linear)
+ALL_LINEAR = "all-linear"          # add_lora's targets: every decoder linear of a lab GPT (lab.layerwise.LINEARS)
 
 
 def _int4_weight(base: Int4Linear) -> torch.Tensor:
@@ -87,17 +96,19 @@ def _freeze(module: nn.Module) -> nn.Module:
 
 
 class LoRALinear(nn.Module):
-    """y = W x + b + (α/r)·B A x over a frozen ``base`` (an nn.Linear, or an `Int4Linear` for QLoRA).
+    """y = W x + b + (α/r)·B A x over a frozen ``base`` (an nn.Linear, or for QLoRA an `Int4Linear` or an
+    `NF4Linear`).
 
     x (..., d_in) → y (..., d_out) in x's dtype; A (r, d_in) and B (d_out, r) are float32 parameters on
     the base's device. Wrapping freezes the base in place (requires_grad False on W and b; an
     Int4Linear becomes a `FrozenInt4Linear`).
     """
 
-    def __init__(self, base: nn.Linear | Int4Linear, r: int, alpha: float) -> None:
+    def __init__(self, base: nn.Linear | Int4Linear | NF4Linear, r: int, alpha: float) -> None:
         super().__init__()
         if not isinstance(base, BASES):
-            raise TypeError(f"base must be an nn.Linear or a lab.quant.linear.Int4Linear, got {type(base).__name__}")
+            raise TypeError(f"base must be an nn.Linear, a lab.quant.linear.Int4Linear or a lab.quant.NF4Linear, "
+                            f"got {type(base).__name__}")
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r = check_int("r", r, 1, min(self.in_features, self.out_features))
         self.alpha = check_number("alpha", alpha, 0.0, closed=(False, True))
@@ -122,11 +133,15 @@ class LoRALinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
-        """A new, frozen nn.Linear with weight W + (α/r)·B A (W = Ŵ for an int4 base) and bias b.
+        """A new, frozen nn.Linear with weight W + (α/r)·B A (W = Ŵ for an int4 or NF4 base) and bias b.
 
-        Its dtype is W's (float32 for an int4 base); the sum is formed in float32.
+        Its dtype is W's (float32 for an int4 or NF4 base); the sum is formed in float32. (An NF4 base computes
+        in bf16, the merged layer in float32: they differ by bf16 rounding.)
         """
-        W = self.base.weight if isinstance(self.base, nn.Linear) else _int4_weight(self.base)
+        if isinstance(self.base, NF4Linear):
+            W = self.base.dequantize(torch.float32)
+        else:
+            W = self.base.weight if isinstance(self.base, nn.Linear) else _int4_weight(self.base)
         bias = self.base.bias
         merged = nn.Linear(self.in_features, self.out_features, bias=bias is not None,
                            device=W.device, dtype=W.dtype)
@@ -142,21 +157,24 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
-             targets: Iterable[str] = ("q_proj", "v_proj")) -> list[str]:
+             targets: Iterable[str] | str = ("q_proj", "v_proj")) -> list[str]:
     """Wrap the linears named by ``targets`` in `LoRALinear`s (in place) and freeze everything else.
 
     ``targets``: module-name suffixes, as peft's ``target_modules`` list: a module is wrapped when its
     dotted name equals a target or ends with "." + target ("q_proj" matches "layers.0.attn.q_proj";
-    "attn.q_proj" also does). Every target must match at least one module, each an nn.Linear or an
-    `Int4Linear`. Afterwards only the A and B of the new layers have requires_grad True, and every
-    Int4Linear of the model, wrapped or not, is a `FrozenInt4Linear`.
+    "attn.q_proj" also does); ``targets="all-linear"`` is every decoder linear of a lab GPT (q, k, v, o, gate,
+    up and down projections, `lab.layerwise.LINEARS`; not the head). Every target must match at least one
+    module, each an nn.Linear, an `Int4Linear` or an `NF4Linear`. Afterwards only the A and B of the new
+    layers have requires_grad True, and every Int4Linear of the model, wrapped or not, is a `FrozenInt4Linear`.
     Returns the wrapped names in module order; the model is left unchanged when an argument is wrong.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(targets, str) and targets == ALL_LINEAR:
+        targets = LINEARS
     if isinstance(targets, str) or not isinstance(targets, Iterable):
-        raise TypeError(f"targets must be an iterable of module-name suffixes such as ('q_proj', 'v_proj'), "
-                        f"got {targets!r}")
+        raise TypeError(f"targets must be an iterable of module-name suffixes such as ('q_proj', 'v_proj'), or "
+                        f"{ALL_LINEAR!r}, got {targets!r}")
     targets = tuple(targets)
     if not targets or not all(isinstance(t, str) and t for t in targets):
         raise TypeError(f"targets must hold non-empty strings, got {targets!r}")
@@ -174,7 +192,7 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
     for name in names:
         if not isinstance(modules[name], BASES):
             raise TypeError(f"targets={targets!r} match {name!r}, a {type(modules[name]).__name__}; "
-                            "allowed: nn.Linear or Int4Linear modules only")
+                            "allowed: nn.Linear, Int4Linear or NF4Linear modules only")
     for name in names:   # r against every target before any wrapper freezes its base
         check_int("r", r, 1, min(modules[name].in_features, modules[name].out_features))
     wrapped = [LoRALinear(modules[name], r, alpha) for name in names]
@@ -182,6 +200,19 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
     for name, lora in zip(names, wrapped):
         _replace(model, name, lora)
     return names
+
+
+def qlora_model(model: nn.Module, r: int = 8, alpha: float = 16.0, block_size: int = 64) -> list[str]:
+    """QLoRA as published (Dettmers et al. 2023), in place on a lab GPT: every decoder linear becomes an
+    `NF4Linear` (NF4 in blocks of ``block_size``, an even divisor of every d_in, with double-quantized absmax;
+    bf16 compute; `lab.quant.nf4_linear.nf4_model`) and LoRA of rank ``r`` and scale ``alpha`` wraps every one
+    of them (`add_lora` with ``targets="all-linear"``). Returns the wrapped names, in module order; the model
+    is left unchanged when an argument is wrong."""
+    linears = [model.get_submodule(name) for name in decoder_linear_names(model)]   # checks model
+    check_int("r", r, 1, min(min(lin.in_features, lin.out_features) for lin in linears))
+    check_number("alpha", alpha, 0.0, closed=(False, True))
+    nf4_model(model, block_size)
+    return add_lora(model, r, alpha, ALL_LINEAR)
 
 
 def merge_lora(model: nn.Module) -> list[str]:

@@ -33,7 +33,8 @@ every precision):
 
     adafactor  (`lab.params.adafactor`)  an (n, m) matrix: R and C, (n + m)·4 B; a vector: v, 4·n B
     adam8bit   (`lab.params.adam8bit`)   m and v as uint8 codes, 2 B per element, + one fp32 absmax
-                                         per block of 2,048 per state: 2·4·⌈numel/2048⌉ B per tensor
+                                         per block of 2,048 per state: 2·4·⌈numel/2048⌉ B per tensor;
+                                         a tensor under 4,096 elements: fp32 m and v, 8·numel B
 
 Activation checkpointing (`lab.params.checkpointing`, ``checkpoint_every`` = k): layers 0, k, 2k, …
 (L_c = ⌈L/k⌉ of them) run their forward under no_grad and keep only their input x, fp32 in all three
@@ -170,7 +171,8 @@ def training_memory(n_params: int, optimizer: str = "adam", precision: str = "bf
 def optimizer_state_bytes(optimizer: str, n_params: int, state_bytes: int = 4,
                           shapes: list[tuple[int, ...]] | None = None) -> int:
     """Bytes of the optimizer's state: n_states·state_bytes·Ψ for adam/adamw/sgd/sgd-momentum, or,
-    from the parameter ``shapes``, `adafactor_state_bytes` / `adam8bit_state_bytes` (blocks of 2,048)."""
+    from the parameter ``shapes``, `adafactor_state_bytes` / `adam8bit_state_bytes` (blocks of 2,048; fp32
+    under 4,096 elements)."""
     check_choice("optimizer", optimizer, OPTIMIZERS)
     check_int("n_params", n_params, 0)
     check_int("state_bytes", state_bytes)

@@ -15,6 +15,13 @@ Experiments (each scored on one sample, whose groups the record's ``sizes`` coun
 * ``sweep``, ``task``, ``forgetting`` (`notebooks/01b_training_with_fewer_bytes`, `task_losses`): LoRA's
   rate sweep on the task's 60–75% (windows), the optimizers and LoRA/QLoRA on its held-out 25% (windows),
   and full fine-tuning and LoRA on the shared test sample (documents).
+* ``nf4`` (`nf4_losses`): QLoRA as published (`lab.params.lora.qlora_model`: NF4 base with double-quantized
+  scales on every decoder linear, bf16 compute, LoRA on all seven linears) on the same held-out windows as
+  ``task``, before ("NF4 base") and after ("QLoRA (NF4)") the same fine-tuning; its own experiment so that
+  the notebook's ``task`` runs still match the record's. Same groups as ``task``: its sums compare with
+  ``task``'s runs directly (`lab.core.stats.compare_sums`).
+
+``bits_per_parameter`` (`bits_per_parameter`): the storage of the two QLoRA bases, measured.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from lab.core.records import add_seed
@@ -31,10 +39,12 @@ from lab.models import load_pretrained_lm, load_tokenizer
 from lab.models.gpt import GPTConfig
 from lab.models.next_token import random_batch
 from lab.params.finetune import document_sample, document_tokens, finetune, lr_sweep
-from lab.params.lora import add_lora
+from lab.params.lora import add_lora, qlora_model
 from lab.params.sharing import compare_sharing
-from lab.quant.linear import int4_model
+from lab.perplexity import EvalSample
+from lab.quant.linear import Int4Linear, int4_model
 from lab.quant.model import rtn_quantize_model
+from lab.quant.nf4_linear import NF4Linear, nf4_model
 
 SEEDS = (0, 1, 2)
 OPTIMIZERS = ("adamw", "adafactor", "adam8bit")
@@ -43,7 +53,7 @@ SETTINGS = {"eval_tokens": 8192, "sharing_steps": 100,
             "task": "library/sqlite3.rst.txt", "train_fraction": 0.75, "sweep_fraction": 0.60,
             "steps": 24, "batch": 4, "seq": 128, "lr": 3e-4, "lora_lr": 3e-3, "lora_lr_grid": [1e-3, 3e-3, 1e-2],
             "lora_r": 8, "lora_alpha": 16.0, "lora_targets": ["q_proj", "k_proj", "v_proj", "o_proj"],
-            "qlora_group": 64}
+            "qlora_group": 64, "nf4_block": 64}
 QUICK = {**SETTINGS, "eval_tokens": 512, "sharing_steps": 2, "train_fraction": 0.97, "sweep_fraction": 0.95,
          "steps": 2, "seq": 32}
 
@@ -66,7 +76,8 @@ def task_losses(lm, tokenizer, settings: dict, seed: int) -> dict[str, tuple[dic
     the global generator is seeded with ``seed`` before the sweep's LoRA copies and before LoRA and QLoRA
     draw their A. ``lm`` is left unchanged. "sweep": {f"{rate:g}": NLL} on the task's 60–75%; "task": the
     pretrained model, each optimizer, the int4 base, LoRA and QLoRA on its held-out part; "forgetting":
-    the pretrained model, full fine-tuning (AdamW) and LoRA on the shared sample `lab.data.eval_sample`.
+    the pretrained model, full fine-tuning (AdamW) and LoRA on the shared sample `lab.data.eval_sample`;
+    "nf4": `nf4_losses` on the held-out part, after every other run (which it leaves as they were).
     """
     s = settings
     sample = eval_sample(tokenizer, s["eval_tokens"])
@@ -94,14 +105,46 @@ def task_losses(lm, tokenizer, settings: dict, seed: int) -> dict[str, tuple[dic
     forgetting = {"pretrained": sample.token_losses(lm), "adamw": sample.token_losses(models["adamw"]),
                   "LoRA": sample.token_losses(models["LoRA"])}
     return {"sweep": ({f"{lr:g}": v for lr, v in swept.items()}, sweep_sample.documents),
-            "task": (task, task_sample.documents), "forgetting": (forgetting, sample.documents)}
+            "task": (task, task_sample.documents), "forgetting": (forgetting, sample.documents),
+            "nf4": (nf4_losses(lm, task_batches, task_sample, s, seed), task_sample.documents)}
+
+
+def nf4_losses(lm: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], sample: EvalSample, settings: dict,
+               seed: int) -> dict[str, torch.Tensor]:
+    """QLoRA as published on a copy of ``lm`` (`qlora_model` with the task's rank and α, NF4 blocks of
+    ``nf4_block``), A drawn after seeding the global generator with ``seed``: {"NF4 base": per-token NLL on
+    ``sample`` before fine-tuning (B = 0: the quantized model itself), "QLoRA (NF4)": after AdamW on
+    ``batches`` at the LoRA rate}."""
+    s = settings
+    seed_everything(seed)
+    model = copy.deepcopy(lm)
+    qlora_model(model, s["lora_r"], s["lora_alpha"], s["nf4_block"])
+    base = sample.token_losses(model)
+    tuned = finetune(model, batches, "adamw", lr=s["lora_lr"], sample=sample)["token_losses"]
+    return {"NF4 base": base, "QLoRA (NF4)": tuned}
+
+
+def bits_per_parameter(lm: nn.Module, settings: dict) -> dict[str, float]:
+    """Bits per decoder-linear weight of the two QLoRA bases, from their stored tensors: 8·Σ bytes of the
+    quantized linears' buffers (codes, scales, zeros; codes, absmax, their scales and mean) / Σ d_in·d_out.
+    "QLoRA": the int4 base (groups of ``qlora_group``, fp32 scale and zero point: 4 + 64/g);
+    "QLoRA (NF4)": the NF4 base (`lab.formats.nf4.nf4_bits_per_parameter`, ≈ 4.127 for blocks of 64)."""
+    int4, nf4 = copy.deepcopy(lm), nf4_model(copy.deepcopy(lm), settings["nf4_block"])
+    int4_model(int4, rtn_quantize_model(int4, 4, settings["qlora_group"]))
+    bits = {}
+    for name, model, kind in (("QLoRA", int4, Int4Linear), ("QLoRA (NF4)", nf4, NF4Linear)):
+        layers = [m for m in model.modules() if isinstance(m, kind)]
+        stored = sum(b.numel() * b.element_size() for m in layers for b in m.buffers())
+        bits[name] = 8 * stored / sum(m.in_features * m.out_features for m in layers)
+    return bits
 
 
 def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
     """Every run of `sharing_losses` and `task_losses` at each seed of `SEEDS`, on the CPU (the notebooks'
     device: a notebook checks its own run against the record). quick=True: `QUICK`'s tiny settings.
     Returns {"seeds", "settings", "threads" (torch's CPU threads: rounding, and so a chaotic run, depends on
-    them), "experiments": {name: {"sizes", "sums": {run: (S, G) nested lists}}}}."""
+    them), "bits_per_parameter" (`bits_per_parameter`), "experiments": {name: {"sizes", "sums": {run: (S, G)
+    nested lists}}}}."""
     if device.type != "cpu":
         raise ValueError(f"device={str(device)!r}: suite params-seeds runs on the cpu, where the notebooks that "
                          "check against its record run")
@@ -111,4 +154,5 @@ def run(device: torch.device, quick: bool = False, progress: bool = True) -> dic
     for seed in tqdm(SEEDS, desc="params-seeds", disable=not progress):
         add_seed(experiments, {"sharing": sharing_losses(tokenizer, settings, seed)})
         add_seed(experiments, task_losses(lm, tokenizer, settings, seed))
-    return {"seeds": list(SEEDS), "settings": settings, "threads": torch.get_num_threads(), "experiments": experiments}
+    return {"seeds": list(SEEDS), "settings": settings, "threads": torch.get_num_threads(),
+            "bits_per_parameter": bits_per_parameter(lm, settings), "experiments": experiments}

@@ -1,8 +1,10 @@
-"""Chapter 2, pruning: masks, Optimal Brain Surgeon, SparseGPT, sequential and structured pruning, 2:4 storage."""
+"""Chapter 2, pruning: masks, Optimal Brain Surgeon, SparseGPT, sequential and structured pruning (with a
+least-squares refit), 2:4 storage."""
 
 from lab.formats.sparse24 import compress, decompress
 from lab.prune.masks import keep_top_fraction, magnitude_mask, nm_mask, wanda_mask
 from lab.prune.obs import layer_hessian, obs_prune_row_bruteforce, obs_saliency, obs_update, reconstruction_error
+from lab.prune.refit import refit_columns
 from lab.prune.sequential import layer_errors, layer_sensitivity, prune_model, sparsity_of
 from lab.prune.sparsegpt import sparsegpt_prune
 from lab.prune.structured import forward_flops, prune_structured_by_importance, speedup_against_bound, structured_prune
@@ -23,6 +25,7 @@ __all__ = [
                            "prune_model",
                            "prune_structured_by_importance",
                            "reconstruction_error",
+                           "refit_columns",
                            "sparsegpt_prune",
                            "sparsity_of",
                            "speedup_against_bound",

@@ -5,6 +5,9 @@ input statistics (Gram matrix G = Σ_t x_t x_tᵀ in float64, token count N) to 
 prunes every linear W (C_out, C_in) of the layer from its own statistics:
 
     magnitude — ``magnitude_mask(W, s)`` (needs no calibration data);
+    row_magnitude — the same score |W_ij| compared within each output row, as Wanda compares its score
+                (``keep_top_fraction(|W|, s, per_row=True)``): the control that separates Wanda's
+                activation norms from its per-row comparison;
     wanda     — ``wanda_mask(W, ‖X_j‖₂, s)`` with ‖X_j‖₂ = sqrt(G_jj), the norm of input feature j
                 over all calibration tokens;
     sparsegpt — ``sparsegpt_prune(W, H, s)`` with H = (2/N)·G, accumulated and handed over in
@@ -29,11 +32,12 @@ from tqdm.auto import tqdm
 from lab.core.checks import check_choice, check_int, check_matrix, check_number
 from lab.layerwise import LINEARS, InputStats, check_calib_tokens, check_layers, for_each_layer, relative_output_error
 from lab.models.gpt import check_gpt
-from lab.prune.masks import check_nm_sparsity, magnitude_mask, nm_mask, wanda_mask
+from lab.prune.masks import check_nm_sparsity, keep_top_fraction, magnitude_mask, nm_mask, wanda_mask
 from lab.prune.obs import layer_hessian, reconstruction_error
 from lab.prune.sparsegpt import sparsegpt_prune
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "row_magnitude", "wanda", "sparsegpt")
+NEEDS_NO_DATA = ("magnitude", "row_magnitude")
 
 
 def layer_errors(W: torch.Tensor, X: torch.Tensor, sparsity: float, n: int | None = None,
@@ -72,7 +76,7 @@ def _check_args(model: nn.Module, method: str, sparsity: float, calib_tokens: to
     for d_in in {lin.in_features for lin in model.modules() if isinstance(lin, nn.Linear)}:
         check_nm_sparsity(sparsity, n, m, d_in)  # the masks' own check, for every input width
     if calib_tokens is None:
-        if method != "magnitude":
+        if method not in NEEDS_NO_DATA:
             raise ValueError(f"method={method!r} needs calib_tokens, got None")
         return
     check_calib_tokens(model, calib_tokens)
@@ -84,6 +88,8 @@ def _prune_linear(weight: torch.Tensor, stats: InputStats | None, method: str, s
     w = weight.detach().float()
     if method == "magnitude":
         mask = magnitude_mask(w, sparsity) if n is None else nm_mask(w, n=n, m=m)
+    elif method == "row_magnitude":
+        mask = keep_top_fraction(w.abs(), sparsity, per_row=True) if n is None else nm_mask(w, n=n, m=m)
     elif method == "wanda":
         mask = wanda_mask(w, stats.gram.diagonal().sqrt().float(), sparsity, n=n, m=m)
     else:
@@ -99,9 +105,9 @@ def prune_model(model: nn.Module, method: str, sparsity: float, calib_tokens: to
                 batch_size: int = 8) -> dict[str, dict[str, float | None]]:
     """Prune the linears of a lab `GPT`'s decoder layers in place, layer by layer.
 
-    ``calib_tokens``: (n_samples, seq_len) int64 calibration ids; may be None for magnitude, which
+    ``calib_tokens``: (n_samples, seq_len) int64 calibration ids; may be None for (row_)magnitude, which
     uses them only for the reported errors.
-    ``sparsity``: fraction s ∈ [0, 1) of weights set to zero per linear (per row for Wanda);
+    ``sparsity``: fraction s ∈ [0, 1) of weights set to zero per linear (per row for Wanda and row_magnitude);
     with ``n``, ``m`` set, the N:M pattern instead (n kept in every m along the input).
     ``layers``: indices of the decoder layers to prune (default: all); the others still
     propagate the calibration batch. Embeddings, norms and ``lm_head`` are never touched.

@@ -12,8 +12,15 @@ g = H/H_kv query heads per kv head (query head h reads kv head h // g), F = MLP 
 * MLP channel c owns row c of W_gate and W_up (F, C) and column c of W_down (C, F).
 
 Parameters removed: 2·C·D per query head (W_q rows, W_o columns), 2·C·D per kv head (W_k, W_v
-rows), 3·C per MLP channel. The result equals the unpruned model with the removed heads' W_o
+rows), 3·C per MLP channel. Without a refit the result equals the unpruned model with the removed heads' W_o
 columns and the removed channels' W_down columns set to zero.
+
+Refit (``calib_tokens`` given): the linear that reads the removed units, W_o after heads go and
+W_down after channels go, is refit by least squares to the unpruned layer's output on the calibration
+inputs, Ŵ = W_K + W_R G_RK (G_KK + λI)⁻¹ (`lab.prune.refit.refit_columns`). The layers are visited in
+order by `lab.layerwise.for_each_layer`: layer i is calibrated on the outputs of layers 0 … i−1 already
+pruned and refit, and, as there, all linears of layer i see the activations of the unchanged layer i
+(W_down's inputs are those of the unpruned attention of layer i).
 
 Per-layer sizes: `Attention` and `MLP` read their head counts and widths from their weights'
 shapes (the head dimension D stays that of the config), so shrinking the tensors is enough. A model with
@@ -32,10 +39,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lab.core.checks import check_fraction, check_int, check_number
+from lab.core.checks import check_choice, check_fraction, check_int, check_number
 from lab.core.stats import verdict
-from lab.layerwise import check_calib_tokens
+from lab.layerwise import InputStats, check_calib_tokens, for_each_layer, relative_output_error
 from lab.models.gpt import check_gpt
+from lab.prune.refit import refit_columns
 
 
 def _sizes(attn: nn.Module) -> tuple[int, int, int]:
@@ -96,32 +104,79 @@ def _kept_heads(attn: nn.Module, layer: int, removed: list[int]) -> tuple[list[i
     return keep_q, keep_kv
 
 
-def _prune_heads(attn: nn.Module, keep_q: list[int], keep_kv: list[int]) -> None:
+def _prune_heads(attn: nn.Module, keep_q: list[int], keep_kv: list[int]) -> torch.Tensor:
+    """Shrink W_q, W_k, W_v, W_o to the kept heads; returns the kept columns of W_o (H'·D,)."""
     D = attn.cfg.head_dim
     q_rows, kv_rows = _units(torch.tensor(keep_q), D), _units(torch.tensor(keep_kv), D)
     _keep(attn.q_proj, rows=q_rows)
     _keep(attn.k_proj, rows=kv_rows)
     _keep(attn.v_proj, rows=kv_rows)
     _keep(attn.o_proj, cols=q_rows)
+    return q_rows
 
 
-def _prune_channels(mlp: nn.Module, removed: list[int]) -> None:
+def _prune_channels(mlp: nn.Module, removed: list[int]) -> torch.Tensor:
+    """Shrink W_gate, W_up, W_down to the kept channels; returns the kept columns of W_down (F',)."""
     keep = torch.tensor([c for c in range(mlp.up_proj.out_features) if c not in removed])
     _keep(mlp.gate_proj, rows=keep)
     _keep(mlp.up_proj, rows=keep)
     _keep(mlp.down_proj, cols=keep)
+    return keep
+
+
+def _prune_layer(block: nn.Module, head_plan: tuple[list[int], list[int]] | None,
+                 channels: list[int] | None) -> dict[str, torch.Tensor]:
+    """Remove one layer's planned heads and channels; {reading linear's name: its kept input columns}."""
+    kept = {}
+    if head_plan is not None:
+        kept["attn.o_proj"] = _prune_heads(block.attn, *head_plan)
+    if channels:
+        kept["mlp.down_proj"] = _prune_channels(block.mlp, channels)
+    return kept
+
+
+def _prune_and_refit(model: nn.Module, calib_tokens: torch.Tensor, head_plans: dict, mlp_channels: dict,
+                     percdamp: float, batch_size: int, progress: bool) -> dict[str, dict[str, float]]:
+    """Prune layer by layer and refit W_o / W_down (`lab.prune.refit.refit_columns`) on sequential inputs.
+
+    Returns {"layers.i.attn.o_proj": {"error_pruned": ‖WX − W_K X_K‖² / ‖WX‖², "error_refit":
+    ‖WX − ŴX_K‖² / ‖WX‖²}, …} on the calibration inputs of each refit linear.
+    """
+    errors: dict[str, dict[str, float]] = {}
+
+    def process(i: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
+        full = {name: block.get_submodule(name).weight.detach().clone() for name in ("attn.o_proj", "mlp.down_proj")}
+        for name, cols in _prune_layer(block, head_plans.get(i), mlp_channels.get(i)).items():
+            w, gram = full[name], stats[name].gram
+            w_refit = refit_columns(w, gram, cols, percdamp)
+            block.get_submodule(name).weight.copy_(w_refit)
+            kept_only, refit = torch.zeros_like(w), torch.zeros_like(w)
+            kept_only[:, cols], refit[:, cols] = w[:, cols], w_refit
+            errors[f"layers.{i}.{name}"] = {"error_pruned": relative_output_error(w, kept_only, gram),
+                                            "error_refit": relative_output_error(w, refit, gram)}
+
+    layers = sorted(set(head_plans) | {i for i, removed in mlp_channels.items() if removed})
+    if layers:
+        for_each_layer(model, calib_tokens, process, layers=layers, batch_size=batch_size, progress=progress,
+                       desc="structured prune + refit")
+    return errors
 
 
 @torch.no_grad()
 def structured_prune(model: nn.Module, heads: dict[int, list[int]] | None = None,
-                     mlp_channels: dict[int, list[int]] | None = None) -> dict:
+                     mlp_channels: dict[int, list[int]] | None = None, *, calib_tokens: torch.Tensor | None = None,
+                     percdamp: float = 0.01, batch_size: int = 8, progress: bool = False) -> dict:
     """Physically remove query heads and MLP channels from a lab `GPT`, in place.
 
     ``heads``: {layer: query-head indices to remove} (see the module docstring for which sets are
     allowed under grouped-query attention); ``mlp_channels``: {layer: channel indices to remove}.
-    Indices refer to the layer's current heads / channels. All arguments are checked before
-    anything changes. Returns {"params_before", "params_after", "params_removed",
-    "layers": [{"n_head", "n_kv_head", "d_ff"} per layer]}.
+    Indices refer to the layer's current heads / channels. ``calib_tokens`` (n_samples, seq_len) int64:
+    refit W_o and W_down of the pruned layers by least squares on these inputs, layer after layer (module
+    docstring; damping ``percdamp`` ≥ 0, ``batch_size`` sequences per forward); None: no refit. All
+    arguments are checked before anything changes. Returns {"params_before", "params_after",
+    "params_removed", "layers": [{"n_head", "n_kv_head", "d_ff"} per layer], "refit": {"layers.i.attn.o_proj":
+    {"error_pruned", "error_refit"}, …} (relative output errors on the calibration inputs; empty without
+    calib_tokens)}.
     """
     n_layer = len(check_gpt("model", model).layers)
     heads = _check_layers("heads", heads, n_layer)
@@ -130,16 +185,22 @@ def structured_prune(model: nn.Module, heads: dict[int, list[int]] | None = None
     mlp_channels = {i: _check_indices("mlp_channels", i, v, model.layers[i].mlp.up_proj.out_features)
                     for i, v in mlp_channels.items()}
     head_plans = {i: _kept_heads(model.layers[i].attn, i, removed) for i, removed in heads.items() if removed}
-    before = model.num_parameters()
-    for i, (keep_q, keep_kv) in head_plans.items():
-        _prune_heads(model.layers[i].attn, keep_q, keep_kv)
-    for i, removed in mlp_channels.items():
-        if removed:
-            _prune_channels(model.layers[i].mlp, removed)
+    check_number("percdamp", percdamp, low=0)
+    check_int("batch_size", batch_size)
+    check_choice("progress", progress, (False, True))
+    if calib_tokens is not None:
+        check_calib_tokens(model, calib_tokens)
+    before, refit = model.num_parameters(), {}
+    if calib_tokens is None:
+        for i in range(n_layer):
+            _prune_layer(model.layers[i], head_plans.get(i), mlp_channels.get(i))
+    else:
+        refit = _prune_and_refit(model, calib_tokens, head_plans, mlp_channels, percdamp, batch_size, progress)
     after = model.num_parameters()
     layers = [dict(zip(("n_head", "n_kv_head"), _sizes(b.attn)[:2]), d_ff=b.mlp.up_proj.out_features)
               for b in model.layers]
-    return {"params_before": before, "params_after": after, "params_removed": before - after, "layers": layers}
+    return {"params_before": before, "params_after": after, "params_removed": before - after, "layers": layers,
+            "refit": refit}
 
 
 @torch.no_grad()
@@ -204,15 +265,20 @@ def channel_importance(model: nn.Module, calib_tokens: torch.Tensor, batch_size:
 
 
 def prune_structured_by_importance(model: nn.Module, calib_tokens: torch.Tensor, head_fraction: float,
-                                   channel_fraction: float, batch_size: int = 8, progress: bool = False) -> dict:
+                                   channel_fraction: float, batch_size: int = 8, progress: bool = False,
+                                   refit: bool = False, percdamp: float = 0.01) -> dict:
     """Remove, in every layer, the least important ⌊head_fraction·H_kv⌋ kv groups and ⌊channel_fraction·F⌋ channels.
 
     A kv group (a kv head and its g query heads) scores sqrt(Σ_h∈group ‖Y_h W_o,hᵀ‖²); channels score
-    as in `channel_importance`. Both fractions lie in [0, 1), so every layer keeps at least one group
-    and one channel. Returns `structured_prune`'s report plus the removed "heads" and "mlp_channels".
+    as in `channel_importance` (both on the unpruned model). Both fractions lie in [0, 1), so every layer
+    keeps at least one group and one channel. ``refit``: refit W_o and W_down on ``calib_tokens`` by least
+    squares (`structured_prune` with calib_tokens, damping ``percdamp``); the units removed are the same.
+    Returns `structured_prune`'s report plus the removed "heads" and "mlp_channels".
     """
     for name, value in (("head_fraction", head_fraction), ("channel_fraction", channel_fraction)):
         check_fraction(name, value, closed=(True, False))
+    check_choice("refit", refit, (False, True))
+    check_number("percdamp", percdamp, low=0)
     head_scores, chan_scores = _contribution_norms(model, calib_tokens, batch_size, progress)
     heads, channels = {}, {}
     for i, block in enumerate(model.layers):
@@ -221,7 +287,9 @@ def prune_structured_by_importance(model: nn.Module, calib_tokens: torch.Tensor,
         groups = group_scores.argsort()[: int(head_fraction * H_kv)]
         heads[i] = sorted(h for j in groups.tolist() for h in range(j * (H // H_kv), (j + 1) * (H // H_kv)))
         channels[i] = sorted(chan_scores[i].argsort()[: int(channel_fraction * len(chan_scores[i]))].tolist())
-    report = structured_prune(model, heads=heads, mlp_channels=channels)
+    report = structured_prune(model, heads=heads, mlp_channels=channels,
+                              calib_tokens=calib_tokens if refit else None, percdamp=percdamp,
+                              batch_size=batch_size, progress=progress)
     return {**report, "heads": heads, "mlp_channels": channels}
 
 

@@ -146,7 +146,7 @@ def smoothquant(model: nn.Module, act_stats: dict[str, torch.Tensor], alpha: flo
 @torch.no_grad()
 def plant_outliers(model: nn.Module, factor: float, n_channels: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Multiply the gain of ``n_channels`` channels of every norm of a lab `GPT`'s decoder layers by ``factor``
-    (α > 1) and divide the matching input columns of the linears that read the norm by it, in place: the
+    (> 0; above 1 it plants outliers) and divide the matching input columns of the linears that read the norm by it, in place: the
     function is preserved (module docstring), the inputs of q/k/v and gate/up get α-times larger channels.
     The channels are drawn without replacement, per norm, from a generator seeded with ``seed``. Returns them,
     int64 (n_channels,), keyed "layers.i.attn_norm" / "layers.i.mlp_norm"."""

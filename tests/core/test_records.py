@@ -62,6 +62,8 @@ def test_seeded_sums_reads_back_what_add_seed_kept():
     assert sizes.tolist() == [8] * 5 and sums["a"].shape == sums["b"].shape == (3, 5)
     assert np.allclose(sums["b"][0], first["b"].reshape(5, 8).sum(1).numpy())
     assert np.array_equal(sums["a"][0], sums["a"][2]) and not np.array_equal(sums["b"][0], sums["b"][1])
+    some, _ = seeded_sums(record, "exp", {"steps": 24}, 0, {"b": first["b"]}, groups)   # a subset is checked
+    assert some.keys() == sums.keys()                                                    # every run comes back
 
 
 @pytest.mark.parametrize("change, match", [
@@ -73,7 +75,8 @@ def test_seeded_sums_reads_back_what_add_seed_kept():
     (dict(shift=0.01), "differs from the record's seed 0 by 0.0100 nats"),
     (dict(swap=True), r"differs from the record's seed 0 by 0\.\d+ nats"),          # same total, other documents
     (dict(tolerance=float("nan")), "tolerance"),
-    (dict(runs=["a"]), "losses has runs"),
+    (dict(runs=[]), r"losses has runs \[\]"),
+    (dict(extra=True), r"losses has runs \['a', 'b', 'c'\]; the record's 'exp' has \['a', 'b'\]"),
     (dict(groups=torch.arange(40) // 10), "on the groups of the record's 'exp'")])
 def test_seeded_sums_refuses_another_experiment(change, match):
     groups = torch.arange(40) // 8
@@ -81,6 +84,8 @@ def test_seeded_sums_refuses_another_experiment(change, match):
     losses = {run: v + change.get("shift", 0.0) for run, v in first.items() if run in change.get("runs", first)}
     if change.get("swap"):
         losses["b"] = losses["b"].flip(0)
+    if change.get("extra"):
+        losses["c"] = losses["a"]
     with pytest.raises(ValueError, match=match):
         seeded_sums(record, change.get("experiment", "exp"), change.get("settings", {"steps": 24}),
                     change.get("seed", 0), losses, change.get("groups", groups), change.get("tolerance", 0.005))

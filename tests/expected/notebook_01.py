@@ -37,9 +37,9 @@ METRICS: dict[str, object] = {
     # untied, 731/676/858 tied); the shared block is higher at every seed (+29%, +44%, +8%), but three seeds
     # that far apart leave the interval wide
     "sharing_tied_vs_untied_seeds": Claim("inconclusive", 9.0, 10.0),     # +9.40% [-45.74, +414.68]
-    "sharing_albert_vs_tied_seeds": Claim("inconclusive", 25.0, 27.0),    # +26.19% [-16.90, +1470.15]
-    "sharing_albert_over_tied_min_pct": near(8.133, 1e-3),                # seed 2; the record's, any CPU
-    "sharing_albert_over_tied_max_pct": near(43.85, 1e-3),                # seed 1
+    "sharing_albert_vs_tied_seeds": Claim("inconclusive", 20.0, 35.0),    # +28.63% [-18.35, +5310.90]
+    "sharing_albert_over_tied_min_pct": near(7.1587, 1e-3),               # the record's, any CPU
+    "sharing_albert_over_tied_max_pct": near(43.903, 1e-3),
     # figures the chapter pages glue
     # activations of a Llama-2-7B-shaped model, T = 4096, B = 1, 16 bits, 32 layers, against 16Ψ of model states
     "states_7b_GB": near(16 * 6_738_415_616 / 1e9, 1e-12),

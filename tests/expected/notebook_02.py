@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.expected.matchers import Between, Claim, Is, Timing, exactly, near
+from tests.expected.matchers import Below, Between, Claim, Is, Timing, exactly, near
 
 METRICS: dict[str, object] = {
     "dense_perplexity": near(58.71, 0.02),        # on lab.data.eval_sample (8,192 tokens, 31 documents)
@@ -41,6 +41,34 @@ METRICS: dict[str, object] = {
     **{f"{m}_24_vs_50": Claim("higher") for m in ("magnitude", "wanda", "sparsegpt")},
     **{f"{m}_50_vs_dense": Claim("higher") for m in ("magnitude", "wanda", "sparsegpt")},
     "most_vs_runner_up_sensitive": Claim("inconclusive"),   # +0.43% (-0.87% to +1.58%)
+    # planted outliers (chapter 3's twin): every comparison from results/planted_cpu.json, not the CPU
+    "planted_magnitude_pruned_share": Between(0.95, 1.0),                # measured 1.0 (layer 0 q_proj)
+    "planted_vs_book_magnitude": Claim("inconclusive"),                  # +0.86% [-0.17, +1.46]
+    "calib_tokens": exactly(4096),
+    "calib_sparsegpt_enough": exactly(2048),
+    "calib_wanda_enough": exactly(1024),
+    "calib_sparsegpt_4096_vs_131072": Claim("equivalent"),
+    "calib_wanda_4096_vs_131072": Claim("equivalent"),
+    "calib_sparsegpt_512_vs_131072": Claim("higher"),                    # +1.57% [+1.06, +2.21]
+    "calib_wanda_512_vs_131072": Claim("inconclusive"),
+    "planted_wanda_equals_book": Below(1e-3),                            # measured 3.3e-5 nats per token
+    **{f"{m}_{n}_50_vs_fp32": Claim(v) for m, n, v in [
+        ("book", "magnitude", "higher"), ("book", "row_magnitude", "higher"), ("book", "wanda", "higher"),
+        ("book", "sparsegpt", "higher"), ("planted", "magnitude", "inconclusive"),
+        ("planted", "row_magnitude", "inconclusive"), ("planted", "wanda", "higher"),
+        ("planted", "sparsegpt", "higher")]},
+    # one family of four: Wanda against row magnitude, row against whole-matrix magnitude, each model
+    "book_wanda_vs_row_magnitude": Claim("equivalent"),   # (a family of five with planted_vs_book_magnitude)
+    "book_row_magnitude_vs_magnitude": Claim("equivalent"),
+    "planted_wanda_vs_row_magnitude": Claim("inconclusive"),
+    "planted_row_magnitude_vs_magnitude": Claim("equivalent"),
+    # least-squares refit of o_proj / down_proj at 50% (one family of two)
+    "structured_refit_50_vs_dense": Claim("higher"),                     # +28.0% (+21.7% to +44.9%)
+    "structured_refit_50_vs_plain": Claim("lower", -25.0, -5.0),         # -15.1% (-16.8% to -13.3%)
+    "structured_refit_50_perplexity": near(75.16, 0.01),
+    "structured_50_perplexity": near(88.50, 0.01),
+    "structured_refit_50_recovered": Between(0.3, 0.8),
+    "structured_refit_50_flops_unchanged": Is(True),
     # structured pruning: one family of two
     "structured_25_vs_dense": Claim("higher"),              # +12.21% (+8.91% to +22.51%)
     "structured_50_vs_dense": Claim("higher"),              # +50.73% (+41.90% to +72.15%)

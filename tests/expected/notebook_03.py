@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.expected.matchers import Between, Claim, Is, exactly, near
+from tests.expected.matchers import Below, Between, Claim, Is, exactly, near
 
 METRICS: dict[str, object] = {
     "dense_perplexity": near(58.71, 0.02),                # on the 8,192-token evaluation sample
@@ -113,6 +113,35 @@ METRICS: dict[str, object] = {
     # a family of two: each verdict hangs on the other's p (Holm) and GPTQ's low end moves with the CPU
     "ex_group_bits_rtn_3g64_vs_4ch": Claim("any", 0.0, 3.0),    # +1.07% [+0.11, +1.70]: higher
     "ex_group_bits_gptq_3g64_vs_4ch": Claim("any", 0.0, 3.0),   # +0.47% [+0.13, +0.97]: higher
+    # planted outliers (lab.quant.plant_outliers, alpha = 50, 4 channels per norm): logits kept, channels spread;
+    # every comparison from the committed record results/planted_cpu.json (python -m lab.bench planted), not the CPU
+    "planted_logit_max_abs_diff": Below(1e-4),                          # measured 8.6e-6
+    "planted_vs_book_smoothquant": Claim("equivalent"),                  # SmoothQuant undoes the planting
+    "calib_tokens": exactly(4096),
+    "calib_gptq_enough": exactly(1024),                                  # every size from here on: equivalent
+    "calib_gptq_4096_vs_131072": Claim("equivalent"),
+    "calib_gptq_512_vs_131072": Claim("inconclusive"),                   # +0.51% [-0.15, +1.26]
+    "ex_planted_bits_book": near(6.7107, 1e-3),
+    "ex_planted_bits_planted": near(2.3244, 1e-3),
+    "planted_max_over_median": Between(40.0, 90.0),                      # measured 63.4
+    **{f"book_{m}_vs_fp32": Claim(v) for m, v in [
+        ("w8a8_per_tensor", "higher"), ("w8a8_per_token", "equivalent"), ("llm_int8", "equivalent"),
+        ("smoothquant_0_25_per_tensor", "higher"), ("smoothquant_0_5_per_tensor", "higher"),
+        ("smoothquant_0_75_per_tensor", "higher"), ("smoothquant_0_5_per_token", "equivalent"),
+        ("rtn_w4", "equivalent"), ("rtn_w3", "higher"), ("awq_w4", "equivalent"), ("awq_w3", "higher"),
+        ("gptq_w4", "equivalent"), ("gptq_w3", "higher")]},
+    "planted_w8a8_per_tensor_vs_fp32": Claim("higher", 8.0, 16.0),       # +11.68% [+10.53, +12.77]
+    **{f"planted_{m}_vs_fp32": Claim(v) for m, v in [
+        ("w8a8_per_token", "higher"), ("llm_int8", "equivalent"),
+        ("smoothquant_0_25_per_tensor", "higher"), ("smoothquant_0_5_per_tensor", "higher"),
+        ("smoothquant_0_75_per_tensor", "higher"), ("smoothquant_0_5_per_token", "equivalent"),
+        ("rtn_w4", "inconclusive"), ("rtn_w3", "inconclusive"), ("awq_w4", "equivalent"), ("awq_w3", "higher"),
+        ("gptq_w4", "equivalent"), ("gptq_w3", "higher")]},
+    # one family of seven on the twin: what rescues what
+    "planted_w8a8_token_vs_tensor": Claim("lower"),                      # -9.10% [-10.11, -7.80]
+    "planted_smoothquant_vs_w8a8_tensor": Claim("lower"),                # -10.05% [-10.90, -9.09]
+    "planted_llm_int8_vs_w8a8_token": Claim("lower"),                    # -1.48% [-2.02, -0.94]
+    **{f"planted_{m}_vs_rtn_w{b}": Claim("inconclusive") for m in ("awq", "gptq") for b in (4, 3)},
     # exercise "Bytes and time of one decode step": 8192 x 8192, M = 1, H200 datasheet 4.8 TB/s
     "ex_decode_us_bf16": near(27.968853, 1e-6),
     "ex_decode_us_int4": near(7.43424, 1e-6),

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from lab.formats import (check_nm, compress, compressed_nbytes, decompress, dequantize_int4, index_bits, meta_shape,
-                         pack_bits, pack_int4, pack_int4_v2, unpack_bits, unpack_int4, unpack_int4_v2)
-from tests.bad_input import Bad
+from lab.formats import (NF4Tensor, check_nm, compress, compressed_nbytes, decompress, dequantize_blockwise,
+                         dequantize_int4, dequantize_nf4, dynamic_map, index_bits, meta_shape, nearest_code_table,
+                         nf4_bits_per_parameter, pack_bits, pack_int4, pack_int4_v2, quantize_blockwise, quantize_nf4,
+                         unpack_bits, unpack_int4, unpack_int4_v2)
+from tests.bad_input import Bad, T, V
 
 Q = torch.randint(0, 16, (4, 64), generator=torch.Generator().manual_seed(0))   # codes (N, K)
 P1, P2 = pack_int4(Q, 32), pack_int4_v2(Q, 32)
 S, Z = torch.rand(2, 4), torch.full((2, 4), 8.0)                                # scales, zeros (K/g, N)
 W = torch.tensor([[1.0, 0, 2, 0, 0, 3, 0, 4]] * 3)                               # a 2:4-sparse weight (3, 8)
 VALUES, META = compress(W)
+CODE = dynamic_map(True)                                                        # the signed dynamic map
+CODES, ABSMAX = quantize_blockwise(torch.ones(10), CODE, 8)                     # 10 codes in 2 blocks of 8
+W_NF4 = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
+NF4 = quantize_nf4(W_NF4)                                                       # 4 blocks of 64, double-quantized
 
 CASES: dict[str, list[Bad]] = {
     "pack_int4": [
@@ -90,6 +96,65 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: decompress(VALUES, META, 16), ValueError, r"values must have shape \(out, 8\)"),
         Bad(lambda: decompress(VALUES, META.to(torch.int32), 8), TypeError, r"meta must be uint8 .*, got torch\.int32"),
     ],
+    "dynamic_map": [
+        T(lambda: dynamic_map("yes"), r"signed must be a bool, got 'yes'"),
+        V(lambda: dynamic_map(True, torch.float16), r"dtype=torch\.float16 is not allowed"),
+    ],
+    "nearest_code_table": [
+        T(lambda: nearest_code_table(CODE.tolist()), r"code must be a torch\.Tensor, got list"),
+        V(lambda: nearest_code_table(torch.zeros(256)), r"code must hold 256 increasing values"),
+        T(lambda: nearest_code_table(CODE.double()), r"code must have a dtype in \(torch\.float32,\)"),
+    ],
+    "quantize_blockwise": [
+        V(lambda: quantize_blockwise(torch.ones(10), CODE, 100), r"block_size=100 .*power of two"),
+        V(lambda: quantize_blockwise(torch.ones(10), torch.zeros(256), 8), r"code must hold 256 increasing"),
+        T(lambda: quantize_blockwise(torch.ones(10, dtype=torch.int64), CODE), r"x must be a floating-point tensor"),
+        V(lambda: quantize_blockwise(torch.tensor([1.0, float("nan")]), CODE), r"x contains NaN or infinite"),
+    ],
+    "dequantize_blockwise": [
+        T(lambda: dequantize_blockwise(CODES.long(), ABSMAX, CODE, 8, (10,)), r"codes must have a dtype in"),
+        T(lambda: dequantize_blockwise(CODES, ABSMAX.double(), CODE, 8, (10,)), r"absmax must have a dtype in"),
+        V(lambda: dequantize_blockwise(CODES, ABSMAX, CODE, 8, (11,)), r"shape=\(11,\) and absmax \(2 blocks\)"),
+        V(lambda: dequantize_blockwise(CODES, ABSMAX, CODE, 4, (10,)), r"do not match codes \(10 elements"),
+    ],
+    "NF4Tensor": [
+        T(lambda: NF4Tensor(NF4.packed.to(torch.int8), NF4.absmax, 64), r"packed must have a dtype in"),
+        V(lambda: NF4Tensor(NF4.packed, NF4.absmax[:3], 64, NF4.absmax_scales, NF4.absmax_mean, 256),
+          r"absmax must hold N·K/block_size = 4 values, got 3"),
+        V(lambda: NF4Tensor(NF4.packed, NF4.absmax, 48), r"block_size=48 is not allowed; use an even divisor of K=64"),
+        V(lambda: NF4Tensor(NF4.packed, torch.ones(4), 64, NF4.absmax_scales), r"absmax_scales, absmax_mean and dq_"),
+        T(lambda: NF4Tensor(NF4.packed, NF4.absmax, 64, NF4.absmax_scales, NF4.absmax_mean), r"dq_block must be"),
+        V(lambda: NF4Tensor(NF4.packed, NF4.absmax, 64, torch.ones(2), NF4.absmax_mean, 256),
+          r"absmax_scales must hold ⌈4 / dq_block⌉ = 1 values, got 2"),
+    ],
+    "quantize_nf4": [
+        T(lambda: quantize_nf4(W_NF4.long()), r"W must have a dtype in"),
+        T(lambda: quantize_nf4(W_NF4 > 0), r"W must have a dtype in .*got torch\.bool"),
+        T(lambda: quantize_nf4(W_NF4.tolist()), r"W must be a torch\.Tensor, got list"),
+        V(lambda: quantize_nf4(W_NF4 / 0), r"W contains NaN or infinite entries"),
+        V(lambda: quantize_nf4(W_NF4.view(-1)), r"W must have 2 dimensions"),
+        V(lambda: quantize_nf4(W_NF4[:0]), r"W is empty \(shape \(0, 64\)\)"),
+        V(lambda: quantize_nf4(W_NF4, 0), r"block_size=0 is out of range"),
+        V(lambda: quantize_nf4(W_NF4, 48), r"block_size=48 is not allowed; use an even divisor of K=64"),
+        V(lambda: quantize_nf4(W_NF4, 1), r"block_size=1 is not allowed"),
+        T(lambda: quantize_nf4(W_NF4, True), r"block_size must be an int, got True"),
+        T(lambda: quantize_nf4(W_NF4, 64, 1), r"double_quant must be a bool, got 1"),
+        V(lambda: quantize_nf4(W_NF4, 64, True, 100), r"dq_block=100 is not allowed; use a positive power of two"),
+    ],
+    "dequantize_nf4": [
+        T(lambda: dequantize_nf4(W_NF4), r"q must be an NF4Tensor .*got Tensor"),
+        T(lambda: dequantize_nf4(NF4, "bf16"), r"dtype must be a torch dtype .*got 'bf16'"),
+        V(lambda: dequantize_nf4(NF4, torch.int8), r"dtype=torch\.int8 is not allowed; use one of"),
+    ],
+    "nf4_bits_per_parameter": [
+        V(lambda: nf4_bits_per_parameter(0), r"block_size=0 is out of range"),
+        V(lambda: nf4_bits_per_parameter(63), r"block_size=63 is not allowed; use an even block size"),
+        T(lambda: nf4_bits_per_parameter(64.0), r"block_size must be an int, got 64\.0"),
+        T(lambda: nf4_bits_per_parameter(64, "yes"), r"double_quant must be a bool"),
+        V(lambda: nf4_bits_per_parameter(64, True, 3), r"dq_block=3 is not allowed"),
+    ],
 }
 
-NO_INPUT: dict[str, str] = {}
+NO_INPUT: dict[str, str] = {
+    "nf4_values": "takes no argument: the 16 levels are a constant of the format",
+}

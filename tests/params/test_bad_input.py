@@ -10,13 +10,16 @@ import torch
 from torch import nn
 
 from lab.params import (Adafactor, Adam8bit, DynamicLossScaler, LoRALinear, OffloadedGPT, add_lora, build_on_meta,
-                        checkpoint_layers, compare_sharing, count_parameters, float_format_info, gpt_param_count,
-                        inference_memory, kv_cache_bytes, load_eager, load_lazy, load_safetensors, load_sharded,
-                        lora_memory, measure_load_peak_rss, merge_lora, model_bytes, parameter_table, save_safetensors,
-                        save_sharded, share_layers, tie_weights, training_memory, untie_weights)
+                        checkpoint_layers, checkpoint_segments, compare_sharing, count_parameters, float_format_info,
+                        gpt_param_count, inference_memory, kv_cache_bytes, load_eager, load_lazy, load_safetensors,
+                        load_sharded, lora_memory, measure_activation_peak_cpu, measure_load_peak_rss, merge_lora,
+                        model_bytes, optimal_segments, parameter_table, qlora_model, save_safetensors, save_sharded,
+                        segment_checkpoint_bytes, segment_gradient_error, segment_time_ratio, share_layers, tie_weights,
+                        training_memory, untie_weights)
 from lab.params.lazy import untied_state_dict
-from tests.bad_input import NOT_GPT, Bad, merged
+from tests.bad_input import NOT_GPT, Bad, T, V, merged
 from tests.params.bad_notebook import NOTEBOOK
+from tests.params.bad_stable_embedding import STABLE
 from tests.tiny_models import tiny_config, tiny_gpt
 
 CFG = tiny_config()   # 2 layers, d_model 32, context 16, vocab 61
@@ -63,7 +66,7 @@ def _shared_view() -> dict[str, torch.Tensor]:
     return {"col": base[:, 0], "last": base[2:, :1]}   # element 8 in both; a strided view reaches past numel
 
 
-CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call to measure (tests.params.bad_notebook)
+CASES: dict[str, list[Bad]] = merged(NOTEBOOK, STABLE, {  # tests.params.bad_notebook, tests.params.bad_stable_embedding
     "Adafactor": [
         Bad(lambda: Adafactor(nn.Linear(2, 2)), TypeError, r"params must be an iterable .* got the module Linear"),
         Bad(lambda: Adafactor(_params(), lr=1e-3), ValueError, r"lr=0\.001 is not allowed with relative_step=True"),
@@ -83,6 +86,12 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
         Bad(lambda: Adam8bit(_params(), eps=0.0), ValueError, r"eps=0\.0 is out of range"),
         Bad(lambda: Adam8bit(_params(), block_size=3), ValueError, r"block_size=3 is not allowed"),
         Bad(lambda: Adam8bit(_params(), block_size=True), TypeError, r"block_size must be an int, got True"),
+        V(lambda: Adam8bit(_params(), min_8bit_size=-1), r"min_8bit_size=-1 is out of range"),
+        T(lambda: Adam8bit(_params(), min_8bit_size=True), r"min_8bit_size must be an int, got True"),
+        T(lambda: Adam8bit(_params(), min_8bit_size=4096.0), r"min_8bit_size must be an int, got 4096\.0"),
+        V(lambda: Adam8bit([{"params": _params(), "optim_bits": 16}]), r"optim_bits=16 is not allowed"),
+        T(lambda: Adam8bit([{"params": _params(), "optim_bits": "32"}]), r"optim_bits must be an int, got '32'"),
+        V(lambda: Adam8bit([{"params": _params(), "min_8bit_size": -5}]), r"min_8bit_size=-5 is out of range"),
     ],
     "DynamicLossScaler": [
         Bad(lambda: DynamicLossScaler(init_scale=0), ValueError, r"init_scale=0 is out of range"),
@@ -127,6 +136,7 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
     "add_lora": [
         Bad(lambda: add_lora("model"), TypeError, r"model must be a torch\.nn\.Module, got str"),
         Bad(lambda: _lora(targets="q_proj"), TypeError, r"targets must be an iterable .* got 'q_proj'"),
+        Bad(lambda: _lora(targets="all_linear"), TypeError, r"targets must be an iterable .* or 'all-linear', got"),
         Bad(lambda: _lora(targets=("q_prj",)), ValueError, r"targets=\('q_prj',\): \['q_prj'\] match no module"),
         Bad(lambda: _lora(targets=(3,)), TypeError, r"targets must hold non-empty strings"),
         Bad(lambda: _lora(targets=("attn",)), TypeError, r"targets=\('attn',\) match 'layers\.0\.attn'"),
@@ -145,6 +155,15 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
         Bad(lambda: checkpoint_layers(tiny_gpt(), True), TypeError, r"every must be an int, got True"),
         Bad(lambda: checkpoint_layers(tiny_gpt(), 1.0), TypeError, r"every must be an int, got 1\.0"),
         Bad(lambda: checkpoint_layers(share_layers(tiny_gpt(), 1), 2), ValueError, r"every=2 is not allowed"),
+    ],
+    "checkpoint_segments": [
+        Bad(lambda: checkpoint_segments(nn.Linear(2, 2), 1), TypeError, rf"model {NOT_GPT}, got Linear"),
+        Bad(lambda: checkpoint_segments(tiny_gpt(), 0), ValueError, r"segments=0 is out of range; allowed: \[1, 2\]"),
+        Bad(lambda: checkpoint_segments(tiny_gpt(), 3), ValueError, r"segments=3 is out of range; allowed: \[1, 2\]"),
+        Bad(lambda: checkpoint_segments(tiny_gpt(), True), TypeError, r"segments must be an int, got True \(bool\)"),
+        Bad(lambda: checkpoint_segments(tiny_gpt(), 2.0), TypeError, r"segments must be an int, got 2\.0 \(float\)"),
+        Bad(lambda: checkpoint_segments(share_layers(tiny_gpt(), 1), 2), ValueError,
+            r"segments=2 is not allowed for this model: layer 1 shares its block with layer 0"),
     ],
     "compare_sharing": [
         Bad(lambda: _sharing(cfg=CFG.to_dict()), TypeError, r"cfg must be a lab\.models\.gpt\.GPTConfig, got dict"),
@@ -223,6 +242,15 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
     "lora_memory": [
         Bad(lambda: lora_memory("model"), TypeError, r"model must be a torch\.nn\.Module, got str"),
     ],
+    "measure_activation_peak_cpu": [
+        Bad(lambda: measure_activation_peak_cpu(nn.Linear(2, 2), 1, 4), TypeError, rf"model {NOT_GPT}"),
+        Bad(lambda: measure_activation_peak_cpu(tiny_gpt(), 0, 4), ValueError, r"batch=0 is out of range"),
+        Bad(lambda: measure_activation_peak_cpu(tiny_gpt(), 1, 17), ValueError,
+            r"seq_len=17 is out of range; allowed: \[1, 16\]"),
+        Bad(lambda: measure_activation_peak_cpu(tiny_gpt(), 1, 4.0), TypeError, r"seq_len must be an int, got 4\.0"),
+        Bad(lambda: measure_activation_peak_cpu(tiny_gpt().requires_grad_(False), 1, 4), ValueError,
+            r"model has no parameter with requires_grad=True"),
+    ],
     "measure_load_peak_rss": [
         Bad(lambda: measure_load_peak_rss("fast", _file(), CFG), ValueError, r"mode='fast' is not allowed"),
         Bad(lambda: measure_load_peak_rss(True, _file(), CFG), TypeError, r"mode must be one of .* the bool True"),
@@ -236,6 +264,11 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
     "model_bytes": [
         Bad(lambda: model_bytes("model"), TypeError, r"model must be a torch\.nn\.Module, got str"),
         Bad(lambda: model_bytes(nn.Linear(2, 2), "float32"), TypeError, r"dtype must be a torch\.dtype, got 'float32'"),
+    ],
+    "optimal_segments": [
+        Bad(lambda: optimal_segments(0, 1, 1), ValueError, r"n_layer=0 is out of range; allowed: \[1, inf\)"),
+        Bad(lambda: optimal_segments(24, -1, 1), ValueError, r"a=-1 is out of range; allowed: \[0, inf\)"),
+        Bad(lambda: optimal_segments(24, 1, 2.5), TypeError, r"m must be an int, got 2\.5 \(float\)"),
     ],
     "parameter_table": [
         Bad(lambda: parameter_table(nn.Linear(2, 2), "layer"), ValueError, r"by='layer' is not allowed"),
@@ -265,6 +298,26 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
         Bad(lambda: save_sharded(_shared_view(), _folder() / "s", 10), ValueError,
             r"state_dict: tensors 'col' and 'last' share memory"),
     ],
+    "segment_checkpoint_bytes": [
+        Bad(lambda: segment_checkpoint_bytes(24, 0, 1, 1), ValueError, r"segments=0 is out of range; allowed: \[1, 24"),
+        Bad(lambda: segment_checkpoint_bytes(24, 25, 1, 1), ValueError, r"segments=25 is out of range; allowed: \["),
+        Bad(lambda: segment_checkpoint_bytes(24, False, 1, 1), TypeError, r"segments must be an int, got False"),
+        Bad(lambda: segment_checkpoint_bytes(24, 4, 1, -5), ValueError, r"m=-5 is out of range; allowed: \[0, inf\)"),
+        Bad(lambda: segment_checkpoint_bytes(24.0, 4, 1, 1), TypeError, r"n_layer must be an int, got 24\.0"),
+    ],
+    "segment_gradient_error": [
+        Bad(lambda: segment_gradient_error(nn.Linear(2, 2), 1, 1, 4), TypeError, rf"model {NOT_GPT}"),
+        Bad(lambda: segment_gradient_error(tiny_gpt(), 3, 1, 4), ValueError,
+            r"segments=3 is out of range; allowed: \[1, 2\]"),
+        Bad(lambda: segment_gradient_error(tiny_gpt(), None, 1, 4), TypeError, r"segments must be an int, got None"),
+        Bad(lambda: segment_gradient_error(tiny_gpt(), 1, 1, 17), ValueError, r"seq_len=17 is out of range"),
+    ],
+    "segment_time_ratio": [
+        Bad(lambda: segment_time_ratio(nn.Linear(2, 2), 1, 4, 1), TypeError, rf"model {NOT_GPT}"),
+        Bad(lambda: segment_time_ratio(tiny_gpt(), 1, 4, 0), ValueError, r"segments=0 is out of range"),
+        Bad(lambda: segment_time_ratio(tiny_gpt(), 1, 4, 1, repeats=0), ValueError, r"repeats=0 is out of range"),
+        Bad(lambda: segment_time_ratio(tiny_gpt(), 0, 4, 1), ValueError, r"batch=0 is out of range"),
+    ],
     "share_layers": [
         Bad(lambda: share_layers("model"), TypeError, rf"model {NOT_GPT}, got str"),
         Bad(lambda: share_layers(tiny_gpt(), 3), ValueError, r"n_groups=3 must be a positive int dividing n_layer=2"),
@@ -293,6 +346,15 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, {  # the names the notebooks call
         Bad(lambda: training_memory(6, "adam8bit", shapes=[(2, 3.0)]), TypeError, r"shapes\[0\]\[1\] must be an int"),
         Bad(lambda: training_memory(6, "adam8bit", shapes=[(-2, -3)]), ValueError, r"shapes\[0\]\[0\]=-2 is out of"),
         Bad(lambda: training_memory(7, "adafactor", shapes=[(2, 3)]), ValueError, r"shapes hold 6 .* n_params=7"),
+    ],
+    "qlora_model": [
+        T(lambda: qlora_model(nn.Linear(4, 4)), rf"model {NOT_GPT}, got Linear"),
+        V(lambda: qlora_model(tiny_gpt(), r=0, block_size=16), r"r=0 is out of range"),
+        V(lambda: qlora_model(tiny_gpt(), r=32, block_size=16), r"r=32 is out of range; allowed: \[1, 16\]"),
+        T(lambda: qlora_model(tiny_gpt(), r=2.0, block_size=16), r"r must be an int, got 2\.0"),
+        V(lambda: qlora_model(tiny_gpt(), alpha=0.0, block_size=16), r"alpha=0\.0 is out of range"),
+        V(lambda: qlora_model(tiny_gpt()), r"block_size=64 is not allowed; use an even divisor of K=32"),
+        T(lambda: qlora_model(tiny_gpt(), block_size=16.0), r"block_size must be an int, got 16\.0"),
     ],
     "untie_weights": [
         Bad(lambda: untie_weights("model"), TypeError, rf"model {NOT_GPT}, got str"),

@@ -325,7 +325,7 @@ def test_bad_rank_or_alpha(r, alpha, error, match):
 
 
 def test_bad_base():
-    with pytest.raises(TypeError, match="base must be an nn.Linear or .*Int4Linear, got Conv1d"):
+    with pytest.raises(TypeError, match="base must be an nn.Linear, .*Int4Linear or .*NF4Linear, got Conv1d"):
         LoRALinear(nn.Conv1d(4, 4, 1), 2, 4.0)
 
 
@@ -335,7 +335,7 @@ def test_bad_base():
     ("q_proj", TypeError, r"targets must be an iterable of module-name suffixes.*'q_proj'"),
     ((), TypeError, r"targets must hold non-empty strings, got \(\)"),
     ((3,), TypeError, r"targets must hold non-empty strings, got \(3,\)"),
-    (("attn",), TypeError, r"'layers.0.attn', a Attention; allowed: nn.Linear or Int4Linear"),
+    (("attn",), TypeError, r"'layers.0.attn', a Attention; allowed: nn.Linear, Int4Linear or NF4Linear"),
 ])
 def test_bad_targets_leave_the_model_unchanged(tiny_gpt, targets, error, match):
     model = tiny_gpt()

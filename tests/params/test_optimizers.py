@@ -1,18 +1,17 @@
-"""lab.params.adafactor and lab.params.adam8bit against transformers' Adafactor, a float64
-nearest-code quantizer, fp32 torch.optim.AdamW, and the real storage of ``optimizer.state``."""
+"""lab.params.adafactor and lab.params.adam8bit against transformers' Adafactor, fp32 torch.optim.AdamW,
+and the real storage of ``optimizer.state`` (the block-wise quantizer itself: tests/formats/test_blockwise.py)."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 from transformers.optimization import Adafactor as HFAdafactor
 
 import lab.params.adam8bit
+from lab.formats.blockwise import dequantize_blockwise, dynamic_map
 from lab.params.adafactor import Adafactor, adafactor_state_bytes, max_param_diff_vs_transformers
-from lab.params.adam8bit import (Adam8bit, adam8bit_state_bytes, blockwise_error_vs_float64, dequantize_blockwise,
-                                 dynamic_map, quantize_blockwise)
+from lab.params.adam8bit import Adam8bit, adam8bit_state_bytes, blockwise_error_vs_float64
+from tests.formats.test_blockwise import state_like
 
 SHAPES = [(12, 8), (8,), (2, 3, 5)]   # a matrix, a vector, a stack of matrices
 
@@ -109,112 +108,10 @@ def test_adafactor_state_bytes_equal_storage(beta1):
     assert adafactor_state_bytes([(704, 256)]) == 4 * (704 + 256)
 
 
-def _reference_quantize(x: torch.Tensor, code: torch.Tensor, B: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64, one block at a time: absmax, then the index of the nearest code (argmin = lower on ties)."""
-    flat, code64 = x.reshape(-1).double(), code.double()
-    q, absmax = [], []
-    for block in flat.split(B):
-        a = block.abs().max()
-        absmax.append(a)
-        scaled = block / a if a > 0 else block
-        q.append((scaled[:, None] - code64[None, :]).abs().argmin(dim=1))
-    return torch.cat(q), torch.stack(absmax)
-
-
-def _reference_map(signed: bool) -> torch.Tensor:
-    """bitsandbytes' construction in float64: midpoints of linspace(0.1, 1, k + 1) per decade, 0 and 1."""
-    ref = [0.0, 1.0]
-    for i in range(7):
-        k = 2 ** i if signed else 2 ** (i + 1)
-        edges = torch.linspace(0.1, 1.0, k + 1, dtype=torch.float64)
-        means = (10.0 ** (i - 6) * (edges[:-1] + edges[1:]) / 2).tolist()
-        ref += means + ([-x for x in means] if signed else [])
-    return torch.tensor(sorted(ref), dtype=torch.float64)
-
-
-def test_dynamic_map_follows_its_definition():
-    for signed in (True, False):
-        code, ref = dynamic_map(signed), _reference_map(signed)
-        assert code.shape == (256,) and code.dtype == torch.float32
-        torch.testing.assert_close(code.double(), ref, rtol=1e-7, atol=0)
-        torch.testing.assert_close(dynamic_map(signed, torch.float64), ref, rtol=1e-15, atol=0)
-        assert torch.equal(dynamic_map(signed, torch.float64).float(), code)
-        assert bool((code[1:] > code[:-1]).all()) and code[-1] == 1.0 and (code == 0).sum() == 1
-    assert (dynamic_map(True) < 0).sum() == 127 and dynamic_map(False).min() == 0
-
-
-@pytest.mark.parametrize("signed", [True, False])
-@pytest.mark.parametrize("B", [64, 2048])
-def test_quantize_blockwise_matches_float64_nearest_code(signed, B):
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(5000, generator=gen) * torch.logspace(-6, 1, 5000)[torch.randperm(5000, generator=gen)]
-    x = x if signed else x.square()
-    x[:B] = 0.0                                                 # an all-zero block
-    code = dynamic_map(signed)
-    q, absmax = quantize_blockwise(x.view(50, 100), code, B)
-    ref_q, ref_absmax = _reference_quantize(x, code, B)
-    assert q.dtype == torch.uint8 and q.shape == (5000,) and absmax.shape == (math.ceil(5000 / B),)
-    torch.testing.assert_close(absmax.double(), ref_absmax, rtol=0, atol=0)
-    # the chosen code is a nearest one in float64 (ties within float32 rounding of x / absmax aside)
-    scaled = x.double() / ref_absmax.clamp(min=1e-300).repeat_interleave(B)[:5000]
-    dist = (scaled - code.double()[q.long()]).abs()
-    ref_dist = (scaled - code.double()[ref_q]).abs()
-    assert bool((dist <= ref_dist + 1e-7 * scaled.abs()).all())
-    assert (q.long() == ref_q).float().mean() > 0.999
-    x_hat = dequantize_blockwise(q, absmax, code, B, (50, 100))
-    assert x_hat.shape == (50, 100) and x_hat.dtype == torch.float32
-    assert torch.equal(x_hat.reshape(-1)[:B], torch.zeros(B))
-    # a block's largest |x| comes back as absmax (+1.0 is a code) or, if negative, as 0.993·absmax
-    for block, a in zip(x_hat.reshape(-1).split(B), absmax):
-        assert 0.99 * a <= block.abs().max() <= a
-
-
-@pytest.mark.parametrize("signed", [True, False, None])
-def test_nearest_code_lookup_equals_bucketize_on_the_midpoints(signed):
-    if signed is None:     # a map with several midpoints in one cell of 2^-7: the table grows a column
-        code = torch.cat([torch.linspace(-1, 1, 253), torch.tensor([0.5001, 0.50015, 0.5002])]).sort().values
-    else:
-        code = dynamic_map(signed)
-    table = lab.params.adam8bit.nearest_code_table(code)
-    assert table[1].shape[1] == (1 if signed is not None else 3)
-    mid = (code[1:] + code[:-1]) / 2
-    inf = torch.tensor(math.inf)
-    cells = (torch.arange(65536, dtype=torch.int32) << 16).view(torch.float32)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.cat([mid, torch.nextafter(mid, inf), torch.nextafter(mid, -inf), code, cells, -cells,
-                   torch.nextafter(cells, inf), torch.nextafter(cells, -inf), torch.tensor([0.0, -0.0]),
-                   torch.rand(100_000, generator=gen) * 2 - 1, torch.rand(100_000, generator=gen) ** 9])
-    x = x[x.abs() <= 1]                                    # the range of x / absmax
-    q = lab.params.adam8bit._nearest(x, table)
-    assert q.dtype == torch.int32 and torch.equal(q.long(), torch.bucketize(x, mid))
-
-
-def _state_like(signed: bool, n: int = 5000) -> torch.Tensor:
-    """Values over 7 decades in random order (squared for the unsigned map), a block of zeros first."""
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(n, generator=gen) * torch.logspace(-6, 1, n)[torch.randperm(n, generator=gen)]
-    x = x if signed else x.square()
-    x[:64] = 0.0
-    return x
-
-
-@pytest.mark.parametrize("signed", [True, False])
-@pytest.mark.parametrize("B", [64, 2048])
-def test_dequantize_equals_absmax_times_the_float64_code(signed, B):
-    x = _state_like(signed)
-    q, absmax = quantize_blockwise(x, dynamic_map(signed), B)
-    x_hat = dequantize_blockwise(q, absmax, dynamic_map(signed), B, x.shape).double()
-    a = x.double().abs().reshape(-1).split(B)
-    a = torch.cat([torch.full((len(block),), block.max().item(), dtype=torch.float64) for block in a])
-    expected = a * _reference_map(signed)[q.long()]                  # x̂ = code value · absmax, in float64
-    assert bool(((x_hat - expected).abs() <= 2 ** -23 * a).all())    # two float32 roundings at most
-    assert torch.equal(x_hat[:64], torch.zeros(64, dtype=torch.float64))
-
-
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("B", [64, 2048])
 def test_blockwise_error_vs_float64_is_rounding_only(signed, B):
-    error = blockwise_error_vs_float64(_state_like(signed).view(50, 100), signed, B)
+    error = blockwise_error_vs_float64(state_like(signed).view(50, 100), signed, B)
     assert error.keys() == {"quantize", "dequantize"}
     assert 0 <= error["dequantize"] <= 2 ** -23 and -2 ** -23 <= error["quantize"] <= 2 ** -22, error
 
@@ -227,7 +124,7 @@ def test_blockwise_error_vs_float64_sees_a_code_that_is_not_the_nearest(monkeypa
         return (q.long() + 1).clamp(max=255).to(torch.uint8), absmax
 
     monkeypatch.setattr(lab.params.adam8bit, "quantize_blockwise", one_code_up)
-    assert blockwise_error_vs_float64(_state_like(True), True, 64)["quantize"] > 1e-3
+    assert blockwise_error_vs_float64(state_like(True), True, 64)["quantize"] > 1e-3
 
 
 def _regression(opt_cls, kwargs: dict, steps: int = 300):
@@ -254,7 +151,7 @@ ADAMW = {"lr": 1e-2, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01}
 
 @pytest.mark.parametrize("B", [64, 2048])
 def test_adam8bit_loss_tracks_fp32_adamw(B):
-    losses8, _, _ = _regression(Adam8bit, {**ADAMW, "block_size": B})
+    losses8, _, _ = _regression(Adam8bit, {**ADAMW, "block_size": B, "min_8bit_size": 0})   # every tensor 8-bit
     losses32, _, _ = _regression(torch.optim.AdamW, ADAMW)
     assert losses32[-1] < 0.02 * losses32[0] and losses8[-1] < 0.02 * losses8[0]
     # loss curves within 10% of each other at every one of the 300 steps (measured: at most 6.4%)
@@ -264,7 +161,7 @@ def test_adam8bit_loss_tracks_fp32_adamw(B):
 @pytest.mark.parametrize("B", [64, 2048])
 def test_adam8bit_state_tracks_fp32_adamw_on_the_same_gradients(B):
     params8, params32 = _params(torch.float32), _params(torch.float32)
-    opt8 = _run(Adam8bit, params8, {**ADAMW, "block_size": B}, steps=100)
+    opt8 = _run(Adam8bit, params8, {**ADAMW, "block_size": B, "min_8bit_size": 0}, steps=100)
     opt32 = _run(torch.optim.AdamW, params32, ADAMW, steps=100)
     code_m, code_v = dynamic_map(True), dynamic_map(False)
     for p8, p32 in zip(params8, params32):
@@ -304,11 +201,8 @@ def test_adam8bit_state_bytes_equal_storage(B):
     (lambda p: Adafactor(p, clip_threshold=0), r"clip_threshold=0 .*\(0.0, inf\)"),
     (lambda p: Adafactor(p, decay_rate=0.8), r"decay_rate=0.8 .*\[-1.0, 0.0\)"),
     (lambda p: Adafactor(p, relative_step="yes"), r"relative_step must be a bool"),
-    (lambda p: quantize_blockwise(torch.ones(10), dynamic_map(True), 100), r"block_size=100 .*power of two"),
-    (lambda p: quantize_blockwise(torch.ones(10), torch.zeros(256), 8), r"code must hold 256 increasing"),
     (lambda p: adam8bit_state_bytes([(4, 4)], block_size=6), r"block_size=6 .*power of two"),
     (lambda p: adafactor_state_bytes([(4, -1)]), r"shapes\[0\]\[1\]=-1"),
-    (lambda p: dynamic_map(True, torch.float16), r"dtype=torch.float16 is not allowed"),
     (lambda p: blockwise_error_vs_float64(torch.ones(8), "yes"), r"signed must be a bool"),
     (lambda p: blockwise_error_vs_float64(torch.ones(8), True, 6), r"block_size=6 .*power of two"),
 ])

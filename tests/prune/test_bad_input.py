@@ -6,8 +6,8 @@ import torch
 
 from lab.prune import (compress, decompress, forward_flops, keep_top_fraction, layer_errors, layer_hessian,
                        layer_sensitivity, magnitude_mask, nm_mask, obs_prune_row_bruteforce, obs_saliency, obs_update,
-                       prune_model, prune_structured_by_importance, reconstruction_error, sparsegpt_prune, sparsity_of,
-                       speedup_against_bound, structured_prune, wanda_mask)
+                       prune_model, prune_structured_by_importance, reconstruction_error, refit_columns,
+                       sparsegpt_prune, sparsity_of, speedup_against_bound, structured_prune, wanda_mask)
 from tests.bad_input import Bad
 from tests.tiny_models import tiny_gpt
 
@@ -122,11 +122,22 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: _by_importance(calib_tokens=CALIB[:0]), ValueError, r"calib_tokens must not be empty"),
         Bad(lambda: _by_importance(head_fraction=1.0), ValueError, r"head_fraction=1\.0 is out of range"),
         Bad(lambda: _by_importance(channel_fraction="0.5"), TypeError, r"channel_fraction must be a real number"),
+        Bad(lambda: _by_importance(refit="yes"), TypeError, r"refit must be one of \(False, True\), got the str 'yes'"),
+        Bad(lambda: _by_importance(refit=True, percdamp=-0.1), ValueError, r"percdamp=-0\.1 is out of range"),
     ],
     "reconstruction_error": [
         Bad(lambda: reconstruction_error(W.tolist(), W, X), TypeError, r"W must be a torch\.Tensor, got list"),
         Bad(lambda: reconstruction_error(W, W[:, :4], X), ValueError, r"shapes do not match: W \(4, 8\), W_hat"),
         Bad(lambda: reconstruction_error(W, W, X[0]), ValueError, r"X must have 2 dimensions"),
+    ],
+    "refit_columns": [
+        Bad(lambda: refit_columns(W, H, [0, 8]), ValueError, r"keep\[1\]=8 is out of range; allowed: \[0, 7\]"),
+        Bad(lambda: refit_columns(W, H, [2, 2]), ValueError, r"keep must hold distinct column indices in \[0, 8\)"),
+        Bad(lambda: refit_columns(W, H, 3), TypeError, r"keep must be a list of column indices .*got 3"),
+        Bad(lambda: refit_columns(W, torch.eye(4), [0]), ValueError, r"gram must have shape .*\(8, 8\), got"),
+        Bad(lambda: refit_columns(W, H, [0], percdamp=float("nan")), ValueError, r"percdamp=nan is out of range"),
+        Bad(lambda: refit_columns(W, 0 * H, [0], percdamp=0.0), ValueError, r"gram\[keep\]\[:, keep\] \+ λI is not"),
+        Bad(lambda: refit_columns(W.tolist(), H, [0]), TypeError, r"weight must be a torch\.Tensor, got list"),
     ],
     "sparsegpt_prune": [
         Bad(lambda: sparsegpt_prune(W, H, 0.5, blocksize=True), TypeError, r"blocksize must be an int, got True"),
@@ -155,6 +166,11 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: structured_prune(tiny_gpt(), heads={True: [0, 1]}), TypeError,
             r"layer index of heads must be an int, got True"),
         Bad(lambda: structured_prune(torch.nn.Linear(2, 2)), TypeError, r"model must be a lab GPT"),
+        Bad(lambda: structured_prune(tiny_gpt(), heads={0: [0, 1]}, calib_tokens=CALIB.float()), ValueError,
+            r"calib_tokens must be an int64 tensor"),
+        Bad(lambda: structured_prune(tiny_gpt(), calib_tokens=CALIB, percdamp=-1), ValueError, r"percdamp=-1 is out"),
+        Bad(lambda: structured_prune(tiny_gpt(), calib_tokens=CALIB, batch_size=0.5), TypeError,
+            r"batch_size must be an int, got 0\.5"),
     ],
     "wanda_mask": [
         Bad(lambda: wanda_mask(W, NAN, 0.5), ValueError, r"act_norm contains NaN"),

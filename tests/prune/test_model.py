@@ -24,7 +24,7 @@ from lab.prune.structured import (channel_importance, forward_flops, head_import
                                   speedup_against_bound, structured_prune)
 from tests.tiny_models import tiny_gpt
 
-METHODS = ("magnitude", "wanda", "sparsegpt")
+METHODS = ("magnitude", "row_magnitude", "wanda", "sparsegpt")
 
 
 def calib(n: int = 4, T: int = 16, vocab: int = 61, seed: int = 1) -> torch.Tensor:
@@ -49,7 +49,7 @@ def test_prune_model_half_of_every_linear_and_nothing_else(method):
     assert set(report) == {name for name, _ in linears(model)}
     for name, w in linears(model):
         zeros = (w == 0)
-        if method == "wanda":   # per-output-row comparison group
+        if method in ("wanda", "row_magnitude"):   # per-output-row comparison group
             assert zeros.sum(1).tolist() == [w.shape[1] // 2] * w.shape[0], name
         else:
             assert zeros.sum().item() == w.numel() // 2, name
@@ -150,7 +150,8 @@ def test_layer_sensitivity_prunes_one_layer_of_a_copy():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"method": "obd"}, r"method='obd' is not allowed; use one of \('magnitude', 'wanda', 'sparsegpt'\)"),
+    ({"method": "obd"},
+     r"method='obd' is not allowed; use one of \('magnitude', 'row_magnitude', 'wanda', 'sparsegpt'\)"),
     ({"sparsity": 1.0}, r"sparsity=1.0 is out of range; allowed: a finite number in \[0.0, 1.0\)"),
     ({"sparsity": -0.1}, r"sparsity=-0.1 is out of range; allowed: a finite number in \[0.0, 1.0\)"),
     ({"calib_tokens": torch.zeros(16, dtype=torch.int64)}, (r"calib_tokens must be .*\(n_samples, seq_len\), "
@@ -365,3 +366,15 @@ def test_layer_errors_nm_patterns_against_direct_references():
         layer_errors(W, X, 0.5, n=2)
     with pytest.raises(ValueError, match="m"):
         layer_errors(W, X, 0.5, n=3, m=6)   # 6 does not divide d_in = 32
+
+
+def test_row_magnitude_keeps_the_largest_weights_of_each_row():
+    """row_magnitude: |W_ij| compared within row i (Wanda's group without its activation norms)."""
+    model = tiny_gpt()
+    before = {name: w.detach().clone() for name, w in linears(model)}
+    prune_model(model, "row_magnitude", 0.5, None, progress=False)
+    for name, w in linears(model):
+        kept = w != 0
+        dropped_max = before[name].abs().masked_fill(kept, 0).amax(1)
+        kept_min = before[name].abs().masked_fill(~kept, float("inf")).amin(1)
+        assert (dropped_max <= kept_min).all(), name

@@ -9,13 +9,15 @@ import pytest
 import torch
 from torch import nn
 
+from lab.formats.nf4 import NF4Tensor, quantize_nf4
 from lab.layerwise import InputStats
-from lab.quant import (ChannelAbsMaxObserver, Int4Linear, MinMaxObserver, MSEObserver, PercentileObserver,
-                       QuantizedTensor, W8A8Linear, activation_abs_max, awq_scale_search, dequantize, fake_quantize,
-                       fake_quantize_with, finish_qat, gptq_quantize, group_smoothing_factors, int4_model, pack_int4,
-                       pack_int4_v2, pack_quantized_weight, plant_outliers, prepare_qat, qparams, quantize,
-                       quantize_model, quantize_with, rtn_quantize, rtn_quantize_model, smoothing_factors, smoothquant,
-                       unpack_int4, unpack_int4_v2, w8a8_quantize_model)
+from lab.quant import (ChannelAbsMaxObserver, Int4Linear, Int8DecomposedLinear, MinMaxObserver, MSEObserver, NF4Linear,
+                       PercentileObserver, QuantizedTensor, W8A8Linear, activation_abs_max, awq_scale_search,
+                       dequantize, fake_quantize, fake_quantize_with, finish_qat, gptq_quantize,
+                       group_smoothing_factors, int4_model, int8_decomposed_model, nf4_model, outlier_columns,
+                       pack_int4, pack_int4_v2, pack_quantized_weight, plant_outliers, prepare_qat, qparams, quantize,
+                       quantize_model, quantize_with, rtn_quantize, rtn_quantize_model, size_comparisons,
+                       smoothing_factors, smoothquant, unpack_int4, unpack_int4_v2, w8a8_quantize_model)
 from tests.bad_input import NOT_GPT, Bad, T, V
 from tests.tiny_models import tiny_gpt
 
@@ -26,11 +28,17 @@ NAN = torch.tensor([1.0, float("nan")])
 CODES = torch.randint(0, 16, (4, 16), generator=torch.Generator().manual_seed(2))
 IDS = torch.randint(0, 61, (2, 8), generator=torch.Generator().manual_seed(3))
 Q_PROJ = "layers.0.attn.q_proj"
+SUMS, SIZES = torch.ones(3, 4).numpy(), torch.full((4,), 8).numpy()       # a calibration record's sums
 
 
 @functools.cache
 def _qt() -> QuantizedTensor:
     return rtn_quantize(W64, 4, 32)
+
+
+@functools.cache
+def _nf4() -> NF4Tensor:
+    return quantize_nf4(W64)
 
 
 def _swapped() -> nn.Module:
@@ -155,6 +163,21 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: Int4Linear(_qt())(torch.ones(2, 64, dtype=torch.float64)), TypeError, r"x must have a dtype"),
         Bad(lambda: Int4Linear(_qt())([1.0] * 64), TypeError, r"x must be a torch.Tensor"),
     ],
+    "NF4Linear": [
+        T(lambda: NF4Linear(W64), r"weight must be an NF4Tensor .*got Tensor"),
+        V(lambda: NF4Linear(_nf4(), torch.zeros(3)), r"bias must have shape \(out_features,\) = \(8,\)"),
+        T(lambda: NF4Linear(_nf4(), [0.0] * 8), r"bias must be a torch\.Tensor"),
+        V(lambda: NF4Linear(_nf4(), torch.full((8,), float("nan"))), r"bias contains NaN"),
+        V(lambda: NF4Linear(_nf4())(torch.randn(2, 32)), r"x must have shape \(\.\.\., in_features=64\)"),
+        T(lambda: NF4Linear(_nf4())(torch.ones(2, 64, dtype=torch.int64)), r"x must be a floating-point tensor"),
+        T(lambda: NF4Linear(_nf4())([1.0] * 64), r"x must be a torch\.Tensor"),
+    ],
+    "nf4_model": [
+        T(lambda: nf4_model(_linear()), rf"model {NOT_GPT}, got Linear"),
+        V(lambda: nf4_model(tiny_gpt()), r"block_size=64 is not allowed; use an even divisor of K=32"),
+        T(lambda: nf4_model(tiny_gpt(), 16, "yes"), r"double_quant must be a bool, got 'yes'"),
+        V(lambda: nf4_model(_swapped(), 16), r"'layers\.0\.attn\.q_proj' is a Identity, not an nn\.Linear"),
+    ],
     "W8A8Linear": [
         Bad(lambda: W8A8Linear(W), TypeError, r"linear must be an nn.Linear"),
         Bad(lambda: W8A8Linear(_linear(), "tensor", torch.tensor(0.0)), ValueError, r"act_scale=0.0"),
@@ -167,6 +190,30 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: W8A8Linear(_linear(), smooth=torch.ones(8)), ValueError, r"smooth must hold 16"),
         Bad(lambda: W8A8Linear(_linear())(torch.randn(2, 8)), ValueError, r"x must have shape .*in_features=16"),
         Bad(lambda: W8A8Linear(_linear())(torch.ones(2, 16, dtype=torch.long)), TypeError, r"x must have a dtype"),
+    ],
+    "Int8DecomposedLinear": [
+        T(lambda: Int8DecomposedLinear(W), r"linear must be an nn.Linear"),
+        V(lambda: Int8DecomposedLinear(_linear(), 0.0), r"threshold=0.0 is out of range"),
+        T(lambda: Int8DecomposedLinear(_linear(), "6"), r"threshold must be a real number"),
+        V(lambda: Int8DecomposedLinear(_linear())(torch.randn(2, 8)), r"x must have shape .*in_features=16"),
+        T(lambda: Int8DecomposedLinear(_linear())(torch.ones(2, 16, dtype=torch.long)), r"x must have a dtype"),
+    ],
+    "int8_decomposed_model": [
+        T(lambda: int8_decomposed_model(_linear()), r"model must be a lab GPT"),
+        V(lambda: int8_decomposed_model(tiny_gpt(), float("nan")), r"threshold=nan"),
+        V(lambda: int8_decomposed_model(_swapped()), r"'layers\.0\.attn\.q_proj' is a Identity, not an nn\.Linear"),
+    ],
+    "size_comparisons": [
+        V(lambda: size_comparisons({"fp32": SUMS}, SIZES, "RTN", "rtn"), r"method='RTN' is not allowed"),
+        V(lambda: size_comparisons({"fp32": SUMS}, SIZES, "Wanda 50%", "wanda"), r"runs has no 'fp32' run or no run"),
+        V(lambda: size_comparisons({"Wanda 50% · 512": SUMS}, SIZES, "Wanda 50%", "wanda"), r"runs has no 'fp32'"),
+    ],
+    "outlier_columns": [
+        V(lambda: outlier_columns(W, -1.0), r"threshold=-1.0 is out of range"),
+        T(lambda: outlier_columns(W, True), r"threshold must be a real number"),
+        T(lambda: outlier_columns([1.0, 7.0]), r"x must be a torch.Tensor"),
+        T(lambda: outlier_columns(torch.ones(2, 3, dtype=torch.long)), r"x must have a dtype"),
+        V(lambda: outlier_columns(torch.ones(())), r"x must have at least 1 dimension"),
     ],
     "int4_model": [
         Bad(lambda: int4_model(_linear(), {}), TypeError, r"model must be a lab GPT"),

@@ -1,0 +1,117 @@
+"""Suite ``planted`` of `lab.bench` (chapters 2 and 3): the methods made for outliers, on the book's model and on
+its planted twin.
+
+The book's model has no activation outliers, so the methods invented for them have nothing to do there.
+`plant_outliers` (factor c = 50, 4 channels of every norm, seed 0) makes a twin that computes the same function
+(logits equal up to rounding) but whose q/k/v and gate/up inputs carry a few channels 50× larger, the pattern
+large models show. Every method runs on both, "book" and "planted", and is scored on the same evaluation
+tokens, so a notebook can compare each method with its own model's fp32 losses and with the other methods:
+
+* ``activations``: W8A8 with one static min–max scale per tensor, with dynamic per-token scales, LLM.int8()'s
+  decomposition (outlier columns, max |x_j| ≥ 6, in float16; `lab.quant.int8_decomposition`), and
+  SmoothQuant (α ∈ `ALPHAS`, folded into the norms) before per-tensor W8A8, and α = 0.5 before per-token.
+* ``weights``: RTN, AWQ and GPTQ at 4 and 3 bits, groups of 64 input columns.
+* ``pruning``: 50% unstructured by magnitude over the whole matrix, by magnitude within each row, by Wanda
+  (|W_ij|·‖X_j‖ within each row) and by SparseGPT.
+
+Methods that read calibration data run on each calibration sample of `SEEDS` (the notebooks' windows:
+32 × 128 train tokens, `lab.quant.calibration.calibration_windows`); the others run once and their
+losses stand for every seed. The record keeps per-document loss sums (`lab.core.records.add_seed`); a notebook
+checks its own runs against the row of its seed (`lab.core.records.seeded_sums`) and compares with
+`lab.core.stats.compare_sums`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lab.core.records import add_seed
+from lab.data import eval_sample, tokenize_split
+from lab.models import load_pretrained_lm, load_tokenizer
+from lab.prune.sequential import prune_model
+from lab.quant.calibration import calibration_windows
+from lab.quant.int8_decomposition import int8_decomposed_model
+from lab.quant.linear import w8a8_quantize_model
+from lab.quant.model import quantize_model
+from lab.quant.scaling import activation_abs_max, plant_outliers, smoothquant
+
+SEEDS = (0, 1, 2)
+PLANT = {"factor": 50.0, "n_channels": 4, "seed": 0}
+ALPHAS = (0.25, 0.5, 0.75)
+SETTINGS = {"eval_tokens": 8192, "calib_samples": 32, "calib_len": 128, "group_size": 64, "sparsity": 0.5,
+            "plant": PLANT, "alphas": list(ALPHAS)}
+QUICK = {**SETTINGS, "eval_tokens": 512, "calib_samples": 2, "calib_len": 32}
+
+Method = Callable[[nn.Module, torch.Tensor], None]   # (model, calibration ids) → None, in place
+
+
+def _smoothed(alpha: float, act: str) -> Method:
+    def method(model: nn.Module, calib: torch.Tensor) -> None:
+        smoothquant(model, activation_abs_max(model, lambda: model(calib)), alpha)
+        w8a8_quantize_model(model, act, 8, lambda: model(calib))
+    return method
+
+
+def methods(settings: dict) -> dict[str, dict[str, tuple[bool, Method]]]:
+    """{experiment: {run: (reads calibration data, method)}}: every method of the suite, by experiment."""
+    g, s = settings["group_size"], settings["sparsity"]
+    activations = {
+        "W8A8 per tensor": (True, lambda m, c: w8a8_quantize_model(m, "tensor", 8, lambda: m(c))),
+        "W8A8 per token": (False, lambda m, c: w8a8_quantize_model(m, "token")),
+        "LLM.int8()": (False, lambda m, c: int8_decomposed_model(m)),
+        **{f"SmoothQuant {a:g} per tensor": (True, _smoothed(a, "tensor")) for a in settings["alphas"]},
+        "SmoothQuant 0.5 per token": (True, _smoothed(0.5, "token"))}
+    weights = {f"{name} w{b}": (name != "RTN", lambda m, c, k=key, b=b: quantize_model(m, k, b, g, c, progress=False))
+               for name, key in (("RTN", "rtn"), ("AWQ", "awq"), ("GPTQ", "gptq")) for b in (4, 3)}
+    pruning = {name: (key == "wanda" or key == "sparsegpt",
+                      lambda m, c, k=key: prune_model(m, k, s, c, progress=False))
+               for name, key in (("magnitude", "magnitude"), ("row magnitude", "row_magnitude"), ("Wanda", "wanda"),
+                                 ("SparseGPT", "sparsegpt"))}
+    return {"activations": activations, "weights": weights, "pruning": pruning}
+
+
+def book_and_planted() -> dict[str, nn.Module]:
+    """{"book": the book's model, "planted": its twin with `PLANT`'s outliers}."""
+    book = load_pretrained_lm("lab")
+    planted = copy.deepcopy(book)
+    plant_outliers(planted, **PLANT)
+    return {"book": book, "planted": planted}
+
+
+def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """Every method of `methods` on "book" and "planted", at each seed of `SEEDS`, on the CPU (the notebooks'
+    device). Runs are named "book · W8A8 per token", ..., and "book · fp32". Returns {"seeds", "settings",
+    "threads", "experiments": {name: {"sizes", "sums": {run: (S, G) nested lists}}}}."""
+    if device.type != "cpu":
+        raise ValueError(f"device={str(device)!r}: suite planted runs on the cpu, where the notebooks that check "
+                         "against its record run")
+    settings = QUICK if quick else SETTINGS
+    tokenizer, models = load_tokenizer(), book_and_planted()
+    sample = eval_sample(tokenizer, settings["eval_tokens"])
+    train_ids = tokenize_split("train", tokenizer)
+    n_tokens, window = settings["calib_samples"] * settings["calib_len"], settings["calib_len"]
+    calibs = {seed: calibration_windows(train_ids, n_tokens, window, seed) for seed in SEEDS}
+    fp32 = {f"{name} · fp32": sample.token_losses(model) for name, model in models.items()}
+    once: dict[str, torch.Tensor] = {}           # runs that read no calibration data: scored once
+    results: dict[int, dict[str, dict[str, torch.Tensor]]] = {seed: {} for seed in SEEDS}
+    todo = [(seed, experiment, run_name, needs, method) for seed in SEEDS
+            for experiment, runs in methods(settings).items() for run_name, (needs, method) in runs.items()]
+    for seed, experiment, run_name, needs, method in tqdm(todo, desc="planted", disable=not progress):
+        for name, model in models.items():
+            key = f"{name} · {run_name}"
+            if needs or key not in once:
+                copied = copy.deepcopy(model)
+                method(copied, calibs[seed])
+                losses = sample.token_losses(copied)
+                if not needs:
+                    once[key] = losses
+            results[seed].setdefault(experiment, dict(fp32))[key] = losses if needs else once[key]
+    experiments: dict = {}
+    for seed in SEEDS:
+        add_seed(experiments, {name: (runs, sample.documents) for name, runs in results[seed].items()})
+    return {"seeds": list(SEEDS), "settings": settings, "threads": torch.get_num_threads(), "experiments": experiments}
