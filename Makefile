@@ -94,13 +94,14 @@ output-spread: data
 	$(PY) -m tests.output_spread --again
 
 # CI (.ci/run) on 2 cores: the notebooks (two halves of equal stored time, each longest first), the kernel check, the
-# unit tests and the book (built from the stored outputs, opened in chromium) share the cores, each torch process on
-# one thread (OMP_NUM_THREADS=1: no oversubscribed thread pools).
+# unit tests (two workers, so that both cores stay busy once the notebooks are done) and the book (built from the
+# stored outputs, opened in chromium) share the cores, each torch process on one thread (OMP_NUM_THREADS=1: no
+# oversubscribed thread pools).
 test:
 	OMP_NUM_THREADS=1 $(MAKE) --no-print-directory -j2 --output-sync=target test-notebooks check-kernels test-unit test-book
 
 test-unit: data
-	MPLBACKEND=Agg $(PY) -m pytest tests --ignore=tests/test_notebooks.py --ignore=tests/book --durations=5
+	MPLBACKEND=Agg $(PY) -m pytest -n 2 tests --ignore=tests/test_notebooks.py --ignore=tests/book --durations=5
 
 test-notebooks: data
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadgroup tests/test_notebooks.py
@@ -114,7 +115,9 @@ test-book: book-stored browser
 # time for sm_90 without a GPU, and the static model of the kernels' time (python -m lab.bench static:
 # registers, spills, shared memory, CTAs/SM, main-loop SASS, predicted µs); one record, kernels_sm90.json,
 # and a failure on a compile error, a spill or > 227 KB of shared memory.
-# check-kernels (in make test): under triton 3.6.0, the GPU machine's, installed once beside the pin, into _build/.
+# check-kernels (in make test): under triton 3.6.0, the GPU machine's, installed once beside the pin, into _build/;
+# a configuration whose fingerprint (compilation key, kernel source, Triton version) results/kernels_sm90.json
+# holds takes that record's compile, so only the kernels a change touched compile again.
 # check-kernels-pinned: the same under the pinned triton (the unit tests compile representative configurations
 # with it). kernels-static: under triton 3.6.0 into results/, the committed record chapter 3 reads.
 TRITON_36_DIR := $(VENV)/triton-3.6.0
@@ -124,7 +127,8 @@ $(TRITON_36_DIR)/.installed: | $(STAMP)
 	touch $@
 
 check-kernels: $(STAMP) $(TRITON_36_DIR)/.installed
-	PYTHONPATH=$(TRITON_36_DIR) $(PY) -m lab.bench static --out _build/kernels-sm90 --no-progress
+	PYTHONPATH=$(TRITON_36_DIR) $(PY) -m lab.bench static --out _build/kernels-sm90 --no-progress \
+		--reuse results/kernels_sm90.json
 
 check-kernels-pinned: $(STAMP)
 	$(PY) -m lab.bench static --out _build/kernels-sm90-pinned --no-progress

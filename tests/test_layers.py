@@ -24,7 +24,7 @@ MAX_LINES, MAX_BODY_LINES = 400, 50
 FLOORS = (
     ("lab.core",),                                                      # checks, records, timing, ceilings, stats
     ("lab.formats", "lab.data", "lab.perplexity"),                      # storage layouts, the corpus, the metric
-    ("lab.kernels", "lab.models", "lab.layerwise"),                     # one file per op and their AOT tool; the model
+    ("lab.kernels", "lab.models", "lab.layerwise", "lab.seeded"),       # one file per op and their AOT tool; the model
     ("lab.params", "lab.prune", "lab.quant", "lab.distill", "lab.parallel", "lab.infer"),   # the chapters
     ("lab.capstone", "lab.plots", "lab.doctor"),                        # views over the chapters
     ("lab.bench",),                                                     # the command line, at the top

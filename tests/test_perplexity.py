@@ -71,3 +71,4 @@ def test_sliding_window_matches_full_context_when_the_window_covers_everything()
 def test_perplexity_rejects_bad_inputs(tokens, kwargs, match):
     with pytest.raises(ValueError, match=match):
         perplexity(UniformLM(5), tokens, **kwargs)
+

@@ -1,6 +1,6 @@
 """The kernels on Hopper without a GPU: their ahead-of-time sm_90 compile and static model, one record.
 
-    python -m lab.bench static [--out DIR] [--jobs N] [--no-progress]
+    python -m lab.bench static [--out DIR] [--jobs N] [--reuse RECORD] [--no-progress]
 
 collects the shapes every caller runs (`SHAPE_SOURCES`: the suites of chapters 2, 3 and 6, the staged GPU
 run's ``kernels`` stage and the CUDA tests, each declaring its own shapes), records the launches the
@@ -11,12 +11,16 @@ time of each row of the static model from those compiles (`lab.kernels.aot.model
 ``ceilings``, ``rows``). It prints both tables and exits with status 1, after writing the record and naming
 each failing configuration, when a configuration fails to compile, spills registers or needs more than the
 227 KB of shared memory an sm_90 block may have. ``make check-kernels`` runs it under triton 3.6.0 (the GPU
-machine's) into ``_build/``; ``make kernels-static`` writes the committed record in ``results/``.
+machine's) into ``_build/``, with ``--reuse results/kernels_sm90.json``: a configuration whose fingerprint
+(compilation key, kernel source, Triton version; `lab.kernels.aot.compile.fingerprint`) the committed record
+holds takes that record's compile, the others compile. ``make kernels-static`` compiles every configuration
+and writes the committed record in ``results/``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -29,7 +33,7 @@ from lab.core.atomic import atomic_write_json
 from lab.core.records import device_name
 from lab.infer import suite as infer_suite
 from lab.kernels.aot import model as static_model
-from lab.kernels.aot.compile import check, table
+from lab.kernels.aot.compile import check, reusable, table
 from lab.kernels.aot.shapes import MatmulShapes, PagedShapes, launches
 from lab.kernels.aot.sm90 import ARCH, DEVICE_LABEL
 from lab.kernels.aot.specialise import configurations
@@ -81,6 +85,9 @@ def shapes() -> Shapes:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="compile processes (default: the CPU count)")
+    parser.add_argument("--reuse", type=Path, default=None, metavar="RECORD",
+                        help="an earlier kernels_sm90.json: configurations with the same fingerprint take its "
+                             "compile instead of compiling (default: compile every one)")
 
 
 def record_provenance(argv: Sequence[str]) -> dict:
@@ -93,12 +100,13 @@ def record_provenance(argv: Sequence[str]) -> dict:
 def write_record(args: argparse.Namespace, argv: Sequence[str]) -> Path:
     """Compile, model, write ``args.out / kernels_sm90.json``, print; exit 1 if a configuration fails."""
     configs = configurations(launches(shapes()))
+    reuse = reusable(json.loads(Path(args.reuse).read_text(encoding="utf-8"))) if args.reuse else None
     print(f"sm_{ARCH}: {len(configs)} distinct compilations for {sum(len(c.sources) for c in configs)} launches, "
-          f"{args.jobs} processes")
-    checked = check(configs, args.jobs, progress=not args.no_progress)
+          f"{args.jobs} processes" + (f", reusing {args.reuse}'s compiles of unchanged ones" if reuse else ""))
+    checked = check(configs, args.jobs, progress=not args.no_progress, reuse=reuse)
     compiled = {c.key: r for c, r in zip(configs, checked["configurations"])}
     try:
-        modelled = static_model.model(jobs=args.jobs, progress=not args.no_progress, compiled=compiled)
+        modelled = static_model.model(jobs=args.jobs, progress=not args.no_progress, compiled=compiled, reuse=reuse)
     except RuntimeError as error:          # a row's kernel does not compile: the record keeps the check alone
         print(f"static model left out: {error}", file=sys.stderr)
         modelled = {}
@@ -106,7 +114,8 @@ def write_record(args: argparse.Namespace, argv: Sequence[str]) -> Path:
     print(table(checked["configurations"]))
     if modelled:
         print(static_model.table(modelled))
-    print(f"wrote {path} ({checked['n_configurations']} configurations, {len(modelled.get('rows', []))} model rows)")
+    print(f"wrote {path} ({checked['n_configurations']} configurations, {checked['n_compiled']} compiled here, "
+          f"{len(modelled.get('rows', []))} model rows)")
     failed = [r for r in checked["configurations"] if r["failures"]]
     for r in failed:
         print(f"FAILED {r['name']} ({r['num_warps']} warps; from {r['sources'][0]}): " + "; ".join(r["failures"]),

@@ -16,7 +16,8 @@ from lab.core.ceilings import (Ceilings, Datasheet, ceiling_sizes, datasheet_cei
 from lab.core.checks import (check_block, check_choice, check_device, check_divisor, check_float_dtype,
                              check_float_tensor, check_fraction, check_group, check_int, check_list, check_matrix,
                              check_number, check_numbers, check_path, check_power_of_two, check_tensor)
-from lab.core.records import add_seed, check_out_dir, device_kind, device_name, load_results, provenance, seeded_sums
+from lab.core.records import (add_seed, check_out_dir, device_kind, device_name, load_results, provenance, seed_rows,
+                              seeded_sums)
 from lab.core.report import (below_text, percent, read, record, record_comparison, record_comparisons, record_spread,
                              report_path)
 from lab.core.runtime import get_device, has_triton_gpu, runs_triton, seed_everything, triton_interpret
@@ -31,7 +32,7 @@ __all__ = [
     "check_block", "check_choice", "check_device", "check_divisor", "check_float_dtype", "check_float_tensor",
     "check_fraction", "check_group", "check_int", "check_list", "check_matrix", "check_number", "check_numbers", "check_path",
     "check_power_of_two", "check_tensor",
-    "add_seed", "check_out_dir", "device_kind", "device_name", "load_results", "provenance", "seeded_sums",
+    "add_seed", "check_out_dir", "device_kind", "device_name", "load_results", "provenance", "seed_rows", "seeded_sums",
     "below_text", "percent", "read", "record", "record_comparison", "record_comparisons", "record_spread",
     "report_path",
     "get_device", "has_triton_gpu", "runs_triton", "seed_everything", "triton_interpret",

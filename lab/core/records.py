@@ -196,3 +196,15 @@ def seeded_sums(record: dict, experiment: str, settings: dict, seed: int, losses
                              f"per token (tolerance {tolerance}); the record is stale: rebuild it "
                              f"({record['command']})")
     return {run: np.asarray(rows, dtype=np.float64) for run, rows in entry["sums"].items()}, sizes
+
+
+def seed_rows(sums) -> np.ndarray:
+    """A run's per-seed sums (S, G) as `compare_sums` should see them: (1, G) when every row is the same.
+
+    A run that reads no seed (RTN, magnitude pruning) is stored once per seed, each row a copy of the one run; as
+    one row it is compared as the single run it is, as `lab.core.stats.compare` would with its losses (N,).
+    """
+    rows = np.asarray(sums, dtype=np.float64)
+    if rows.ndim != 2 or not len(rows):
+        raise ValueError(f"sums must be (S, G) per-seed sums with S >= 1, got shape {rows.shape}")
+    return rows[:1] if (rows == rows[0]).all() else rows

@@ -4,6 +4,7 @@ the chapter's experiments (language-model and encoder students, forward vs rever
 from lab.distill.encoder_task import run_encoder_task
 from lab.distill.experiments import cpu_speedups, lm_batches, lm_run, retained, temperature_alpha_grid
 from lab.distill.features import Outputs, attention_log_probs, gpt_outputs, value_relation_log_probs
+from lab.distill.grid import cell_name
 from lab.distill.loop import KDLoss, TeacherCache, distill
 from lab.distill.losses import (cross_entropy, hidden_state_loss, kd_loss, kl_divergence, log_softmax, minilm_loss,
                                 relation_kl)
@@ -16,6 +17,7 @@ __all__ = [
     "Outputs",
     "TeacherCache",
     "attention_log_probs",
+    "cell_name",
     "cpu_speedups",
     "cross_entropy",
     "distill",

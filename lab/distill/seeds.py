@@ -70,24 +70,35 @@ def encoder_errors(encoder, tokenizer, settings: dict, seed: int) -> tuple[dict[
     return errors, torch.tensor(enc["test_documents"])
 
 
-def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
-    """`student_losses` at each seed of `SEEDS`, on the CPU (the notebook's device: it checks its own runs
-    against the record). quick=True: `QUICK`'s tiny settings.
-    Without the encoder's wheel the record has no ``encoder`` experiment.
-    Returns {"seeds", "settings", "threads" (torch's CPU threads), "experiments": {"lm" and "encoder":
+def record_by_seed(suite: str, device: torch.device, settings: dict, progress: bool, per_seed) -> dict:
+    """Suite ``suite``'s record: ``per_seed(teacher, train_ids, sample, seed)`` → {experiment: ({run: per-item
+    losses (N,)}, groups (N,))} at each seed of `SEEDS`, the teacher the book's model, the sample of
+    ``settings["eval_tokens"]`` evaluation tokens; on the CPU (the notebook's device: it checks its own runs
+    against the record). Returns {"seeds", "settings", "threads" (torch's CPU threads), "experiments": {name:
     {"sizes", "sums": {run: (S, G) nested lists}}}}."""
     if device.type != "cpu":
-        raise ValueError(f"device={str(device)!r}: suite distill-seeds runs on the cpu, where the notebook that "
+        raise ValueError(f"device={str(device)!r}: suite {suite} runs on the cpu, where the notebook that "
                          "checks against its record runs")
-    settings = QUICK if quick else SETTINGS
     tokenizer = load_tokenizer()
     teacher = load_pretrained_lm("lab")
     sample = eval_sample(tokenizer, settings["eval_tokens"])
     train_ids = tokenize_split("train", tokenizer)
-    encoder = None if encoder_unavailable() else load_pretrained_encoder()
     experiments: dict = {}
-    for seed in tqdm(SEEDS, desc="distill-seeds", disable=not progress):
-        add_seed(experiments, {"lm": student_losses(teacher, train_ids, sample, settings, seed)})
-        if encoder is not None:
-            add_seed(experiments, {"encoder": encoder_errors(*encoder, settings, seed)})
+    for seed in tqdm(SEEDS, desc=suite, disable=not progress):
+        add_seed(experiments, per_seed(teacher, train_ids, sample, seed))
     return {"seeds": list(SEEDS), "settings": settings, "threads": torch.get_num_threads(), "experiments": experiments}
+
+
+def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
+    """`student_losses` (experiment "lm") and `encoder_errors` ("encoder") at each seed of `SEEDS`
+    (`record_by_seed`). quick=True: `QUICK`'s tiny settings. Without the encoder's wheel the record has no
+    ``encoder`` experiment."""
+    settings = QUICK if quick else SETTINGS
+    encoder = None if device.type != "cpu" or encoder_unavailable() else load_pretrained_encoder()
+
+    def per_seed(teacher, train_ids, sample, seed: int) -> dict:
+        results = {"lm": student_losses(teacher, train_ids, sample, settings, seed)}
+        if encoder is not None:
+            results["encoder"] = encoder_errors(*encoder, settings, seed)
+        return results
+    return record_by_seed("distill-seeds", device, settings, progress, per_seed)

@@ -10,7 +10,7 @@ from lab.infer.paged import BlockAllocator, OutOfBlocksError, PagedKVCache
 from lab.infer.roofline import (attainable_flops, decode_step_cost, decoder_linear_bytes_at, kv_bytes_per_position,
                                 matmul_cost, prefill_crossover_tokens, speed_of_light_ms, weight_bytes)
 from lab.infer.sampling import filter_logits, next_token_probs, sample
-from lab.infer.scheduler import Request, ServeResult, serve, synthetic_trace
+from lab.infer.scheduler import Request, ServeResult, schedule, serve, synthetic_trace
 from lab.infer.speculative import (SpeculativeResult, expected_speedup, expected_tokens_per_step, speculative_accept,
                                    speculative_generate)
 
@@ -21,7 +21,7 @@ __all__ = [
     "BlockAllocator", "OutOfBlocksError", "PagedKVCache", "attainable_flops", "decode_step_cost",
     "decoder_linear_bytes_at", "kv_bytes_per_position", "matmul_cost", "prefill_crossover_tokens",
     "speed_of_light_ms", "weight_bytes", "filter_logits", "next_token_probs", "sample", "Request", "ServeResult",
-    "serve", "synthetic_trace", "SpeculativeResult", "expected_speedup", "expected_tokens_per_step",
+    "serve", "schedule", "synthetic_trace", "SpeculativeResult", "expected_speedup", "expected_tokens_per_step",
     "speculative_accept", "speculative_generate",
 ]
 

@@ -56,8 +56,9 @@ def load_draft(path: str | Path = DRAFT_DIR, dtype: torch.dtype = torch.float32)
     return load_pretrained_lm("lab", path, dtype)
 
 
-def _logits(model: GPT, x: torch.Tensor) -> torch.Tensor:
-    return model(x.to(next(model.parameters()).device)[None])[0].float().cpu()
+def _logits(model: GPT, x: torch.Tensor, keep: int = 0) -> torch.Tensor:
+    """Logits (T′, V) of x (T,): of the last ``keep`` positions (0: all), the head applied to those rows only."""
+    return model(x.to(next(model.parameters()).device)[None], logits_to_keep=keep)[0].float().cpu()
 
 
 def _check_pair(target: GPT, draft: GPT, sample: EvalSample, drafts: Mapping[str, torch.Tensor] | None) -> None:
@@ -102,8 +103,9 @@ def teacher_forced(target: GPT, draft: GPT, sample: EvalSample,
     out = {key: torch.full((n,), float("nan"), dtype=torch.float64) for key in keys}
     start = 0
     for x, c in zip(sample.inputs, sample.n_context):
-        logp = torch.log_softmax(_logits(target, x)[c - 1:-1], -1)      # p_t for the scored tokens x[c:]
-        logq = torch.log_softmax(_logits(draft, x)[c - 1:-1], -1)
+        keep = len(x) - c + 1                   # positions c − 1 … T − 1: no head on the rest of the context
+        logp = torch.log_softmax(_logits(target, x, keep)[:-1], -1)     # p_t for the scored tokens x[c:]
+        logq = torch.log_softmax(_logits(draft, x, keep)[:-1], -1)
         rows, nxt = slice(start, start + len(x) - c), x[c:, None].cpu()
         out["target_nll"][rows] = -logp.gather(-1, nxt)[:, 0].double()
         out["draft_nll"][rows] = -logq.gather(-1, nxt)[:, 0].double()

@@ -124,6 +124,7 @@ def generated_token_probs(model, sequences: torch.Tensor, prompt_len: int, tempe
                          f"than the model's context_length={model.config.context_length}")
     check_int("prompt_len", prompt_len, 1, sequences.shape[1] - 1)
     check_sampling(temperature, top_k, top_p)
-    logits = model(sequences[:, :-1])[:, prompt_len - 1:]                 # predicts tokens prompt_len … T−1
+    n_new = sequences.shape[1] - prompt_len                                 # predicts tokens prompt_len … T−1
+    logits = model(sequences[:, :-1], logits_to_keep=n_new)                 # the head on those positions only
     probs = next_token_probs(logits, temperature, top_k, top_p).flatten(0, 1)
     return probs, sequences[:, prompt_len:].flatten()

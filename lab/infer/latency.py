@@ -25,11 +25,12 @@ from lab.models.gpt import GPT, check_gpt
 
 @torch.no_grad()
 def step_latencies(model: GPT, ids: torch.Tensor, prompt_len: int, kv_cache: bool, repeats: int = 1,
-                   chunk: int = 1) -> list[float]:
-    """Time (ms) of each decode step after a prefill of ``prompt_len`` tokens, feeding the rest of
+                   chunk: int = 1, stride: int | None = None) -> list[float]:
+    """Time (ms) of each decode step from position ``prompt_len`` on (the prompt), feeding the rest of
     ids (B, T) ``chunk`` tokens at a time (teacher forcing: the cost does not depend on which tokens;
     chunk = k + 1 is the verification pass of speculative decoding); element i is the step that starts
-    at position prompt_len + i·chunk.
+    at position prompt_len + i·stride (``stride`` defaults to ``chunk``: every step; a larger stride
+    times every stride-th position only, a sample of the sweep at a fraction of its cost).
 
     Each step is timed by `time_ms` (median of ``repeats`` calls after a warm-up): one call rewinds the
     decoder to the step's start and feeds its chunk, the same keys and values rewritten, the same work.
@@ -39,14 +40,19 @@ def step_latencies(model: GPT, ids: torch.Tensor, prompt_len: int, kv_cache: boo
     B, T = ids.shape
     check_int("prompt_len", prompt_len, 1, T - 1)
     check_int("chunk", chunk, 1, T - prompt_len)                 # a longer chunk would time no step at all
+    stride = chunk if stride is None else check_int("stride", stride, 1)
     decoder = Decoder(model, B, T, kv_cache=kv_cache)
-    decoder.extend(ids[:, :prompt_len])
+    decoder.extend(ids)                 # every position once, untimed: any step can rewind to its start
 
     def step(t: int) -> None:
         decoder.rewind(t)
         decoder.extend(ids[:, t:t + chunk])
 
-    return [time_ms(lambda: step(t), ids.device, repeats) for t in range(prompt_len, T - chunk + 1, chunk)]
+    times = []
+    for t in range(prompt_len, T - chunk + 1, stride):
+        times.append(time_ms(lambda: step(t), ids.device, repeats))
+        decoder.length = T      # the cache (or token buffer) still holds every position: the same values rewritten
+    return times
 
 
 def _sweep(model: GPT, ids: torch.Tensor, prompt_len: int, chunk: int) -> tuple[Callable[[], None], int]:

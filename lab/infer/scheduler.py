@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 from lab.core.checks import check_choice, check_int, check_tensor
 from lab.infer.generate import check_seed
 from lab.infer.kv_cache import forward_cached
-from lab.infer.paged import BLOCK_SIZE, PagedKVCache
+from lab.infer.paged import BLOCK_SIZE, BlockAllocator, PagedKVCache
 from lab.models.gpt import GPT, check_gpt
 
 POLICIES = ("static", "continuous")
+DRY_RUN_TOKEN = -1                      # the placeholder `schedule` generates
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def _check_policy(max_batch: int, policy: str) -> None:
     check_int("max_batch", max_batch)
 
 
-def _check_requests(model: GPT, requests: Sequence[Request], capacity: int) -> None:
+def _check_requests(config, requests: Sequence[Request], capacity: int) -> None:
     if isinstance(requests, str) or not isinstance(requests, Sequence):      # a generator would be used up here
         raise TypeError(f"requests must be a list of lab.infer.scheduler.Request objects, got "
                         f"{type(requests).__name__}")
@@ -110,23 +111,25 @@ def _check_requests(model: GPT, requests: Sequence[Request], capacity: int) -> N
             raise TypeError(f"requests must hold lab.infer.scheduler.Request objects, got {type(r).__name__}")
     if len(ids := [r.id for r in requests]) != len(set(ids)):
         raise ValueError(f"requests must have unique ids, got {sorted({i for i in ids if ids.count(i) > 1})} twice")
-    V = model.config.vocab_size
+    V = config.vocab_size
     for r in requests:
         n = len(r.prompt) + r.max_new_tokens
         if r.prompt.min() < 0 or r.prompt.max() >= V:
             raise ValueError(f"request {r.id}: prompt token ids must lie in [0, vocab_size={V}), got values in "
                              f"[{r.prompt.min()}, {r.prompt.max()}]")
-        if n > min(model.config.context_length, capacity):
+        if n > min(config.context_length, capacity):
             raise ValueError(f"request {r.id}: prompt + max_new_tokens = {n} tokens exceeds the context "
-                             f"({model.config.context_length}) or the cache ({capacity} slots)")
+                             f"({config.context_length}) or the cache ({capacity} slots)")
 
 
 @dataclass
 class _Queues:
-    """What `serve` tracks between steps: the paged cache and the requests in each state."""
+    """What `serve` tracks between steps: the paged cache (None in a dry run: `schedule`, which has no model
+    and only the block allocator) and the requests in each state."""
 
-    model: GPT
-    cache: PagedKVCache
+    model: GPT | None
+    cache: PagedKVCache | None
+    allocator: BlockAllocator
     waiting: deque[_Row]
     running: list[_Row] = field(default_factory=list)
     outputs: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -136,7 +139,8 @@ class _Queues:
     device: torch.device = field(init=False)
 
     def __post_init__(self) -> None:
-        self.device = next(self.model.parameters()).device           # read once, not at every step
+        self.device = (torch.device("cpu") if self.model is None     # read once, not at every step
+                       else next(self.model.parameters()).device)
 
 
 def _greedy(logits: torch.Tensor) -> list[int]:
@@ -147,22 +151,25 @@ def _retire(q: _Queues) -> None:
     """Finished rows leave the batch: their tokens become outputs and their blocks are freed."""
     for row in [row for row in q.running if row.done]:
         q.outputs[row.request.id] = torch.tensor(row.tokens[len(row.request.prompt):])
-        q.cache.allocator.release(row.request.id)
+        q.allocator.release(row.request.id)
         q.running.remove(row)
 
 
 def _admit(q: _Queues, max_batch: int) -> int:
     """Waiting requests join while a row and blocks for their tokens are free; each runs its prefill
     alone (prompt → cache, first new token). Returns the tokens generated."""
-    alloc, admitted = q.cache.allocator, 0
+    alloc, admitted = q.allocator, 0
     while q.waiting and len(q.running) < max_batch and alloc.can_allocate(len(q.waiting[0].tokens)):
         row = q.waiting.popleft()
         n = len(row.tokens)
         alloc.allocate(row.request.id, n)
-        positions = torch.arange(n, device=q.device)[None]
-        ids = torch.tensor([row.tokens], device=q.device)
-        logits = forward_cached(q.model, ids, positions, q.cache.attention([row.request.id], positions))
-        row.tokens += _greedy(logits[:, -1])
+        if q.cache is None:                 # dry run: a placeholder token; the schedule depends on lengths only
+            row.tokens.append(DRY_RUN_TOKEN)
+        else:
+            positions = torch.arange(n, device=q.device)[None]
+            ids = torch.tensor([row.tokens], device=q.device)
+            logits = forward_cached(q.model, ids, positions, q.cache.attention([row.request.id], positions))
+            row.tokens += _greedy(logits[:, -1])
         q.prefill_tokens += n
         q.running.append(row)
         admitted += 1
@@ -171,7 +178,7 @@ def _admit(q: _Queues, max_batch: int) -> int:
 
 def _make_room(q: _Queues, active: list[_Row]) -> list[_Row]:
     """Preempt the newest active rows until every remaining one has room for its next token."""
-    alloc = q.cache.allocator
+    alloc = q.allocator
     while sum(alloc.needs_block(row.request.id) for row in active) > len(alloc.free):
         victim = active.pop()
         q.running.remove(victim)
@@ -184,13 +191,17 @@ def _make_room(q: _Queues, active: list[_Row]) -> list[_Row]:
 def _decode_step(q: _Queues, active: list[_Row]) -> None:
     """One batched decode step: each active row's newest token in, its next token out."""
     for row in active:
-        q.cache.allocator.append(row.request.id)
+        q.allocator.append(row.request.id)
+    q.active_rows.append(len(active))
+    if q.cache is None:                     # dry run
+        for row in active:
+            row.tokens.append(DRY_RUN_TOKEN)
+        return
     ids = torch.tensor([[row.tokens[-1]] for row in active], device=q.device)
     positions = torch.tensor([[len(row.tokens) - 1] for row in active], device=q.device)
     logits = forward_cached(q.model, ids, positions, q.cache.attention([row.request.id for row in active], positions))
     for row, token in zip(active, _greedy(logits[:, -1])):
         row.tokens.append(token)
-    q.active_rows.append(len(active))
 
 
 @torch.no_grad()
@@ -210,8 +221,39 @@ def serve(model: GPT, requests: Sequence[Request], max_batch: int, policy: str =
     if num_blocks is None:
         num_blocks = max_batch * -(-model.config.context_length // block_size)
     cache = PagedKVCache(model, num_blocks, block_size)          # checks num_blocks and block_size
-    _check_requests(model, requests, num_blocks * block_size)
-    q = _Queues(model, cache, deque(_Row(r, r.prompt.tolist()) for r in requests))
+    _check_requests(model.config, requests, num_blocks * block_size)
+    q = _Queues(model, cache, cache.allocator, deque(_Row(r, r.prompt.tolist()) for r in requests))
+    return _run(q, requests, max_batch, policy, progress)
+
+
+def schedule(requests: Sequence[Request], max_batch: int, policy: str = "continuous", context_length: int = 256,
+             num_blocks: int | None = None, block_size: int = BLOCK_SIZE) -> ServeResult:
+    """`serve`'s schedule without a model (a dry run): the same admissions, retirements, preemptions and
+    decode steps, which depend on the requests' lengths only, never on the tokens (greedy decoding, no
+    end-of-sequence token). ``decode_steps``, ``active_rows``, ``utilization``, ``prefill_tokens`` and
+    ``preemptions`` equal those of `serve` with the same arguments on a model of this ``context_length``;
+    ``outputs`` hold ``DRY_RUN_TOKEN`` placeholders and ``seconds`` the time of the bookkeeping alone."""
+    _check_policy(max_batch, policy)
+    check_int("block_size", block_size)
+    check_int("context_length", context_length)
+    if num_blocks is None:
+        num_blocks = max_batch * -(-context_length // block_size)
+    allocator = BlockAllocator(num_blocks, block_size)              # checks num_blocks
+    _check_requests(_Dims(context_length), requests, num_blocks * block_size)
+    q = _Queues(None, None, allocator, deque(_Row(r, r.prompt.tolist()) for r in requests))
+    return _run(q, requests, max_batch, policy, False)
+
+
+@dataclass(frozen=True)
+class _Dims:
+    """What `_check_requests` reads of a model's configuration, for a dry run (any vocabulary)."""
+
+    context_length: int
+    vocab_size: float = float("inf")
+
+
+def _run(q: _Queues, requests: Sequence[Request], max_batch: int, policy: str, progress: bool) -> ServeResult:
+    """`serve`'s loop over the queues ``q`` (with a cache: real decode steps; without: `schedule`'s dry run)."""
     bar = tqdm(total=sum(r.max_new_tokens for r in requests), desc=f"serve ({policy}, batch {max_batch})",
                disable=not progress)
     start = time.perf_counter()

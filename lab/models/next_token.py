@@ -37,6 +37,16 @@ def _random_batch(tokens: torch.Tensor, batch_size: int, seq_len: int, generator
     return windows[:, :-1], windows[:, 1:]
 
 
+def calibration_windows(train_ids: torch.Tensor, n_tokens: int, window: int, seed: int) -> torch.Tensor:
+    """``n_tokens`` / ``window`` windows of ``window`` train-split ids drawn with ``seed``: (n, window) int64
+    (`lab.models.next_token.random_batch` with ``torch.Generator().manual_seed(seed)``)."""
+    check_int("window", window, 1)
+    check_int("n_tokens", n_tokens, window)
+    if n_tokens % window:
+        raise ValueError(f"n_tokens={n_tokens} must be a multiple of window={window}")
+    return random_batch(train_ids, n_tokens // window, window, torch.Generator().manual_seed(seed))[0]
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy in fp32; logits (B, T, V), targets (B, T) int64."""
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())

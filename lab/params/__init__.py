@@ -15,7 +15,8 @@ from lab.params.finetune import document_sample, document_tokens, finetune, lr_s
 from lab.params.lazy import build_on_meta, load_eager, load_lazy, measure_load_peak_rss, untied_state_dict
 from lab.params.lora import (LoRALinear, add_lora, lora_memory, lora_training_memory, merge_logit_error, merge_lora,
                              qlora_model)
-from lab.params.measured_memory import cache_nbytes, measure_training_memory_cpu, optimizer_state_tensors, storage_bytes
+from lab.params.measured_memory import (cache_nbytes, measure_saved_activations_cpu, measure_training_memory_cpu,
+                                        optimizer_state_tensors, storage_bytes)
 from lab.params.memory import (activation_bytes, gpt3_layer_activation_bytes, inference_memory, kv_cache_bytes,
                                llama_layer_activation_bytes, matmul_param_count, optimizer_state_bytes, training_memory)
 from lab.params.offload import OffloadedGPT, offload_nbytes
@@ -23,7 +24,7 @@ from lab.params.precision import (DynamicLossScaler, float_format_info, plot_for
                                   spacing, underflow_fraction)
 from lab.params.safetensors_io import load_safetensors, save_safetensors
 from lab.params.sharded import load_sharded, save_sharded
-from lab.params.sharing import compare_sharing, share_layers, tie_weights, untie_weights
+from lab.params.sharing import compare_sharing, share_layers, sharing_variant, tie_weights, untie_weights
 from lab.params.stable_embedding import StableEmbedding, adam8bit_param_groups, stable_embedding
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "max_param_diff_vs_transformers",
     "measure_activation_peak_cpu",
     "measure_load_peak_rss",
+    "measure_saved_activations_cpu",
     "measure_training_memory_cpu",
     "merge_logit_error",
     "merge_lora",
@@ -87,6 +89,7 @@ __all__ = [
     "segment_gradient_error",
     "segment_time_ratio",
     "share_layers",
+    "sharing_variant",
     "spacing",
     "stable_embedding",
     "state_bytes",

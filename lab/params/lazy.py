@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from lab.core.checks import check_choice, check_device, check_float_dtype, check_path
@@ -47,10 +48,25 @@ def _check_load(config, device, dtype) -> None:
 
 
 def build_on_meta(config: GPTConfig) -> GPT:
-    """A `GPT` whose parameters live on the meta device: right shapes and dtypes, zero bytes."""
+    """A `GPT` whose parameters live on the meta device: right shapes and dtypes, zero bytes.
+
+    Its initialisation is skipped: a meta tensor holds no values, and torch's first ``normal_`` on the meta
+    device imports ``torch._dynamo`` (about 150 MB of modules and 5 s without bytecode), which the load
+    itself never needs."""
     _check_config(config)
-    with torch.device("meta"):
+    with torch.device("meta"), _NoMetaNormal():
         return GPT(config)
+
+
+class _NoMetaNormal(TorchFunctionMode):
+    """Inside it, ``normal_`` of a meta tensor (`GPT`'s weight initialisation) returns the tensor untouched."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        tensor = kwargs.get("tensor", args[0] if args else None)    # nn.init.normal_ passes it by name
+        if func in (nn.init.normal_, torch.Tensor.normal_) and getattr(tensor, "is_meta", False):
+            return tensor
+        return func(*args, **kwargs)
 
 
 def untied_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -159,7 +175,6 @@ def peak_rss_bytes() -> int:
 def _report_peak_rss(mode: str, checkpoint: str, config_json: str) -> None:
     """Child-process entry point of `measure_load_peak_rss`: load, then print the peak RSS."""
     config = GPTConfig(**json.loads(config_json))
-    torch.empty(1, device="meta").normal_()  # one-off import of torch's Python meta kernels, in every mode
     if mode == "eager":
         load_eager(config, checkpoint)
     elif mode == "lazy":
@@ -171,9 +186,9 @@ def measure_load_peak_rss(mode: str, checkpoint: str | Path, config: GPTConfig) 
     """Peak RSS in bytes of a fresh Python process that loads ``checkpoint`` into a CPU `GPT`.
 
     mode="eager" uses `load_eager`, "lazy" `load_lazy`, "baseline" only imports torch and lab (the
-    floor both share). A fresh process per measurement, since a peak can never go down. Every mode
-    first runs one meta-device op: its first use imports torch's Python meta kernels (~150 MB of
-    modules, independent of model size), which would otherwise hide the tensor memory being compared.
+    floor both share). A fresh process per measurement, since a peak can never go down. No mode imports
+    ``torch._dynamo`` (`build_on_meta` initialises nothing on the meta device), whose ~150 MB of modules,
+    independent of model size, would otherwise land in one mode's peak and not in the baseline.
     """
     check_choice("mode", mode, MODES)
     _check_config(config)

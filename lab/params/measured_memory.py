@@ -95,6 +95,21 @@ def measure_training_memory_cpu(model: GPT, batch: int, seq_len: int, optimizer:
                          "use measure_training_memory_cuda for a GPU")
     if not any(p.requires_grad for p in params):
         raise ValueError("model has no parameter with requires_grad=True; there is no training step to measure")
+    opt = make_optimizer(params, optimizer)
+    opt.zero_grad(set_to_none=True)
+    loss, activations = _saved_forward(model, params, batch, seq_len, precision)
+    loss.backward()
+    opt.step()
+    states = optimizer_state_tensors(opt)
+    out = {"weights": storage_bytes(params), "gradients": storage_bytes(p.grad for p in params if p.grad is not None),
+           "master_weights": 0, "optimizer_states": storage_bytes(states), "activations": activations}
+    out["total"] = sum(out.values())
+    return out
+
+
+def _saved_forward(model: GPT, params: list[torch.Tensor], batch: int, seq_len: int,
+                   precision: str) -> tuple[torch.Tensor, int]:
+    """The loss of one training step's forward, and the bytes of the tensors it saved for backward."""
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
     saved: dict[int, int] = {}
 
@@ -104,19 +119,29 @@ def measure_training_memory_cpu(model: GPT, batch: int, seq_len: int, optimizer:
             saved[ptr] = t.untyped_storage().nbytes()
         return t
 
-    opt = make_optimizer(params, optimizer)
-    opt.zero_grad(set_to_none=True)
     idx, targets = _batch(model, batch, seq_len, "cpu")
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
             loss = _lm_loss(model, idx, targets)
-    loss.backward()
-    opt.step()
-    states = optimizer_state_tensors(opt)
-    out = {"weights": storage_bytes(params), "gradients": storage_bytes(p.grad for p in params if p.grad is not None),
-           "master_weights": 0, "optimizer_states": storage_bytes(states), "activations": sum(saved.values())}
-    out["total"] = sum(out.values())
-    return out
+    return loss, sum(saved.values())
+
+
+def measure_saved_activations_cpu(model: GPT, batch: int, seq_len: int, precision: str = "fp32") -> int:
+    """The "activations" of `measure_training_memory_cpu` (the same batch, the same count), bytes: that count
+    is of the tensors the step's forward saves for backward, so only the forward runs here (no backward,
+    no optimizer step; on a CPU without native bf16 the backward is most of a bf16-mixed step's time)."""
+    check_gpt("model", model)
+    check_int("batch", batch)
+    check_int("seq_len", seq_len, 1, model.config.context_length)
+    check_choice("precision", precision, ("fp32", "bf16-mixed"))
+    params = [p for _, p in unique_parameters(model)[0]]
+    devices = sorted({str(p.device) for p in params})
+    if devices != ["cpu"]:
+        raise ValueError(f"model must be on the CPU, its parameters are on {devices}")
+    if not any(p.requires_grad for p in params):
+        raise ValueError("model has no parameter with requires_grad=True; a forward would save nothing for backward")
+    with torch.enable_grad():
+        return _saved_forward(model, params, batch, seq_len, precision)[1]
 
 
 def measure_training_memory_cuda(model: GPT, batch: int, seq_len: int, optimizer: str = "adamw",

@@ -67,7 +67,13 @@ def shared_gpt(cfg: GPTConfig, n_groups: int = 1) -> GPT:
 VARIANTS = ("untied", "tied", "albert")
 
 
-def _variant(cfg: GPTConfig, name: str, n_groups: int) -> GPT:
+def sharing_variant(cfg: GPTConfig, name: str, n_groups: int = 1) -> GPT:
+    """A fresh `GPT` of ``cfg``'s shape as `compare_sharing` builds variant ``name`` (one of `VARIANTS`):
+    "untied", "tied", or "albert" (tied, its layers sharing ``n_groups`` blocks)."""
+    if not isinstance(cfg, GPTConfig):
+        raise TypeError(f"cfg must be a lab.models.gpt.GPTConfig, got {type(cfg).__name__}")
+    check_choice("name", name, VARIANTS)
+    _check_groups(cfg.n_layer, n_groups)
     model = GPT(GPTConfig(**{**cfg.to_dict(), "tie_embeddings": name != "untied"}))
     return share_layers(model, n_groups) if name == "albert" else model
 
@@ -122,7 +128,7 @@ def compare_sharing(cfg: GPTConfig, train_tokens: torch.Tensor | None = None, sa
     rows = []
     for name in variants:
         seed_everything(seed)
-        model = _variant(cfg, name, n_groups).to(device)
+        model = sharing_variant(cfg, name, n_groups).to(device)
         record = train_lm(model, train_tokens, steps=steps, batch_size=batch_size, seq_len=seq_len,
                           lr=lr, seed=seed, warmup=max(1, steps // 10), progress=progress)
         k = min(10, steps)

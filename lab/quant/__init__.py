@@ -15,6 +15,7 @@ from lab.quant.packing import pack_quantized_weight
 from lab.quant.qat import finish_qat, prepare_qat
 from lab.quant.scaling import (activation_abs_max, awq_scale_search, group_smoothing_factors, plant_outliers,
                                smoothing_factors, smoothquant)
+from lab.quant.seeds import weight_name, weight_runs
 
 __all__ = [
     "QuantizedTensor", "dequantize", "fake_quantize", "fake_quantize_with", "qparams", "quantize", "quantize_with",
@@ -24,5 +25,5 @@ __all__ = [
     "awq_scale_search",
     "group_smoothing_factors", "smoothing_factors", "smoothquant", "plant_outliers", "prepare_qat", "finish_qat",
     "Int8DecomposedLinear", "int8_decomposed_model", "outlier_columns", "size_comparisons",
-    "NF4Linear", "nf4_model",
+    "NF4Linear", "nf4_model", "weight_name", "weight_runs",
 ]

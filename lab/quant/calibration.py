@@ -22,12 +22,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lab.core.checks import check_int
 from lab.core.records import add_seed
 from lab.core.stats import compare_sums
 from lab.data import eval_sample, tokenize_split
 from lab.models import load_pretrained_lm, load_tokenizer
-from lab.models.next_token import random_batch
+from lab.models.next_token import calibration_windows
 from lab.prune.sequential import prune_model
 from lab.quant.model import quantize_model
 
@@ -39,16 +38,6 @@ METHODS = {"GPTQ w3": lambda m, c: quantize_model(m, "gptq", 3, 64, c, progress=
            "Wanda 50%": lambda m, c: prune_model(m, "wanda", 0.5, c, progress=False)}
 SETTINGS = {"eval_tokens": 8192, "sizes": list(SIZES), "window": WINDOW}
 QUICK = {**SETTINGS, "eval_tokens": 512, "sizes": [256, 512], "window": 32}
-
-
-def calibration_windows(train_ids: torch.Tensor, n_tokens: int, window: int, seed: int) -> torch.Tensor:
-    """``n_tokens`` / ``window`` windows of ``window`` train-split ids drawn with ``seed``: (n, window) int64
-    (`lab.models.next_token.random_batch` with ``torch.Generator().manual_seed(seed)``)."""
-    check_int("window", window, 1)
-    check_int("n_tokens", n_tokens, window)
-    if n_tokens % window:
-        raise ValueError(f"n_tokens={n_tokens} must be a multiple of window={window}")
-    return random_batch(train_ids, n_tokens // window, window, torch.Generator().manual_seed(seed))[0]
 
 
 def size_comparisons(runs: dict[str, np.ndarray], sizes: np.ndarray, method: str, prefix: str

@@ -15,7 +15,7 @@ tokens, so a notebook can compare each method with its own model's fp32 losses a
   (|W_ij|·‖X_j‖ within each row) and by SparseGPT.
 
 Methods that read calibration data run on each calibration sample of `SEEDS` (the notebooks' windows:
-32 × 128 train tokens, `lab.quant.calibration.calibration_windows`); the others run once and their
+32 × 128 train tokens, `lab.models.next_token.calibration_windows`); the others run once and their
 losses stand for every seed. The record keeps per-document loss sums (`lab.core.records.add_seed`); a notebook
 checks its own runs against the row of its seed (`lab.core.records.seeded_sums`) and compares with
 `lab.core.stats.compare_sums`.
@@ -28,17 +28,17 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from lab.core.records import add_seed
 from lab.data import eval_sample, tokenize_split
 from lab.models import load_pretrained_lm, load_tokenizer
+from lab.models.next_token import calibration_windows
 from lab.prune.sequential import prune_model
-from lab.quant.calibration import calibration_windows
 from lab.quant.int8_decomposition import int8_decomposed_model
 from lab.quant.linear import w8a8_quantize_model
 from lab.quant.model import quantize_model
 from lab.quant.scaling import activation_abs_max, plant_outliers, smoothquant
+from lab.seeded import score_methods
 
 SEEDS = (0, 1, 2)
 PLANT = {"factor": 50.0, "n_channels": 4, "seed": 0}
@@ -47,29 +47,31 @@ SETTINGS = {"eval_tokens": 8192, "calib_samples": 32, "calib_len": 128, "group_s
             "plant": PLANT, "alphas": list(ALPHAS)}
 QUICK = {**SETTINGS, "eval_tokens": 512, "calib_samples": 2, "calib_len": 32}
 
-Method = Callable[[nn.Module, torch.Tensor], None]   # (model, calibration ids) → None, in place
+Method = Callable[[nn.Module, int], None]   # (model, calibration seed) → None, in place
 
 
-def _smoothed(alpha: float, act: str) -> Method:
-    def method(model: nn.Module, calib: torch.Tensor) -> None:
-        smoothquant(model, activation_abs_max(model, lambda: model(calib)), alpha)
-        w8a8_quantize_model(model, act, 8, lambda: model(calib))
+def _smoothed(alpha: float, act: str, calibs: dict[int, torch.Tensor]) -> Method:
+    def method(model: nn.Module, seed: int) -> None:
+        smoothquant(model, activation_abs_max(model, lambda: model(calibs[seed])), alpha)
+        w8a8_quantize_model(model, act, 8, lambda: model(calibs[seed]))
     return method
 
 
-def methods(settings: dict) -> dict[str, dict[str, tuple[bool, Method]]]:
-    """{experiment: {run: (reads calibration data, method)}}: every method of the suite, by experiment."""
+def methods(settings: dict, calibs: dict[int, torch.Tensor]) -> dict[str, dict[str, tuple[bool, Method]]]:
+    """{experiment: {run: (reads calibration data, method)}}: every method of the suite, by experiment, each
+    calibrated on ``calibs[seed]`` (`lab.seeded.score_methods`' form)."""
     g, s = settings["group_size"], settings["sparsity"]
     activations = {
-        "W8A8 per tensor": (True, lambda m, c: w8a8_quantize_model(m, "tensor", 8, lambda: m(c))),
-        "W8A8 per token": (False, lambda m, c: w8a8_quantize_model(m, "token")),
-        "LLM.int8()": (False, lambda m, c: int8_decomposed_model(m)),
-        **{f"SmoothQuant {a:g} per tensor": (True, _smoothed(a, "tensor")) for a in settings["alphas"]},
-        "SmoothQuant 0.5 per token": (True, _smoothed(0.5, "token"))}
-    weights = {f"{name} w{b}": (name != "RTN", lambda m, c, k=key, b=b: quantize_model(m, k, b, g, c, progress=False))
+        "W8A8 per tensor": (True, lambda m, k: w8a8_quantize_model(m, "tensor", 8, lambda: m(calibs[k]))),
+        "W8A8 per token": (False, lambda m, k: w8a8_quantize_model(m, "token")),
+        "LLM.int8()": (False, lambda m, k: int8_decomposed_model(m)),
+        **{f"SmoothQuant {a:g} per tensor": (True, _smoothed(a, "tensor", calibs)) for a in settings["alphas"]},
+        "SmoothQuant 0.5 per token": (True, _smoothed(0.5, "token", calibs))}
+    weights = {f"{name} w{b}": (name != "RTN", lambda m, k, key=key, b=b: quantize_model(
+                   m, key, b, g, calibs[k], progress=False))
                for name, key in (("RTN", "rtn"), ("AWQ", "awq"), ("GPTQ", "gptq")) for b in (4, 3)}
     pruning = {name: (key == "wanda" or key == "sparsegpt",
-                      lambda m, c, k=key: prune_model(m, k, s, c, progress=False))
+                      lambda m, k, key=key: prune_model(m, key, s, calibs[k], progress=False))
                for name, key in (("magnitude", "magnitude"), ("row magnitude", "row_magnitude"), ("Wanda", "wanda"),
                                  ("SparseGPT", "sparsegpt"))}
     return {"activations": activations, "weights": weights, "pruning": pruning}
@@ -91,26 +93,17 @@ def run(device: torch.device, quick: bool = False, progress: bool = True) -> dic
         raise ValueError(f"device={str(device)!r}: suite planted runs on the cpu, where the notebooks that check "
                          "against its record run")
     settings = QUICK if quick else SETTINGS
-    tokenizer, models = load_tokenizer(), book_and_planted()
+    tokenizer = load_tokenizer()
     sample = eval_sample(tokenizer, settings["eval_tokens"])
     train_ids = tokenize_split("train", tokenizer)
     n_tokens, window = settings["calib_samples"] * settings["calib_len"], settings["calib_len"]
     calibs = {seed: calibration_windows(train_ids, n_tokens, window, seed) for seed in SEEDS}
-    fp32 = {f"{name} · fp32": sample.token_losses(model) for name, model in models.items()}
-    once: dict[str, torch.Tensor] = {}           # runs that read no calibration data: scored once
     results: dict[int, dict[str, dict[str, torch.Tensor]]] = {seed: {} for seed in SEEDS}
-    todo = [(seed, experiment, run_name, needs, method) for seed in SEEDS
-            for experiment, runs in methods(settings).items() for run_name, (needs, method) in runs.items()]
-    for seed, experiment, run_name, needs, method in tqdm(todo, desc="planted", disable=not progress):
-        for name, model in models.items():
-            key = f"{name} · {run_name}"
-            if needs or key not in once:
-                copied = copy.deepcopy(model)
-                method(copied, calibs[seed])
-                losses = sample.token_losses(copied)
-                if not needs:
-                    once[key] = losses
-            results[seed].setdefault(experiment, dict(fp32))[key] = losses if needs else once[key]
+    for name, model in book_and_planted().items():
+        losses, _ = score_methods(model, methods(settings, calibs), sample, SEEDS, progress, f"planted: {name}")
+        for seed, experiments in losses.items():
+            for experiment, runs in experiments.items():
+                results[seed].setdefault(experiment, {}).update({f"{name} · {run}": nll for run, nll in runs.items()})
     experiments: dict = {}
     for seed in SEEDS:
         add_seed(experiments, {name: (runs, sample.documents) for name, runs in results[seed].items()})

@@ -78,7 +78,8 @@ def test_the_command_fails_naming_the_configuration(one_configuration, tmp_path,
                "occupancy": occupancy(255, 0, 4), "sass_instructions": 300, "sources": small.sources,
                "main_loop": {"instructions": 100, "classes": dict.fromkeys(INSTRUCTION_CLASSES, 0), "mnemonics": {}}}
     spilled["failures"] = failures(spilled)
-    monkeypatch.setattr(aot_compile, "compile_all", lambda configs, jobs, progress: [spilled])
+    monkeypatch.setattr(aot_compile, "compile_all",
+                        lambda configs, jobs, progress, reuse: [{**spilled, "reused": False}])
     with pytest.raises(SystemExit) as exit_info:
         main(["static", "--out", str(tmp_path), "--no-progress"])
     assert exit_info.value.code == 1
@@ -94,8 +95,8 @@ def committed(repo_root) -> dict:
 
 
 def test_the_committed_record_covers_every_configuration_the_wrappers_launch_now(committed, configs):
-    """results/kernels_sm90.json (CI recompiles everything into _build/) lists the same compilations as the
-    wrappers launch today for the shapes the callers declare, each compiled with no failure."""
+    """results/kernels_sm90.json (CI's check-kernels recompiles what changed, into _build/) lists the same
+    compilations as the wrappers launch today for the shapes the callers declare, each compiled with no failure."""
     def key(kernel: str, spec: dict) -> tuple:
         return kernel, json.dumps([spec[k] for k in ("constexprs", "signature", "num_warps")], sort_keys=True)
 
@@ -119,7 +120,7 @@ def test_the_committed_record_covers_the_rows_with_provenance(committed):
 
 
 def test_the_v2_kernels_meet_their_static_targets_in_the_committed_record(committed):
-    """Under triton 3.6.0 (the GPU machine's; CI's check-kernels recompiles every configuration with it), on
+    """Under triton 3.6.0 (the GPU machine's; CI's check-kernels recompiles every changed configuration), on
     8192 × 8192, g = 128: int4 v2's issue term at most 0.8 of its memory-bound time at M = 1 (the H200's
     4.8 TB/s) and its predicted time at M = 16 within 1.3× that at M = 1, its main loop on the tensor cores with
     no int → float conversion; the paged v2 decode at B = 1 (2,048 tokens, 32 / 8 heads, head dim 128) at least
@@ -163,3 +164,37 @@ def test_the_cuda_tests_run_the_shapes_declared_for_them(repo_root):
     tiny, = static.CUDA_TEST_SHAPES["test_cuda_quantized_models_match_the_cpu_path"]
     assert tiny_gpt().config == static.TINY_TEST_GPT and TOKENS.numel() == tiny.batches[0]
     assert decoder_linear_shapes(tiny_gpt().config) == tiny.weights
+
+
+def test_the_committed_record_is_a_full_compile_with_a_fingerprint_per_configuration(committed):
+    """make kernels-static compiles every configuration (nothing reused), and each carries the fingerprint that
+    lets make check-kernels reuse it while its kernel is unchanged."""
+    assert committed["n_compiled"] == committed["n_configurations"]
+    prints = [r["fingerprint"] for r in committed["configurations"]]
+    assert len(set(prints)) == len(prints) and not any(r["reused"] for r in committed["configurations"])
+
+
+def test_reuse_takes_an_unchanged_configurations_compile_and_recompiles_a_changed_one(one_configuration, tmp_path,
+                                                                                     monkeypatch, capsys):
+    first = tmp_path / "first"
+    main(["static", "--out", str(first), "--no-progress", "--jobs", "1"])
+    record = json.loads((first / static.OUT_NAME).read_text())
+    assert record["n_compiled"] == 1
+    monkeypatch.setattr(aot_compile, "compile_launch", lambda launch: pytest.fail("must not compile"))
+    main(["static", "--out", str(tmp_path / "again"), "--no-progress", "--jobs", "1", "--reuse",
+          str(first / static.OUT_NAME)])
+    again = json.loads((tmp_path / "again" / static.OUT_NAME).read_text())
+    assert again["n_compiled"] == 0 and again["configurations"][0]["reused"]
+    same = ("registers", "spill_stores", "shared_memory", "occupancy", "main_loop", "fingerprint")
+    assert {k: again["configurations"][0][k] for k in same} == {k: record["configurations"][0][k] for k in same}
+    assert again["rows"] == record["rows"]
+    record["configurations"][0]["fingerprint"] = "0" * 16          # as if the kernel's source had changed
+    (first / static.OUT_NAME).write_text(json.dumps(record))
+    with pytest.raises(pytest.fail.Exception, match="must not compile"):
+        main(["static", "--out", str(tmp_path / "changed"), "--no-progress", "--jobs", "1", "--reuse",
+              str(first / static.OUT_NAME)])
+
+
+def test_reusable_refuses_what_is_not_a_check_record():
+    with pytest.raises(TypeError, match=r"record must be a check record with a 'configurations' list"):
+        aot_compile.reusable({"rows": []})

@@ -18,7 +18,7 @@ from lab.core import (Ceilings, Datasheet, add_seed, atomic_write, atomic_write_
                       device_ceilings, device_kind, device_name, document_sums, get_device, holm, load_results,
                       measure_ceilings, measured_ceilings, paired_ratio, percent, provenance, read, record,
                       record_comparison, record_comparisons, record_spread, report_path, runs_triton, seed_everything,
-                      seed_spread, seeded_sums, t_quantile_975, time_interleaved, time_ms, verdict, verdicts)
+                      seed_rows, seed_spread, seeded_sums, t_quantile_975, time_interleaved, time_ms, verdict, verdicts)
 from tests.bad_input import Bad, T, V, merged, with_env
 from tests.core.bad_checks import CHECKS
 
@@ -104,6 +104,10 @@ CASES: dict[str, list[Bad]] = merged(CHECKS, {  # the validators themselves (tes
         V(lambda: add_seed({}, {"x": ({"a": LA[None]}, G)}), r"results\['x'\]\['a'\] .* 1 dimensions"),
         T(lambda: add_seed({}, {"x": ({"a": LA.tolist()}, G)}), r"results\['x'\]\['a'\] .* torch\.Tensor"),
         V(lambda: add_seed({}, {"x": ({"a": LA, "b": torch.ones(3)}, G)}), r"results\['x'\]\['b'\]: groups must be"),
+    ],
+    "seed_rows": [
+        V(lambda: seed_rows([1.0, 2.0]), r"sums must be \(S, G\) per-seed sums with S >= 1, got shape \(2,\)"),
+        V(lambda: seed_rows(np.zeros((0, 3))), r"sums must be \(S, G\) per-seed sums"),
     ],
     "seeded_sums": [
         T(_seeded(record=[]), r"record must be a seeds record"),

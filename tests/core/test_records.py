@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lab.bench import bench_provenance
-from lab.core.records import add_seed, device_kind, device_name, provenance, seeded_sums
+from lab.core.records import add_seed, device_kind, device_name, provenance, seed_rows, seeded_sums
 
 FIELDS = {"device", "device_type", "torch", "triton", "python", "date", "command"}
 
@@ -108,3 +108,13 @@ def test_add_seed_refuses_runs_that_would_misalign_the_rows():
         add_seed(experiments, {"exp": ({"a": torch.ones(12), "b": torch.ones(12)}, other)})
     with pytest.raises(ValueError, match="1-D tensor"):
         add_seed(experiments, {"exp": ({"a": torch.ones(2, 12), "b": torch.ones(12)}, groups)})
+
+
+def test_seed_rows_keeps_one_row_of_a_run_that_reads_no_seed():
+    once = np.tile([3.0, 4.0, 5.0], (3, 1))
+    seeded = once + np.array([[0.0], [0.1], [0.2]])
+    assert seed_rows(once).shape == (1, 3) and np.array_equal(seed_rows(once)[0], once[0])
+    assert np.array_equal(seed_rows(seeded), seeded)
+    assert np.array_equal(seed_rows([[1.0, 2.0, 3.0]]), [[1.0, 2.0, 3.0]])
+    with pytest.raises(ValueError, match=r"sums must be \(S, G\) per-seed sums"):
+        seed_rows([1.0, 2.0])

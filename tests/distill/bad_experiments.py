@@ -1,7 +1,7 @@
 """The bad-input cases of the chapter's experiments that the notebook calls (`lab.distill.experiments`,
-`lab.distill.encoder_task`, `lab.distill.modes`, `lab.distill.seeds`; part of tests/distill/test_bad_input.py's
-table). Each is refused before anything trains, times or reads the corpus: the encoder is a stand-in with a BERT's
-attributes, the sample a one-window `EvalSample`."""
+`lab.distill.encoder_task`, `lab.distill.modes`, `lab.distill.seeds`, `lab.distill.grid`; part of
+tests/distill/test_bad_input.py's table). Each is refused before anything trains, times or reads the corpus: the
+encoder is a stand-in with a BERT's attributes, the sample a one-window `EvalSample`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from lab.distill import (TeacherCache, cpu_speedups, fit_gaussian_student, gpt_student, lm_batches, lm_run, retained,
-                         run_encoder_task, run_name, temperature_alpha_grid)
+from lab.distill import (TeacherCache, cell_name, cpu_speedups, fit_gaussian_student, gpt_student, lm_batches, lm_run,
+                         retained, run_encoder_task, run_name, temperature_alpha_grid)
 from lab.perplexity import EvalSample
 from tests.bad_input import Bad, T, V
 from tests.tiny_models import tiny_gpt
@@ -138,5 +138,11 @@ EXPERIMENTS: dict[str, list[Bad]] = {
         T(lambda: run_name("3", "kd", "teacher"), r"depth must be an int, got '3'"),
         V(lambda: run_name(3, "kd+", "teacher"), r"loss='kd\+' is not allowed"),
         V(lambda: run_name(3, "kd", "scratch"), r"init='scratch' is not allowed"),
+    ],
+    "cell_name": [
+        V(lambda: cell_name(0.0, 0.5), r"tau=0\.0 is out of range"),
+        T(lambda: cell_name("1", 0.5), r"tau must be a real number, got '1'"),
+        V(lambda: cell_name(1.0, 1.5), r"alpha=1\.5 is out of range"),
+        T(lambda: cell_name(1.0, True), r"alpha must be a real number, got True"),
     ],
 }

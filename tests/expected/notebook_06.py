@@ -8,7 +8,8 @@ METRICS: dict[str, object] = {
     # the cache changes the cost, not the numbers; generation equals transformers'; scheduling is exact
     "cached_vs_uncached_max_abs_logit_diff": Below(1e-4),          # measured 9.5e-6
     "greedy_equals_transformers": Is(True),
-    "serve_outputs_equal_generate": Is(True),
+    "serve_outputs_equal_generate": Is(True),                       # served with the model at B = 16 (SERVE_RUN)
+    "serve_steps_equal_schedule": Is(True),                         # those runs take the dry run's steps
     "speculative_greedy_exact": Is(True),
     # memory and batching on the trace (deterministic counts)
     "static_cache_utilization": near(0.28870, 1e-4),

@@ -15,7 +15,7 @@ from torch import nn
 
 from lab.infer import (BlockAllocator, Decoder, GraphedDecodeStep, PagedKVCache, Request, StaticKVCache,
                        decode_step_cost, expected_speedup, expected_tokens_per_step, filter_logits, forward_cached,
-                       generate, masked_attention, next_token_probs, sample, serve, speculative_accept,
+                       generate, masked_attention, next_token_probs, sample, schedule, serve, speculative_accept,
                        speculative_generate, speed_of_light_ms, weight_bytes)
 from tests.bad_input import NOT_GPT, Bad, merged
 from tests.infer.bad_analysis import ANALYSIS
@@ -248,6 +248,11 @@ CASES = merged({
         Bad(lambda: Request(0, IDS, 2), TypeError, r"prompt must be a 1-D int64 tensor .* shape \(1, 4\)"),
         Bad(lambda: Request(0, IDS[0, :0], 2), ValueError, r"prompt is empty"),
         Bad(lambda: Request(0, IDS[0], 0), ValueError, r"max_new_tokens=0 is out of range"),
+    ],
+    "schedule": [
+        Bad(lambda: schedule([request()], 2, "fifo"), ValueError, r"policy"),
+        Bad(lambda: schedule([request(n=13)], 2, context_length=8), ValueError, r"exceeds the context"),
+        Bad(lambda: schedule([request()], 2, context_length=2.5), TypeError, r"context_length must be an int"),
     ],
     "serve": [
         Bad(served(model=None), TypeError, rf"model {NOT_GPT}"),

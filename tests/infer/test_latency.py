@@ -112,5 +112,10 @@ def test_step_latencies(tiny_gpt):
         times = step_latencies(tiny, ids, 4, kv_cache, repeats=2)
         assert len(times) == 8 and all(t > 0 for t in times)
     assert len(step_latencies(tiny, ids, 4, True, chunk=3)) == 2             # steps at positions 4 and 7
+    for kv_cache in (True, False):                                          # every 3rd step: 4, 7 and 10
+        assert len(step_latencies(tiny, ids, 4, kv_cache, stride=3)) == 3
+    assert len(step_latencies(tiny, ids, 4, True, chunk=2, stride=5)) == 2   # steps at positions 4 and 9
+    with pytest.raises(ValueError, match="stride"):
+        step_latencies(tiny, ids, 4, True, stride=0)
     with pytest.raises(ValueError, match="prompt_len"):
         step_latencies(tiny, ids, 12, True)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab.infer import BlockAllocator, OutOfBlocksError, PagedKVCache, Request, forward_cached, generate, serve
-from lab.infer.scheduler import synthetic_trace
+from lab.infer.scheduler import DRY_RUN_TOKEN, schedule, synthetic_trace
 from lab.models import GPT, GPTConfig
 
 CFG = GPTConfig(vocab_size=101, context_length=64, d_model=32, n_layer=2, n_head=4, n_kv_head=2, d_ff=64)
@@ -150,6 +150,18 @@ def test_serve_preempts_when_blocks_run_out_and_stays_exact(tiny, trace, alone, 
     assert result.preemptions > 0
     for i, out in result.outputs.items():
         assert torch.equal(out, alone[i])
+
+
+@pytest.mark.parametrize("policy", ["static", "continuous"])
+@pytest.mark.parametrize("max_batch, num_blocks", [(1, None), (3, None), (8, None), (6, 12)])   # (6, 12) preempts
+def test_schedule_is_serve_without_the_model(tiny, trace, policy, max_batch, num_blocks):
+    real = serve(tiny, trace, max_batch, policy, num_blocks=num_blocks, block_size=4)
+    dry = schedule(trace, max_batch, policy, tiny.config.context_length, num_blocks=num_blocks, block_size=4)
+    assert dry.active_rows == real.active_rows and dry.decode_steps == real.decode_steps
+    assert (dry.prefill_tokens, dry.preemptions) == (real.prefill_tokens, real.preemptions)
+    assert dry.utilization == real.utilization and (num_blocks is None or dry.preemptions > 0)
+    assert {i: len(t) for i, t in dry.outputs.items()} == {r.id: r.max_new_tokens for r in trace}
+    assert all(bool((t == DRY_RUN_TOKEN).all()) for t in dry.outputs.values())
 
 
 def test_serve_rejects_bad_input(tiny, trace):

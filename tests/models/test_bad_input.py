@@ -9,8 +9,8 @@ import functools
 
 import torch
 
-from lab.models import (GPT, GPTConfig, from_llama, lm_batch_loss, load_pretrained_lm, load_tokenizer, random_batch,
-                        to_llama, train_lm, training_figures, training_record)
+from lab.models import (GPT, GPTConfig, calibration_windows, from_llama, lm_batch_loss, load_pretrained_lm,
+                        load_tokenizer, random_batch, to_llama, train_lm, training_figures, training_record)
 from lab.models.pretrained import LM_DIR
 from lab.prune import structured_prune
 from tests.bad_input import NOT_GPT, Bad, T, V
@@ -101,6 +101,11 @@ CASES: dict[str, list[Bad]] = {
         V(lambda: random_batch(TOKENS, 2, 0, GEN), r"seq_len=0 is out of range"),
         T(lambda: random_batch(TOKENS, 2, 8, 0), r"generator must be a torch\.Generator, got 0"),
         V(lambda: random_batch(TOKENS[:9], 2, 8, GEN), r"tokens has 9 entries; need more than seq_len\+1=9"),
+    ],
+    "calibration_windows": [
+        V(lambda: calibration_windows(TOKENS, 200, 128, 0), r"n_tokens=200 must be a multiple of window=128"),
+        V(lambda: calibration_windows(TOKENS, 64, 128, 0), r"n_tokens=64 is out of range"),
+        T(lambda: calibration_windows(TOKENS, 256.0, 128, 0), r"n_tokens must be an int"),
     ],
     "lm_batch_loss": [
         T(lambda: lm_batch_loss("gpt", BATCH), r"model must be a torch\.nn\.Module, got str"),

@@ -10,10 +10,10 @@ from lab.params import (activation_bytes, adafactor_state_bytes, add_lora, block
                         blockwise_error_vs_float64, cache_nbytes, checkpoint_gradient_error, document_sample,
                         document_tokens, finetune, gpt3_layer_activation_bytes, llama_layer_activation_bytes,
                         lora_training_memory, lr_sweep, matmul_param_count, max_param_diff_vs_transformers,
-                        measure_training_memory_cpu, merge_logit_error, offload_nbytes, optimizer_state_bytes,
-                        optimizer_state_tensors, plot_format_ranges, plot_parameter_breakdown, plot_rounding,
-                        recompute_time_ratio, round_to, share_layers, spacing, state_bytes, storage_bytes,
-                        underflow_fraction, unique_parameters, untied_state_dict)
+                        measure_saved_activations_cpu, measure_training_memory_cpu, merge_logit_error, offload_nbytes,
+                        optimizer_state_bytes, optimizer_state_tensors, plot_format_ranges, plot_parameter_breakdown,
+                        plot_rounding, recompute_time_ratio, round_to, share_layers, spacing, state_bytes,
+                        storage_bytes, underflow_fraction, unique_parameters, untied_state_dict)
 from tests.bad_input import NOT_GPT, Bad
 from tests.tiny_models import tiny_config, tiny_gpt
 
@@ -151,6 +151,13 @@ NOTEBOOK: dict[str, list[Bad]] = {
         V(lambda: max_param_diff_vs_transformers(tiny_gpt().requires_grad_(False), BATCHES),
           r"model \(GPT\) has no parameter with requires_grad=True"),
         V(lambda: max_param_diff_vs_transformers(tiny_gpt(), BATCHES, lr=1e-3), r"lr=0\.001 is not allowed"),
+    ],
+    "measure_saved_activations_cpu": [
+        T(lambda: measure_saved_activations_cpu(nn.Linear(2, 2), 1, 4), rf"model {NOT_GPT}, got Linear"),
+        V(lambda: measure_saved_activations_cpu(tiny_gpt(), 1, 17), r"seq_len=17 is out of range; allowed: \[1, 16\]"),
+        V(lambda: measure_saved_activations_cpu(tiny_gpt(), 1, 4, "bf16"), r"precision='bf16' is not"),
+        V(lambda: measure_saved_activations_cpu(tiny_gpt().to("meta"), 1, 4), r"model must be on the CPU"),
+        V(lambda: measure_saved_activations_cpu(tiny_gpt().requires_grad_(False), 1, 4), r"model has no parameter"),
     ],
     "measure_training_memory_cpu": [
         T(lambda: measure_training_memory_cpu(nn.Linear(2, 2), 1, 4), rf"model {NOT_GPT}, got Linear"),

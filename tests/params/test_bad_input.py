@@ -14,8 +14,8 @@ from lab.params import (Adafactor, Adam8bit, DynamicLossScaler, LoRALinear, Offl
                         gpt_param_count, inference_memory, kv_cache_bytes, load_eager, load_lazy, load_safetensors,
                         load_sharded, lora_memory, measure_activation_peak_cpu, measure_load_peak_rss, merge_lora,
                         model_bytes, optimal_segments, parameter_table, qlora_model, save_safetensors, save_sharded,
-                        segment_checkpoint_bytes, segment_gradient_error, segment_time_ratio, share_layers, tie_weights,
-                        training_memory, untie_weights)
+                        segment_checkpoint_bytes, segment_gradient_error, segment_time_ratio, share_layers,
+                        sharing_variant, tie_weights, training_memory, untie_weights)
 from lab.params.lazy import untied_state_dict
 from tests.bad_input import NOT_GPT, Bad, T, V, merged
 from tests.params.bad_notebook import NOTEBOOK
@@ -317,6 +317,12 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, STABLE, {  # tests.params.bad_not
         Bad(lambda: segment_time_ratio(tiny_gpt(), 1, 4, 0), ValueError, r"segments=0 is out of range"),
         Bad(lambda: segment_time_ratio(tiny_gpt(), 1, 4, 1, repeats=0), ValueError, r"repeats=0 is out of range"),
         Bad(lambda: segment_time_ratio(tiny_gpt(), 0, 4, 1), ValueError, r"batch=0 is out of range"),
+    ],
+    "sharing_variant": [
+        Bad(lambda: sharing_variant(CFG.to_dict(), "tied"), TypeError,
+            r"cfg must be a lab\.models\.gpt\.GPTConfig, got dict"),
+        Bad(lambda: sharing_variant(CFG, "lora"), ValueError, r"name='lora' is not allowed"),
+        Bad(lambda: sharing_variant(CFG, "albert", 3), ValueError, r"n_groups=3 must be a positive int dividing"),
     ],
     "share_layers": [
         Bad(lambda: share_layers("model"), TypeError, rf"model {NOT_GPT}, got str"),

@@ -12,7 +12,7 @@ from lab.models.gpt import Block, rope_cos_sin
 from lab.params.checkpointing import (CheckpointedBlock, _torch_checkpointed, checkpoint_gradient_error,
                                       checkpoint_layers, recompute_time_ratio)
 from lab.params.counting import gpt_param_count
-from lab.params.measured_memory import measure_training_memory_cpu
+from lab.params.measured_memory import measure_saved_activations_cpu, measure_training_memory_cpu
 from lab.params.memory import activation_bytes, training_memory, training_peak_bytes
 from lab.params.sharing import share_layers
 from tests.bad_input import NOT_GPT
@@ -139,6 +139,16 @@ def test_activation_prediction_matches_measured_saved_tensors(tiny_gpt, precisio
     # the spec asks for 10%; on torch 2.13 the saved-tensor formula is exact, so hold it to 1%
     assert predicted == pytest.approx(measured, rel=0.01)
     assert predicted < activation_bytes(model.config, B, T, precision)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+@pytest.mark.parametrize("every", [None, 1, 2])
+def test_forward_alone_saves_what_the_training_step_counts(tiny_gpt, precision, every):
+    model = checkpoint_layers(tiny_gpt(n_layer=N_LAYER), every)
+    step = measure_training_memory_cpu(copy.deepcopy(model), B, T, "adamw", precision)["activations"]
+    with torch.no_grad():                      # the forward records its graph all the same
+        assert measure_saved_activations_cpu(model, B, T, precision) == step
+    assert all(p.grad is None for p in model.parameters())    # no backward ran
 
 
 def test_training_memory_and_peak_pass_checkpoint_every_through(tiny_gpt):

@@ -7,7 +7,7 @@ import torch
 from lab.prune import (compress, decompress, forward_flops, keep_top_fraction, layer_errors, layer_hessian,
                        layer_sensitivity, magnitude_mask, nm_mask, obs_prune_row_bruteforce, obs_saliency, obs_update,
                        prune_model, prune_structured_by_importance, reconstruction_error, refit_columns,
-                       sparsegpt_prune, sparsity_of, speedup_against_bound, structured_prune, wanda_mask)
+                       sparsegpt_prune, sparsity_of, speedup_against_bound, structured_prune, sweep_name, wanda_mask)
 from tests.bad_input import Bad
 from tests.tiny_models import tiny_gpt
 
@@ -177,6 +177,11 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: wanda_mask(W, -torch.ones(8), 0.5), ValueError, r"act_norm must be non-negative"),
         Bad(lambda: wanda_mask(W, torch.ones(4), 0.5), ValueError, r"act_norm must have shape \(in_features,\)"),
         Bad(lambda: wanda_mask(W, torch.ones(8), 0.6, 2, 4), ValueError, r"sparsity=0\.6 disagrees with n=2, m=4"),
+    ],
+    "sweep_name": [
+        Bad(lambda: sweep_name("obs", "50%"), ValueError, r"method='obs' is not allowed"),
+        Bad(lambda: sweep_name("wanda", 0.5), ValueError, r"pattern=0\.5 must be a sparsity such as '50%' or '2:4'"),
+        Bad(lambda: sweep_name("wanda", "4:8"), ValueError, r"pattern='4:8' must be a sparsity"),
     ],
 }
 

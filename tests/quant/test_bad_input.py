@@ -17,7 +17,8 @@ from lab.quant import (ChannelAbsMaxObserver, Int4Linear, Int8DecomposedLinear, 
                        group_smoothing_factors, int4_model, int8_decomposed_model, nf4_model, outlier_columns,
                        pack_int4, pack_int4_v2, pack_quantized_weight, plant_outliers, prepare_qat, qparams, quantize,
                        quantize_model, quantize_with, rtn_quantize, rtn_quantize_model, size_comparisons,
-                       smoothing_factors, smoothquant, unpack_int4, unpack_int4_v2, w8a8_quantize_model)
+                       smoothing_factors, smoothquant, unpack_int4, unpack_int4_v2, w8a8_quantize_model, weight_name,
+                       weight_runs)
 from tests.bad_input import NOT_GPT, Bad, T, V
 from tests.tiny_models import tiny_gpt
 
@@ -365,6 +366,12 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: smoothquant(tiny_gpt(), {}, alpha=True), TypeError, r"alpha must be a real number"),
         Bad(lambda: smoothquant(_linear(), {}), TypeError, r"model must be a lab GPT"),
     ],
+    "weight_name": [Bad(lambda: weight_name("hqq", 4, "g", 64), ValueError, r"method='hqq' is not allowed"),
+                    Bad(lambda: weight_name("rtn", 1, "g", 64), ValueError, r"bits=1 is out of range"),
+                    Bad(lambda: weight_name("rtn", 4, "group", 64), ValueError, r"grid='group' is not allowed"),
+                    Bad(lambda: weight_name("rtn", 4, "g", 0), ValueError, r"group_size=0 is out of range")],
+    "weight_runs": [Bad(lambda: weight_runs(4), TypeError, r"bits must be a list or tuple, got 4"),
+                    Bad(lambda: weight_runs([4, 16]), ValueError, r"bits\[1\]=16 is out of range")],
 }
 
 NO_INPUT: dict[str, str] = {}

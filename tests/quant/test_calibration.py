@@ -1,5 +1,5 @@
-"""Suite ``calibration`` (`lab.quant.calibration`): its windows are the notebooks' at 4,096 tokens, its methods
-change a tiny GPT, and it refuses a GPU."""
+"""Suite ``calibration`` (`lab.quant.calibration`): its sizes, its methods change a tiny GPT, it refuses a GPU,
+and its comparisons."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lab.models.next_token import random_batch
-from lab.quant.calibration import METHODS, SIZES, calibration_windows, run, size_comparisons
+from lab.models.next_token import calibration_windows
+from lab.quant.calibration import METHODS, SIZES, run, size_comparisons
 from tests.tiny_models import tiny_gpt
 
 IDS = torch.randint(0, 61, (5000,), generator=torch.Generator().manual_seed(0))
@@ -19,12 +19,6 @@ IDS = torch.randint(0, 61, (5000,), generator=torch.Generator().manual_seed(0))
 def test_sizes_double_from_512_to_131072_tokens():
     assert SIZES[0] == 512 and SIZES[-1] == 131_072
     assert all(b == 2 * a for a, b in zip(SIZES, SIZES[1:]))
-
-
-def test_the_4096_token_windows_are_the_notebooks_calibration_windows():
-    ours = calibration_windows(IDS, 4096, 128, seed=2)
-    notebooks = random_batch(IDS, 32, 128, torch.Generator().manual_seed(2))[0]
-    assert ours.shape == (32, 128) and torch.equal(ours, notebooks)
 
 
 @pytest.mark.parametrize("name", list(METHODS))
@@ -55,14 +49,3 @@ def test_size_comparisons_compare_every_size_with_fp32_and_with_the_largest():
         size_comparisons(runs, sizes, "GPTQ w3", "gptq")
     with pytest.raises(ValueError, match=r"method='RTN'"):
         size_comparisons(runs, sizes, "RTN", "rtn")
-
-
-@pytest.mark.parametrize("n_tokens, window, error, match", [
-    (200, 128, ValueError, r"n_tokens=200 must be a multiple of window=128"),
-    (64, 128, ValueError, r"n_tokens=64 is out of range"),
-    (256, 0, ValueError, r"window=0 is out of range"),
-    (256.0, 128, TypeError, r"n_tokens must be an int"),
-])
-def test_calibration_windows_refuse_a_size_they_cannot_draw(n_tokens, window, error, match):
-    with pytest.raises(error, match=match):
-        calibration_windows(IDS, n_tokens, window, seed=0)

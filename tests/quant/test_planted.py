@@ -15,12 +15,12 @@ from lab.quant.planted import QUICK, methods, run
 from tests.tiny_models import tiny_gpt
 
 SETTINGS = {**QUICK, "group_size": 16}       # the tiny GPT's widths (32, 48) are multiples of 16, not of 64
-CALIB = torch.randint(0, 61, (4, 16), generator=torch.Generator().manual_seed(0))
+CALIBS = {0: torch.randint(0, 61, (4, 16), generator=torch.Generator().manual_seed(0))}
 IDS = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(1))
 
 
 def test_the_suite_runs_every_chapter_comparison_once_per_method():
-    runs = methods(SETTINGS)
+    runs = methods(SETTINGS, CALIBS)
     assert list(runs) == ["activations", "weights", "pruning"]
     assert {name for name, (needs, _) in runs["activations"].items() if not needs} == {
         "W8A8 per token", "LLM.int8()"}
@@ -34,9 +34,9 @@ def test_every_method_changes_the_planted_twin_and_keeps_its_output_close(experi
     plant_outliers(planted, 50.0, 2, seed=0)
     with torch.no_grad():
         reference = planted(IDS)
-    for name, (_, method) in methods(SETTINGS)[experiment].items():
+    for name, (_, method) in methods(SETTINGS, CALIBS)[experiment].items():
         model = copy.deepcopy(planted)
-        method(model, CALIB)
+        method(model, 0)
         with torch.no_grad():
             out = model(IDS)
         assert torch.isfinite(out).all(), name

@@ -8,12 +8,19 @@ and spill stores / loads (bytes) from the report of ptxas -v that Triton's own p
 allocation (``metadata.shared``) + ptxas' static ``smem``; CTAs per SM (`lab.kernels.aot.sm90.occupancy`);
 and the main loop's SASS (`lab.kernels.aot.sass`). A configuration fails the check on a compile error, on any
 register spill, or on a block needing more than the 227 KB of shared memory an sm_90 block may have.
+
+A compile is a function of its `fingerprint` (the configuration's key, the kernel's source with the jitted
+functions it calls, and the Triton version, which fixes the bundled ptxas): ``compile_all(..., reuse=record)``
+takes the result of every configuration whose fingerprint an earlier record holds and compiles the others.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib
 import io
+import json
 import math
 import multiprocessing
 import os
@@ -21,14 +28,14 @@ import re
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import triton
 from tqdm.auto import tqdm
 
-from lab.kernels.aot.launches import Launch
+from lab.kernels.aot.launches import KERNELS, Launch
 from lab.kernels.aot.sass import (INSTRUCTION_CLASSES, TENSOR_CORE_MNEMONICS, disassemble_text, global_load_bytes,
                                   main_loop, parse_ptxas_report, parse_sass, run_ptxas)
 from lab.kernels.aot.sm90 import ARCH, LIMITS, SHARED_PER_BLOCK_MAX, WARP_SIZE, occupancy, target
@@ -120,29 +127,58 @@ def _cost_estimate(config: Configuration) -> float:
     return volume * config.spec["num_warps"] * (4 if fp32 else 1)
 
 
-def compile_all(configs: Sequence[Configuration], jobs: int | None = None, progress: bool = True) -> list[dict]:
-    """Compile every configuration (``jobs`` processes, default the CPU count); one record each, in order."""
+# the fields of a configuration's record that `compile_launch` measures: what a reused record contributes
+COMPILE_FIELDS = ("registers", "spill_stores", "spill_loads", "stack_frame", "shared_memory", "occupancy",
+                  "sass_instructions", "main_loop", "compile_seconds", "error", "error_summary")
+
+
+def fingerprint(config: Configuration) -> str:
+    """sha256 (16 hex digits) of what decides a configuration's compile: its key (kernel, signature, constants,
+    attributes, options), the kernel's source with the jitted functions it calls (Triton's own
+    ``JITFunction.cache_key``) and the Triton version."""
+    module_name, attribute = KERNELS[config.launch.kernel]
+    fn = getattr(importlib.import_module(module_name), attribute)
+    text = json.dumps([config.key, fn.cache_key, triton.__version__])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reusable(record: Mapping) -> dict[str, dict]:
+    """{fingerprint: compile fields} of the configurations of an earlier check's record (`check`) that carry a
+    fingerprint: what ``compile_all(..., reuse=...)`` takes instead of compiling."""
+    if not isinstance(record, Mapping) or not isinstance(record.get("configurations"), list):
+        raise TypeError(f"record must be a check record with a 'configurations' list, got {str(record)[:200]}")
+    return {r["fingerprint"]: {k: r[k] for k in COMPILE_FIELDS if k in r}
+            for r in record["configurations"] if "fingerprint" in r}
+
+
+def compile_all(configs: Sequence[Configuration], jobs: int | None = None, progress: bool = True,
+                reuse: Mapping[str, dict] | None = None) -> list[dict]:
+    """Compile every configuration (``jobs`` processes, default the CPU count); one record each, in order. A
+    configuration whose `fingerprint` is a key of ``reuse`` (`reusable`) takes that result instead (``reused``)."""
     jobs = (os.cpu_count() or 1) if jobs is None else jobs
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    results: list[dict | None] = [None] * len(configs)
-    bar = tqdm(total=len(configs), desc=f"compile sm_{ARCH} (triton {triton.__version__})", disable=not progress)
-    if jobs == 1:
-        for i, config in enumerate(configs):
-            results[i] = compile_launch(config.launch)
+    prints = [fingerprint(config) for config in configs]
+    results: list[dict | None] = [dict((reuse or {}).get(p) or {}) or None for p in prints]
+    todo = [i for i, result in enumerate(results) if result is None]
+    bar = tqdm(total=len(todo), desc=f"compile sm_{ARCH} (triton {triton.__version__})", disable=not progress)
+    if jobs == 1 or len(todo) < 2:
+        for i in todo:
+            results[i] = compile_launch(configs[i].launch)
             bar.update()
     else:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context(method)) as pool:
-            order = sorted(range(len(configs)), key=lambda i: -_cost_estimate(configs[i]))   # longest first
+            order = sorted(todo, key=lambda i: -_cost_estimate(configs[i]))   # longest first
             futures = {pool.submit(compile_launch, configs[i].launch): i for i in order}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update()
     bar.close()
     return [{"name": config.name, "kernel": config.launch.kernel, **config.spec, **result, "failures": failures(result),
-             "n_launches": len(config.sources), "sources": compact_sources(config.sources)}
-            for config, result in zip(configs, results)]
+             "n_launches": len(config.sources), "sources": compact_sources(config.sources), "fingerprint": p,
+             "reused": i not in todo}
+            for i, (config, result, p) in enumerate(zip(configs, results, prints))]
 
 
 def _ranges(numbers: Sequence[int]) -> str:
@@ -203,12 +239,15 @@ def table(records: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def check(configs: Sequence[Configuration], jobs: int | None = None, progress: bool = True) -> dict:
-    """Compile ``configs``; the record's body: target, limits, whether every configuration passes, the
-    configurations' records (`compile_all`) and the seconds it took."""
+def check(configs: Sequence[Configuration], jobs: int | None = None, progress: bool = True,
+          reuse: Mapping[str, dict] | None = None) -> dict:
+    """Compile ``configs`` (those whose fingerprint ``reuse`` holds are taken from it, `compile_all`); the
+    record's body: target, limits, whether every configuration passes, the configurations' records, how many
+    were compiled and the seconds it took."""
     start = time.perf_counter()
-    records = compile_all(configs, jobs, progress)
+    records = compile_all(configs, jobs, progress, reuse)
     return {"target": {"backend": "cuda", "arch": ARCH, "warp_size": WARP_SIZE}, "limits": LIMITS,
             "ok": not any(r["failures"] for r in records), "n_configurations": len(records),
-            "n_launches": sum(len(c.sources) for c in configs), "seconds": round(time.perf_counter() - start, 1),
+            "n_launches": sum(len(c.sources) for c in configs), "n_compiled": sum(not r["reused"] for r in records),
+            "seconds": round(time.perf_counter() - start, 1),
             "configurations": records}

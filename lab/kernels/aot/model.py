@@ -303,9 +303,9 @@ def ceilings() -> dict:
 
 
 def model(selected: Sequence[Row] | None = None, jobs: int | None = 1, progress: bool = True,
-          compiled: dict[str, dict] | None = None) -> dict:
+          compiled: dict[str, dict] | None = None, reuse: dict[str, dict] | None = None) -> dict:
     """Rows and ceilings of the static model. Each distinct launch is compiled once (`compile_all` with ``jobs``
-    processes) unless ``compiled`` (compilation key → compile record) already holds it."""
+    processes and ``reuse``) unless ``compiled`` (compilation key → compile record) already holds it."""
     selected = rows() if selected is None else list(selected)
     compiled = dict(compiled or {})
     launches = [record_launches(row) for row in selected]
@@ -316,7 +316,7 @@ def model(selected: Sequence[Row] | None = None, jobs: int | None = 1, progress:
         for c in row_configs:
             if c.key not in compiled:
                 missing.setdefault(c.key, c)
-    compiled.update(zip(missing, compile_all(list(missing.values()), jobs, progress)))
+    compiled.update(zip(missing, compile_all(list(missing.values()), jobs, progress, reuse)))
     device_ceilings = ceilings()
     out = [predict(row, row_launches, [compiled[key] for key in row_keys], device_ceilings)
            for row, row_launches, row_keys in zip(selected, launches, keys)]
