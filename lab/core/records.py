@@ -152,7 +152,8 @@ def seeded_sums(record: dict, experiment: str, settings: dict, seed: int, losses
                 groups, tolerance: float = 0.005) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The per-seed group sums of ``experiment`` in a seeds record, once it is checked against this run.
 
-    record: a record of suite ``params-seeds``, ``distill-seeds``, ``planted`` or ``calibration`` (`load_results`),
+    record: a record of suite ``params-seeds``, ``distill-seeds``, ``distill-grid``, ``planted``, ``calibration``,
+    ``prune-seeds`` or ``quant-seeds`` (`load_results`),
     {"seeds", "settings", "experiments", "command"}. settings: values this run used, each of which must equal the
     record's setting of the same name. losses: {run: this run's per-token NLL (N,)} at ``seed`` (one of the
     record's seeds), for one or more runs of the experiment (a notebook re-runs what fits its time); groups
