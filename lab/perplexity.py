@@ -163,4 +163,3 @@ class EvalSample:
     def perplexity(self, model, batch_size: int = 8, progress: bool = False) -> float:
         """exp(mean NLL) over the scored tokens: the token-weighted perplexity the sample estimates."""
         return math.exp(self.token_losses(model, batch_size, progress).mean().item())
-

@@ -83,18 +83,9 @@ def measure_training_memory_cpu(model: GPT, batch: int, seq_len: int, optimizer:
     optimizer's state tensors after ``optimizer.step()`` (0-dim step counters excluded).
     precision "fp32" or "bf16-mixed" (CPU autocast; weights and grads stay fp32 there).
     """
-    check_gpt("model", model)
-    check_int("batch", batch)
-    check_int("seq_len", seq_len, 1, model.config.context_length)
     check_choice("optimizer", optimizer, OPTIMIZERS)
-    check_choice("precision", precision, ("fp32", "bf16-mixed"))
-    params = [p for _, p in unique_parameters(model)[0]]
-    devices = sorted({str(p.device) for p in params})
-    if devices != ["cpu"]:
-        raise ValueError(f"model must be on the CPU, its parameters are on {devices}; "
-                         "use measure_training_memory_cuda for a GPU")
-    if not any(p.requires_grad for p in params):
-        raise ValueError("model has no parameter with requires_grad=True; there is no training step to measure")
+    params = _trainable_cpu_params(model, batch, seq_len, precision, "; use measure_training_memory_cuda for a GPU",
+                                   "there is no training step to measure")
     opt = make_optimizer(params, optimizer)
     opt.zero_grad(set_to_none=True)
     loss, activations = _saved_forward(model, params, batch, seq_len, precision)
@@ -105,6 +96,23 @@ def measure_training_memory_cpu(model: GPT, batch: int, seq_len: int, optimizer:
            "master_weights": 0, "optimizer_states": storage_bytes(states), "activations": activations}
     out["total"] = sum(out.values())
     return out
+
+
+def _trainable_cpu_params(model: GPT, batch: int, seq_len: int, precision: str, device_hint: str,
+                          no_grad_why: str) -> list[torch.Tensor]:
+    """The checks the two CPU measurements share (model, batch, seq_len, precision; every parameter on the CPU,
+    one of them trainable); the model's unique parameters."""
+    check_gpt("model", model)
+    check_int("batch", batch)
+    check_int("seq_len", seq_len, 1, model.config.context_length)
+    check_choice("precision", precision, ("fp32", "bf16-mixed"))
+    params = [p for _, p in unique_parameters(model)[0]]
+    devices = sorted({str(p.device) for p in params})
+    if devices != ["cpu"]:
+        raise ValueError(f"model must be on the CPU, its parameters are on {devices}{device_hint}")
+    if not any(p.requires_grad for p in params):
+        raise ValueError(f"model has no parameter with requires_grad=True; {no_grad_why}")
+    return params
 
 
 def _saved_forward(model: GPT, params: list[torch.Tensor], batch: int, seq_len: int,
@@ -130,16 +138,8 @@ def measure_saved_activations_cpu(model: GPT, batch: int, seq_len: int, precisio
     """The "activations" of `measure_training_memory_cpu` (the same batch, the same count), bytes: that count
     is of the tensors the step's forward saves for backward, so only the forward runs here (no backward,
     no optimizer step; on a CPU without native bf16 the backward is most of a bf16-mixed step's time)."""
-    check_gpt("model", model)
-    check_int("batch", batch)
-    check_int("seq_len", seq_len, 1, model.config.context_length)
-    check_choice("precision", precision, ("fp32", "bf16-mixed"))
-    params = [p for _, p in unique_parameters(model)[0]]
-    devices = sorted({str(p.device) for p in params})
-    if devices != ["cpu"]:
-        raise ValueError(f"model must be on the CPU, its parameters are on {devices}")
-    if not any(p.requires_grad for p in params):
-        raise ValueError("model has no parameter with requires_grad=True; a forward would save nothing for backward")
+    params = _trainable_cpu_params(model, batch, seq_len, precision, "",
+                                   "a forward would save nothing for backward")
     with torch.enable_grad():
         return _saved_forward(model, params, batch, seq_len, precision)[1]
 

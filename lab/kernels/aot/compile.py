@@ -159,7 +159,8 @@ def compile_all(configs: Sequence[Configuration], jobs: int | None = None, progr
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     prints = [fingerprint(config) for config in configs]
-    results: list[dict | None] = [dict((reuse or {}).get(p) or {}) or None for p in prints]
+    reuse = reuse or {}
+    results: list[dict | None] = [dict(reuse[p]) if p in reuse else None for p in prints]
     todo = [i for i, result in enumerate(results) if result is None]
     bar = tqdm(total=len(todo), desc=f"compile sm_{ARCH} (triton {triton.__version__})", disable=not progress)
     if jobs == 1 or len(todo) < 2:
