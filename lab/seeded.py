@@ -69,8 +69,9 @@ def run_seeded(suite: str, device: torch.device, settings: dict, seeds, progress
     """Suite ``suite`` on the book's model: `score_methods` of ``methods_of(model, calibs, train_ids)`` at each
     seed, on the CPU (where the notebooks that check its record run).
 
-    settings: "eval_tokens" (`lab.data.eval_sample`), "calib_samples" and "calib_len" (calibs: {seed: (n, len)
-    train-split ids}, `lab.models.next_token.calibration_windows`). Returns the record's body {"seeds",
+    settings: "eval_tokens" (`lab.data.eval_sample`) and, for a suite that calibrates, "calib_samples" and
+    "calib_len" (calibs: {seed: (n, len) train-split ids}, `lab.models.next_token.calibration_windows`; {}
+    without them). Returns the record's body {"seeds",
     "settings", "threads", "experiments": {name: {"sizes", "sums": {run: (S, G) nested lists}}}}, and "kept":
     {run: [the number its method returned, per seed]} when a method returned one.
     """
@@ -79,8 +80,10 @@ def run_seeded(suite: str, device: torch.device, settings: dict, seeds, progress
                          "against its record run")
     tokenizer, lm = load_tokenizer(), load_pretrained_lm("lab")
     sample, train_ids = eval_sample(tokenizer, settings["eval_tokens"]), tokenize_split("train", tokenizer)
-    n_tokens, window = settings["calib_samples"] * settings["calib_len"], settings["calib_len"]
-    calibs = {seed: calibration_windows(train_ids, n_tokens, window, seed) for seed in seeds}
+    calibs = {}
+    if "calib_samples" in settings:
+        n_tokens, window = settings["calib_samples"] * settings["calib_len"], settings["calib_len"]
+        calibs = {seed: calibration_windows(train_ids, n_tokens, window, seed) for seed in seeds}
     losses, kept = score_methods(lm, methods_of(lm, calibs, train_ids), sample, seeds, progress, suite)
     experiments: dict = {}
     for seed in seeds:

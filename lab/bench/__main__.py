@@ -40,6 +40,8 @@ SUITES = {
     "leaderboard": "lab.capstone.suite",
     "planted": "lab.quant.planted",
     "calibration": "lab.quant.calibration",
+    "fp8-training": "lab.quant.fp8_training",
+    "mx-formats": "lab.quant.mx_runs",
 }
 NESTED = {"parallel": "full"}  # suites whose result has keys of its own that a record uses ("device_type")
 

@@ -58,6 +58,8 @@ CUDA_TEST_SHAPES: dict[str, Shapes] = {
                      decoder_linear_shapes(TINY_TEST_GPT), 32)],
     "test_cuda_int4_linear_paths_match_the_cpu_path": [   # v2 GEMV, chunks of 16 rows, dequantize + dense
         MatmulShapes("test cuda int4 linear paths", ("int4",), (3, 48, 144), ((192, 256),), g) for g in (64, 128)],
+    "test_cuda_fp4_kernel_matches_the_reference": [
+        MatmulShapes("test cuda fp4 kernel", ("fp4",), (1, 3, 16), ((1000, 2048),))],
     "test_cuda_dense_kernel_matches_float64": [
         MatmulShapes("test cuda dense kernel", ("dense",), (1, 5, 16, 33, 300), ((1024, 2048), (1000, 1024)))],
     "test_torch_semi_structured_linear_matches_float64": [

@@ -6,6 +6,8 @@
                (out, in/8) uint8 metadata)
     blockwise  block-wise dynamic 8-bit codes of a tensor, one fp32 absmax per block (8-bit optimizer states,
                NF4's double-quantized scales)
+    fp4        FP4 (E2M1) codes two per byte, (N, K/2) uint8 low nibble first, with an 8-bit scale per block
+               (E8M0 for MXFP4, E4M3 for NVFP4) and a global fp32 scale
     nf4        QLoRA's 4-bit NormalFloat: (N, K/2) uint8 codes, an absmax per block of 64 (double-quantized
                to 8 bits in blocks of 256)
 
@@ -14,6 +16,7 @@ package imports nothing of `lab` but `lab.core`, so neither side imports the oth
 """
 
 from lab.formats.blockwise import dequantize_blockwise, dynamic_map, nearest_code_table, quantize_blockwise
+from lab.formats.fp4 import decode_fp4_scales, dequantize_fp4, e2m1_codes, e2m1_values, pack_fp4, unpack_fp4
 from lab.formats.int4 import dequantize_int4, pack_int4, pack_int4_v2, unpack_int4, unpack_int4_v2
 from lab.formats.nf4 import NF4Tensor, dequantize_nf4, nf4_bits_per_parameter, nf4_values, quantize_nf4
 from lab.formats.sparse24 import (check_nm, compress, compressed_nbytes, decompress, index_bits, meta_shape, pack_bits,
@@ -22,6 +25,7 @@ from lab.formats.sparse24 import (check_nm, compress, compressed_nbytes, decompr
 __all__ = [
     "dequantize_blockwise", "dynamic_map", "nearest_code_table", "quantize_blockwise",
     "NF4Tensor", "dequantize_nf4", "nf4_bits_per_parameter", "nf4_values", "quantize_nf4",
+    "decode_fp4_scales", "dequantize_fp4", "e2m1_codes", "e2m1_values", "pack_fp4", "unpack_fp4",
     "dequantize_int4", "pack_int4", "pack_int4_v2", "unpack_int4", "unpack_int4_v2",
     "check_nm", "compress", "compressed_nbytes", "decompress", "index_bits", "meta_shape", "pack_bits", "unpack_bits",
 ]

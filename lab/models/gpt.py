@@ -108,16 +108,21 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.d_model, cfg.n_kv_head * D, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * D, cfg.d_model, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q (B, H, T, D), k and v (B, H_kv, T, D) of x (B, T, C), q and k rotated by position (cos, sin)."""
         B, T, _ = x.shape
         D = self.cfg.head_dim
         H, H_kv = self.q_proj.out_features // D, self.k_proj.out_features // D  # per layer: see lab.prune.structured
         q = self.q_proj(x).view(B, T, H, D).transpose(1, 2)        # (B, H, T, D)
         k = self.k_proj(x).view(B, T, H_kv, D).transpose(1, 2)     # (B, H_kv, T, D)
         v = self.v_proj(x).view(B, T, H_kv, D).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k = k.repeat_interleave(H // H_kv, dim=1)                  # share each kv head
-        v = v.repeat_interleave(H // H_kv, dim=1)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.project(x, cos, sin)
+        B, H, T, D = q.shape
+        k = k.repeat_interleave(H // k.shape[1], dim=1)            # share each kv head
+        v = v.repeat_interleave(H // v.shape[1], dim=1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # softmax(qkᵀ/√D + mask) v
         return self.o_proj(y.transpose(1, 2).reshape(B, T, H * D))
 

@@ -1,10 +1,15 @@
 """Chapter 5, distributed training on torch.distributed: launcher, counted collectives, bucketed
-data parallelism, ZeRO 1/2/3, tensor and pipeline parallelism, the formulas, and a training CLI."""
+data parallelism, ZeRO 1/2/3, tensor, pipeline and context parallelism (ring attention), the formulas,
+and a training CLI."""
 
 from lab.parallel.comm import CommCounter
+from lab.parallel.context_parallel import (allgather_attention, context_parallel_gpt, ring_attention,
+                                           ring_attention_work, sequence_positions)
 from lab.parallel.ddp import DataParallel
-from lab.parallel.formulas import bubble_fraction, parallel_plan, smallest_plans, zero_memory, zero_traffic_elements
+from lab.parallel.formulas import (bubble_fraction, context_parallel_elements, mesh_traffic, parallel_plan,
+                                   smallest_plans, zero_memory, zero_traffic_elements)
 from lab.parallel.launch import launch
+from lab.parallel.mesh import Mesh, build_mesh, mesh_ranks, pipeline_data_parallel_stage, tensor_data_parallel_gpt
 from lab.parallel.pipeline import (CostStage, PipelineSchedule, gpt_stage, interleaved_order, schedule_order,
                                    simulate_schedule)
 from lab.parallel.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, tensor_parallel_block,
@@ -16,6 +21,9 @@ __all__ = [
     "zero_traffic_elements", "launch", "CostStage", "PipelineSchedule", "gpt_stage", "interleaved_order",
     "schedule_order", "simulate_schedule", "ColumnParallelLinear",
     "RowParallelLinear", "tensor_parallel_block", "tensor_parallel_gpt", "ZeroOptimizer", "train",
+    "allgather_attention", "context_parallel_elements", "context_parallel_gpt", "ring_attention",
+    "ring_attention_work", "sequence_positions",
+    "Mesh", "build_mesh", "mesh_ranks", "mesh_traffic", "pipeline_data_parallel_stage", "tensor_data_parallel_gpt",
 ]
 
 

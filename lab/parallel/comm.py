@@ -145,11 +145,17 @@ def broadcast(tensor: torch.Tensor, src: int = 0, group=None) -> None:
     _run("broadcast", tensor, group, lambda: dist.broadcast(tensor, src=src, group=group))
 
 
-def isend(tensor: torch.Tensor, dst: int, group=None) -> _TimedWork:
-    """Start sending ``tensor`` to rank ``dst``; call ``wait()`` before reusing the tensor."""
-    return _run("send", tensor, group, lambda: dist.isend(tensor, dst=dst, group=group), True)
+def isend(tensor: torch.Tensor, dst: int, group=None, tag: int = 0) -> _TimedWork:
+    """Start sending ``tensor`` to rank ``dst``; call ``wait()`` before reusing the tensor. A receive matches a
+    send of the same ``tag``: two kinds of message between the same two ranks take two tags."""
+    return _run("send", tensor, group, lambda: dist.isend(tensor, dst=dst, group=group, tag=tag), True)
 
 
-def recv(tensor: torch.Tensor, src: int, group=None) -> None:
-    """Block until ``tensor`` holds what rank ``src`` sent."""
-    _run("recv", tensor, group, lambda: dist.recv(tensor, src=src, group=group))
+def irecv(tensor: torch.Tensor, src: int, group=None, tag: int = 0) -> _TimedWork:
+    """Start receiving into ``tensor`` what rank ``src`` sends with ``tag``; ``wait()`` before reading it."""
+    return _run("recv", tensor, group, lambda: dist.irecv(tensor, src=src, group=group, tag=tag), True)
+
+
+def recv(tensor: torch.Tensor, src: int, group=None, tag: int = 0) -> None:
+    """Block until ``tensor`` holds what rank ``src`` sent with ``tag``."""
+    _run("recv", tensor, group, lambda: dist.recv(tensor, src=src, group=group, tag=tag))

@@ -4,18 +4,23 @@ and the helpers that turn their records into tables and plots; `lab.parallel.sui
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from lab.core.checks import check_int
-from lab.models.gpt import GPTConfig
-from lab.parallel.formulas import bubble_fraction, zero_memory
+from lab.core.checks import check_choice, check_divisor, check_int
+from lab.models.gpt import GPT, GPTConfig
+from lab.parallel.comm import CommCounter
+from lab.parallel.ddp import DataParallel
+from lab.parallel.formulas import bubble_fraction, context_parallel_elements, zero_memory
+from lab.parallel.launch import rank_device
 from lab.parallel.pipeline import CostStage, PipelineSchedule
-from lab.parallel.strategies import DISTRIBUTED, train
-from lab.params.counting import gpt_param_count
+from lab.parallel.strategies import DISTRIBUTED, MESHED, lm_loss, train
+from lab.params.counting import block_param_count, gpt_param_count
 
 
 def run_jobs(jobs: list[tuple[Callable, dict]]) -> list:
@@ -101,14 +106,18 @@ def scaling_step(config: GPTConfig, tokens: torch.Tensor, steps: int, batch_per_
             "comm_share": record["comm"]["seconds"] / sum(record["step_seconds"])}
 
 
-def traffic_formula(strategy: str, config: GPTConfig, n: int, batch_size: int, seq_len: int, rank: int = 0) -> int:
+def traffic_formula(strategy: str, config: GPTConfig, n: int, batch_size: int, seq_len: int, rank: int = 0,
+                    inner: int = 2) -> int:
     """Payload bytes per step the chapter's formulas predict for rank ``rank`` (fp32, Ψ unpadded).
 
     DDP hands Ψ gradient elements to all-reduce (4Ψ bytes); ZeRO 1–2 Ψ to a
     reduce-scatter and Ψ to an all-gather (2·4Ψ), ZeRO 3 3·4Ψ; TP 4 all-reduces per layer of
     B·T·C floats; PP: across each stage boundary the rank touches, the m micro-batches' activations
     one way and their gradients the other, 2·B·T·C floats (sent or received: both are payload),
-    plus the tied embedding all-reduce V·C on the first and last stage.
+    plus the tied embedding all-reduce V·C on the first and last stage. CP: DDP's 4Ψ, and per layer
+    `context_parallel_elements`' ring total of K/V blocks and their gradients, each sent and received.
+    tp×dp and pp×dp (N/``inner`` replicas of ``inner`` ranks): TP or PP on a replica's B/N_d rows, plus the
+    all-reduce of the rank's Ψ_local gradients (`local_param_count`).
     """
     for name, value in (("n", n), ("batch_size", batch_size), ("seq_len", seq_len)):
         check_int(name, value)
@@ -127,7 +136,70 @@ def traffic_formula(strategy: str, config: GPTConfig, n: int, batch_size: int, s
         boundaries = (rank < n - 1) + (rank > 0)
         tied = config.vocab_size * config.d_model * 4 if config.tie_embeddings and rank in (0, n - 1) and n > 1 else 0
         return 2 * boundaries * btc + tied
-    raise ValueError(f"strategy={strategy!r} has no traffic formula; use one of {DISTRIBUTED}")
+    if strategy == "cp":
+        kv_width = config.n_kv_head * config.head_dim
+        ring = context_parallel_elements(batch_size, seq_len, kv_width, n, "ring")["total"]
+        return 4 * psi + 2 * 4 * ring * config.n_layer
+    if strategy in MESHED:
+        i, rows = rank % check_divisor("inner", inner, n, "n"), batch_size // (n // inner)
+        return traffic_formula(strategy[:2], config, inner, rows, seq_len, i) + 4 * local_param_count(
+            strategy, config, inner, i)
+    raise ValueError(f"strategy={strategy!r} has no traffic formula; use one of {DISTRIBUTED + MESHED}")
+
+
+def local_param_count(strategy: str, config: GPTConfig, inner: int, index: int) -> int:
+    """Ψ_local, the parameters rank ``index`` of the inner axis (of N_i = ``inner``) holds, which its replicas
+    all-reduce. tp×dp: shard i, the attention and MLP matrices / N_t, the embedding, LM head and norms whole;
+    pp×dp: stage i, its L/N_p blocks, the embedding on the first stage, the final norm and the LM head (a
+    copy of a tied embedding) on the last."""
+    check_choice("strategy", strategy, MESHED)
+    check_int("inner", inner)
+    check_int("index", index, 0, inner - 1)
+    V, C, L, block = config.vocab_size, config.d_model, config.n_layer, block_param_count(config)
+    if strategy == "tp×dp":
+        return V * C * (1 if config.tie_embeddings else 2) + C + L * ((block - 2 * C) // inner + 2 * C)
+    ends = (index == 0) + (index == inner - 1)                      # embedding and LM head on this stage
+    return L // inner * block + (index == inner - 1) * C + V * C * (min(ends, 1) if config.tie_embeddings else ends)
+
+
+def accumulate_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, no_sync: bool = True,
+                         loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = lm_loss) -> None:
+    """Backward passes of k micro-batches: ids x (b, T) int64 and targets y (b, T) split in k along the rows,
+    each micro-batch's ``loss_fn(model(x_i), y_i)`` scaled by 1/k, so ``p.grad`` accumulates the gradient of
+    the mean loss over the b rows. ``no_sync`` (``model`` a `DataParallel`): the first k−1 under
+    ``model.no_sync()``, so that only the last all-reduces; else each micro-batch's backward does."""
+    check_divisor("k", k, len(x), "the rows of x")
+    for i, (xi, yi) in enumerate(zip(x.chunk(k), y.chunk(k))):
+        with model.no_sync() if no_sync and i < k - 1 else contextlib.nullcontext():
+            (loss_fn(model(xi), yi) / k).backward()
+
+
+def accumulation_traffic(config: GPTConfig, batch_size: int, seq_len: int, k: int, seed: int = 0) -> dict:
+    """One step's gradients on the current group of N ranks, accumulated over k micro-batches of this rank's
+    B/N rows of a random batch (ids drawn with ``seed``) by a `DataParallel` GPT, two ways: the first k−1 under
+    ``no_sync`` (one all-reduce of Ψ gradients) and every micro-batch reduced (k all-reduces).
+
+    Returns {"no_sync", "every_micro_batch"}: `CommCounter` summaries; "psi": Ψ; "max_grad_diff": the largest
+    |g_no_sync − g_every| (round-off: the two sum the same terms in another order).
+    """
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("k", k)):
+        check_int(name, value)
+    n, rank = dist.get_world_size(), dist.get_rank()
+    if batch_size % n:
+        raise ValueError(f"batch_size={batch_size} must be divisible by the world size {n}")
+    check_divisor("k", k, batch_size // n, "this rank's rows batch_size/N")
+    ids = torch.randint(0, config.vocab_size, (batch_size, seq_len + 1), generator=torch.Generator().manual_seed(seed))
+    rows = ids[rank * batch_size // n: (rank + 1) * batch_size // n].to(rank_device())
+    out, grads = {"psi": gpt_param_count(config)}, []
+    for name, no_sync in (("no_sync", True), ("every_micro_batch", False)):
+        torch.manual_seed(seed)
+        model = DataParallel(GPT(config).to(rank_device()))
+        with CommCounter() as counter:
+            accumulate_gradients(model, rows[:, :-1], rows[:, 1:], k, no_sync)
+        out[name] = counter.summary()
+        grads.append([p.grad for p in model.parameters()])
+    out["max_grad_diff"] = max(float((a - b).abs().max()) for a, b in zip(*grads))
+    return out
 
 
 def traffic_rows(records: dict, config: GPTConfig, n: int, batch_size: int, seq_len: int, steps: int) -> list[dict]:

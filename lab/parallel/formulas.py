@@ -1,5 +1,5 @@
 """Closed forms of chapter 5: ring collectives, ZeRO memory and traffic, pipeline bubble,
-tensor-parallel traffic, and a memory/time plan for large models on H100s.
+tensor-parallel and context-parallel traffic, and a memory/time plan for large models on H100s.
 
 The H100's figures in `H100_SXM` are datasheet peaks, not measurements: memory and dense bf16 rate
 from `lab.core.ceilings.DATASHEETS` (NVIDIA's H100 page), the link bandwidths from NVIDIA's H100 and
@@ -8,7 +8,8 @@ DGX H100 pages (`H100_LINKS_SOURCE`); ``GPUSpec.source`` says so wherever a plan
 Symbols (`book/notation.md`): Ψ parameters, N (or N_d) data-parallel ranks, K optimizer bytes per
 parameter, N_t tensor-parallel ranks (``tp``), N_p pipeline stages (``pp``), m micro-batches, L layers,
 C model width (``d_model``), T sequence length (``seq_len``), B_μ micro-batch size (``micro_batch``),
-σ bytes per element. Megatron-LM and Korthikanti et al. write h, s and b for C, T and B_μ.
+N_c context-parallel ranks (``cp``), σ bytes per element. Megatron-LM and Korthikanti et al. write h, s
+and b for C, T and B_μ.
 """
 
 from __future__ import annotations
@@ -77,6 +78,31 @@ def tp_allreduce_bytes_per_layer(micro_batch: int, seq_len: int, d_model: int, b
     return 4 * micro_batch * seq_len * d_model * bytes_per_element
 
 
+CP_METHODS = ("ring", "allgather")
+
+
+def context_parallel_elements(micro_batch: int, seq_len: int, kv_width: int, cp: int, method: str = "ring") -> dict:
+    """Elements one rank sends per layer and micro-batch so that its queries see every key and value, when the
+    sequence is split over N_c = ``cp`` ranks, and the elements of K and V it keeps for backward.
+
+    One rank's K and V are |KV| = 2·B_μ·(T/N_c)·``kv_width`` elements (``kv_width`` = H_kv·D).
+    ``"ring"`` (`lab.parallel.ring_attention`): (N_c−1)|KV| forward, 2(N_c−1)|KV| backward (the blocks
+    again, and their gradients riding along); keeps its own |KV|. ``"allgather"``
+    (`lab.parallel.allgather_attention`): an all-gather forward and a reduce-scatter backward, (N_c−1)|KV|
+    each; keeps all N_c|KV|. Returns {"forward", "backward", "total", "saved"}.
+    """
+    for name, value in (("micro_batch", micro_batch), ("seq_len", seq_len), ("kv_width", kv_width), ("cp", cp)):
+        check_int(name, value)
+    check_choice("method", method, CP_METHODS)
+    if seq_len % cp:
+        raise ValueError(f"seq_len={seq_len} must be divisible by cp={cp}")
+    kv = 2 * micro_batch * seq_len // cp * kv_width
+    forward = (cp - 1) * kv
+    backward = (2 if method == "ring" else 1) * (cp - 1) * kv
+    return {"forward": forward, "backward": backward, "total": forward + backward,
+            "saved": kv if method == "ring" else cp * kv}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -126,6 +152,40 @@ def _check_specs(model, gpu) -> None:
                         f"{type(gpu).__name__}")
 
 
+def mesh_traffic(psi_local: float, tp: int, pp: int, dp: int, stage: int, layers: int, micro_batch: int, m: int,
+                 seq_len: int, d_model: int, bytes_per_element: int = 2, checkpointing: bool = False,
+                 zero_stage: int = 0) -> dict[str, float]:
+    """Bytes one rank of an N_d × N_p × N_t mesh sends per training step, by its process groups (ring algorithms).
+
+    N_t = ``tp``, N_p = ``pp``, N_d = ``dp``; s = ``stage``; ℓ = ``layers`` (on the stage); B_μ = ``micro_batch``,
+    m micro-batches; σ = ``bytes_per_element``; Ψ_local = ``psi_local``, the rank's parameters (≈ Ψ/(N_t·N_p)):
+
+        tp: 2(N_t−1)/N_t · a·ℓ·m · B_μ·T·C·σ    a = 4 all-reduces of the activations per layer and micro-batch
+                                               (`tp_allreduce_bytes_per_layer`), 6 with recomputation
+        pp: b·m · B_μ·T·C·σ                    b = the stage boundaries s sends across: activations to s+1 unless
+                                               last, gradients to s−1 unless first (2 in the middle, 0 if N_p = 1)
+        dp: 2(N_d−1)/N_d · σ·Ψ_local           the gradient all-reduce over the N_d replicas of the rank's shard;
+                                               ×1.5 at ZeRO-3 (two all-gathers and a reduce-scatter)
+
+    The gradients are reduced once per step, the micro-batches accumulated locally (`DataParallel.no_sync`), as
+    ZeRO-1 does too. ZeRO-2 and 3 keep no full gradient and reduce-scatter after every micro-batch
+    (`lab.parallel.zero`), ZeRO-3 also gathers the parameters for every one: up to m times ``dp``, not counted.
+    Returns {"tp", "pp", "dp"}.
+    """
+    check_number("psi_local", psi_local, low=0)
+    for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("layers", layers), ("micro_batch", micro_batch),
+                        ("m", m), ("seq_len", seq_len), ("d_model", d_model), ("bytes_per_element", bytes_per_element)):
+        check_int(name, value)
+    check_int("stage", stage, 0, pp - 1)
+    check_choice("checkpointing", checkpointing, (False, True))
+    check_choice("zero_stage", zero_stage, STAGES)
+    boundaries = (stage < pp - 1) + (stage > 0)
+    return {"tp": 2 * (tp - 1) / tp * tp_allreduce_bytes_per_layer(micro_batch, seq_len, d_model, bytes_per_element)
+            * (1.5 if checkpointing else 1) * layers * m,
+            "pp": boundaries * m * micro_batch * seq_len * d_model * bytes_per_element,
+            "dp": 2 * (dp - 1) / dp * bytes_per_element * psi_local * (1.5 if zero_stage == 3 else 1)}
+
+
 def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zero_stage: int,
                   micro_batch: int, seq_len: int, global_batch: int, checkpointing: bool = True,
                   hfu: float = 0.4) -> dict:
@@ -140,14 +200,19 @@ def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zer
       compute_s = F_hw·tokens / (GPUs · peak · ``hfu``) · (m+N_p−1)/m, with F_hw = 8Ψ per token with
         recomputation (6Ψ without) and ``hfu`` the hardware FLOPs utilisation while a GPU computes
         (recomputed FLOPs count), stretched by the bubble;
+      the bytes a GPU of stage N_p/2 (a busiest one) sends per step by group, `mesh_traffic` in bf16 (σ = 2),
+        Ψ_local = Ψ/(N_t·N_p): "tp_bytes", "pp_bytes", "dp_bytes";
       tp_comm_s: the tensor-parallel all-reduces, 2(N_t−1)/N_t · B_μ·T·C·2 bytes each over NVLink, 4 per
         layer and micro-batch (6 with recomputation: the recomputed forward repeats its 2). They sit on
         the critical path, so all of it is added;
+      pp_comm_s: the stage's sends, B_μ·T·C·2 bytes per micro-batch and boundary, over InfiniBand when a
+        pipeline spans nodes (N_t·N_p > GPUs per node), else NVLink;
       dp_comm_s: data-parallel traffic 2(N_d−1)/N_d · 2Ψ/(N_t·N_p) bytes (bf16 gradients; ×1.5 at ZeRO-3)
         over InfiniBand when the run spans nodes, else NVLink. Gradients are final only in the last
         micro-batch's backward, so only that can hide it: dp_exposed_s = max(0, dp_comm_s − b/m · compute_s),
         b = 6/8 (3/4 of a step's FLOPs are backward with recomputation; 4/6 without);
-      step_s = compute_s + tp_comm_s + dp_exposed_s. Pipeline sends are left out.
+      step_s = compute_s + tp_comm_s + dp_exposed_s. Pipeline sends are left out: they are asynchronous and
+        overlap the next micro-batch's compute (only the fill and drain wait for them).
     Utilisation of the whole step (PaLM's definitions): "mfu" = 6Ψ·tokens / (GPUs · peak · step_s), model
     FLOPs only (recomputation not counted, attention's FLOPs neglected); "hfu" = F_hw·tokens / (the same);
     "mfu_without_tp_comm" the MFU were tp_comm_s hidden. days_per_trillion_tokens from step_s.
@@ -176,11 +241,11 @@ def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zer
     tokens = global_batch * seq_len
     hw_flops = (8 if checkpointing else 6) * model.n_params * tokens
     compute_s = hw_flops / (n_gpus * gpu.bf16_flops * hfu) * (m + pp - 1) / m
+    traffic = mesh_traffic(psi_local, tp, pp, dp, pp // 2, model.n_layer // pp, micro_batch, m, seq_len,
+                           model.d_model, 2, checkpointing, zero_stage)        # stage N_p/2: a busiest one
     dp_bw = gpu.inter_node_bw if tp * pp * dp > gpu.gpus_per_node and dp > 1 else gpu.intra_node_bw
-    dp_bytes = 2 * (dp - 1) / dp * 2 * psi_local * (1.5 if zero_stage == 3 else 1)
-    tp_bytes = 2 * (tp - 1) / tp * tp_allreduce_bytes_per_layer(micro_batch, seq_len, model.d_model) \
-        * (1.5 if checkpointing else 1) * (model.n_layer // pp) * m
-    tp_comm_s, dp_comm_s = tp_bytes / gpu.intra_node_bw, dp_bytes / dp_bw
+    pp_bw = gpu.inter_node_bw if tp * pp > gpu.gpus_per_node and pp > 1 else gpu.intra_node_bw
+    tp_comm_s, pp_comm_s, dp_comm_s = traffic["tp"] / gpu.intra_node_bw, traffic["pp"] / pp_bw, traffic["dp"] / dp_bw
     dp_exposed_s = max(0.0, dp_comm_s - (6 if checkpointing else 4) / (8 if checkpointing else 6) / m * compute_s)
     step_s = compute_s + tp_comm_s + dp_exposed_s
     peak_s = n_gpus * gpu.bf16_flops                            # FLOP/s of the whole run at peak
@@ -189,8 +254,8 @@ def parallel_plan(model: ModelSpec, gpu: GPUSpec, tp: int, pp: int, dp: int, zer
             "micro_batches": m, "params_per_gpu": psi_local,
             "states_GB": states["total"] / 1e9, "activations_GB": act / 1e9, "total_GB": total / 1e9,
             "fits": total <= 0.9 * gpu.memory_bytes, "bubble": bubble_fraction(pp, m),
-            "compute_s": compute_s, "tp_comm_s": tp_comm_s, "dp_comm_s": dp_comm_s,
-            "dp_exposed_s": dp_exposed_s, "step_s": step_s,
+            "compute_s": compute_s, "tp_comm_s": tp_comm_s, "pp_comm_s": pp_comm_s, "dp_comm_s": dp_comm_s,
+            "dp_exposed_s": dp_exposed_s, "step_s": step_s, **{f"{k}_bytes": v for k, v in traffic.items()},
             "mfu": 6 * model.n_params * tokens / (peak_s * step_s), "hfu": hw_flops / (peak_s * step_s),
             "mfu_without_tp_comm": 6 * model.n_params * tokens / (peak_s * (compute_s + dp_exposed_s)),
             "tokens_per_step": tokens, "days_per_trillion_tokens": step_s * 1e12 / tokens / 86400}

@@ -14,9 +14,18 @@ strategies see identical data. A `Strategy` row says what differs between them:
     tp          tensor_parallel_gpt(GPT)     AdamW                all                   its own (equal)
     pp          gpt_stage(GPT)               AdamW                all: stage 0 ids,     the last stage's
                                                                   last stage targets
+    cp          DataParallel(                AdamW                all rows, the         mean over ranks
+                 context_parallel_gpt(GPT))                       zig-zag positions
+                                                                  of rank r
+    tp×dp       tensor_data_parallel_gpt     AdamW                rows of replica o     mean over ranks
+    pp×dp       pipeline_data_parallel_stage AdamW                rows of replica o     mean over ranks
+
+The last two are 2-D (`lab.parallel.mesh`): N = N_d · ``inner`` ranks, rank r = o·inner + i holding shard
+or stage i of replica o, which trains on rows [o·B/N_d, (o+1)·B/N_d).
 
 Pipeline parallelism runs forward and backward together in `PipelineSchedule.run` (m
-micro-batches), so its loss function back-propagates itself. The optimizer is AdamW (β = (0.9,
+micro-batches), so its loss function back-propagates itself and sends the last stage's loss to
+every stage. The optimizer is AdamW (β = (0.9,
 0.95)) with one parameter group, the same weight decay on every parameter (ZeRO flattens each
 unit into one shard), no gradient clipping (a global norm would need its own collective), and
 `lab.models.loop.lr_at`'s warm-up + cosine schedule. ``single`` is the one-process reference. On a GPU
@@ -26,6 +35,7 @@ the forward runs under bf16 autocast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -42,8 +52,10 @@ from lab.models.loop import BETAS, LossFn, Optim
 from lab.models.loop import train as train_loop
 from lab.models.next_token import _lm_batch_loss, _random_batch, lm_loss
 from lab.parallel.comm import CommCounter
+from lab.parallel.context_parallel import context_parallel_gpt, sequence_positions
 from lab.parallel.ddp import DataParallel
 from lab.parallel.launch import init_from_env, launch, rank_device
+from lab.parallel.mesh import Mesh, build_mesh, pipeline_data_parallel_stage, tensor_data_parallel_gpt
 from lab.parallel.pipeline import SCHEDULES, PipelineSchedule, gpt_stage
 from lab.parallel.tensor_parallel import tensor_parallel_gpt
 from lab.parallel.zero import ZeroOptimizer
@@ -51,8 +63,8 @@ from lab.params.measured_memory import storage_bytes
 
 TINY = GPTConfig(vocab_size=8192, context_length=64, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=176)
 
-__all__ = ["DISTRIBUTED", "STRATEGIES", "Strategy", "TABLE", "TINY", "held_bytes", "lm_loss", "main", "peak_state_bytes",
-           "train"]
+__all__ = ["DISTRIBUTED", "MESHED", "STRATEGIES", "Strategy", "TABLE", "TINY", "held_bytes", "lm_loss", "main",
+           "peak_state_bytes", "train"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,7 @@ class Setup:
     schedule: str
     bucket_cap_mb: float
     adamw: dict                                   # lr, betas, weight_decay
+    mesh: Mesh | None = None                      # the 2-D strategies' groups
 
 
 def _same(model: GPT, setup: Setup) -> nn.Module:
@@ -74,6 +87,11 @@ def _same(model: GPT, setup: Setup) -> nn.Module:
 
 def _ddp(model: GPT, setup: Setup) -> nn.Module:
     return DataParallel(model, bucket_cap_mb=setup.bucket_cap_mb)
+
+
+def _context_parallel(model: GPT, setup: Setup) -> nn.Module:
+    """Each rank runs its zig-zag positions of every sequence; the replicated parameters' gradients averaged."""
+    return DataParallel(context_parallel_gpt(model, layout="zigzag"), bucket_cap_mb=setup.bucket_cap_mb)
 
 
 def _torch_ddp(model: GPT, setup: Setup) -> nn.Module:
@@ -92,16 +110,27 @@ def _lm_loss_fn(module: nn.Module, setup: Setup) -> LossFn:
     return _lm_batch_loss
 
 
-def _pipeline_loss_fn(stage: nn.Module, setup: Setup) -> LossFn:
-    """L of the batch through `PipelineSchedule.run` (forward and backward); 0 on every stage but the last."""
-    act_shape = (setup.batch_size // setup.n_micro, setup.seq_len, setup.config.d_model)
-    pipe = PipelineSchedule(stage, setup.n_micro, setup.schedule, act_shape, loss_fn=lm_loss)
-    first, last = dist.get_rank() == 0, dist.get_rank() == dist.get_world_size() - 1
+def _pipeline_loss_fn(module: nn.Module, setup: Setup) -> LossFn:
+    """L of this rank's rows through `PipelineSchedule.run` (forward and backward) on the pipeline group, sent from
+    the last stage to every stage (plain torch.distributed: not counted as traffic). Under pp×dp (``module`` a
+    `DataParallel`) the m micro-batches accumulate under ``no_sync`` and are averaged over the replicas once."""
+    dp = module if isinstance(module, DataParallel) else None
+    stage, group = (dp.module, setup.mesh.inner_group) if dp else (module, None)
+    rows = setup.batch_size // (setup.mesh.outer if dp else 1)
+    act_shape = (rows // setup.n_micro, setup.seq_len, setup.config.d_model)
+    pipe = PipelineSchedule(stage, setup.n_micro, setup.schedule, act_shape, loss_fn=lm_loss,
+                            act_dtype=next(stage.parameters()).dtype, group=group)
+    last = dist.get_global_rank(group, pipe.p - 1) if group else pipe.p - 1
 
     def loss_fn(module: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
-        loss = pipe.run(x if first else None, y if last else None)
-        return torch.tensor(0.0 if loss is None else loss, device=x.device)
+        with dp.no_sync() if dp else contextlib.nullcontext():
+            loss = pipe.run(x if pipe.s == 0 else None, y if pipe.s == pipe.p - 1 else None)
+        if dp:
+            dp.reduce_gradients()
+        loss = torch.tensor(0.0 if loss is None else loss, device=x.device)
+        dist.broadcast(loss, src=last, group=group)
+        return loss
 
     return loss_fn
 
@@ -117,23 +146,19 @@ def _mean_over_ranks(loss: torch.Tensor) -> float:
     return loss.item() / dist.get_world_size()
 
 
-def _last_stage_loss(loss: torch.Tensor) -> float:
-    loss = loss.float().clone()
-    dist.broadcast(loss, src=dist.get_world_size() - 1)
-    return loss.item()
-
-
 @dataclass(frozen=True)
 class Strategy:
     """One row of the table: how `train` runs a strategy on rank r of N."""
 
     wrap: Callable[[GPT, Setup], nn.Module] = _same                 # the module this rank trains
     optimizer: Callable[[nn.Module, Setup], torch.optim.Optimizer] = _adamw
-    shards_batch: bool = False                                       # rows [r·B/N, (r+1)·B/N), else all B
+    shards_batch: bool = False                                       # its replica's rows of B, else all B
+    shards_sequence: bool = False                                    # rank r's zig-zag positions, else all T
     log_loss: Callable[[torch.Tensor], float] = _own_loss            # this rank's L → the global-batch loss
     loss_fn: Callable[[nn.Module, Setup], LossFn] = _lm_loss_fn       # the loop's loss_fn for the module
     backward: bool = True                                            # False: loss_fn back-propagates itself
     needs_group: bool = True                                         # runs on a process group of N ranks
+    mesh: bool = False                                               # 2-D: N_d replicas of ``inner`` ranks
 
 
 TABLE: dict[str, Strategy] = {
@@ -142,11 +167,17 @@ TABLE: dict[str, Strategy] = {
     "torch_ddp": Strategy(wrap=_torch_ddp, shards_batch=True, log_loss=_mean_over_ranks),
     **{f"zero{k}": Strategy(optimizer=_zero(k), shards_batch=True, log_loss=_mean_over_ranks) for k in (1, 2, 3)},
     "tp": Strategy(wrap=lambda model, setup: tensor_parallel_gpt(model)),
-    "pp": Strategy(wrap=lambda model, setup: gpt_stage(model), loss_fn=_pipeline_loss_fn, backward=False,
-                   log_loss=_last_stage_loss),
+    "pp": Strategy(wrap=lambda model, setup: gpt_stage(model), loss_fn=_pipeline_loss_fn, backward=False),
+    "cp": Strategy(wrap=_context_parallel, shards_sequence=True, log_loss=_mean_over_ranks),
+    "tp×dp": Strategy(wrap=lambda model, setup: tensor_data_parallel_gpt(model, setup.mesh, setup.bucket_cap_mb),
+                      shards_batch=True, log_loss=_mean_over_ranks, mesh=True),
+    "pp×dp": Strategy(wrap=lambda model, setup: pipeline_data_parallel_stage(model, setup.mesh, setup.bucket_cap_mb),
+                      shards_batch=True, log_loss=_mean_over_ranks, loss_fn=_pipeline_loss_fn, backward=False,
+                      mesh=True),
 }
 STRATEGIES = tuple(TABLE)
-DISTRIBUTED = tuple(name for name, row in TABLE.items() if row.needs_group)   # every strategy but "single"
+DISTRIBUTED = tuple(name for name, row in TABLE.items() if row.needs_group and not row.mesh)  # 1-D, on any N ranks
+MESHED = tuple(name for name, row in TABLE.items() if row.mesh)                              # 2-D, N = N_d·inner
 
 
 def held_bytes(tensors: dict[str, list[torch.Tensor]]) -> dict[str, int]:
@@ -180,38 +211,57 @@ def peak_state_bytes(module: nn.Module, opt: torch.optim.Optimizer | ZeroOptimiz
 
 def train(strategy: str, config: GPTConfig, tokens: torch.Tensor, steps: int, batch_size: int, seq_len: int,
           lr: float = 3e-3, warmup: int = 5, weight_decay: float = 0.1, seed: int = 0, n_micro: int = 2,
-          schedule: str = "1f1b", bucket_cap_mb: float = 25.0) -> dict:
+          schedule: str = "1f1b", bucket_cap_mb: float = 25.0, inner: int = 2, return_state: bool = False) -> dict:
     """Train a fresh ``GPT(config)`` (seed ``seed``) for ``steps`` steps with ``strategy`` (a row of `TABLE`).
 
-    Runs on the current process group (none for ``single``). Returns on every rank the loop's
-    record (``loss`` per step, the global-batch mean; ``lr``; ``step_seconds``) plus ``comm``
-    (`CommCounter` summary of all steps), ``memory`` (`held_bytes` of this rank after the last
-    step: what it keeps between steps), ``peak_state_bytes`` (`peak_state_bytes`) and ``world_size``.
+    Runs on the current process group (none for ``single``); the 2-D rows (`MESHED`) on a mesh of N/``inner``
+    replicas of ``inner`` ranks. Returns on every rank the loop's record (``loss`` per step, the global-batch
+    mean; ``lr``; ``step_seconds``) plus ``comm`` (`CommCounter` summary of all steps), ``memory`` (`held_bytes`
+    of this rank after the last step: what it keeps between steps), ``peak_state_bytes`` (`peak_state_bytes`)
+    and ``world_size``; with ``return_state`` also ``state``, this rank's parameters by name after the last step.
     """
     _check_train_args(strategy, config, tokens, steps, batch_size, seq_len, seed, n_micro, schedule, bucket_cap_mb)
+    check_int("inner", inner)
+    check_choice("return_state", return_state, (False, True))
     optim = Optim(lr, warmup, weight_decay, grad_clip=None)
     row = TABLE[strategy]
     if row.needs_group and not dist.is_initialized():
         raise ValueError(f"strategy={strategy!r} needs a process group: run it under torchrun or "
                          "lab.parallel.launch, or use strategy='single'")
     n, rank = (dist.get_world_size(), dist.get_rank()) if row.needs_group else (1, 0)
-    if row.shards_batch and batch_size % n:
-        raise ValueError(f"batch_size={batch_size} must be divisible by the world size {n}")
+    mesh, rows = _replica(row, n, rank, inner, batch_size, n_micro)
+    cols = sequence_positions(seq_len, n, rank, "zigzag") if row.shards_sequence else slice(None)
     setup = Setup(config, batch_size, seq_len, n_micro, schedule, bucket_cap_mb,
-                  dict(lr=lr, betas=BETAS, weight_decay=weight_decay))
+                  dict(lr=lr, betas=BETAS, weight_decay=weight_decay), mesh)
     torch.manual_seed(seed)
     module = row.wrap(GPT(config).to(rank_device()), setup)
     opt = row.optimizer(module, setup)
     loss_fn = row.loss_fn(module, setup)
-    rows = slice(rank * batch_size // n, (rank + 1) * batch_size // n) if row.shards_batch else slice(None)
     gen = torch.Generator().manual_seed(seed + 1)
-    batches = ((x[rows], y[rows]) for x, y in (_random_batch(tokens, batch_size, seq_len, gen) for _ in range(steps)))
+    batches = ((x[rows][:, cols], y[rows][:, cols])
+               for x, y in (_random_batch(tokens, batch_size, seq_len, gen) for _ in range(steps)))
     with CommCounter() as counter:
         record = train_loop(module, batches, loss_fn, steps, optim=optim, optimizer=opt, backward=row.backward,
                             log_loss=row.log_loss, progress=False)
     record.update(comm=counter.summary(), memory=held_bytes(held_tensors(module, opt)),
                   peak_state_bytes=peak_state_bytes(module, opt), world_size=n)
+    if return_state:
+        record["state"] = {name: p.detach().clone() for name, p in module.named_parameters()}
     return record
+
+
+def _replica(row: Strategy, n: int, rank: int, inner: int, batch_size: int, n_micro: int) -> tuple[Mesh | None, slice]:
+    """The 2-D rows' mesh (a collective; None for the others) and the rows of the batch this rank trains on:
+    its replica's [o·B/N_d, (o+1)·B/N_d) (N_d = N, o = r on a 1-D group) when ``row`` shards the batch."""
+    replicas = n // check_divisor("inner", inner, n, "the world size") if row.mesh else n
+    if row.shards_batch and batch_size % replicas:
+        raise ValueError(f"batch_size={batch_size} must be divisible by the {replicas} data-parallel replicas")
+    if row.mesh and not row.backward:          # pp×dp: a replica's rows in n_micro micro-batches
+        check_divisor("n_micro", n_micro, batch_size // replicas, "the replica's rows batch_size/N_d")
+    mesh = build_mesh(replicas, inner) if row.mesh else None
+    o = mesh.outer_rank if mesh else rank
+    rows = slice(o * batch_size // replicas, (o + 1) * batch_size // replicas) if row.shards_batch else slice(None)
+    return mesh, rows
 
 
 def _check_train_args(strategy: str, config: GPTConfig, tokens: torch.Tensor, steps: int, batch_size: int,
@@ -238,7 +288,7 @@ def _check_train_args(strategy: str, config: GPTConfig, tokens: torch.Tensor, st
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--strategy", choices=DISTRIBUTED, required=True)
+    parser.add_argument("--strategy", choices=DISTRIBUTED + MESHED, required=True)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=64)

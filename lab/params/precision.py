@@ -3,6 +3,7 @@
 A binary float with e exponent bits and m mantissa (fraction) bits, bias β = 2^(e−1) − 1:
 
     max               = 2^β · (2 − 2^−m)        (largest exponent field 2^e − 2 is e_max = β)
+                      = 2^(β+1) · (2 − 2^(1−m)) for a finite-only format (FP8 E4M3: 448)
     smallest normal   = 2^(1−β)
     smallest subnormal= 2^(1−β−m)
     machine epsilon   = 2^−m                    (spacing of the numbers in [1, 2))
@@ -23,7 +24,11 @@ import torch
 from lab.core.checks import check_float_dtype, check_float_tensor, check_fraction, check_int, check_number, check_tensor
 
 # (exponent bits e, mantissa bits m); total bits = 1 + e + m
-FORMATS = {torch.float64: (11, 52), torch.float32: (8, 23), torch.bfloat16: (8, 7), torch.float16: (5, 10)}
+FORMATS = {torch.float64: (11, 52), torch.float32: (8, 23), torch.bfloat16: (8, 7), torch.float16: (5, 10),
+           torch.float8_e5m2: (5, 2), torch.float8_e4m3fn: (4, 3)}
+# Finite-only formats ("fn"): no infinity; the all-ones exponent field holds normal numbers but for its all-ones
+# mantissa (NaN), so e_max = β + 1 and the largest mantissa is 2 − 2^(1−m): E4M3's 2^8 · 1.75 = 448.
+FINITE_ONLY = (torch.float8_e4m3fn,)
 
 
 def _layout(dtype) -> tuple[int, int]:
@@ -39,8 +44,9 @@ def float_format_info(dtype: torch.dtype) -> dict:
     of a float format, computed from its bit layout (formulas in the module docstring)."""
     e, m = _layout(dtype)
     bias = 2 ** (e - 1) - 1
+    largest = math.ldexp(2 - 2.0 ** (1 - m), bias + 1) if dtype in FINITE_ONLY else math.ldexp(2 - 2.0**-m, bias)
     return {"dtype": str(dtype).removeprefix("torch."), "bits": 1 + e + m, "exponent_bits": e,
-            "mantissa_bits": m, "bias": bias, "max": math.ldexp(2 - 2.0**-m, bias),
+            "mantissa_bits": m, "bias": bias, "max": largest,
             "smallest_normal": math.ldexp(1.0, 1 - bias), "smallest_subnormal": math.ldexp(1.0, 1 - bias - m),
             "eps": 2.0**-m}
 
@@ -98,20 +104,22 @@ def underflow_fraction(grads: Iterable[torch.Tensor], dtype: torch.dtype = torch
 
 
 def plot_format_ranges(ax=None):
-    """Bar per format from log2(smallest subnormal) to log2(max), normal range darker; returns the Axes."""
+    """Bar per format (fp32, bf16, fp16, FP8 E5M2 and E4M3) from log2(smallest subnormal) to log2(max), normal
+    range darker; returns the Axes."""
     import matplotlib.pyplot as plt
 
     if ax is not None and not isinstance(ax, plt.Axes):
         raise TypeError(f"ax must be a matplotlib Axes or None, got {type(ax).__name__}")
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 2.5))
-    for i, dtype in enumerate((torch.float32, torch.bfloat16, torch.float16)):
+    shown = (torch.float32, torch.bfloat16, torch.float16, torch.float8_e5m2, torch.float8_e4m3fn)
+    for i, dtype in enumerate(shown):
         info = float_format_info(dtype)
         lo, mid, hi = (math.log2(info[k]) for k in ("smallest_subnormal", "smallest_normal", "max"))
         ax.barh(i, mid - lo, left=lo, color="tab:orange", alpha=0.5, label="subnormal" if i == 0 else None)
         ax.barh(i, hi - mid, left=mid, color="tab:blue", label="normal" if i == 0 else None)
         ax.text(hi + 2, i, f"eps = 2^-{info['mantissa_bits']}", va="center")
-    ax.set_yticks(range(3), ["fp32", "bf16", "fp16"])
+    ax.set_yticks(range(len(shown)), ["fp32", "bf16", "fp16", "fp8 E5M2", "fp8 E4M3"])
     ax.set_xlabel("log2 |x|")
     ax.set_xlim(-160, 190)
     ax.legend(loc="upper left")

@@ -168,7 +168,8 @@ def kernel_shapes() -> list[MatmulShapes]:
     the sweep at N = K = 8192 and the one-token decode of the book's model (its decoder linears at M = 1)."""
     size = weight_size(torch.device("cuda"), quick=False)
     return [MatmulShapes("quant bench matmul", ("int4", "int8", "dense"), BATCHES, ((size, size),), GROUP_SIZE),
-            MatmulShapes("quant bench decode (book model)", ("int4", "int8"), (1,), decoder_linear_shapes(book_config()),
+            MatmulShapes("quant bench decode (book model)", ("int4", "int8", "fp4"), (1,),
+                         decoder_linear_shapes(book_config()),
                          DECODE_GROUP_SIZE)]
 
 

@@ -67,7 +67,7 @@ def test_dry_run_records_hold_the_measurements(dry_run):
     # 5 steps; every strategy's losses equal one process's and its traffic equals the formula
     full = records["parallel"]["full"]
     assert full["backend"] == "gloo" and full["world_size"] == 2
-    assert set(full["strategies"]) == {"ddp", "torch_ddp", "zero1", "zero2", "zero3", "tp", "pp"}
+    assert set(full["strategies"]) == {"ddp", "torch_ddp", "zero1", "zero2", "zero3", "tp", "pp", "cp"}
     for name, entry in full["strategies"].items():
         assert entry["max_abs_loss_diff_vs_single"] <= 1e-4, name
         if name != "torch_ddp":

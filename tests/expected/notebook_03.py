@@ -150,4 +150,39 @@ METRICS: dict[str, object] = {
     "ex_decode_static_over_formula_int4_v1": near(1.009183, 1e-5),    # split-K output traffic
     "ex_decode_static_over_formula_int4_v2": near(1.014692, 1e-5),    # split-K partial sums (S = 8)
     "ex_decode_static_over_formula_w8a8": near(0.999878, 1e-5),
+    # FP8 and the block formats (section 9); MX/NVFP4 runs are deterministic (no calibration data)
+    "fp8_e4m3_none_weight_error": near(0.02912, 0.01),
+    "fp8_e4m3_current_weight_error": near(0.02642, 0.01),
+    "fp8_e5m2_none_weight_error": near(0.05263, 0.01),
+    "fp8_e5m2_current_weight_error": near(0.05280, 0.01),
+    **{f"{f}_{k}_bits": exactly(4.25) for f in ("mxfp4",) for k in ("weights", "W4A4")},
+    **{f"nvfp4_{k}_bits": near(4.5003, 1e-4) for k in ("weights", "W4A4")},
+    "mxfp4_weights_ppl_ratio": near(1.0072, 0.002),
+    "nvfp4_weights_ppl_ratio": near(1.0037, 0.002),
+    "mxfp4_W4A4_ppl_ratio": near(1.0247, 0.003),
+    "nvfp4_W4A4_ppl_ratio": near(1.0109, 0.003),
+    "mxfp4_vs_rtn_w4": Claim("equivalent", 0.0, 1.0),          # +0.51% [+0.05, +0.94]
+    "nvfp4_vs_rtn_w4": Claim("equivalent", -1.0, 1.0),         # +0.16% [-0.60, +0.72]
+    "nvfp4_vs_mxfp4": Claim("inconclusive", -1.0, 0.5),        # -0.35% [-1.80, +0.38]
+    "nvfp4_vs_mxfp4_w4a4": Claim("lower", -3.0, 0.0),          # -1.35% [-2.16, -0.70]
+    "mxfp4_w4a4_vs_weights": Claim("higher", 0.5, 4.0),        # +1.73% [+1.31, +2.32]
+    # the FP4 kernel's static model (results/kernels_sm90.json, Triton 3.6.0): issue-bound at M = 1
+    "static_dense_over_mxfp4_m1": near(1.729, 0.01),
+    "static_dense_over_nvfp4_m1": near(1.527, 0.01),
+    "static_mxfp4_issue_over_memory_m1": near(2.147, 0.01),
+    "static_mxfp4_memory_us_m1": near(7.4889, 1e-3),
+    "static_mxfp4_us_m1": near(16.426, 0.01),
+    # the planted twin (results/mx-formats_cpu.json): a block that holds an outlier channel shares its scale
+    "planted_mxfp4_W4A4_ppl_ratio": near(1.678, 0.01),        # 98.52 over 58.71
+    "planted_nvfp4_W4A4_ppl_ratio": near(1.1457, 0.01),       # 67.27 over 58.71
+    "planted_mxfp4_w4a4_vs_fp32": Claim("higher", 30.0, 120.0),
+    "planted_nvfp4_vs_mxfp4_w4a4": Claim("lower", -50.0, -10.0),
+    # exercise: how much of a block MXFP4 clips (the up-projection of the middle layer)
+    "ex_mx_clipped_log_uniform": near(0.41504, 1e-4),
+    "ex_mx_clipped_mxfp4": near(0.378, 0.01),
+    "ex_mx_amax_loss_mxfp4": near(0.247, 0.01),               # at most 1 - 6/8
+    "ex_mx_clipped_nvfp4": near(0.505, 0.01),
+    "ex_mx_amax_loss_nvfp4": near(0.0573, 0.02),              # at most about 2^-4
+    "fp8_e4m3_below_normal": near(0.415, 0.01),              # of the up-projection's weights, below 2^-6
+    "static_dense_over_mxfp4_memory_m1": near(3.742, 0.01),   # what MXFP4's bytes allow at M = 1
 }

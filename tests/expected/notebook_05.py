@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.expected.matchers import Below, Between, Is, Timing, exactly, near
+from tests.expected.matchers import Below, Between, Claim, Is, Timing, exactly, near
 
 METRICS: dict[str, object] = {
     # every strategy reproduces the single-process loss curve
@@ -93,4 +93,44 @@ METRICS: dict[str, object] = {
     "ex_plan70b_gpus_hfu50": exactly(1280),
     "ex_plan70b_1280_days": near(32.87734685320654, 1e-9),      # fewest by compute alone, with its TP comm: > 30 days
     "ex_plan70b_gpu_bound": near(1076.345978604152, 1e-9),
+    # context parallelism (section 9): ring and all-gather attention against full causal attention in float64
+    "cp_ranks": exactly(4),
+    "cp_max_abs_err": Below(1e-12),
+    "cp_sent_equals_formula": Is(True),
+    "cp_ring_over_allgather_sent": near(1.5, 1e-12),       # (1 + 2)(N_c - 1)|KV| against (1 + 1)(N_c - 1)|KV|
+    "cp_allgather_over_ring_kept": near(4.0, 1e-12),       # N_c blocks of K and V against one
+    # lock-step attention time over the balanced time, T = 131,072, N_c = 4: (2N_c - 1)/N_c in the limit
+    "cp_lockstep_over_balanced_contiguous": near(1.749994277997757, 1e-9),
+    "cp_lockstep_over_balanced_zigzag": exactly(1.0),
+    "cp_lockstep_limit_contiguous": near(1.75, 1e-12),
+    # the exercise: T/N_c at which a zig-zag step's forward products cover one K/V block, sigma F / (g beta)
+    "ex_cp_tokens_nvlink": near(2 * 989e12 / (8 * 450e9), 1e-9),
+    "ex_cp_tokens_ib": near(2 * 989e12 / (8 * 50e9), 1e-9),
+    "ex_cp_tokens_nvlink_mha": near(2 * 989e12 / 450e9, 1e-9),
+    "ex_cp_tokens_ib_mha": near(2 * 989e12 / 50e9, 1e-9),
+    # FP8 training (section 8): every comparison reads the record results/fp8-training_cpu.json (3 seeds)
+    "fp8_steps": exactly(30),
+    "fp8_current_vs_bf16": Claim("equivalent", -0.5, 0.5),     # +0.05% [-0.00, +0.13]
+    "fp8_delayed_vs_bf16": Claim("equivalent", -0.5, 0.5),     # +0.02% [-0.01, +0.04]
+    "fp8_unscaled_vs_bf16": Claim("lower", -0.5, 0.0),         # -0.08% [-0.13, -0.03]
+    "fp8_unscaled_grad_flushed": near(0.507, 0.01),
+    "fp8_delayed_grad_flushed": near(0.0169, 0.01),            # nearly all in its first step, at s = 1
+    "fp8_current_grad_flushed": near(3.24e-5, 0.02),
+    "fp8_max_loss_diff": Between(0.0, 0.02),                   # 0.0069 nats
+    "fp8_bf16_vs_pretrained_pct": near(1.592, 0.01),
+    # gradient accumulation (section 10): one all-reduce per optimizer step under no_sync, k = 4
+    "accum_calls_no_sync": exactly(1),
+    "accum_calls_every": exactly(4),
+    "accum_payload_is_4psi": Is(True),
+    "accum_sent_ratio": near(4.0, 1e-12),
+    "accum_max_grad_diff": Below(1e-6),                        # 1.9e-9: the same terms summed in another order
+    # tp x dp and pp x dp on 4 ranks (section 11)
+    **{f"loss_max_abs_diff_{s}": Below(1e-5) for s in ("tpxdp", "ppxdp")},
+    **{f"traffic_ratio_{s}": near(1.0, 1e-3) for s in ("tpxdp", "ppxdp")},
+    "payload_MB_per_step_tpxdp": near(2.80704, 1e-9),
+    "payload_MB_per_step_ppxdp": near(4.510208, 1e-9),
+    # exercise: delayed scaling behind a tensor whose amax doubles every step
+    "ex_delayed_saturated_predicted": near(1 - 464 / 896, 1e-12),
+    "ex_delayed_saturated_measured": near(1 - 464 / 896, 0.01),
+    "ex_current_saturated": exactly(0.0),
 }

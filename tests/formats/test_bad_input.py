@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from lab.formats import (NF4Tensor, check_nm, compress, compressed_nbytes, decompress, dequantize_blockwise,
-                         dequantize_int4, dequantize_nf4, dynamic_map, index_bits, meta_shape, nearest_code_table,
-                         nf4_bits_per_parameter, pack_bits, pack_int4, pack_int4_v2, quantize_blockwise, quantize_nf4,
-                         unpack_bits, unpack_int4, unpack_int4_v2)
+from lab.formats import (NF4Tensor, check_nm, compress, compressed_nbytes, decode_fp4_scales, decompress,
+                         dequantize_blockwise, dequantize_fp4, dequantize_int4, dequantize_nf4, dynamic_map, e2m1_codes,
+                         index_bits, meta_shape, nearest_code_table, nf4_bits_per_parameter, pack_bits, pack_fp4,
+                         pack_int4, pack_int4_v2, quantize_blockwise, quantize_nf4, unpack_bits, unpack_fp4,
+                         unpack_int4, unpack_int4_v2)
 from tests.bad_input import Bad, T, V
 
 Q = torch.randint(0, 16, (4, 64), generator=torch.Generator().manual_seed(0))   # codes (N, K)
@@ -19,8 +20,38 @@ CODE = dynamic_map(True)                                                        
 CODES, ABSMAX = quantize_blockwise(torch.ones(10), CODE, 8)                     # 10 codes in 2 blocks of 8
 W_NF4 = torch.randn(4, 64, generator=torch.Generator().manual_seed(0))
 NF4 = quantize_nf4(W_NF4)                                                       # 4 blocks of 64, double-quantized
+Q_FP4 = torch.randint(0, 16, (4, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+P_FP4, S_FP4 = pack_fp4(Q_FP4), torch.full((4, 2), 127, dtype=torch.uint8)     # E2M1 codes, E8M0 scales B = 32
 
 CASES: dict[str, list[Bad]] = {
+    "e2m1_codes": [
+        T(lambda: e2m1_codes([0.5]), r"values must be a torch\.Tensor, got list"),
+        T(lambda: e2m1_codes(Q_FP4), r"values must be a floating-point tensor, got torch\.uint8"),
+        V(lambda: e2m1_codes(torch.tensor([0.5, 5.0])), r"values must hold E2M1 values .*got \[5\.0\]"),
+    ],
+    "pack_fp4": [
+        T(lambda: pack_fp4(Q_FP4.long()), r"q must have a dtype in \(torch\.uint8,\), got torch\.int64"),
+        V(lambda: pack_fp4(Q_FP4[:, :3]), r"q must have an even number of columns"),
+        V(lambda: pack_fp4(Q_FP4 + 16), r"q must hold 4-bit codes in \[0, 15\]"),
+        V(lambda: pack_fp4(Q_FP4[0]), r"q must have 2 dimensions"),
+    ],
+    "unpack_fp4": [
+        T(lambda: unpack_fp4(P_FP4.to(torch.int8)), r"packed must have a dtype in \(torch\.uint8,\)"),
+        V(lambda: unpack_fp4(P_FP4[0]), r"packed must have 2 dimensions"),
+    ],
+    "decode_fp4_scales": [
+        T(lambda: decode_fp4_scales(S_FP4.float(), "e8m0"), r"scales must have a dtype in \(torch\.uint8,\)"),
+        V(lambda: decode_fp4_scales(S_FP4, "e5m2"), r"scale_format='e5m2' is not allowed"),
+    ],
+    "dequantize_fp4": [
+        V(lambda: dequantize_fp4(P_FP4, S_FP4[:3]), r"scales must have shape \(N, K/B\) = \(4, K/B\)"),
+        V(lambda: dequantize_fp4(P_FP4, S_FP4[:, :0]), r"scales must have shape \(N, K/B\)"),
+        V(lambda: dequantize_fp4(P_FP4, torch.zeros(4, 3, dtype=torch.uint8)), r"scales\.shape\[1\]=3 is not allowed"),
+        V(lambda: dequantize_fp4(P_FP4, S_FP4, 0.0), r"global_scale=0\.0 is out of range"),
+        T(lambda: dequantize_fp4(P_FP4, S_FP4, "1"), r"global_scale must be a real number"),
+        V(lambda: dequantize_fp4(P_FP4, S_FP4, 1.0, "nvfp4"), r"scale_format='nvfp4' is not allowed"),
+        T(lambda: dequantize_fp4(P_FP4.float(), S_FP4), r"packed must have a dtype in"),
+    ],
     "pack_int4": [
         Bad(lambda: pack_int4(Q.float(), 32), TypeError, r"q must be a 2-D integer tensor, got torch\.float32"),
         Bad(lambda: pack_int4(Q, True), TypeError, r"group_size must be an int, got True"),
@@ -156,5 +187,6 @@ CASES: dict[str, list[Bad]] = {
 }
 
 NO_INPUT: dict[str, str] = {
+    "e2m1_values": "takes no argument: the 16 values are a constant of the format",
     "nf4_values": "takes no argument: the 16 levels are a constant of the format",
 }

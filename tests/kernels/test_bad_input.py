@@ -9,12 +9,13 @@ import torch
 
 from lab.formats import compress, pack_int4, pack_int4_v2
 from lab.kernels import (dense_matmul, dense_matmul_torch, dense_matmul_triton, dequantize_int4_v2,
-                         dequantize_int4_v2_torch, dequantize_int4_v2_triton, int4_gemv_v2, int4_gemv_v2_torch,
-                         int4_gemv_v2_triton, int4_weight_only_matmul, int4_weight_only_matmul_torch,
-                         int4_weight_only_matmul_triton, int8_matmul, int8_matmul_torch, int8_matmul_triton,
-                         paged_attention_decode, paged_attention_decode_torch, paged_attention_decode_triton,
-                         paged_attention_decode_v2, paged_attention_decode_v2_triton, sparse24_matmul,
-                         sparse24_matmul_torch, sparse24_matmul_triton, sparse24_matmul_v2, sparse24_matmul_v2_triton)
+                         dequantize_int4_v2_torch, dequantize_int4_v2_triton, fp4_matmul, fp4_matmul_torch,
+                         fp4_matmul_triton, int4_gemv_v2, int4_gemv_v2_torch, int4_gemv_v2_triton,
+                         int4_weight_only_matmul, int4_weight_only_matmul_torch, int4_weight_only_matmul_triton,
+                         int8_matmul, int8_matmul_torch, int8_matmul_triton, paged_attention_decode,
+                         paged_attention_decode_torch, paged_attention_decode_triton, paged_attention_decode_v2,
+                         paged_attention_decode_v2_triton, sparse24_matmul, sparse24_matmul_torch,
+                         sparse24_matmul_triton, sparse24_matmul_v2, sparse24_matmul_v2_triton)
 from tests.bad_input import Bad
 
 _g = torch.Generator().manual_seed(0)
@@ -33,6 +34,9 @@ QP, KP, VP = torch.randn(2, 4, 16, generator=_g), torch.randn(6, 16, 2, 16, gene
 TABLES, LENGTHS = torch.arange(6, dtype=torch.int32).view(2, 3), torch.tensor([20, 3], dtype=torch.int32)
 # dense: x (2, 16), W (4, 16)
 XD, WD = torch.randn(2, 16, generator=_g), torch.randn(4, 16, generator=_g)
+# fp4 (MXFP4, B = 32): x (2, 64), W (8, 64) as packed codes (8, 32) and scale bytes (8, 2)
+XF, PF, SF = torch.randn(2, 64, generator=_g), torch.randint(0, 256, (8, 32), dtype=torch.uint8, generator=_g), \
+    torch.full((8, 2), 127, dtype=torch.uint8)
 
 
 def _int4(f, v2=False) -> list[Bad]:
@@ -66,6 +70,20 @@ def _dense(f) -> list[Bad]:
             Bad(lambda: f(XD, WD.T), ValueError, r"w has 4 columns; it must have x's K=16"),
             Bad(lambda: f(XD[:0], WD), ValueError, r"x \(M, K\) and w \(N, K\) must be non-empty, got x \(0, 16\)"),
             Bad(lambda: f(XD, WD.to("meta")), ValueError, r"x and w must be on one device, got cpu and meta")]
+
+
+def _fp4(f) -> list[Bad]:
+    return [Bad(lambda: f(XF.tolist(), PF, SF, 1.0, "mxfp4"), TypeError, r"x must be a torch\.Tensor, got list"),
+            Bad(lambda: f(XF, PF.char(), SF, 1.0, "mxfp4"), TypeError, r"packed must have a dtype in \(torch\.uint8"),
+            Bad(lambda: f(XF, PF, SF, torch.tensor(1.0), "mxfp4"), TypeError, r"global_scale must be a real number"),
+            Bad(lambda: f(XF, PF, SF, 0.0, "mxfp4"), ValueError, r"global_scale=0\.0 is out of range"),
+            Bad(lambda: f(XF, PF, SF, 1.0, "fp4"), ValueError, r"fmt='fp4' is not allowed"),
+            Bad(lambda: f(XF[:, :48], PF, SF, 1.0, "mxfp4"), ValueError, r"x has K=48 columns; mxfp4 needs a positive "
+                r"multiple of its block B=32"),
+            Bad(lambda: f(XF, PF[:, :16], SF, 1.0, "mxfp4"), ValueError, r"packed must be contiguous \(N, K/2\)"),
+            Bad(lambda: f(XF, PF, SF, 1.0, "nvfp4"), ValueError, r"scales must be contiguous \(N, K/B\) = \(8, 4\)"),
+            Bad(lambda: f(XF, PF, SF.T.contiguous().T, 1.0, "mxfp4"), ValueError,
+                r"scales must be contiguous \(N, K/B\) = \(8, 2\) uint8 for mxfp4 \(B=32\), got \(8, 2\) with strides")]
 
 
 def _int8(f) -> list[Bad]:
@@ -125,6 +143,15 @@ CASES: dict[str, list[Bad]] = {
     "dequantize_int4_v2": _dequantize(dequantize_int4_v2),
     "dequantize_int4_v2_torch": _dequantize(dequantize_int4_v2_torch),
     "dequantize_int4_v2_triton": _dequantize(dequantize_int4_v2_triton),
+    "fp4_matmul": _fp4(fp4_matmul),
+    "fp4_matmul_torch": _fp4(fp4_matmul_torch),
+    "fp4_matmul_triton": _fp4(fp4_matmul_triton) + [
+        Bad(lambda: fp4_matmul_triton(torch.randn(17, 64), PF, SF, 1.0, "mxfp4"), ValueError, r"x has M=17 rows"),
+        Bad(lambda: fp4_matmul_triton(XF, PF, SF, 1.0, "mxfp4", block=(8, 1, 4)), ValueError,
+            r"block BLOCK_N=8 is not allowed"),
+        Bad(lambda: fp4_matmul_triton(XF, PF, SF, 1.0, "mxfp4", block="big"), TypeError, r"block must be a tuple"),
+        Bad(lambda: fp4_matmul_triton(XF, torch.zeros(8 * 32 + 1, dtype=torch.uint8)[1:].view(8, 32), SF, 1.0,
+                                      "mxfp4"), ValueError, r"packed must start at a multiple of 4 bytes")],
     "int8_matmul": _int8(int8_matmul),
     "int8_matmul_torch": _int8(int8_matmul_torch),
     "int8_matmul_triton": _int8(int8_matmul_triton) + [

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lab.parallel.launch import launch
-from tests.parallel.test_ddp import job_data_parallel
+from tests.parallel.test_ddp import job_data_parallel, job_no_sync
 from tests.parallel.test_strategies import N, job_bad_input, job_train_every_strategy
 from tests.parallel.test_tensor_parallel import job_model_parallel
 from tests.parallel.test_zero import job_zero_accumulation
@@ -15,7 +15,7 @@ from tests.parallel.test_zero import job_zero_accumulation
 def job_all(steps: int) -> dict:
     """Every check that runs on a healthy group, in one launch (a launch costs seconds)."""
     return {"dp": job_data_parallel(steps), "mp": job_model_parallel(), "bad": job_bad_input(),
-            "acc": job_zero_accumulation(steps), "train": job_train_every_strategy(steps)}
+            "acc": job_zero_accumulation(steps), "train": job_train_every_strategy(steps), "no_sync": job_no_sync()}
 
 
 @pytest.fixture(scope="session")

@@ -14,11 +14,13 @@ import torch.distributed as dist
 from torch import nn
 
 from lab.parallel import (ColumnParallelLinear, CostStage, DataParallel, PipelineSchedule, RowParallelLinear,
-                          ZeroOptimizer, bubble_fraction, gpt_stage, interleaved_order, launch, parallel_plan,
-                          schedule_order, simulate_schedule, smallest_plans, tensor_parallel_block, tensor_parallel_gpt,
-                          train, zero_memory, zero_traffic_elements)
-from lab.parallel.formulas import H100_SXM, LLAMA2_7B, LLAMA2_70B
-from tests.bad_input import Bad, T, V
+                          ZeroOptimizer, allgather_attention, bubble_fraction, context_parallel_elements,
+                          context_parallel_gpt, gpt_stage, interleaved_order, launch, parallel_plan, ring_attention,
+                          ring_attention_work, schedule_order, sequence_positions, simulate_schedule, smallest_plans,
+                          tensor_parallel_block, tensor_parallel_gpt, train, zero_memory, zero_traffic_elements)
+from lab.parallel.formulas import H100_SXM, LLAMA2_7B, LLAMA2_70B, mesh_traffic
+from lab.parallel.mesh import Mesh, build_mesh, mesh_ranks, pipeline_data_parallel_stage, tensor_data_parallel_gpt
+from tests.bad_input import NOT_GPT, Bad, T, V
 from tests.tiny_models import tiny_config, tiny_gpt
 
 gpt = functools.cache(tiny_gpt)
@@ -66,6 +68,24 @@ def mixed_dtypes():
 
 
 TOKENS = torch.arange(200) % 61
+QKV = (torch.ones(1, 4, 6, 2), torch.ones(1, 2, 6, 2), torch.ones(1, 2, 6, 2))   # q (B, H, T/N, D), k, v (H_kv = 2)
+
+
+def attention_cases(attend) -> list[Bad]:
+    """The refusals `ring_attention` and `allgather_attention` share (one check, `_check_qkv`)."""
+    q, k, v = QKV
+    return [
+        Bad(lambda: attend(q, k, v, group=2), TypeError, GROUP),
+        V(lambda: attend(q, k, v, layout="striped"), r"layout='striped' is not allowed"),
+        T(lambda: attend(q.tolist(), k, v), "q must be a torch.Tensor, got list"),
+        V(lambda: attend(q[0], k, v), r"q must have 4 dimensions, got shape \(4, 6, 2\)"),
+        T(lambda: attend(q, k.long(), v), "k must be a floating-point tensor, got torch.int64"),
+        T(lambda: attend(q, k, v.double()), "q, k and v must share one dtype"),
+        V(lambda: attend(q[:, :3], k, v), r"with H_kv dividing H, got q \(1, 3, 6, 2\)"),
+        V(lambda: attend(q, k, v[:, :, :5]), r"k \(1, 2, 6, 2\), v \(1, 2, 5, 2\)"),
+        V(in_group(lambda: attend(q[:, :, :3], k[:, :, :3], v[:, :, :3], layout="zigzag")),
+          r"the sequence length N·\(T/N\) = 1·3 must be divisible by 2 for layout='zigzag' with N=1"),
+    ]
 
 
 def run(strategy="single", config=None, tokens=TOKENS, **changes):
@@ -252,9 +272,74 @@ CASES: dict[str, list[Bad]] = {
         V(run("pp", schedule="zero-bubble"), r"schedule='zero-bubble' is not allowed"),
         V(run("ddp", bucket_cap_mb=0), r"bucket_cap_mb=0 is out of range"),
         V(run("ddp"), r"strategy='ddp' needs a process group"),
+        T(run(return_state=1), r"return_state must be one of \(False, True\), got the int 1"),
+        V(run("tp×dp", inner=0), r"inner=0 is out of range"),
+        V(in_group(run("pp×dp", inner=2)), r"inner=2 is not allowed; use a divisor of the world size=1"),
+    ],
+}
+
+CASES |= {
+    "ring_attention": attention_cases(ring_attention),
+    "allgather_attention": attention_cases(allgather_attention),
+    "sequence_positions": [
+        V(lambda: sequence_positions(0, 2, 0), r"seq_len=0 is out of range"),
+        T(lambda: sequence_positions(8, True, 0), r"n must be an int, got True"),
+        V(lambda: sequence_positions(8, 2, 2), r"rank=2 is out of range; allowed: \[0, 1\]"),
+        V(lambda: sequence_positions(8, 2, 0, "ring"), r"layout='ring' is not allowed"),
+        V(lambda: sequence_positions(6, 2, 0, "zigzag"), r"seq_len=6 must be divisible by 4 for layout='zigzag'"),
+    ],
+    "ring_attention_work": [
+        T(lambda: ring_attention_work(8.0, 2), r"seq_len must be an int, got 8\.0"),
+        V(lambda: ring_attention_work(8, 0), r"n=0 is out of range"),
+        V(lambda: ring_attention_work(9, 2), r"seq_len=9 must be divisible by 2 for layout='contiguous'"),
+        V(lambda: ring_attention_work(8, 2, layout=None), r"layout=None is not allowed"),
+    ],
+    "context_parallel_gpt": [
+        T(lambda: context_parallel_gpt("gpt"), NOT_GPT),
+        T(lambda: context_parallel_gpt(gpt().layers[0]), NOT_GPT),
+        V(lambda: context_parallel_gpt(gpt(), layout="striped"), r"layout='striped' is not allowed"),
+        Bad(lambda: context_parallel_gpt(gpt(), group=2), TypeError, GROUP),
+        T(in_group(lambda: context_parallel_gpt(gpt())(torch.ones(1, 4))), r"idx must have a dtype in"),
+        V(in_group(lambda: context_parallel_gpt(gpt())(torch.ones(4, dtype=torch.int64))), r"idx must have 2 dim"),
+        V(in_group(lambda: context_parallel_gpt(gpt())(torch.ones(1, 3, dtype=torch.int64))),
+          r"the sequence length N·\(T/N\) = 1·3 must be divisible by 2 for layout='zigzag'"),
+    ],
+    "context_parallel_elements": [
+        V(lambda: context_parallel_elements(1, 8, 4, 0), r"cp=0 is out of range"),
+        T(lambda: context_parallel_elements(1, 8, True, 2), r"kv_width must be an int, got True"),
+        V(lambda: context_parallel_elements(1, 9, 4, 2), r"seq_len=9 must be divisible by cp=2"),
+        V(lambda: context_parallel_elements(1, 8, 4, 2, "tree"), r"method='tree' is not allowed"),
     ],
 }
 
 NO_INPUT: dict[str, str] = {
     "CommCounter": "takes no argument: a context manager that counts the collectives made while it is open",
+    "Mesh": "a record of this rank's place and groups that only build_mesh makes",
+}
+
+MESH = Mesh(1, 1, 0, 0, None, None)        # a 1 × 1 grid's record: the builders check their arguments before its groups
+TRAFFIC = dict(psi_local=100, tp=2, pp=2, dp=2, stage=0, layers=1, micro_batch=1, m=2, seq_len=8, d_model=4)
+
+
+def mesh_builder_cases(build) -> list[Bad]:
+    """The refusals `tensor_data_parallel_gpt` and `pipeline_data_parallel_stage` share (one check, `_check_args`)."""
+    return [T(lambda: build("gpt", MESH), NOT_GPT), T(lambda: build(gpt().layers[0], MESH), NOT_GPT),
+            T(lambda: build(gpt(), (2, 2)), r"mesh must be a Mesh \(lab\.parallel\.mesh\.build_mesh\), got \(2, 2\)"),
+            V(lambda: build(gpt(), MESH, bucket_cap_mb=0), r"bucket_cap_mb=0 is out of range")]
+
+
+CASES |= {
+    "mesh_ranks": [V(lambda: mesh_ranks(2, 0), r"inner=0 is out of range"),
+                   T(lambda: mesh_ranks(True, 2), r"outer must be an int, got True")],
+    "build_mesh": [V(lambda: build_mesh(0, 2), r"outer=0 is out of range"),
+                   T(lambda: build_mesh(2, 2.0), r"inner must be an int, got 2\.0"),
+                   V(in_group(lambda: build_mesh(2, 2)), r"outer=2 times inner=2 must equal the world size 1")],
+    "tensor_data_parallel_gpt": mesh_builder_cases(tensor_data_parallel_gpt),
+    "pipeline_data_parallel_stage": mesh_builder_cases(pipeline_data_parallel_stage),
+    "mesh_traffic": [V(lambda: mesh_traffic(**{**TRAFFIC, "psi_local": -1.0}), r"psi_local=-1\.0 is out of range"),
+                     T(lambda: mesh_traffic(**{**TRAFFIC, "tp": 2.0}), r"tp must be an int, got 2\.0"),
+                     V(lambda: mesh_traffic(**{**TRAFFIC, "stage": 2}), r"stage=2 is out of range; allowed: \[0, 1\]"),
+                     V(lambda: mesh_traffic(**{**TRAFFIC, "m": 0}), r"m=0 is out of range"),
+                     T(lambda: mesh_traffic(**TRAFFIC, checkpointing=1), r"checkpointing must be one of"),
+                     V(lambda: mesh_traffic(**TRAFFIC, zero_stage=4), r"zero_stage=4 is not allowed")],
 }

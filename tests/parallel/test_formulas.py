@@ -11,12 +11,13 @@ import pytest
 
 from lab.models.gpt import GPTConfig
 from lab.parallel.comm import ring_sent_bytes
-from lab.parallel.experiments import max_in_flight, measured_bubble, traffic_formula
-from lab.parallel.formulas import (H100_SXM, LLAMA2_7B, LLAMA2_70B, GPUSpec, ModelSpec, bubble_fraction, parallel_plan,
-                                   ring_factor, smallest_plans, tp_allreduce_bytes_per_layer, zero_memory,
-                                   zero_traffic_elements)
+from lab.parallel.experiments import local_param_count, max_in_flight, measured_bubble, traffic_formula
+from lab.parallel.formulas import (H100_SXM, LLAMA2_7B, LLAMA2_70B, GPUSpec, ModelSpec, bubble_fraction, mesh_traffic,
+                                   parallel_plan, ring_factor, smallest_plans, tp_allreduce_bytes_per_layer,
+                                   zero_memory, zero_traffic_elements)
 from lab.parallel.launch import default_backend
 from lab.parallel.pipeline import interleaved_order, layer_split, schedule_order, simulate_schedule
+from lab.params.counting import gpt_param_count
 
 
 def test_zero_memory_reproduces_the_papers_figure_1():
@@ -61,6 +62,9 @@ SMALL = GPTConfig(vocab_size=64, context_length=16, d_model=16, n_layer=2, n_hea
     (lambda: traffic_formula("ddp", SMALL, 4, 2, 8, rank=4), ValueError, "rank=4"),
     (lambda: traffic_formula("tp", SMALL, 0, 2, 8), ValueError, "n=0"),
     (lambda: traffic_formula("tp", SMALL, 2, -2, 8), ValueError, "batch_size=-2"),
+    (lambda: traffic_formula("tp×dp", SMALL, 4, 4, 8, inner=3), ValueError, "inner=3 is not allowed"),
+    (lambda: local_param_count("tp", SMALL, 2, 0), ValueError, "strategy='tp' is not allowed"),
+    (lambda: local_param_count("pp×dp", SMALL, 2, 2), ValueError, "index=2 is out of range"),
 ])
 def test_formulas_refuse_bad_values_by_name(call, error, match):
     with pytest.raises(error, match=match):
@@ -242,3 +246,45 @@ def test_default_backend_is_gloo_without_gpus():
     import torch
 
     assert default_backend(2) == ("nccl" if torch.cuda.device_count() >= 2 else "gloo")
+
+
+def test_mesh_traffic_by_hand():
+    """Stage 1 of N_p = 4 (both boundaries), N_t = 4, N_d = 8; ℓ = 3 layers, m = 5 micro-batches of B_μ = 2, T = 16,
+    C = 8, σ = 2, Ψ_local = 1000. The ends of a pipeline send across one boundary, a single stage across none."""
+    act = 2 * 16 * 8 * 2                                                   # B_μ·T·C·σ
+    traffic = mesh_traffic(1000, 4, 4, 8, 1, 3, 2, 5, 16, 8)
+    assert traffic == {"tp": 2 * 3 / 4 * 4 * act * 3 * 5, "pp": 2 * 5 * act, "dp": 2 * 7 / 8 * 2 * 1000}
+    assert [mesh_traffic(1000, 4, 4, 8, s, 3, 2, 5, 16, 8)["pp"] for s in (0, 3)] == [5 * act] * 2
+    assert mesh_traffic(1000, 4, 1, 8, 0, 3, 2, 5, 16, 8)["pp"] == 0
+    assert mesh_traffic(1000, 1, 4, 1, 1, 3, 2, 5, 16, 8) == {"tp": 0, "pp": 2 * 5 * act, "dp": 0}
+    heavier = mesh_traffic(1000, 4, 4, 8, 1, 3, 2, 5, 16, 8, checkpointing=True, zero_stage=3)
+    assert (heavier["tp"], heavier["dp"]) == (1.5 * traffic["tp"], 1.5 * traffic["dp"])
+
+
+def test_parallel_plan_composes_the_mesh_traffic_of_a_middle_stage():
+    """70B on N_t = 8, N_p = 4, N_d = 16: stage 2 sends m = 64 micro-batches' activations both ways, over InfiniBand
+    (a pipeline spans N_t·N_p = 32 GPUs, 4 nodes); the shard Ψ/(N_t·N_p) is all-reduced over 16 replicas. The
+    pipeline sends overlap compute, so the step leaves them out."""
+    plan = parallel_plan(LLAMA2_70B, H100_SXM, 8, 4, 16, 1, 1, 4096, 1024)
+    act = 4096 * 8192 * 2                                                  # B_μ·T·C·σ, bf16
+    assert plan["pp_bytes"] == 2 * 64 * act
+    assert plan["pp_comm_s"] == plan["pp_bytes"] / H100_SXM.inter_node_bw
+    assert plan["dp_bytes"] == pytest.approx(2 * 15 / 16 * 2 * LLAMA2_70B.n_params / 32)
+    assert plan["tp_bytes"] == pytest.approx(2 * 7 / 8 * 6 * act * 20 * 64)   # 6 all-reduces with recomputation
+    assert plan["tp_comm_s"] == plan["tp_bytes"] / H100_SXM.intra_node_bw
+    assert plan["dp_comm_s"] == plan["dp_bytes"] / H100_SXM.inter_node_bw
+    assert plan["step_s"] == plan["compute_s"] + plan["tp_comm_s"] + plan["dp_exposed_s"]
+    one_node = parallel_plan(LLAMA2_7B, H100_SXM, 2, 2, 2, 1, 1, 4096, 1024)  # 8 GPUs; stage 1 of 2, m = 512
+    assert one_node["pp_bytes"] == 512 * 4096 * 4096 * 2 and one_node["pp_comm_s"] == one_node["pp_bytes"] / 450e9
+
+
+def test_local_param_count_adds_up_to_the_model():
+    """Summed over the inner axis: tp×dp holds the embedding and norms N_t times, the matrices once; pp×dp every
+    block once and the tied embedding twice (first and last stage). One rank alone holds the whole model."""
+    for config in (SMALL, GPTConfig(**{**SMALL.to_dict(), "tie_embeddings": False})):
+        psi, vc, c, L = gpt_param_count(config), config.vocab_size * config.d_model, config.d_model, config.n_layer
+        tied = config.tie_embeddings
+        replicated = vc * (1 if tied else 2) + c + 2 * c * L
+        assert sum(local_param_count("tp×dp", config, 2, i) for i in range(2)) == psi + replicated
+        assert sum(local_param_count("pp×dp", config, 2, i) for i in range(2)) == psi + (vc if tied else 0)
+        assert local_param_count("tp×dp", config, 1, 0) == local_param_count("pp×dp", config, 1, 0) == psi

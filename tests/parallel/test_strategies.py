@@ -21,7 +21,7 @@ from lab.models.next_token import random_batch
 from lab.parallel.ddp import DataParallel
 from lab.parallel.launch import launch
 from lab.parallel.pipeline import CostStage, PipelineSchedule, gpt_stage
-from lab.parallel.strategies import DISTRIBUTED, STRATEGIES, TABLE, TINY, lm_loss, train
+from lab.parallel.strategies import DISTRIBUTED, MESHED, STRATEGIES, TABLE, TINY, lm_loss, train
 from lab.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear, tensor_parallel_block
 from lab.parallel.zero import ZeroOptimizer
 
@@ -73,7 +73,7 @@ def train_reference(steps: int, lr: float = 1e-2, warmup: int = 5, seed: int = 0
 
 
 def test_every_row_of_the_strategy_table_trains_like_one_process(results):
-    assert set(DISTRIBUTED) | {"single"} == set(STRATEGIES) == set(TABLE)
+    assert set(DISTRIBUTED) | set(MESHED) | {"single"} == set(STRATEGIES) == set(TABLE)  # MESHED: test_mesh
     ref = train_reference(3)
     assert train("single", CFG, TOKENS, 3, B, T, lr=1e-2)["loss"] == ref          # the loop is plain AdamW
     per_rank = [r["train"] for r in results]
@@ -114,6 +114,11 @@ def job_bad_input() -> list[str]:
         "zero_stage": lambda: ZeroOptimizer(fresh_gpt(), torch.optim.AdamW, 4),
         "bucket": lambda: DataParallel(fresh_gpt(), bucket_cap_mb=0),
     }
+    return value_errors(cases)
+
+
+def value_errors(cases: dict) -> list[str]:
+    """"name: message" of the ValueError each case raises ("name: no error" if none), in order."""
     messages = []
     for name, case in cases.items():
         try:

@@ -210,7 +210,7 @@ NOTEBOOK: dict[str, list[Bad]] = {
         T(lambda: round_to([1.0], torch.bfloat16), r"x must be a torch\.Tensor, got list"),
         T(lambda: round_to(torch.ones(1, dtype=torch.complex64), torch.bfloat16), r"x must hold real numbers"),
         T(lambda: round_to(torch.ones(1), "bf16"), r"dtype must be a torch dtype .* got 'bf16'"),
-        V(lambda: round_to(torch.ones(1), torch.float8_e4m3fn), r"dtype=torch\.float8_e4m3fn is not allowed"),
+        V(lambda: round_to(torch.ones(1), torch.float8_e8m0fnu), r"dtype=torch\.float8_e8m0fnu is not allowed"),
     ],
     "spacing": [
         T(lambda: spacing(1.0, torch.bfloat16), r"x must be a torch\.Tensor, got float"),

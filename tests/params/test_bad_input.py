@@ -189,7 +189,7 @@ CASES: dict[str, list[Bad]] = merged(NOTEBOOK, STABLE, {  # tests.params.bad_not
         Bad(lambda: float_format_info("float32"), TypeError, r"dtype must be a torch dtype .* got 'float32'"),
         Bad(lambda: float_format_info([torch.float32]), TypeError, r"dtype must be a torch dtype"),
         Bad(lambda: float_format_info(torch.int8), ValueError, r"dtype=torch\.int8 is not allowed"),
-        Bad(lambda: float_format_info(torch.float8_e4m3fn), ValueError, r"dtype=torch\.float8_e4m3fn is not allowed"),
+        Bad(lambda: float_format_info(torch.float8_e8m0fnu), ValueError, r"dtype=torch\.float8_e8m0fnu is not allowed"),
     ],
     "gpt_param_count": [
         Bad(lambda: gpt_param_count({"d_model": 8}), TypeError, r"config must be a GPTConfig, got dict"),

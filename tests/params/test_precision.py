@@ -10,7 +10,7 @@ from lab.models.gpt import GPT, GPTConfig
 from lab.params.precision import (DynamicLossScaler, float_format_info, plot_format_ranges, plot_rounding, round_to,
                                   spacing, underflow_fraction)
 
-DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.float8_e5m2, torch.float8_e4m3fn]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -21,8 +21,8 @@ def test_format_info_from_bit_layout_matches_finfo(dtype):
     assert info["smallest_normal"] == ref.smallest_normal
     assert info["smallest_subnormal"] == ref.smallest_normal * ref.eps
     assert info["eps"] == ref.eps
-    assert torch.tensor(info["smallest_subnormal"], dtype=torch.float64).to(dtype) > 0
-    assert torch.tensor(info["smallest_subnormal"] / 2, dtype=torch.float64).to(dtype) == 0
+    assert torch.tensor(info["smallest_subnormal"], dtype=torch.float64).to(dtype).double() > 0
+    assert torch.tensor(info["smallest_subnormal"] / 2, dtype=torch.float64).to(dtype).double() == 0
 
 
 def _next_up_bf16(x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +53,7 @@ def test_round_to_error_is_at_most_half_an_ulp():
 
 
 def test_plots_draw():
-    assert len(plot_format_ranges().patches) == 6
+    assert len(plot_format_ranges().patches) == 10
     assert len(plot_rounding().lines) == 3 * 2
 
 

@@ -19,7 +19,9 @@ from lab.quant import (ChannelAbsMaxObserver, Int4Linear, Int8DecomposedLinear, 
                        quantize_model, quantize_with, rtn_quantize, rtn_quantize_model, size_comparisons,
                        smoothing_factors, smoothquant, unpack_int4, unpack_int4_v2, w8a8_quantize_model, weight_name,
                        weight_runs)
-from tests.bad_input import NOT_GPT, Bad, T, V
+from tests.bad_input import NOT_GPT, Bad, T, V, merged
+from tests.quant.bad_fp8 import FP8
+from tests.quant.bad_mx import MX
 from tests.tiny_models import tiny_gpt
 
 W = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
@@ -70,7 +72,7 @@ def _linear(in_features: int = 16, out_features: int = 8) -> nn.Linear:
     return nn.Linear(in_features, out_features)
 
 
-CASES: dict[str, list[Bad]] = {
+CASES: dict[str, list[Bad]] = merged(MX, FP8, {  # tests.quant.bad_mx, tests.quant.bad_fp8
     "QuantizedTensor": [
         Bad(lambda: _qt_with(qdata=W), TypeError, r"qdata must have a dtype"),
         Bad(lambda: _qt_with(qdata=[1, 2]), TypeError, r"qdata must be a torch.Tensor"),
@@ -121,8 +123,7 @@ CASES: dict[str, list[Bad]] = {
         V(lambda: prepare_qat(tiny_gpt(), 4, 5), r"group_size=5 must divide layers\.0\.attn\.q_proj's in_features=32"),
         T(lambda: prepare_qat(tiny_gpt(), 4, symmetric="yes"), r"symmetric must be one of \(False, True\)"),
         V(lambda: prepare_qat(prepare_qat(tiny_gpt(), 4), 4), r"layers\.0\.attn\.q_proj weight is parametrized"),
-        T(lambda: prepare_qat(_swapped(), 4), r"layers\.0\.attn\.q_proj must be an nn\.Linear .*got Identity"),
-    ],
+        T(lambda: prepare_qat(_swapped(), 4), r"layers\.0\.attn\.q_proj must be an nn\.Linear .*got Identity")],
     "finish_qat": [
         T(lambda: finish_qat("model"), rf"model {NOT_GPT}, got str"),
         V(lambda: finish_qat(tiny_gpt()), r"model has no fake-quantized weight to finish: prepare it with prepare_qat"),
@@ -364,15 +365,14 @@ CASES: dict[str, list[Bad]] = {
         Bad(lambda: smoothquant(tiny_gpt(), []), TypeError, r"act_stats must be the dict"),
         Bad(lambda: smoothquant(tiny_gpt(), {}), ValueError, r"act_stats has no entry 'layers.0.attn.q_proj'"),
         Bad(lambda: smoothquant(tiny_gpt(), {}, alpha=True), TypeError, r"alpha must be a real number"),
-        Bad(lambda: smoothquant(_linear(), {}), TypeError, r"model must be a lab GPT"),
-    ],
+        Bad(lambda: smoothquant(_linear(), {}), TypeError, r"model must be a lab GPT")],
     "weight_name": [Bad(lambda: weight_name("hqq", 4, "g", 64), ValueError, r"method='hqq' is not allowed"),
                     Bad(lambda: weight_name("rtn", 1, "g", 64), ValueError, r"bits=1 is out of range"),
                     Bad(lambda: weight_name("rtn", 4, "group", 64), ValueError, r"grid='group' is not allowed"),
                     Bad(lambda: weight_name("rtn", 4, "g", 0), ValueError, r"group_size=0 is out of range")],
     "weight_runs": [Bad(lambda: weight_runs(4), TypeError, r"bits must be a list or tuple, got 4"),
                     Bad(lambda: weight_runs([4, 16]), ValueError, r"bits\[1\]=16 is out of range")],
-}
+})
 
 NO_INPUT: dict[str, str] = {}
 

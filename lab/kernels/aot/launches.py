@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import torch
 
 from lab.formats.sparse24 import meta_shape
-from lab.kernels import dense, int4, int4_dequant, int8, paged_attention, sparse24
+from lab.kernels import dense, fp4_gemv, int4, int4_dequant, int8, paged_attention, sparse24
 
 # kernel name → (module, attribute of the @triton.jit kernel); the names are the records' keys
 KERNELS = {
@@ -32,11 +32,13 @@ KERNELS = {
     "dense_matmul": ("lab.kernels.dense", "_dense_matmul_kernel"),
     "dense_matmul_reduce": ("lab.kernels.int4", "_reduce_kernel"),     # int4's split-K reduction, reused
     "int4_dequantize": ("lab.kernels.int4_dequant", "_dequantize_kernel"),
+    "fp4_matmul": ("lab.kernels.fp4_gemv", "_fp4_matmul_kernel"),
+    "fp4_matmul_reduce": ("lab.kernels.int4", "_reduce_kernel"),        # int4's split-K reduction, reused
 }
 # kernels a wrapper launches after its main kernel (recorded with it): the second passes of the v2 kernels and
-# of the dense baseline's split-K
+# of the dense baseline's and the FP4 GEMV's split-K
 COMPANIONS = {"int4_gemv_v2": ("int4_gemv_v2_reduce",), "paged_attention_v2": ("paged_attention_v2_combine",),
-              "dense_matmul": ("dense_matmul_reduce",)}
+              "dense_matmul": ("dense_matmul_reduce",), "fp4_matmul": ("fp4_matmul_reduce",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +117,13 @@ def launch_int4_dequantize(N: int, K: int, group_size: int, dtype: torch.dtype, 
     scales = _meta(K // group_size, N, dtype=scale_dtype)
     int4_dequant.dequantize_int4_v2_triton(_meta(N, K // 4, dtype=torch.int16), scales, torch.empty_like(scales),
                                            group_size, dtype)
+
+
+def launch_fp4(M: int, N: int, K: int, fmt: str, dtype: torch.dtype) -> None:
+    """x (M, K) in ``dtype``; FP4 codes (N, K/2) uint8 and scales (N, K/B) uint8 of ``fmt`` (`lab.kernels.fp4_gemv`)."""
+    block = fp4_gemv.FORMATS[fmt][0]
+    fp4_gemv.fp4_matmul_triton(_meta(M, K, dtype=dtype), _meta(N, K // 2, dtype=torch.uint8),
+                               _meta(N, K // block, dtype=torch.uint8), 1.0, fmt)
 
 
 def launch_int8(M: int, N: int, K: int, out_dtype: torch.dtype, block: tuple | None = None) -> None:

@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 import torch
 import triton
 
-from lab.kernels import dense, int4, int8, paged_attention, sparse24
+from lab.kernels import dense, fp4_gemv, int4, int8, paged_attention, sparse24
 from lab.kernels.aot.compile import compile_all
-from lab.kernels.aot.launches import (launch_dense, launch_int4, launch_int8, launch_paged, launch_sparse24,
+from lab.kernels.aot.launches import (launch_dense, launch_fp4, launch_int4, launch_int8, launch_paged, launch_sparse24,
                                       recording_with_companions)
 from lab.kernels.aot.pipes import CLOCK_HZ, HBM_LATENCY_S, PIPES, SCHEDULERS, SMS, launch_terms, pipe_rate
 from lab.kernels.aot.specialise import configuration
@@ -75,7 +75,7 @@ def _int4_shape(M: int, N: int = 8192, K: int = 8192, g: int = 128) -> dict:
 
 def rows() -> list[Row]:
     """The shapes of the chapter's comparison: decode (M = 1, 4, 16) and prefill of an 8192 × 8192 layer
-    (2:4 at M = 1, 16; the dense bf16 baseline at M = 1, 4, 16);
+    (2:4 at M = 1, 16; the dense bf16 baseline at M = 1, 4, 16; MXFP4 and NVFP4 weights at M = 1);
     paged decode of a grouped-query layer of Llama-3-8B's shape (32 query / 8 kv heads, head dim 128) over 2,048 cached
     tokens at B = 1 and 32."""
     bf16 = torch.bfloat16
@@ -87,6 +87,9 @@ def rows() -> list[Row]:
     for M in (1, 4, 16):                          # the baseline: the same layer in bf16 (`lab.kernels.dense`)
         out.append(Row("dense", "dense_matmul", {"M": M, "N": 8192, "K": 8192}, bf16,
                        lambda M=M: launch_dense(M, 8192, 8192, bf16)))
+    for fmt in ("mxfp4", "nvfp4"):                 # FP4 weights, dequantized in registers (no FP4 MMA on sm_90)
+        out.append(Row(fmt, "fp4_matmul", {"M": 1, "N": 8192, "K": 8192, "fmt": fmt}, bf16,
+                       lambda fmt=fmt: launch_fp4(1, 8192, 8192, fmt, bf16)))
     for M in (1, 16, 4096):
         out.append(Row("v2", "int8_matmul", {"M": M, "N": 8192, "K": 8192}, bf16,   # its default tile and order
                        lambda M=M: launch_int8(M, 8192, 8192, bf16)))
@@ -130,6 +133,11 @@ def _dense_iterations(shape: dict, launch) -> tuple[int, int]:
     return steps * launch.grid[0], math.ceil(steps / launch.grid[1])
 
 
+def _fp4_iterations(shape: dict, launch) -> tuple[int, int]:
+    steps = shape["K"] // (_constexprs(launch)["B"] * _constexprs(launch)["BLOCKS"])
+    return steps * launch.grid[0], math.ceil(steps / launch.grid[1])
+
+
 def _reduce_iterations(shape: dict, launch) -> tuple[int, int]:
     split_k = launch.args[3]
     return split_k * math.prod(launch.grid), split_k
@@ -158,7 +166,7 @@ def _combine_iterations(shape: dict, launch) -> tuple[int, int]:
 # loops the compiler unrolls (the split-K reductions' ``for k in range(split_k)``: ptxas copies the body 4
 # times): kernel → the global loads of one source iteration; the compiled loop holds u = (its LDGs / that)
 # of them, so it runs ⌊t / u⌋ times and the remainder loop, counted once in I_rest, the rest.
-UNROLLED = {"int4_gemv_v2_reduce": 1, "dense_matmul_reduce": 1}
+UNROLLED = {"int4_gemv_v2_reduce": 1, "dense_matmul_reduce": 1, "fp4_matmul_reduce": 1}
 
 ITERATIONS: dict[str, Callable[[dict, object], tuple[int, int]]] = {
     "int4_matmul": _int4_v1_iterations, "int4_gemv_v2": _int4_v2_iterations,
@@ -166,7 +174,7 @@ ITERATIONS: dict[str, Callable[[dict, object], tuple[int, int]]] = {
     "sparse24_matmul_v2": _k_steps,
     "paged_attention": _paged_iterations, "paged_attention_v2": _paged_iterations,
     "paged_attention_v2_combine": _combine_iterations, "dense_matmul": _dense_iterations,
-    "dense_matmul_reduce": _reduce_iterations,
+    "dense_matmul_reduce": _reduce_iterations, "fp4_matmul": _fp4_iterations, "fp4_matmul_reduce": _reduce_iterations,
 }
 
 
@@ -182,6 +190,8 @@ def call_bytes(row: Row, launches: Sequence) -> int:
         return int8.call_bytes(s["M"], s["N"], s["K"], e)
     if row.kernel == "dense_matmul":
         return dense.call_bytes(s["M"], s["N"], s["K"], e, launches[0].grid[1])
+    if row.kernel == "fp4_matmul":
+        return fp4_gemv.call_bytes(s["N"], s["K"], s["M"], s["fmt"], e, launches[0].grid[1])
     if row.kernel in ("sparse24_matmul", "sparse24_matmul_v2"):
         return sparse24.call_bytes(s["M"], s["N"], s["K"], e)
     if row.kernel in ("paged_attention", "paged_attention_v2"):
@@ -192,8 +202,8 @@ def call_bytes(row: Row, launches: Sequence) -> int:
 
 
 def _reduce_bytes(row: Row, launch) -> int:
-    """The split-K reduction (int4 v2's, the dense baseline's): reads the 4·S·M·N bytes of fp32 partials, writes
-    e·M·N."""
+    """The split-K reduction (int4 v2's, the dense baseline's, the FP4 GEMV's): reads the 4·S·M·N bytes of fp32
+    partials, writes e·M·N."""
     s, S = row.shape, launch.args[3]
     return 4 * S * s["M"] * s["N"] + E[row.dtype] * s["M"] * s["N"]
 
@@ -205,7 +215,7 @@ def _combine_bytes(row: Row, launch) -> int:
 
 
 COMPANION_BYTES: dict[str, Callable[[Row, object], int]] = {
-    "int4_gemv_v2_reduce": _reduce_bytes, "dense_matmul_reduce": _reduce_bytes,
+    "int4_gemv_v2_reduce": _reduce_bytes, "dense_matmul_reduce": _reduce_bytes, "fp4_matmul_reduce": _reduce_bytes,
     "paged_attention_v2_combine": _combine_bytes}
 
 

@@ -53,7 +53,8 @@ def _over_memory(row: dict, term: str) -> float:
 
 def headline(record: dict) -> dict[str, float]:
     """The figures chapters 2, 3 and 6 state: v1 vs v2 of int4 (M = 1, 16) and both against the dense kernel
-    (M = 1), 2:4 v1 and v2 against the dense kernel (M = 1), the paged decode v1 vs v2 (B = 1, 32)."""
+    (M = 1), 2:4 v1 and v2 against the dense kernel (M = 1), MXFP4 and NVFP4 weights against it (M = 1), the
+    paged decode v1 vs v2 (B = 1, 32)."""
     int4 = int4_rows(record)
     pred = {key: r["predicted_us_h200"] for key, r in int4.items()}
     codes_kb = LAYER * LAYER / 2 / 1024
@@ -75,6 +76,14 @@ def headline(record: dict) -> dict[str, float]:
     for v in ("v1", "v2"):
         out[f"static_sparse24_{v}_predicted_over_memory_m1"] = _over_memory(sparse[v, 1], "predicted_us_h200")
         out[f"static_dense_over_sparse24_{v}_m1"] = dense_us(record, 1) / sparse[v, 1]["predicted_us_h200"]
+    fp4 = rows_by(record, "fp4", "M")
+    for fmt in ("mxfp4", "nvfp4"):
+        out[f"static_{fmt}_memory_us_m1"] = fp4[fmt, 1]["memory_bound_us_h200"]
+        out[f"static_{fmt}_us_m1"] = fp4[fmt, 1]["predicted_us_h200"]
+        out[f"static_dense_over_{fmt}_m1"] = dense_us(record, 1) / fp4[fmt, 1]["predicted_us_h200"]
+        out[f"static_{fmt}_issue_over_memory_m1"] = _over_memory(fp4[fmt, 1], "issue_us")
+        out[f"static_dense_over_{fmt}_memory_m1"] = rows_by(record, "dense", "M")["dense", 1][
+            "memory_bound_us_h200"] / fp4[fmt, 1]["memory_bound_us_h200"]
     paged = rows_by(record, "paged", "B")
     out["static_paged_programs_b1"] = paged["v1", 1]["programs"]
     out["static_paged_v2_programs_b1"] = paged["v2", 1]["programs"]

@@ -8,7 +8,8 @@ them; the int8 kernel's three out dtypes, each with every block of its tuning se
 int4 v2 takes the shapes with g a multiple of 64, at M ≤ `lab.kernels.int4.MAX_M` and, for a larger M, at the
 rows of its chunks (16, and M mod 16: `lab.quant.linear.Int4Linear` runs v2 on chunks of 16 rows); the int4
 dequantize kernel (whose launch does not depend on M) every weight of those shapes. ``"dense"`` shapes compile
-the dense baseline (`lab.kernels.dense`).
+the dense baseline (`lab.kernels.dense`); ``"fp4"`` shapes the FP4 GEMV (`lab.kernels.fp4_gemv`) in both of its
+formats, MXFP4 and NVFP4 (M ≤ `lab.kernels.int4.MAX_M`: the kernel refuses more rows).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from lab.kernels import dense, int4, int8, paged_attention, sparse24
-from lab.kernels.aot.launches import (Launch, dtype_label, launch_dense, launch_int4, launch_int4_dequantize,
-                                      launch_int8, launch_paged, launch_sparse24, recording_with_companions)
+from lab.kernels import dense, fp4_gemv, int4, int8, paged_attention, sparse24
+from lab.kernels.aot.launches import (Launch, dtype_label, launch_dense, launch_fp4, launch_int4,
+                                      launch_int4_dequantize, launch_int8, launch_paged, launch_sparse24,
+                                      recording_with_companions)
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class MatmulShapes:
     """A caller's matmuls: every M of ``batches`` with every weight (N, K) = (out_features, in_features)."""
 
     label: str
-    kernels: tuple[str, ...]                    # ⊆ ("int4", "int8", "sparse24", "dense")
+    kernels: tuple[str, ...]                    # ⊆ ("int4", "int8", "sparse24", "dense", "fp4")
     batches: tuple[int, ...]
     weights: tuple[tuple[int, int], ...]
     group_size: int = 0                         # int4's g
@@ -85,6 +87,13 @@ def dense_cases(shapes: Sequence) -> Iterator[Case]:
                    lambda M=M, N=N, K=K, dtype=dtype: launch_dense(M, N, K, dtype))
 
 
+def fp4_cases(shapes: Sequence) -> Iterator[Case]:
+    for s in _matmuls(shapes, "fp4"):
+        for M, (N, K), fmt, dtype in itertools.product(s.batches, s.weights, fp4_gemv.FORMATS, fp4_gemv.X_DTYPES):
+            yield (f"{s.label}: M={M} N={N} K={K} {fmt} {dtype_label(dtype)}",
+                   lambda M=M, N=N, K=K, fmt=fmt, dtype=dtype: launch_fp4(M, N, K, fmt, dtype))
+
+
 def int8_cases(shapes: Sequence) -> Iterator[Case]:
     for s in _matmuls(shapes, "int8"):
         for M, (N, K), out in itertools.product(s.batches, s.weights, int8.OUT_DTYPES):
@@ -114,7 +123,7 @@ CASES = {"int4_matmul": int4_cases, "int8_matmul": int8_cases, "sparse24_matmul"
          "paged_attention": paged_cases, "int4_gemv_v2": lambda shapes: int4_cases(shapes, "v2"),
          "paged_attention_v2": lambda shapes: paged_cases(shapes, "v2"),
          "sparse24_matmul_v2": lambda shapes: sparse24_cases(shapes, "v2"), "int4_dequantize": int4_dequantize_cases,
-         "dense_matmul": dense_cases}
+         "dense_matmul": dense_cases, "fp4_matmul": fp4_cases}
 
 
 def launches(shapes: Sequence[MatmulShapes | PagedShapes]) -> list[tuple[str, Launch]]:

@@ -140,7 +140,7 @@ def test_int8_kernel_compiles_onto_the_integer_tensor_cores(records):
         assert not {"HMMA", "HGMMA"} & set(mnemonics)
 
 
-@pytest.mark.parametrize("kernel", ["int4_matmul", "sparse24_matmul", "int4_gemv_v2", "dense_matmul"])
+@pytest.mark.parametrize("kernel", ["int4_matmul", "sparse24_matmul", "int4_gemv_v2", "dense_matmul", "fp4_matmul"])
 def test_float_matmuls_use_the_fp16_tensor_cores(records, kernel):
     for r in by_kernel(records, kernel):
         mnemonics = r["main_loop"]["mnemonics"]
@@ -151,6 +151,12 @@ def test_int4_main_loop_dequantizes_in_registers(records):
     for r in by_kernel(records, "int4_matmul"):
         assert r["main_loop"]["classes"]["conversion"] > 0            # codes → float → bf16
         assert r["main_loop"]["classes"]["memory"] > 0
+
+
+def test_fp4_main_loop_decodes_by_bit_patterns(records):
+    """E2M1 codes become fp16 bit patterns by shifts and masks (`lab.kernels.fp4_gemv`): no int → float conversion."""
+    for r in by_kernel(records, "fp4_matmul"):
+        assert "I2F" not in r["main_loop"]["mnemonics"] and r["main_loop"]["classes"]["memory"] > 0
 
 
 def test_paged_attention_loop_is_fma_and_exp_without_tensor_cores(records):

@@ -111,6 +111,20 @@ def test_the_paged_decode_v2_splits_its_bytes_and_trip_counts():
     assert sum(static_model.launch_bytes(int4_row, launches)) == static_model.call_bytes(int4_row, launches)
 
 
+def test_the_fp4_gemv_counts_its_blocks_and_splits_its_bytes():
+    """MXFP4 at M = 1 on 1024 × 1024 in steps of 2 blocks of 32 columns (16 steps): 8 tiles × split 4, each
+    program ⌈16 / 4⌉ = 4 steps; the reduction reads the 4·S·M·N bytes of partials and writes e·M·N, the main
+    kernel the rest."""
+    row = static_model.Row("fp4", "fp4_matmul", {"M": 1, "N": 1024, "K": 1024, "fmt": "mxfp4"}, torch.bfloat16,
+                           lambda: None)
+    main = _launch("fp4_matmul", (8, 4), 4, B=32, BLOCKS=2)
+    reduce = _launch("fp4_matmul_reduce", (32,), 1, (None, None, 1024, 4))
+    assert static_model.ITERATIONS[main.kernel](row.shape, main) == (16 * 8, 4)
+    n_bytes = 1024 * 1024 // 2 + 1024 * 1024 // 32 + 2 * 1024 + 2 * 1024 + 8 * 4 * 1024     # codes, S, x, y, partials
+    assert static_model.call_bytes(row, [main, reduce]) == n_bytes
+    assert static_model.launch_bytes(row, [main, reduce]) == [n_bytes - 18432, 4 * 4 * 1024 + 2 * 1024]
+
+
 def test_pipe_rates_are_the_guide_table_per_warp():
     assert {p: pipe_rate(p) for p in ("fp32", "fp16", "alu", "imad", "conversion", "mufu", "lsu")} == {
         "fp32": 4, "fp16": 4, "alu": 2, "imad": 2, "conversion": 0.5, "mufu": 0.5, "lsu": 1}

@@ -1,4 +1,5 @@
-"""FP8 from its bit fields: the two formats of Hopper's tensor cores, E4M3 and E5M2 (Micikevicius et al. 2022).
+"""Minifloats from their bit fields: FP8 (E4M3, E5M2), FP6 (E3M2, E2M3) and FP4 (E2M1), the element formats of
+the OCP Microscaling (MX) v1.0 specification (§5.3) and of NVIDIA's NVFP4; FP8 as in Micikevicius et al. 2022.
 
 A format with E exponent bits, M mantissa bits and bias b = 2^(E−1) − 1 holds, besides ±0,
 
@@ -17,25 +18,30 @@ value of it (1.111₂ · 2^k + q/2 → 2^(k+1)).
 * E5M2 (IEEE-like): b = 15, the field 11111 is inf / NaN, largest 1.75 · 2^15 = 57,344, smallest normal
   2^−14, smallest subnormal 2^−16. A value whose rounding passes 57,344 becomes ±inf: from 61,440
   (57,344 plus half a step) on, the tie going to the even 2^16.
+* E3M2, E2M3 (FP6) and E2M1 (FP4): every field is a number, no inf and no NaN (MX §5.3.2–5.3.3). Largest
+  1.75 · 2^4 = 28, 1.875 · 2^2 = 7.5 and 1.5 · 2^2 = 6; smallest subnormal 2^−4, 2^−3 and 2^−1 (E2M1's 16
+  codes are ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}). A value past the largest, and ±inf, saturate to it.
 
-`cast` returns the rounded values in float32 (every FP8 value is one), NaN kept, the sign of zero kept.
+`cast` returns the rounded values in float32 (every value of these formats is one), the sign of zero kept; a
+NaN input stays NaN (FP6 and FP4 have no code for it: the MX block formats refuse non-finite input).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from lab.core.checks import check_choice, check_tensor
 
-__all__ = ["FP8Format", "FORMATS", "cast"]
+__all__ = ["FloatFormat", "FORMATS", "cast"]
 
 
 @dataclass(frozen=True)
-class FP8Format:
-    """Bit fields of an FP8 format: exponent bits E, mantissa bits M, bias b, the largest finite value and
-    whether overflow goes to infinity (E5M2) or saturates (E4M3, which has no infinity)."""
+class FloatFormat:
+    """Bit fields of a minifloat: exponent bits E, mantissa bits M, bias b, the largest finite value and
+    whether overflow goes to infinity (E5M2) or saturates (every other format here)."""
 
     exponent_bits: int
     mantissa_bits: int
@@ -44,22 +50,35 @@ class FP8Format:
     has_inf: bool
 
     @property
+    def bits(self) -> int:
+        """Bits of one value: sign, exponent and mantissa, 1 + E + M."""
+        return 1 + self.exponent_bits + self.mantissa_bits
+
+    @property
     def min_normal_exponent(self) -> int:
         """k_min = 1 − b: the exponent of the smallest normal value, 2^k_min, and of the subnormals' step
         2^(k_min − M)."""
         return 1 - self.bias
 
+    @property
+    def emax(self) -> int:
+        """emax_elem of the MX spec (§6.3): the exponent of the largest binade, 2^emax ≤ max_finite < 2^(emax+1)
+        (8 for E4M3, 15 for E5M2, 4 for E3M2, 2 for E2M3 and E2M1)."""
+        return math.frexp(self.max_finite)[1] - 1
 
-FORMATS = {"e4m3": FP8Format(4, 3, 7, 448.0, False), "e5m2": FP8Format(5, 2, 15, 57344.0, True)}
+
+FORMATS = {"e4m3": FloatFormat(4, 3, 7, 448.0, False), "e5m2": FloatFormat(5, 2, 15, 57344.0, True),
+           "e3m2": FloatFormat(3, 2, 3, 28.0, False), "e2m3": FloatFormat(2, 3, 1, 7.5, False),
+           "e2m1": FloatFormat(2, 1, 1, 6.0, False)}
 
 
 def cast(x: torch.Tensor, fmt: str) -> torch.Tensor:
-    """Round ``x`` (any shape, a floating dtype; inf and NaN allowed) to the nearest value of FP8 format
-    ``fmt`` ("e4m3" or "e5m2"), ties to even; float32 of ``x``'s shape.
+    """Round ``x`` (any shape, a floating dtype; inf and NaN allowed) to the nearest value of the minifloat
+    ``fmt`` ("e4m3", "e5m2", "e3m2", "e2m3" or "e2m1"), ties to even; float32 of ``x``'s shape.
 
     q = 2^(max(k, k_min) − M) for |x| in [2^k, 2^(k+1)), x̂ = q · round_half_even(x / q) (in float64, where
-    x / q is exact); then |x̂| > max_finite → ±inf (E5M2) or ±max_finite (E4M3), ±inf likewise, NaN stays.
-    For float32, float16 and bfloat16 inputs equal to ``x.to(torch.float8_e4m3fn)`` / ``x.to(torch.float8_e5m2)``
+    x / q is exact); then |x̂| > max_finite → ±inf (E5M2) or ±max_finite (the others), ±inf likewise, NaN stays.
+    FP8 of a float32, float16 or bfloat16 input equals ``x.to(torch.float8_e4m3fn)`` / ``x.to(torch.float8_e5m2)``
     read back as float32, bit for bit (a float64 input is rounded once, from its exact value).
     """
     check_choice("fmt", fmt, tuple(FORMATS))
