@@ -16,6 +16,8 @@ measured the same way, in one run:
   route that depends on a seed (``Route.seeded``: calibration windows, a student's training), the
   seeds of ``Settings.seeds`` together; the perplexity change 100·(e^Δ − 1) %; and its ``verdict``,
   Holm-corrected across the routes (`lab.core.stats.verdicts`);
+* ``versus``: the same paired comparison against each route `VERSUS` pairs it with (the FP4 formats
+  against int4), Δ = its log PPL − the other's, for the reader to correct as one family;
 * ``matmul_time_vs_dense``: the time of the matmuls at a large batch (compute-bound) predicted from
   the dense-equivalent weights out·in of every linear over its tensor-core rate relative to bf16
   (`MATMUL_RATE`: int8 and 2:4-sparse tensor cores run at 2× bf16 dense on Hopper, datasheet), over
@@ -26,8 +28,8 @@ measured the same way, in one run:
   (the device's datasheet bandwidth, `lab.core.ceilings`) over the measured time per token.
 
 The evaluated model is the stored form itself (its modules: `Int4Linear`, `W8A8Linear`,
-`Sparse24Linear`), with every float tensor rounded to bf16, as it would be loaded from disk. int3 has
-no kernel in `lab`: its codes are stored bit-packed and it runs as dequantized float weights.
+`Sparse24Linear`, `FP4Linear`), with every float tensor rounded to bf16, as it would be loaded from disk. int3
+has no kernel in `lab`: its codes are stored bit-packed and it runs as dequantized float weights.
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lab.capstone.pareto import dominance
-from lab.capstone.routes import MATMUL_RATE, ROUTES, Route, Settings
+from lab.capstone.routes import MATMUL_RATE, ROUTES, VERSUS, FP4Linear, Route, Settings
 from lab.core.checks import check_choice, check_device, check_int, check_tensor
 from lab.core.records import REPO_ROOT, device_name
-from lab.core.report import percent
+from lab.core.report import COMPARISON_KEYS, percent
 from lab.core.stats import compare, verdicts
 from lab.core.timing import time_ms
 from lab.formats.sparse24 import pack_bits
@@ -130,12 +132,12 @@ def stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
 
 def kept_weights(model: nn.Module, codes: dict) -> int:
     """Weights the stored form keeps: the nonzero float parameters (a shared tensor once; all of a
-    weight stored as ``codes``) plus the codes of the `Int4Linear`/`W8A8Linear`s and the kept values
-    of the `Sparse24Linear`s."""
+    weight stored as ``codes``) plus the codes of the `Int4Linear`/`W8A8Linear`/`FP4Linear`s and the kept
+    values of the `Sparse24Linear`s."""
     _check_codes(model, codes)
     count, seen = sum(qt.qdata.numel() for qt in codes.values()), {model.get_parameter(n).data_ptr() for n in codes}
     for module in model.modules():
-        if isinstance(module, (Int4Linear, W8A8Linear)):
+        if isinstance(module, (Int4Linear, W8A8Linear, FP4Linear)):
             count += module.out_features * module.in_features
         elif isinstance(module, Sparse24Linear):
             count += module.out_features * module.in_features // 2
@@ -148,13 +150,14 @@ def kept_weights(model: nn.Module, codes: dict) -> int:
 
 def matmul_time(model: nn.Module) -> float:
     """Σ over the linears (the head included) of out·in / rate, the rate of its tensor-core path
-    (`MATMUL_RATE`: `W8A8Linear` int8, `Sparse24Linear` 2:4 sparse, every other linear bf16)."""
+    (`MATMUL_RATE`: `W8A8Linear` int8, `Sparse24Linear` 2:4 sparse, every other linear bf16, weight-only
+    `Int4Linear` and `FP4Linear` included)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     rate = lambda m: MATMUL_RATE["int8" if isinstance(m, W8A8Linear) else
                                  "2:4 sparse" if isinstance(m, Sparse24Linear) else "bf16"]
     return sum(m.out_features * m.in_features / rate(m) for m in model.modules()
-               if isinstance(m, (nn.Linear, Int4Linear, W8A8Linear, Sparse24Linear)))
+               if isinstance(m, (nn.Linear, Int4Linear, W8A8Linear, Sparse24Linear, FP4Linear)))
 
 
 def decode_ms_per_token(model: GPT, prompt: torch.Tensor, n: int, device: torch.device, repeats: int) -> float:
@@ -255,7 +258,8 @@ def leaderboard(dense: GPT, sample: EvalSample, train_ids: torch.Tensor, setting
     ``sample``: the evaluation sample (`lab.data.eval_sample`); ``train_ids``: (M,) int64 ids from which
     the calibration windows and the student's batches are drawn, at each seed of ``settings.seeds``. The
     first route is the reference of every Δ (its own Δ is 0); each row's ``verdict`` is Holm-corrected
-    across the other routes, and ``dominated_by`` lists the routes that dominate it (`pareto.dominance`).
+    across the other routes, ``versus`` holds its `VERSUS` comparisons, and ``dominated_by``
+    lists the routes that dominate it (`pareto.dominance`).
     """
     check_gpt("dense", dense)
     if not isinstance(sample, EvalSample):
@@ -284,9 +288,24 @@ def leaderboard(dense: GPT, sample: EvalSample, train_ids: torch.Tensor, setting
         row["delta_ppl_pct"] = [percent(d) for d in row["delta_log_ppl"]]
         row["p"], row["verdict"] = cmp["p"], verbs.get(row["route"], "reference")
         row["n_documents"] = int(sample.documents.unique().numel())
+    for row, versus_row in zip(rows, _versus(rows, losses, sample.documents)):
+        row["versus"] = versus_row
     for row, dominated_by in zip(rows, dominance(rows, losses, sample.documents)):
         row["dominated_by"] = dominated_by
     return rows
+
+
+def _versus(rows: list[dict], losses: list[torch.Tensor], documents: torch.Tensor) -> list[dict]:
+    """For each row, {other route: `compare` of the other's losses with its own (Δ = its log PPL − the other's;
+    the keys `lab.core.report.record_comparisons` reads)} for each route `VERSUS` pairs it with that is among
+    ``rows``; ``losses``: per row, its (S, n) per-token losses; ``documents`` (n,)."""
+    index = {row["route"]: i for i, row in enumerate(rows)}
+    result = []
+    for row, route_losses in zip(rows, losses):
+        pairs = {other: compare(losses[index[other]], route_losses, documents)
+                 for other in VERSUS.get(row["route"], ()) if other in index}
+        result.append({other: {k: cmp[k] for k in sorted(COMPARISON_KEYS)} for other, cmp in pairs.items()})
+    return result
 
 
 def slug(text: str) -> str:

@@ -1,6 +1,6 @@
 """Chapter 5, distributed training on torch.distributed: launcher, counted collectives, bucketed
-data parallelism, ZeRO 1/2/3, tensor, pipeline and context parallelism (ring attention), the formulas,
-and a training CLI."""
+data parallelism with gradient accumulation, ZeRO 1/2/3, tensor, pipeline and context parallelism (ring
+attention), 2-D meshes, the formulas, and a training CLI."""
 
 from lab.parallel.comm import CommCounter
 from lab.parallel.context_parallel import (allgather_attention, context_parallel_gpt, ring_attention,

@@ -1,5 +1,6 @@
 """Chapter 3, quantization: affine grids, observers, GPTQ, SmoothQuant/AWQ scaling, int4 packing, quantized linears
-(int4, W8A8 and LLM.int8()'s decomposition, and QLoRA's NF4 base), minifloats and the MX / NVFP4 block formats."""
+(int4, W8A8 and LLM.int8()'s decomposition, and QLoRA's NF4 base), minifloats and the MX / NVFP4 block formats,
+per-tensor FP8 scaling and FP8 training (chapter 5's FP8 section)."""
 
 from lab.formats.int4 import pack_int4, pack_int4_v2, unpack_int4, unpack_int4_v2
 from lab.quant.affine import (QuantizedTensor, dequantize, fake_quantize, fake_quantize_with, qparams, quantize,

@@ -8,12 +8,13 @@ import math
 
 import torch
 
-from lab.capstone import (Route, Settings, build, constraint_table, decode_ms_per_token, dominance, kept_weights,
-                          leaderboard, leaderboard_frame, matmul_time, measure, pareto_front, round_to_bf16, run,
-                          seed_contexts, slug, stored_bytes, stored_tensors)
+from lab.capstone import (FP4Linear, Route, Settings, build, constraint_table, decode_ms_per_token, dominance,
+                          kept_weights, leaderboard, leaderboard_frame, matmul_time, measure, pareto_front,
+                          round_to_bf16, run, seed_contexts, slug, stored_bytes, stored_tensors)
 from lab.capstone.routes import ROUTES
 from lab.perplexity import EvalSample
 from lab.quant.affine import rtn_quantize
+from lab.quant.mx import quantize_mx
 from tests.bad_input import NOT_GPT, Bad
 from tests.tiny_models import tiny_gpt
 
@@ -40,7 +41,17 @@ def codes(name: str = "layers.0.mlp.up_proj.weight") -> dict:
     return {name: rtn_quantize(model().layers[0].mlp.up_proj.weight, 4, 16)}
 
 
+W = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
+
 CASES: dict[str, list[Bad]] = {
+    "FP4Linear": [
+        Bad(lambda: FP4Linear(W), TypeError, r"weight must be an MXTensor \(lab\.quant\.mx\.quantize_mx\), got Tensor"),
+        Bad(lambda: FP4Linear(quantize_mx(W, "mxfp8_e4m3")), ValueError, r"weight\.fmt='mxfp8_e4m3' is not allowed"),
+        Bad(lambda: FP4Linear(quantize_mx(W, "nvfp4", block=32)), ValueError,
+            r"weight must have nvfp4's blocks of 16 \(the kernel's\), got blocks of 32"),
+        Bad(lambda: FP4Linear(quantize_mx(W, "mxfp4"))(torch.zeros(3, 16)), ValueError,
+            r"x must be a tensor of shape \(\.\.\., in_features=32\), got \(3, 16\)"),
+    ],
     "build": [
         Bad(lambda: build("dense bf16", ctx()), TypeError, r"route must be a Route, got str"),
         Bad(lambda: build(ROUTES[0], {"dense": model()}), ValueError, r"ctx must be a build context: a dict with"),

@@ -1,5 +1,6 @@
 """The leaderboard suite (lab.capstone.leaderboard) on a tiny random GPT, and the committed CPU record."""
 
+import copy
 import json
 import math
 
@@ -7,13 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from lab.capstone.leaderboard import (decode_ms_per_token, kept_weights, leaderboard, matmul_time, round_to_bf16,
-                                      stored_bytes, stored_tensors)
+from lab.capstone.leaderboard import (build, decode_ms_per_token, kept_weights, leaderboard, matmul_time, round_to_bf16,
+                                      seed_contexts, stored_bytes, stored_tensors)
 from lab.capstone.pareto import constraint_table, dominance, leaderboard_frame, pareto_front
-from lab.capstone.routes import ROUTES, Settings
+from lab.capstone.routes import ROUTES, VERSUS, FP4Linear, Settings
+from lab.formats.fp4 import dequantize_fp4
+from lab.kernels.fp4_gemv import FORMATS
 from lab.params.safetensors_io import load_safetensors
 from lab.perplexity import EvalSample
 from lab.quant.affine import dequantize, rtn_quantize
+from lab.quant.linear import decoder_linear_names
+from lab.quant.mx import mx_quantize_model, quantize_mx
 
 ROUTES_HERE = tuple(r for r in ROUTES if not r.name.startswith("draft"))   # the draft is the book's checkpoint
 TINY = Settings(calib_samples=2, calib_len=16, group_size=32, student_layers=1, student_steps=2,
@@ -28,12 +33,15 @@ def random_sample(n_windows: int = 12, context: int = 8, window: int = 24) -> Ev
                       torch.arange(n_windows).repeat_interleave(window) // 2)
 
 
+def train_ids() -> torch.Tensor:
+    return torch.randint(0, 61, (2000,), generator=torch.Generator().manual_seed(1))
+
+
 @pytest.fixture(scope="module")
 def rows(tiny_gpt):
     model = tiny_gpt(context_length=256, d_ff=64)
-    train_ids = torch.randint(0, 61, (2000,), generator=torch.Generator().manual_seed(1))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = leaderboard(model, random_sample(), train_ids, TINY, routes=ROUTES_HERE, progress=False)
+    result = leaderboard(model, random_sample(), train_ids(), TINY, routes=ROUTES_HERE, progress=False)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "the model was changed"
     return {row["route"]: row for row in result}
 
@@ -66,6 +74,56 @@ def test_bytes_and_weights_follow_the_storage(rows):
     linear = 2 * (32 * 32 + 2 * 16 * 32 + 32 * 32 + 3 * 32 * 64)              # the tiny model's decoder linears
     assert dense["params"] - rows["SparseGPT 2:4"]["params"] == linear // 2
     assert rows["SparseGPT 50%"]["params"] == rows["SparseGPT 2:4"]["params"]
+
+
+def test_fp4_routes_hold_the_weights_and_bytes_of_mx_quantize_model(tiny_gpt):
+    ctx = seed_contexts(tiny_gpt(context_length=256, d_ff=64), train_ids(), TINY, "cpu")[0]
+    ids = torch.randint(0, 61, (2, 12), generator=torch.Generator().manual_seed(2))
+    for fmt in ("mxfp4", "nvfp4"):
+        model, codes = build(next(r for r in ROUTES if r.name == fmt), ctx)
+        reference, weight_bytes = mx_quantize_model(copy.deepcopy(ctx["dense"]), fmt)
+        names = decoder_linear_names(model)
+        assert codes == {} and all(isinstance(model.get_submodule(n), FP4Linear) for n in names)
+        for name in names:                                               # Ŵ exactly, loaded back from the bytes
+            layer = model.get_submodule(name)
+            W_hat = dequantize_fp4(layer.packed, layer.scales, layer.global_scale, FORMATS[fmt][1])
+            assert torch.equal(W_hat, reference.get_submodule(name).weight)
+        stored = stored_tensors(model, {})
+        fp4_bytes = sum(t.numel() * t.element_size() for k, t in stored.items() if k.rpartition(".")[0] in names)
+        assert fp4_bytes == weight_bytes                  # elements, block scales and NVFP4's s_g, nothing else
+        assert torch.equal(stored["embed_tokens.weight"], ctx["dense"].embed_tokens.weight.to(torch.bfloat16))
+        torch.testing.assert_close(model(ids), reference(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_fp4_linear_takes_the_dense_path_above_the_gemv_rows(monkeypatch):
+    """With Triton's path on (the interpreter here, a GPU in a run), more rows than the GEMV kernel takes (a
+    prefill) multiply Ŵ dequantized once: the product of the reference."""
+    W = torch.randn(24, 64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, 7, 64, generator=torch.Generator().manual_seed(1))          # 21 rows > MAX_M = 16
+    for fmt in ("mxfp4", "nvfp4"):
+        layer = FP4Linear(quantize_mx(W, fmt))
+        expected = x @ quantize_mx(W, fmt).dequantize().T
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+        monkeypatch.delenv("TRITON_INTERPRET")
+        torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fp4_rows_count_their_scales_and_compare_with_int4(rows):
+    mx, nv = rows["mxfp4"], rows["nvfp4"]
+    assert mx["bytes"] < nv["bytes"] < rows["RTN int4 g64"]["bytes"]      # 4.25, 4.5 and (g = 32 here) 5 bits
+    assert mx["read_bytes"] == mx["bytes"] and nv["read_bytes"] == nv["bytes"]     # the FP4 kernel reads them
+    assert mx["params"] == nv["params"] == rows["dense bf16"]["params"]
+    assert mx["matmul_time_vs_dense"] == nv["matmul_time_vs_dense"] == 1.0          # widened to 16 bits
+    for row in (mx, nv):
+        assert not (row["calibration"] or row["training"]) and row["n_seeds"] == 1
+        assert set(row["versus"]) == set(VERSUS[row["route"]])
+        for other, cmp in row["versus"].items():       # paired on the same tokens: the Δs against dense subtract
+            difference = row["delta_log_ppl"][0] - rows[other]["delta_log_ppl"][0]
+            assert cmp["delta_log_ppl"] == pytest.approx(difference, rel=1e-9, abs=1e-12)
+            assert cmp["ci_low"] <= cmp["delta_log_ppl"] <= cmp["ci_high"]
+            assert cmp["n_seeds"] == rows[other]["n_seeds"] and cmp["n_documents"] == 6
+    assert all(row["versus"] == {} for name, row in rows.items() if name not in VERSUS)
 
 
 def test_stored_tensors_share_once_and_pack_codes(tiny_gpt, tmp_path):
@@ -104,6 +162,10 @@ def test_committed_cpu_record(repo_root):
     record = json.loads((repo_root / "results" / "leaderboard_cpu.json").read_text())
     assert not record["quick"] and record["suite"] == "leaderboard"
     assert len(record["rows"]) >= 9
+    by_route = {row["route"]: row for row in record["rows"]}
+    for fmt, others in VERSUS.items():           # the FP4 rows, each compared with int4 on groups of 64
+        assert set(by_route[fmt]["versus"]) == set(others) and by_route[fmt]["read_bytes"] == by_route[fmt]["bytes"]
+    assert by_route["mxfp4"]["bytes"] < by_route["nvfp4"]["bytes"] < by_route["dense bf16"]["bytes"]
     for row in record["rows"]:
         assert row["commit"] and row["device"] and row["command"].startswith("python -m lab.bench leaderboard")
         assert row["bytes"] > 0 and row["params"] > 0
