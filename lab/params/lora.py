@@ -151,11 +151,6 @@ class LoRALinear(nn.Module):
         return merged.requires_grad_(False)
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), attr, module)
-
-
 def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
              targets: Iterable[str] | str = ("q_proj", "v_proj")) -> list[str]:
     """Wrap the linears named by ``targets`` in `LoRALinear`s (in place) and freeze everything else.
@@ -198,7 +193,7 @@ def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0,
     wrapped = [LoRALinear(modules[name], r, alpha) for name in names]
     _freeze(model)
     for name, lora in zip(names, wrapped):
-        _replace(model, name, lora)
+        model.set_submodule(name, lora)
     return names
 
 
@@ -223,7 +218,7 @@ def merge_lora(model: nn.Module) -> list[str]:
     if not names:
         raise ValueError(f"model ({type(model).__name__}) has no LoRALinear to merge; call add_lora first")
     for name in names:
-        _replace(model, name, model.get_submodule(name).merge())
+        model.set_submodule(name, model.get_submodule(name).merge())
     return names
 
 

@@ -126,6 +126,5 @@ def restore_linears(model: nn.Module) -> dict[str, dict[str, float]]:
                           for t, s in (("x", layer.x_scaler), ("w", layer.w_scaler), ("g", layer.g_scaler))
                           if isinstance(s, FP8Scaler) for what in ("flushed", "saturated")}
     for name in names:
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, model.get_submodule(name).to_linear())
+        model.set_submodule(name, model.get_submodule(name).to_linear())
     return counters

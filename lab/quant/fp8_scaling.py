@@ -83,7 +83,7 @@ class FP8Scaler:
         x_max = f.max_finite
         scaled = x.float() * s
         x_fp8 = cast(scaled.clamp(-x_max, x_max), self.fmt)
-        q_top = 2.0 ** (math.floor(math.log2(x_max)) - f.mantissa_bits)
+        q_top = 2.0 ** (f.emax - f.mantissa_bits)                 # the spacing of the top binade
         self.elements += x.numel()
         self.saturated += int((scaled.abs() >= x_max + q_top / 2).sum())
         self.flushed += int(((x_fp8 == 0) & (x != 0)).sum())

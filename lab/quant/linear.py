@@ -232,9 +232,7 @@ def replace_linears(model: nn.Module, names: list[str], make: Callable[[str, nn.
     """Replace each linear ``names[i]`` of the model by ``make(name, linear)``, in place."""
     check_linear_names(model, names)
     for name in names:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, attr, make(name, getattr(parent, attr)))
+        model.set_submodule(name, make(name, model.get_submodule(name)))
 
 
 @torch.no_grad()

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from lab.core.records import add_seed
 from lab.data import eval_sample
 from lab.models import load_tokenizer
 from lab.quant.mx import mx_quantize_model
-from lab.quant.planted import PLANT, book_and_planted
-from lab.seeded import Methods, score_methods
+from lab.quant.planted import PLANT, score_book_and_planted
+from lab.seeded import Methods
 
 __all__ = ["mx_run_name"]
 
@@ -54,13 +53,6 @@ def run(device: torch.device, quick: bool = False, progress: bool = True) -> dic
                          "against its record runs")
     settings = QUICK if quick else SETTINGS
     sample = eval_sample(load_tokenizer(), settings["eval_tokens"])
-    runs: dict[str, torch.Tensor] = {}
-    bits: dict[str, float] = {}
-    for name, model in book_and_planted().items():
-        losses, kept = score_methods(model, methods(settings), sample, [SEED], progress, f"mx-formats: {name}")
-        runs.update({f"{name} · {run}": nll for run, nll in losses[SEED]["formats"].items()})
-        bits.update({f"{name} · {run}": values[0] for run, values in kept.items()})
-    experiments: dict = {}
-    add_seed(experiments, {"formats": (runs, sample.documents)})
+    experiments, kept = score_book_and_planted(methods(settings), sample, [SEED], progress, "mx-formats")
     return {"seeds": [SEED], "settings": settings, "threads": torch.get_num_threads(), "experiments": experiments,
-            "bits": bits}
+            "bits": {run: values[0] for run, values in kept.items()}}

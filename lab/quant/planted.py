@@ -33,12 +33,13 @@ from lab.core.records import add_seed
 from lab.data import eval_sample, tokenize_split
 from lab.models import load_pretrained_lm, load_tokenizer
 from lab.models.next_token import calibration_windows
+from lab.perplexity import EvalSample
 from lab.prune.sequential import prune_model
 from lab.quant.int8_decomposition import int8_decomposed_model
 from lab.quant.linear import w8a8_quantize_model
 from lab.quant.model import quantize_model
 from lab.quant.scaling import activation_abs_max, plant_outliers, smoothquant
-from lab.seeded import score_methods
+from lab.seeded import Methods, score_methods
 
 SEEDS = (0, 1, 2)
 PLANT = {"factor": 50.0, "n_channels": 4, "seed": 0}
@@ -85,6 +86,25 @@ def book_and_planted() -> dict[str, nn.Module]:
     return {"book": book, "planted": planted}
 
 
+def score_book_and_planted(methods: Methods, sample: EvalSample, seeds, progress: bool,
+                           suite: str) -> tuple[dict, dict]:
+    """`lab.seeded.score_methods` of ``methods`` on both models of `book_and_planted`, each run named after its model
+    ("book · W8A8 per token", ..., "planted · fp32"). Returns (the record's "experiments" {name: {"sizes", "sums"}}
+    at ``seeds``, kept {run: [the number its method returned, per seed]})."""
+    results: dict[int, dict[str, dict[str, torch.Tensor]]] = {seed: {} for seed in seeds}
+    kept_runs: dict[str, list] = {}
+    for name, model in book_and_planted().items():
+        losses, kept = score_methods(model, methods, sample, seeds, progress, f"{suite}: {name}")
+        for seed, experiments in losses.items():
+            for experiment, runs in experiments.items():
+                results[seed].setdefault(experiment, {}).update({f"{name} · {run}": nll for run, nll in runs.items()})
+        kept_runs.update({f"{name} · {run}": values for run, values in kept.items()})
+    experiments: dict = {}
+    for seed in seeds:
+        add_seed(experiments, {name: (runs, sample.documents) for name, runs in results[seed].items()})
+    return experiments, kept_runs
+
+
 def run(device: torch.device, quick: bool = False, progress: bool = True) -> dict:
     """Every method of `methods` on "book" and "planted", at each seed of `SEEDS`, on the CPU (the notebooks'
     device). Runs are named "book · W8A8 per token", ..., and "book · fp32". Returns {"seeds", "settings",
@@ -98,13 +118,5 @@ def run(device: torch.device, quick: bool = False, progress: bool = True) -> dic
     train_ids = tokenize_split("train", tokenizer)
     n_tokens, window = settings["calib_samples"] * settings["calib_len"], settings["calib_len"]
     calibs = {seed: calibration_windows(train_ids, n_tokens, window, seed) for seed in SEEDS}
-    results: dict[int, dict[str, dict[str, torch.Tensor]]] = {seed: {} for seed in SEEDS}
-    for name, model in book_and_planted().items():
-        losses, _ = score_methods(model, methods(settings, calibs), sample, SEEDS, progress, f"planted: {name}")
-        for seed, experiments in losses.items():
-            for experiment, runs in experiments.items():
-                results[seed].setdefault(experiment, {}).update({f"{name} · {run}": nll for run, nll in runs.items()})
-    experiments: dict = {}
-    for seed in SEEDS:
-        add_seed(experiments, {name: (runs, sample.documents) for name, runs in results[seed].items()})
+    experiments, _ = score_book_and_planted(methods(settings, calibs), sample, SEEDS, progress, "planted")
     return {"seeds": list(SEEDS), "settings": settings, "threads": torch.get_num_threads(), "experiments": experiments}
