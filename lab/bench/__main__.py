@@ -35,6 +35,7 @@ SUITES = {
     "distill": "lab.distill.suite",
     "distill-seeds": "lab.distill.seeds",
     "distill-grid": "lab.distill.grid",
+    "distill-on-policy": "lab.distill.on_policy_runs",
     "parallel": "lab.parallel.suite",
     "infer": "lab.infer.suite",
     "leaderboard": "lab.capstone.suite",
@@ -42,6 +43,8 @@ SUITES = {
     "calibration": "lab.quant.calibration",
     "fp8-training": "lab.quant.fp8_training",
     "mx-formats": "lab.quant.mx_runs",
+    "spec-batch": "lab.infer.spec_batch_runs",
+    "serving": "lab.infer.serving_runs",
 }
 NESTED = {"parallel": "full"}  # suites whose result has keys of its own that a record uses ("device_type")
 

@@ -11,6 +11,12 @@ Subscripts S and T mean student and teacher; T alone is a sequence length, as in
   respect to z_S is α·τ·(p_S^τ − p_T^τ)/N for the soft term. kind="reverse" is the token-level
   reverse KL(p_S^τ ‖ p_T^τ) on the given positions; MiniLLM (Gu et al. 2024) minimises instead the
   sequence-level reverse KL over sequences the student samples, by policy gradient, which this is not.
+* `generalized_jsd`: GKD's token-level divergence (Agarwal et al. 2024, eq. 1), with P = p_T^τ, Q = p_S^τ and the
+  mixture M = β P + (1 − β) Q:  JSD_β(P ‖ Q) = β·KL(P ‖ M) + (1 − β)·KL(Q ‖ M), 0 < β < 1 (β = 0.5: the
+  symmetric JSD). It tends to 0 at both ends, and JSD_β/β → KL(P ‖ Q) (forward) as β → 0,
+  JSD_β/(1 − β) → KL(Q ‖ P) (reverse) as β → 1; β = 0 and β = 1 return those limits, the forward and the
+  reverse KL, as TRL's ``GKDTrainer.generalized_jsd_loss`` does (so the loss jumps at the ends: one argument
+  chooses among the three divergences, it does not interpolate their sizes).
 * `hidden_state_loss`: DistilBERT's cosine loss 1 − cos(h_S, h_T) on the last layer's hidden states
   (its published form), or TinyBERT's MSE over a layer map (`lab.distill.students.uniform_layer_map`).
 * `minilm_loss`: MiniLM's deep self-attention distillation of the last layer, L_AT + L_VR, where
@@ -21,6 +27,7 @@ Subscripts S and T mean student and teacher; T alone is a sequence length, as in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -165,6 +172,44 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     if labels is None:
         return soft
     return alpha * soft + (1.0 - alpha) * cross_entropy(student_logits, labels, ignore_index)
+
+
+def _jsd(log_ps: torch.Tensor, log_pt: torch.Tensor, beta: float) -> torch.Tensor:
+    """JSD_β(P ‖ Q) per position from log Q = ``log_ps`` and log P = ``log_pt`` (..., V); the KLs at β = 0, 1."""
+    if beta == 0:
+        return _kl(log_pt, log_ps)
+    if beta == 1:
+        return _kl(log_ps, log_pt)
+    log_m = torch.logaddexp(log_pt + math.log(beta), log_ps + math.log1p(-beta))     # log(β P + (1 − β) Q)
+    return beta * _kl(log_pt, log_m) + (1 - beta) * _kl(log_ps, log_m)
+
+
+def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 0.5,
+                    mask: torch.Tensor | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """GKD's divergence D(p_T^τ ‖ p_S^τ) averaged over the positions ``mask`` selects: a scalar, float32 or wider.
+
+    ``student_logits`` z_S and ``teacher_logits`` z_T: (..., V) float, the same shape; ``mask`` bool/int (...),
+    True = a position that counts (None: all). ``beta`` β in [0, 1], ``temperature`` τ > 0 (both softmaxes at τ,
+    no τ² factor, as TRL's ``generalized_jsd_loss``). With P = p_T^τ, Q = p_S^τ, M = β P + (1 − β) Q:
+
+        D = KL(P ‖ Q)                           β = 0  (forward KL: `kd_loss` at α = 1 over τ²)
+        D = β·KL(P ‖ M) + (1 − β)·KL(Q ‖ M)     0 < β < 1  (the generalized JSD)
+        D = KL(Q ‖ P)                           β = 1  (reverse KL)
+
+    log M = logaddexp(log β + log P, log(1 − β) + log Q): no probability is formed and then logged. The
+    teacher gets no gradient. NaN or +∞ logits at a counted position are refused.
+    """
+    _check_floats("student_logits", student_logits, 1)
+    _check_floats("teacher_logits", teacher_logits, 1)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student_logits {tuple(student_logits.shape)} and teacher_logits "
+                         f"{tuple(teacher_logits.shape)} must have the same shape")
+    check_fraction("beta", beta)
+    check_number("temperature", temperature, low=0, closed=(False, True))
+    valid = _token_mask(mask, student_logits.shape[:-1], student_logits.device)
+    z_s, z_t = student_logits[valid], teacher_logits[valid].detach()       # (N, V)
+    jsd = _jsd(_log_softmax(z_s, temperature), _log_softmax(z_t, temperature), float(beta))
+    return _refuse_nan(jsd.mean(), student_logits=z_s, teacher_logits=z_t)
 
 
 def _check_pairs(layer_map: Sequence[tuple[int, int]], n_student: int | None = None, n_teacher: int | None = None,

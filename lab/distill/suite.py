@@ -27,7 +27,7 @@ def run(device: torch.device, quick: bool = False, progress: bool = True) -> dic
     """
     seed_everything(0)
     if quick:
-        cfg = {"steps": 3, "batch": 2, "seq": 32, "eval_n": 512, "eval_every": 3, "grid_steps": 2, "taus": [1.0, 4.0],
+        cfg = {"steps": 2, "batch": 2, "seq": 32, "eval_n": 256, "eval_every": 2, "grid_steps": 2, "taus": [1.0, 4.0],
                    "alphas": [0.5, 1.0], "enc": {"n_train": 4, "n_test": 2, "max_length": 16, "epochs": 1}}
     else:
         cfg = {"steps": 1500, "batch": 32, "seq": 256, "eval_n": 32_768, "eval_every": 250, "grid_steps": 300,

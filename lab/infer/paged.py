@@ -63,8 +63,17 @@ class BlockAllocator:
         """⌈n_tokens / block_size⌉."""
         return -(-check_int("n_tokens", n_tokens, 0) // self.block_size)
 
+    @property
+    def n_free(self) -> int:
+        """Blocks a new allocation may take (a subclass may count blocks it can evict)."""
+        return len(self.free)
+
     def can_allocate(self, n_tokens: int) -> bool:
-        return self.blocks_for(n_tokens) <= len(self.free)
+        return self.blocks_for(n_tokens) <= self.n_free
+
+    def _take(self) -> int:
+        """One block for a sequence: the top of the free stack."""
+        return self.free.pop()
 
     def _owned(self, seq_id: Hashable) -> list[int]:
         """The block table of ``seq_id`` (TypeError if it is unhashable, ValueError if it holds no blocks)."""
@@ -83,8 +92,8 @@ class BlockAllocator:
         check_int("n_tokens", n_tokens)
         if not self.can_allocate(n_tokens):
             raise OutOfBlocksError(f"{n_tokens} tokens need {self.blocks_for(n_tokens)} blocks, "
-                                   f"{len(self.free)} of {self.num_blocks} are free")
-        self.tables[seq_id] = [self.free.pop() for _ in range(self.blocks_for(n_tokens))]
+                                   f"{self.n_free} of {self.num_blocks} are free")
+        self.tables[seq_id] = [self._take() for _ in range(self.blocks_for(n_tokens))]
         self.lengths[seq_id] = n_tokens
         return self.tables[seq_id]
 
@@ -96,9 +105,9 @@ class BlockAllocator:
         """Grow the sequence by one token, taking a new block when it crosses a block boundary."""
         table = self._owned(seq_id)
         if self.needs_block(seq_id):
-            if not self.free:
+            if not self.n_free:
                 raise OutOfBlocksError(f"sequence {seq_id!r} needs a new block and none is free")
-            table.append(self.free.pop())
+            table.append(self._take())
         self.lengths[seq_id] += 1
 
     def release(self, seq_id: Hashable) -> None:
@@ -117,12 +126,15 @@ class BlockAllocator:
 
 
 class PagedKVCache:
-    """Pools k[l], v[l] of shape (num_blocks, block_size, H_kv, D) per layer, shared by all sequences."""
+    """Pools k[l], v[l] of shape (num_blocks, block_size, H_kv, D) per layer, shared by all sequences; their
+    bookkeeping is an ``allocator`` (`BlockAllocator`, or `lab.infer.prefix_cache.PrefixCachingAllocator`)."""
 
     def __init__(self, model: GPT, num_blocks: int, block_size: int = BLOCK_SIZE, dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, allocator: type[BlockAllocator] = BlockAllocator) -> None:
         check_gpt("model", model)
-        self.allocator = BlockAllocator(num_blocks, block_size)
+        if not (isinstance(allocator, type) and issubclass(allocator, BlockAllocator)):
+            raise TypeError(f"allocator must be BlockAllocator or a subclass of it, got {allocator!r:.80}")
+        self.allocator = allocator(num_blocks, block_size)
         param = next(model.parameters())
         dtype = check_float_dtype("dtype", dtype) if dtype is not None else (
             param.dtype if param.is_floating_point() else torch.float32)
@@ -137,6 +149,13 @@ class PagedKVCache:
 
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.k + self.v)
+
+    def copy_block(self, src: int, dst: int) -> None:
+        """Copy block ``src``'s keys and values into block ``dst``, in every layer (copy-on-write)."""
+        for name, block in (("src", src), ("dst", dst)):
+            check_int(name, block, 0, self.allocator.num_blocks - 1)
+        for pool in self.k + self.v:
+            pool[dst] = pool[src]
 
     def attention(self, seq_ids: Sequence[Hashable], positions: torch.Tensor) -> Attend:
         """The ``attend`` for rows ``seq_ids`` whose new tokens sit at ``positions`` (B, T).

@@ -1,4 +1,5 @@
-"""Serving many requests: static batching vs continuous batching over one paged KV cache.
+"""Serving many requests: static vs continuous batching over one paged KV cache, with chunked prefill and
+prefix caching, on a clock that sees each request's arrival, first token and last token.
 
 A decode step costs about the same whether it carries 1 row or 32 as long as it is memory bound
 (the weights are read once per step either way), so a server batches requests. The question is
@@ -11,95 +12,118 @@ when a request may join a batch:
   the rows that finished and admit waiting requests into the free rows.
 
 `serve` runs either policy on a list of `Request`s with greedy decoding. A request is admitted
-when a row is free and the paged cache (`lab.infer.paged`) has blocks for its prompt; admission
-runs its prefill (prompt → cache, first new token) alone, then it joins the batched decode steps.
-When a decode step needs a new block and none is free, the newest row is preempted: its blocks are
-freed and it goes back to the front of the queue with the tokens it has, to be recomputed by a
-later prefill (vLLM's recompute preemption). Outputs do not depend on the policy, the batch size
-or preemption: each request's tokens equal `lab.infer.generate` run on it alone.
+when it has arrived, a row is free and the paged cache (`lab.infer.paged`) has blocks for its prompt.
+Without chunking, admission runs its prefill (prompt → cache, first new token) alone, then it joins
+the batched decode steps in the same step: a step's decode rows wait for every prefill of that step.
+With ``chunk_size`` = C (Sarathi-Serve, Agrawal et al. 2024; continuous batching only), a step carries
+every decode row (1 token each) and then prefill chunks of at most C tokens, of the requests being
+prefilled and then of newly admitted ones, while the step's tokens stay within ``token_budget``
+(default ``max_batch`` + C); a request's first token comes with its last chunk. A long prompt then
+delays the decode rows by one chunk per step, not by its whole prefill. The PyTorch path has no
+ragged batch, so the decode rows run as one forward call and each chunk as its own; a step's calls
+are timed together, as one step.
+
+With ``prefix_cache=True`` the cache's allocator is a `lab.infer.prefix_cache.PrefixCachingAllocator`:
+an admitted request reuses the cached blocks of its longest cached run of full prompt blocks, and
+only the rest of its prompt is run through prefill, at its own positions, attending to the cached
+keys; ``cached_prefix_tokens`` counts the prompt tokens not run, at every admission.
+
+When a decode step needs a new block and none is free, the newest unfinished row is preempted: its
+blocks are freed and it goes back to the front of the queue with the tokens it has, to be recomputed
+by a later prefill (vLLM's recompute preemption). Outputs do not depend on the policy, the batch
+size, chunking, prefix caching or preemption: each request's tokens equal `lab.infer.generate` run
+on it alone (in exact arithmetic; the tests check it token for token in fp32).
+
+The clock: each step advances it by ``step_time(spans)`` seconds when that cost model is given, else by
+the step's measured wall time; when nothing can run, it jumps to the next arrival. ``spans`` lists what the
+step runs, one (c, n) per forward row: n new tokens at positions c … c + n − 1, attending to the c + n keys
+cached up to them (a decode row: (its position, 1); a prefill or a chunk: (its tokens already cached, its
+length)), so a cost model sees the tokens, Σ n, and the cached keys read, Σ (c + n); `ServeResult.steps`
+keeps the step's (decode rows, prefill tokens). A token is stamped with the clock at the end of its step
+(`ServeResult.ttft`, ``tpot``).
+`schedule` is the same loop without a model (a dry run); with a ``step_time`` or with every arrival
+at 0 its steps equal `serve`'s.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
-from lab.core.checks import check_choice, check_int, check_tensor
-from lab.infer.generate import check_seed
+from lab.core.checks import check_choice, check_int
 from lab.infer.kv_cache import forward_cached
+from lab.infer.load import synthetic_trace
 from lab.infer.paged import BLOCK_SIZE, BlockAllocator, PagedKVCache
+from lab.infer.prefix_cache import PrefixCachingAllocator
+from lab.infer.requests import Request, ServeResult
 from lab.models.gpt import GPT, check_gpt
+
+__all__ = ["Request", "ServeResult", "serve", "schedule", "synthetic_trace"]
 
 POLICIES = ("static", "continuous")
 DRY_RUN_TOKEN = -1                      # the placeholder `schedule` generates
-
-
-@dataclass(frozen=True)
-class Request:
-    """A prompt (T₀,) int64 and the number of tokens to generate for it."""
-
-    id: int
-    prompt: torch.Tensor
-    max_new_tokens: int
-
-    def __post_init__(self) -> None:
-        check_int("id", self.id, minimum=None)
-        if not (torch.is_tensor(self.prompt) and self.prompt.dtype == torch.int64 and self.prompt.dim() == 1):
-            got = (f"{self.prompt.dtype} of shape {tuple(self.prompt.shape)}" if torch.is_tensor(self.prompt)
-                   else type(self.prompt).__name__)
-            raise TypeError(f"request {self.id}: prompt must be a 1-D int64 tensor of token ids, got {got}")
-        if not len(self.prompt):
-            raise ValueError(f"request {self.id}: prompt is empty; give at least one token")
-        check_int("max_new_tokens", self.max_new_tokens)
+StepTime = Callable[[list[tuple[int, int]]], float]  # the spans (c, n) of a step → its seconds
 
 
 @dataclass
 class _Row:
     request: Request
     tokens: list[int]                   # prompt + generated so far
+    computed: int = 0                   # tokens whose keys and values are in the cache
+    prefill_end: int = 0                # len(tokens) at admission: prefill runs tokens computed … prefill_end − 1
+    n_prompt: int = field(init=False)   # len(request.prompt), read at every step (a tensor's len is slow)
+
+    def __post_init__(self) -> None:
+        self.n_prompt = len(self.request.prompt)
 
     @property
     def n_generated(self) -> int:
-        return len(self.tokens) - len(self.request.prompt)
+        return len(self.tokens) - self.n_prompt
 
     @property
     def done(self) -> bool:
         return self.n_generated >= self.request.max_new_tokens
 
+    @property
+    def in_prefill(self) -> bool:
+        return self.computed < self.prefill_end
 
-@dataclass
-class ServeResult:
-    outputs: dict[int, torch.Tensor]    # request id → generated tokens (max_new_tokens,) int64
-    decode_steps: int
-    active_rows: list[int]              # rows computed in each decode step
-    prefill_tokens: int                 # tokens run through prefills, recomputations included
-    preemptions: int
-    seconds: float
+
+@dataclass(frozen=True)
+class _Options:
     max_batch: int
     policy: str
-    generated_tokens: int = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.generated_tokens = sum(len(t) for t in self.outputs.values())
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.generated_tokens / self.seconds
-
-    @property
-    def utilization(self) -> float:
-        """Mean fraction of the ``max_batch`` rows that a decode step computes."""
-        return sum(self.active_rows) / max(1, self.decode_steps * self.max_batch)
+    chunk_size: int | None
+    token_budget: int | None
+    prefix_cache: bool
+    step_time: StepTime | None
 
 
-def _check_policy(max_batch: int, policy: str) -> None:
+def _check_options(max_batch: int, policy: str, chunk_size: int | None, token_budget: int | None,
+                   prefix_cache: bool, step_time: StepTime | None) -> _Options:
+    """The options of `serve` and `schedule`, checked; ``token_budget`` defaults to ``max_batch`` + C."""
     check_choice("policy", policy, POLICIES)
     check_int("max_batch", max_batch)
+    check_choice("prefix_cache", prefix_cache, (True, False))
+    if step_time is not None and not callable(step_time):
+        raise TypeError(f"step_time must be None or a callable spans -> seconds (spans: the step's (c, n) pairs), "
+                        f"got {step_time!r:.80}")
+    if chunk_size is None:
+        if token_budget is not None:
+            raise ValueError(f"token_budget={token_budget!r} needs chunk_size (chunked prefill); give both")
+        return _Options(max_batch, policy, None, None, prefix_cache, step_time)
+    check_int("chunk_size", chunk_size)
+    if policy != "continuous":
+        raise ValueError(f"chunk_size={chunk_size} needs policy='continuous' (chunks join running batches), "
+                         f"got policy={policy!r}")
+    budget = max_batch + chunk_size if token_budget is None else token_budget
+    check_int("token_budget", budget, max_batch + 1)       # every step leaves room for a chunk
+    return _Options(max_batch, policy, chunk_size, budget, prefix_cache, step_time)
 
 
 def _check_requests(config, requests: Sequence[Request], capacity: int) -> None:
@@ -125,7 +149,7 @@ def _check_requests(config, requests: Sequence[Request], capacity: int) -> None:
 @dataclass
 class _Queues:
     """What `serve` tracks between steps: the paged cache (None in a dry run: `schedule`, which has no model
-    and only the block allocator) and the requests in each state."""
+    and only the block allocator), the requests in each state, the counts and the clock."""
 
     model: GPT | None
     cache: PagedKVCache | None
@@ -134,8 +158,15 @@ class _Queues:
     running: list[_Row] = field(default_factory=list)
     outputs: dict[int, torch.Tensor] = field(default_factory=dict)
     active_rows: list[int] = field(default_factory=list)
+    steps: list[tuple[int, int]] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)     # (c, n) of each forward row of this step
     prefill_tokens: int = 0
     preemptions: int = 0
+    cached_prefix_tokens: int = 0
+    clock: float = 0.0
+    first_token: dict[int, float] = field(default_factory=dict)
+    first_tokens: dict[int, int] = field(default_factory=dict)
+    finish: dict[int, float] = field(default_factory=dict)
     device: torch.device = field(init=False)
 
     def __post_init__(self) -> None:
@@ -143,105 +174,214 @@ class _Queues:
                        else next(self.model.parameters()).device)
 
 
-def _greedy(logits: torch.Tensor) -> list[int]:
-    return logits.argmax(-1).tolist()
+def _next_tokens(q: _Queues, rows: list[_Row], ids: list[list[int]], start: list[int]) -> list[int]:
+    """Greedy next token of each row after its new tokens ``ids`` (equal lengths) at positions start …;
+    the placeholder in a dry run. Each row's span (start, new tokens) joins the step's ``spans``."""
+    q.spans += [(s, len(ids[0])) for s in start]
+    if q.cache is None:
+        return [DRY_RUN_TOKEN] * len(rows)
+    positions = torch.tensor([[s + i for i in range(len(ids[0]))] for s in start], device=q.device)
+    attend = q.cache.attention([row.request.id for row in rows], positions)
+    logits = forward_cached(q.model, torch.tensor(ids, device=q.device), positions, attend)
+    return logits[:, -1].argmax(-1).tolist()
 
 
-def _retire(q: _Queues) -> None:
-    """Finished rows leave the batch: their tokens become outputs and their blocks are freed."""
-    for row in [row for row in q.running if row.done]:
-        q.outputs[row.request.id] = torch.tensor(row.tokens[len(row.request.prompt):])
+def _retire(q: _Queues) -> int:
+    """Finished rows leave the batch: their tokens become outputs and their blocks are freed. Returns how many."""
+    finished = [row for row in q.running if row.done]
+    for row in finished:
+        q.outputs[row.request.id] = torch.tensor(row.tokens[row.n_prompt:])
         q.allocator.release(row.request.id)
         q.running.remove(row)
+    return len(finished)
 
 
-def _admit(q: _Queues, max_batch: int) -> int:
-    """Waiting requests join while a row and blocks for their tokens are free; each runs its prefill
-    alone (prompt → cache, first new token). Returns the tokens generated."""
-    alloc, admitted = q.allocator, 0
-    while q.waiting and len(q.running) < max_batch and alloc.can_allocate(len(q.waiting[0].tokens)):
-        row = q.waiting.popleft()
-        n = len(row.tokens)
-        alloc.allocate(row.request.id, n)
-        if q.cache is None:                 # dry run: a placeholder token; the schedule depends on lengths only
-            row.tokens.append(DRY_RUN_TOKEN)
-        else:
-            positions = torch.arange(n, device=q.device)[None]
-            ids = torch.tensor([row.tokens], device=q.device)
-            logits = forward_cached(q.model, ids, positions, q.cache.attention([row.request.id], positions))
-            row.tokens += _greedy(logits[:, -1])
-        q.prefill_tokens += n
-        q.running.append(row)
-        admitted += 1
-    return admitted
+def _admissible(q: _Queues, o: _Options) -> bool:
+    """Whether the head of the queue has arrived and a row and blocks for its tokens are free."""
+    if not q.waiting or len(q.running) >= o.max_batch or q.waiting[0].request.arrival > q.clock:
+        return False
+    tokens = q.waiting[0].tokens
+    return q.allocator.can_allocate_prompt(tokens) if o.prefix_cache else q.allocator.can_allocate(len(tokens))
 
 
-def _make_room(q: _Queues, active: list[_Row]) -> list[_Row]:
-    """Preempt the newest active rows until every remaining one has room for its next token."""
+def _admit(q: _Queues, o: _Options) -> _Row:
+    """The head of the queue joins the running rows with blocks for its tokens (cached ones shared)."""
+    row = q.waiting.popleft()
+    row.prefill_end, row.computed = len(row.tokens), 0
+    if o.prefix_cache:
+        row.computed, copies = q.allocator.allocate_prompt(row.request.id, row.tokens)
+        q.cached_prefix_tokens += row.computed
+        for src, dst in copies if q.cache is not None else ():
+            q.cache.copy_block(src, dst)
+    else:
+        q.allocator.allocate(row.request.id, row.prefill_end)
+    q.running.append(row)
+    return row
+
+
+def _prefill(q: _Queues, row: _Row, n: int, o: _Options) -> None:
+    """Run the row's next ``n`` prompt tokens; after the last one, its first new token."""
+    c = row.computed
+    token = _next_tokens(q, [row], [row.tokens[c:c + n]], [c])[0]
+    row.computed = c + n
+    q.prefill_tokens += n
+    if o.prefix_cache:
+        q.allocator.register(row.request.id, row.tokens, min(row.computed, row.n_prompt))
+    if not row.in_prefill:
+        row.tokens.append(token)
+
+
+def _make_room(q: _Queues, decoding: list[_Row]) -> list[_Row]:
+    """Preempt the newest unfinished rows until every remaining decode row has room for its next token."""
     alloc = q.allocator
-    while sum(alloc.needs_block(row.request.id) for row in active) > len(alloc.free):
-        victim = active.pop()
+    while sum(alloc.needs_block(row.request.id) for row in decoding) > alloc.n_free:
+        victim = [row for row in q.running if not row.done][-1]
         q.running.remove(victim)
+        if victim in decoding:
+            decoding.remove(victim)
         alloc.release(victim.request.id)
         q.waiting.appendleft(victim)
         q.preemptions += 1
-    return active
+    for row in decoding:
+        alloc.append(row.request.id)
+    return decoding
 
 
-def _decode_step(q: _Queues, active: list[_Row]) -> None:
-    """One batched decode step: each active row's newest token in, its next token out."""
-    for row in active:
-        q.allocator.append(row.request.id)
-    q.active_rows.append(len(active))
-    if q.cache is None:                     # dry run
-        for row in active:
-            row.tokens.append(DRY_RUN_TOKEN)
-        return
-    ids = torch.tensor([[row.tokens[-1]] for row in active], device=q.device)
-    positions = torch.tensor([[len(row.tokens) - 1] for row in active], device=q.device)
-    logits = forward_cached(q.model, ids, positions, q.cache.attention([row.request.id for row in active], positions))
-    for row, token in zip(active, _greedy(logits[:, -1])):
+def _decode(q: _Queues, decoding: list[_Row]) -> None:
+    """One batched decode step: each row's newest token in (its slot allocated), its next token out."""
+    q.active_rows.append(len(decoding))
+    last = [len(row.tokens) - 1 for row in decoding]
+    tokens = _next_tokens(q, decoding, [[row.tokens[i]] for row, i in zip(decoding, last)], last)
+    for row, token in zip(decoding, tokens):
+        row.computed += 1
         row.tokens.append(token)
+
+
+def _step_whole(q: _Queues, o: _Options) -> int:
+    """A step without chunking: retire, admit (each admitted prompt prefilled alone), make room, decode every
+    unfinished row. Static batching retires and admits only once the whole batch is done. Returns the decode rows."""
+    if o.policy == "continuous" or all(row.done for row in q.running):
+        _retire(q)
+    if o.policy == "continuous" or not q.running:
+        while _admissible(q, o):
+            row = _admit(q, o)
+            _prefill(q, row, row.prefill_end - row.computed, o)
+    decoding = _make_room(q, [row for row in q.running if not row.done])
+    if decoding:                # static batching: finished rows hold the blocks until the batch drains
+        _decode(q, decoding)
+    return len(decoding)
+
+
+def _step_chunked(q: _Queues, o: _Options) -> int:
+    """A Sarathi-Serve step: every decode row, then chunks of ≤ C prompt tokens (rows being prefilled first, then
+    new admissions) within the token budget. Returns the decode rows."""
+    _retire(q)
+    decoding = _make_room(q, [row for row in q.running if not (row.in_prefill or row.done)])
+    budget, chunks = o.token_budget - len(decoding), []
+    for row in [row for row in q.running if row.in_prefill]:
+        chunks.append((row, min(o.chunk_size, row.prefill_end - row.computed, budget)))
+        budget -= chunks[-1][1]
+    while budget > 0 and _admissible(q, o):
+        row = _admit(q, o)
+        chunks.append((row, min(o.chunk_size, row.prefill_end - row.computed, budget)))
+        budget -= chunks[-1][1]
+    if decoding:
+        _decode(q, decoding)
+    for row, n in chunks:
+        if n:
+            _prefill(q, row, n, o)
+    return len(decoding)
+
+
+def _stamp(q: _Queues) -> None:
+    """Times of first tokens and of last tokens produced in the step that just ended."""
+    for row in q.running:
+        if row.n_generated and row.request.id not in q.first_token:
+            q.first_token[row.request.id], q.first_tokens[row.request.id] = q.clock, row.n_generated
+        if row.done:
+            q.finish.setdefault(row.request.id, q.clock)
+
+
+def _run(q: _Queues, requests: Sequence[Request], o: _Options, progress: bool) -> ServeResult:
+    """`serve`'s loop over the queues ``q`` (with a cache: real forward calls; without: `schedule`'s dry run)."""
+    bar = tqdm(total=len(requests), desc=f"serve ({o.policy}, batch {o.max_batch})", disable=not progress)
+    step = _step_whole if o.chunk_size is None else _step_chunked
+    start = time.perf_counter()
+    while q.waiting or q.running:
+        if not any(not row.done for row in q.running) and q.waiting:
+            if q.waiting[0].request.arrival > q.clock:
+                q.clock = q.waiting[0].request.arrival            # idle until the next arrival
+        t0, prefilled, q.spans = time.perf_counter(), q.prefill_tokens, []
+        decoded = step(q, o)
+        work = (decoded, q.prefill_tokens - prefilled)
+        if work == (0, 0):
+            if q.waiting and not q.running:
+                raise RuntimeError(f"request {q.waiting[0].request.id} does not fit in the cache")
+            continue
+        q.steps.append(work)
+        q.clock += o.step_time(q.spans) if o.step_time else time.perf_counter() - t0
+        _stamp(q)
+        bar.update(sum(row.done for row in q.running) + len(q.outputs) - bar.n)
+    bar.close()
+    return ServeResult(q.outputs, len(q.active_rows), q.active_rows, q.prefill_tokens, q.preemptions,
+                       time.perf_counter() - start, o.max_batch, o.policy, q.cached_prefix_tokens, q.steps,
+                       {r.id: r.arrival for r in requests}, q.first_token, q.first_tokens, q.finish)
+
+
+def _queues(model: GPT | None, cache: PagedKVCache | None, allocator: BlockAllocator,
+            requests: Sequence[Request]) -> _Queues:
+    """Every request waiting, in order of arrival (ties in the given order)."""
+    ordered = sorted(requests, key=lambda r: r.arrival)
+    return _Queues(model, cache, allocator, deque(_Row(r, r.prompt.tolist()) for r in ordered))
 
 
 @torch.no_grad()
 def serve(model: GPT, requests: Sequence[Request], max_batch: int, policy: str = "continuous",
-          num_blocks: int | None = None, block_size: int = BLOCK_SIZE, progress: bool = False) -> ServeResult:
-    """Greedy outputs of every request, served with ``policy`` ∈ {"static", "continuous"}.
+          num_blocks: int | None = None, block_size: int = BLOCK_SIZE, progress: bool = False, *,
+          chunk_size: int | None = None, token_budget: int | None = None, prefix_cache: bool = False,
+          step_time: StepTime | None = None) -> ServeResult:
+    """Greedy outputs of every request, served with ``policy`` ∈ {"static", "continuous"}, and their latencies.
 
-    ``num_blocks`` defaults to enough blocks for ``max_batch`` full-context sequences. Each step:
-    retire finished rows (continuous: at once; static: when the whole batch is done), admit waiting
-    requests (continuous: into any free row; static: once the batch has drained), make room in the
-    cache (preempting the newest rows), and run one batched decode step.
+    ``num_blocks`` defaults to enough blocks for ``max_batch`` full-context sequences. Without ``chunk_size``
+    each step retires finished rows (continuous: at once; static: when the whole batch is done), admits
+    arrived requests (continuous: into any free row; static: once the batch has drained) and prefills each
+    alone, makes room in the cache (preempting the newest rows) and runs one batched decode step. With
+    ``chunk_size`` = C (continuous only), a step is the decode rows plus prefill chunks of ≤ C tokens within
+    ``token_budget`` tokens (default ``max_batch`` + C). ``prefix_cache`` shares cached prompt blocks.
+    ``step_time(spans)``, if given, is each step's cost in seconds on the clock that stamps the tokens, in place
+    of its measured wall time (spans: the step's (c, n) rows, see the module docstring).
     """
     check_gpt("model", model)
-    _check_policy(max_batch, policy)
+    o = _check_options(max_batch, policy, chunk_size, token_budget, prefix_cache, step_time)
     check_choice("progress", progress, (True, False))
     check_int("block_size", block_size)
     if num_blocks is None:
         num_blocks = max_batch * -(-model.config.context_length // block_size)
-    cache = PagedKVCache(model, num_blocks, block_size)          # checks num_blocks and block_size
+    allocator = PrefixCachingAllocator if prefix_cache else BlockAllocator
+    cache = PagedKVCache(model, num_blocks, block_size, allocator=allocator)   # checks num_blocks and block_size
     _check_requests(model.config, requests, num_blocks * block_size)
-    q = _Queues(model, cache, cache.allocator, deque(_Row(r, r.prompt.tolist()) for r in requests))
-    return _run(q, requests, max_batch, policy, progress)
+    return _run(_queues(model, cache, cache.allocator, requests), requests, o, progress)
 
 
 def schedule(requests: Sequence[Request], max_batch: int, policy: str = "continuous", context_length: int = 256,
-             num_blocks: int | None = None, block_size: int = BLOCK_SIZE) -> ServeResult:
-    """`serve`'s schedule without a model (a dry run): the same admissions, retirements, preemptions and
-    decode steps, which depend on the requests' lengths only, never on the tokens (greedy decoding, no
-    end-of-sequence token). ``decode_steps``, ``active_rows``, ``utilization``, ``prefill_tokens`` and
-    ``preemptions`` equal those of `serve` with the same arguments on a model of this ``context_length``;
-    ``outputs`` hold ``DRY_RUN_TOKEN`` placeholders and ``seconds`` the time of the bookkeeping alone."""
-    _check_policy(max_batch, policy)
+             num_blocks: int | None = None, block_size: int = BLOCK_SIZE, *, chunk_size: int | None = None,
+             token_budget: int | None = None, prefix_cache: bool = False,
+             step_time: StepTime | None = None) -> ServeResult:
+    """`serve`'s schedule without a model (a dry run): the same admissions, retirements, preemptions, prefix
+    hits, chunks and decode steps, which depend on the requests' prompts and lengths only, never on the
+    generated tokens (greedy decoding, no end-of-sequence token; only prompt blocks are cached). ``steps``,
+    ``decode_steps``, ``active_rows``, ``utilization``, ``prefill_tokens``, ``cached_prefix_tokens`` and
+    ``preemptions`` equal those of `serve` with the same arguments on a model of this ``context_length``
+    when the clock cannot change an admission (every arrival at 0, or the same ``step_time``); ``outputs``
+    hold ``DRY_RUN_TOKEN`` placeholders and ``seconds`` the time of the bookkeeping alone."""
+    o = _check_options(max_batch, policy, chunk_size, token_budget, prefix_cache, step_time)
     check_int("block_size", block_size)
     check_int("context_length", context_length)
     if num_blocks is None:
         num_blocks = max_batch * -(-context_length // block_size)
-    allocator = BlockAllocator(num_blocks, block_size)              # checks num_blocks
+    allocator = (PrefixCachingAllocator if prefix_cache else BlockAllocator)(num_blocks, block_size)
     _check_requests(_Dims(context_length), requests, num_blocks * block_size)
-    q = _Queues(None, None, allocator, deque(_Row(r, r.prompt.tolist()) for r in requests))
-    return _run(q, requests, max_batch, policy, False)
+    return _run(_queues(None, None, allocator, requests), requests, o, False)
 
 
 @dataclass(frozen=True)
@@ -251,50 +391,3 @@ class _Dims:
     context_length: int
     vocab_size: float = float("inf")
 
-
-def _run(q: _Queues, requests: Sequence[Request], max_batch: int, policy: str, progress: bool) -> ServeResult:
-    """`serve`'s loop over the queues ``q`` (with a cache: real decode steps; without: `schedule`'s dry run)."""
-    bar = tqdm(total=sum(r.max_new_tokens for r in requests), desc=f"serve ({policy}, batch {max_batch})",
-               disable=not progress)
-    start = time.perf_counter()
-    while q.waiting or q.running:
-        if policy == "continuous" or all(row.done for row in q.running):
-            _retire(q)
-        if policy == "continuous" or not q.running:
-            bar.update(_admit(q, max_batch))
-        active = [row for row in q.running if not row.done]
-        if not active and q.waiting and not q.running:
-            raise RuntimeError(f"request {q.waiting[0].request.id} does not fit in the cache")
-        active = _make_room(q, active)
-        if active:                  # static batching: finished rows hold the blocks until the batch drains
-            _decode_step(q, active)
-            bar.update(len(active))
-    bar.close()
-    return ServeResult(q.outputs, len(q.active_rows), q.active_rows, q.prefill_tokens, q.preemptions,
-                       time.perf_counter() - start, max_batch, policy)
-
-
-def synthetic_trace(tokens: torch.Tensor, n_requests: int, prompt_lengths: tuple[int, int],
-                    output_lengths: tuple[int, int], seed: int = 0) -> list[Request]:
-    """``n_requests`` requests whose prompts are windows of real text ``tokens`` (1-D int64), with prompt
-    and output lengths drawn uniformly from the inclusive ranges (a mixed-length offline workload)."""
-    check_tensor("tokens", tokens, 1, (torch.int64,))
-    check_int("n_requests", n_requests, minimum=0)
-    for name, pair in (("prompt_lengths", prompt_lengths), ("output_lengths", output_lengths)):
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise TypeError(f"{name} must be a pair (lo, hi) of ints, got {pair!r:.80}")
-        for end, value in zip(("lo", "hi"), pair):
-            check_int(f"{name} {end}", value)
-    check_seed(seed)
-    (p_lo, p_hi), (o_lo, o_hi) = prompt_lengths, output_lengths
-    if not (1 <= p_lo <= p_hi and 1 <= o_lo <= o_hi) or p_hi >= len(tokens):
-        raise ValueError(f"need 1 <= lo <= hi for both ranges and prompts shorter than the text, got "
-                         f"prompt_lengths={prompt_lengths}, output_lengths={output_lengths}, {len(tokens)} tokens")
-    gen = torch.Generator().manual_seed(seed)
-    requests = []
-    for i in range(n_requests):
-        T = int(torch.randint(p_lo, p_hi + 1, (1,), generator=gen))
-        n = int(torch.randint(o_lo, o_hi + 1, (1,), generator=gen))
-        start = int(torch.randint(0, len(tokens) - T, (1,), generator=gen))
-        requests.append(Request(i, tokens[start:start + T].clone(), n))
-    return requests

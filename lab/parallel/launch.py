@@ -1,9 +1,9 @@
 """Run a function on N local processes joined by a `torch.distributed` process group.
 
-``launch(fn, world_size, *args)`` spawns ``world_size`` fresh Python processes
-(``torch.multiprocessing`` with the *spawn* start method, so it works from a notebook),
-initialises the default process group in each (TCP rendezvous on a free local port,
-backend chosen by `default_backend`, a ``timeout`` on every collective), calls
+``launch(fn, world_size, *args)`` starts ``world_size`` fresh Python processes
+(``torch.multiprocessing``, so it works from a notebook: `_start_method`), initialises
+the default process group in each (TCP rendezvous on a free local port, backend chosen
+by `default_backend`, a ``timeout`` on every collective), calls
 ``fn(*args)`` on every rank and returns the ranks' return values as a list indexed by
 rank. ``fn`` and its arguments and results must be picklable, so ``fn`` lives in a module
 (``lab.parallel.*``), not in a notebook.
@@ -12,6 +12,13 @@ A rank that raises makes the launch raise `RuntimeError` naming that rank, with 
 traceback. The other ranks do not hang: a collective whose peer has died fails (gloo
 notices the closed connection, otherwise the process-group ``timeout`` fires), and the
 launcher terminates whatever is still running after ``timeout`` seconds more.
+
+A spawned process imports torch, ``fn``'s module and, at its first optimizer, ``torch._dynamo``
+(``torch.optim`` imports it there): seconds of CPU per rank and launch. For gloo on a platform with a
+fork server, the server imports them once (`_preloaded`), when the first launch starts it, and forks
+every rank of every launch from itself, already imported; it runs nothing else, so each fork starts
+without a process group, in the environment variables the server started with. nccl ranks are spawned,
+each a fresh interpreter, as CUDA requires.
 
 Under ``torchrun`` the same functions run unchanged: `init_from_env` builds the group from
 the ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` variables torchrun sets.
@@ -38,6 +45,18 @@ from torch.multiprocessing.spawn import ProcessException
 from lab.core.checks import check_choice, check_int, check_number
 
 BACKENDS = ("gloo", "nccl")
+
+
+def _start_method(backend: str) -> str:
+    """"forkserver" for gloo where the platform has it, else "spawn" (always for nccl)."""
+    return "forkserver" if backend == "gloo" and "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def _preloaded(fn: Callable[..., Any]) -> list[str]:
+    """The modules the fork server imports before it forks a rank: ``torch._dynamo``, which every
+    ``torch.optim`` optimizer imports when it is first built, and the module that defines ``fn``."""
+    module = getattr(fn, "__module__", None)
+    return ["torch._dynamo"] + ([module] if module and module != "__main__" else [])
 
 
 def free_port() -> int:
@@ -122,11 +141,14 @@ def launch(fn: Callable[..., Any], world_size: int, *args, backend: str | None =
     failing rank's traceback) when a rank raises.
     """
     backend = _check_launch(fn, world_size, args, backend, timeout, threads)
-    ctx = mp.get_context("spawn")
+    method = _start_method(backend)
+    ctx = mp.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(_preloaded(fn))   # read when the server starts: by the first launch
     results = ctx.Queue()
     procs = mp.start_processes(_worker, args=(fn, args, world_size, free_port(), backend, timeout, threads,
                                               results),
-                               nprocs=world_size, join=False, start_method="spawn")
+                               nprocs=world_size, join=False, start_method=method)
     messages: dict[int, tuple] = {}
 
     def drain() -> None:

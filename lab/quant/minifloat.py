@@ -76,8 +76,9 @@ def cast(x: torch.Tensor, fmt: str) -> torch.Tensor:
     """Round ``x`` (any shape, a floating dtype; inf and NaN allowed) to the nearest value of the minifloat
     ``fmt`` ("e4m3", "e5m2", "e3m2", "e2m3" or "e2m1"), ties to even; float32 of ``x``'s shape.
 
-    q = 2^(max(k, k_min) − M) for |x| in [2^k, 2^(k+1)), x̂ = q · round_half_even(x / q) (in float64, where
-    x / q is exact); then |x̂| > max_finite → ±inf (E5M2) or ±max_finite (the others), ±inf likewise, NaN stays.
+    q = 2^(max(k, k_min) − M) for |x| in [2^k, 2^(k+1)), x̂ = q · round_half_even(x / q) (in float32, or float64
+    for a float64 ``x``: x / q is exact in both); then |x̂| > max_finite → ±inf (E5M2) or ±max_finite (the
+    others), ±inf likewise, NaN stays.
     FP8 of a float32, float16 or bfloat16 input equals ``x.to(torch.float8_e4m3fn)`` / ``x.to(torch.float8_e5m2)``
     read back as float32, bit for bit (a float64 input is rounded once, from its exact value).
     """
@@ -85,14 +86,14 @@ def cast(x: torch.Tensor, fmt: str) -> torch.Tensor:
     if not check_tensor("x", x).is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     f = FORMATS[fmt]
-    x64 = x.detach().to(torch.float64)
-    _, e = torch.frexp(x64)                                   # x = m · 2^e, 0.5 ≤ |m| < 1: k = e − 1
-    k = torch.clamp(e.to(torch.float64) - 1, min=f.min_normal_exponent)
-    q = torch.exp2(k - f.mantissa_bits)
-    finite = torch.isfinite(x64)
-    rounded = torch.where(finite, torch.round(torch.where(finite, x64, 0.0) / q) * q, x64)
-    rounded = torch.copysign(rounded, x64)                    # keeps −0 and the sign of what rounds to 0
+    x_w = x.detach().to(torch.float64 if x.dtype == torch.float64 else torch.float32)   # fp16/bf16 → fp32: exact
+    _, e = torch.frexp(x_w)                                   # x = m · 2^e, 0.5 ≤ |m| < 1: k = e − 1
+    k = torch.clamp(e - 1, min=f.min_normal_exponent)
+    q = torch.ldexp(torch.ones_like(x_w), k - f.mantissa_bits)
+    finite = torch.isfinite(x_w)
+    rounded = torch.where(finite, torch.round(torch.where(finite, x_w, 0.0) / q) * q, x_w)
+    rounded = torch.copysign(rounded, x_w)                    # keeps −0 and the sign of what rounds to 0
     limit = float("inf") if f.has_inf else f.max_finite
     over = rounded.abs() > f.max_finite
-    rounded = torch.where(over, torch.copysign(torch.full_like(rounded, limit), x64), rounded)
+    rounded = torch.where(over, torch.copysign(torch.full_like(rounded, limit), x_w), rounded)
     return rounded.to(torch.float32)

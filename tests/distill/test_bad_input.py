@@ -7,12 +7,14 @@ from functools import cache
 import torch
 from torch import nn
 
-from lab.distill import (KDLoss, Outputs, TeacherCache, attention_log_probs, cross_entropy, distill, gpt_outputs,
-                         gpt_student, hidden_state_loss, init_from_teacher, kd_loss, kl_divergence, log_softmax,
-                         minilm_loss, relation_kl, teacher_layer_indices, uniform_layer_map, value_relation_log_probs)
+from lab.distill import (GKDLoss, KDLoss, Outputs, TeacherCache, attention_log_probs, cross_entropy, distill,
+                         generalized_jsd, gpt_outputs, gpt_student, held_out_prompts, hidden_state_loss,
+                         init_from_teacher, is_on_policy, kd_loss, kl_divergence, log_softmax, minilm_loss,
+                         on_policy_run, own_sample_scores, relation_kl, sample_continuations, teacher_layer_indices,
+                         uniform_layer_map, value_relation_log_probs)
 from lab.models.gpt import rope_cos_sin
 from tests.bad_input import Bad, merged
-from tests.distill.bad_experiments import EXPERIMENTS
+from tests.distill.bad_experiments import EXPERIMENTS, SAMPLE
 from tests.tiny_models import tiny_gpt
 
 
@@ -46,6 +48,13 @@ IDS = torch.randint(0, 61, (2, 6))
 BATCHES = [(IDS[:, :-1], IDS[:, 1:])]
 
 
+def on_policy(cache=None, sample=SAMPLE, prompts=IDS[:, :4], lam=0.5, beta=0.5, seed=0, **kw):
+    """`on_policy_run` of a 1-layer student of `gpt` with one argument made bad (refused before it trains)."""
+    settings = {"depth": 1, "steps": 1, "n_new": 4, **kw}
+    return on_policy_run(TeacherCache(gpt()) if cache is None else cache, BATCHES, sample, prompts, lam, beta,
+                         seed=seed, **settings)
+
+
 def run(student=None, batches=BATCHES, steps=1, loss=None, progress=False, **kw):
     """`distill` of a 1-layer student of `gpt` with one argument made bad."""
     student = gpt_student(gpt(), 1) if student is None else student
@@ -67,6 +76,17 @@ CASES: dict[str, list[Bad]] = merged(EXPERIMENTS, {  # the notebook's experiment
         Bad(lambda: KDLoss(gpt(), hidden_map=[(1, 2)]), ValueError, r"hidden_map=\[\(1, 2\)\].*hidden_weight=0"),
         Bad(lambda: KDLoss(gpt(), ignore_index=-100.0), TypeError, r"ignore_index must be an int, got -100\.0"),
         Bad(lambda: KDLoss(gpt(), outputs_fn=None), TypeError, "outputs_fn must be callable"),
+    ],
+    "GKDLoss": [
+        Bad(lambda: GKDLoss(nn.Linear(2, 2)), TypeError, "teacher must be a lab GPT"),
+        Bad(lambda: GKDLoss(gpt(), beta=1.5), ValueError, r"beta=1\.5"),
+        Bad(lambda: GKDLoss(gpt(), lam=-0.1), ValueError, r"lam=-0\.1"),
+        Bad(lambda: GKDLoss(gpt(), n_new=0), ValueError, "n_new=0"),
+        Bad(lambda: GKDLoss(gpt(), temperature=-1.0), ValueError, r"temperature=-1\.0"),
+        Bad(lambda: GKDLoss(gpt(), generator=0), TypeError, "generator must be a torch.Generator"),
+        Bad(lambda: GKDLoss(gpt())(gpt(), BATCHES[0]), TypeError, r"batch must be a tuple \(index, inputs, labels\)"),
+        Bad(lambda: GKDLoss(gpt())(gpt(), (0, IDS.float(), IDS)), TypeError, "inputs must have a dtype"),
+        Bad(lambda: GKDLoss(gpt(), n_new=4)(gpt(), (0, IDS[:, :6], IDS)), ValueError, "n_new=4 must divide"),
     ],
     "Outputs": [
         Bad(lambda: Outputs("logits"), TypeError, "logits must be a torch.Tensor"),
@@ -117,6 +137,16 @@ CASES: dict[str, list[Bad]] = merged(EXPERIMENTS, {  # the notebook's experiment
         Bad(lambda: run(batches=[(IDS[:, :-1], IDS[:, 1:].float())]), TypeError, r"batches\[0\] labels must have"),
         Bad(lambda: run(batches=[(IDS[:, :-1], IDS[0, 1:].tolist())]), TypeError, r"batches\[0\] labels must be"),
     ],
+    "generalized_jsd": [
+        Bad(lambda: generalized_jsd(S.long(), TT), TypeError, "student_logits must have a dtype"),
+        Bad(lambda: generalized_jsd(S, TT[:, :2]), ValueError, "must have the same shape"),
+        Bad(lambda: generalized_jsd(S, TT, beta=-0.5), ValueError, r"beta=-0\.5"),
+        Bad(lambda: generalized_jsd(S, TT, beta="half"), TypeError, "beta must be a real number"),
+        Bad(lambda: generalized_jsd(S, TT, temperature=0.0), ValueError, r"temperature=0\.0"),
+        Bad(lambda: generalized_jsd(S, TT, mask=torch.ones(2, 3)), TypeError, "mask must have a dtype"),
+        Bad(lambda: generalized_jsd(S, TT, mask=torch.zeros(2, 3, dtype=torch.bool)), ValueError, "mask selects no"),
+        Bad(lambda: generalized_jsd(S, nan_at(TT)), ValueError, "teacher_logits: NaN"),
+    ],
     "gpt_outputs": [
         Bad(lambda: gpt_outputs(nn.Linear(2, 2), IDS), TypeError, "model must be a lab GPT"),
         Bad(lambda: gpt_outputs(gpt(), IDS.float()), TypeError, "idx must have a dtype"),
@@ -132,6 +162,11 @@ CASES: dict[str, list[Bad]] = merged(EXPERIMENTS, {  # the notebook's experiment
         Bad(lambda: gpt_student(gpt(), 1, from_teacher="no"), TypeError, "from_teacher must be one of .*'no'"),
         Bad(lambda: gpt_student(gpt(), 1, seed=1.5), TypeError, r"seed must be an int, got 1\.5"),
         Bad(lambda: gpt_student(gpt(), 1, seed=True), TypeError, "seed must be an int, got True"),
+    ],
+    "held_out_prompts": [
+        Bad(lambda: held_out_prompts("sample", 4), TypeError, "sample must be an EvalSample"),
+        Bad(lambda: held_out_prompts(SAMPLE, 13), ValueError, r"length=13 is out of range; allowed: \[1, 12\]"),
+        Bad(lambda: held_out_prompts(SAMPLE, 2.0), TypeError, r"length must be an int, got 2\.0"),
     ],
     "hidden_state_loss": [
         Bad(lambda: hidden_state_loss(torch.stack(H), H, [(0, 0)]), TypeError, "student_hidden must be a list"),
@@ -156,6 +191,11 @@ CASES: dict[str, list[Bad]] = merged(EXPERIMENTS, {  # the notebook's experiment
         Bad(lambda: init_from_teacher(gpt_student(gpt(), 1), "teacher"), TypeError, "teacher must be an nn.Module"),
         Bad(lambda: init_from_teacher(tiny_gpt(n_layer=3), gpt()), ValueError, "n_student=3 must be <= n_teacher=2"),
         Bad(lambda: init_from_teacher(tiny_gpt(n_layer=1, d_model=16), gpt()), ValueError, "no teacher counterpart"),
+    ],
+    "is_on_policy": [
+        Bad(lambda: is_on_policy(-1, 0.5), ValueError, "index=-1"),
+        Bad(lambda: is_on_policy(0, 2.0), ValueError, r"lam=2\.0"),
+        Bad(lambda: is_on_policy(1.0, 0.5), TypeError, r"index must be an int, got 1\.0"),
     ],
     "kd_loss": [
         Bad(lambda: kd_loss(S.long(), TT), TypeError, "student_logits must have a dtype"),
@@ -201,6 +241,23 @@ CASES: dict[str, list[Bad]] = merged(EXPERIMENTS, {  # the notebook's experiment
         Bad(lambda: minilm_loss(R, R, R, R, torch.zeros(1, 3, dtype=torch.bool)), ValueError, "mask selects no"),
         Bad(lambda: minilm_loss(R, nan_at(R, (0, 0, 1, 0)), R, R), ValueError, "teacher_attention: NaN"),
     ],
+    "on_policy_run": [
+        Bad(lambda: on_policy(cache=gpt()), TypeError, "cache must be a TeacherCache"),
+        Bad(lambda: on_policy(cache=TeacherCache(nn.Linear(2, 2))), TypeError, "cache.teacher must be a lab GPT"),
+        Bad(lambda: on_policy(sample=None), TypeError, "sample must be an EvalSample"),
+        Bad(lambda: on_policy(seed=-1), ValueError, "seed=-1"),
+        Bad(lambda: on_policy(prompts=IDS.float()), TypeError, "prompts must have a dtype"),
+        Bad(lambda: on_policy(n_new=16), ValueError, r"n_new=16 must be non-empty and fit the context of 16"),
+        Bad(lambda: on_policy(beta=2.0), ValueError, r"beta=2\.0"),
+        Bad(lambda: on_policy(depth=3), ValueError, r"n_layer=3 is out of range"),
+    ],
+    "own_sample_scores": [
+        Bad(lambda: own_sample_scores(nn.Linear(2, 2), gpt(), IDS, 2), TypeError, "student must be a lab GPT"),
+        Bad(lambda: own_sample_scores(gpt(), "teacher", IDS, 2), TypeError, "teacher must be a lab GPT"),
+        Bad(lambda: own_sample_scores(gpt(), tiny_gpt(vocab_size=50), IDS, 2), ValueError, "share the vocabulary"),
+        Bad(lambda: own_sample_scores(gpt(), gpt(), IDS, 2, seed=1.5), TypeError, r"seed must be an int, got 1\.5"),
+        Bad(lambda: own_sample_scores(gpt(), gpt(), IDS + 100, 2), ValueError, r"prompts must hold ids in \[0, 61\)"),
+    ],
     "relation_kl": [
         Bad(lambda: relation_kl(R[0], R[0]), ValueError, r"student_log_probs and teacher_log_probs .*\(2, 3, 3\)"),
         Bad(lambda: relation_kl(R, R[..., :2]), ValueError, "must have the same shape"),
@@ -210,6 +267,15 @@ CASES: dict[str, list[Bad]] = merged(EXPERIMENTS, {  # the notebook's experiment
             r"mask must have shape \(1, 3\)"),
         Bad(lambda: relation_kl(R, R, torch.ones(1, 3)), TypeError, "mask must have a dtype"),
         Bad(lambda: relation_kl(nan_at(R, (0, 1, 2, 2)), R), ValueError, "student_log_probs: NaN"),
+    ],
+    "sample_continuations": [
+        Bad(lambda: sample_continuations(nn.Linear(2, 2), IDS, 2), TypeError, "model must be a lab GPT"),
+        Bad(lambda: sample_continuations(gpt(), IDS[0], 2), ValueError, "prompts must have 2 dimensions"),
+        Bad(lambda: sample_continuations(gpt(), IDS, 0), ValueError, "n_new=0"),
+        Bad(lambda: sample_continuations(gpt(), IDS, 11), ValueError, r"prompts \(2, 6\) \+ n_new=11 must .* fit"),
+        Bad(lambda: sample_continuations(gpt(), IDS, 2, temperature=-1.0), ValueError, r"temperature=-1\.0"),
+        Bad(lambda: sample_continuations(gpt(), IDS, 2, generator=1), TypeError, "generator must be a torch.Gen"),
+        Bad(lambda: sample_continuations(gpt(), -IDS - 1, 2), ValueError, r"prompts must hold ids in \[0, 61\)"),
     ],
     "teacher_layer_indices": [
         Bad(lambda: teacher_layer_indices(4, True), TypeError, "n_student must be an int, got True"),

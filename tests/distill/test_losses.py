@@ -1,6 +1,7 @@
 """lab.distill.losses against independent references: `F.kl_div`, `F.cross_entropy`, the closed-form
 gradient (p_S − p_T)·τ/N, `F.cosine_similarity` / `F.mse_loss`, and a float64 brute-force KL
-(MiniLM's loss on a real model's relations: `tests/distill/test_loop.py`)."""
+(MiniLM's loss on a real model's relations: `tests/distill/test_loop.py`); GKD's generalized JSD against its
+definition in float64 probabilities and its limits at β → 0 and β → 1."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab.distill import cross_entropy, hidden_state_loss, kd_loss, minilm_loss, relation_kl
+from lab.distill import cross_entropy, generalized_jsd, hidden_state_loss, kd_loss, minilm_loss, relation_kl
 
 
 def _logits(*shape, seed=0, scale=3.0):
@@ -234,3 +235,51 @@ def test_kd_loss_rejects_a_temperature_that_is_not_finite_and_positive(temperatu
 def test_kd_loss_rejects_integer_logits():
     with pytest.raises(TypeError, match="student_logits"):
         kd_loss(torch.ones(2, 5, dtype=torch.int64), torch.randn(2, 5))
+
+
+def _direct_jsd(s, t, beta, tau=1.0):
+    """JSD_β(P ‖ Q) per position from probabilities in float64: P = softmax(t/τ), Q = softmax(s/τ) (Agarwal et al.
+    2024, eq. 1), M = βP + (1 − β)Q."""
+    p, q = torch.softmax(t.double() / tau, -1), torch.softmax(s.double() / tau, -1)
+    m = beta * p + (1 - beta) * q
+    return beta * (p * (p / m).log()).sum(-1) + (1 - beta) * (q * (q / m).log()).sum(-1)
+
+
+@pytest.mark.parametrize("beta", [0.1, 0.5, 0.9])
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_generalized_jsd_is_its_definition_on_the_masked_positions(beta, tau):
+    s, t = _logits(2, 5, 13, seed=11), _logits(2, 5, 13, seed=12)
+    mask = torch.rand(2, 5, generator=torch.Generator().manual_seed(3)) < 0.6
+    got = generalized_jsd(s, t, beta, mask=mask, temperature=tau)
+    torch.testing.assert_close(got.double(), _direct_jsd(s, t, beta, tau)[mask].mean(), rtol=1e-5, atol=1e-7)
+    assert 0 < got.item() < math.log(2)  # JSD_β ≤ −β log β − (1 − β) log(1 − β) ≤ log 2
+
+
+def test_generalized_jsd_at_half_is_symmetric_and_zero_only_for_equal_logits():
+    s, t = _logits(6, 17, seed=13), _logits(6, 17, seed=14)
+    torch.testing.assert_close(generalized_jsd(s, t, 0.5), generalized_jsd(t, s, 0.5), rtol=1e-6, atol=1e-7)
+    assert generalized_jsd(s, s.clone(), 0.3).abs().item() < 1e-6
+
+
+def test_generalized_jsd_ends_are_the_kls_and_the_limits_of_the_scaled_jsd():
+    """β = 0: KL(P ‖ Q) = kd_loss(forward)/τ²; β = 1: KL(Q ‖ P); and JSD_β/β → KL(P ‖ Q) as β → 0,
+    JSD_β/(1 − β) → KL(Q ‖ P) as β → 1 (the paper's convention: small β is forward, β near 1 reverse)."""
+    s, t = _logits(4, 3, 11, seed=15, scale=2.0).double(), _logits(4, 3, 11, seed=16, scale=2.0).double()
+    forward, reverse = generalized_jsd(s, t, 0.0, temperature=2.0), generalized_jsd(s, t, 1.0, temperature=2.0)
+    torch.testing.assert_close(forward, kd_loss(s, t, temperature=2.0) / 4, rtol=1e-12, atol=0)
+    torch.testing.assert_close(reverse, kd_loss(s, t, temperature=2.0, kind="reverse") / 4, rtol=1e-12, atol=0)
+    for eps in (1e-3, 1e-5):
+        small, large = generalized_jsd(s, t, eps, temperature=2.0), generalized_jsd(s, t, 1 - eps, temperature=2.0)
+        torch.testing.assert_close(small / eps, forward, rtol=20 * eps, atol=0)
+        torch.testing.assert_close(large / eps, reverse, rtol=20 * eps, atol=0)
+    assert generalized_jsd(s, t, 1e-5).item() < 1e-3 * generalized_jsd(s, t, 0.0).item()    # the jump at β = 0
+
+
+def test_generalized_jsd_is_stable_for_huge_logits_and_gives_the_teacher_no_gradient():
+    s = _logits(3, 9, seed=17, scale=1e4).requires_grad_()
+    t = _logits(3, 9, seed=18, scale=1e4).requires_grad_()
+    for beta in (0.0, 0.5, 1.0):
+        loss = generalized_jsd(s, t, beta)
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(s.grad).all() and t.grad is None
+        s.grad = None

@@ -70,6 +70,32 @@ METRICS: dict[str, object] = {
     "encoder_student_kd_accuracy": Between(0.80, 0.95),           # the record's seed 0 (0.90)
     "encoder_student_kd_retained": Between(0.88, 1.05),
     "encoder_params_ratio": near(0.68753, 1e-4),
+    # on-policy distillation (section 6): the λ = β = 0 run through GKDLoss is section 2's KD student, re-run and
+    # checked against results/distill-on-policy_cpu.json (python -m lab.bench distill-on-policy), the rest read from
+    # it. One family (Holm across the 9), on-policy (λ = 1) over off-policy KD, 5 seeds and 31 documents resampled;
+    # every number below comes from the record, so no CPU moves it.
+    "op_baseline_is_kd_student": Is(True),
+    "op_lambda": exactly(1.0),
+    "op_steps": exactly(24),
+    "op_seeds": exactly(5),
+    "op_samples": exactly(4),
+    "op_ppl_fkl": Claim("higher", 3.5, 5.0),                  # +4.33% [+2.07, +6.31]
+    "op_ppl_jsd": Claim("higher", 4.5, 6.0),                  # +5.12% [+3.23, +6.84]
+    "op_ppl_rkl": Claim("higher", 6.5, 7.5),                  # +7.08% [+3.66, +9.96]
+    # KL(p_S‖p_T) along the student's own continuations of the 51 held-out prompts (4 × 16 tokens each), exact
+    # over the vocabulary at each position; [Δ, low, high] in nats per token, not %
+    "op_kl_fkl": Claim("higher", 0.045, 0.065),               # +0.054 [+0.020, +0.101], p = 0.0035
+    "op_kl_jsd": Claim("inconclusive", 0.040, 0.056),         # +0.048 [+0.009, +0.127], p = 0.015 before Holm
+    "op_kl_rkl": Claim("inconclusive", 0.015, 0.030),         # +0.022 [-0.013, +0.060]
+    # the teacher's NLL of the student's next token in expectation there: the teacher's perplexity of the samples
+    "op_nll_fkl": Claim("inconclusive", 18.0, 21.0),          # +19.60% [+5.20, +41.59], p = 0.0165 before Holm
+    "op_nll_jsd": Claim("inconclusive", 13.5, 15.5),          # +14.57% [-4.13, +32.46]
+    "op_nll_rkl": Claim("inconclusive", 5.5, 7.5),            # +6.48% [-5.61, +21.47]
+    "op_teacher_nll_off": near(5.1000, 1e-3),                 # nats per token, mean of the record's 5 seeds
+    "op_teacher_nll_step0": near(5.0031, 1e-3),
+    "op_teacher_nll_teacher": near(4.3114, 1e-3),
+    "op_kl_off": near(0.5690, 1e-3),
+    "op_kl_step0": near(1.1580, 1e-3),
     # the executed exercise solutions (the notebook's last section, book page's Exercises)
     # reverse-KL gradient: closed form vs autograd (float32)
     "ex_reverse_grad_max_rel_error": Below(1e-5),           # measured 1.8e-6 to 2.4e-6
@@ -91,6 +117,9 @@ METRICS: dict[str, object] = {
     "ex_modes_reverse_centre_left_mass": near(0.4637938868564708, 2e-2),
     "ex_modes_reverse_centre_gap_mass": near(0.4018870896370128, 2e-2),
     "ex_modes_reverse_centre_kl": near(5.048945158244311, 1e-3),
+    # the generalized JSD's ends: JSD_β/β and JSD_β/(1 − β) at β = 1e-3 against the two KLs (float64)
+    "ex_jsd_limit_gap": near(0.01245, 0.05),                 # relative; 0.044 and 0.064 at β = 1e-2
+    "ex_jsd_half": Between(0.01, 0.6931471805599453),          # JSD at β = 0.5 is at most log 2
     # half-width student, closed form
     "ex_half_width_params": exactly(2_156_160),
     "ex_half_width_params_ratio": near(2_156_160 / 6_524_160, 1e-12),

@@ -98,4 +98,95 @@ METRICS: dict[str, object] = {
     "ex_ngram_coverage_n2": exactly(0.277099609375),
     "ex_ngram_coverage_n3": exactly(0.1732177734375),
     "ex_ngram_tokens_per_pass_n2": near(1.058291524073513, 1e-3),
+    # section 4, prefix caching and chunked prefill (live, deterministic: every arrival at 0)
+    "prefix_serve_outputs_equal_generate": Is(True),
+    "prefix_steps_equal_schedule": Is(True),
+    "prefix_cached_tokens": exactly(160),                          # whole 16-token blocks of the 2 shared prompts
+    "prefix_prompt_tokens": exactly(312),
+    # latency under load, read from results/serving_cpu.json: measured on the CPU (5 trace seeds) and predicted
+    # (H100 roofline, datasheet; 5 trace seeds), each part paired by seed at a rate below and one above capacity,
+    # Holm across its 8 comparisons; ratios b/a as [Δ%, low%, high%]
+    "serving_rate_below": exactly(2.0),
+    "serving_rate_above": exactly(16.0),
+    "cpu_capacity_static": Timing(),                               # requests / span at 16/s: recorded 9.9
+    "cpu_capacity_cont": Timing(),                                 # 12.5
+    "cpu_capacity_cont_chunked": Timing(),                         # 7.3
+    "cpu_capacity_cont_chunked_prefix": Timing(),                  # 10.6
+    "continuous_vs_static_ttft_p50_below": Claim("inconclusive"),  # recorded +1% (−7% to +10%)
+    "chunked_vs_continuous_tpot_p99_below": Claim("inconclusive"), # +22% (+3% to +44%), Holm p > 0.05
+    "chunked_vs_continuous_ttft_p50_below": Claim("inconclusive"),       # +73% (+22% to +146%)
+    "prefix_vs_chunked_ttft_p50_below": Claim("lower"),            # −65% (−68% to −62%)
+    "continuous_vs_static_ttft_p50_above": Claim("inconclusive"),         # -53% (-73% to -18%)
+    "chunked_vs_continuous_tpot_p99_above": Claim("inconclusive"),       # +26% (+2% to +56%)
+    "chunked_vs_continuous_ttft_p50_above": Claim("higher"),       # +320% (+173% to +546%)
+    "prefix_vs_chunked_ttft_p50_above": Claim("inconclusive"),            # -49% (-81% to +36%)
+    "sweep_rate": exactly(4.0),
+    "sweep_small_vs_large_c_ttft_p50": Claim("higher"),            # C = 4 vs 64: +1904% (+1071% to +3331%)
+    "sweep_small_vs_large_c_tpot_p99": Claim("higher"),            # +140% (+80% to +221%)
+    "sweep_c_small": exactly(4),
+    "sweep_c_large": exactly(64),
+    # predicted: deterministic (the dry run on the roofline clock); one run re-run live against the record
+    "pred_live_row_equals_record": Is(True),
+    "pred_step_decode_ms": near(10.455244188656716, 1e-6),        # 32 rows at context 1,300: memory bound
+    "pred_step_chunk_ms": near(10.495309182089553, 1e-6),         # + a 256-token chunk
+    "pred_step_prefill_ms": near(17.565505007951465, 1e-6),       # + a whole 1,250-token prefill
+    "pred_capacity_static": near(12.47396815911321, 1e-6),
+    "pred_capacity_cont": near(16.09090777838421, 1e-6),
+    "pred_capacity_cont_chunked": near(17.428772423356367, 1e-6),
+    "pred_capacity_cont_chunked_prefix": near(18.104654203464484, 1e-6),
+    "pred_serving_rate_below": exactly(8.0),
+    "pred_serving_rate_above": exactly(24.0),
+    "pred_continuous_vs_static_ttft_p50_below": Claim("lower"),    # −97%
+    "pred_chunked_vs_continuous_tpot_p99_below": Claim("lower"),   # −16% (−19% to −14%)
+    "pred_chunked_vs_continuous_ttft_p50_below": Claim("higher"),  # +61% (+57% to +66%)
+    "pred_prefix_vs_chunked_ttft_p50_below": Claim("lower"),       # −65% (−67% to −64%)
+    "pred_continuous_vs_static_ttft_p50_above": Claim("lower"),    # −67% (−75% to −56%)
+    "pred_chunked_vs_continuous_tpot_p99_above": Claim("lower"),   # −18% (−18% to −17%)
+    "pred_chunked_vs_continuous_ttft_p50_above": Claim("lower"),   # −35% (−49% to −18%)
+    "pred_prefix_vs_chunked_ttft_p50_above": Claim("inconclusive"),  # −53% (−85% to +45%)
+    # exercise: goodput at λ = 16/s, SLO TTFT ≤ 0.5 s, TPOT ≤ 0.05 s (means over 5 seeds, from the record)
+    "ex_goodput_static": near(10.839044874862878, 1e-6),
+    "ex_goodput_continuous": near(13.264791427026262, 1e-6),
+    "ex_goodput_continuous_chunked": near(7.020818396186985, 1e-6),
+    "ex_goodput_continuous_chunked_prefix": near(12.630833516925467, 1e-6),
+
+    # section 5, speculation as the batch grows: live (greedy, B = 4 ragged rows, k = 4; deterministic)
+    "spec_batch_greedy_equal_generate": Is(True),
+    "spec_batch_live_matches_record": Is(True),              # accepted counts, row by row, = the record's
+    "spec_batch_live_alpha": near(0.8454545454545455, 1e-9),
+    # read from results/spec-batch_cpu.json (k = 4, τ = 1; timings of that run, paired over 4 rounds)
+    "spec_batch_alpha_b1": near(0.7705286839145107, 1e-6),
+    "spec_batch_alpha_b1_high": near(0.8006051713701452, 1e-6),
+    "spec_batch_alpha_b1_low": near(0.7312230942175542, 1e-6),
+    "spec_batch_alpha_b32": near(0.7799097065462754, 1e-6),
+    "spec_batch_alpha_b32_high": near(0.8101666689687201, 1e-6),
+    "spec_batch_alpha_b32_low": near(0.7430616363439736, 1e-6),
+    "spec_batch_c_b1": near(0.5199812301766235, 1e-6),
+    "spec_batch_c_b32": near(0.36359922465235683, 1e-6),
+    "spec_batch_explained_b1": near(0.8772546714280219, 1e-6),
+    "spec_batch_explained_b32": near(0.5575587880333345, 1e-6),
+    "spec_batch_gain_b1": Claim("inconclusive"),                      # [-15.2%, -42.7%, +25.5%]
+    "spec_batch_gain_b32": Claim("lower"),                     # [-58.5%, -65.9%, -49.5%]
+    "spec_batch_pred_alpha": near(0.796351882624723, 1e-6),
+    "spec_batch_pred_c_b1": near(0.08100409976358668, 1e-6),
+    "spec_batch_pred_crossover_c1": exactly(180),
+    "spec_batch_pred_crossover_c128": exactly(2248),
+    "spec_batch_pred_crossover_formula_c1": near(179.2186123517712, 1e-6),
+    "spec_batch_pred_crossover_gqa_c128": exactly(239),
+    "spec_batch_pred_pays_always_c2048": Is(True),
+    "spec_batch_pred_s_b1": near(2.520916900385321, 1e-6),
+    "spec_batch_pred_verify_bound_c1": near(59.1834548106903, 1e-6),
+    "spec_batch_r_b1": near(1.4359724006230263, 1e-6),
+    "spec_batch_r_b32": near(2.1326687937000033, 1e-6),
+    "spec_batch_speedup_b1": near(0.8477380237829104, 1e-6),
+    "spec_batch_speedup_b1_high": near(1.2549484738449754, 1e-6),
+    "spec_batch_speedup_b1_low": near(0.5726607681074649, 1e-6),
+    "spec_batch_speedup_b32": near(0.41484121579402183, 1e-6),
+    "spec_batch_speedup_b32_high": near(0.504919467299302, 1e-6),
+    "spec_batch_speedup_b32_low": near(0.34083303470541404, 1e-6),
+    "spec_batch_tokens_per_pass_b1": near(3.0843373493975905, 1e-6),
+    "spec_batch_tokens_per_pass_b32": near(2.0, 1e-6),
+    # exercise: the context from which speculation pays at every batch (k = 4, Llama-2-7B shape, formula)
+    "ex_spec_batch_never_mha": exactly(144),
+    "ex_spec_batch_never_gqa": exactly(512),
 }

@@ -13,10 +13,14 @@ import functools
 import torch
 from torch import nn
 
-from lab.infer import (BlockAllocator, Decoder, GraphedDecodeStep, PagedKVCache, Request, StaticKVCache,
-                       decode_step_cost, expected_speedup, expected_tokens_per_step, filter_logits, forward_cached,
-                       generate, masked_attention, next_token_probs, sample, schedule, serve, speculative_accept,
-                       speculative_generate, speed_of_light_ms, weight_bytes)
+from lab.infer import (BlockAllocator, Decoder, GraphedDecodeStep, OutOfBlocksError, PagedKVCache,
+                       PrefixCachingAllocator, Request, StaticKVCache, decode_step_cost, expected_speedup,
+                       expected_tokens_per_step, filter_logits, forward_cached, generate, masked_attention,
+                       next_token_probs, poisson_arrivals, sample, schedule, serve, shared_prompt_trace,
+                       speculative_accept, speculative_generate, speed_of_light_ms, weight_bytes)
+from lab.infer.serving_runs import paired_comparisons, predicted_row, roofline_step_time
+from lab.infer.speculative_batch import (acceptance_over_rows, crossover_batch, crossover_formula,
+                                         predicted_batch_speedup, speculative_generate_batch)
 from tests.bad_input import NOT_GPT, Bad, merged
 from tests.infer.bad_analysis import ANALYSIS
 from tests.tiny_models import tiny_gpt
@@ -32,6 +36,7 @@ DRAFTS = torch.tensor([1, 2])
 QKV = torch.randn(1, 4, 3, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)       # q (B, n_h, T, D), k, v
 MASK = torch.ones(1, 3, 5, dtype=torch.bool)                                            # (B, T, S)
 COST = {"bytes": 1e9, "flops": 1e12}
+ROWS = [{"rate": 1.0, "seed": s, "config": c, "ttft_p50": 1.0 + s} for s in range(3) for c in ("static", "continuous")]
 
 
 def decoder(**kwargs):
@@ -192,6 +197,7 @@ CASES = merged({
         Bad(paged(dtype=torch.int16), ValueError, r"dtype=torch\.int16 is not allowed"),
         Bad(paged(num_blocks=0), ValueError, r"num_blocks=0 is out of range"),
         Bad(paged(block_size=True), TypeError, r"block_size must be an int, got True"),
+        Bad(paged(allocator=dict), TypeError, r"allocator must be BlockAllocator or a subclass of it"),
         Bad(paged(seq_ids="0"), TypeError, r"seq_ids must be a list of sequence ids, one per row, got '0'"),
         Bad(paged(seq_ids=0), TypeError, r"seq_ids must be a list of sequence ids"),
         Bad(paged(seq_ids=(0, 0)), ValueError, r"2 seq_ids for 1 rows of positions"),
@@ -248,6 +254,44 @@ CASES = merged({
         Bad(lambda: Request(0, IDS, 2), TypeError, r"prompt must be a 1-D int64 tensor .* shape \(1, 4\)"),
         Bad(lambda: Request(0, IDS[0, :0], 2), ValueError, r"prompt is empty"),
         Bad(lambda: Request(0, IDS[0], 0), ValueError, r"max_new_tokens=0 is out of range"),
+        Bad(lambda: Request(0, IDS[0], 2, arrival=-1.0), ValueError, r"arrival=-1\.0 is out of range"),
+    ],
+    "PrefixCachingAllocator": [
+        Bad(lambda: PrefixCachingAllocator(0, 2), ValueError, r"num_blocks=0 is out of range"),
+        Bad(lambda: PrefixCachingAllocator(2, 2).allocate_prompt("a", [1] * 5), OutOfBlocksError, r"need 3 new"),
+        Bad(lambda: PrefixCachingAllocator(2, 2).allocate_prompt([0], [1]), TypeError, r"seq_id must be hashable"),
+        Bad(lambda: PrefixCachingAllocator(2, 2).allocate_prompt("a", []), ValueError, r"len\(tokens\)=0 is out"),
+        Bad(lambda: PrefixCachingAllocator(2, 2).register("a", [1, 2], 2), ValueError, r"seq_id='a' holds no"),
+    ],
+    "poisson_arrivals": [
+        Bad(lambda: poisson_arrivals(3, 0.0), ValueError, r"rate=0\.0 is out of range"),
+        Bad(lambda: poisson_arrivals(2.5, 1.0), TypeError, r"n must be an int, got 2\.5"),
+        Bad(lambda: poisson_arrivals(3, 1.0, seed=-1), ValueError, r"seed=-1 is out of range"),
+    ],
+    "shared_prompt_trace": [
+        Bad(lambda: shared_prompt_trace(IDS[0].tolist(), 2, 1.0, 1, 2, (1, 2), (1, 2)), TypeError, r"tokens must be"),
+        Bad(lambda: shared_prompt_trace(IDS[0], 2, 1.0, 1, 8, (1, 2), (1, 2)), ValueError, r"shorter than the text"),
+        Bad(lambda: shared_prompt_trace(IDS[0], 2, 1.0, 0, 2, (1, 2), (1, 2)), ValueError, r"n_system=0 is out"),
+        Bad(lambda: shared_prompt_trace(IDS[0], 2, 1.0, 1, 2, (2, 1), (1, 2)), ValueError, r"lo <= hi"),
+    ],
+    "roofline_step_time": [
+        Bad(lambda: roofline_step_time(None, None), TypeError, rf"model {NOT_GPT}"),
+        Bad(lambda: roofline_step_time(gpt(), {"bandwidth": 1e12}), TypeError, r"ceilings must be a lab\.core"),
+    ],
+    "predicted_row": [
+        Bad(lambda: predicted_row("chunked", 8.0, 0), ValueError, r"config='chunked' is not allowed"),
+        Bad(lambda: predicted_row("static", 0.0, 0), ValueError, r"rate=0\.0 is out of range"),
+        Bad(lambda: predicted_row("static", 8.0, -1), ValueError, r"seed=-1 is out of range"),
+    ],
+    "paired_comparisons": [
+        Bad(lambda: paired_comparisons({"rate": 1.0}, {"x": ("static", "continuous", "ttft_p50")}, [1.0]),
+            TypeError, r"rows must be a list"),
+        Bad(lambda: paired_comparisons(ROWS, {"x": ("static", "continuous", "ttft")}, [1.0]), ValueError,
+            r"metric='ttft' is not allowed"),
+        Bad(lambda: paired_comparisons(ROWS, {"x": ("static", "continuous", "ttft_p50")}, 1.0), TypeError,
+            r"rates must be a non-empty list"),
+        Bad(lambda: paired_comparisons(ROWS, {"x": ("static", "continuous", "ttft_p50")}, [2.0]), ValueError,
+            r"rows hold 0 seed\(s\) of config='static' at rate=2\.0"),
     ],
     "schedule": [
         Bad(lambda: schedule([request()], 2, "fifo"), ValueError, r"policy"),
@@ -266,6 +310,12 @@ CASES = merged({
         Bad(served(progress="no"), TypeError, r"progress must be one of \(True, False\), got the str 'no'"),
         Bad(served(num_blocks=2.5), TypeError, r"num_blocks must be an int, got 2\.5"),
         Bad(served(block_size=0), ValueError, r"block_size=0 is out of range"),
+        Bad(served(policy="static", chunk_size=4), ValueError, r"chunk_size=4 needs policy='continuous'"),
+        Bad(served(token_budget=8), ValueError, r"token_budget=8 needs chunk_size"),
+        Bad(served(chunk_size=4, token_budget=2), ValueError, r"token_budget=2 is out of range"),
+        Bad(served(chunk_size=0), ValueError, r"chunk_size=0 is out of range"),
+        Bad(served(prefix_cache="yes"), TypeError, r"prefix_cache must be one of \(True, False\)"),
+        Bad(served(step_time=0.1), TypeError, r"step_time must be None or a callable"),
     ],
     "expected_speedup": [
         Bad(lambda: expected_speedup(0.5, 4, -0.1), ValueError, r"cost_ratio=-0\.1 is out of range"),
@@ -300,6 +350,41 @@ CASES = merged({
         Bad(spec(cuda_graph="yes"), TypeError, r"cuda_graph must be one of \(True, False\), got the str 'yes'"),
         Bad(spec(max_new_tokens=-1), ValueError, r"max_new_tokens=-1 is out of range"),
         Bad(spec(top_p=0.0), ValueError, r"top_p=0\.0 is out of range"),
+    ],
+    "speculative_generate_batch": [
+        Bad(lambda: speculative_generate_batch(None, gpt(), IDS, 3), TypeError, rf"target {NOT_GPT}"),
+        Bad(lambda: speculative_generate_batch(gpt(), tiny_gpt(vocab_size=50), IDS, 3), ValueError, r"draft vocab"),
+        Bad(lambda: speculative_generate_batch(gpt(), gpt(1), "1 2 3", 3), TypeError, r"prompt_ids must be a list"),
+        Bad(lambda: speculative_generate_batch(gpt(), gpt(1), [], 3), ValueError, r"prompt_ids=\[\] is empty"),
+        Bad(lambda: speculative_generate_batch(gpt(), gpt(1), [IDS], 3), ValueError, r"prompt_ids\[0\] must be one"),
+        Bad(lambda: speculative_generate_batch(gpt(), gpt(1), IDS, 10), ValueError,
+            r"\(4 tokens\) \+ max_new_tokens=10 \+ k=4 = 18 positions exceed the target's context_length=16"),
+        Bad(lambda: speculative_generate_batch(gpt(), gpt(1), IDS, 3, k=0), ValueError, r"k=0 is out of range"),
+        Bad(lambda: speculative_generate_batch(gpt(), gpt(1), IDS, 3, seed=True), TypeError, r"seed must be an int"),
+        Bad(lambda: speculative_generate_batch(gpt(), gpt(1), IDS, 3, temperature=-1), ValueError, r"temperature=-1"),
+    ],
+    "acceptance_over_rows": [
+        Bad(lambda: acceptance_over_rows("rows"), TypeError, r"results must be a list or tuple"),
+        Bad(lambda: acceptance_over_rows([1, 2, 3]), TypeError, r"results\[0\] must be a SpeculativeResult, got int"),
+        Bad(lambda: acceptance_over_rows(speculative_generate_batch(gpt(), gpt(1), IDS, 3)), ValueError,
+            r"at least 3 rows that tested a draft token, got 1"),
+    ],
+    "predicted_batch_speedup": [
+        Bad(lambda: predicted_batch_speedup(None, gpt(), 0.8, 4, 1, 8), TypeError, rf"target {NOT_GPT}"),
+        Bad(lambda: predicted_batch_speedup(gpt(), gpt(1), 1.5, 4, 1, 8), ValueError, r"alpha=1\.5 is out of range"),
+        Bad(lambda: predicted_batch_speedup(gpt(), gpt(1), 0.8, 2.0, 1, 8), TypeError, r"k must be an int"),
+        Bad(lambda: predicted_batch_speedup(gpt(), gpt(1), 0.8, 4, 0, 8), ValueError, r"batch=0 is out of range"),
+        Bad(lambda: predicted_batch_speedup(gpt(), gpt(1), 0.8, 4, 1, 8, bandwidth=0), ValueError, r"bandwidth=0"),
+    ],
+    "crossover_batch": [
+        Bad(lambda: crossover_batch(gpt(), "draft", 0.8, 4, 8), TypeError, rf"draft {NOT_GPT}, got str"),
+        Bad(lambda: crossover_batch(gpt(), gpt(1), 0.8, 4, 0), ValueError, r"context=0 is out of range"),
+        Bad(lambda: crossover_batch(gpt(), gpt(1), 0.8, 4, 8, max_batch=0), ValueError, r"max_batch=0 is out of"),
+    ],
+    "crossover_formula": [
+        Bad(lambda: crossover_formula(gpt(), gpt(1), -0.1, 4, 8), ValueError, r"alpha=-0\.1 is out of range"),
+        Bad(lambda: crossover_formula(gpt(), gpt(1), 0.8, 4, 1.5), TypeError, r"context must be an int, got 1\.5"),
+        Bad(lambda: crossover_formula(gpt(), gpt(1), 0.8, 4, 8, peak_flops=-1), ValueError, r"peak_flops=-1"),
     ],
 }, ANALYSIS)           # the draft, goodness of fit, latency, lookup, roofline, trace (tests.infer.bad_analysis)
 

@@ -55,7 +55,9 @@ def interpreted():
         yield module
 
 
-CASES = [(1, 4, 4, 16, 4, [1]), (3, 8, 2, 32, 16, [1, 17, 48]), (2, 6, 2, 16, 8, [9, 8]),
+# B, H, H_kv, D, block_size, lengths: one token; G = 2 with D = 32 over 1, 2 and 3 blocks (48: a full last block);
+# G = 3 padded to 4 rows; one kv head for G = 8, D = 64, blocks of 4
+CASES = [(1, 4, 4, 16, 4, [1]), (3, 4, 2, 32, 16, [1, 17, 48]), (2, 6, 2, 16, 8, [9, 8]),
          (4, 8, 1, 64, 4, [5, 2, 13, 4])]
 
 
@@ -141,14 +143,19 @@ def _nan_filled(monkeypatch, module) -> None:
 
 
 F32, F16 = torch.float32, torch.float16
+# The interpreter's cost grows with programs × blocks × G_PAD·BLOCK_SIZE·D (v1's tl.reduce runs element by
+# element), so each case is the smallest shape that reaches its branch; the tables hold one block more than the
+# longest sequence needs (`_paged_inputs`), which the split arithmetic below counts.
 V2_CASES = [  # B, H, H_kv, D, block_size, lengths, splits, dtype
-    (1, 4, 4, 16, 16, [1], None, F32),             # one token, one block
-    (3, 8, 2, 32, 16, [1, 70, 17], 3, F32),        # uneven splits; sequence 0 leaves splits 1 and 2 empty
-    (2, 6, 2, 16, 16, [64, 9], 1, F16),            # one split = v1's order of operations
-    (2, 10, 2, 16, 16, [100, 33], None, F16),      # G = 5 query heads per kv head (padded to 16 rows)
-    (1, 4, 2, 16, 32, [300], 10, F32),             # as many splits as blocks
-    (2, 4, 2, 16, 16, [700, 20], 40, F32),         # 40 splits: the combine's chunks of 16 (the second row's
-]                                                  # last chunks all empty)
+    (1, 4, 4, 32, 16, [1], None, F32),             # one token, one block; D = 32, G = 1
+    (3, 4, 2, 16, 16, [1, 70, 17], 3, F32),        # uneven splits (2, 2, 1 blocks); sequence 0 leaves splits 1
+                                                   # and 2 empty
+    (2, 6, 2, 16, 16, [64, 9], 1, F16),            # one split = v1's order of operations; a full last block
+    (2, 5, 1, 16, 16, [65, 9], None, F16),         # G = 5 query heads per kv head (padded to 16 rows), one kv
+                                                   # head; the default splits (2; row 1's second split empty)
+    (1, 4, 2, 16, 32, [100], 5, F32),              # as many splits as table entries: one block per split
+    (2, 2, 1, 16, 16, [257, 20], 18, F32),         # 18 splits, one block each: the combine's chunks of 16,
+]                                                  # row 0's second chunk holds a block, row 1's is all empty
 
 
 @pytest.mark.parametrize("B, H, H_kv, D, block_size, lengths, splits, dtype", V2_CASES)
@@ -208,7 +215,7 @@ def test_v2_on_gpu_matches_float64_and_v1(dtype):
 def test_kernels_read_strided_tables_and_lengths_as_their_values(interpreted, version):
     """A block table and lengths passed as non-contiguous views (a transposed table, every other length) give
     the outputs of their contiguous copies: the kernels index them with unit inner strides."""
-    B, H, H_kv, D, block_size, lengths = 3, 4, 2, 16, 16, [20, 33, 7]
+    B, H, H_kv, D, block_size, lengths = 3, 4, 2, 16, 16, [20, 9, 7]
     q, k_pool, v_pool, tables, lens = _paged_inputs(B, H, H_kv, D, block_size, lengths, torch.float32, seed=5)
     strided_tables = tables.T.contiguous().T                              # same values, strides (1, B)
     strided_lengths = torch.stack([lens, torch.zeros_like(lens)], 1)[:, 0]  # same values, stride 2

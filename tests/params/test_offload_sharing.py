@@ -231,9 +231,10 @@ def test_compare_sharing_short_training_on_corpus(one_thread):
 
     tokenizer = load_tokenizer()
     train = tokenize_split("validation", tokenizer)
-    sample = eval_sample(tokenizer, 4096, window=32, context=32)
+    sample = eval_sample(tokenizer, 1024, window=32, context=32)
     cfg = GPTConfig(vocab_size=8192, context_length=64, d_model=32, n_layer=4, n_head=4, n_kv_head=2, d_ff=64)
-    rows = compare_sharing(cfg, train, sample, steps=60, batch_size=8, seq_len=32, lr=1e-2, progress=False)
+    # 30 steps take each variant's loss from ≈ 8.6 to ≈ 7.1 (60 steps: 7.0), clear of the 1.0 the test asks for
+    rows = compare_sharing(cfg, train, sample, steps=30, batch_size=8, seq_len=32, lr=1e-2, progress=False)
     assert [r["variant"] for r in rows] == list(VARIANTS)
     by = {r["variant"]: r for r in rows}
     assert by["untied"]["n_params"] == gpt_param_count(GPTConfig(**{**cfg.to_dict(), "tie_embeddings": False}))
@@ -242,4 +243,4 @@ def test_compare_sharing_short_training_on_corpus(one_thread):
     for r in rows:
         assert r["last_loss"] < r["first_loss"] - 1.0, r  # it learned something
         assert 1.0 < r["ppl"] < cfg.vocab_size, r  # better than a uniform guess
-        assert r["losses"].shape == (4096,) and r["ppl"] == pytest.approx(r["losses"].mean().exp().item())
+        assert r["losses"].shape == (1024,) and r["ppl"] == pytest.approx(r["losses"].mean().exp().item())

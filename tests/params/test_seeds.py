@@ -14,7 +14,10 @@ from lab.params import seeds
 RUNS = {"sweep": ["0.001", "0.003", "0.01"],
         "task": ["pretrained", "adamw", "adafactor", "adam8bit", "int4 base", "LoRA", "QLoRA"],
         "forgetting": ["pretrained", "adamw", "LoRA"], "nf4": ["NF4 base", "QLoRA (NF4)"]}
-TINY = {**seeds.QUICK, "eval_tokens": 256, "sharing_steps": 1, "steps": 1}
+# one step of 2 × 16 tokens; the held-out windows are the task document's last 1% and the sweep's 1% before
+# them (2 groups each): the evaluations, not the steps, are what each run costs
+TINY = {**seeds.QUICK, "eval_tokens": 256, "sharing_steps": 1, "steps": 1, "batch": 2, "seq": 16,
+        "train_fraction": 0.99, "sweep_fraction": 0.98}
 
 
 def test_task_losses_runs_every_fine_tuning_of_chapter_1b_and_leaves_the_model_unchanged():
