@@ -260,7 +260,8 @@ def on_policy_run(cache: TeacherCache, batches: list, sample: EvalSample, prompt
     check_int("seed", seed, 0)
     _check_sampling(teacher, prompts, n_new, temperature, None)              # before anything trains
     check_int("samples", samples)
-    loss = GKDLoss(cache, beta, lam, n_new, temperature, torch.Generator().manual_seed(seed))
+    generator = torch.Generator(device=next(teacher.parameters()).device).manual_seed(seed)  # the student's too
+    loss = GKDLoss(cache, beta, lam, n_new, temperature, generator)
     student = gpt_student(teacher, depth, from_teacher=True, seed=seed)
     record = distill(student, batches, steps, loss, optim=Optim(lr, warmup=max(1, steps // 10)), progress=False)
     return {"token_losses": sample.token_losses(student), "seconds": record["seconds"],

@@ -84,9 +84,10 @@ METRICS: dict[str, object] = {
     "op_ppl_rkl": Claim("higher", 6.5, 7.5),                  # +7.08% [+3.66, +9.96]
     # KL(p_S‖p_T) along the student's own continuations of the 51 held-out prompts (4 × 16 tokens each), exact
     # over the vocabulary at each position; [Δ, low, high] in nats per token, not %
-    "op_kl_fkl": Claim("higher", 0.045, 0.065),               # +0.054 [+0.020, +0.101], p = 0.0035
-    "op_kl_jsd": Claim("inconclusive", 0.040, 0.056),         # +0.048 [+0.009, +0.127], p = 0.015 before Holm
-    "op_kl_rkl": Claim("inconclusive", 0.015, 0.030),         # +0.022 [-0.013, +0.060]
+    # op_kl_*: the family's percent scale, 100·(e^Δ − 1) of the KL difference in nats (op_kl_*_nats)
+    "op_kl_fkl": Claim("higher", 4.60, 6.72),               # +0.054 [+0.020, +0.101], p = 0.0035
+    "op_kl_jsd": Claim("inconclusive", 4.08, 5.76),         # +0.048 [+0.009, +0.127], p = 0.015 before Holm
+    "op_kl_rkl": Claim("inconclusive", 1.51, 3.05),         # +0.022 [-0.013, +0.060]
     # the teacher's NLL of the student's next token in expectation there: the teacher's perplexity of the samples
     "op_nll_fkl": Claim("inconclusive", 18.0, 21.0),          # +19.60% [+5.20, +41.59], p = 0.0165 before Holm
     "op_nll_jsd": Claim("inconclusive", 13.5, 15.5),          # +14.57% [-4.13, +32.46]
