@@ -21,8 +21,8 @@ from lab.core.records import (add_seed, check_out_dir, device_kind, device_name,
 from lab.core.report import (below_text, percent, read, record, record_comparison, record_comparisons, record_spread,
                              report_path)
 from lab.core.runtime import get_device, has_triton_gpu, runs_triton, seed_everything, triton_interpret
-from lab.core.stats import (compare, compare_sums, document_sums, holm, paired_ratio, seed_spread, t_quantile_975,
-                            verdict, verdicts)
+from lab.core.stats import (compare, compare_sums, document_sums, holm, paired_ratio, paired_t_p, seed_spread,
+                            t_quantile_975, verdict, verdicts)
 from lab.core.timing import check_then_time, time_interleaved, time_ms
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
     "below_text", "percent", "read", "record", "record_comparison", "record_comparisons", "record_spread",
     "report_path",
     "get_device", "has_triton_gpu", "runs_triton", "seed_everything", "triton_interpret",
-    "compare", "compare_sums", "document_sums", "holm", "paired_ratio", "seed_spread", "t_quantile_975", "verdict",
+    "compare", "compare_sums", "document_sums", "holm", "paired_ratio", "paired_t_p", "seed_spread", "t_quantile_975", "verdict",
     "verdicts",
     "check_then_time", "time_interleaved", "time_ms",
 ]

@@ -259,6 +259,24 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> dict:
     `lab.core.timing.time_interleaved`): the geometric mean of a_i / b_i with its Student-t 95% interval,
     exp(m ± t_{0.975, n−1}·s/√n) for m, s the mean and sd of log(a_i / b_i). Returns {"ratio", "ci_low",
     "ci_high", "n"}; a speed-up of b over a when a and b are times."""
+    logs = _paired_logs(a, b)
+    mean, half = logs.mean(), t_quantile_975(len(logs) - 1) * logs.std(ddof=1) / math.sqrt(len(logs))
+    return {"ratio": math.exp(mean), "ci_low": math.exp(mean - half), "ci_high": math.exp(mean + half),
+            "n": len(logs)}
+
+
+def paired_t_p(a: Sequence[float], b: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test of mean log(a_i / b_i) = 0, the test behind `paired_ratio`'s
+    interval (the same logs, n − 1 degrees of freedom); 1 when every log ratio is the same."""
+    from scipy.stats import t as student_t
+
+    logs = _paired_logs(a, b)
+    se = logs.std(ddof=1) / math.sqrt(len(logs))
+    return 1.0 if se == 0 else float(2 * student_t.sf(abs(logs.mean()) / se, len(logs) - 1))
+
+
+def _paired_logs(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    """log(a_i / b_i) of two paired 1-D measurements of equal length >= 2, finite and positive."""
     x, y = (check_numbers(name, v).astype(np.float64) for name, v in (("a", a), ("b", b)))
     if x.ndim != 1 or x.shape != y.shape or len(x) < 2:
         raise ValueError(f"a and b must be paired 1-D measurements of equal length >= 2, got {x.shape} and {y.shape}")
@@ -268,5 +286,4 @@ def paired_ratio(a: Sequence[float], b: Sequence[float]) -> dict:
         logs = np.log(x / y)
     if not np.isfinite(logs).all():
         raise ValueError("a and b differ by ratios beyond float64's range")
-    mean, half = logs.mean(), t_quantile_975(len(x) - 1) * logs.std(ddof=1) / math.sqrt(len(x))
-    return {"ratio": math.exp(mean), "ci_low": math.exp(mean - half), "ci_high": math.exp(mean + half), "n": len(x)}
+    return logs

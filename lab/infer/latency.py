@@ -11,11 +11,10 @@ import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping
 
-import numpy as np
 import torch
 
 from lab.core.checks import check_int, check_number, check_tensor
-from lab.core.stats import paired_ratio, verdicts
+from lab.core.stats import paired_ratio, paired_t_p, verdicts
 from lab.core.timing import time_interleaved, time_ms
 from lab.infer.generate import Decoder, check_seed, generate
 from lab.infer.kv_cache import check_token_ids
@@ -149,7 +148,7 @@ def speculative_speedups(target: GPT, draft: GPT, prompts: torch.Tensor, new_tok
     out = {}
     for name, (_, t) in runs.items():
         plain = times[f"plain, τ = {t:g}"]
-        out[name] = {**paired_ratio(plain, times[name]), "p": _paired_t_p(plain, times[name]),
+        out[name] = {**paired_ratio(plain, times[name]), "p": paired_t_p(plain, times[name]),
                      "plain_ms": statistics.median(plain), "speculative_ms": statistics.median(times[name])}
     logs = {name: {"ci_low": math.log(r["ci_low"]), "ci_high": math.log(r["ci_high"]), "p": r["p"]}
             for name, r in out.items()}
@@ -183,12 +182,3 @@ def _check_runs(runs: Mapping[str, tuple[int, float]]) -> None:
         if isinstance(name, str) and name.startswith("plain, τ = "):     # would overwrite a plain run's timing
             raise ValueError(f"runs[{name!r}]: names starting with 'plain, τ = ' are taken by the plain runs")
     _draft_lengths(k for k, _ in runs.values())
-
-
-def _paired_t_p(a: list[float], b: list[float]) -> float:
-    """Two-sided p-value of the paired t-test of mean log(a_i / b_i) = 0 (the test behind `paired_ratio`)."""
-    from scipy.stats import t as student_t
-
-    logs = np.log(np.asarray(a) / np.asarray(b))
-    se = logs.std(ddof=1) / math.sqrt(len(logs))
-    return 1.0 if se == 0 else float(2 * student_t.sf(abs(logs.mean()) / se, len(logs) - 1))

@@ -49,9 +49,8 @@ from tqdm.auto import tqdm
 
 from lab.core.ceilings import Ceilings, datasheet_ceilings
 from lab.core.checks import check_choice, check_number
-from lab.core.stats import paired_ratio, verdicts
+from lab.core.stats import paired_ratio, paired_t_p, verdicts
 from lab.infer.generate import check_seed
-from lab.infer.latency import _paired_t_p
 from lab.infer.load import shared_prompt_trace
 from lab.infer.requests import Request, ServeResult
 from lab.infer.roofline import kv_bytes_per_position, matmul_params, weight_bytes
@@ -188,7 +187,7 @@ def paired_comparisons(rows: Sequence[Mapping], pairs: Mapping[str, tuple[str, s
                 raise ValueError(f"{a!r} and {b!r} at rate={rate!r} have different seeds: {sorted(x)}, {sorted(y)}")
             seeds = sorted(x)
             x, y = [x[s] for s in seeds], [y[s] for s in seeds]
-            out[name, rate] = {**paired_ratio(y, x), "p": _paired_t_p(y, x)}
+            out[name, rate] = {**paired_ratio(y, x), "p": paired_t_p(y, x)}
     logs = {key: {"ci_low": math.log(r["ci_low"]), "ci_high": math.log(r["ci_high"]), "p": r["p"]}
             for key, r in out.items()}
     for key, verb in verdicts(logs).items():

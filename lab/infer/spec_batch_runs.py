@@ -40,10 +40,10 @@ import torch
 from tqdm.auto import tqdm
 
 from lab.core.ceilings import device_ceilings
-from lab.core.stats import paired_ratio, verdicts
+from lab.core.stats import paired_ratio, paired_t_p, verdicts
 from lab.core.timing import time_interleaved
 from lab.infer.generate import generate
-from lab.infer.latency import _paired_t_p, step_latencies
+from lab.infer.latency import step_latencies
 from lab.infer.speculative_batch import (acceptance_over_rows, crossover_batch, crossover_formula,
                                          predicted_batch_speedup, speculative_generate_batch)
 from lab.infer.suite import LLAMA2_7B_SHAPE, source_text
@@ -129,7 +129,7 @@ def speedups(target: GPT, draft: GPT, prompts: torch.Tensor, s: dict) -> dict:
     for B in s["batches"]:
         base = times[B, "plain"]
         for k in s["ks"]:
-            out[k][B] = {**paired_ratio(base, times[B, k]), "p": _paired_t_p(base, times[B, k]),
+            out[k][B] = {**paired_ratio(base, times[B, k]), "p": paired_t_p(base, times[B, k]),
                          "plain_ms": statistics.median(base), "speculative_ms": statistics.median(times[B, k]),
                          "tokens_per_batch_pass": _per_batch_pass(outputs[B, k], s["new_tokens"])}
     logs = {(k, B): {"ci_low": math.log(r["ci_low"]), "ci_high": math.log(r["ci_high"]), "p": r["p"]}

@@ -16,7 +16,7 @@ import torch
 from lab.core import (Ceilings, Datasheet, add_seed, atomic_write, atomic_write_json, below_text, ceiling_sizes,
                       check_out_dir, check_then_time, compare, compare_sums, datasheet_ceilings, datasheet_key,
                       device_ceilings, device_kind, device_name, document_sums, get_device, holm, load_results,
-                      measure_ceilings, measured_ceilings, paired_ratio, percent, provenance, read, record,
+                      measure_ceilings, measured_ceilings, paired_ratio, paired_t_p, percent, provenance, read, record,
                       record_comparison, record_comparisons, record_spread, report_path, runs_triton, seed_everything,
                       seed_rows, seed_spread, seeded_sums, t_quantile_975, time_interleaved, time_ms, verdict, verdicts)
 from tests.bad_input import Bad, T, V, merged, with_env
@@ -189,6 +189,11 @@ CASES: dict[str, list[Bad]] = merged(CHECKS, {  # the validators themselves (tes
         T(lambda: paired_ratio([1.0, 2.0], ["1", "2"]), r"b must hold real numbers"),
         V(lambda: paired_ratio([1.0, 0.0], [1.0, 1.0]), r"a and b must be finite positive"),
         V(lambda: paired_ratio([1e300, 1e-300], [1e-300, 1e300]), r"a and b differ by ratios beyond"),
+    ],
+    "paired_t_p": [
+        V(lambda: paired_t_p([1.0, 2.0], [1.0]), r"a and b must be paired 1-D measurements"),
+        T(lambda: paired_t_p("12", "12"), r"a must be real numbers"),
+        V(lambda: paired_t_p([1.0, 0.0], [1.0, 1.0]), r"a and b must be finite positive"),
     ],
     # timing
     "time_ms": [

@@ -197,3 +197,12 @@ def test_paired_ratio_is_the_t_interval_of_the_log_ratios():
         paired_ratio([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="positive"):
         paired_ratio([1.0, 0.0], [1.0, 1.0])
+
+
+def test_paired_t_p_is_the_paired_t_test_of_the_log_ratios():
+    from lab.core.stats import paired_t_p
+
+    a, b = [2.0, 2.2, 1.9, 2.5], [1.0, 1.0, 1.1, 1.2]
+    expected = scipy.stats.ttest_rel(np.log(a), np.log(b)).pvalue
+    assert paired_t_p(a, b) == pytest.approx(expected, rel=1e-9)
+    assert paired_t_p([2.0, 4.0], [1.0, 2.0]) == 1.0                  # every ratio the same: no spread, p = 1
